@@ -1,0 +1,50 @@
+# Vigil: every target works across all modules of the go.work workspace.
+SHELL := /bin/bash
+GO ?= go
+# Module patterns (github.com/vigil-cc/vigil/pkg/... etc.) of every workspace module.
+MODULES := $(shell $(GO) list -m -f '{{.Path}}/...')
+MODULE_DIRS := $(shell $(GO) list -m -f '{{.Dir}}')
+BIN ?= bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+TEST_TIMEOUT ?= 9m
+STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo $(shell $(GO) env GOPATH)/bin/staticcheck)
+
+.PHONY: all build test test-short run bench lint fmt vet staticcheck tidy clean
+
+all: lint test
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/ $$($(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' $(MODULES))
+
+test:
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(MODULES)
+
+test-short:
+	$(GO) test -short -count=1 $(MODULES)
+
+run:
+	$(GO) run github.com/vigil-cc/vigil/cmd/vigil dev $(ARGS)
+
+# Every Benchmark* of every module; tests are skipped.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -timeout 60m $(MODULES)
+
+lint: vet staticcheck
+	@out=$$(gofmt -l $(MODULE_DIRS)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(MODULES)
+
+staticcheck:
+	@test -x "$(STATICCHECK)" || $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+	$(STATICCHECK) $(MODULES)
+
+fmt:
+	gofmt -w $(MODULE_DIRS)
+
+tidy:
+	@for d in $(MODULE_DIRS); do (cd $$d && $(GO) mod tidy) || exit 1; done
+
+clean:
+	rm -rf $(BIN) .vigil

@@ -1,0 +1,7 @@
+// Package events is Vigil's bus contract: the CloudEvents envelope, the
+// versioned payload types, the VM key, subject builders and the JetStream
+// stream and KV bucket definitions (DESIGN.md §2).
+//
+// Everything here is relied on by other services, tools and users: extend it
+// with new optional fields and new subjects, never rename.
+package events

@@ -1,0 +1,98 @@
+package events
+
+import "strings"
+
+// Subjects and subject builders of DESIGN.md §2.
+const (
+	SubjectRawAll        = "vigil.ingest.raw.>"
+	SubjectEventsAll     = "vigil.events.>"
+	SubjectVMEventsAll   = "vigil.events.vm.>"
+	SubjectJobsAll       = "vigil.jobs.>"
+	SubjectAttestJobsAll = "vigil.jobs.attest.*"
+	SubjectAlertsAll     = "vigil.alert.>"
+	SubjectCheckpoint    = "vigil.audit.checkpoint"
+
+	SubjectKeyguardNonce   = "vigil.keyguard.nonce"
+	SubjectKeyguardRelease = "vigil.keyguard.release"
+)
+
+// Kinds of per-VM event subjects: vigil.events.vm.<vm>.<kind>.
+const (
+	KindLifecycle = "lifecycle"
+	KindConfig    = "config"
+	KindVerdict   = "verdict"
+	KindState     = "state"
+	KindKey       = "key"
+)
+
+// RawSubject is where ingest stores an untouched inbound event from source
+// (for example "eventgrid", "namespace", "reconcile").
+func RawSubject(source string) string { return "vigil.ingest.raw." + Token(source) }
+
+// VMEventSubject is vigil.events.vm.<vm>.<kind>.
+func VMEventSubject(vm, kind string) string { return "vigil.events.vm." + vm + "." + kind }
+
+// LifecycleSubject is vigil.events.vm.<vm>.lifecycle.
+func LifecycleSubject(vm string) string { return VMEventSubject(vm, KindLifecycle) }
+
+// ConfigSubject is vigil.events.vm.<vm>.config.
+func ConfigSubject(vm string) string { return VMEventSubject(vm, KindConfig) }
+
+// VerdictSubject is vigil.events.vm.<vm>.verdict.
+func VerdictSubject(vm string) string { return VMEventSubject(vm, KindVerdict) }
+
+// StateSubject is vigil.events.vm.<vm>.state.
+func StateSubject(vm string) string { return VMEventSubject(vm, KindState) }
+
+// KeySubject is vigil.events.vm.<vm>.key.
+func KeySubject(vm string) string { return VMEventSubject(vm, KindKey) }
+
+// PolicySubject is vigil.events.policy.<name>.
+func PolicySubject(name string) string { return "vigil.events.policy." + Token(name) }
+
+// AttestJobSubject is vigil.jobs.attest.<vm>.
+func AttestJobSubject(vm string) string { return "vigil.jobs.attest." + vm }
+
+// ChallengeSubject is vigil.agent.<vm>.challenge.
+func ChallengeSubject(vm string) string { return "vigil.agent." + vm + ".challenge" }
+
+// AlertSubject is vigil.alert.<severity>.<vm>. A fleet-wide alert uses the
+// VM token "fleet".
+func AlertSubject(severity Severity, vm string) string {
+	if vm == "" {
+		vm = "fleet"
+	}
+	return "vigil.alert." + string(severity) + "." + vm
+}
+
+// VMFromSubject returns the VM key of a vigil.events.vm.<vm>.*,
+// vigil.jobs.attest.<vm> or vigil.agent.<vm>.* subject, or "".
+func VMFromSubject(subject string) string {
+	parts := strings.Split(subject, ".")
+	switch {
+	case len(parts) == 5 && parts[1] == "events" && parts[2] == "vm":
+		return parts[3]
+	case len(parts) == 4 && parts[1] == "jobs" && parts[2] == "attest":
+		return parts[3]
+	case len(parts) == 4 && parts[1] == "agent":
+		return parts[2]
+	case len(parts) == 4 && parts[1] == "alert":
+		return parts[3]
+	}
+	return ""
+}
+
+// Token turns s into a single safe NATS subject token: lower case, with every
+// character outside [a-z0-9_-] replaced by '_'. An empty s becomes "_".
+func Token(s string) string {
+	if s == "" {
+		return "_"
+	}
+	b := []byte(strings.ToLower(s))
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}

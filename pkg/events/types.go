@@ -1,0 +1,297 @@
+package events
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Event types (CloudEvents "type"). Every type is versioned; a breaking change
+// gets a new type, never a changed one.
+const (
+	TypeRaw       = "io.vigil.ingest.raw.v1"
+	TypeLifecycle = "io.vigil.vm.lifecycle.v1"
+	TypeConfig    = "io.vigil.vm.config.v1"
+	TypeVerdict   = "io.vigil.vm.verdict.v1"
+	TypeState     = "io.vigil.vm.state.v1"
+	TypeKey       = "io.vigil.vm.key.v1"
+	TypePolicy    = "io.vigil.policy.v1"
+	TypeAlert     = "io.vigil.alert.v1"
+	TypeJob       = "io.vigil.attest.job.v1"
+)
+
+// Raw is an inbound Azure event stored on VIGIL_RAW before anything else
+// happens to it. Event is the event exactly as received.
+type Raw struct {
+	Source     string          `json:"source"`      // "eventgrid", "namespace", "reconcile"
+	Schema     string          `json:"schema"`      // "eventgrid", "cloudevents", "arm"
+	EventID    string          `json:"event_id"`    // Azure's id, the de-duplication key
+	ReceivedAt time.Time       `json:"received_at"` //
+	Event      json.RawMessage `json:"event"`       // untouched
+}
+
+// LifecycleKind is what happened to a VM.
+type LifecycleKind string
+
+// Lifecycle kinds.
+const (
+	LifecycleCreated     LifecycleKind = "created"
+	LifecycleUpdated     LifecycleKind = "updated"
+	LifecycleStarted     LifecycleKind = "started"
+	LifecycleStopped     LifecycleKind = "stopped"
+	LifecycleDeallocated LifecycleKind = "deallocated"
+	LifecycleRestarted   LifecycleKind = "restarted"
+	LifecycleDeleted     LifecycleKind = "deleted"
+	LifecycleUnavailable LifecycleKind = "unavailable"
+	LifecycleAvailable   LifecycleKind = "available"
+)
+
+// Lifecycle is io.vigil.vm.lifecycle.v1.
+type Lifecycle struct {
+	VMKey         string        `json:"vm_key"`
+	ResourceID    string        `json:"resource_id"`
+	VMID          string        `json:"vm_id,omitempty"` // ARM vmId (GUID), when known
+	Kind          LifecycleKind `json:"kind"`
+	Subscription  string        `json:"subscription_id,omitempty"`
+	ResourceGroup string        `json:"resource_group,omitempty"`
+	Name          string        `json:"name,omitempty"`
+	Operation     string        `json:"operation,omitempty"` // ARM operationName, e.g. Microsoft.Compute/virtualMachines/start/action
+	Outcome       string        `json:"outcome,omitempty"`   // Succeeded, Failed, Canceled
+	Origin        string        `json:"origin"`              // "eventgrid", "namespace", "reconcile"
+	AzureEventID  string        `json:"azure_event_id,omitempty"`
+	CorrelationID string        `json:"correlation_id,omitempty"`
+	OccurredAt    time.Time     `json:"occurred_at"`
+}
+
+// Severity of a finding or an alert.
+type Severity string
+
+// Severities, most severe first.
+const (
+	SeverityCritical Severity = "critical"
+	SeverityHigh     Severity = "high"
+	SeverityWarning  Severity = "warning"
+	SeverityInfo     Severity = "info"
+)
+
+// Finding is one configuration compliance finding (DESIGN.md §5).
+type Finding struct {
+	Code     string   `json:"code"` // e.g. "security_type.not_confidential"
+	Severity Severity `json:"severity"`
+	Field    string   `json:"field,omitempty"` // ARM property path
+	Message  string   `json:"message"`
+}
+
+// Config is io.vigil.vm.config.v1: the configuration findings of one VM as
+// observed at ObservedAt. An empty Findings list means compliant.
+type Config struct {
+	VMKey      string    `json:"vm_key"`
+	ResourceID string    `json:"resource_id"`
+	VMID       string    `json:"vm_id,omitempty"`
+	Compliant  bool      `json:"compliant"`
+	Findings   []Finding `json:"findings"`
+	ObservedAt time.Time `json:"observed_at"`
+}
+
+// Verdict status values (EAR "ear.status").
+const (
+	VerdictAffirming       = "affirming"
+	VerdictWarning         = "warning"
+	VerdictContraindicated = "contraindicated"
+	VerdictNone            = "none"
+)
+
+// TrustVector is the AR4SI trustworthiness vector of an EAR appraisal. Each
+// claim is a signed 8-bit AR4SI value: 0 no claim, 1 verifier malfunction,
+// 2 affirming, 3..31 further affirming values, 32..95 warning, 96..127
+// contraindicated (with the per-claim meanings of the AR4SI draft).
+type TrustVector struct {
+	InstanceIdentity int8 `json:"instance-identity"`
+	Configuration    int8 `json:"configuration"`
+	Executables      int8 `json:"executables"`
+	FileSystem       int8 `json:"file-system"`
+	Hardware         int8 `json:"hardware"`
+	RuntimeOpaque    int8 `json:"runtime-opaque"`
+	StorageOpaque    int8 `json:"storage-opaque"`
+	SourcedData      int8 `json:"sourced-data"`
+}
+
+// Reason is one machine-readable cause in a verdict, such as
+// "snp.signature_invalid" or "policy.debug_enabled".
+type Reason struct {
+	Code    string `json:"code"`
+	Message string `json:"message,omitempty"`
+}
+
+// TCB is the platform's trusted computing base as reported by the evidence.
+type TCB struct {
+	// SEV-SNP (reported TCB).
+	BootLoader uint8 `json:"bootloader,omitempty"`
+	TEE        uint8 `json:"tee,omitempty"`
+	SNP        uint8 `json:"snp,omitempty"`
+	Microcode  uint8 `json:"microcode,omitempty"`
+	FMC        uint8 `json:"fmc,omitempty"` // Turin
+	// TDX.
+	TEETCBSVN string `json:"tee_tcb_svn,omitempty"` // hex
+	MRSEAM    string `json:"mr_seam,omitempty"`     // hex
+	TCBStatus string `json:"tcb_status,omitempty"`  // from PCS collateral, when checked
+	// Common.
+	Measurement string `json:"measurement,omitempty"` // SNP MEASUREMENT or TDX MRTD, hex
+	Product     string `json:"product,omitempty"`     // Milan, Genoa, Turin, or TDX
+}
+
+// Verdict is io.vigil.vm.verdict.v1, an attestation result shaped after EAR
+// (IETF draft "EAT Attestation Results").
+type Verdict struct {
+	ID             string      `json:"id"` // unique per verdict
+	VMKey          string      `json:"vm_key"`
+	ResourceID     string      `json:"resource_id,omitempty"`
+	VMID           string      `json:"vm_id,omitempty"` // vmUniqueId from the runtime data
+	Platform       string      `json:"platform"`
+	Status         string      `json:"status"` // affirming, warning, contraindicated, none
+	TrustVector    TrustVector `json:"trust_vector"`
+	Reasons        []Reason    `json:"reasons,omitempty"`
+	EvidenceDigest string      `json:"evidence_digest,omitempty"` // "sha256:<hex>" of the bundle bytes
+	PolicyID       string      `json:"policy_id,omitempty"`
+	PolicyVersion  int         `json:"policy_version,omitempty"`
+	VerifierBuild  string      `json:"verifier_build,omitempty"`
+	Nonce          string      `json:"nonce,omitempty"` // base64
+	TCB            *TCB        `json:"tcb,omitempty"`
+	JobID          string      `json:"job_id,omitempty"`
+	Attempt        int         `json:"attempt,omitempty"`
+	IssuedAt       time.Time   `json:"issued_at"`
+	JWS            string      `json:"jws,omitempty"` // optional ES256 compact JWS over the verdict without this field
+}
+
+// Status is the attestation status of a VM (DESIGN.md §6).
+type Status string
+
+// Statuses.
+const (
+	StatusPending     Status = "pending"
+	StatusTrusted     Status = "trusted"
+	StatusWarning     Status = "warning"
+	StatusUntrusted   Status = "untrusted"
+	StatusUnreachable Status = "unreachable"
+	StatusStale       Status = "stale"
+	StatusSuspended   Status = "suspended"
+	StatusRetired     Status = "retired"
+)
+
+// Releasable reports whether keys may be released to a VM in status s.
+func (s Status) Releasable() bool { return s == StatusTrusted || s == StatusWarning }
+
+// Revokes reports whether status s requires every grant of the VM to be revoked.
+func (s Status) Revokes() bool {
+	return s == StatusUntrusted || s == StatusStale || s == StatusRetired
+}
+
+// State is io.vigil.vm.state.v1: a status transition of one VM.
+type State struct {
+	VMKey      string    `json:"vm_key"`
+	ResourceID string    `json:"resource_id,omitempty"`
+	VMID       string    `json:"vm_id,omitempty"`
+	From       Status    `json:"from"`
+	To         Status    `json:"to"`
+	Reasons    []Reason  `json:"reasons,omitempty"`
+	VerdictID  string    `json:"verdict_id,omitempty"`
+	ChangedAt  time.Time `json:"changed_at"`
+}
+
+// KeyAction is what keyguard did to a VM's key grant.
+type KeyAction string
+
+// Key actions.
+const (
+	KeyGranted   KeyAction = "granted"
+	KeyRevoked   KeyAction = "revoked"
+	KeyRestored  KeyAction = "restored"
+	KeyReleased  KeyAction = "released"
+	KeySuspended KeyAction = "suspended"
+)
+
+// Key is io.vigil.vm.key.v1.
+type Key struct {
+	VMKey     string    `json:"vm_key"`
+	VMID      string    `json:"vm_id,omitempty"`
+	Action    KeyAction `json:"action"`
+	KeyName   string    `json:"key_name,omitempty"`
+	Backend   string    `json:"backend,omitempty"` // "local", "azure-keyvault"
+	Reason    string    `json:"reason,omitempty"`
+	Actor     string    `json:"actor,omitempty"`      // "keyguard" or an operator
+	CauseID   string    `json:"cause_id,omitempty"`   // id of the event that caused the action
+	LatencyMS float64   `json:"latency_ms,omitempty"` // from the cause's time to the action taking effect
+	At        time.Time `json:"at"`
+}
+
+// Policy is io.vigil.policy.v1: a policy version change.
+type Policy struct {
+	Name     string    `json:"name"`
+	Version  int       `json:"version"`
+	Digest   string    `json:"digest"` // "sha256:<hex>" of Document
+	Document string    `json:"document"`
+	Actor    string    `json:"actor,omitempty"`
+	Reason   string    `json:"reason,omitempty"`
+	At       time.Time `json:"at"`
+}
+
+// Alert is io.vigil.alert.v1.
+type Alert struct {
+	Severity   Severity  `json:"severity"`
+	Code       string    `json:"code"` // e.g. "vm.untrusted", "vm.stale", "vm.never_attested", "bus.poison_message"
+	VMKey      string    `json:"vm_key,omitempty"`
+	ResourceID string    `json:"resource_id,omitempty"`
+	Message    string    `json:"message"`
+	Reasons    []Reason  `json:"reasons,omitempty"`
+	CauseID    string    `json:"cause_id,omitempty"`
+	Source     string    `json:"source,omitempty"` // service that raised it
+	At         time.Time `json:"at"`
+}
+
+// Job is io.vigil.attest.job.v1: a request to attest one VM.
+type Job struct {
+	VMKey       string    `json:"vm_key"`
+	ResourceID  string    `json:"resource_id,omitempty"`
+	VMID        string    `json:"vm_id,omitempty"`
+	Reason      string    `json:"reason"` // "created", "started", "restarted", "schedule", "retry", "operator", "reconcile"
+	Attempt     int       `json:"attempt,omitempty"`
+	RequestedAt time.Time `json:"requested_at"`
+	DueAt       time.Time `json:"due_at,omitzero"`
+}
+
+// VM is the inventory record of one VM in the vigil-vms bucket, keyed by VM key.
+type VM struct {
+	VMKey         string        `json:"vm_key"`
+	ResourceID    string        `json:"resource_id"`
+	VMID          string        `json:"vm_id,omitempty"`
+	Subscription  string        `json:"subscription_id,omitempty"`
+	ResourceGroup string        `json:"resource_group,omitempty"`
+	Name          string        `json:"name,omitempty"`
+	Location      string        `json:"location,omitempty"`
+	Size          string        `json:"size,omitempty"`
+	SecurityType  string        `json:"security_type,omitempty"`
+	PowerState    string        `json:"power_state,omitempty"` // running, stopped, deallocated, ...
+	Lifecycle     LifecycleKind `json:"lifecycle,omitempty"`
+	Deleted       bool          `json:"deleted,omitempty"`
+	Findings      []Finding     `json:"findings,omitempty"`
+	EventTime     time.Time     `json:"event_time"` // time of the newest event applied; older events never roll back
+	EnrichedAt    time.Time     `json:"enriched_at,omitzero"`
+	UpdatedAt     time.Time     `json:"updated_at"`
+}
+
+// VMStatus is the record of one VM in the vigil-status bucket, keyed by VM key.
+type VMStatus struct {
+	VMKey               string    `json:"vm_key"`
+	ResourceID          string    `json:"resource_id,omitempty"`
+	VMID                string    `json:"vm_id,omitempty"`
+	Status              Status    `json:"status"`
+	Since               time.Time `json:"since"`
+	Reasons             []Reason  `json:"reasons,omitempty"`
+	LastVerdictID       string    `json:"last_verdict_id,omitempty"`
+	LastVerdictStatus   string    `json:"last_verdict_status,omitempty"`
+	LastVerdictAt       time.Time `json:"last_verdict_at,omitzero"`
+	LastGoodAt          time.Time `json:"last_good_at,omitzero"`
+	LastAttemptAt       time.Time `json:"last_attempt_at,omitzero"`
+	ConsecutiveFailures int       `json:"consecutive_failures,omitempty"`
+	NextDueAt           time.Time `json:"next_due_at,omitzero"`
+	UpdatedAt           time.Time `json:"updated_at"`
+}

@@ -1,0 +1,228 @@
+// Package natstest runs real nats-servers with JetStream for tests: a single
+// node, or an in-process three-node cluster with helpers to find and stop a
+// stream's leader.
+package natstest
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/natsembed"
+)
+
+// Server is one embedded nats-server owned by a test.
+type Server struct {
+	t   testing.TB
+	cfg natsembed.Config
+	srv *natsembed.Server
+}
+
+// Start runs a single JetStream server in a temporary directory; it stops
+// when the test ends.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	return start(t, natsembed.Config{Name: "test", StoreDir: t.TempDir()})
+}
+
+func start(t testing.TB, cfg natsembed.Config) *Server {
+	t.Helper()
+	srv, err := natsembed.Start(cfg)
+	if err != nil {
+		t.Fatalf("natstest: %v", err)
+	}
+	s := &Server{t: t, cfg: srv.Config(), srv: srv}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// URL is the server's client URL.
+func (s *Server) URL() string { return "nats://" + fmt.Sprintf("%s:%d", s.cfg.Host, s.cfg.Port) }
+
+// Name is the server's name.
+func (s *Server) Name() string { return s.cfg.Name }
+
+// Running reports whether the server is up.
+func (s *Server) Running() bool { return s.srv != nil }
+
+// Stop shuts the server down (a no-op when it is already stopped).
+func (s *Server) Stop() {
+	if s.srv != nil {
+		s.srv.Stop()
+		s.srv = nil
+	}
+}
+
+// Restart stops the server, if running, and starts it again on the same port
+// and storage directory, as after a crash and restart of NATS.
+func (s *Server) Restart() {
+	s.t.Helper()
+	s.Stop()
+	srv, err := natsembed.Start(s.cfg)
+	if err != nil {
+		s.t.Fatalf("natstest: restart %s: %v", s.cfg.Name, err)
+	}
+	s.srv = srv
+}
+
+// Embedded returns the running server (nil when stopped).
+func (s *Server) Embedded() *natsembed.Server { return s.srv }
+
+// Connect opens a client connection that reconnects forever and is closed
+// when the test ends.
+func (s *Server) Connect(opts ...nats.Option) *nats.Conn {
+	s.t.Helper()
+	return connect(s.t, s.URL(), opts...)
+}
+
+// JetStream connects and returns a JetStream context with every Vigil stream
+// and bucket provisioned.
+func (s *Server) JetStream() (*nats.Conn, jetstream.JetStream) {
+	s.t.Helper()
+	nc := s.Connect()
+	js := Provision(s.t, nc, events.Topology{})
+	return nc, js
+}
+
+func connect(t testing.TB, url string, opts ...nats.Option) *nats.Conn {
+	t.Helper()
+	base := []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(50 * time.Millisecond), nats.Timeout(5 * time.Second)}
+	nc, err := nats.Connect(url, append(base, opts...)...)
+	if err != nil {
+		t.Fatalf("natstest: connect %s: %v", url, err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// Provision provisions every Vigil stream and bucket over nc.
+func Provision(t testing.TB, nc *nats.Conn, topo events.Topology) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("natstest: jetstream: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := events.Provision(ctx, js, topo); err != nil {
+		t.Fatalf("natstest: provision: %v", err)
+	}
+	return js
+}
+
+// Cluster is an in-process JetStream cluster.
+type Cluster struct {
+	t       testing.TB
+	Servers []*Server
+}
+
+// StartCluster runs an n-node JetStream cluster (n is usually 3) and waits
+// until it has a meta leader.
+func StartCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	ports := make([]int, n)
+	routes := make([]string, n)
+	for i := range ports {
+		p, err := natsembed.FreePort("127.0.0.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = p
+		routes[i] = fmt.Sprintf("127.0.0.1:%d", p)
+	}
+	dir := t.TempDir()
+	c := &Cluster{t: t, Servers: make([]*Server, n)}
+	errs := make(chan error, n)
+	for i := range n {
+		cfg := natsembed.Config{
+			Name:         fmt.Sprintf("n%d", i+1),
+			StoreDir:     filepath.Join(dir, fmt.Sprintf("n%d", i+1)),
+			ClusterName:  "vigil-test",
+			ClusterPort:  ports[i],
+			Routes:       routes,
+			ReadyTimeout: 30 * time.Second,
+		}
+		go func() {
+			srv, err := natsembed.Start(cfg)
+			if err != nil {
+				errs <- err
+				return
+			}
+			c.Servers[i] = &Server{t: t, cfg: srv.Config(), srv: srv}
+			errs <- nil
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatalf("natstest: cluster: %v", err)
+		}
+	}
+	for _, s := range c.Servers {
+		t.Cleanup(s.Stop)
+	}
+	c.WaitForMetaLeader(30 * time.Second)
+	return c
+}
+
+// URLs is the comma-separated list of every server's client URL.
+func (c *Cluster) URLs() string {
+	u := ""
+	for i, s := range c.Servers {
+		if i > 0 {
+			u += ","
+		}
+		u += s.URL()
+	}
+	return u
+}
+
+// Connect opens a client connection to the cluster.
+func (c *Cluster) Connect(opts ...nats.Option) *nats.Conn {
+	c.t.Helper()
+	return connect(c.t, c.URLs(), opts...)
+}
+
+// WaitForMetaLeader waits until a JetStream meta leader sees every running
+// server as an online peer, so that replicated streams can be placed.
+func (c *Cluster) WaitForMetaLeader(timeout time.Duration) {
+	c.t.Helper()
+	running := 0
+	for _, s := range c.Servers {
+		if s.srv != nil {
+			running++
+		}
+	}
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		for _, s := range c.Servers {
+			if s.srv != nil && s.srv.JetStreamIsLeader() && len(s.srv.JetStreamClusterPeers()) >= running {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.t.Fatalf("natstest: no meta leader with %d online peers after %s", running, timeout)
+}
+
+// StreamLeader returns the server leading stream in the global account,
+// waiting up to timeout for one to be elected.
+func (c *Cluster) StreamLeader(stream string, timeout time.Duration) *Server {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		for _, s := range c.Servers {
+			if s.srv != nil && s.srv.JetStreamIsStreamLeader("$G", stream) {
+				return s
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.t.Fatalf("natstest: stream %s has no leader after %s", stream, timeout)
+	return nil
+}
