@@ -8,3 +8,5 @@ require (
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
 	github.com/spf13/pflag v1.0.9 // indirect
 )
+
+replace github.com/vigil-cc/vigil/pkg => ../../pkg

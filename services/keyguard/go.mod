@@ -1,0 +1,7 @@
+module github.com/vigil-cc/vigil/services/keyguard
+
+go 1.26
+
+require github.com/vigil-cc/vigil/pkg v0.0.0
+
+replace github.com/vigil-cc/vigil/pkg => ../../pkg
