@@ -16,7 +16,7 @@ var vmKeyEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithP
 // resource ID. It is a valid NATS subject token. ARM resource IDs are case
 // insensitive, so IDs differing only in case share a key.
 func VMKey(resourceID string) string {
-	sum := sha256.Sum256([]byte(strings.ToLower(strings.TrimSpace(resourceID))))
+	sum := sha256.Sum256([]byte(strings.ToLower(resourceID)))
 	return vmKeyEncoding.EncodeToString(sum[:])[:VMKeyLen]
 }
 

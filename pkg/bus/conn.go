@@ -1,0 +1,214 @@
+package bus
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// DefaultURL is the NATS URL used when Config.URL is empty.
+const DefaultURL = "nats://127.0.0.1:4222"
+
+// Config says how to reach NATS.
+type Config struct {
+	// URL is one server URL or a comma-separated list of them.
+	URL string
+	// Name is the client connection name, usually the service name.
+	Name string
+	// CredsFile is a NATS credentials file (JWT and nkey seed).
+	CredsFile string
+	// TLSCAFile, TLSCertFile and TLSKeyFile configure TLS: a CA to trust and
+	// an optional client certificate.
+	TLSCAFile, TLSCertFile, TLSKeyFile string
+	// TLSConfig overrides the TLS files when set.
+	TLSConfig *tls.Config
+	// WaitForServer makes Connect retry, with backoff, until a server
+	// answers or ctx ends, instead of failing at once. Services set it;
+	// command-line tools do not.
+	WaitForServer bool
+	// ReconnectWait is the base of the exponential reconnect backoff
+	// (default 100 ms, capped at MaxReconnectWait, default 5 s, with jitter).
+	ReconnectWait, MaxReconnectWait time.Duration
+	// DrainTimeout bounds Close (default 10 s).
+	DrainTimeout time.Duration
+	// Logger receives connection events; defaults to slog.Default().
+	Logger *slog.Logger
+	// TracerProvider and MeterProvider default to the otel globals.
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
+}
+
+// Conn is a connection to NATS with its JetStream context.
+type Conn struct {
+	NC  *nats.Conn
+	JS  jetstream.JetStream
+	cfg Config
+	log *slog.Logger
+
+	tracer  trace.Tracer
+	metrics *busMetrics
+	closed  chan struct{}
+}
+
+// ErrConnect is returned when no server could be reached.
+var ErrConnect = errors.New("bus: cannot connect to NATS")
+
+// Connect opens a connection. Unless cfg.WaitForServer is set, it fails at
+// once when no server answers.
+func Connect(ctx context.Context, cfg Config) (*Conn, error) {
+	if cfg.URL == "" {
+		cfg.URL = DefaultURL
+	}
+	if cfg.ReconnectWait <= 0 {
+		cfg.ReconnectWait = 100 * time.Millisecond
+	}
+	if cfg.MaxReconnectWait <= 0 {
+		cfg.MaxReconnectWait = 5 * time.Second
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 10 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("component", "bus")
+	c := &Conn{cfg: cfg, log: log, closed: make(chan struct{})}
+	opts, err := c.options()
+	if err != nil {
+		return nil, err
+	}
+	url := strings.Join(strings.Fields(strings.ReplaceAll(cfg.URL, ",", " ")), ",")
+	var nc *nats.Conn
+	for attempt := 0; ; attempt++ {
+		nc, err = nats.Connect(url, opts...)
+		if err == nil {
+			break
+		}
+		if !cfg.WaitForServer {
+			return nil, fmt.Errorf("%w at %s: %w", ErrConnect, url, err)
+		}
+		log.WarnContext(ctx, "waiting for NATS", "url", url, "attempt", attempt+1, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w at %s: %w (last error: %w)", ErrConnect, url, ctx.Err(), err)
+		case <-time.After(backoff(cfg.ReconnectWait, cfg.MaxReconnectWait, attempt)):
+		}
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("bus: jetstream: %w", err)
+	}
+	c.NC, c.JS = nc, js
+	tp := cfg.TracerProvider
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	c.tracer = tp.Tracer("github.com/vigil-cc/vigil/pkg/bus")
+	mp := cfg.MeterProvider
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	c.metrics = newBusMetrics(mp)
+	return c, nil
+}
+
+func (c *Conn) options() ([]nats.Option, error) {
+	cfg := c.cfg
+	opts := []nats.Option{
+		nats.Name(cfg.Name),
+		nats.MaxReconnects(-1),
+		nats.CustomReconnectDelay(func(attempts int) time.Duration {
+			return backoff(cfg.ReconnectWait, cfg.MaxReconnectWait, attempts)
+		}),
+		nats.Timeout(5 * time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				c.log.Warn("disconnected from NATS", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			c.log.Info("reconnected to NATS", "url", nc.ConnectedUrlRedacted())
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subj := ""
+			if sub != nil {
+				subj = sub.Subject
+			}
+			c.log.Error("NATS async error", "subject", subj, "err", err)
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { close(c.closed) }),
+	}
+	if cfg.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	}
+	switch {
+	case cfg.TLSConfig != nil:
+		opts = append(opts, nats.Secure(cfg.TLSConfig))
+	default:
+		if cfg.TLSCAFile != "" {
+			opts = append(opts, nats.RootCAs(cfg.TLSCAFile))
+		}
+		if cfg.TLSCertFile != "" || cfg.TLSKeyFile != "" {
+			if cfg.TLSCertFile == "" || cfg.TLSKeyFile == "" {
+				return nil, errors.New("bus: TLS client certificate needs both a cert file and a key file")
+			}
+			opts = append(opts, nats.ClientCert(cfg.TLSCertFile, cfg.TLSKeyFile))
+		}
+	}
+	return opts, nil
+}
+
+// backoff is exponential from base, capped at max, with ±20% jitter.
+func backoff(base, max time.Duration, attempt int) time.Duration {
+	d := base
+	for i := 0; i < attempt && d < max; i++ {
+		d *= 2
+	}
+	d = min(d, max)
+	jitter := time.Duration(rand.Int64N(int64(d)/5 + 1))
+	if rand.IntN(2) == 0 {
+		return d - jitter
+	}
+	return d + jitter
+}
+
+// Close drains the connection (pending publishes and handlers finish, no new
+// messages arrive) and waits, up to Config.DrainTimeout, until it is closed.
+func (c *Conn) Close() error {
+	if c == nil || c.NC == nil {
+		return nil
+	}
+	if c.NC.IsClosed() {
+		return nil
+	}
+	if err := c.NC.Drain(); err != nil {
+		c.NC.Close()
+		return fmt.Errorf("bus: drain: %w", err)
+	}
+	select {
+	case <-c.closed:
+		return nil
+	case <-time.After(c.cfg.DrainTimeout):
+		c.NC.Close()
+		return fmt.Errorf("bus: drain did not finish within %s", c.cfg.DrainTimeout)
+	}
+}
+
+// Logger is the connection's logger.
+func (c *Conn) Logger() *slog.Logger { return c.log }
+
+// Tracer is the tracer the connection records spans with.
+func (c *Conn) Tracer() trace.Tracer { return c.tracer }

@@ -1,0 +1,293 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/vigil-cc/vigil/pkg/events"
+)
+
+// Message is one delivered event.
+type Message struct {
+	Envelope events.Envelope
+	Msg      jetstream.Msg
+	Meta     *jetstream.MsgMetadata
+}
+
+// Handler processes one message. Returning nil acks it; an error naks it
+// for redelivery with backoff; an error wrapped by Permanent terminates it.
+// Handlers must be idempotent: a message can be delivered more than once.
+type Handler func(ctx context.Context, m *Message) error
+
+type permanentError struct{ err error }
+
+func (p *permanentError) Error() string { return p.err.Error() }
+func (p *permanentError) Unwrap() error { return p.err }
+
+// Permanent marks err as not worth retrying: the message is terminated and
+// an alert is published about it.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{err: err}
+}
+
+// IsPermanent reports whether err was marked with Permanent.
+func IsPermanent(err error) bool {
+	var p *permanentError
+	return errors.As(err, &p)
+}
+
+// ConsumeOption configures Consume.
+type ConsumeOption func(*consumeOptions)
+
+type consumeOptions struct {
+	concurrency int
+	backoff     []time.Duration
+	inProgress  time.Duration
+	alertSource string
+}
+
+// WithConcurrency bounds the number of messages handled at once (default 16).
+// It is also the number of messages buffered from the server.
+func WithConcurrency(n int) ConsumeOption {
+	return func(o *consumeOptions) {
+		if n > 0 {
+			o.concurrency = n
+		}
+	}
+}
+
+// WithBackoff sets the redelivery delays after a handler error: the n-th
+// failed delivery waits ds[n-1], the last value repeating. The default is
+// 250 ms, 1 s, 5 s, 15 s, 30 s.
+func WithBackoff(ds ...time.Duration) ConsumeOption {
+	return func(o *consumeOptions) {
+		if len(ds) > 0 {
+			o.backoff = ds
+		}
+	}
+}
+
+// WithInProgress sets how often a running handler's message is marked in
+// progress so that the server does not redeliver it (default a third of the
+// consumer's AckWait).
+func WithInProgress(interval time.Duration) ConsumeOption {
+	return func(o *consumeOptions) { o.inProgress = interval }
+}
+
+// WithAlertSource names the service in poison-message alerts.
+func WithAlertSource(name string) ConsumeOption {
+	return func(o *consumeOptions) { o.alertSource = name }
+}
+
+// DefaultMaxDeliver is the consumer's MaxDeliver when the config leaves it 0.
+// A message that failed this many deliveries is terminated as poison.
+const DefaultMaxDeliver = 20
+
+// Consume creates or updates the durable pull consumer cfg on stream and
+// handles its messages with bounded concurrency until ctx ends. On return,
+// every handler has finished; messages buffered but not handled are
+// redelivered by the server after AckWait.
+func (c *Conn) Consume(ctx context.Context, stream string, cfg jetstream.ConsumerConfig, h Handler, opts ...ConsumeOption) error {
+	o := consumeOptions{
+		concurrency: 16,
+		backoff:     []time.Duration{250 * time.Millisecond, time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second},
+		alertSource: c.cfg.Name,
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if cfg.AckPolicy == jetstream.AckNonePolicy || cfg.AckPolicy == jetstream.AckAllPolicy {
+		return fmt.Errorf("bus: consumer %s: the runner needs AckExplicit", cfg.Durable)
+	}
+	cfg.AckPolicy = jetstream.AckExplicitPolicy
+	if cfg.MaxDeliver == 0 {
+		cfg.MaxDeliver = DefaultMaxDeliver
+	}
+	if cfg.AckWait == 0 {
+		cfg.AckWait = 30 * time.Second
+	}
+	if cfg.MaxAckPending == 0 {
+		cfg.MaxAckPending = max(1000, 4*o.concurrency)
+	}
+	if o.inProgress <= 0 {
+		o.inProgress = cfg.AckWait / 3
+	}
+	if o.alertSource == "" {
+		o.alertSource = "vigil"
+	}
+	cons, err := c.JS.CreateOrUpdateConsumer(ctx, stream, cfg)
+	if err != nil {
+		return fmt.Errorf("bus: consumer %s on %s: %w", cfg.Durable, stream, err)
+	}
+	iter, err := cons.Messages(jetstream.PullMaxMessages(o.concurrency))
+	if err != nil {
+		return fmt.Errorf("bus: consume %s on %s: %w", cfg.Durable, stream, err)
+	}
+	stopped := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-stopped:
+		}
+		iter.Stop()
+	}()
+	defer close(stopped)
+
+	r := runner{c: c, h: h, o: o, maxDeliver: cfg.MaxDeliver, consumer: cfg.Durable}
+	sem := make(chan struct{}, o.concurrency)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		msg, err := iter.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+				return nil
+			}
+			c.log.WarnContext(ctx, "consumer error", "consumer", cfg.Durable, "stream", stream, "err", err)
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			r.handle(ctx, msg)
+		}()
+	}
+}
+
+type runner struct {
+	c          *Conn
+	h          Handler
+	o          consumeOptions
+	maxDeliver int
+	consumer   string
+}
+
+func (r *runner) handle(ctx context.Context, msg jetstream.Msg) {
+	start := time.Now()
+	meta, err := msg.Metadata()
+	if err != nil {
+		r.c.log.ErrorContext(ctx, "message without metadata", "subject", msg.Subject(), "err", err)
+		_ = msg.Term()
+		return
+	}
+	ctx = ExtractTrace(ctx, msg.Headers())
+	ctx, span := r.c.tracer.Start(ctx, "process "+msg.Subject(), trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(
+			attribute.String("messaging.system", "nats"),
+			attribute.String("messaging.destination.name", msg.Subject()),
+			attribute.String("messaging.consumer.group.name", r.consumer),
+			attribute.Int64("messaging.nats.stream_sequence", int64(meta.Sequence.Stream)),
+			attribute.Int64("messaging.nats.num_delivered", int64(meta.NumDelivered)),
+		))
+	defer span.End()
+
+	outcome := "ack"
+	defer func() {
+		attrs := metric.WithAttributes(attribute.String("consumer", r.consumer), attribute.String("outcome", outcome))
+		r.c.metrics.handled.Add(ctx, 1, attrs)
+		r.c.metrics.handleSeconds.Record(ctx, time.Since(start).Seconds(), attrs)
+	}()
+
+	env, err := events.Parse(msg.Data())
+	if err != nil {
+		outcome = "term"
+		r.poison(ctx, span, msg, meta, fmt.Errorf("unreadable envelope: %w", err))
+		return
+	}
+	span.SetAttributes(attribute.String("messaging.message.id", env.ID), attribute.String("cloudevents.event_type", env.Type))
+
+	done := make(chan struct{})
+	go r.keepInProgress(msg, done)
+	err = r.h(ctx, &Message{Envelope: env, Msg: msg, Meta: meta})
+	close(done)
+
+	// Acknowledge even when ctx was cancelled while the handler finished its
+	// durable work: otherwise the message would be redelivered needlessly.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	switch {
+	case err == nil:
+		if aerr := msg.DoubleAck(actx); aerr != nil {
+			outcome = "ack_failed"
+			r.c.log.WarnContext(ctx, "ack failed; the message will be redelivered", "subject", msg.Subject(), "seq", meta.Sequence.Stream, "err", aerr)
+		}
+	case IsPermanent(err) || (r.maxDeliver > 0 && int(meta.NumDelivered) >= r.maxDeliver):
+		outcome = "term"
+		r.poison(actx, span, msg, meta, err)
+	default:
+		outcome = "nak"
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		delay := r.delay(meta.NumDelivered)
+		r.c.log.WarnContext(ctx, "handler failed; redelivering", "subject", msg.Subject(), "seq", meta.Sequence.Stream,
+			"delivered", meta.NumDelivered, "retry_in", delay, "err", err)
+		_ = msg.NakWithDelay(delay)
+	}
+}
+
+func (r *runner) delay(delivered uint64) time.Duration {
+	i := int(delivered) - 1
+	if i < 0 {
+		i = 0
+	}
+	if i >= len(r.o.backoff) {
+		i = len(r.o.backoff) - 1
+	}
+	return r.o.backoff[i]
+}
+
+func (r *runner) keepInProgress(msg jetstream.Msg, done <-chan struct{}) {
+	t := time.NewTicker(r.o.inProgress)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			_ = msg.InProgress()
+		}
+	}
+}
+
+// poison terminates msg and raises an alert about it.
+func (r *runner) poison(ctx context.Context, span trace.Span, msg jetstream.Msg, meta *jetstream.MsgMetadata, cause error) {
+	span.RecordError(cause)
+	span.SetStatus(codes.Error, "poison message: "+cause.Error())
+	reason := fmt.Sprintf("poison after %d deliveries: %v", meta.NumDelivered, cause)
+	if len(reason) > 512 {
+		reason = reason[:512]
+	}
+	if err := msg.TermWithReason(reason); err != nil {
+		r.c.log.ErrorContext(ctx, "terminate poison message", "subject", msg.Subject(), "err", err)
+	}
+	r.c.log.ErrorContext(ctx, "poison message terminated", "subject", msg.Subject(), "stream", meta.Stream,
+		"seq", meta.Sequence.Stream, "delivered", meta.NumDelivered, "err", cause)
+	alert := events.Alert{
+		Severity: events.SeverityHigh,
+		Code:     "bus.poison_message",
+		VMKey:    events.VMFromSubject(msg.Subject()),
+		Message: fmt.Sprintf("%s: message %s seq %d on %s terminated after %d deliveries: %v",
+			r.consumer, meta.Stream, meta.Sequence.Stream, msg.Subject(), meta.NumDelivered, cause),
+		CauseID: msg.Headers().Get(HeaderMsgID),
+	}
+	if err := r.c.PublishAlert(ctx, r.o.alertSource, alert); err != nil {
+		r.c.log.ErrorContext(ctx, "publish poison alert", "err", err)
+	}
+}
