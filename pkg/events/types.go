@@ -295,3 +295,12 @@ type VMStatus struct {
 	NextDueAt           time.Time `json:"next_due_at,omitzero"`
 	UpdatedAt           time.Time `json:"updated_at"`
 }
+
+// Challenge is the request sent to vigil.agent.<vm>.challenge. The agent
+// answers with a vigil.evidence/v1 bundle whose TPM quote carries Nonce as
+// its extraData, or with a bus.ReplyError.
+type Challenge struct {
+	VMKey    string    `json:"vm_key"`
+	Nonce    []byte    `json:"nonce"` // 32 random bytes, used once (base64 in JSON)
+	Deadline time.Time `json:"deadline,omitzero"`
+}
