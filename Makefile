@@ -9,7 +9,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 TEST_TIMEOUT ?= 9m
 STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo $(shell $(GO) env GOPATH)/bin/staticcheck)
 
-.PHONY: all build test test-short run bench lint fmt vet staticcheck tidy clean
+.PHONY: all build test test-short run bench lint fmt vet staticcheck tidy clean compose-check
 
 all: lint test
 
@@ -45,6 +45,11 @@ fmt:
 
 tidy:
 	@for d in $(MODULE_DIRS); do (cd $$d && $(GO) mod tidy) || exit 1; done
+
+# Validates deploy/compose/compose.yaml with the compose-spec loader and checks
+# that every environment variable it sets is read by its service.
+compose-check:
+	$(GO) run ./tools/composecheck -f deploy/compose/compose.yaml -root .
 
 clean:
 	rm -rf $(BIN) .vigil
