@@ -247,4 +247,3 @@ func stringLiterals(path string, into map[string]bool) error {
 	})
 	return nil
 }
-
