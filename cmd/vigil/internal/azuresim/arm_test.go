@@ -1,0 +1,95 @@
+package azuresim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v7"
+)
+
+type staticToken struct{}
+
+func (staticToken) GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	return azcore.AccessToken{Token: "sim", ExpiresOn: time.Now().Add(time.Hour)}, nil
+}
+
+func newClient(t *testing.T, srv *httptest.Server, sub string) *armcompute.VirtualMachinesClient {
+	t.Helper()
+	opts := &arm.ClientOptions{ClientOptions: policy.ClientOptions{
+		Cloud:     cloud.Configuration{Services: map[cloud.ServiceName]cloud.ServiceConfiguration{cloud.ResourceManager: {Endpoint: srv.URL, Audience: "https://management.core.windows.net/"}}},
+		Transport: srv.Client(),
+		Retry:     policy.RetryOptions{MaxRetries: -1},
+	}}
+	c, err := armcompute.NewVirtualMachinesClient(sub, staticToken{}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestARMServesTheSDKClient(t *testing.T) {
+	sim := NewARM(100)
+	srv := httptest.NewTLSServer(sim)
+	defer srv.Close()
+	const sub = "00000000-0000-0000-0000-0000000000aa"
+	for i := range 250 {
+		sim.Put(VMSpec{Subscription: sub, ResourceGroup: "rg-cvm", Name: fmt.Sprintf("vm-%03d", i), VMID: NewVMID(), Size: "Standard_DC4as_v5"})
+	}
+	sim.Put(VMSpec{Subscription: "other", ResourceGroup: "rg", Name: "elsewhere", VMID: NewVMID(), Size: "Standard_DC2as_v5"})
+	c := newClient(t, srv, sub)
+	ctx := context.Background()
+
+	n := 0
+	for pager := c.NewListAllPager(nil); pager.More(); {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += len(page.Value)
+	}
+	if n != 250 {
+		t.Fatalf("listed %d VMs, want 250", n)
+	}
+
+	spec := VMSpec{Subscription: sub, ResourceGroup: "rg-cvm", Name: "vm-007"}
+	sim.SetPower(spec.ResourceID(), PowerDeallocated)
+	got, err := c.Get(ctx, "RG-CVM", "vm-007", &armcompute.VirtualMachinesClientGetOptions{Expand: to.Ptr(armcompute.InstanceViewTypesInstanceView)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := got.Properties
+	if *p.SecurityProfile.SecurityType != armcompute.SecurityTypesConfidentialVM || !*p.SecurityProfile.UefiSettings.VTpmEnabled ||
+		*p.StorageProfile.OSDisk.ManagedDisk.SecurityProfile.SecurityEncryptionType != armcompute.SecurityEncryptionTypesDiskWithVMGuestState ||
+		p.VMID == nil || *p.VMID == "" {
+		t.Fatalf("VM model incomplete: %+v", p)
+	}
+	if code := *p.InstanceView.Statuses[1].Code; code != "PowerState/deallocated" {
+		t.Fatalf("power state %s", code)
+	}
+
+	sim.Delete(spec.ResourceID())
+	_, err = c.Get(ctx, "rg-cvm", "vm-007", nil)
+	var re *azcore.ResponseError
+	if !errors.As(err, &re) || re.StatusCode != http.StatusNotFound || re.ErrorCode != "ResourceNotFound" {
+		t.Fatalf("get deleted VM: %v", err)
+	}
+
+	sim.Throttle(1)
+	_, err = c.Get(ctx, "rg-cvm", "vm-008", nil)
+	if !errors.As(err, &re) || re.StatusCode != http.StatusTooManyRequests || re.RawResponse.Header.Get("Retry-After") == "" {
+		t.Fatalf("throttled get: %v", err)
+	}
+	if _, err := c.Get(ctx, "rg-cvm", "vm-008", nil); err != nil {
+		t.Fatalf("get after throttling: %v", err)
+	}
+}
