@@ -16,6 +16,7 @@ const (
 	StreamJobs        = "VIGIL_JOBS"
 	StreamAlerts      = "VIGIL_ALERTS"
 	StreamCheckpoints = "VIGIL_CHECKPOINTS"
+	StreamSchedule    = "VIGIL_SCHEDULE"
 )
 
 // KV bucket names.
@@ -106,6 +107,28 @@ func Streams(t Topology) []jetstream.StreamConfig {
 			DenyPurge:   true,
 			MaxMsgSize:  64 << 10,
 			Discard:     jetstream.DiscardOld,
+		},
+		{
+			// The re-attestation schedule: one message schedule (nats-server
+			// 2.12+, "Nats-Schedule: @at ...") per VM on vigil.schedule.vm.<vm>
+			// fires into vigil.schedule.due.<vm>, where the attest-worker
+			// turns it into a job on VIGIL_JOBS. A scheduled message must fire
+			// into its own stream, and schedules rule out DiscardNew, so they
+			// cannot live in VIGIL_JOBS. Publishing a new schedule for a VM
+			// rolls up (replaces) its previous one. Work-queue retention drops
+			// a fired message once it is acknowledged.
+			Name:              StreamSchedule,
+			Description:       "Re-attestation schedule: one pending schedule per VM and the fired schedules",
+			Subjects:          []string{SubjectScheduleAll},
+			Retention:         jetstream.WorkQueuePolicy,
+			MaxMsgsPerSubject: 1,
+			AllowMsgSchedules: true,
+			AllowRollup:       true,
+			Storage:           jetstream.FileStorage,
+			Replicas:          r,
+			Duplicates:        2 * time.Minute,
+			MaxMsgSize:        64 << 10,
+			Discard:           jetstream.DiscardOld,
 		},
 	}
 }

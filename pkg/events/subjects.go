@@ -11,6 +11,13 @@ const (
 	SubjectAttestJobsAll = "vigil.jobs.attest.*"
 	SubjectAlertsAll     = "vigil.alert.>"
 	SubjectCheckpoint    = "vigil.audit.checkpoint"
+	SubjectScheduleAll   = "vigil.schedule.>"
+	SubjectScheduleDue   = "vigil.schedule.due.*"
+	// SubjectSweepSchedule holds the fleet-wide repeating schedule that
+	// fires SubjectSweepDue: one attest-worker then checks every VM for a
+	// missed deadline.
+	SubjectSweepSchedule = "vigil.schedule.fleet.sweep"
+	SubjectSweepDue      = "vigil.schedule.due.sweep"
 
 	SubjectKeyguardNonce   = "vigil.keyguard.nonce"
 	SubjectKeyguardRelease = "vigil.keyguard.release"
@@ -53,6 +60,14 @@ func PolicySubject(name string) string { return "vigil.events.policy." + Token(n
 // AttestJobSubject is vigil.jobs.attest.<vm>.
 func AttestJobSubject(vm string) string { return "vigil.jobs.attest." + vm }
 
+// ScheduleSubject is vigil.schedule.vm.<vm>: the VM's pending message
+// schedule (at most one; a new one replaces it).
+func ScheduleSubject(vm string) string { return "vigil.schedule.vm." + vm }
+
+// ScheduleDueSubject is vigil.schedule.due.<vm>, where the VM's schedule
+// fires.
+func ScheduleDueSubject(vm string) string { return "vigil.schedule.due." + vm }
+
 // ChallengeSubject is vigil.agent.<vm>.challenge.
 func ChallengeSubject(vm string) string { return "vigil.agent." + vm + ".challenge" }
 
@@ -66,7 +81,8 @@ func AlertSubject(severity Severity, vm string) string {
 }
 
 // VMFromSubject returns the VM key of a vigil.events.vm.<vm>.*,
-// vigil.jobs.attest.<vm> or vigil.agent.<vm>.* subject, or "".
+// vigil.jobs.attest.<vm>, vigil.agent.<vm>.*, vigil.alert.*.<vm> or
+// vigil.schedule.{vm,due}.<vm> subject, or "".
 func VMFromSubject(subject string) string {
 	parts := strings.Split(subject, ".")
 	switch {
@@ -77,6 +93,8 @@ func VMFromSubject(subject string) string {
 	case len(parts) == 4 && parts[1] == "agent":
 		return parts[2]
 	case len(parts) == 4 && parts[1] == "alert":
+		return parts[3]
+	case len(parts) == 4 && parts[1] == "schedule" && (parts[2] == "vm" || parts[2] == "due") && ValidVMKey(parts[3]):
 		return parts[3]
 	}
 	return ""

@@ -294,6 +294,13 @@ type VMStatus struct {
 	ConsecutiveFailures int       `json:"consecutive_failures,omitempty"`
 	NextDueAt           time.Time `json:"next_due_at,omitzero"`
 	UpdatedAt           time.Time `json:"updated_at"`
+	// Written by the attest-worker; all optional.
+	Platform       string    `json:"platform,omitempty"`        // platform of the last evidence
+	PreviousStatus Status    `json:"previous_status,omitempty"` // status before the transition at Since
+	ChangedBy      string    `json:"changed_by,omitempty"`      // id of the job or event that made the transition at Since
+	LastJobID      string    `json:"last_job_id,omitempty"`     // id of the last job whose outcome is recorded here
+	OverdueSince   time.Time `json:"overdue_since,omitzero"`    // due time of an attestation still without valid evidence
+	Worker         string    `json:"worker,omitempty"`          // worker instance that wrote this record
 }
 
 // Challenge is the request sent to vigil.agent.<vm>.challenge. The agent
