@@ -14,6 +14,8 @@ func newRootCmd() *cobra.Command {
 	}
 	root.AddCommand(
 		newVersionCmd(),
+		newDevCmd(),
+		newEventsCmd(),
 	)
 	return root
 }
