@@ -260,22 +260,26 @@ type Job struct {
 
 // VM is the inventory record of one VM in the vigil-vms bucket, keyed by VM key.
 type VM struct {
-	VMKey         string        `json:"vm_key"`
-	ResourceID    string        `json:"resource_id"`
-	VMID          string        `json:"vm_id,omitempty"`
-	Subscription  string        `json:"subscription_id,omitempty"`
-	ResourceGroup string        `json:"resource_group,omitempty"`
-	Name          string        `json:"name,omitempty"`
-	Location      string        `json:"location,omitempty"`
-	Size          string        `json:"size,omitempty"`
-	SecurityType  string        `json:"security_type,omitempty"`
-	PowerState    string        `json:"power_state,omitempty"` // running, stopped, deallocated, ...
-	Lifecycle     LifecycleKind `json:"lifecycle,omitempty"`
-	Deleted       bool          `json:"deleted,omitempty"`
-	Findings      []Finding     `json:"findings,omitempty"`
-	EventTime     time.Time     `json:"event_time"` // time of the newest event applied; older events never roll back
-	EnrichedAt    time.Time     `json:"enriched_at,omitzero"`
-	UpdatedAt     time.Time     `json:"updated_at"`
+	VMKey          string        `json:"vm_key"`
+	ResourceID     string        `json:"resource_id"`
+	VMID           string        `json:"vm_id,omitempty"`
+	Subscription   string        `json:"subscription_id,omitempty"`
+	ResourceGroup  string        `json:"resource_group,omitempty"`
+	Name           string        `json:"name,omitempty"`
+	Location       string        `json:"location,omitempty"`
+	Size           string        `json:"size,omitempty"`
+	SecurityType   string        `json:"security_type,omitempty"`
+	PowerState     string        `json:"power_state,omitempty"` // running, stopped, deallocated, ...
+	Lifecycle      LifecycleKind `json:"lifecycle,omitempty"`
+	Deleted        bool          `json:"deleted,omitempty"`
+	Findings       []Finding     `json:"findings,omitempty"`
+	EventTime      time.Time     `json:"event_time"`                // time of the newest event applied; older events never roll back
+	EventID        string        `json:"event_id,omitempty"`        // id of the newest event applied (a re-delivery of it changes nothing)
+	Platform       string        `json:"platform,omitempty"`        // azure-sev-snp or azure-tdx, from the size series
+	OSImage        string        `json:"os_image,omitempty"`        // publisher:offer:sku, or the image resource ID
+	LiveMigratedAt time.Time     `json:"live_migrated_at,omitzero"` // when Azure last reported a live migration of the VM
+	EnrichedAt     time.Time     `json:"enriched_at,omitzero"`
+	UpdatedAt      time.Time     `json:"updated_at"`
 }
 
 // VMStatus is the record of one VM in the vigil-status bucket, keyed by VM key.
