@@ -1,0 +1,295 @@
+// Package auditlog defines the entries of Vigil's audit log and reads,
+// verifies, proves and searches such a log offline, with nothing but the log
+// directory (a C2SP tlog-tiles tree) and the log's public key.
+package auditlog
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/services/auditor/canonjson"
+)
+
+// RecordVersion is the version of the entry format written by this package.
+const RecordVersion = 1
+
+// MaxEntrySize is the largest entry a tlog-tiles entry bundle can hold.
+const MaxEntrySize = 1<<16 - 1
+
+// Kinds of records.
+const (
+	// KindEvent records one message of the stream: a valid CloudEvent.
+	KindEvent = "event"
+	// KindInvalid records one message of the stream that is not a valid
+	// CloudEvent (or too large to be logged whole): its bytes are kept
+	// when they fit, their SHA-256 always.
+	KindInvalid = "invalid"
+	// KindGap records stream sequences that no longer existed in the
+	// stream when the auditor reached them (deleted or expired before they
+	// could be logged), so that the log accounts for every sequence.
+	KindGap = "gap"
+)
+
+// Record is one entry of the audit log. Every entry is the RFC 8785
+// canonical JSON encoding of a Record, and the records of a log cover the
+// stream sequences 1, 2, 3, ... each exactly once.
+type Record struct {
+	V    int    `json:"v"`
+	Kind string `json:"kind"`
+	// Stream is the JetStream stream the message was stored in.
+	Stream string `json:"stream"`
+	// Seq is the message's stream sequence (for a gap: the last missing one).
+	Seq uint64 `json:"seq"`
+	// FirstSeq is the first missing sequence of a gap.
+	FirstSeq uint64 `json:"first_seq,omitempty"`
+	// Subject is the NATS subject the message was published on.
+	Subject string `json:"subject,omitempty"`
+	// Stored is when the stream stored the message (RFC 3339, UTC).
+	Stored string `json:"stored,omitempty"`
+	// Event is the canonical JSON of the CloudEvent. When the event is too
+	// large for one entry its data member is left out and committed to by
+	// DataSHA256 and DataSize instead.
+	Event json.RawMessage `json:"event,omitempty"`
+	// DataSHA256 is "sha256:<hex>" of the canonical JSON of the event's
+	// data member, set only when that member was left out of Event.
+	DataSHA256 string `json:"data_sha256,omitempty"`
+	DataSize   int    `json:"data_size,omitempty"`
+	// BodySHA256 is "sha256:<hex>" of the message body exactly as it was
+	// on the bus; anyone holding the original message can match it.
+	BodySHA256 string `json:"body_sha256,omitempty"`
+	// Body holds the raw bytes of an invalid message when they fit.
+	Body []byte `json:"body,omitempty"`
+	// Reason explains an invalid record or a gap.
+	Reason string `json:"reason,omitempty"`
+}
+
+// Envelope parses the record's CloudEvent (only for KindEvent records).
+func (r *Record) Envelope() (events.Envelope, error) {
+	if r.Kind != KindEvent || len(r.Event) == 0 {
+		return events.Envelope{}, fmt.Errorf("auditlog: record of kind %q has no event", r.Kind)
+	}
+	var e events.Envelope
+	if err := json.Unmarshal(r.Event, &e); err != nil {
+		return events.Envelope{}, fmt.Errorf("auditlog: record event: %w", err)
+	}
+	return e, nil
+}
+
+// VMKey returns the VM key the record is about: taken from the subject
+// (vigil.events.vm.<vm>.<kind>), else from the event data's vm_key member,
+// else "".
+func (r *Record) VMKey() string {
+	if vm := events.VMFromSubject(r.Subject); vm != "" {
+		return vm
+	}
+	if r.Kind != KindEvent {
+		return ""
+	}
+	var ev struct {
+		Data struct {
+			VMKey string `json:"vm_key"`
+		} `json:"data"`
+	}
+	if json.Unmarshal(r.Event, &ev) == nil {
+		return ev.Data.VMKey
+	}
+	return ""
+}
+
+// FirstCovered returns the first stream sequence the record accounts for.
+func (r *Record) FirstCovered() uint64 {
+	if r.Kind == KindGap {
+		return r.FirstSeq
+	}
+	return r.Seq
+}
+
+// ErrBadRecord is returned for an entry that is not a well-formed record.
+var ErrBadRecord = errors.New("auditlog: malformed record")
+
+// ParseRecord decodes and checks one log entry.
+func ParseRecord(entry []byte) (Record, error) {
+	var r Record
+	if err := json.Unmarshal(entry, &r); err != nil {
+		return Record{}, fmt.Errorf("%w: %w", ErrBadRecord, err)
+	}
+	switch {
+	case r.V != RecordVersion:
+		return Record{}, fmt.Errorf("%w: version %d, want %d", ErrBadRecord, r.V, RecordVersion)
+	case r.Stream == "":
+		return Record{}, fmt.Errorf("%w: missing stream", ErrBadRecord)
+	case r.Seq == 0:
+		return Record{}, fmt.Errorf("%w: missing seq", ErrBadRecord)
+	}
+	switch r.Kind {
+	case KindEvent:
+		if len(r.Event) == 0 {
+			return Record{}, fmt.Errorf("%w: event record without event", ErrBadRecord)
+		}
+		var e events.Envelope
+		if err := json.Unmarshal(r.Event, &e); err != nil {
+			return Record{}, fmt.Errorf("%w: event: %w", ErrBadRecord, err)
+		}
+		if err := e.Validate(); err != nil {
+			return Record{}, fmt.Errorf("%w: %w", ErrBadRecord, err)
+		}
+	case KindInvalid:
+		if r.BodySHA256 == "" {
+			return Record{}, fmt.Errorf("%w: invalid record without body digest", ErrBadRecord)
+		}
+	case KindGap:
+		if r.FirstSeq == 0 || r.FirstSeq > r.Seq {
+			return Record{}, fmt.Errorf("%w: gap [%d, %d]", ErrBadRecord, r.FirstSeq, r.Seq)
+		}
+	default:
+		return Record{}, fmt.Errorf("%w: unknown kind %q", ErrBadRecord, r.Kind)
+	}
+	return r, nil
+}
+
+// Message is one stream message to be logged.
+type Message struct {
+	Stream  string
+	Seq     uint64
+	Subject string
+	Stored  time.Time
+	Body    []byte
+}
+
+// EncodeMessage returns the log entry for a stream message. It never fails:
+// a message that is not a valid CloudEvent becomes a KindInvalid record, and
+// an event too large for one entry is logged with its data replaced by the
+// data's digest (or, if even that is too large, as KindInvalid with the
+// body's digest), so that every message is accounted for.
+func EncodeMessage(m Message) []byte {
+	bodySum := digest(m.Body)
+	if _, err := events.Parse(m.Body); err != nil {
+		return encodeInvalid(m, bodySum, err.Error())
+	}
+	canon, err := canonjson.Transform(m.Body)
+	if err != nil {
+		return encodeInvalid(m, bodySum, err.Error())
+	}
+	base := Record{V: RecordVersion, Kind: KindEvent, Stream: m.Stream, Seq: m.Seq, Subject: m.Subject,
+		Stored: formatTime(m.Stored), BodySHA256: bodySum, Event: canon}
+	if entry := encode(&base); len(entry) <= MaxEntrySize {
+		return entry
+	}
+	// Too large: leave the data member out and commit to it by digest.
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(m.Body, &members); err == nil {
+		data := members["data"]
+		if data == nil {
+			data = members["data_base64"]
+		}
+		delete(members, "data")
+		delete(members, "data_base64")
+		if stripped, err := json.Marshal(members); err == nil {
+			if stripped, err = canonjson.Transform(stripped); err == nil {
+				canonData, _ := canonjson.Transform(data)
+				base.Event = stripped
+				base.DataSHA256 = digest(canonData)
+				base.DataSize = len(canonData)
+				if entry := encode(&base); len(entry) <= MaxEntrySize {
+					return entry
+				}
+			}
+		}
+	}
+	return encodeInvalid(m, bodySum, fmt.Sprintf("event of %d bytes is too large for a log entry", len(m.Body)))
+}
+
+func encodeInvalid(m Message, bodySum, reason string) []byte {
+	if len(reason) > 1024 {
+		reason = reason[:1024]
+	}
+	r := Record{V: RecordVersion, Kind: KindInvalid, Stream: m.Stream, Seq: m.Seq, Subject: m.Subject,
+		Stored: formatTime(m.Stored), BodySHA256: bodySum, Body: m.Body, Reason: reason}
+	if entry := encode(&r); len(entry) <= MaxEntrySize {
+		return entry
+	}
+	r.Body = nil
+	return encode(&r)
+}
+
+// EncodeGap returns the entry recording that stream sequences first..last
+// did not exist in the stream when the auditor reached them.
+func EncodeGap(stream string, first, last uint64, reason string) []byte {
+	return encode(&Record{V: RecordVersion, Kind: KindGap, Stream: stream, FirstSeq: first, Seq: last, Reason: reason})
+}
+
+func digest(b []byte) string {
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+// encode writes r as canonical JSON: members in sorted order, the event
+// already canonical, strings with RFC 8785 escaping.
+func encode(r *Record) []byte {
+	b := make([]byte, 0, 256+len(r.Event)+len(r.Body)*4/3)
+	b = append(b, '{')
+	first := true
+	str := func(k, v string) {
+		if v == "" {
+			return
+		}
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = canonjson.AppendString(b, k)
+		b = append(b, ':')
+		b = canonjson.AppendString(b, strings.ToValidUTF8(v, "\uFFFD"))
+	}
+	num := func(k string, v uint64) {
+		if v == 0 {
+			return
+		}
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = canonjson.AppendString(b, k)
+		b = append(b, ':')
+		b = strconv.AppendUint(b, v, 10)
+	}
+	// Keys in sorted order.
+	if len(r.Body) > 0 {
+		str("body", base64.StdEncoding.EncodeToString(r.Body))
+	}
+	str("body_sha256", r.BodySHA256)
+	str("data_sha256", r.DataSHA256)
+	num("data_size", uint64(r.DataSize))
+	if len(r.Event) > 0 {
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = append(b, `"event":`...)
+		b = append(b, r.Event...)
+	}
+	num("first_seq", r.FirstSeq)
+	str("kind", r.Kind)
+	str("reason", r.Reason)
+	num("seq", r.Seq)
+	str("stored", r.Stored)
+	str("stream", r.Stream)
+	str("subject", r.Subject)
+	num("v", uint64(r.V))
+	return append(b, '}')
+}

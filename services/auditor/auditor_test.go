@@ -1,0 +1,157 @@
+package auditor
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/natstest"
+)
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// startAuditor runs an auditor in the background; the returned function
+// stops it and returns Run's error.
+func startAuditor(t testing.TB, cfg Config) func() error {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg) }()
+	stopped := false
+	var err error
+	stop := func() error {
+		if !stopped {
+			stopped = true
+			cancel()
+			select {
+			case err = <-done:
+			case <-time.After(60 * time.Second):
+				t.Errorf("auditor did not stop")
+			}
+		}
+		return err
+	}
+	t.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+func TestAuditorLogsEveryEventAndPublishesCheckpoints(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	srv := natstest.Start(t)
+	nc, js := srv.JetStream()
+	dir := t.TempDir()
+	skey, vkey := testKeys(t, dir)
+	logDir := filepath.Join(dir, "log")
+
+	// Events published before the auditor starts and while it runs.
+	publishEvents(ctx, t, js, 0, 300)
+	stop := startAuditor(t, Config{LogDir: logDir, SignerKeyFile: skey, VerifierKeyFile: vkey, Conn: nc,
+		CheckpointInterval: 100 * time.Millisecond, Logger: quietLogger()})
+	publishEvents(ctx, t, js, 300, 700)
+	waitFor(t, 30*time.Second, "checkpoint covering 1000 entries", func() bool { return checkpointSize(logDir) >= 1000 })
+
+	// Acknowledged only after the durable write: the ack floor follows.
+	cons, err := js.Consumer(ctx, events.StreamEvents, DefaultConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "ack floor 1000", func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.AckFloor.Stream == 1000
+	})
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	recs, rep := logRecords(t, logDir, vkey)
+	checkExactlyOnce(t, recs, 1000)
+	if rep.LastSeq != 1000 {
+		t.Errorf("LastSeq %d", rep.LastSeq)
+	}
+
+	// Checkpoints were published on vigil.audit.checkpoint, signed.
+	st, err := js.Stream(ctx, events.StreamCheckpoints)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := st.GetLastMsgForSubject(ctx, events.SubjectCheckpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := msg.Header.Get("Vigil-Log-Size"); got != "1000" {
+		t.Errorf("last published checkpoint size %q, want 1000", got)
+	}
+	// The stream refuses deletion of checkpoints.
+	if err := st.DeleteMsg(ctx, msg.Sequence); err == nil {
+		t.Error("deleting a published checkpoint succeeded")
+	}
+
+	// A restart resumes without duplicates.
+	publishEvents(ctx, t, js, 1000, 50)
+	stop = startAuditor(t, Config{LogDir: logDir, SignerKeyFile: skey, Conn: nc, CheckpointInterval: 100 * time.Millisecond, Logger: quietLogger()})
+	waitFor(t, 30*time.Second, "checkpoint covering 1050 entries", func() bool { return checkpointSize(logDir) >= 1050 })
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	recs, _ = logRecords(t, logDir, vkey, msg.Data)
+	checkExactlyOnce(t, recs, 1050)
+}
+
+func TestAuditorLogsGapsForMissingSequences(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	srv := natstest.Start(t)
+	nc, js := srv.JetStream()
+	dir := t.TempDir()
+	skey, vkey := testKeys(t, dir)
+	logDir := filepath.Join(dir, "log")
+
+	publishEvents(ctx, t, js, 0, 20)
+	st, err := js.Stream(ctx, events.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Sequences 1..3 purged and 10, 11 deleted before the auditor saw them.
+	if err := st.Purge(ctx, jetstream.WithPurgeSequence(4)); err != nil {
+		t.Fatal(err)
+	}
+	for _, seq := range []uint64{10, 11} {
+		if err := st.DeleteMsg(ctx, seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := startAuditor(t, Config{LogDir: logDir, SignerKeyFile: skey, Conn: nc, CheckpointInterval: 100 * time.Millisecond, Logger: quietLogger()})
+	waitFor(t, 30*time.Second, "checkpoint", func() bool { return checkpointSize(logDir) >= 17 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	recs, rep := logRecords(t, logDir, vkey)
+	if rep.Gaps != 2 || rep.MissingSeqs != 5 || rep.Events != 15 || rep.LastSeq != 20 {
+		t.Fatalf("report %+v", rep)
+	}
+	if recs[0].Kind != "gap" || recs[0].FirstSeq != 1 || recs[0].Seq != 3 {
+		t.Errorf("first record %+v", recs[0])
+	}
+}
+
+func TestRunRejectsBadConfig(t *testing.T) {
+	for _, cfg := range []Config{
+		{},
+		{LogDir: "x"},
+		{LogDir: "x", SignerKeyFile: "k"},
+		{LogDir: "x", SignerKeyFile: "k", NATSURL: "nats://127.0.0.1:1", CheckpointInterval: time.Millisecond},
+		{LogDir: "x", SignerKeyFile: "k", NATSURL: "nats://127.0.0.1:1", BatchSize: -1},
+		{LogDir: "x", SignerKeyFile: "k", NATSURL: "nats://127.0.0.1:1", GenerateKeys: true},
+	} {
+		if err := Run(context.Background(), cfg); !errors.Is(err, ErrConfig) {
+			t.Errorf("Run(%+v) = %v, want ErrConfig", cfg, err)
+		}
+	}
+}

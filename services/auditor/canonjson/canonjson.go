@@ -1,0 +1,424 @@
+// Package canonjson produces the canonical form of JSON text defined by
+// RFC 8785 (JSON Canonicalization Scheme): object members sorted by their
+// UTF-16 code units, no insignificant whitespace, numbers in the shortest
+// ECMAScript form, and strings with the minimal escaping.
+package canonjson
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"unicode/utf16"
+	"unicode/utf8"
+)
+
+// MaxDepth bounds the nesting of arrays and objects.
+const MaxDepth = 128
+
+// ErrInvalid is returned for input that is not canonicalizable JSON: a
+// syntax error, a duplicate object member, a number outside the range of
+// IEEE 754 doubles, invalid UTF-8, or nesting deeper than MaxDepth.
+var ErrInvalid = errors.New("canonjson: invalid input")
+
+// Transform returns the canonical form of the JSON text in.
+func Transform(in []byte) ([]byte, error) {
+	return AppendTransform(make([]byte, 0, len(in)), in)
+}
+
+// AppendTransform appends the canonical form of in to dst.
+func AppendTransform(dst, in []byte) ([]byte, error) {
+	p := parser{in: in}
+	p.skipSpace()
+	out, err := p.value(dst, 0)
+	if err != nil {
+		return dst, err
+	}
+	p.skipSpace()
+	if p.pos != len(p.in) {
+		return dst, p.errorf("trailing data")
+	}
+	return out, nil
+}
+
+type parser struct {
+	in  []byte
+	pos int
+}
+
+func (p *parser) errorf(format string, args ...any) error {
+	return fmt.Errorf("%w: offset %d: %s", ErrInvalid, p.pos, fmt.Sprintf(format, args...))
+}
+
+func (p *parser) skipSpace() {
+	for p.pos < len(p.in) {
+		switch p.in[p.pos] {
+		case ' ', '\t', '\n', '\r':
+			p.pos++
+		default:
+			return
+		}
+	}
+}
+
+func (p *parser) value(dst []byte, depth int) ([]byte, error) {
+	if p.pos >= len(p.in) {
+		return dst, p.errorf("unexpected end of input")
+	}
+	switch c := p.in[p.pos]; {
+	case c == '{':
+		return p.object(dst, depth+1)
+	case c == '[':
+		return p.array(dst, depth+1)
+	case c == '"':
+		s, err := p.str()
+		if err != nil {
+			return dst, err
+		}
+		return AppendString(dst, s), nil
+	case c == 't':
+		return p.literal(dst, "true")
+	case c == 'f':
+		return p.literal(dst, "false")
+	case c == 'n':
+		return p.literal(dst, "null")
+	case c == '-' || (c >= '0' && c <= '9'):
+		return p.number(dst)
+	default:
+		return dst, p.errorf("unexpected character %q", c)
+	}
+}
+
+func (p *parser) literal(dst []byte, lit string) ([]byte, error) {
+	if !bytes.HasPrefix(p.in[p.pos:], []byte(lit)) {
+		return dst, p.errorf("invalid literal")
+	}
+	p.pos += len(lit)
+	return append(dst, lit...), nil
+}
+
+type member struct {
+	key   string
+	value []byte
+}
+
+func (p *parser) object(dst []byte, depth int) ([]byte, error) {
+	if depth > MaxDepth {
+		return dst, p.errorf("nesting deeper than %d", MaxDepth)
+	}
+	p.pos++ // '{'
+	var members []member
+	p.skipSpace()
+	if p.pos < len(p.in) && p.in[p.pos] == '}' {
+		p.pos++
+		return append(dst, '{', '}'), nil
+	}
+	for {
+		p.skipSpace()
+		if p.pos >= len(p.in) || p.in[p.pos] != '"' {
+			return dst, p.errorf("expected object member name")
+		}
+		key, err := p.str()
+		if err != nil {
+			return dst, err
+		}
+		p.skipSpace()
+		if p.pos >= len(p.in) || p.in[p.pos] != ':' {
+			return dst, p.errorf("expected ':'")
+		}
+		p.pos++
+		p.skipSpace()
+		v, err := p.value(nil, depth)
+		if err != nil {
+			return dst, err
+		}
+		members = append(members, member{key: key, value: v})
+		p.skipSpace()
+		if p.pos >= len(p.in) {
+			return dst, p.errorf("unexpected end of object")
+		}
+		if p.in[p.pos] == ',' {
+			p.pos++
+			continue
+		}
+		if p.in[p.pos] == '}' {
+			p.pos++
+			break
+		}
+		return dst, p.errorf("expected ',' or '}'")
+	}
+	slices.SortFunc(members, func(a, b member) int { return compareUTF16(a.key, b.key) })
+	dst = append(dst, '{')
+	for i, m := range members {
+		if i > 0 {
+			if m.key == members[i-1].key {
+				return dst, fmt.Errorf("%w: duplicate object member %q", ErrInvalid, m.key)
+			}
+			dst = append(dst, ',')
+		}
+		dst = AppendString(dst, m.key)
+		dst = append(dst, ':')
+		dst = append(dst, m.value...)
+	}
+	return append(dst, '}'), nil
+}
+
+func (p *parser) array(dst []byte, depth int) ([]byte, error) {
+	if depth > MaxDepth {
+		return dst, p.errorf("nesting deeper than %d", MaxDepth)
+	}
+	p.pos++ // '['
+	dst = append(dst, '[')
+	p.skipSpace()
+	if p.pos < len(p.in) && p.in[p.pos] == ']' {
+		p.pos++
+		return append(dst, ']'), nil
+	}
+	for first := true; ; first = false {
+		if !first {
+			dst = append(dst, ',')
+		}
+		p.skipSpace()
+		var err error
+		if dst, err = p.value(dst, depth); err != nil {
+			return dst, err
+		}
+		p.skipSpace()
+		if p.pos >= len(p.in) {
+			return dst, p.errorf("unexpected end of array")
+		}
+		if p.in[p.pos] == ',' {
+			p.pos++
+			continue
+		}
+		if p.in[p.pos] == ']' {
+			p.pos++
+			return append(dst, ']'), nil
+		}
+		return dst, p.errorf("expected ',' or ']'")
+	}
+}
+
+// str parses a JSON string at p.pos and returns its decoded value.
+func (p *parser) str() (string, error) {
+	p.pos++ // opening quote
+	start := p.pos
+	// Fast path: no escapes.
+	for p.pos < len(p.in) {
+		c := p.in[p.pos]
+		if c == '"' {
+			s := p.in[start:p.pos]
+			if !utf8.Valid(s) {
+				return "", p.errorf("invalid UTF-8 in string")
+			}
+			p.pos++
+			return string(s), nil
+		}
+		if c == '\\' {
+			break
+		}
+		if c < 0x20 {
+			return "", p.errorf("control character in string")
+		}
+		p.pos++
+	}
+	buf := append([]byte(nil), p.in[start:p.pos]...)
+	for p.pos < len(p.in) {
+		c := p.in[p.pos]
+		switch {
+		case c == '"':
+			if !utf8.Valid(buf) {
+				return "", p.errorf("invalid UTF-8 in string")
+			}
+			p.pos++
+			return string(buf), nil
+		case c < 0x20:
+			return "", p.errorf("control character in string")
+		case c != '\\':
+			buf = append(buf, c)
+			p.pos++
+			continue
+		}
+		p.pos++
+		if p.pos >= len(p.in) {
+			break
+		}
+		e := p.in[p.pos]
+		p.pos++
+		switch e {
+		case '"', '\\', '/':
+			buf = append(buf, e)
+		case 'b':
+			buf = append(buf, '\b')
+		case 'f':
+			buf = append(buf, '\f')
+		case 'n':
+			buf = append(buf, '\n')
+		case 'r':
+			buf = append(buf, '\r')
+		case 't':
+			buf = append(buf, '\t')
+		case 'u':
+			r, err := p.hex4()
+			if err != nil {
+				return "", err
+			}
+			if utf16.IsSurrogate(r) {
+				if r >= 0xdc00 || !bytes.HasPrefix(p.in[p.pos:], []byte(`\u`)) {
+					return "", p.errorf("unpaired surrogate")
+				}
+				p.pos += 2
+				r2, err := p.hex4()
+				if err != nil {
+					return "", err
+				}
+				if r2 < 0xdc00 || r2 > 0xdfff {
+					return "", p.errorf("unpaired surrogate")
+				}
+				r = utf16.DecodeRune(r, r2)
+			}
+			buf = utf8.AppendRune(buf, r)
+		default:
+			return "", p.errorf("invalid escape \\%c", e)
+		}
+	}
+	return "", p.errorf("unterminated string")
+}
+
+func (p *parser) hex4() (rune, error) {
+	if p.pos+4 > len(p.in) {
+		return 0, p.errorf("short \\u escape")
+	}
+	var r rune
+	for _, c := range p.in[p.pos : p.pos+4] {
+		r <<= 4
+		switch {
+		case c >= '0' && c <= '9':
+			r |= rune(c - '0')
+		case c >= 'a' && c <= 'f':
+			r |= rune(c - 'a' + 10)
+		case c >= 'A' && c <= 'F':
+			r |= rune(c - 'A' + 10)
+		default:
+			return 0, p.errorf("invalid \\u escape")
+		}
+	}
+	p.pos += 4
+	return r, nil
+}
+
+func (p *parser) number(dst []byte) ([]byte, error) {
+	start := p.pos
+	if p.in[p.pos] == '-' {
+		p.pos++
+	}
+	digits := func() int {
+		n := 0
+		for p.pos < len(p.in) && p.in[p.pos] >= '0' && p.in[p.pos] <= '9' {
+			p.pos++
+			n++
+		}
+		return n
+	}
+	if p.pos < len(p.in) && p.in[p.pos] == '0' {
+		p.pos++
+	} else if digits() == 0 {
+		return dst, p.errorf("invalid number")
+	}
+	if p.pos < len(p.in) && p.in[p.pos] == '.' {
+		p.pos++
+		if digits() == 0 {
+			return dst, p.errorf("invalid number")
+		}
+	}
+	if p.pos < len(p.in) && (p.in[p.pos] == 'e' || p.in[p.pos] == 'E') {
+		p.pos++
+		if p.pos < len(p.in) && (p.in[p.pos] == '+' || p.in[p.pos] == '-') {
+			p.pos++
+		}
+		if digits() == 0 {
+			return dst, p.errorf("invalid number")
+		}
+	}
+	f, err := strconv.ParseFloat(string(p.in[start:p.pos]), 64)
+	if err != nil || math.IsInf(f, 0) {
+		return dst, p.errorf("number %s out of range", p.in[start:p.pos])
+	}
+	return AppendNumber(dst, f), nil
+}
+
+// AppendNumber appends f in the ECMAScript Number.prototype.toString form
+// required by RFC 8785 section 3.2.2.3.
+func AppendNumber(dst []byte, f float64) []byte {
+	if f == 0 {
+		return append(dst, '0') // also for -0
+	}
+	abs := math.Abs(f)
+	if abs >= 1e-6 && abs < 1e21 {
+		return strconv.AppendFloat(dst, f, 'f', -1, 64)
+	}
+	// Exponent form: Go writes e-07 / e+21; ECMAScript writes e-7 / e+21.
+	b := strconv.AppendFloat(nil, f, 'e', -1, 64)
+	i := bytes.IndexByte(b, 'e')
+	mant, exp := b[:i], b[i+1:]
+	sign := exp[0]
+	exp = bytes.TrimLeft(exp[1:], "0")
+	dst = append(dst, mant...)
+	dst = append(dst, 'e', sign)
+	return append(dst, exp...)
+}
+
+const hexDigits = "0123456789abcdef"
+
+// AppendString appends s, which must be valid UTF-8, as a JSON string with
+// the escaping of RFC 8785 section 3.2.2.2.
+func AppendString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' {
+			continue
+		}
+		dst = append(dst, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			dst = append(dst, '\\', c)
+		case '\b':
+			dst = append(dst, '\\', 'b')
+		case '\f':
+			dst = append(dst, '\\', 'f')
+		case '\n':
+			dst = append(dst, '\\', 'n')
+		case '\r':
+			dst = append(dst, '\\', 'r')
+		case '\t':
+			dst = append(dst, '\\', 't')
+		default:
+			dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+		}
+		start = i + 1
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}
+
+// compareUTF16 orders strings by their UTF-16 code units (RFC 8785 3.2.3).
+func compareUTF16(a, b string) int {
+	if isASCII(a) && isASCII(b) {
+		return bytes.Compare([]byte(a), []byte(b))
+	}
+	ua, ub := utf16.Encode([]rune(a)), utf16.Encode([]rune(b))
+	return slices.Compare(ua, ub)
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}

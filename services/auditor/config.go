@@ -1,0 +1,157 @@
+package auditor
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/services/auditor/auditlog"
+)
+
+// Defaults.
+const (
+	DefaultConsumer           = "vigil-auditor"
+	DefaultCheckpointInterval = time.Second
+	DefaultBatchSize          = 4096
+	DefaultAckWait            = time.Minute
+	DefaultLockPollInterval   = 200 * time.Millisecond
+)
+
+// Config configures an auditor.
+type Config struct {
+	// LogDir is the log directory (C2SP tlog-tiles layout). Required.
+	LogDir string
+	// SignerKeyFile is the note signer key that signs checkpoints. Required.
+	SignerKeyFile string
+	// VerifierKeyFile is the matching public key. Optional; when set it
+	// must belong to the signer key (checked at start).
+	VerifierKeyFile string
+	// GenerateKeys creates the key pair (SignerKeyFile and
+	// VerifierKeyFile) on first run when neither exists, named Origin.
+	GenerateKeys bool
+	// Origin names a generated key pair: the checkpoint origin line.
+	// Default auditlog.DefaultOrigin.
+	Origin string
+
+	// JetStream, Conn or NATSURL say how to reach NATS, in that order of
+	// preference. A JetStream or Conn passed in is not closed by Run.
+	JetStream jetstream.JetStream
+	Conn      *nats.Conn
+	NATSURL   string
+	// NATSOptions are added to the connection Run makes from NATSURL
+	// (credentials, TLS, name).
+	NATSOptions []nats.Option
+
+	// Stream is the stream logged. Default events.StreamEvents.
+	Stream string
+	// Consumer is the durable consumer's name. Default "vigil-auditor".
+	// Each log needs its own.
+	Consumer string
+	// CheckpointInterval is how often a new checkpoint is signed (when the
+	// log grew) and published on vigil.audit.checkpoint. Default 1 s,
+	// minimum 100 ms.
+	CheckpointInterval time.Duration
+	// BatchSize is the most messages written to the log in one durable
+	// batch. Default 4096.
+	BatchSize int
+	// AckWait is the consumer's ack wait. Default 1 min.
+	AckWait time.Duration
+	// LockPollInterval is how often a standby tries to take over the log.
+	// Default 200 ms.
+	LockPollInterval time.Duration
+	// SkipProvision skips provisioning the Vigil streams at start;
+	// otherwise they are provisioned with Topology.
+	SkipProvision bool
+	Topology      events.Topology
+
+	// Logger receives the auditor's logs. Default slog.Default().
+	Logger *slog.Logger
+	// TracerProvider and MeterProvider default to the global ones.
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
+
+	// OnRole, if set, is called when the auditor's role changes:
+	// RoleStandby while another auditor holds the log, RoleWriter once it
+	// writes the log.
+	OnRole func(Role)
+
+	// hooks for crash tests.
+	afterDurable func(batch int)
+}
+
+// Role is what an auditor currently does.
+type Role string
+
+// Roles.
+const (
+	RoleStandby Role = "standby"
+	RoleWriter  Role = "writer"
+)
+
+// minCheckpointInterval is Tessera's POSIX driver's minimum.
+const minCheckpointInterval = 100 * time.Millisecond
+
+// ErrConfig wraps configuration errors.
+var ErrConfig = errors.New("auditor: invalid configuration")
+
+func (c *Config) withDefaults() (Config, error) {
+	cfg := *c
+	if cfg.LogDir == "" {
+		return cfg, fmt.Errorf("%w: LogDir is required", ErrConfig)
+	}
+	if cfg.SignerKeyFile == "" {
+		return cfg, fmt.Errorf("%w: SignerKeyFile is required", ErrConfig)
+	}
+	if cfg.GenerateKeys && cfg.VerifierKeyFile == "" {
+		return cfg, fmt.Errorf("%w: GenerateKeys needs VerifierKeyFile", ErrConfig)
+	}
+	if cfg.JetStream == nil && cfg.Conn == nil && cfg.NATSURL == "" {
+		return cfg, fmt.Errorf("%w: one of JetStream, Conn or NATSURL is required", ErrConfig)
+	}
+	if cfg.Origin == "" {
+		cfg.Origin = auditlog.DefaultOrigin
+	}
+	if cfg.Stream == "" {
+		cfg.Stream = events.StreamEvents
+	}
+	if cfg.Consumer == "" {
+		cfg.Consumer = DefaultConsumer
+	}
+	if cfg.CheckpointInterval == 0 {
+		cfg.CheckpointInterval = DefaultCheckpointInterval
+	}
+	if cfg.CheckpointInterval < minCheckpointInterval {
+		return cfg, fmt.Errorf("%w: CheckpointInterval %v is below the minimum of %v", ErrConfig, cfg.CheckpointInterval, minCheckpointInterval)
+	}
+	if cfg.BatchSize == 0 {
+		cfg.BatchSize = DefaultBatchSize
+	}
+	if cfg.BatchSize < 1 || cfg.BatchSize > 1<<16 {
+		return cfg, fmt.Errorf("%w: BatchSize %d outside 1..65536", ErrConfig, cfg.BatchSize)
+	}
+	if cfg.AckWait == 0 {
+		cfg.AckWait = DefaultAckWait
+	}
+	if cfg.LockPollInterval <= 0 {
+		cfg.LockPollInterval = DefaultLockPollInterval
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return cfg, nil
+}
+
+// EnsureKeys creates the checkpoint signing key pair at signerPath and
+// verifierPath, named origin, unless it exists (see
+// auditlog.EnsureKeyFiles). `vigil dev` uses <data>/audit/signer.key and
+// <data>/audit/signer.pub.
+func EnsureKeys(signerPath, verifierPath, origin string) error {
+	return auditlog.EnsureKeyFiles(signerPath, verifierPath, origin)
+}

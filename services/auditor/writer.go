@@ -1,0 +1,460 @@
+package auditor
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/transparency-dev/tessera"
+	"github.com/transparency-dev/tessera/client"
+	"github.com/transparency-dev/tessera/storage/posix"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/services/auditor/auditlog"
+)
+
+const (
+	instrumentation = "github.com/vigil-cc/vigil/services/auditor"
+	// tesseraMaxAge is how long Tessera holds a partial batch before
+	// sequencing it. The auditor hands Tessera one batch at a time and
+	// waits for it, so this only adds latency to batches smaller than
+	// BatchSize.
+	tesseraMaxAge = time.Millisecond
+	// maxBufferedBytes bounds the messages pulled ahead of the writer.
+	maxBufferedBytes = 64 << 20
+	// shutdownTimeout bounds the wait for the last checkpoint at shutdown.
+	shutdownTimeout = 30 * time.Second
+)
+
+// item is one message, prepared for the log by the consumer goroutine.
+type item struct {
+	msg   jetstream.Msg
+	seq   uint64
+	entry *tessera.Entry
+	span  trace.Span // nil unless the message carried a trace context
+}
+
+type writer struct {
+	cfg    Config
+	log    *slog.Logger
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	app    *tessera.Appender
+	lr     tessera.LogReader
+	cov    *auditlog.Coverage
+	tracer trace.Tracer
+	m      *metrics
+	batch  int
+}
+
+type metrics struct {
+	entries     metric.Int64Counter
+	duplicates  metric.Int64Counter
+	batchSize   metric.Int64Histogram
+	batchTime   metric.Float64Histogram
+	logSize     metric.Int64Gauge
+	checkpoints metric.Int64Counter
+}
+
+func newMetrics(mp metric.MeterProvider) *metrics {
+	m := mp.Meter(instrumentation)
+	var ms metrics
+	ms.entries, _ = m.Int64Counter("vigil.auditor.entries", metric.WithDescription("Entries durably appended to the audit log"), metric.WithUnit("{entry}"))
+	ms.duplicates, _ = m.Int64Counter("vigil.auditor.duplicates", metric.WithDescription("Redelivered messages skipped because they were already logged"), metric.WithUnit("{message}"))
+	ms.batchSize, _ = m.Int64Histogram("vigil.auditor.batch.size", metric.WithDescription("Entries per durable batch"), metric.WithUnit("{entry}"))
+	ms.batchTime, _ = m.Float64Histogram("vigil.auditor.batch.duration", metric.WithDescription("Time to make a batch durable"), metric.WithUnit("s"))
+	ms.logSize, _ = m.Int64Gauge("vigil.auditor.log.size", metric.WithDescription("Entries in the audit log"), metric.WithUnit("{entry}"))
+	ms.checkpoints, _ = m.Int64Counter("vigil.auditor.checkpoints.published", metric.WithDescription("Checkpoints published on vigil.audit.checkpoint"), metric.WithUnit("{checkpoint}"))
+	return &ms
+}
+
+// runWriter writes the log while this process holds the writer lock.
+func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.JetStream, signer note.Signer) (err error) {
+	tp, mp := cfg.TracerProvider, cfg.MeterProvider
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	// Tessera's background work must outlive ctx until it is shut down,
+	// so that everything handed to it is integrated and checkpointed.
+	appCtx, cancelApp := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelApp()
+	driver, err := posix.New(appCtx, posix.Config{Path: cfg.LogDir})
+	if err != nil {
+		return fmt.Errorf("auditor: tessera storage: %w", err)
+	}
+	opts := tessera.NewAppendOptions().
+		WithCheckpointSigner(signer).
+		WithCheckpointInterval(cfg.CheckpointInterval).
+		WithBatching(uint(cfg.BatchSize), tesseraMaxAge)
+	app, shutdown, lr, err := tessera.NewAppender(appCtx, driver, opts)
+	if err != nil {
+		return fmt.Errorf("auditor: tessera appender: %w", err)
+	}
+	w := &writer{cfg: cfg, log: log, js: js, app: app, lr: lr, tracer: tp.Tracer(instrumentation), m: newMetrics(mp)}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+		defer cancel()
+		if serr := shutdown(sctx); serr != nil {
+			log.Error("tessera shutdown", "error", serr)
+			if err == nil {
+				err = fmt.Errorf("auditor: tessera shutdown: %w", serr)
+			}
+		}
+		w.publishCheckpoint(sctx, nil)
+	}()
+
+	if w.stream, err = js.Stream(ctx, cfg.Stream); err != nil {
+		return ignoreCancel(ctx, fmt.Errorf("auditor: stream %s: %w", cfg.Stream, err))
+	}
+	if err := w.recover(ctx); err != nil {
+		return ignoreCancel(ctx, err)
+	}
+	cons, err := w.recreateConsumer(ctx)
+	if err != nil {
+		return ignoreCancel(ctx, err)
+	}
+
+	items := make(chan item, 2*cfg.BatchSize)
+	stop := make(chan struct{})
+	fatal := make(chan error, 1)
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		it, err := w.prepare(msg)
+		if err != nil {
+			select {
+			case fatal <- err:
+			default:
+			}
+			return
+		}
+		select {
+		case items <- it:
+		case <-stop:
+		}
+	},
+		jetstream.PullMaxMessagesWithBytesLimit(2*cfg.BatchSize, maxBufferedBytes),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			log.Warn("consume", "error", err)
+		}))
+	if err != nil {
+		return ignoreCancel(ctx, fmt.Errorf("auditor: consume: %w", err))
+	}
+	var pubWG sync.WaitGroup
+	pubCtx, stopPub := context.WithCancel(ctx)
+	pubWG.Add(1)
+	go func() {
+		defer pubWG.Done()
+		w.publishLoop(pubCtx)
+	}()
+	defer func() {
+		close(stop)
+		cc.Stop()
+		stopPub()
+		pubWG.Wait()
+	}()
+
+	batch := make([]item, 0, cfg.BatchSize)
+	for {
+		batch = batch[:0]
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-fatal:
+			return err
+		case it := <-items:
+			batch = append(batch, it)
+		}
+	fill:
+		for len(batch) < cfg.BatchSize {
+			select {
+			case it := <-items:
+				batch = append(batch, it)
+			default:
+				break fill
+			}
+		}
+		if err := w.write(ctx, batch); err != nil {
+			return err
+		}
+	}
+}
+
+func ignoreCancel(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// prepare turns a message into its log entry. It runs on the consumer's
+// goroutine, concurrently with the writer.
+func (w *writer) prepare(msg jetstream.Msg) (item, error) {
+	md, err := msg.Metadata()
+	if err != nil {
+		return item{}, fmt.Errorf("auditor: message metadata: %w", err)
+	}
+	entry := auditlog.EncodeMessage(auditlog.Message{
+		Stream: w.cfg.Stream, Seq: md.Sequence.Stream, Subject: msg.Subject(), Stored: md.Timestamp, Body: msg.Data(),
+	})
+	it := item{msg: msg, seq: md.Sequence.Stream, entry: tessera.NewEntry(entry)}
+	if h := msg.Headers(); h != nil {
+		pctx := otel.GetTextMapPropagator().Extract(context.Background(), headerCarrier(h))
+		if trace.SpanContextFromContext(pctx).IsValid() {
+			_, it.span = w.tracer.Start(pctx, "auditor.log_entry", trace.WithSpanKind(trace.SpanKindConsumer),
+				trace.WithAttributes(attribute.String("messaging.destination.name", msg.Subject()),
+					attribute.Int64("messaging.message.sequence", int64(md.Sequence.Stream))))
+		}
+	}
+	return it, nil
+}
+
+// write logs one batch, in order, and acknowledges it once durable.
+func (w *writer) write(ctx context.Context, batch []item) error {
+	start := time.Now()
+	first, last := batch[0].seq, batch[len(batch)-1].seq
+	_, span := w.tracer.Start(ctx, "auditor.append_batch", trace.WithAttributes(
+		attribute.Int("vigil.audit.batch.messages", len(batch)),
+		attribute.Int64("vigil.audit.batch.first_seq", int64(first)),
+		attribute.Int64("vigil.audit.batch.last_seq", int64(last))))
+	defer span.End()
+
+	futures := make([]tessera.IndexFuture, 0, len(batch))
+	var dups int64
+	for i := range batch {
+		it := &batch[i]
+		if w.cov.Covered(it.seq) {
+			dups++
+			continue
+		}
+		for w.cov.Next() < it.seq {
+			f, err := w.gap(ctx, it.seq)
+			if err != nil {
+				span.RecordError(err)
+				return err
+			}
+			futures = append(futures, f)
+		}
+		futures = append(futures, w.app.Add(ctx, it.entry))
+		if _, err := w.cov.Add(it.seq, it.seq); err != nil {
+			return fmt.Errorf("auditor: internal error: %w", err)
+		}
+	}
+	var lastIdx uint64
+	for _, f := range futures {
+		idx, err := f()
+		if err != nil {
+			// Entries after a failed one may have been sequenced; stop
+			// writing so that the next start repairs the log from its tail.
+			err = fmt.Errorf("auditor: log write failed, stopping: %w", err)
+			span.RecordError(err)
+			span.SetStatus(codes.Error, "log write failed")
+			return err
+		}
+		lastIdx = idx.Index
+	}
+	w.batch++
+	if w.cfg.afterDurable != nil {
+		w.cfg.afterDurable(w.batch)
+	}
+	// AckAll: acknowledging the batch's last delivery acknowledges every
+	// earlier one, all of which are now durable (or were already logged).
+	if err := batch[len(batch)-1].msg.Ack(); err != nil {
+		w.log.Warn("ack", "seq", last, "error", err)
+	}
+	for i := range batch {
+		if batch[i].span != nil {
+			batch[i].span.End()
+		}
+	}
+	span.SetAttributes(attribute.Int("vigil.audit.batch.entries", len(futures)))
+	w.m.entries.Add(ctx, int64(len(futures)))
+	if dups > 0 {
+		w.m.duplicates.Add(ctx, dups)
+	}
+	w.m.batchSize.Record(ctx, int64(len(futures)))
+	w.m.batchTime.Record(ctx, time.Since(start).Seconds())
+	if len(futures) > 0 {
+		w.m.logSize.Record(ctx, int64(lastIdx+1))
+	}
+	return nil
+}
+
+// gap handles a delivery of seq while w.cov.Next() < seq: the sequences in
+// between were never delivered. It checks with the stream that they no
+// longer exist and logs a gap record for the first uncovered run.
+func (w *writer) gap(ctx context.Context, seq uint64) (tessera.IndexFuture, error) {
+	from := w.cov.Next()
+	to := seq - 1
+	if c, ok := w.cov.NextCovered(); ok && c-1 < to {
+		to = c - 1
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	m, err := w.stream.GetMsg(pctx, from, jetstream.WithGetMsgSubject(">"))
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+	case err != nil:
+		return nil, fmt.Errorf("auditor: check stream sequences %d..%d: %w", from, to, err)
+	case m.Sequence <= to:
+		return nil, fmt.Errorf("auditor: the consumer delivered sequence %d but skipped %d, which is in the stream", seq, m.Sequence)
+	}
+	w.log.Warn("stream sequences no longer in the stream; logging a gap record", "first", from, "last", to)
+	f := w.app.Add(ctx, tessera.NewEntry(auditlog.EncodeGap(w.cfg.Stream, from, to,
+		"not in the stream when the auditor reached it (deleted or expired)")))
+	if _, err := w.cov.Add(from, to); err != nil {
+		return nil, fmt.Errorf("auditor: internal error: %w", err)
+	}
+	return f, nil
+}
+
+// recover reads the log's tail to learn which stream sequences it already
+// accounts for. Entries are written one batch at a time, so any hole a
+// failed write can leave lies within the last few batches.
+func (w *writer) recover(ctx context.Context) error {
+	size, err := w.lr.IntegratedSize(ctx)
+	if err != nil {
+		return fmt.Errorf("auditor: log size: %w", err)
+	}
+	window := uint64(4 * w.cfg.BatchSize)
+	from := size - min(size, window)
+	var recs []auditlog.Record
+	for idx := from; idx < size; {
+		b, err := client.GetEntryBundle(ctx, w.lr.ReadEntryBundle, idx/256, size)
+		if err != nil {
+			return fmt.Errorf("auditor: read log tail: %w", err)
+		}
+		for i := idx % 256; i < uint64(len(b.Entries)) && idx < size; i++ {
+			r, err := auditlog.ParseRecord(b.Entries[i])
+			if err != nil {
+				return fmt.Errorf("auditor: log entry %d: %w", idx, err)
+			}
+			if r.Stream != w.cfg.Stream {
+				return fmt.Errorf("auditor: log entry %d records stream %q, this auditor logs %q", idx, r.Stream, w.cfg.Stream)
+			}
+			recs = append(recs, r)
+			idx++
+		}
+	}
+	base := uint64(1)
+	if from > 0 {
+		base = ^uint64(0)
+		for i := range recs {
+			base = min(base, recs[i].FirstCovered())
+		}
+	}
+	w.cov = auditlog.NewCoverage(base)
+	for i := range recs {
+		if _, err := w.cov.Add(recs[i].FirstCovered(), recs[i].Seq); err != nil {
+			w.log.Error("the audit log records a stream sequence twice", "entry", from+uint64(i), "error", err)
+		}
+	}
+	if c, ok := w.cov.NextCovered(); ok {
+		w.log.Warn("the log's tail misses stream sequences after a failed write; repairing", "first", w.cov.Next(), "last", c-1)
+	}
+	w.log.Info("recovered log tail", "size", size, "next_seq", w.cov.Next())
+	w.m.logSize.Record(ctx, int64(size))
+	return nil
+}
+
+// recreateConsumer replaces the durable consumer with one that starts at
+// the first sequence the log does not account for. Only the lock holder
+// does this, so the log, not the consumer's state, decides where to resume.
+func (w *writer) recreateConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	if err := w.js.DeleteConsumer(ctx, w.cfg.Stream, w.cfg.Consumer); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, fmt.Errorf("auditor: delete consumer %s: %w", w.cfg.Consumer, err)
+	}
+	cons, err := w.js.CreateConsumer(ctx, w.cfg.Stream, jetstream.ConsumerConfig{
+		Durable:       w.cfg.Consumer,
+		Description:   "Vigil auditor: every event into the transparency log (" + w.cfg.LogDir + ")",
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   w.cov.Next(),
+		AckPolicy:     jetstream.AckAllPolicy,
+		AckWait:       w.cfg.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: 4 * w.cfg.BatchSize,
+		ReplayPolicy:  jetstream.ReplayInstantPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("auditor: create consumer %s: %w", w.cfg.Consumer, err)
+	}
+	return cons, nil
+}
+
+// publishLoop publishes each new checkpoint on vigil.audit.checkpoint.
+func (w *writer) publishLoop(ctx context.Context) {
+	t := time.NewTicker(max(w.cfg.CheckpointInterval/4, 25*time.Millisecond))
+	defer t.Stop()
+	var last []byte
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		last = w.publishCheckpoint(ctx, last)
+	}
+}
+
+// publishCheckpoint publishes the log's current checkpoint unless it equals
+// last, and returns what is now published.
+func (w *writer) publishCheckpoint(ctx context.Context, last []byte) []byte {
+	cp, err := w.lr.ReadCheckpoint(ctx)
+	if err != nil || len(cp) == 0 || bytes.Equal(cp, last) {
+		return last
+	}
+	sum := sha256.Sum256(cp)
+	msg := &nats.Msg{Subject: events.SubjectCheckpoint, Data: cp, Header: nats.Header{}}
+	if lines := strings.SplitN(string(cp), "\n", 3); len(lines) == 3 {
+		msg.Header.Set("Vigil-Log-Origin", lines[0])
+		if _, err := strconv.ParseUint(lines[1], 10, 64); err == nil {
+			msg.Header.Set("Vigil-Log-Size", lines[1])
+		}
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := w.js.PublishMsg(pctx, msg, jetstream.WithMsgID("checkpoint-"+hex.EncodeToString(sum[:20]))); err != nil {
+		w.log.Warn("publish checkpoint", "error", err)
+		return last
+	}
+	w.m.checkpoints.Add(ctx, 1)
+	return cp
+}
+
+// headerCarrier adapts NATS headers to OTel propagation with the
+// lower-case traceparent/tracestate keys of the bus contract.
+type headerCarrier nats.Header
+
+func (c headerCarrier) Get(key string) string {
+	if v := nats.Header(c)[key]; len(v) > 0 {
+		return v[0]
+	}
+	return nats.Header(c).Get(key)
+}
+
+func (c headerCarrier) Set(key, value string) { nats.Header(c)[key] = []string{value} }
+
+func (c headerCarrier) Keys() []string {
+	keys := make([]string, 0, len(c))
+	for k := range c {
+		keys = append(keys, k)
+	}
+	return keys
+}
