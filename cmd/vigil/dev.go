@@ -67,6 +67,7 @@ func runDev(cmd *cobra.Command, o *devOptions) error {
 		Duration:    o.duration,
 		Logger:      log,
 		NATSLogging: o.natsLogging,
+		Version:     version,
 	})
 	if err != nil {
 		if errors.Is(err, devenv.ErrListen) {

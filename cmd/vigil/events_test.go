@@ -267,3 +267,32 @@ func TestTailBadFlags(t *testing.T) {
 		}
 	}
 }
+
+func TestTailSurvivesServerRestart(t *testing.T) {
+	ns := natstest.Start(t)
+	_, js := ns.JetStream()
+	vm := events.VMKey("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/restart")
+	first := publish(t, js, events.LifecycleSubject(vm), events.TypeLifecycle, lifecycle(vm, 0))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	type result struct {
+		out, stderr string
+		err         error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, stderr, err := runVigil(ctx, "events", "tail", "--server", ns.URL(), "--count", "2")
+		done <- result{out, stderr, err}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	ns.Restart()
+	_, js = ns.JetStream()
+	second := publish(t, js, events.LifecycleSubject(vm), events.TypeLifecycle, lifecycle(vm, 1))
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("tail across a restart: %v (%s)", r.err, r.stderr)
+	}
+	if got := ids(parseLines(t, r.out)); len(got) != 2 || got[0] != first.ID || got[1] != second.ID {
+		t.Fatalf("ids = %v, want [%s %s] (no loss, no repeat)", got, first.ID, second.ID)
+	}
+}

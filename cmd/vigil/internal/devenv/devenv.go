@@ -66,6 +66,8 @@ type Config struct {
 	Telemetry *telemetry.Telemetry
 	// NATSLogging shows nats-server's own log on stderr.
 	NATSLogging bool
+	// Version is reported as service.version of the default telemetry.
+	Version string
 }
 
 // Env is a running development environment; components read what they need
@@ -149,7 +151,7 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 
 	e := &Env{DataDir: dataDir, Logger: cfg.Logger, Telemetry: cfg.Telemetry, Health: telemetry.NewHealth(), cfg: cfg}
 	if e.Telemetry == nil {
-		t, err := telemetry.Setup(ctx, telemetry.Config{Service: "vigil-dev", Version: buildVersion(), SetGlobal: true, Logger: cfg.Logger})
+		t, err := telemetry.Setup(ctx, telemetry.Config{Service: "vigil-dev", Version: cfg.Version, SetGlobal: true, Logger: cfg.Logger})
 		if err != nil {
 			return nil, fmt.Errorf("devenv: %w", err)
 		}
@@ -213,13 +215,6 @@ func splitListen(listen string) (string, int, error) {
 		host = "0.0.0.0"
 	}
 	return host, port, nil
-}
-
-func buildVersion() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "dev"
 }
 
 // StoreDir is where JetStream keeps its data: <DataDir>/nats.
