@@ -25,6 +25,14 @@ const (
 	BucketStatus     = "vigil-status"
 	BucketGrants     = "vigil-grants"
 	BucketCollateral = "vigil-collateral"
+
+	// BucketKeyguardNonces holds keyguard's single-use key release nonces
+	// (created on issue, deleted with a revision check on use, expiring by
+	// the bucket's TTL).
+	BucketKeyguardNonces = "vigil-keyguard-nonces"
+	// BucketKeyguardSecrets holds the local release service's secrets,
+	// encrypted under keyguard's master key.
+	BucketKeyguardSecrets = "vigil-keyguard-secrets"
 )
 
 // Topology says how the streams and buckets are laid out on a server or
@@ -141,6 +149,8 @@ func Buckets(t Topology) []jetstream.KeyValueConfig {
 		{Bucket: BucketStatus, Description: "Attestation status by VM key", History: 5, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 64 << 10},
 		{Bucket: BucketGrants, Description: "Key release grants", History: 5, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 64 << 10},
 		{Bucket: BucketCollateral, Description: "AMD and Intel certificate and collateral cache", History: 1, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 1 << 20},
+		{Bucket: BucketKeyguardNonces, Description: "Single-use key release nonces", History: 1, TTL: 5 * time.Minute, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 1 << 10},
+		{Bucket: BucketKeyguardSecrets, Description: "Key release secrets, encrypted under the keyguard master key", History: 5, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 256 << 10},
 	}
 }
 
