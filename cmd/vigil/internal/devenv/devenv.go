@@ -195,7 +195,7 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 		e.Ops, err = telemetry.Listen(cfg.OpsListen, e.Telemetry, e.Health)
 		if err != nil {
 			e.Close()
-			return nil, fmt.Errorf("devenv: %w", err)
+			return nil, fmt.Errorf("%w: health and metrics address: %w", ErrListen, err)
 		}
 	}
 	cfg.Logger.Info("nats ready", "url", e.URL, "store", storeDir)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/natsembed"
 	"github.com/vigil-cc/vigil/pkg/telemetry"
 )
 
@@ -282,6 +283,28 @@ func TestStartBusyPort(t *testing.T) {
 	if el := time.Since(start); el > 2*time.Second {
 		t.Errorf("took %s to report a busy port", el)
 	}
+}
+
+func TestStartBusyOpsPort(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port, err := natsembed.FreePort("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t)
+	cfg.Listen = fmt.Sprintf("127.0.0.1:%d", port)
+	cfg.OpsListen = ln.Addr().String()
+	_, err = Start(context.Background(), cfg)
+	if !errors.Is(err, ErrListen) || !strings.Contains(err.Error(), ln.Addr().String()) {
+		t.Fatalf("Start with a busy ops port = %v", err)
+	}
+	// What Start set up was released: the NATS port is free again.
+	cfg.OpsListen = ""
+	start(t, cfg)
 }
 
 func TestStartBadListen(t *testing.T) {
