@@ -24,7 +24,9 @@ test-short:
 	$(GO) test -short -count=1 $(MODULES)
 
 run:
-	$(GO) run github.com/vigil-cc/vigil/cmd/vigil dev $(ARGS)
+	@mkdir -p $(BIN)
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/vigil github.com/vigil-cc/vigil/cmd/vigil
+	./$(BIN)/vigil dev $(ARGS)
 
 # Every Benchmark* of every module; tests are skipped.
 bench:
