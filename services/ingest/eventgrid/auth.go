@@ -1,0 +1,281 @@
+package eventgrid
+
+import (
+	"context"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// SecretParam is the query parameter that carries the shared secret, as in
+// https://ingest.example/eventgrid?secret=... in the subscription's endpoint.
+const SecretParam = "secret"
+
+// Authentication errors. ErrUnauthenticated answers 401, ErrForbidden 403.
+var (
+	ErrUnauthenticated = errors.New("unauthenticated")
+	ErrForbidden       = errors.New("forbidden")
+)
+
+// Secrets checks the shared secret of a request in constant time. Up to two
+// secrets are accepted at once, so that one can be rotated: configure the new
+// one next to the old, update the subscription, then drop the old.
+type Secrets struct {
+	sums [][sha256.Size]byte
+}
+
+// NewSecrets accepts the non-empty values of secrets (at most two).
+func NewSecrets(secrets ...string) (*Secrets, error) {
+	s := &Secrets{}
+	for _, v := range secrets {
+		if v == "" {
+			continue
+		}
+		if len(v) < 16 {
+			return nil, errors.New("eventgrid: a webhook secret must be at least 16 characters")
+		}
+		s.sums = append(s.sums, sha256.Sum256([]byte(v)))
+	}
+	if len(s.sums) > 2 {
+		return nil, errors.New("eventgrid: at most two webhook secrets (current and next)")
+	}
+	return s, nil
+}
+
+// Enabled reports whether any secret is configured.
+func (s *Secrets) Enabled() bool { return s != nil && len(s.sums) > 0 }
+
+// Check returns nil when the request carries one of the secrets, an error
+// wrapping ErrUnauthenticated when it carries none, and ErrForbidden when it
+// carries a wrong one. Every configured secret is compared, in constant time,
+// whatever the outcome.
+func (s *Secrets) Check(r *http.Request) error {
+	if !s.Enabled() {
+		return nil
+	}
+	got := r.URL.Query().Get(SecretParam)
+	if got == "" {
+		return fmt.Errorf("%w: missing %q query parameter", ErrUnauthenticated, SecretParam)
+	}
+	sum := sha256.Sum256([]byte(got))
+	ok := 0
+	for i := range s.sums {
+		ok |= subtle.ConstantTimeCompare(sum[:], s.sums[i][:])
+	}
+	if ok != 1 {
+		return fmt.Errorf("%w: wrong secret", ErrForbidden)
+	}
+	return nil
+}
+
+// EntraConfig configures Microsoft Entra ID bearer-token validation of
+// deliveries (Event Grid's "Microsoft Entra authentication" for webhooks).
+type EntraConfig struct {
+	// TenantID is the directory the tokens are issued by.
+	TenantID string
+	// Audiences are the accepted "aud" values: the application ID URI and/or
+	// the client id of the app registration protecting the webhook.
+	Audiences []string
+	// Issuers are the accepted "iss" values. Empty means the v1 and v2
+	// issuers of TenantID.
+	Issuers []string
+	// AllowedClientIDs, when set, restricts the caller ("appid" or "azp"),
+	// for example to Event Grid's first-party application
+	// 4962773b-9cdb-44cf-a8bf-237846a00ab7.
+	AllowedClientIDs []string
+	// JWKSURL is where the signing keys are fetched. Empty means
+	// https://login.microsoftonline.com/<tenant>/discovery/v2.0/keys.
+	JWKSURL string
+	// HTTPClient fetches the keys (default: a client with a 10 s timeout).
+	HTTPClient *http.Client
+	// RefreshInterval is how often the keys are re-read (default 1 h); an
+	// unknown key id triggers a refresh at most every MinRefreshInterval
+	// (default 1 min).
+	RefreshInterval, MinRefreshInterval time.Duration
+	// Leeway tolerates clock skew on exp/nbf/iat (default 2 min).
+	Leeway time.Duration
+}
+
+// Enabled reports whether Entra validation is configured.
+func (c EntraConfig) Enabled() bool { return c.TenantID != "" || len(c.Audiences) > 0 }
+
+// TokenValidator validates Entra ID bearer tokens against the tenant's JWKS.
+type TokenValidator struct {
+	cfg    EntraConfig
+	parser *jwt.Parser
+
+	mu        sync.Mutex
+	keys      map[string]*rsa.PublicKey
+	fetchedAt time.Time
+	fetchErr  error
+}
+
+// NewTokenValidator checks cfg; keys are fetched on first use.
+func NewTokenValidator(cfg EntraConfig) (*TokenValidator, error) {
+	if len(cfg.Audiences) == 0 {
+		return nil, errors.New("eventgrid: Entra validation needs at least one audience")
+	}
+	if len(cfg.Issuers) == 0 {
+		if cfg.TenantID == "" {
+			return nil, errors.New("eventgrid: Entra validation needs a tenant id or explicit issuers")
+		}
+		cfg.Issuers = []string{
+			"https://login.microsoftonline.com/" + cfg.TenantID + "/v2.0",
+			"https://sts.windows.net/" + cfg.TenantID + "/",
+		}
+	}
+	if cfg.JWKSURL == "" {
+		if cfg.TenantID == "" {
+			return nil, errors.New("eventgrid: Entra validation needs a tenant id or a JWKS URL")
+		}
+		cfg.JWKSURL = "https://login.microsoftonline.com/" + cfg.TenantID + "/discovery/v2.0/keys"
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+	}
+	if cfg.RefreshInterval <= 0 {
+		cfg.RefreshInterval = time.Hour
+	}
+	if cfg.MinRefreshInterval <= 0 {
+		cfg.MinRefreshInterval = time.Minute
+	}
+	if cfg.Leeway <= 0 {
+		cfg.Leeway = 2 * time.Minute
+	}
+	return &TokenValidator{
+		cfg: cfg,
+		parser: jwt.NewParser(
+			jwt.WithValidMethods([]string{"RS256"}),
+			jwt.WithLeeway(cfg.Leeway),
+			jwt.WithExpirationRequired(),
+		),
+	}, nil
+}
+
+// Check validates the request's bearer token: an error wrapping
+// ErrUnauthenticated when it is missing, malformed, badly signed or expired;
+// ErrForbidden when it is genuine but not for this webhook (audience,
+// issuer or caller).
+func (v *TokenValidator) Check(r *http.Request) error {
+	h := r.Header.Get("Authorization")
+	scheme, tok, ok := strings.Cut(h, " ")
+	if h == "" || !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+		return fmt.Errorf("%w: missing bearer token", ErrUnauthenticated)
+	}
+	claims := jwt.MapClaims{}
+	_, err := v.parser.ParseWithClaims(strings.TrimSpace(tok), claims, func(t *jwt.Token) (any, error) {
+		kid, _ := t.Header["kid"].(string)
+		if kid == "" {
+			return nil, errors.New("token header has no kid")
+		}
+		return v.key(r.Context(), kid)
+	})
+	if err != nil {
+		return fmt.Errorf("%w: bearer token: %v", ErrUnauthenticated, err)
+	}
+	iss, _ := claims.GetIssuer()
+	if !slices.Contains(v.cfg.Issuers, iss) {
+		return fmt.Errorf("%w: token issuer %q is not accepted", ErrForbidden, iss)
+	}
+	aud, _ := claims.GetAudience()
+	if !slices.ContainsFunc(aud, func(a string) bool { return slices.Contains(v.cfg.Audiences, a) }) {
+		return fmt.Errorf("%w: token audience %v is not accepted", ErrForbidden, []string(aud))
+	}
+	if len(v.cfg.AllowedClientIDs) > 0 {
+		caller, _ := claims["appid"].(string)
+		if caller == "" {
+			caller, _ = claims["azp"].(string)
+		}
+		if !slices.Contains(v.cfg.AllowedClientIDs, caller) {
+			return fmt.Errorf("%w: caller %q is not allowed", ErrForbidden, caller)
+		}
+	}
+	return nil
+}
+
+// key returns the signing key kid, refreshing the key set when it is old or
+// does not know kid (rate limited).
+func (v *TokenValidator) key(ctx context.Context, kid string) (*rsa.PublicKey, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	age := time.Since(v.fetchedAt)
+	k, known := v.keys[kid]
+	if known && age < v.cfg.RefreshInterval {
+		return k, nil
+	}
+	if v.fetchedAt.IsZero() || age >= v.cfg.MinRefreshInterval {
+		keys, err := v.fetch(ctx)
+		v.fetchedAt = time.Now()
+		v.fetchErr = err
+		if err == nil {
+			v.keys = keys
+		}
+	}
+	if k, ok := v.keys[kid]; ok {
+		return k, nil
+	}
+	if v.fetchErr != nil {
+		return nil, fmt.Errorf("signing keys unavailable: %w", v.fetchErr)
+	}
+	return nil, fmt.Errorf("unknown signing key %q", kid)
+}
+
+type jwks struct {
+	Keys []struct {
+		Kty string `json:"kty"`
+		Use string `json:"use"`
+		Kid string `json:"kid"`
+		N   string `json:"n"`
+		E   string `json:"e"`
+	} `json:"keys"`
+}
+
+func (v *TokenValidator) fetch(ctx context.Context) (map[string]*rsa.PublicKey, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, v.cfg.JWKSURL, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := v.cfg.HTTPClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("fetch %s: %w", v.cfg.JWKSURL, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("fetch %s: %s", v.cfg.JWKSURL, resp.Status)
+	}
+	var set jwks
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&set); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", v.cfg.JWKSURL, err)
+	}
+	keys := make(map[string]*rsa.PublicKey, len(set.Keys))
+	for _, k := range set.Keys {
+		if k.Kty != "RSA" || k.Kid == "" || (k.Use != "" && k.Use != "sig") {
+			continue
+		}
+		n, err1 := base64.RawURLEncoding.DecodeString(k.N)
+		e, err2 := base64.RawURLEncoding.DecodeString(k.E)
+		if err1 != nil || err2 != nil || len(e) == 0 || len(e) > 4 || len(n) < 256 {
+			continue
+		}
+		keys[k.Kid] = &rsa.PublicKey{N: new(big.Int).SetBytes(n), E: int(new(big.Int).SetBytes(e).Int64())}
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("%s has no usable RSA signing keys", v.cfg.JWKSURL)
+	}
+	return keys, nil
+}

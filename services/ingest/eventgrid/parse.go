@@ -1,0 +1,470 @@
+// Package eventgrid receives Azure Event Grid deliveries: it parses the Event
+// Grid and CloudEvents 1.0 schemas (single events and batches), answers the
+// subscription validation and CloudEvents abuse-protection handshakes,
+// authenticates the sender and hands every accepted event to a store before
+// answering, so that a 200 means every event of the delivery is durable.
+package eventgrid
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Schema is the wire schema an event arrived in.
+type Schema string
+
+// Schemas.
+const (
+	SchemaEventGrid   Schema = "eventgrid"
+	SchemaCloudEvents Schema = "cloudevents"
+)
+
+// Event types of the Event Grid subscription lifecycle.
+const (
+	TypeSubscriptionValidation = "Microsoft.EventGrid.SubscriptionValidationEvent"
+	TypeSubscriptionDeleted    = "Microsoft.EventGrid.SubscriptionDeletedEvent"
+)
+
+// Limits bound what a delivery may contain.
+type Limits struct {
+	// MaxEventBytes bounds one event (default 1 MiB, Event Grid's own limit).
+	MaxEventBytes int
+	// MaxEvents bounds the number of events of one delivery (default 5000,
+	// Event Grid's largest maxEventsPerBatch).
+	MaxEvents int
+	// MaxIDLength bounds the event id (default 256).
+	MaxIDLength int
+}
+
+// Default limits.
+const (
+	DefaultMaxEventBytes = 1 << 20
+	DefaultMaxEvents     = 5000
+	DefaultMaxIDLength   = 256
+)
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxEventBytes <= 0 {
+		l.MaxEventBytes = DefaultMaxEventBytes
+	}
+	if l.MaxEvents <= 0 {
+		l.MaxEvents = DefaultMaxEvents
+	}
+	if l.MaxIDLength <= 0 {
+		l.MaxIDLength = DefaultMaxIDLength
+	}
+	return l
+}
+
+// Event is one inbound event, in either schema.
+type Event struct {
+	Schema  Schema
+	ID      string
+	Type    string // eventType (Event Grid) or type (CloudEvents)
+	Source  string // topic (Event Grid) or source (CloudEvents)
+	Subject string
+	Time    time.Time
+	// Data is the event's data: the JSON value of "data", or the decoded
+	// bytes of a CloudEvents "data_base64".
+	Data json.RawMessage
+	// Raw is the event exactly as received.
+	Raw []byte
+}
+
+// Errors of Parse, matched with errors.Is.
+var (
+	// ErrMalformed: the delivery is not a valid event or batch.
+	ErrMalformed = errors.New("malformed event")
+	// ErrTooLarge: an event exceeds Limits.MaxEventBytes, or the batch
+	// exceeds Limits.MaxEvents.
+	ErrTooLarge = errors.New("event too large")
+)
+
+// EventError describes why one event of a batch was refused.
+type EventError struct {
+	Index int    // position in the batch (0 for a single event)
+	ID    string // the event's id when it could be read
+	Err   error  // wraps ErrMalformed or ErrTooLarge
+}
+
+func (e *EventError) Error() string {
+	if e.ID != "" {
+		return fmt.Sprintf("event %d (id %q): %v", e.Index, e.ID, e.Err)
+	}
+	return fmt.Sprintf("event %d: %v", e.Index, e.Err)
+}
+
+func (e *EventError) Unwrap() error { return e.Err }
+
+// Delivery is a parsed request body: the accepted events and, separately,
+// the events that were refused.
+type Delivery struct {
+	Events   []Event
+	Rejected []*EventError
+}
+
+// Err joins the rejections, or is nil when every event was accepted.
+func (d Delivery) Err() error {
+	if len(d.Rejected) == 0 {
+		return nil
+	}
+	errs := make([]error, 0, min(len(d.Rejected), 10)+1)
+	for i, r := range d.Rejected {
+		if i == 10 {
+			errs = append(errs, fmt.Errorf("and %d more refused events", len(d.Rejected)-10))
+			break
+		}
+		errs = append(errs, r)
+	}
+	return errors.Join(errs...)
+}
+
+// TooLarge reports whether any refused event was refused for its size.
+func (d Delivery) TooLarge() bool {
+	for _, r := range d.Rejected {
+		if errors.Is(r.Err, ErrTooLarge) {
+			return true
+		}
+	}
+	return false
+}
+
+// Parse reads a delivery: a JSON array of events (an Event Grid batch or a
+// CloudEvents batch) or a single JSON object (a CloudEvents structured
+// event, or one Event Grid event). Each element is recognised by its
+// attributes: "specversion" means CloudEvents, "eventType" Event Grid.
+//
+// A body that is not a JSON array or object, or is not valid JSON, is an
+// error wrapping ErrMalformed; so is an empty batch. A batch with more than
+// MaxEvents events is an error wrapping ErrTooLarge. Otherwise individual
+// bad events are reported in Delivery.Rejected and the good ones returned.
+func Parse(body []byte, lim Limits) (Delivery, error) {
+	lim = lim.withDefaults()
+	b := bytes.TrimSpace(body)
+	if len(b) == 0 {
+		return Delivery{}, fmt.Errorf("%w: empty body", ErrMalformed)
+	}
+	switch b[0] {
+	case '{':
+		var d Delivery
+		ev, err := parseEvent(b, lim)
+		if err != nil {
+			d.Rejected = append(d.Rejected, &EventError{Index: 0, ID: ev.ID, Err: err})
+		} else {
+			d.Events = []Event{ev}
+		}
+		return d, nil
+	case '[':
+		elems, err := splitArray(b, lim.MaxEvents)
+		if err != nil {
+			return Delivery{}, err
+		}
+		if len(elems) == 0 {
+			return Delivery{}, fmt.Errorf("%w: empty batch", ErrMalformed)
+		}
+		d := Delivery{Events: make([]Event, 0, len(elems))}
+		for i, el := range elems {
+			ev, err := parseEvent(el, lim)
+			if err != nil {
+				d.Rejected = append(d.Rejected, &EventError{Index: i, ID: ev.ID, Err: err})
+				continue
+			}
+			d.Events = append(d.Events, ev)
+		}
+		return d, nil
+	default:
+		return Delivery{}, fmt.Errorf("%w: body must be a JSON object or array, starts with %q", ErrMalformed, b[0])
+	}
+}
+
+// wireEvent holds the attributes of both schemas. encoding/json matches keys
+// case-insensitively; the names of the two schemas do not collide.
+type wireEvent struct {
+	ID      *string         `json:"id"`
+	Subject *string         `json:"subject"`
+	Data    json.RawMessage `json:"data"`
+
+	// CloudEvents 1.0.
+	SpecVersion *string `json:"specversion"`
+	Type        *string `json:"type"`
+	Source      *string `json:"source"`
+	Time        *string `json:"time"`
+	DataBase64  *string `json:"data_base64"`
+
+	// Event Grid schema.
+	EventType   *string `json:"eventType"`
+	EventTime   *string `json:"eventTime"`
+	Topic       *string `json:"topic"`
+	DataVersion *string `json:"dataVersion"`
+}
+
+// ParseEvent parses one event object in either schema.
+func ParseEvent(b []byte, lim Limits) (Event, error) {
+	return parseEvent(bytes.TrimSpace(b), lim.withDefaults())
+}
+
+func parseEvent(b []byte, lim Limits) (Event, error) {
+	if len(b) > lim.MaxEventBytes {
+		ev := Event{ID: peekID(b, lim)}
+		return ev, fmt.Errorf("%w: %d bytes exceeds the limit of %d", ErrTooLarge, len(b), lim.MaxEventBytes)
+	}
+	if len(b) == 0 || b[0] != '{' {
+		return Event{}, fmt.Errorf("%w: an event must be a JSON object", ErrMalformed)
+	}
+	var w wireEvent
+	if err := json.Unmarshal(b, &w); err != nil {
+		return Event{}, fmt.Errorf("%w: %v", ErrMalformed, jsonErr(err))
+	}
+	ev := Event{Raw: b, ID: str(w.ID)}
+	if err := checkID(ev.ID, lim); err != nil {
+		ev.ID = ""
+		return ev, err
+	}
+	switch {
+	case w.SpecVersion != nil:
+		return ev, fillCloudEvent(&ev, &w)
+	case w.EventType != nil:
+		return ev, fillEventGrid(&ev, &w)
+	default:
+		return ev, fmt.Errorf("%w: neither a CloudEvent (no \"specversion\") nor an Event Grid event (no \"eventType\")", ErrMalformed)
+	}
+}
+
+func fillCloudEvent(ev *Event, w *wireEvent) error {
+	ev.Schema = SchemaCloudEvents
+	if *w.SpecVersion != "1.0" {
+		return fmt.Errorf("%w: specversion %q is not supported, want \"1.0\"", ErrMalformed, *w.SpecVersion)
+	}
+	ev.Type, ev.Source, ev.Subject = str(w.Type), str(w.Source), str(w.Subject)
+	if ev.Type == "" {
+		return fmt.Errorf("%w: missing \"type\"", ErrMalformed)
+	}
+	if ev.Source == "" {
+		return fmt.Errorf("%w: missing \"source\"", ErrMalformed)
+	}
+	if w.Time != nil {
+		t, err := time.Parse(time.RFC3339Nano, *w.Time)
+		if err != nil {
+			return fmt.Errorf("%w: \"time\" %q is not RFC 3339", ErrMalformed, clip(*w.Time))
+		}
+		ev.Time = t.UTC()
+	}
+	switch {
+	case w.DataBase64 != nil && w.Data != nil:
+		return fmt.Errorf("%w: both \"data\" and \"data_base64\"", ErrMalformed)
+	case w.DataBase64 != nil:
+		raw, err := base64.StdEncoding.DecodeString(*w.DataBase64)
+		if err != nil {
+			return fmt.Errorf("%w: \"data_base64\": %v", ErrMalformed, err)
+		}
+		ev.Data = raw
+	default:
+		ev.Data = w.Data
+	}
+	return nil
+}
+
+func fillEventGrid(ev *Event, w *wireEvent) error {
+	ev.Schema = SchemaEventGrid
+	ev.Type, ev.Source = *w.EventType, str(w.Topic)
+	if ev.Type == "" {
+		return fmt.Errorf("%w: empty \"eventType\"", ErrMalformed)
+	}
+	if w.Subject == nil {
+		return fmt.Errorf("%w: missing \"subject\"", ErrMalformed)
+	}
+	ev.Subject = *w.Subject
+	if w.EventTime == nil {
+		return fmt.Errorf("%w: missing \"eventTime\"", ErrMalformed)
+	}
+	t, err := time.Parse(time.RFC3339Nano, *w.EventTime)
+	if err != nil {
+		return fmt.Errorf("%w: \"eventTime\" %q is not RFC 3339", ErrMalformed, clip(*w.EventTime))
+	}
+	ev.Time = t.UTC()
+	if w.DataVersion == nil {
+		return fmt.Errorf("%w: missing \"dataVersion\"", ErrMalformed)
+	}
+	if w.Data == nil {
+		return fmt.Errorf("%w: missing \"data\"", ErrMalformed)
+	}
+	ev.Data = w.Data
+	return nil
+}
+
+func checkID(id string, lim Limits) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("%w: missing \"id\"", ErrMalformed)
+	case len(id) > lim.MaxIDLength:
+		return fmt.Errorf("%w: \"id\" is %d bytes, the limit is %d", ErrMalformed, len(id), lim.MaxIDLength)
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < 0x20 || id[i] == 0x7f {
+			return fmt.Errorf("%w: \"id\" contains a control character", ErrMalformed)
+		}
+	}
+	return nil
+}
+
+// peekID reads the id of an oversized event cheaply, for the error message.
+func peekID(b []byte, lim Limits) string {
+	head := b[:min(len(b), 4096)]
+	i := bytes.Index(head, []byte(`"id"`))
+	if i < 0 {
+		return ""
+	}
+	rest := bytes.TrimLeft(head[i+4:], " \t\r\n")
+	if len(rest) == 0 || rest[0] != ':' {
+		return ""
+	}
+	rest = bytes.TrimLeft(rest[1:], " \t\r\n")
+	if len(rest) == 0 || rest[0] != '"' {
+		return ""
+	}
+	end := bytes.IndexByte(rest[1:], '"')
+	if end < 0 || end > lim.MaxIDLength {
+		return ""
+	}
+	id := string(rest[1 : 1+end])
+	if checkID(id, lim) != nil || strings.ContainsRune(id, '\\') {
+		return ""
+	}
+	return id
+}
+
+// splitArray returns the elements of a top-level JSON array without decoding
+// them. It only finds the boundaries; each element is validated when it is
+// decoded.
+func splitArray(b []byte, maxElems int) ([][]byte, error) {
+	i := 1 // after '['
+	var out [][]byte
+	i = skipSpace(b, i)
+	if i < len(b) && b[i] == ']' {
+		if j := skipSpace(b, i+1); j != len(b) {
+			return nil, fmt.Errorf("%w: data after the end of the batch", ErrMalformed)
+		}
+		return out, nil
+	}
+	for {
+		i = skipSpace(b, i)
+		start := i
+		end, err := scanValue(b, i)
+		if err != nil {
+			return nil, err
+		}
+		if len(out) == maxElems {
+			return nil, fmt.Errorf("%w: the batch has more than %d events", ErrTooLarge, maxElems)
+		}
+		out = append(out, b[start:end])
+		i = skipSpace(b, end)
+		if i >= len(b) {
+			return nil, fmt.Errorf("%w: unterminated batch", ErrMalformed)
+		}
+		switch b[i] {
+		case ',':
+			i++
+		case ']':
+			if j := skipSpace(b, i+1); j != len(b) {
+				return nil, fmt.Errorf("%w: data after the end of the batch", ErrMalformed)
+			}
+			return out, nil
+		default:
+			return nil, fmt.Errorf("%w: expected ',' or ']' at offset %d", ErrMalformed, i)
+		}
+	}
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// scanValue returns the offset just after the JSON value starting at i.
+func scanValue(b []byte, i int) (int, error) {
+	if i >= len(b) {
+		return 0, fmt.Errorf("%w: unexpected end of batch", ErrMalformed)
+	}
+	switch b[i] {
+	case '{', '[':
+		depth := 0
+		for ; i < len(b); i++ {
+			switch b[i] {
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return i + 1, nil
+				}
+			case '"':
+				end, err := scanString(b, i)
+				if err != nil {
+					return 0, err
+				}
+				i = end - 1
+			}
+		}
+		return 0, fmt.Errorf("%w: unterminated value in batch", ErrMalformed)
+	case '"':
+		return scanString(b, i)
+	default:
+		for j := i; j < len(b); j++ {
+			switch b[j] {
+			case ',', ']', ' ', '\t', '\n', '\r':
+				if j == i {
+					return 0, fmt.Errorf("%w: empty value at offset %d", ErrMalformed, i)
+				}
+				return j, nil
+			}
+		}
+		return 0, fmt.Errorf("%w: unterminated batch", ErrMalformed)
+	}
+}
+
+// scanString returns the offset just after the string starting at b[i]=='"'.
+func scanString(b []byte, i int) (int, error) {
+	for j := i + 1; j < len(b); j++ {
+		switch b[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: unterminated string", ErrMalformed)
+}
+
+func str(p *string) string {
+	if p == nil {
+		return ""
+	}
+	return *p
+}
+
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
+
+// jsonErr shortens encoding/json errors to what helps a sender.
+func jsonErr(err error) error {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return fmt.Errorf("invalid JSON at offset %d: %v", se.Offset, se)
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fmt.Errorf("attribute %q must be a %s, not a JSON %s", te.Field, te.Type, te.Value)
+	}
+	return err
+}

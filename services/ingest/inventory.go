@@ -1,0 +1,100 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/vigil-cc/vigil/pkg/events"
+)
+
+// errConflict: the record changed between read and write (compare and set
+// lost); the caller re-reads and decides again.
+var errConflict = errors.New("inventory record changed concurrently")
+
+// maxCASAttempts bounds compare-and-set retries of one update.
+const maxCASAttempts = 16
+
+// inventory is the vigil-vms bucket: one events.VM per VM key, updated
+// only by compare and set on the KV revision.
+type inventory struct {
+	kv jetstream.KeyValue
+}
+
+// record is a stored record with its revision (0 when absent).
+type record struct {
+	VM  events.VM
+	Rev uint64
+}
+
+func (r record) exists() bool { return r.Rev != 0 }
+
+func (inv *inventory) get(ctx context.Context, key string) (record, error) {
+	e, err := inv.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return record{}, nil
+	}
+	if err != nil {
+		return record{}, fmt.Errorf("inventory: read %s: %w", key, err)
+	}
+	var vm events.VM
+	if err := json.Unmarshal(e.Value(), &vm); err != nil {
+		return record{}, fmt.Errorf("inventory: decode %s: %w", key, err)
+	}
+	return record{VM: vm, Rev: e.Revision()}, nil
+}
+
+// put writes vm if the record is still at rev (0: still absent).
+func (inv *inventory) put(ctx context.Context, key string, vm events.VM, rev uint64) (uint64, error) {
+	b, err := json.Marshal(vm)
+	if err != nil {
+		return 0, fmt.Errorf("inventory: encode %s: %w", key, err)
+	}
+	var n uint64
+	if rev == 0 {
+		n, err = inv.kv.Create(ctx, key, b)
+	} else {
+		n, err = inv.kv.Update(ctx, key, b, rev)
+	}
+	if err == nil {
+		return n, nil
+	}
+	var apiErr *jetstream.APIError
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) ||
+		(errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)) {
+		return 0, errConflict
+	}
+	return 0, fmt.Errorf("inventory: write %s: %w", key, err)
+}
+
+// all returns every record of the bucket.
+func (inv *inventory) all(ctx context.Context) (map[string]record, error) {
+	w, err := inv.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("inventory: list: %w", err)
+	}
+	defer func() { _ = w.Stop() }()
+	out := map[string]record{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return out, nil
+			}
+			if e == nil {
+				return out, nil
+			}
+			var vm events.VM
+			if err := json.Unmarshal(e.Value(), &vm); err != nil {
+				continue
+			}
+			out[e.Key()] = record{VM: vm, Rev: e.Revision()}
+		}
+	}
+}

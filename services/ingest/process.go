@@ -1,0 +1,339 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v7"
+
+	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/services/ingest/arm"
+	"github.com/vigil-cc/vigil/services/ingest/compliance"
+	"github.com/vigil-cc/vigil/services/ingest/eventgrid"
+	"github.com/vigil-cc/vigil/services/ingest/normalize"
+)
+
+// processor turns stored raw events into lifecycle events, jobs and
+// inventory updates, and applies enrichment results.
+type processor struct {
+	conn   *bus.Conn
+	inv    *inventory
+	enrich func(vm normalize.VMID, asOf time.Time) // nil without ARM
+	policy compliance.Policy
+	log    *slog.Logger
+	m      *metrics
+	now    func() time.Time
+}
+
+// handleRaw is the VIGIL_RAW consumer's handler. It is idempotent: a
+// redelivered raw event finds its change applied and does nothing.
+func (p *processor) handleRaw(ctx context.Context, m *bus.Message) error {
+	var raw events.Raw
+	if err := m.Envelope.Decode(events.TypeRaw, &raw); err != nil {
+		return bus.Permanent(err)
+	}
+	ev, err := eventgrid.ParseEvent(raw.Event, eventgrid.Limits{MaxEventBytes: len(raw.Event) + 1})
+	if err != nil {
+		return bus.Permanent(fmt.Errorf("raw event %s: %w", raw.EventID, err))
+	}
+	ch, err := normalize.FromEvent(ev)
+	switch {
+	case errors.Is(err, normalize.ErrIgnored):
+		p.m.normalized(ctx, raw.Source, "ignored")
+		return nil
+	case err != nil:
+		// Bad Azure input harms nothing else: it stays on VIGIL_RAW for
+		// inspection and is counted.
+		p.m.normalized(ctx, raw.Source, "malformed")
+		p.log.WarnContext(ctx, "Azure event cannot be normalised", "event_id", raw.EventID, "type", ev.Type, "err", err)
+		return nil
+	}
+	return p.applyChange(ctx, ch, raw.Source)
+}
+
+// superseded reports whether the record already reflects an event at least
+// as new as ch (or ch itself).
+func superseded(vm events.VM, ch normalize.Change) bool {
+	return ch.OccurredAt.Before(vm.EventTime) || (ch.OccurredAt.Equal(vm.EventTime) && ch.EventID == vm.EventID)
+}
+
+// applyChange publishes the lifecycle event (and a job) for ch, then
+// records it in the inventory by compare and set. The lifecycle event's id
+// is derived from the Azure event id, so repeating this after a crash
+// stores nothing twice; the inventory is written last, so a recorded
+// change always has its lifecycle event.
+func (p *processor) applyChange(ctx context.Context, ch normalize.Change, origin string) error {
+	if !ch.Lifecycle {
+		p.m.normalized(ctx, origin, "enrich_only")
+		p.requestEnrich(ch.VM, ch.OccurredAt)
+		return nil
+	}
+	key := ch.VM.Key()
+	for range maxCASAttempts {
+		rec, err := p.inv.get(ctx, key)
+		if err != nil {
+			return err
+		}
+		if rec.exists() && superseded(rec.VM, ch) {
+			p.m.normalized(ctx, origin, "superseded")
+			p.log.DebugContext(ctx, "event older than the inventory; not applied", "vm", ch.VM.ResourceID,
+				"event_id", ch.EventID, "event_time", ch.OccurredAt, "inventory_time", rec.VM.EventTime)
+			return nil
+		}
+		kind := ch.Kind
+		if ch.Write {
+			kind = events.LifecycleUpdated
+			if !rec.exists() || rec.VM.Deleted {
+				kind = events.LifecycleCreated
+			}
+		}
+		vm := nextRecord(rec, ch.VM, kind, ch.OccurredAt, ch.EventID, p.now())
+		if ch.LiveMigration && ch.OccurredAt.After(vm.LiveMigratedAt) {
+			vm.LiveMigratedAt = ch.OccurredAt
+		}
+		repeatDelete := kind == events.LifecycleDeleted && rec.exists() && rec.VM.Deleted
+		if !repeatDelete {
+			lc := events.Lifecycle{
+				VMKey: key, ResourceID: ch.VM.ResourceID, VMID: rec.VM.VMID, Kind: kind,
+				Subscription: ch.VM.Subscription, ResourceGroup: ch.VM.ResourceGroup, Name: ch.VM.Name,
+				Operation: ch.Operation, Outcome: ch.Outcome, Origin: origin,
+				AzureEventID: ch.EventID, CorrelationID: ch.CorrelationID, OccurredAt: ch.OccurredAt,
+			}
+			if err := p.publishLifecycle(ctx, LifecycleID(ch.EventID), lc); err != nil {
+				return err
+			}
+			if err := p.job(ctx, vm, kind, string(kind)); err != nil {
+				return err
+			}
+		}
+		if _, err := p.inv.put(ctx, key, vm, rec.Rev); errors.Is(err, errConflict) {
+			continue
+		} else if err != nil {
+			return err
+		}
+		p.m.normalized(ctx, origin, "applied")
+		if ch.Enrich && kind != events.LifecycleDeleted {
+			p.requestEnrich(ch.VM, ch.OccurredAt)
+		}
+		return nil
+	}
+	return fmt.Errorf("inventory %s: %w %d times", key, errConflict, maxCASAttempts)
+}
+
+// nextRecord is rec after a lifecycle change of kind at t.
+func nextRecord(rec record, id normalize.VMID, kind events.LifecycleKind, t time.Time, eventID string, now time.Time) events.VM {
+	vm := rec.VM
+	if !rec.exists() {
+		vm = events.VM{VMKey: id.Key(), ResourceID: id.ResourceID, Subscription: id.Subscription,
+			ResourceGroup: id.ResourceGroup, Name: id.Name}
+	}
+	vm.Lifecycle, vm.EventTime, vm.EventID, vm.UpdatedAt = kind, t, eventID, now.UTC()
+	switch kind {
+	case events.LifecycleDeleted:
+		vm.Deleted = true
+		vm.PowerState = "deleted"
+	case events.LifecycleCreated:
+		vm.Deleted = false
+		vm.PowerState = ""
+		vm.EnrichedAt = time.Time{}
+	case events.LifecycleStarted, events.LifecycleRestarted:
+		vm.Deleted = false
+		vm.PowerState = "running"
+	case events.LifecycleStopped:
+		vm.PowerState = "stopped"
+	case events.LifecycleDeallocated:
+		vm.PowerState = "deallocated"
+	}
+	return vm
+}
+
+func (p *processor) publishLifecycle(ctx context.Context, id string, lc events.Lifecycle) error {
+	env, err := events.New(events.TypeLifecycle, ServiceName+"/"+lc.Origin, events.LifecycleSubject(lc.VMKey), lc)
+	if err != nil {
+		return err
+	}
+	env.ID, env.Time = id, lc.OccurredAt.UTC()
+	if _, err := p.conn.Publish(ctx, events.LifecycleSubject(lc.VMKey), env); err != nil {
+		return err
+	}
+	p.m.lifecycle(ctx, string(lc.Kind), lc.Origin)
+	return nil
+}
+
+// job enqueues an attestation job for the kinds that need one now:
+// created, started and restarted.
+func (p *processor) job(ctx context.Context, vm events.VM, kind events.LifecycleKind, reason string) error {
+	switch kind {
+	case events.LifecycleCreated, events.LifecycleStarted, events.LifecycleRestarted:
+	default:
+		return nil
+	}
+	absorbed, err := p.conn.PublishJob(ctx, ServiceName, events.Job{
+		VMKey: vm.VMKey, ResourceID: vm.ResourceID, VMID: vm.VMID, Reason: reason, RequestedAt: p.now().UTC(),
+	})
+	if err != nil {
+		return fmt.Errorf("publish job for %s: %w", vm.ResourceID, err)
+	}
+	p.m.jobs(ctx, reason, absorbed)
+	return nil
+}
+
+func (p *processor) requestEnrich(vm normalize.VMID, asOf time.Time) {
+	if p.enrich != nil {
+		p.enrich(vm, asOf)
+	}
+}
+
+// heal publishes a lifecycle event that reconciliation (or an ARM 404)
+// found missing, and records it. stillNeeded re-checks the freshly read
+// record before anything is published, so that concurrent events and other
+// replicas win. The lifecycle id is derived from the VM, the kind and the
+// record revision it corrects: replicas healing the same state publish the
+// same event, which JetStream stores once.
+func (p *processor) heal(ctx context.Context, id normalize.VMID, kind events.LifecycleKind, at time.Time, op string,
+	stillNeeded func(record) bool, update func(*events.VM)) error {
+	key := id.Key()
+	for range maxCASAttempts {
+		rec, err := p.inv.get(ctx, key)
+		if err != nil {
+			return err
+		}
+		if !stillNeeded(rec) {
+			return nil
+		}
+		eid := derivedID(OriginReconcile, key, string(kind), fmt.Sprint(rec.Rev))
+		vm := nextRecord(rec, id, kind, at, eid, p.now())
+		if update != nil {
+			update(&vm)
+		}
+		lc := events.Lifecycle{
+			VMKey: key, ResourceID: vm.ResourceID, VMID: vm.VMID, Kind: kind,
+			Subscription: id.Subscription, ResourceGroup: id.ResourceGroup, Name: id.Name,
+			Operation: op, Outcome: "Succeeded", Origin: OriginReconcile, OccurredAt: at,
+		}
+		if err := p.publishLifecycle(ctx, eid, lc); err != nil {
+			return err
+		}
+		if err := p.job(ctx, vm, kind, OriginReconcile); err != nil {
+			return err
+		}
+		if _, err := p.inv.put(ctx, key, vm, rec.Rev); errors.Is(err, errConflict) {
+			continue
+		} else if err != nil {
+			return err
+		}
+		p.log.InfoContext(ctx, "reconciled a missed change", "vm", id.ResourceID, "kind", kind, "operation", op)
+		return nil
+	}
+	return fmt.Errorf("inventory %s: %w %d times", key, errConflict, maxCASAttempts)
+}
+
+// applyEnrichment stores what ARM said about a VM and publishes its
+// configuration findings when they changed.
+func (p *processor) applyEnrichment(ctx context.Context, r arm.Result) error {
+	if r.NotFound {
+		return p.heal(ctx, r.VM, events.LifecycleDeleted, r.FetchedAt.UTC(), "arm.get:not_found",
+			func(rec record) bool {
+				// Gone from ARM, unless already deleted or changed after the read.
+				return rec.exists() && !rec.VM.Deleted && rec.VM.EventTime.Before(r.FetchedAt)
+			}, nil)
+	}
+	key := r.VM.Key()
+	for range maxCASAttempts {
+		rec, err := p.inv.get(ctx, key)
+		if err != nil {
+			return err
+		}
+		if rec.exists() && rec.VM.Deleted {
+			return nil // reconcile heals a VM that exists again
+		}
+		vm := rec.VM
+		if !rec.exists() {
+			vm = events.VM{VMKey: key, ResourceID: r.VM.ResourceID, Subscription: r.VM.Subscription,
+				ResourceGroup: r.VM.ResourceGroup, Name: r.VM.Name}
+		}
+		facts := r.Facts
+		facts.LiveMigration = !vm.LiveMigratedAt.IsZero()
+		findings := compliance.Evaluate(facts, p.policy)
+		prevVMID := vm.VMID
+		describe(&vm, facts.VM)
+		if state := arm.PowerState(facts.VM); state != "" && !vm.EventTime.After(r.FetchedAt) {
+			vm.PowerState = state
+		}
+		changed := vm.EnrichedAt.IsZero() || prevVMID != vm.VMID || !slices.Equal(vm.Findings, findings)
+		vm.Findings, vm.EnrichedAt, vm.UpdatedAt = findings, r.FetchedAt.UTC(), p.now().UTC()
+		if changed {
+			cfg := events.Config{VMKey: key, ResourceID: vm.ResourceID, VMID: vm.VMID,
+				Compliant: compliance.Compliant(findings), Findings: findings, ObservedAt: r.FetchedAt.UTC()}
+			if cfg.Findings == nil {
+				cfg.Findings = []events.Finding{}
+			}
+			env, err := events.New(events.TypeConfig, ServiceName+"/arm", events.ConfigSubject(key), cfg)
+			if err != nil {
+				return err
+			}
+			env.ID = derivedID("config", key, fmt.Sprint(rec.Rev), r.FetchedAt.UTC().Format(time.RFC3339Nano))
+			if _, err := p.conn.Publish(ctx, events.ConfigSubject(key), env); err != nil {
+				return err
+			}
+			p.m.config(ctx, cfg.Compliant)
+		}
+		if _, err := p.inv.put(ctx, key, vm, rec.Rev); errors.Is(err, errConflict) {
+			continue
+		} else if err != nil {
+			return err
+		}
+		return nil
+	}
+	return fmt.Errorf("inventory %s: %w %d times", key, errConflict, maxCASAttempts)
+}
+
+// describe copies what the inventory keeps from the ARM model.
+func describe(vm *events.VM, m *armcompute.VirtualMachine) {
+	if m == nil {
+		return
+	}
+	if m.Location != nil {
+		vm.Location = *m.Location
+	}
+	p := m.Properties
+	if p == nil {
+		return
+	}
+	if p.VMID != nil {
+		vm.VMID = *p.VMID
+	}
+	if p.HardwareProfile != nil && p.HardwareProfile.VMSize != nil {
+		vm.Size = string(*p.HardwareProfile.VMSize)
+		vm.Platform = compliance.Platform(vm.Size)
+	}
+	vm.SecurityType = ""
+	if p.SecurityProfile != nil && p.SecurityProfile.SecurityType != nil {
+		vm.SecurityType = string(*p.SecurityProfile.SecurityType)
+	}
+	if p.StorageProfile != nil && p.StorageProfile.ImageReference != nil {
+		ref := p.StorageProfile.ImageReference
+		switch {
+		case ref.Publisher != nil:
+			vm.OSImage = deref(ref.Publisher) + ":" + deref(ref.Offer) + ":" + deref(ref.SKU)
+		case ref.ID != nil:
+			vm.OSImage = *ref.ID
+		case ref.SharedGalleryImageID != nil:
+			vm.OSImage = *ref.SharedGalleryImageID
+		case ref.CommunityGalleryImageID != nil:
+			vm.OSImage = *ref.CommunityGalleryImageID
+		}
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}

@@ -1,0 +1,172 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v7"
+
+	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/services/ingest/arm"
+	"github.com/vigil-cc/vigil/services/ingest/normalize"
+)
+
+// Lister lists every VM of a subscription with its power state; *arm.Client
+// is one.
+type Lister interface {
+	ListAll(ctx context.Context, subscription string) ([]*armcompute.VirtualMachine, error)
+}
+
+// reconciler compares ARM's list of VMs with the inventory and heals what
+// events missed: VMs created or deleted without an event reaching Vigil,
+// and power-state changes (a missed stop, deallocate or start). Enrichment
+// that a restart lost (the inventory's newest event is newer than its last
+// enrichment) is requested again.
+type reconciler struct {
+	p     *processor
+	list  Lister
+	subs  []string
+	grace time.Duration // changes younger than this are left to their events
+	log   *slog.Logger
+}
+
+// run reconciles every subscription once.
+func (r *reconciler) run(ctx context.Context) error {
+	records, err := r.p.inv.all(ctx)
+	if err != nil {
+		r.p.m.reconcile("error")
+		return err
+	}
+	var errs []error
+	for _, sub := range r.subs {
+		if err := r.subscription(ctx, sub, records); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		r.p.m.reconcile("error")
+		return err
+	}
+	r.p.m.reconcile("ok")
+	return nil
+}
+
+func (r *reconciler) subscription(ctx context.Context, sub string, records map[string]record) error {
+	start := time.Now().UTC()
+	vms, err := r.list.ListAll(ctx, sub)
+	if err != nil {
+		return fmt.Errorf("reconcile subscription %s: %w", sub, err)
+	}
+	cutoff := start.Add(-r.grace)
+	seen := map[string]bool{}
+	var errs []error
+	for _, m := range vms {
+		if m == nil || m.ID == nil {
+			continue
+		}
+		id, _, err := normalize.ParseVMID(*m.ID)
+		if err != nil {
+			continue
+		}
+		key := id.Key()
+		seen[key] = true
+		rec := records[key]
+		state := arm.PowerState(m)
+		kind, needed := r.drift(rec, state, cutoff)
+		if needed != nil {
+			op := "arm.list:" + string(kind)
+			err := r.p.heal(ctx, id, kind, start, op, needed, func(vm *events.VM) {
+				if state != "" {
+					vm.PowerState = state
+				}
+				if m.Properties != nil && m.Properties.VMID != nil {
+					vm.VMID = *m.Properties.VMID
+				}
+			})
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
+		if needed != nil || !rec.exists() || rec.VM.EnrichedAt.Before(rec.VM.EventTime) {
+			r.p.requestEnrich(id, start)
+		}
+	}
+	for key, rec := range records {
+		if seen[key] || rec.VM.Deleted || !strings.EqualFold(rec.VM.Subscription, sub) {
+			continue
+		}
+		if !rec.VM.EventTime.Before(cutoff) {
+			continue // too recent: ARM's list may not show it yet
+		}
+		id, _, err := normalize.ParseVMID(rec.VM.ResourceID)
+		if err != nil {
+			continue
+		}
+		err = r.p.heal(ctx, id, events.LifecycleDeleted, start, "arm.list:missing", func(cur record) bool {
+			return cur.exists() && !cur.VM.Deleted && cur.VM.EventTime.Before(cutoff)
+		}, nil)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	r.log.InfoContext(ctx, "reconciled subscription", "subscription", sub, "vms", len(vms), "took", time.Since(start))
+	return errors.Join(errs...)
+}
+
+// drift decides whether an existing ARM VM needs a healing lifecycle event,
+// and returns the re-check to run on the fresh record before publishing.
+func (r *reconciler) drift(rec record, state string, cutoff time.Time) (events.LifecycleKind, func(record) bool) {
+	if !rec.exists() || rec.VM.Deleted {
+		return events.LifecycleCreated, func(cur record) bool {
+			return !cur.exists() || (cur.VM.Deleted && cur.VM.EventTime.Before(cutoff))
+		}
+	}
+	var kind events.LifecycleKind
+	switch {
+	case state == "running" && (rec.VM.PowerState == "stopped" || rec.VM.PowerState == "deallocated"):
+		kind = events.LifecycleStarted
+	case state == "stopped" && rec.VM.PowerState == "running":
+		kind = events.LifecycleStopped
+	case state == "deallocated" && (rec.VM.PowerState == "running" || rec.VM.PowerState == "stopped"):
+		kind = events.LifecycleDeallocated
+	default:
+		return "", nil
+	}
+	if !rec.VM.EventTime.Before(cutoff) {
+		return "", nil
+	}
+	was := rec.VM.PowerState
+	return kind, func(cur record) bool {
+		return cur.exists() && !cur.VM.Deleted && cur.VM.PowerState == was && cur.VM.EventTime.Before(cutoff)
+	}
+}
+
+// loop reconciles at start and then every interval, waiting as long as ARM
+// asks when it throttles.
+func (r *reconciler) loop(ctx context.Context, interval time.Duration) {
+	for {
+		wait := interval
+		err := r.run(ctx)
+		var thr *arm.ThrottledError
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.As(err, &thr):
+			wait = max(thr.RetryAfter, time.Second)
+			r.log.WarnContext(ctx, "reconcile throttled by ARM", "retry_in", wait)
+		case err != nil:
+			wait = min(interval, time.Minute)
+			r.log.ErrorContext(ctx, "reconcile failed; retrying", "retry_in", wait, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
