@@ -217,6 +217,13 @@ func encodeInvalid(m Message, bodySum, reason string) []byte {
 		return entry
 	}
 	r.Body = nil
+	if entry := encode(&r); len(entry) <= MaxEntrySize {
+		return entry
+	}
+	// Only a pathological subject gets here (NATS bounds subjects far
+	// below this); keep its beginning.
+	r.Reason = fmt.Sprintf("subject of %d bytes shortened; %s", len(r.Subject), r.Reason)
+	r.Subject = strings.ToValidUTF8(r.Subject[:4096], "")
 	return encode(&r)
 }
 
