@@ -17,19 +17,19 @@ type Requester interface {
 	Request(ctx context.Context, subject string, req, resp any) error
 }
 
-// Attester produces a vigil.evidence/v1 bundle (JSON) for this VM whose TPM
-// quote carries extraData as its qualifying data. The bundle's "nonce"
-// field must be extraData as well.
+// Attester produces a vigil.evidence/v1 bundle (JSON) for this VM whose
+// "nonce" field is nonce and whose TPM quote carries extraData (not the
+// nonce itself) as its qualifying data.
 type Attester interface {
-	Attest(ctx context.Context, extraData []byte) ([]byte, error)
+	Attest(ctx context.Context, nonce, extraData []byte) ([]byte, error)
 }
 
 // AttesterFunc adapts a function to Attester.
-type AttesterFunc func(ctx context.Context, extraData []byte) ([]byte, error)
+type AttesterFunc func(ctx context.Context, nonce, extraData []byte) ([]byte, error)
 
 // Attest calls f.
-func (f AttesterFunc) Attest(ctx context.Context, extraData []byte) ([]byte, error) {
-	return f(ctx, extraData)
+func (f AttesterFunc) Attest(ctx context.Context, nonce, extraData []byte) ([]byte, error) {
+	return f(ctx, nonce, extraData)
 }
 
 // Client performs key releases for one VM.
@@ -94,7 +94,7 @@ func (c *Client) Release(ctx context.Context, keyName string) (*Released, error)
 		return nil, fmt.Errorf("keyrelease: keyguard sent a %d-byte nonce, want %d", len(nr.Nonce), NonceSize)
 	}
 	binding := Binding(nr.Nonce, suite, pub)
-	bundle, err := c.Attester.Attest(ctx, binding)
+	bundle, err := c.Attester.Attest(ctx, nr.Nonce, binding)
 	if err != nil {
 		return nil, fmt.Errorf("keyrelease: attest: %w", err)
 	}

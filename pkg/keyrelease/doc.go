@@ -7,8 +7,10 @@
 //     vigil.keyguard.nonce for a nonce (NonceRequest -> NonceResponse).
 //     keyguard stores the nonce, bound to the VM, for a short time.
 //  2. The agent has its vTPM quote over Binding(nonce, suite, public key) as
-//     extraData and sends the resulting vigil.evidence/v1 bundle with the
-//     public key to vigil.keyguard.release (ReleaseRequest).
+//     extraData and sends the resulting vigil.evidence/v1 bundle (whose
+//     "nonce" is the issued nonce) with the public key to
+//     vigil.keyguard.release (ReleaseRequest). The verifier checks it with
+//     evidence.Expect{Nonce: nonce, ExtraData: Binding(...)}.
 //  3. keyguard consumes the nonce (once, on every replica), verifies the
 //     bundle against that binding and the VM's vmId, checks that the VM's
 //     status is trusted or warning and its grant is not revoked or

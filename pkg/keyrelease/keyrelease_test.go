@@ -215,8 +215,9 @@ func (s *server) serve(t *testing.T, ctx context.Context, c *bus.Conn) {
 		delete(s.nonces, string(r.Nonce))
 		var ev struct {
 			Nonce []byte `json:"nonce"`
+			Extra []byte `json:"extra"`
 		}
-		if err := json.Unmarshal(r.Evidence, &ev); err != nil || !bytes.Equal(ev.Nonce, keyrelease.Binding(r.Nonce, r.Suite, r.PublicKey)) {
+		if err := json.Unmarshal(r.Evidence, &ev); err != nil || !bytes.Equal(ev.Nonce, r.Nonce) || !bytes.Equal(ev.Extra, keyrelease.Binding(r.Nonce, r.Suite, r.PublicKey)) {
 			return nil, &bus.ReplyError{Code: keyrelease.CodeBindingMismatch}
 		}
 		sealed, err := r.Suite.Seal(r.PublicKey, keyrelease.Info(r.VMKey, r.KeyName, r.Nonce), s.secret)
@@ -241,8 +242,8 @@ func TestClientRelease(t *testing.T) {
 	s := &server{nonces: map[string]bool{}, secret: []byte("s3cret")}
 	s.serve(t, ctx, c)
 
-	honest := keyrelease.AttesterFunc(func(_ context.Context, extra []byte) ([]byte, error) {
-		return json.Marshal(map[string]any{"format": "vigil.evidence/v1", "nonce": extra})
+	honest := keyrelease.AttesterFunc(func(_ context.Context, nonce, extra []byte) ([]byte, error) {
+		return json.Marshal(map[string]any{"format": "vigil.evidence/v1", "nonce": nonce, "extra": extra})
 	})
 	for _, suite := range []keyrelease.Suite{{}, keyrelease.ClassicSuite} {
 		cl := &keyrelease.Client{Requester: c, VMKey: testVM, Attester: honest, Suite: suite}
@@ -257,8 +258,8 @@ func TestClientRelease(t *testing.T) {
 
 	// An attester that quotes over the bare nonce instead of the binding is
 	// refused, and the code comes through.
-	lazy := keyrelease.AttesterFunc(func(_ context.Context, extra []byte) ([]byte, error) {
-		return json.Marshal(map[string]any{"format": "vigil.evidence/v1", "nonce": extra[:16]})
+	lazy := keyrelease.AttesterFunc(func(_ context.Context, nonce, _ []byte) ([]byte, error) {
+		return json.Marshal(map[string]any{"format": "vigil.evidence/v1", "nonce": nonce, "extra": nonce})
 	})
 	cl := &keyrelease.Client{Requester: c, VMKey: testVM, Attester: lazy}
 	_, err = cl.Release(ctx, "disk-key")
@@ -266,7 +267,7 @@ func TestClientRelease(t *testing.T) {
 		t.Fatalf("err = %v (code %q), want %s", err, code, keyrelease.CodeBindingMismatch)
 	}
 
-	failing := keyrelease.AttesterFunc(func(context.Context, []byte) ([]byte, error) { return nil, errors.New("no tpm") })
+	failing := keyrelease.AttesterFunc(func(context.Context, []byte, []byte) ([]byte, error) { return nil, errors.New("no tpm") })
 	cl = &keyrelease.Client{Requester: c, VMKey: testVM, Attester: failing}
 	if _, err := cl.Release(ctx, "disk-key"); err == nil || !strings.Contains(err.Error(), "no tpm") {
 		t.Fatalf("err = %v", err)
