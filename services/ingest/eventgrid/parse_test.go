@@ -1,0 +1,200 @@
+package eventgrid
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+const egEvent = `{
+  "id": "4db48cba-50a2-455a-93b4-de41a3b5b7f6",
+  "topic": "/subscriptions/00000000-0000-0000-0000-000000000001",
+  "subject": "/subscriptions/00000000-0000-0000-0000-000000000001/resourcegroups/rg1/providers/Microsoft.Compute/virtualMachines/vm1",
+  "eventType": "Microsoft.Resources.ResourceWriteSuccess",
+  "eventTime": "2026-11-20T18:38:04.6117357Z",
+  "data": {"operationName": "Microsoft.Compute/virtualMachines/write", "authorization": {"evidence": []}},
+  "dataVersion": "2",
+  "metadataVersion": "1"
+}`
+
+const ceEvent = `{
+  "specversion": "1.0",
+  "id": "a3c0e4c5-1b1f-4b39-9d5c-0d1e2f3a4b5c",
+  "source": "/subscriptions/00000000-0000-0000-0000-000000000001",
+  "subject": "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines/vm1",
+  "type": "Microsoft.Resources.ResourceActionSuccess",
+  "time": "2026-11-20T18:39:00Z",
+  "data": {"operationName": "Microsoft.Compute/virtualMachines/start/action"}
+}`
+
+func TestParseSchemas(t *testing.T) {
+	tests := []struct {
+		name    string
+		body    string
+		schemas []Schema
+	}{
+		{"event grid batch", "[" + egEvent + "]", []Schema{SchemaEventGrid}},
+		{"event grid single object", egEvent, []Schema{SchemaEventGrid}},
+		{"cloudevents single", ceEvent, []Schema{SchemaCloudEvents}},
+		{"cloudevents batch", "[" + ceEvent + "," + ceEvent + "]", []Schema{SchemaCloudEvents, SchemaCloudEvents}},
+		{"mixed batch with whitespace", " [ " + egEvent + " ,\n" + ceEvent + " ] \n", []Schema{SchemaEventGrid, SchemaCloudEvents}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, err := Parse([]byte(tt.body), Limits{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(d.Rejected) != 0 {
+				t.Fatalf("rejected: %v", d.Err())
+			}
+			if len(d.Events) != len(tt.schemas) {
+				t.Fatalf("got %d events, want %d", len(d.Events), len(tt.schemas))
+			}
+			for i, ev := range d.Events {
+				if ev.Schema != tt.schemas[i] {
+					t.Errorf("event %d schema %s, want %s", i, ev.Schema, tt.schemas[i])
+				}
+				if ev.ID == "" || ev.Type == "" || ev.Time.IsZero() || len(ev.Data) == 0 || ev.Source == "" {
+					t.Errorf("event %d incomplete: %+v", i, ev)
+				}
+				if !bytes.HasPrefix(ev.Raw, []byte("{")) || !bytes.HasSuffix(ev.Raw, []byte("}")) {
+					t.Errorf("event %d raw bytes not the object: %q", i, ev.Raw)
+				}
+			}
+		})
+	}
+}
+
+func TestParseEventGridFields(t *testing.T) {
+	d, err := Parse([]byte("["+egEvent+"]"), Limits{})
+	if err != nil || len(d.Events) != 1 {
+		t.Fatal(err, d.Err())
+	}
+	ev := d.Events[0]
+	want := time.Date(2026, 11, 20, 18, 38, 4, 611735700, time.UTC)
+	if !ev.Time.Equal(want) || ev.Type != "Microsoft.Resources.ResourceWriteSuccess" ||
+		!strings.Contains(ev.Subject, "resourcegroups/rg1") || ev.Source != "/subscriptions/00000000-0000-0000-0000-000000000001" {
+		t.Errorf("fields: %+v", ev)
+	}
+	if string(ev.Raw) != egEvent {
+		t.Error("raw bytes differ from the input")
+	}
+}
+
+func TestParseCloudEventsDataBase64(t *testing.T) {
+	ev, err := ParseEvent([]byte(`{"specversion":"1.0","id":"x","source":"s","type":"t","data_base64":"eyJhIjoxfQ=="}`), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(ev.Data) != `{"a":1}` {
+		t.Errorf("data %q", ev.Data)
+	}
+}
+
+func TestParseRejections(t *testing.T) {
+	big := `{"specversion":"1.0","id":"big","source":"s","type":"t","data":"` + strings.Repeat("x", 2000) + `"}`
+	tests := []struct {
+		name string
+		body string
+		lim  Limits
+		// whole: the body as a whole is refused with this error
+		whole error
+		// rejected: events refused individually
+		rejected int
+		tooLarge bool
+	}{
+		{name: "empty", body: "  ", whole: ErrMalformed},
+		{name: "not json", body: "hello", whole: ErrMalformed},
+		{name: "truncated array", body: "[" + egEvent, whole: ErrMalformed},
+		{name: "trailing garbage", body: "[" + egEvent + "] x", whole: ErrMalformed},
+		{name: "empty batch", body: "[]", whole: ErrMalformed},
+		{name: "too many events", body: "[" + ceEvent + "," + ceEvent + "," + ceEvent + "]", lim: Limits{MaxEvents: 2}, whole: ErrTooLarge},
+		{name: "array of strings", body: `["a","b"]`, rejected: 2},
+		{name: "missing id", body: `[{"specversion":"1.0","source":"s","type":"t"}]`, rejected: 1},
+		{name: "wrong specversion", body: `{"specversion":"0.3","id":"1","source":"s","type":"t"}`, rejected: 1},
+		{name: "cloudevent without source", body: `{"specversion":"1.0","id":"1","type":"t"}`, rejected: 1},
+		{name: "bad time", body: `{"specversion":"1.0","id":"1","source":"s","type":"t","time":"yesterday"}`, rejected: 1},
+		{name: "event grid without data", body: `[{"id":"1","subject":"s","eventType":"t","eventTime":"2026-01-01T00:00:00Z","dataVersion":"1"}]`, rejected: 1},
+		{name: "event grid without eventTime", body: `[{"id":"1","subject":"s","eventType":"t","data":{},"dataVersion":"1"}]`, rejected: 1},
+		{name: "neither schema", body: `[{"id":"1","foo":"bar"}]`, rejected: 1},
+		{name: "id is a number", body: `[{"id":1,"specversion":"1.0","source":"s","type":"t"}]`, rejected: 1},
+		{name: "one bad among good", body: "[" + ceEvent + `,{"id":"2"},` + egEvent + "]", rejected: 1},
+		{name: "oversized event", body: "[" + ceEvent + "," + big + "]", lim: Limits{MaxEventBytes: 1500}, rejected: 1, tooLarge: true},
+		{name: "control character in id", body: `{"specversion":"1.0","id":"a\u0001b","source":"s","type":"t"}`, rejected: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, err := Parse([]byte(tt.body), tt.lim)
+			if tt.whole != nil {
+				if !errors.Is(err, tt.whole) {
+					t.Fatalf("err = %v, want %v", err, tt.whole)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(d.Rejected) != tt.rejected {
+				t.Fatalf("rejected %d (%v), want %d", len(d.Rejected), d.Err(), tt.rejected)
+			}
+			if d.TooLarge() != tt.tooLarge {
+				t.Errorf("TooLarge = %v", d.TooLarge())
+			}
+			for _, r := range d.Rejected {
+				if !errors.Is(r, ErrMalformed) && !errors.Is(r, ErrTooLarge) {
+					t.Errorf("rejection %v wraps neither sentinel", r)
+				}
+			}
+		})
+	}
+}
+
+func TestPeekIDOfOversizedEvent(t *testing.T) {
+	big := `{"id":"evt-42","specversion":"1.0","data":"` + strings.Repeat("y", 5000) + `"}`
+	_, err := Parse([]byte("["+big+"]"), Limits{MaxEventBytes: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _ := Parse([]byte("["+big+"]"), Limits{MaxEventBytes: 1000})
+	if d.Rejected[0].ID != "evt-42" || !strings.Contains(d.Err().Error(), "evt-42") {
+		t.Errorf("rejection does not name the event: %v", d.Err())
+	}
+}
+
+// FuzzParse: the parser never panics, never accepts an event without id,
+// type and (for CloudEvents) source, and every accepted event's raw bytes
+// are a slice of the input.
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{
+		"[" + egEvent + "]", ceEvent, "[" + ceEvent + "," + egEvent + "]", "[]", "{}", `[{"id":"\"]"}]`,
+		`[{"specversion":"1.0","id":"1","source":"s","type":"t","data_base64":"!!"}]`, `[1,2,"x",null]`, `[[[[`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		d, err := Parse(body, Limits{MaxEventBytes: 4096, MaxEvents: 64})
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("error wraps no sentinel: %v", err)
+			}
+			return
+		}
+		if len(d.Events)+len(d.Rejected) == 0 {
+			t.Fatal("no events and no rejections")
+		}
+		for _, ev := range d.Events {
+			if ev.ID == "" || ev.Type == "" {
+				t.Fatalf("accepted incomplete event %+v", ev)
+			}
+			if ev.Schema == SchemaCloudEvents && ev.Source == "" {
+				t.Fatal("accepted a CloudEvent without source")
+			}
+			if !bytes.Contains(body, ev.Raw) {
+				t.Fatal("raw bytes are not from the input")
+			}
+		}
+	})
+}
