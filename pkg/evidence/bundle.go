@@ -1,0 +1,276 @@
+package evidence
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// Format is the evidence bundle format identifier (DESIGN.md §3).
+const Format = "vigil.evidence/v1"
+
+// Platforms.
+const (
+	PlatformAzureSNP = "azure-sev-snp"
+	PlatformAzureTDX = "azure-tdx"
+)
+
+// Bounds on bundle fields (decoded sizes).
+const (
+	MaxBundleSize    = 256 << 10
+	MaxNonceSize     = 64 // a TPM2B_DATA holds at most 64 bytes
+	MaxHCLSize       = 16 << 10
+	MaxTDQuoteSize   = 16 << 10
+	MaxVCEKSize      = 16 << 10
+	MaxAttestSize    = 2 << 10
+	MaxSignatureSize = 1 << 10
+	MaxEventLogSize  = 128 << 10
+	MaxVMKeySize     = 64
+)
+
+// ErrInvalidBundle is matched (errors.Is) by every bundle parse error.
+var ErrInvalidBundle = errors.New("invalid evidence bundle")
+
+// FieldError is a bundle error naming the field at fault.
+type FieldError struct {
+	Field string
+	Err   error
+}
+
+func (e *FieldError) Error() string {
+	if e.Field == "" {
+		return fmt.Sprintf("evidence bundle: %v", e.Err)
+	}
+	return fmt.Sprintf("evidence bundle: field %s: %v", e.Field, e.Err)
+}
+
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// Is makes every FieldError match ErrInvalidBundle.
+func (e *FieldError) Is(target error) bool { return target == ErrInvalidBundle }
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
+}
+
+// Bundle is a parsed vigil.evidence/v1 bundle with binary fields decoded.
+type Bundle struct {
+	Format      string
+	Platform    string
+	VMKey       string
+	Nonce       []byte
+	CollectedAt time.Time // zero when absent
+	HCLReport   []byte
+	TDQuote     []byte
+	VCEK        []byte // PEM, as given
+	TPMQuote    TPMQuote
+	EventLog    []byte
+}
+
+// TPMQuote is the bundle's tpm_quote object.
+type TPMQuote struct {
+	Attest    []byte
+	Signature []byte
+	PCRBank   string
+	PCRs      map[int][]byte
+}
+
+type wireQuote struct {
+	Attest    string            `json:"attest"`
+	Signature string            `json:"signature"`
+	PCRBank   string            `json:"pcr_bank"`
+	PCRs      map[string]string `json:"pcrs"`
+}
+
+type wireBundle struct {
+	Format      string     `json:"format"`
+	Platform    string     `json:"platform"`
+	VMKey       string     `json:"vm_key,omitempty"`
+	Nonce       string     `json:"nonce"`
+	CollectedAt string     `json:"collected_at,omitempty"`
+	HCLReport   string     `json:"hcl_report"`
+	TDQuote     string     `json:"td_quote,omitempty"`
+	VCEK        string     `json:"vcek,omitempty"`
+	TPMQuote    *wireQuote `json:"tpm_quote"`
+	EventLog    string     `json:"event_log,omitempty"`
+}
+
+// PCRBankAlg maps a bundle pcr_bank name to its TPM algorithm.
+func PCRBankAlg(bank string) (tpm2.TPMAlgID, int, bool) {
+	switch bank {
+	case "sha1":
+		return tpm2.TPMAlgSHA1, 20, true
+	case "sha256":
+		return tpm2.TPMAlgSHA256, 32, true
+	case "sha384":
+		return tpm2.TPMAlgSHA384, 48, true
+	case "sha512":
+		return tpm2.TPMAlgSHA512, 64, true
+	}
+	return 0, 0, false
+}
+
+func decodeB64(field, s string, required bool, limit int) ([]byte, error) {
+	if s == "" {
+		if required {
+			return nil, fieldErr(field, "missing")
+		}
+		return nil, nil
+	}
+	if base64.StdEncoding.DecodedLen(len(s)) > limit+3 {
+		return nil, fieldErr(field, "longer than %d bytes", limit)
+	}
+	b, err := base64.StdEncoding.Strict().DecodeString(s)
+	if err != nil {
+		return nil, fieldErr(field, "not standard base64 with padding: %v", err)
+	}
+	if len(b) > limit {
+		return nil, fieldErr(field, "%d bytes is longer than %d", len(b), limit)
+	}
+	return b, nil
+}
+
+// ParseBundle parses and validates a bundle. Unknown fields are ignored; a
+// missing required field or a bound exceeded is a *FieldError naming it.
+func ParseBundle(raw []byte) (*Bundle, error) {
+	if len(raw) > MaxBundleSize {
+		return nil, fieldErr("", "%d bytes exceeds the %d byte limit", len(raw), MaxBundleSize)
+	}
+	var w wireBundle
+	if err := json.Unmarshal(raw, &w); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return nil, fieldErr(te.Field, "wrong JSON type %s", te.Value)
+		}
+		return nil, &FieldError{Err: fmt.Errorf("not JSON: %w", err)}
+	}
+	b := &Bundle{Format: w.Format, Platform: w.Platform, VMKey: w.VMKey}
+	if w.Format == "" {
+		return nil, fieldErr("format", "missing")
+	}
+	if w.Format != Format {
+		return nil, fieldErr("format", "%q is not %q", w.Format, Format)
+	}
+	switch w.Platform {
+	case PlatformAzureSNP, PlatformAzureTDX:
+	case "":
+		return nil, fieldErr("platform", "missing")
+	default:
+		return nil, fieldErr("platform", "%q is not supported (want %s or %s)", w.Platform, PlatformAzureSNP, PlatformAzureTDX)
+	}
+	if len(w.VMKey) > MaxVMKeySize {
+		return nil, fieldErr("vm_key", "longer than %d characters", MaxVMKeySize)
+	}
+	var err error
+	if b.Nonce, err = decodeB64("nonce", w.Nonce, true, MaxNonceSize); err != nil {
+		return nil, err
+	}
+	if w.CollectedAt != "" {
+		if b.CollectedAt, err = time.Parse(time.RFC3339Nano, w.CollectedAt); err != nil {
+			return nil, fieldErr("collected_at", "not RFC 3339: %v", err)
+		}
+	}
+	if b.HCLReport, err = decodeB64("hcl_report", w.HCLReport, true, MaxHCLSize); err != nil {
+		return nil, err
+	}
+	if b.TDQuote, err = decodeB64("td_quote", w.TDQuote, w.Platform == PlatformAzureTDX, MaxTDQuoteSize); err != nil {
+		return nil, err
+	}
+	if len(w.VCEK) > MaxVCEKSize {
+		return nil, fieldErr("vcek", "longer than %d bytes", MaxVCEKSize)
+	}
+	if w.VCEK != "" {
+		b.VCEK = []byte(w.VCEK)
+	}
+	if b.EventLog, err = decodeB64("event_log", w.EventLog, false, MaxEventLogSize); err != nil {
+		return nil, err
+	}
+	q := w.TPMQuote
+	if q == nil {
+		return nil, fieldErr("tpm_quote", "missing")
+	}
+	if b.TPMQuote.Attest, err = decodeB64("tpm_quote.attest", q.Attest, true, MaxAttestSize); err != nil {
+		return nil, err
+	}
+	if b.TPMQuote.Signature, err = decodeB64("tpm_quote.signature", q.Signature, true, MaxSignatureSize); err != nil {
+		return nil, err
+	}
+	if q.PCRBank == "" {
+		return nil, fieldErr("tpm_quote.pcr_bank", "missing")
+	}
+	_, size, ok := PCRBankAlg(q.PCRBank)
+	if !ok {
+		return nil, fieldErr("tpm_quote.pcr_bank", "%q is not sha1, sha256, sha384 or sha512", q.PCRBank)
+	}
+	b.TPMQuote.PCRBank = q.PCRBank
+	if len(q.PCRs) == 0 {
+		return nil, fieldErr("tpm_quote.pcrs", "missing")
+	}
+	if len(q.PCRs) > 24 {
+		return nil, fieldErr("tpm_quote.pcrs", "%d entries, at most 24", len(q.PCRs))
+	}
+	b.TPMQuote.PCRs = make(map[int][]byte, len(q.PCRs))
+	for k, v := range q.PCRs {
+		idx, err := strconv.Atoi(k)
+		if err != nil || idx < 0 || idx > 23 || strconv.Itoa(idx) != k {
+			return nil, fieldErr("tpm_quote.pcrs", "key %q is not a PCR index 0..23", k)
+		}
+		if len(v) != 2*size {
+			return nil, fieldErr("tpm_quote.pcrs."+k, "%d hex digits, want %d for %s", len(v), 2*size, q.PCRBank)
+		}
+		val, err := hex.DecodeString(v)
+		if err != nil {
+			return nil, fieldErr("tpm_quote.pcrs."+k, "not hex: %v", err)
+		}
+		b.TPMQuote.PCRs[idx] = val
+	}
+	return b, nil
+}
+
+// Marshal encodes the bundle as vigil.evidence/v1 JSON.
+func (b *Bundle) Marshal() ([]byte, error) {
+	enc := base64.StdEncoding.EncodeToString
+	w := wireBundle{
+		Format:    b.Format,
+		Platform:  b.Platform,
+		VMKey:     b.VMKey,
+		Nonce:     enc(b.Nonce),
+		HCLReport: enc(b.HCLReport),
+		VCEK:      string(b.VCEK),
+		TPMQuote: &wireQuote{
+			Attest:    enc(b.TPMQuote.Attest),
+			Signature: enc(b.TPMQuote.Signature),
+			PCRBank:   b.TPMQuote.PCRBank,
+			PCRs:      make(map[string]string, len(b.TPMQuote.PCRs)),
+		},
+	}
+	if w.Format == "" {
+		w.Format = Format
+	}
+	if len(b.TDQuote) > 0 {
+		w.TDQuote = enc(b.TDQuote)
+	}
+	if len(b.EventLog) > 0 {
+		w.EventLog = enc(b.EventLog)
+	}
+	if !b.CollectedAt.IsZero() {
+		w.CollectedAt = b.CollectedAt.UTC().Format(time.RFC3339Nano)
+	}
+	for i, v := range b.TPMQuote.PCRs {
+		w.TPMQuote.PCRs[strconv.Itoa(i)] = hex.EncodeToString(v)
+	}
+	return json.Marshal(&w)
+}
+
+// Digest is "sha256:<hex>" of raw bundle bytes, the verdict's evidence digest.
+func Digest(raw []byte) string {
+	d := sha256.Sum256(raw)
+	return "sha256:" + hex.EncodeToString(d[:])
+}

@@ -1,0 +1,125 @@
+package evidence
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+
+	"github.com/vigil-cc/vigil/pkg/evidence/collateral"
+)
+
+// ErrOffline is returned when collateral is needed but fetching is disabled.
+var ErrOffline = errors.New("not in the collateral cache and fetching is disabled (offline)")
+
+// maxFetchSize bounds bodies read from AMD KDS and Intel PCS.
+const maxFetchSize = 1 << 20
+
+// flightGroup collapses concurrent fetches of the same key into one.
+type flightGroup struct {
+	mu    sync.Mutex
+	calls map[string]*flightCall
+}
+
+type flightCall struct {
+	done chan struct{}
+	val  []byte
+	hdr  http.Header
+	err  error
+}
+
+func (g *flightGroup) do(key string, fn func() ([]byte, http.Header, error)) ([]byte, http.Header, error) {
+	g.mu.Lock()
+	if g.calls == nil {
+		g.calls = make(map[string]*flightCall)
+	}
+	if c, ok := g.calls[key]; ok {
+		g.mu.Unlock()
+		<-c.done
+		return c.val, c.hdr, c.err
+	}
+	c := &flightCall{done: make(chan struct{})}
+	g.calls[key] = c
+	g.mu.Unlock()
+	c.val, c.hdr, c.err = fn()
+	close(c.done)
+	g.mu.Lock()
+	delete(g.calls, key)
+	g.mu.Unlock()
+	return c.val, c.hdr, c.err
+}
+
+// httpGet fetches url, returning the body and headers of a 200 answer.
+func (v *Verifier) httpGet(ctx context.Context, url string) ([]byte, http.Header, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	resp, err := v.http.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxFetchSize+1))
+	if err != nil {
+		return nil, nil, fmt.Errorf("GET %s: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	if len(body) > maxFetchSize {
+		return nil, nil, fmt.Errorf("GET %s: body exceeds %d bytes", url, maxFetchSize)
+	}
+	return body, resp.Header, nil
+}
+
+// kdsVCEKURL is AMD KDS's VCEK URL for a chip at a TCB.
+func kdsVCEKURL(base, productLine string, chipID []byte, tcb uint64) string {
+	t := DecomposeTCB(productLine, tcb)
+	if productLine == "Turin" {
+		return fmt.Sprintf("%s/vcek/v1/%s/%s?fmcSPL=%d&blSPL=%d&teeSPL=%d&snpSPL=%d&ucodeSPL=%d",
+			base, productLine, hex.EncodeToString(chipID[:8]), t.FMC, t.BootLoader, t.TEE, t.SNP, t.Microcode)
+	}
+	return fmt.Sprintf("%s/vcek/v1/%s/%s?blSPL=%d&teeSPL=%d&snpSPL=%d&ucodeSPL=%d",
+		base, productLine, hex.EncodeToString(chipID), t.BootLoader, t.TEE, t.SNP, t.Microcode)
+}
+
+// VCEKCacheKey is the collateral cache key of a chip's VCEK at a TCB.
+func VCEKCacheKey(productLine string, chipID []byte, tcb uint64) string {
+	return fmt.Sprintf("amd.vcek.%s.%s.%016x", productLine, hex.EncodeToString(chipID), tcb)
+}
+
+// fetchVCEK returns the DER VCEK from the collateral cache or AMD KDS.
+func (v *Verifier) fetchVCEK(ctx context.Context, productLine string, chipID []byte, tcb uint64) ([]byte, error) {
+	key := VCEKCacheKey(productLine, chipID, tcb)
+	der, err := v.coll.Get(ctx, key)
+	if err == nil {
+		return der, nil
+	}
+	if !errors.Is(err, collateral.ErrNotFound) {
+		v.log.WarnContext(ctx, "collateral cache read failed", "key", key, "err", err)
+	}
+	if v.cfg.Offline {
+		return nil, fmt.Errorf("VCEK for chip %x…: %w", chipID[:8], ErrOffline)
+	}
+	url := kdsVCEKURL(v.cfg.KDSURL, productLine, chipID, tcb)
+	der, _, err = v.flight.do(key, func() ([]byte, http.Header, error) {
+		body, _, err := v.httpGet(ctx, url)
+		if err != nil {
+			return nil, nil, fmt.Errorf("AMD KDS: %w", err)
+		}
+		cert, err := x509.ParseCertificate(body)
+		if err != nil {
+			return nil, nil, fmt.Errorf("AMD KDS answered no DER certificate: %w", err)
+		}
+		if err := v.coll.Put(ctx, key, body, cert.NotAfter); err != nil {
+			v.log.WarnContext(ctx, "collateral cache write failed", "key", key, "err", err)
+		}
+		return body, nil, nil
+	})
+	return der, err
+}

@@ -1,0 +1,27 @@
+package sim
+
+import (
+	"github.com/vigil-cc/vigil/pkg/evidence"
+)
+
+// Policy returns a policy that healthy simulated VMs satisfy and every
+// fault violates: the default Azure policy plus the simulator's reference
+// values (SNP measurement and minimum TCB, TDX MRTD, MRSEAM and minimum TEE
+// TCB SVN, PCR 4 and PCR 7 of the simulated boot).
+func (a *Authority) Policy() *evidence.Policy {
+	p := evidence.DefaultPolicy()
+	p.ID = "vigil-sim"
+	p.Description = "Policy for simulated VMs of the vigil simulator"
+	p.SNP.Products = append([]string(nil), ProductLines...)
+	p.SNP.MinTCB = make(map[string]evidence.SNPTCB)
+	for _, pl := range ProductLines {
+		p.SNP.MinTCB[pl] = amdProducts[pl].goodTCB
+	}
+	p.SNP.Measurements = []evidence.Hex{simMeasurement(evidence.PlatformAzureSNP, false)}
+	p.TDX.MRTD = []evidence.Hex{simMeasurement(evidence.PlatformAzureTDX, false)}
+	p.TDX.MRSEAM = []evidence.Hex{simMRSEAM()}
+	p.TDX.MinTEETCBSVN = append(evidence.Hex(nil), goodTEETCBSVN...)
+	golden := goldenPCRs()
+	p.PCRs = map[int][]evidence.Hex{4: {golden[4]}, 7: {golden[7]}}
+	return p
+}

@@ -1,0 +1,303 @@
+package evidence
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/evidence/collateral"
+	"github.com/vigil-cc/vigil/pkg/evidence/hcl"
+	"github.com/vigil-cc/vigil/pkg/evidence/internal/lru"
+	"github.com/vigil-cc/vigil/pkg/evidence/tpmquote"
+)
+
+// Default service endpoints.
+const (
+	DefaultKDSURL = "https://kdsintf.amd.com"
+	DefaultPCSURL = "https://api.trustedservices.intel.com"
+)
+
+// Config configures a Verifier. The zero value verifies online with pinned
+// roots and an in-memory collateral cache.
+type Config struct {
+	// Offline forbids every network fetch (AMD KDS, Intel PCS): VCEKs and
+	// collateral then come only from the bundle and the collateral cache.
+	Offline bool
+	// Collateral caches VCEKs and Intel PCS responses; default in-memory.
+	// Use collateral.OpenKV to share the vigil-collateral bucket.
+	Collateral collateral.Cache
+	// HTTPClient fetches from AMD KDS and Intel PCS; default has a 20 s timeout.
+	HTTPClient *http.Client
+	// KDSURL and PCSURL override the AMD KDS and Intel PCS base URLs
+	// (mirrors, tests).
+	KDSURL, PCSURL string
+	// TestRoots adds trust anchors for simulated evidence (see package
+	// sim). Never set it for production evidence.
+	TestRoots *TestRoots
+	// Now is the clock for certificate validity; default time.Now.
+	Now func() time.Time
+	// CacheSize bounds each cache of verified chains and parsed runtime
+	// data (entries); default 4096.
+	CacheSize int
+	// Logger receives debug logs; default discards.
+	Logger *slog.Logger
+}
+
+// Expect is what the caller knows and the evidence must match.
+type Expect struct {
+	// Nonce is the challenge nonce this verifier issued. The bundle's nonce
+	// must equal it. When nil, freshness is not established.
+	Nonce []byte
+	// ExtraData is the TPM quote extraData the caller expects when the
+	// quote binds more than the nonce (see BindExtraData). When nil, the
+	// expected extraData is Nonce (or, without Nonce, the bundle's nonce).
+	ExtraData []byte
+	// VMID is the vmId ARM reports for the VM; validation demands that the
+	// runtime data's vmUniqueId equal it.
+	VMID string
+	// VMKey is the VM key the caller attests; a bundle naming another VM
+	// key fails validation.
+	VMKey string
+}
+
+// Verifier checks that evidence is genuine and fresh. It caches verified
+// certificate chains and parsed runtime data, so steady-state verification
+// costs little more than the signature checks. Safe for concurrent use.
+type Verifier struct {
+	cfg      Config
+	roots    *trustStore
+	coll     collateral.Cache
+	http     *http.Client
+	now      func() time.Time
+	log      *slog.Logger
+	vceks    *lru.Cache[[32]byte, *vcekEntry]
+	pcks     *lru.Cache[[32]byte, *pckEntry]
+	runtimes *lru.Cache[[32]byte, *runtimeEntry]
+	flight   flightGroup
+}
+
+// NewVerifier returns a Verifier for cfg.
+func NewVerifier(cfg Config) (*Verifier, error) {
+	roots, err := newTrustStore(cfg.TestRoots)
+	if err != nil {
+		return nil, err
+	}
+	v := &Verifier{cfg: cfg, roots: roots, coll: cfg.Collateral, http: cfg.HTTPClient, now: cfg.Now, log: cfg.Logger}
+	if v.coll == nil {
+		v.coll = collateral.NewMemory(0)
+	}
+	if v.http == nil {
+		v.http = &http.Client{Timeout: 20 * time.Second}
+	}
+	if v.now == nil {
+		v.now = time.Now
+	}
+	if v.log == nil {
+		v.log = slog.New(slog.DiscardHandler)
+	}
+	if v.cfg.KDSURL == "" {
+		v.cfg.KDSURL = DefaultKDSURL
+	}
+	if v.cfg.PCSURL == "" {
+		v.cfg.PCSURL = DefaultPCSURL
+	}
+	size := cfg.CacheSize
+	if size <= 0 {
+		size = 4096
+	}
+	v.vceks = lru.New[[32]byte, *vcekEntry](size)
+	v.pcks = lru.New[[32]byte, *pckEntry](size)
+	v.runtimes = lru.New[[32]byte, *runtimeEntry](size)
+	return v, nil
+}
+
+// Result is the outcome of verification: whether every link of the chain
+// holds, and the claims the evidence makes (trustworthy only when Genuine).
+type Result struct {
+	Platform string
+	// Genuine is true when every link holds: hardware signature and chain,
+	// report-data binding, TPM quote signature, nonce, PCR digest, event log.
+	Genuine bool
+	// Failures lists the broken links, the first being the primary one.
+	Failures []events.Reason
+	// Unavailable is true when the verifier could not decide because
+	// collateral was missing (offline, KDS/PCS unreachable): retry later.
+	Unavailable bool
+
+	EvidenceDigest string
+	Nonce          []byte
+	// NonceChecked is true when the caller supplied the expected nonce.
+	NonceChecked bool
+	BundleVMKey  string
+	CollectedAt  time.Time
+
+	RuntimeData *hcl.RuntimeData
+	VMUniqueID  string
+	PCRBank     string
+	PCRs        map[int][]byte
+	SNP         *SNPClaims
+	TDX         *TDXClaims
+	EventLog    *EventLogClaims
+	TCB         events.TCB
+}
+
+func (r *Result) fail(code, format string, args ...any) {
+	r.Failures = append(r.Failures, events.Reason{Code: code, Message: fmt.Sprintf(format, args...)})
+}
+
+func (r *Result) unavailable(code, format string, args ...any) {
+	r.Unavailable = true
+	r.fail(code, format, args...)
+}
+
+// HasFailure reports whether code is among the failures.
+func (r *Result) HasFailure(code string) bool {
+	for _, f := range r.Failures {
+		if f.Code == code {
+			return true
+		}
+	}
+	return false
+}
+
+// Verify parses raw as a bundle and verifies it. The error is non-nil only
+// when raw is not a valid bundle (errors.Is(err, ErrInvalidBundle)).
+func (v *Verifier) Verify(ctx context.Context, raw []byte, exp Expect) (*Result, error) {
+	b, err := ParseBundle(raw)
+	if err != nil {
+		return nil, err
+	}
+	res := v.VerifyBundle(ctx, b, exp)
+	res.EvidenceDigest = Digest(raw)
+	return res, nil
+}
+
+// VerifyBundle verifies a parsed bundle.
+func (v *Verifier) VerifyBundle(ctx context.Context, b *Bundle, exp Expect) *Result {
+	res := &Result{
+		Platform:     b.Platform,
+		Nonce:        b.Nonce,
+		NonceChecked: exp.Nonce != nil,
+		BundleVMKey:  b.VMKey,
+		CollectedAt:  b.CollectedAt,
+		PCRBank:      b.TPMQuote.PCRBank,
+	}
+	defer func() { res.Genuine = len(res.Failures) == 0 }()
+
+	rep, err := hcl.Parse(b.HCLReport)
+	if err != nil {
+		res.fail(ReasonHCLMalformed, "%v", err)
+		return res
+	}
+	want := hcl.ReportTypeSNP
+	if b.Platform == PlatformAzureTDX {
+		want = hcl.ReportTypeTDX
+	}
+	if rep.Type != want {
+		res.fail(ReasonHCLReportTypeMismatch, "HCL report carries a %s report, platform %s needs %s", rep.Type, b.Platform, want)
+		return res
+	}
+
+	// Link 1: the hardware report is genuine.
+	var reportData []byte
+	switch b.Platform {
+	case PlatformAzureSNP:
+		reportData = v.verifySNP(ctx, res, b, rep)
+	case PlatformAzureTDX:
+		reportData = v.verifyTDX(ctx, res, b, rep)
+	}
+
+	// Link 2: the hardware report binds the runtime data as stored.
+	if reportData != nil {
+		if err := rep.CheckBinding(reportData); err != nil {
+			res.fail(ReasonBindingMismatch, "%v", err)
+		}
+	}
+
+	// The attestation key comes from the runtime data, selected by kid.
+	rt := v.runtimeData(rep.RuntimeData)
+	switch {
+	case rt.err != nil:
+		res.fail(ReasonHCLRuntimeDataInvalid, "%v", rt.err)
+	case rt.akErr != nil:
+		res.fail(ReasonHCLAKMissing, "%v", rt.akErr)
+	}
+	if rt.data != nil {
+		res.RuntimeData = rt.data
+		res.VMUniqueID = rt.data.VMConfiguration.VMUniqueID
+	}
+
+	// Links 3-5: the TPM quote.
+	v.verifyQuote(res, b, exp, rt.ak)
+
+	if len(b.EventLog) > 0 && res.PCRs != nil {
+		v.verifyEventLog(res, b)
+	}
+	return res
+}
+
+type runtimeEntry struct {
+	data  *hcl.RuntimeData
+	err   error
+	ak    crypto.PublicKey
+	akErr error
+}
+
+// runtimeData parses runtime data and its AK, cached by content digest
+// (a VM's runtime data is fixed from boot).
+func (v *Verifier) runtimeData(raw []byte) *runtimeEntry {
+	key := sha256.Sum256(raw)
+	if e, ok := v.runtimes.Get(key); ok {
+		return e
+	}
+	e := &runtimeEntry{}
+	e.data, e.err = hcl.ParseRuntimeData(raw)
+	if e.err == nil {
+		e.ak, e.akErr = e.data.Key(hcl.KidAK)
+	}
+	v.runtimes.Add(key, e)
+	return e
+}
+
+func (v *Verifier) verifyQuote(res *Result, b *Bundle, exp Expect, ak crypto.PublicKey) {
+	q, err := tpmquote.Parse(b.TPMQuote.Attest, b.TPMQuote.Signature)
+	if err != nil {
+		res.fail(ReasonTPMQuoteMalformed, "%v", err)
+		return
+	}
+	if ak != nil {
+		if err := q.VerifySignature(ak); err != nil {
+			res.fail(ReasonTPMSignatureInvalid, "quote signature does not verify with %s: %v", hcl.KidAK, err)
+		}
+	}
+	if exp.Nonce != nil && !bytes.Equal(b.Nonce, exp.Nonce) {
+		res.fail(ReasonTPMNonceMismatch, "bundle nonce %x is not the issued nonce %x", b.Nonce, exp.Nonce)
+	}
+	wantExtra := exp.ExtraData
+	if wantExtra == nil {
+		wantExtra = exp.Nonce
+	}
+	if wantExtra == nil {
+		wantExtra = b.Nonce
+	}
+	if err := q.CheckExtraData(wantExtra); err != nil {
+		res.fail(ReasonTPMNonceMismatch, "%v", err)
+	}
+	bank, _, _ := PCRBankAlg(b.TPMQuote.PCRBank)
+	if err := q.CheckPCRs(bank, b.TPMQuote.PCRs); err != nil {
+		code := ReasonTPMPCRDigestMismatch
+		if errors.Is(err, tpmquote.ErrPCRSelection) {
+			code = ReasonTPMPCRSelection
+		}
+		res.fail(code, "%v", err)
+		return
+	}
+	res.PCRs = b.TPMQuote.PCRs
+}
