@@ -23,7 +23,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -80,6 +79,9 @@ type Config struct {
 	Limits eventgrid.Limits
 	// MaxBodyBytes bounds a webhook request body (default 4 MiB).
 	MaxBodyBytes int64
+	// StoreTimeout bounds how long a delivery waits for JetStream before it
+	// is answered 503 (default 25 s, within Event Grid's 30 s timeout).
+	StoreTimeout time.Duration
 	// OnListen, when set, is called with the bound HTTP address.
 	OnListen func(addr string)
 
@@ -252,7 +254,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	hook, err := eventgrid.NewHandler(eventgrid.HandlerConfig{
 		Store: storeFor(OriginEventGrid), Secrets: secrets, Tokens: tokens, Limits: limits,
-		MaxBodyBytes: cfg.MaxBodyBytes, Logger: log, Observe: m.webhook, AfterStore: cfg.afterStore,
+		MaxBodyBytes: cfg.MaxBodyBytes, StoreTimeout: cfg.StoreTimeout, Logger: log, Observe: m.webhook, AfterStore: cfg.afterStore,
 	})
 	if err != nil {
 		return err
@@ -285,7 +287,7 @@ func Run(ctx context.Context, cfg Config) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := f(ctx); err != nil {
+			if err := f(ctx); err != nil && ctx.Err() == nil {
 				errMu.Lock()
 				if firstErr == nil {
 					firstErr = fmt.Errorf("ingest: %s: %w", name, err)
@@ -296,15 +298,9 @@ func Run(ctx context.Context, cfg Config) error {
 		}()
 	}
 	start("http", srv.Serve)
-	start("normalize", func(ctx context.Context) error {
-		return conn.Consume(ctx, events.StreamRaw, jetstream.ConsumerConfig{
-			Durable:       ConsumerName,
-			Description:   "ingest: normalise raw Azure events into lifecycle events, jobs and inventory",
-			FilterSubject: events.SubjectRawAll,
-			AckWait:       60 * time.Second,
-			MaxAckPending: 4 * cfg.Concurrency,
-		}, proc.handleRaw, bus.WithConcurrency(cfg.Concurrency), bus.WithAlertSource(ServiceName))
-	})
+	norm := &normalizer{p: proc, conn: conn, tracer: tracer, workers: cfg.Concurrency,
+		backoff: []time.Duration{250 * time.Millisecond, time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second}}
+	start("normalize", norm.run)
 	if enricher != nil {
 		start("enrich", enricher.Run)
 	}

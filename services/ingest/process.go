@@ -14,7 +14,6 @@ import (
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/services/ingest/arm"
 	"github.com/vigil-cc/vigil/services/ingest/compliance"
-	"github.com/vigil-cc/vigil/services/ingest/eventgrid"
 	"github.com/vigil-cc/vigil/services/ingest/normalize"
 )
 
@@ -28,32 +27,6 @@ type processor struct {
 	log    *slog.Logger
 	m      *metrics
 	now    func() time.Time
-}
-
-// handleRaw is the VIGIL_RAW consumer's handler. It is idempotent: a
-// redelivered raw event finds its change applied and does nothing.
-func (p *processor) handleRaw(ctx context.Context, m *bus.Message) error {
-	var raw events.Raw
-	if err := m.Envelope.Decode(events.TypeRaw, &raw); err != nil {
-		return bus.Permanent(err)
-	}
-	ev, err := eventgrid.ParseEvent(raw.Event, eventgrid.Limits{MaxEventBytes: len(raw.Event) + 1})
-	if err != nil {
-		return bus.Permanent(fmt.Errorf("raw event %s: %w", raw.EventID, err))
-	}
-	ch, err := normalize.FromEvent(ev)
-	switch {
-	case errors.Is(err, normalize.ErrIgnored):
-		p.m.normalized(ctx, raw.Source, "ignored")
-		return nil
-	case err != nil:
-		// Bad Azure input harms nothing else: it stays on VIGIL_RAW for
-		// inspection and is counted.
-		p.m.normalized(ctx, raw.Source, "malformed")
-		p.log.WarnContext(ctx, "Azure event cannot be normalised", "event_id", raw.EventID, "type", ev.Type, "err", err)
-		return nil
-	}
-	return p.applyChange(ctx, ch, raw.Source)
 }
 
 // superseded reports whether the record already reflects an event at least

@@ -1,0 +1,150 @@
+package arm_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vigil-cc/vigil/services/ingest/arm"
+	"github.com/vigil-cc/vigil/services/ingest/internal/armfake"
+	"github.com/vigil-cc/vigil/services/ingest/normalize"
+)
+
+const (
+	sub = "00000000-0000-4000-8000-0000000000aa"
+	rg  = "rg"
+)
+
+type results struct {
+	mu  sync.Mutex
+	got []arm.Result
+	ch  chan arm.Result
+}
+
+func newResults() *results { return &results{ch: make(chan arm.Result, 100)} }
+
+func (r *results) apply(_ context.Context, res arm.Result) error {
+	r.mu.Lock()
+	r.got = append(r.got, res)
+	r.mu.Unlock()
+	r.ch <- res
+	return nil
+}
+
+func (r *results) wait(t *testing.T, d time.Duration) arm.Result {
+	t.Helper()
+	select {
+	case res := <-r.ch:
+		return res
+	case <-time.After(d):
+		t.Fatal("no enrichment result")
+		return arm.Result{}
+	}
+}
+
+func setup(t *testing.T, cfg arm.EnricherConfig) (*armfake.ARM, *arm.Enricher, *results, normalize.VMID) {
+	t.Helper()
+	fa := armfake.New()
+	id := normalize.NewVMID(sub, rg, "vm1")
+	fa.PutVM(armfake.CompliantVM(sub, rg, "vm1", "vmid-1"))
+	fa.PutNIC(armfake.NIC("/subscriptions/"+sub+"/resourceGroups/"+rg+"/providers/Microsoft.Network/networkInterfaces/vm1-nic", false))
+	client, err := arm.NewClient(arm.Config{Credential: fa.Credential(), ClientOptions: fa.ClientOptions()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := newResults()
+	e := arm.NewEnricher(cfg, client, res.apply)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = e.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return fa, e, res, id
+}
+
+func TestBurstMakesOneCall(t *testing.T) {
+	fa, e, res, id := setup(t, arm.EnricherConfig{Debounce: 300 * time.Millisecond, Fresh: time.Millisecond})
+	base := time.Now()
+	for i := range 50 {
+		e.Request(id, base.Add(time.Duration(i)*time.Millisecond))
+		time.Sleep(2 * time.Millisecond)
+	}
+	r := res.wait(t, 10*time.Second)
+	if r.Facts.VM == nil || *r.Facts.VM.Properties.VMID != "vmid-1" {
+		t.Fatalf("result %+v", r)
+	}
+	// A request for an event older than the read needs no read of its own.
+	e.Request(id, base)
+	time.Sleep(700 * time.Millisecond)
+	if n := fa.Gets(*r.Facts.VM.ID); n != 1 {
+		t.Fatalf("%d ARM reads for a burst of 50 events, want 1", n)
+	}
+	if fa.NICGets() != 1 {
+		t.Errorf("NIC read %d times", fa.NICGets())
+	}
+	// A newer event after the read causes a second read; the NIC is cached.
+	e.Request(id, time.Now().Add(10*time.Second))
+	res.wait(t, 10*time.Second)
+	if n := fa.Gets(*r.Facts.VM.ID); n != 2 || fa.NICGets() != 1 {
+		t.Fatalf("reads %d, NIC reads %d", n, fa.NICGets())
+	}
+}
+
+func TestThrottledHonoursRetryAfter(t *testing.T) {
+	fa, e, res, id := setup(t, arm.EnricherConfig{Debounce: 10 * time.Millisecond})
+	fa.Throttle(1, "2")
+	start := time.Now()
+	e.Request(id, time.Now())
+	r := res.wait(t, 15*time.Second)
+	if took := time.Since(start); took < 2*time.Second {
+		t.Fatalf("read again after %s, before Retry-After of 2 s", took)
+	}
+	if r.Facts.VM == nil || fa.Gets(id.ResourceID) != 2 {
+		t.Fatalf("reads %d, result %+v", fa.Gets(id.ResourceID), r)
+	}
+}
+
+func TestNotFoundIsConfirmed(t *testing.T) {
+	fa, e, res, id := setup(t, arm.EnricherConfig{Debounce: 10 * time.Millisecond, NotFoundConfirm: 300 * time.Millisecond})
+	fa.DeleteVM(id.ResourceID)
+	e.Request(id, time.Now())
+	r := res.wait(t, 10*time.Second)
+	if !r.NotFound || fa.Gets(id.ResourceID) != 2 {
+		t.Fatalf("not found %v after %d reads", r.NotFound, fa.Gets(id.ResourceID))
+	}
+}
+
+func TestOutageRetriesWithBackoff(t *testing.T) {
+	fa, e, res, id := setup(t, arm.EnricherConfig{Debounce: 10 * time.Millisecond, RetryBase: 50 * time.Millisecond})
+	fa.Fail(3)
+	e.Request(id, time.Now())
+	r := res.wait(t, 10*time.Second)
+	if r.Facts.VM == nil || fa.Gets(id.ResourceID) != 4 {
+		t.Fatalf("reads %d, result %+v", fa.Gets(id.ResourceID), r)
+	}
+	// The entry is completed right after the result is applied.
+	deadline := time.Now().Add(5 * time.Second)
+	for e.Pending() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d pending after success", e.Pending())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestPerVMBudget(t *testing.T) {
+	// A burst of 3 then 1 per 500 ms for one VM: the fourth read waits.
+	fa, e, res, id := setup(t, arm.EnricherConfig{Debounce: time.Millisecond, Fresh: time.Millisecond,
+		PerVMBurst: 3, PerVMRate: 2})
+	start := time.Now()
+	for range 4 {
+		e.Request(id, time.Now().Add(time.Hour))
+		res.wait(t, 10*time.Second)
+	}
+	if took := time.Since(start); took < 400*time.Millisecond {
+		t.Fatalf("4 reads took %s; the per-VM budget allows 3 at once then 2/s", took)
+	}
+	if fa.Gets(id.ResourceID) != 4 {
+		t.Fatalf("reads %d", fa.Gets(id.ResourceID))
+	}
+}
