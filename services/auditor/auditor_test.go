@@ -3,6 +3,8 @@ package auditor
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -23,7 +25,13 @@ func startAuditor(t testing.TB, cfg Config) func() error {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Run(ctx, cfg) }()
+	go func() {
+		err := Run(ctx, cfg)
+		if err != nil && ctx.Err() == nil {
+			fmt.Fprintln(os.Stderr, "auditor stopped early:", err)
+		}
+		done <- err
+	}()
 	stopped := false
 	var err error
 	stop := func() error {

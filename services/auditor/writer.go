@@ -38,6 +38,9 @@ const (
 	tesseraMaxAge = time.Millisecond
 	// maxBufferedBytes bounds the messages pulled ahead of the writer.
 	maxBufferedBytes = 64 << 20
+	// maxInflightBatches is how many batches may be handed to Tessera
+	// before the oldest is durable.
+	maxInflightBatches = 2
 	// shutdownTimeout bounds the wait for the last checkpoint at shutdown.
 	shutdownTimeout = 30 * time.Second
 )
@@ -171,16 +174,45 @@ func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.J
 		pubWG.Wait()
 	}()
 
-	batch := make([]item, 0, cfg.BatchSize)
+	// Two batches in flight: while Tessera makes one durable, the next is
+	// queued behind it. A failed write stops the writer; anything a later
+	// batch sequenced past the failure is repaired from the tail at the
+	// next start (recover reads far enough back to see it).
+	inflight := make(chan *pending, 1)
+	slots := make(chan struct{}, maxInflightBatches)
+	completed := make(chan error, 1)
+	go func() {
+		var err error
+		for p := range inflight {
+			if err == nil {
+				err = w.complete(ctx, p)
+			}
+			<-slots
+		}
+		completed <- err
+	}()
+	finish := func(err error) error {
+		close(inflight)
+		if cerr := <-completed; err == nil {
+			err = cerr
+		}
+		return err
+	}
 	for {
-		batch = batch[:0]
+		var batch []item
 		select {
 		case <-ctx.Done():
-			return nil
+			return finish(nil)
 		case err := <-fatal:
-			return err
+			return finish(err)
 		case it := <-items:
+			batch = make([]item, 0, cfg.BatchSize)
 			batch = append(batch, it)
+		}
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return finish(nil)
 		}
 	fill:
 		for len(batch) < cfg.BatchSize {
@@ -191,9 +223,12 @@ func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.J
 				break fill
 			}
 		}
-		if err := w.write(ctx, batch); err != nil {
-			return err
+		p, err := w.add(ctx, batch)
+		if err != nil {
+			<-slots
+			return finish(err)
 		}
+		inflight <- p
 	}
 }
 
@@ -226,46 +261,60 @@ func (w *writer) prepare(msg jetstream.Msg) (item, error) {
 	return it, nil
 }
 
-// write logs one batch, in order, and acknowledges it once durable.
-func (w *writer) write(ctx context.Context, batch []item) error {
-	start := time.Now()
-	first, last := batch[0].seq, batch[len(batch)-1].seq
-	_, span := w.tracer.Start(ctx, "auditor.append_batch", trace.WithAttributes(
-		attribute.Int("vigil.audit.batch.messages", len(batch)),
-		attribute.Int64("vigil.audit.batch.first_seq", int64(first)),
-		attribute.Int64("vigil.audit.batch.last_seq", int64(last))))
-	defer span.End()
+// pending is a batch handed to Tessera and not yet durable.
+type pending struct {
+	batch   []item
+	futures []tessera.IndexFuture
+	dups    int64
+	start   time.Time
+	span    trace.Span
+}
 
-	futures := make([]tessera.IndexFuture, 0, len(batch))
-	var dups int64
+// add hands one batch to Tessera, in order: gap records for sequences the
+// stream no longer has, then each message not yet logged.
+func (w *writer) add(ctx context.Context, batch []item) (*pending, error) {
+	p := &pending{batch: batch, futures: make([]tessera.IndexFuture, 0, len(batch)), start: time.Now()}
+	_, p.span = w.tracer.Start(ctx, "auditor.append_batch", trace.WithAttributes(
+		attribute.Int("vigil.audit.batch.messages", len(batch)),
+		attribute.Int64("vigil.audit.batch.first_seq", int64(batch[0].seq)),
+		attribute.Int64("vigil.audit.batch.last_seq", int64(batch[len(batch)-1].seq))))
 	for i := range batch {
 		it := &batch[i]
 		if w.cov.Covered(it.seq) {
-			dups++
+			p.dups++
 			continue
 		}
 		for w.cov.Next() < it.seq {
 			f, err := w.gap(ctx, it.seq)
 			if err != nil {
-				span.RecordError(err)
-				return err
+				p.span.RecordError(err)
+				p.span.End()
+				return nil, err
 			}
-			futures = append(futures, f)
+			p.futures = append(p.futures, f)
 		}
-		futures = append(futures, w.app.Add(ctx, it.entry))
+		p.futures = append(p.futures, w.app.Add(ctx, it.entry))
 		if _, err := w.cov.Add(it.seq, it.seq); err != nil {
-			return fmt.Errorf("auditor: internal error: %w", err)
+			p.span.End()
+			return nil, fmt.Errorf("auditor: internal error: %w", err)
 		}
 	}
+	return p, nil
+}
+
+// complete waits until every entry of a batch is durable, then
+// acknowledges the batch.
+func (w *writer) complete(ctx context.Context, p *pending) error {
+	defer p.span.End()
 	var lastIdx uint64
-	for _, f := range futures {
+	for _, f := range p.futures {
 		idx, err := f()
 		if err != nil {
 			// Entries after a failed one may have been sequenced; stop
 			// writing so that the next start repairs the log from its tail.
 			err = fmt.Errorf("auditor: log write failed, stopping: %w", err)
-			span.RecordError(err)
-			span.SetStatus(codes.Error, "log write failed")
+			p.span.RecordError(err)
+			p.span.SetStatus(codes.Error, "log write failed")
 			return err
 		}
 		lastIdx = idx.Index
@@ -276,22 +325,23 @@ func (w *writer) write(ctx context.Context, batch []item) error {
 	}
 	// AckAll: acknowledging the batch's last delivery acknowledges every
 	// earlier one, all of which are now durable (or were already logged).
-	if err := batch[len(batch)-1].msg.Ack(); err != nil {
-		w.log.Warn("ack", "seq", last, "error", err)
+	last := p.batch[len(p.batch)-1]
+	if err := last.msg.Ack(); err != nil {
+		w.log.Warn("ack", "seq", last.seq, "error", err)
 	}
-	for i := range batch {
-		if batch[i].span != nil {
-			batch[i].span.End()
+	for i := range p.batch {
+		if p.batch[i].span != nil {
+			p.batch[i].span.End()
 		}
 	}
-	span.SetAttributes(attribute.Int("vigil.audit.batch.entries", len(futures)))
-	w.m.entries.Add(ctx, int64(len(futures)))
-	if dups > 0 {
-		w.m.duplicates.Add(ctx, dups)
+	p.span.SetAttributes(attribute.Int("vigil.audit.batch.entries", len(p.futures)))
+	w.m.entries.Add(ctx, int64(len(p.futures)))
+	if p.dups > 0 {
+		w.m.duplicates.Add(ctx, p.dups)
 	}
-	w.m.batchSize.Record(ctx, int64(len(futures)))
-	w.m.batchTime.Record(ctx, time.Since(start).Seconds())
-	if len(futures) > 0 {
+	w.m.batchSize.Record(ctx, int64(len(p.futures)))
+	w.m.batchTime.Record(ctx, time.Since(p.start).Seconds())
+	if len(p.futures) > 0 {
 		w.m.logSize.Record(ctx, int64(lastIdx+1))
 	}
 	return nil
@@ -333,7 +383,9 @@ func (w *writer) recover(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("auditor: log size: %w", err)
 	}
-	window := uint64(4 * w.cfg.BatchSize)
+	// At most maxInflightBatches batches (plus their gap records) can be
+	// partly written when a write fails; read well past them.
+	window := uint64(4 * maxInflightBatches * w.cfg.BatchSize)
 	from := size - min(size, window)
 	var recs []auditlog.Record
 	for idx := from; idx < size; {

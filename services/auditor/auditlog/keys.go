@@ -98,17 +98,13 @@ func VerifierKeyFromSigner(skey string) (string, error) {
 	if !ok {
 		return "", errors.New("not a signer key")
 	}
-	i := strings.LastIndexByte(rest, '+')
-	if i < 0 {
+	// Key names cannot contain '+'; the base64 key can.
+	parts := strings.SplitN(rest, "+", 3)
+	if len(parts) != 3 {
 		return "", errors.New("malformed signer key")
 	}
-	nameHash := rest[:i]
-	j := strings.LastIndexByte(nameHash, '+')
-	if j < 0 {
-		return "", errors.New("malformed signer key")
-	}
-	name := nameHash[:j]
-	raw, err := base64.StdEncoding.DecodeString(rest[i+1:])
+	name := parts[0]
+	raw, err := base64.StdEncoding.DecodeString(parts[2])
 	if err != nil || len(raw) != 1+ed25519.SeedSize || raw[0] != 1 {
 		return "", errors.New("signer key is not an Ed25519 key")
 	}

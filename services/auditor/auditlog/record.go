@@ -4,6 +4,7 @@
 package auditlog
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -72,14 +73,30 @@ type Record struct {
 }
 
 // Envelope parses the record's CloudEvent (only for KindEvent records).
+// Attribute names match exactly, as CloudEvents requires.
 func (r *Record) Envelope() (events.Envelope, error) {
 	if r.Kind != KindEvent || len(r.Event) == 0 {
 		return events.Envelope{}, fmt.Errorf("auditlog: record of kind %q has no event", r.Kind)
 	}
-	var e events.Envelope
-	if err := json.Unmarshal(r.Event, &e); err != nil {
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(r.Event, &members); err != nil {
 		return events.Envelope{}, fmt.Errorf("auditlog: record event: %w", err)
 	}
+	var e events.Envelope
+	for name, dst := range map[string]*string{"specversion": &e.SpecVersion, "id": &e.ID, "type": &e.Type, "source": &e.Source,
+		"subject": &e.Subject, "datacontenttype": &e.DataContentType} {
+		if v, ok := members[name]; ok {
+			if err := json.Unmarshal(v, dst); err != nil {
+				return events.Envelope{}, fmt.Errorf("auditlog: record event %s: %w", name, err)
+			}
+		}
+	}
+	if v, ok := members["time"]; ok {
+		if err := json.Unmarshal(v, &e.Time); err != nil {
+			return events.Envelope{}, fmt.Errorf("auditlog: record event time: %w", err)
+		}
+	}
+	e.Data = members["data"]
 	return e, nil
 }
 
@@ -134,12 +151,16 @@ func ParseRecord(entry []byte) (Record, error) {
 		if len(r.Event) == 0 {
 			return Record{}, fmt.Errorf("%w: event record without event", ErrBadRecord)
 		}
-		var e events.Envelope
-		if err := json.Unmarshal(r.Event, &e); err != nil {
+		var check envelopeCheck
+		canon, err := canonjson.AppendTransform(make([]byte, 0, len(r.Event)), r.Event, check.member)
+		if err != nil {
 			return Record{}, fmt.Errorf("%w: event: %w", ErrBadRecord, err)
 		}
-		if err := e.Validate(); err != nil {
+		if err := check.result(); err != nil {
 			return Record{}, fmt.Errorf("%w: %w", ErrBadRecord, err)
+		}
+		if !bytes.Equal(canon, r.Event) {
+			return Record{}, fmt.Errorf("%w: event is not in canonical form", ErrBadRecord)
 		}
 	case KindInvalid:
 		if r.BodySHA256 == "" {
@@ -171,10 +192,14 @@ type Message struct {
 // body's digest), so that every message is accounted for.
 func EncodeMessage(m Message) []byte {
 	bodySum := digest(m.Body)
-	if _, err := events.Parse(m.Body); err != nil {
-		return encodeInvalid(m, bodySum, err.Error())
+	if len(m.Body) > events.MaxEnvelopeSize {
+		return encodeInvalid(m, bodySum, fmt.Sprintf("message of %d bytes exceeds the envelope limit of %d", len(m.Body), events.MaxEnvelopeSize))
 	}
-	canon, err := canonjson.Transform(m.Body)
+	var check envelopeCheck
+	canon, err := canonjson.AppendTransform(make([]byte, 0, len(m.Body)), m.Body, check.member)
+	if err == nil {
+		err = check.result()
+	}
 	if err != nil {
 		return encodeInvalid(m, bodySum, err.Error())
 	}
@@ -205,6 +230,76 @@ func EncodeMessage(m Message) []byte {
 		}
 	}
 	return encodeInvalid(m, bodySum, fmt.Sprintf("event of %d bytes is too large for a log entry", len(m.Body)))
+}
+
+// envelopeCheck validates the CloudEvents attributes of an event from the
+// top-level members of its JSON object: specversion "1.0"; id, type and
+// source non-empty strings; subject, datacontenttype and dataschema strings
+// (or null); time an RFC 3339 string (or null).
+type envelopeCheck struct {
+	spec, id, typ, source bool
+	err                   error
+}
+
+func (c *envelopeCheck) member(name, value []byte) {
+	if c.err != nil {
+		return
+	}
+	str := func() (string, bool) {
+		var s string
+		if len(value) < 2 || value[0] != '"' || json.Unmarshal(value, &s) != nil {
+			return "", false
+		}
+		return s, true
+	}
+	required := func(ok *bool) {
+		if s, isStr := str(); isStr && s != "" {
+			*ok = true
+			return
+		}
+		c.err = fmt.Errorf("%w: %s must be a non-empty string", events.ErrInvalidEnvelope, name)
+	}
+	switch string(name) {
+	case "specversion":
+		if s, _ := str(); s != events.SpecVersion {
+			c.err = fmt.Errorf("%w: specversion %.40s, want %q", events.ErrInvalidEnvelope, value, events.SpecVersion)
+		}
+		c.spec = true
+	case "id":
+		required(&c.id)
+	case "type":
+		required(&c.typ)
+	case "source":
+		required(&c.source)
+	case "subject", "datacontenttype", "dataschema":
+		if _, ok := str(); !ok && string(value) != "null" {
+			c.err = fmt.Errorf("%w: %s must be a string", events.ErrInvalidEnvelope, name)
+		}
+	case "time":
+		if string(value) == "null" {
+			return
+		}
+		s, ok := str()
+		if _, err := time.Parse(time.RFC3339Nano, s); !ok || err != nil {
+			c.err = fmt.Errorf("%w: time %.40s is not an RFC 3339 timestamp", events.ErrInvalidEnvelope, value)
+		}
+	}
+}
+
+func (c *envelopeCheck) result() error {
+	switch {
+	case c.err != nil:
+		return c.err
+	case !c.spec:
+		return fmt.Errorf("%w: missing specversion", events.ErrInvalidEnvelope)
+	case !c.id:
+		return fmt.Errorf("%w: missing id", events.ErrInvalidEnvelope)
+	case !c.typ:
+		return fmt.Errorf("%w: missing type", events.ErrInvalidEnvelope)
+	case !c.source:
+		return fmt.Errorf("%w: missing source", events.ErrInvalidEnvelope)
+	}
+	return nil
 }
 
 func encodeInvalid(m Message, bodySum, reason string) []byte {

@@ -2,6 +2,8 @@ package auditlog
 
 import (
 	"bytes"
+	"os"
+	"strconv"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -38,6 +40,11 @@ func TestEncodeMessage(t *testing.T) {
 		{name: "event", msg: msgOf(body), kind: KindEvent, hasEvent: true, hasData: true},
 		{name: "not json", msg: msgOf([]byte("hello")), kind: KindInvalid},
 		{name: "missing id", msg: msgOf([]byte(`{"specversion":"1.0","type":"t","source":"s"}`)), kind: KindInvalid},
+		{name: "bad time", msg: msgOf([]byte(`{"specversion":"1.0","id":"1","type":"t","source":"s","time":"yesterday"}`)), kind: KindInvalid},
+		{name: "numeric subject", msg: msgOf([]byte(`{"specversion":"1.0","id":"1","type":"t","source":"s","subject":5}`)), kind: KindInvalid},
+		{name: "wrong specversion", msg: msgOf([]byte(`{"specversion":"0.3","id":"1","type":"t","source":"s"}`)), kind: KindInvalid},
+		{name: "array", msg: msgOf([]byte(`[1,2]`)), kind: KindInvalid},
+		{name: "extension attributes", msg: msgOf([]byte(`{"specversion":"1.0","id":"1","type":"t","source":"s","ID":5,"time":null,"traceparent":"00-x","data":{"z":1}}`)), kind: KindEvent, hasEvent: true, hasData: true},
 		{name: "duplicate member", msg: msgOf([]byte(`{"specversion":"1.0","id":"1","id":"2","type":"t","source":"s"}`)), kind: KindInvalid},
 		{name: "too large event", msg: msgOf(bigBody), kind: KindEvent, hasEvent: true},
 		{name: "too large attributes", msg: msgOf([]byte(`{"specversion":"1.0","id":"1","type":"t","source":"` + huge + `"}`)), kind: KindInvalid},
@@ -134,4 +141,45 @@ func FuzzParseRecord(f *testing.F) {
 			t.Fatal("accepted a record without seq")
 		}
 	})
+}
+
+func TestKeyFiles(t *testing.T) {
+	dir := t.TempDir()
+	// Many keys, so that base64 key material with '+' is covered.
+	for i := range 40 {
+		s, v := dir+"/k"+strconv.Itoa(i), dir+"/k"+strconv.Itoa(i)+".pub"
+		if err := EnsureKeyFiles(s, v, "o.example/log"); err != nil {
+			t.Fatal(err)
+		}
+		if err := EnsureKeyFiles(s, v, "ignored"); err != nil {
+			t.Fatalf("existing pair: %v", err)
+		}
+		must(t, os.Remove(v))
+		if err := EnsureKeyFiles(s, v, ""); err != nil {
+			t.Fatalf("deriving the verifier key: %v", err)
+		}
+		signer, err := LoadSigner(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		verifier, err := LoadVerifier(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if signer.Name() != "o.example/log" || verifier.KeyHash() != signer.KeyHash() {
+			t.Fatalf("pair mismatch")
+		}
+	}
+	if err := GenerateKeyFiles(dir+"/k0", dir+"/new.pub", ""); err == nil {
+		t.Fatal("overwrote an existing key")
+	}
+	if err := EnsureKeyFiles(dir+"/k0", dir+"/k1.pub", ""); err == nil {
+		t.Fatal("accepted a verifier key of another signer")
+	}
+	if err := EnsureKeyFiles(dir+"/missing", dir+"/k1.pub", ""); err == nil {
+		t.Fatal("accepted a verifier key without its signer")
+	}
+	if st, err := os.Stat(dir + "/k0"); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("signer key mode %v, %v", st.Mode(), err)
+	}
 }

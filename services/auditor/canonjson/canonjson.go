@@ -11,6 +11,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"sync"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -25,12 +26,20 @@ var ErrInvalid = errors.New("canonjson: invalid input")
 
 // Transform returns the canonical form of the JSON text in.
 func Transform(in []byte) ([]byte, error) {
-	return AppendTransform(make([]byte, 0, len(in)), in)
+	return AppendTransform(make([]byte, 0, len(in)), in, nil)
 }
 
-// AppendTransform appends the canonical form of in to dst.
-func AppendTransform(dst, in []byte) ([]byte, error) {
-	p := parser{in: in}
+// AppendTransform appends the canonical form of in to dst. If top is not
+// nil and in is an object, top is called with each member of that object
+// (not of nested ones): its name, decoded, and its canonical value. Both
+// slices are only valid during the call.
+func AppendTransform(dst, in []byte, top func(name, value []byte)) ([]byte, error) {
+	p := parserPool.Get().(*parser)
+	defer func() {
+		p.in, p.top = nil, nil
+		parserPool.Put(p)
+	}()
+	p.in, p.pos, p.top = in, 0, top
 	p.skipSpace()
 	out, err := p.value(dst, 0)
 	if err != nil {
@@ -43,9 +52,19 @@ func AppendTransform(dst, in []byte) ([]byte, error) {
 	return out, nil
 }
 
+var parserPool = sync.Pool{New: func() any { return new(parser) }}
+
 type parser struct {
 	in  []byte
 	pos int
+	top func(name, value []byte)
+	// Reused per nesting depth: an object's members and a copy of their
+	// values while they are put in order.
+	members [][]member
+	scratch [][]byte
+	strBuf  []byte
+	// strShared says the last str result is in strBuf, not the input.
+	strShared bool
 }
 
 func (p *parser) errorf(format string, args ...any) error {
@@ -77,7 +96,7 @@ func (p *parser) value(dst []byte, depth int) ([]byte, error) {
 		if err != nil {
 			return dst, err
 		}
-		return AppendString(dst, s), nil
+		return appendStr(dst, s), nil
 	case c == 't':
 		return p.literal(dst, "true")
 	case c == 'f':
@@ -100,8 +119,8 @@ func (p *parser) literal(dst []byte, lit string) ([]byte, error) {
 }
 
 type member struct {
-	key   string
-	value []byte
+	name       []byte
+	start, end int // the value, in dst relative to the object's start
 }
 
 func (p *parser) object(dst []byte, depth int) ([]byte, error) {
@@ -109,20 +128,28 @@ func (p *parser) object(dst []byte, depth int) ([]byte, error) {
 		return dst, p.errorf("nesting deeper than %d", MaxDepth)
 	}
 	p.pos++ // '{'
-	var members []member
 	p.skipSpace()
 	if p.pos < len(p.in) && p.in[p.pos] == '}' {
 		p.pos++
 		return append(dst, '{', '}'), nil
 	}
+	for len(p.members) <= depth {
+		p.members = append(p.members, nil)
+		p.scratch = append(p.scratch, nil)
+	}
+	ms := p.members[depth][:0]
+	objStart := len(dst)
 	for {
 		p.skipSpace()
 		if p.pos >= len(p.in) || p.in[p.pos] != '"' {
 			return dst, p.errorf("expected object member name")
 		}
-		key, err := p.str()
+		name, err := p.str()
 		if err != nil {
 			return dst, err
+		}
+		if p.strShared {
+			name = bytes.Clone(name) // decoded from escapes into the shared buffer
 		}
 		p.skipSpace()
 		if p.pos >= len(p.in) || p.in[p.pos] != ':' {
@@ -130,11 +157,14 @@ func (p *parser) object(dst []byte, depth int) ([]byte, error) {
 		}
 		p.pos++
 		p.skipSpace()
-		v, err := p.value(nil, depth)
-		if err != nil {
+		start := len(dst)
+		if dst, err = p.value(dst, depth); err != nil {
 			return dst, err
 		}
-		members = append(members, member{key: key, value: v})
+		if depth == 1 && p.top != nil {
+			p.top(name, dst[start:])
+		}
+		ms = append(ms, member{name: name, start: start - objStart, end: len(dst) - objStart})
 		p.skipSpace()
 		if p.pos >= len(p.in) {
 			return dst, p.errorf("unexpected end of object")
@@ -149,19 +179,25 @@ func (p *parser) object(dst []byte, depth int) ([]byte, error) {
 		}
 		return dst, p.errorf("expected ',' or '}'")
 	}
-	slices.SortFunc(members, func(a, b member) int { return compareUTF16(a.key, b.key) })
-	dst = append(dst, '{')
-	for i, m := range members {
+	slices.SortFunc(ms, func(a, b member) int { return compareUTF16(a.name, b.name) })
+	for i := 1; i < len(ms); i++ {
+		if bytes.Equal(ms[i].name, ms[i-1].name) {
+			return dst, fmt.Errorf("%w: duplicate object member %q", ErrInvalid, ms[i].name)
+		}
+	}
+	values := append(p.scratch[depth][:0], dst[objStart:]...)
+	dst = append(dst[:objStart], '{')
+	for i, m := range ms {
 		if i > 0 {
-			if m.key == members[i-1].key {
-				return dst, fmt.Errorf("%w: duplicate object member %q", ErrInvalid, m.key)
-			}
 			dst = append(dst, ',')
 		}
-		dst = AppendString(dst, m.key)
+		dst = appendStr(dst, m.name)
 		dst = append(dst, ':')
-		dst = append(dst, m.value...)
+		dst = append(dst, values[m.start:m.end]...)
 	}
+	p.scratch[depth] = values
+	clear(ms)
+	p.members[depth] = ms[:0]
 	return append(dst, '}'), nil
 }
 
@@ -201,41 +237,50 @@ func (p *parser) array(dst []byte, depth int) ([]byte, error) {
 	}
 }
 
-// str parses a JSON string at p.pos and returns its decoded value.
-func (p *parser) str() (string, error) {
+// str parses a JSON string at p.pos and returns its decoded value: a
+// slice of the input when the string has no escapes, else of a buffer
+// reused by the next call.
+func (p *parser) str() ([]byte, error) {
 	p.pos++ // opening quote
 	start := p.pos
+	ascii := true
+	p.strShared = false
 	// Fast path: no escapes.
 	for p.pos < len(p.in) {
 		c := p.in[p.pos]
 		if c == '"' {
 			s := p.in[start:p.pos]
-			if !utf8.Valid(s) {
-				return "", p.errorf("invalid UTF-8 in string")
+			if !ascii && !utf8.Valid(s) {
+				return nil, p.errorf("invalid UTF-8 in string")
 			}
 			p.pos++
-			return string(s), nil
+			return s, nil
 		}
 		if c == '\\' {
 			break
 		}
 		if c < 0x20 {
-			return "", p.errorf("control character in string")
+			return nil, p.errorf("control character in string")
+		}
+		if c >= utf8.RuneSelf {
+			ascii = false
 		}
 		p.pos++
 	}
-	buf := append([]byte(nil), p.in[start:p.pos]...)
+	buf := append(p.strBuf[:0], p.in[start:p.pos]...)
+	p.strShared = true
+	defer func() { p.strBuf = buf[:0] }()
 	for p.pos < len(p.in) {
 		c := p.in[p.pos]
 		switch {
 		case c == '"':
 			if !utf8.Valid(buf) {
-				return "", p.errorf("invalid UTF-8 in string")
+				return nil, p.errorf("invalid UTF-8 in string")
 			}
 			p.pos++
-			return string(buf), nil
+			return buf, nil
 		case c < 0x20:
-			return "", p.errorf("control character in string")
+			return nil, p.errorf("control character in string")
 		case c != '\\':
 			buf = append(buf, c)
 			p.pos++
@@ -263,28 +308,28 @@ func (p *parser) str() (string, error) {
 		case 'u':
 			r, err := p.hex4()
 			if err != nil {
-				return "", err
+				return nil, err
 			}
 			if utf16.IsSurrogate(r) {
 				if r >= 0xdc00 || !bytes.HasPrefix(p.in[p.pos:], []byte(`\u`)) {
-					return "", p.errorf("unpaired surrogate")
+					return nil, p.errorf("unpaired surrogate")
 				}
 				p.pos += 2
 				r2, err := p.hex4()
 				if err != nil {
-					return "", err
+					return nil, err
 				}
 				if r2 < 0xdc00 || r2 > 0xdfff {
-					return "", p.errorf("unpaired surrogate")
+					return nil, p.errorf("unpaired surrogate")
 				}
 				r = utf16.DecodeRune(r, r2)
 			}
 			buf = utf8.AppendRune(buf, r)
 		default:
-			return "", p.errorf("invalid escape \\%c", e)
+			return nil, p.errorf("invalid escape \\%c", e)
 		}
 	}
-	return "", p.errorf("unterminated string")
+	return nil, p.errorf("unterminated string")
 }
 
 func (p *parser) hex4() (rune, error) {
@@ -374,7 +419,9 @@ const hexDigits = "0123456789abcdef"
 
 // AppendString appends s, which must be valid UTF-8, as a JSON string with
 // the escaping of RFC 8785 section 3.2.2.2.
-func AppendString(dst []byte, s string) []byte {
+func AppendString(dst []byte, s string) []byte { return appendStr(dst, s) }
+
+func appendStr[S string | []byte](dst []byte, s S) []byte {
 	dst = append(dst, '"')
 	start := 0
 	for i := 0; i < len(s); i++ {
@@ -405,16 +452,16 @@ func AppendString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-// compareUTF16 orders strings by their UTF-16 code units (RFC 8785 3.2.3).
-func compareUTF16(a, b string) int {
+// compareUTF16 orders names by their UTF-16 code units (RFC 8785 3.2.3).
+func compareUTF16(a, b []byte) int {
 	if isASCII(a) && isASCII(b) {
-		return bytes.Compare([]byte(a), []byte(b))
+		return bytes.Compare(a, b)
 	}
-	ua, ub := utf16.Encode([]rune(a)), utf16.Encode([]rune(b))
+	ua, ub := utf16.Encode([]rune(string(a))), utf16.Encode([]rune(string(b)))
 	return slices.Compare(ua, ub)
 }
 
-func isASCII(s string) bool {
+func isASCII(s []byte) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] >= utf8.RuneSelf {
 			return false

@@ -2,6 +2,7 @@ package canonjson
 
 import (
 	"encoding/json"
+	"fmt"
 	"errors"
 	"math"
 	"reflect"
@@ -104,4 +105,20 @@ func FuzzTransform(f *testing.F) {
 			t.Fatalf("not idempotent: %s -> %s (%v)", out, again, err)
 		}
 	})
+}
+
+func TestAppendTransformVisitsTopLevelMembers(t *testing.T) {
+	var got []string
+	out, err := AppendTransform([]byte("x"), []byte(`{"b":{"c":1},"a\u0041":"v","d":[ 1 ]}`), func(name, value []byte) {
+		got = append(got, string(name)+"="+string(value))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(out) != `x{"aA":"v","b":{"c":1},"d":[1]}` {
+		t.Fatalf("out %s", out)
+	}
+	if want := `[b={"c":1} aA="v" d=[1]]`; fmt.Sprint(got) != want {
+		t.Fatalf("visited %v, want %s", got, want)
+	}
 }

@@ -1,0 +1,162 @@
+package auditor
+
+import (
+	"context"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/transparency-dev/tessera"
+	"github.com/transparency-dev/tessera/storage/posix"
+
+	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/natstest"
+	"github.com/vigil-cc/vigil/services/auditor/auditlog"
+)
+
+// benchEntries is how many events one benchmark operation logs.
+const benchEntries = 50_000
+
+// BenchmarkAuditAppend measures the sustained rate of the whole auditor
+// (consume from JetStream, encode, append to the Tessera log, make durable,
+// acknowledge, with checkpoints signed and published every second) over
+// benchEntries pre-published events, and as a baseline bare Tessera
+// appends of the very same entries with the same options, in the same run.
+// One op logs benchEntries events.
+func BenchmarkAuditAppend(b *testing.B) {
+	var auditTime, bareTime time.Duration
+	for range b.N {
+		b.StopTimer()
+		srv := natstest.Start(b)
+		nc, js := srv.JetStream()
+		dir := b.TempDir()
+		skey, vkey := testKeys(b, dir)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		bodies := publishBench(ctx, b, js, benchEntries)
+		cons := "bench"
+
+		b.StartTimer()
+		start := time.Now()
+		stop := startAuditor(b, Config{LogDir: filepath.Join(dir, "log"), SignerKeyFile: skey, Conn: nc, Consumer: cons, SkipProvision: true, Logger: quietLogger()})
+		waitAcked(ctx, b, js, cons, benchEntries)
+		auditTime += time.Since(start)
+		b.StopTimer()
+		if err := stop(); err != nil {
+			b.Fatal(err)
+		}
+		// The log is complete and verifies.
+		if _, rep := logRecords(b, filepath.Join(dir, "log"), vkey); rep.Events != benchEntries {
+			b.Fatalf("log has %d events, want %d", rep.Events, benchEntries)
+		}
+
+		// Baseline: bare Tessera appends of the same entries.
+		entries := make([][]byte, len(bodies))
+		for i, m := range bodies {
+			entries[i] = auditlog.EncodeMessage(m)
+		}
+		signer, err := auditlog.LoadSigner(skey)
+		if err != nil {
+			b.Fatal(err)
+		}
+		bareTime += bareTessera(ctx, b, filepath.Join(dir, "bare"), signer, entries)
+		cancel()
+	}
+	total := float64(b.N * benchEntries)
+	auditRate := total / auditTime.Seconds()
+	bareRate := total / bareTime.Seconds()
+	b.ReportMetric(auditRate, "entries/s")
+	b.ReportMetric(bareRate, "tessera-entries/s")
+	b.ReportMetric(auditRate/bareRate, "x-tessera")
+}
+
+// publishBench publishes n events and returns them as the auditor will see
+// them (without the store timestamp, which only the stream knows).
+func publishBench(ctx context.Context, b *testing.B, js jetstream.JetStream, n int) []auditlog.Message {
+	b.Helper()
+	msgs := make([]auditlog.Message, 0, n)
+	futures := make([]jetstream.PubAckFuture, 0, 1024)
+	for i := range n {
+		vm := vmKeys[i%len(vmKeys)]
+		env, err := events.New(events.TypeVerdict, "bench", vm, events.Verdict{
+			ID: "v-" + strconv.Itoa(i), VMKey: vm, Platform: "azure-sev-snp", Status: events.VerdictAffirming,
+			EvidenceDigest: "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+			PolicyID:       "default", PolicyVersion: 3, VerifierBuild: "bench", IssuedAt: time.Now().UTC(),
+			TCB: &events.TCB{BootLoader: 3, TEE: 0, SNP: 8, Microcode: 115, Product: "Genoa"},
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		body, _ := env.Marshal()
+		msg := &nats.Msg{Subject: events.VerdictSubject(vm), Data: body, Header: nats.Header{}}
+		msg.Header.Set(nats.MsgIdHdr, env.ID)
+		f, err := js.PublishMsgAsync(msg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		futures = append(futures, f)
+		if len(futures) == cap(futures) {
+			waitAcks(ctx, b, futures)
+			futures = futures[:0]
+		}
+		msgs = append(msgs, auditlog.Message{Stream: events.StreamEvents, Seq: uint64(i + 1), Subject: msg.Subject, Stored: time.Now(), Body: body})
+	}
+	waitAcks(ctx, b, futures)
+	return msgs
+}
+
+func waitAcked(ctx context.Context, b *testing.B, js jetstream.JetStream, consumer string, n uint64) {
+	b.Helper()
+	for {
+		if c, err := js.Consumer(ctx, events.StreamEvents, consumer); err == nil {
+			if info, err := c.Info(ctx); err == nil && info.AckFloor.Stream >= n {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			b.Fatal(ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// bareTessera appends entries with the auditor's Tessera options and
+// returns the time until every entry is durable.
+func bareTessera(ctx context.Context, b *testing.B, dir string, signer interface {
+	Name() string
+	KeyHash() uint32
+	Sign([]byte) ([]byte, error)
+}, entries [][]byte) time.Duration {
+	b.Helper()
+	appCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	driver, err := posix.New(appCtx, posix.Config{Path: dir})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.StartTimer()
+	start := time.Now()
+	app, shutdown, _, err := tessera.NewAppender(appCtx, driver, tessera.NewAppendOptions().
+		WithCheckpointSigner(signer).WithCheckpointInterval(DefaultCheckpointInterval).WithBatching(DefaultBatchSize, tesseraMaxAge))
+	if err != nil {
+		b.Fatal(err)
+	}
+	futures := make([]tessera.IndexFuture, len(entries))
+	for i, e := range entries {
+		futures[i] = app.Add(appCtx, tessera.NewEntry(e))
+	}
+	for _, f := range futures {
+		if _, err := f(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	d := time.Since(start)
+	b.StopTimer()
+	if err := shutdown(appCtx); err != nil {
+		b.Fatal(err)
+	}
+	return d
+}
