@@ -2,11 +2,11 @@ package auditlog
 
 import (
 	"bytes"
-	"os"
-	"strconv"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"

@@ -2,8 +2,8 @@ package canonjson
 
 import (
 	"encoding/json"
-	"fmt"
 	"errors"
+	"fmt"
 	"math"
 	"reflect"
 	"testing"
