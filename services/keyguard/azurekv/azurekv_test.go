@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vigil-cc/vigil/services/keyguard/azurekv"
+	"github.com/vigil-cc/vigil/services/keyguard/azurekv/azurekvtest"
 )
 
 const (
@@ -73,7 +74,7 @@ func canonical(t *testing.T, doc string) string {
 }
 
 // patchedPolicy decodes the release policy sent in a PATCH body.
-func patchedPolicy(t *testing.T, c restCall) *azurekv.Policy {
+func patchedPolicy(t *testing.T, c azurekvtest.RestCall) *azurekv.Policy {
 	t.Helper()
 	rp, ok := c.Body["release_policy"].(map[string]any)
 	if !ok {
@@ -91,7 +92,7 @@ func patchedPolicy(t *testing.T, c restCall) *azurekv.Policy {
 	return p
 }
 
-func patchedEnabled(t *testing.T, c restCall) bool {
+func patchedEnabled(t *testing.T, c azurekvtest.RestCall) bool {
 	t.Helper()
 	attrs, ok := c.Body["attributes"].(map[string]any)
 	if !ok {
@@ -108,9 +109,9 @@ func patchedEnabled(t *testing.T, c restCall) bool {
 }
 
 func TestRevokeRewritesMutablePolicyAndRestoreReverses(t *testing.T) {
-	v := newVault()
-	v.addKey("disk", "v1", true, true, []byte(cvmPolicy), false)
-	b := v.backend(t, "")
+	v := azurekvtest.NewVault()
+	v.AddKey("disk", "v1", true, true, []byte(cvmPolicy), false)
+	b := v.Backend(t, "")
 	ctx := ctxT(t)
 
 	st, err := b.Revoke(ctx, "disk", "v1", vmA, azurekv.State{}, noHolders)
@@ -120,8 +121,8 @@ func TestRevokeRewritesMutablePolicyAndRestoreReverses(t *testing.T) {
 	if len(st.Versions) != 1 || st.Versions[0] != (azurekv.VersionAction{Version: "v1", Action: azurekv.ActionPolicy}) || st.VMID != vmA {
 		t.Fatalf("state %+v", st)
 	}
-	calls := v.takeCalls()
-	p := patches(calls)
+	calls := v.TakeCalls()
+	p := azurekvtest.Patches(calls)
 	if len(p) != 1 || p[0].Path != "/keys/disk/v1" {
 		t.Fatalf("REST calls %v, want one PATCH /keys/disk/v1", calls)
 	}
@@ -135,7 +136,7 @@ func TestRevokeRewritesMutablePolicyAndRestoreReverses(t *testing.T) {
 	if _, has := p[0].Body["attributes"]; has {
 		t.Fatal("revocation by policy touched the key attributes")
 	}
-	if !v.enabled("disk", "v1") || !v.policy(t, "disk", "v1").Excludes(azurekv.DefaultVMIDClaim, strings.ToLower(vmA)) {
+	if !v.Enabled("disk", "v1") || !v.Policy(t, "disk", "v1").Excludes(azurekv.DefaultVMIDClaim, strings.ToLower(vmA)) {
 		t.Fatal("vault state after revoke")
 	}
 
@@ -143,33 +144,33 @@ func TestRevokeRewritesMutablePolicyAndRestoreReverses(t *testing.T) {
 	if _, err := b.Revoke(ctx, "disk", "v1", vmA, st, noHolders); err != nil {
 		t.Fatal(err)
 	}
-	if p := patches(v.takeCalls()); len(p) != 0 {
+	if p := azurekvtest.Patches(v.TakeCalls()); len(p) != 0 {
 		t.Fatalf("second revoke patched: %v", p)
 	}
 
 	if err := b.Restore(ctx, "disk", st, noHolders); err != nil {
 		t.Fatal(err)
 	}
-	p = patches(v.takeCalls())
+	p = azurekvtest.Patches(v.TakeCalls())
 	if len(p) != 1 || p[0].Path != "/keys/disk/v1" {
 		t.Fatalf("restore calls %v", p)
 	}
-	got, _ := v.policy(t, "disk", "v1").Marshal()
+	got, _ := v.Policy(t, "disk", "v1").Marshal()
 	if string(got) != canonical(t, cvmPolicy) {
 		t.Fatalf("restored policy\n%s\nwant\n%s", got, canonical(t, cvmPolicy))
 	}
 }
 
 func TestRevokeAnyOfAuthorityWrapsAndRestoreUnwraps(t *testing.T) {
-	v := newVault()
-	v.addKey("data", "v1", true, true, []byte(anyOfPolicy), false)
-	b := v.backend(t, azurekv.ModePolicy)
+	v := azurekvtest.NewVault()
+	v.AddKey("data", "v1", true, true, []byte(anyOfPolicy), false)
+	b := v.Backend(t, azurekv.ModePolicy)
 	ctx := ctxT(t)
 	st, err := b.Revoke(ctx, "data", "v1", vmA, azurekv.State{}, noHolders)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pol := v.policy(t, "data", "v1")
+	pol := v.Policy(t, "data", "v1")
 	if !pol.Excludes(azurekv.DefaultVMIDClaim, vmA) || pol.Excludes(azurekv.DefaultVMIDClaim, vmB) {
 		t.Fatalf("rewritten policy %+v", pol)
 	}
@@ -181,14 +182,14 @@ func TestRevokeAnyOfAuthorityWrapsAndRestoreUnwraps(t *testing.T) {
 	if err := b.Restore(ctx, "data", st, noHolders); err != nil {
 		t.Fatal(err)
 	}
-	pol = v.policy(t, "data", "v1")
+	pol = v.Policy(t, "data", "v1")
 	if pol.Excludes(azurekv.DefaultVMIDClaim, vmA) || !pol.Excludes(azurekv.DefaultVMIDClaim, vmB) {
 		t.Fatal("restoring A must leave B excluded and only B")
 	}
 	if err := b.Restore(ctx, "data", stB, noHolders); err != nil {
 		t.Fatal(err)
 	}
-	got, _ := v.policy(t, "data", "v1").Marshal()
+	got, _ := v.Policy(t, "data", "v1").Marshal()
 	if string(got) != canonical(t, anyOfPolicy) {
 		t.Fatalf("restored policy\n%s\nwant\n%s", got, canonical(t, anyOfPolicy))
 	}
@@ -210,9 +211,9 @@ func TestRevokeDisablesWhenPolicyCannotBeRewritten(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			v := newVault()
-			v.addKey("disk", "v1", true, true, []byte(tc.policy), tc.immutable)
-			b := v.backend(t, tc.mode)
+			v := azurekvtest.NewVault()
+			v.AddKey("disk", "v1", true, true, []byte(tc.policy), tc.immutable)
+			b := v.Backend(t, tc.mode)
 			ctx := ctxT(t)
 			st, err := b.Revoke(ctx, "disk", "v1", tc.vmid, azurekv.State{}, noHolders)
 			if err != nil {
@@ -221,18 +222,18 @@ func TestRevokeDisablesWhenPolicyCannotBeRewritten(t *testing.T) {
 			if st.Versions[0].Action != azurekv.ActionDisable {
 				t.Fatalf("action %q, want disable", st.Versions[0].Action)
 			}
-			p := patches(v.takeCalls())
+			p := azurekvtest.Patches(v.TakeCalls())
 			if len(p) != 1 || p[0].Path != "/keys/disk/v1" || patchedEnabled(t, p[0]) {
 				t.Fatalf("calls %v, want one PATCH disabling /keys/disk/v1", p)
 			}
-			if v.enabled("disk", "v1") {
+			if v.Enabled("disk", "v1") {
 				t.Fatal("key still enabled")
 			}
 			if err := b.Restore(ctx, "disk", st, noHolders); err != nil {
 				t.Fatal(err)
 			}
-			p = patches(v.takeCalls())
-			if len(p) != 1 || !patchedEnabled(t, p[0]) || !v.enabled("disk", "v1") {
+			p = azurekvtest.Patches(v.TakeCalls())
+			if len(p) != 1 || !patchedEnabled(t, p[0]) || !v.Enabled("disk", "v1") {
 				t.Fatalf("restore calls %v, want one PATCH enabling", p)
 			}
 		})
@@ -240,9 +241,9 @@ func TestRevokeDisablesWhenPolicyCannotBeRewritten(t *testing.T) {
 }
 
 func TestDisabledKeySharedByTwoRevokedVMs(t *testing.T) {
-	v := newVault()
-	v.addKey("disk", "v1", true, true, []byte(cvmPolicy), true)
-	b := v.backend(t, "")
+	v := azurekvtest.NewVault()
+	v.AddKey("disk", "v1", true, true, []byte(cvmPolicy), true)
+	b := v.Backend(t, "")
 	ctx := ctxT(t)
 	// holders: the grants of other VMs that are revoked and hold v1.
 	held := map[string]azurekv.State{}
@@ -270,28 +271,28 @@ func TestDisabledKeySharedByTwoRevokedVMs(t *testing.T) {
 		t.Fatalf("B's revocation does not hold the disabled version: %+v", stB)
 	}
 	held[vmB] = stB
-	v.takeCalls()
+	v.TakeCalls()
 
 	delete(held, vmA)
 	if err := b.Restore(ctx, "disk", stA, holdersFor(vmA)); err != nil {
 		t.Fatal(err)
 	}
-	if p := patches(v.takeCalls()); len(p) != 0 || v.enabled("disk", "v1") {
+	if p := azurekvtest.Patches(v.TakeCalls()); len(p) != 0 || v.Enabled("disk", "v1") {
 		t.Fatalf("restoring A enabled the key B still needs disabled: %v", p)
 	}
 	delete(held, vmB)
 	if err := b.Restore(ctx, "disk", stB, holdersFor(vmB)); err != nil {
 		t.Fatal(err)
 	}
-	if !v.enabled("disk", "v1") {
+	if !v.Enabled("disk", "v1") {
 		t.Fatal("key not enabled after the last restore")
 	}
 }
 
 func TestKeyDisabledByOperatorStaysDisabled(t *testing.T) {
-	v := newVault()
-	v.addKey("disk", "v1", false, true, []byte(cvmPolicy), true)
-	b := v.backend(t, "")
+	v := azurekvtest.NewVault()
+	v.AddKey("disk", "v1", false, true, []byte(cvmPolicy), true)
+	b := v.Backend(t, "")
 	ctx := ctxT(t)
 	st, err := b.Revoke(ctx, "disk", "v1", vmA, azurekv.State{}, noHolders)
 	if err != nil {
@@ -303,18 +304,18 @@ func TestKeyDisabledByOperatorStaysDisabled(t *testing.T) {
 	if err := b.Restore(ctx, "disk", st, noHolders); err != nil {
 		t.Fatal(err)
 	}
-	if p := patches(v.takeCalls()); len(p) != 0 || v.enabled("disk", "v1") {
+	if p := azurekvtest.Patches(v.TakeCalls()); len(p) != 0 || v.Enabled("disk", "v1") {
 		t.Fatalf("calls %v: a key someone else disabled must stay disabled", p)
 	}
 }
 
 func TestRevokeEveryVersionAndResumeAfterFailure(t *testing.T) {
-	v := newVault()
-	v.addKey("disk", "v1", true, true, []byte(cvmPolicy), false)
-	v.addKey("disk", "v2", true, true, []byte(cvmPolicy), true)
-	v.addKey("disk", "v3", true, false, nil, false) // not exportable: nothing to revoke
-	v.failNext["PATCH disk/v2"] = 1
-	b := v.backend(t, "")
+	v := azurekvtest.NewVault()
+	v.AddKey("disk", "v1", true, true, []byte(cvmPolicy), false)
+	v.AddKey("disk", "v2", true, true, []byte(cvmPolicy), true)
+	v.AddKey("disk", "v3", true, false, nil, false) // not exportable: nothing to revoke
+	v.FailNext["PATCH disk/v2"] = 1
+	b := v.Backend(t, "")
 	ctx := ctxT(t)
 
 	st, err := b.Revoke(ctx, "disk", "", vmA, azurekv.State{}, noHolders)
@@ -324,7 +325,7 @@ func TestRevokeEveryVersionAndResumeAfterFailure(t *testing.T) {
 	if len(st.Versions) != 1 || st.Versions[0].Version != "v1" {
 		t.Fatalf("partial state %+v, want v1 done", st)
 	}
-	calls := v.takeCalls()
+	calls := v.TakeCalls()
 	var listed bool
 	for _, c := range calls {
 		if c.Method == http.MethodGet && c.Path == "/keys/disk/versions" {
@@ -348,13 +349,13 @@ func TestRevokeEveryVersionAndResumeAfterFailure(t *testing.T) {
 			t.Fatalf("version %s: action %s, want %s", va.Version, va.Action, want[va.Version])
 		}
 	}
-	if v.enabled("disk", "v2") || !v.enabled("disk", "v1") {
+	if v.Enabled("disk", "v2") || !v.Enabled("disk", "v1") {
 		t.Fatal("vault state")
 	}
 	if err := b.Restore(ctx, "disk", st, noHolders); err != nil {
 		t.Fatal(err)
 	}
-	if !v.enabled("disk", "v2") || v.policy(t, "disk", "v1").Excludes(azurekv.DefaultVMIDClaim, vmA) {
+	if !v.Enabled("disk", "v2") || v.Policy(t, "disk", "v1").Excludes(azurekv.DefaultVMIDClaim, vmA) {
 		t.Fatal("restore incomplete")
 	}
 }

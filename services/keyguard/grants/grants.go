@@ -75,6 +75,9 @@ type Grant struct {
 	// Backend is "local" or the name of a configured Azure Key Vault backend.
 	Backend string `json:"backend"`
 	State   State  `json:"state"`
+	// Action is the key action the last change amounted to: granted,
+	// revoked, suspended or restored.
+	Action events.KeyAction `json:"action,omitempty"`
 	// RevokedFor is the gravest cause of the current revocation: stale,
 	// untrusted, retired or operator.
 	RevokedFor string `json:"revoked_for,omitempty"`
@@ -266,6 +269,10 @@ func (s *Store) Keys(ctx context.Context, vm string) ([]string, error) {
 		}
 		filter = vm + ".>"
 	}
+	return s.keys(ctx, filter)
+}
+
+func (s *Store) keys(ctx context.Context, filter string) ([]string, error) {
 	l, err := s.kv.ListKeysFiltered(ctx, filter)
 	if err != nil {
 		return nil, fmt.Errorf("grants: list %s: %w", filter, err)
@@ -288,12 +295,28 @@ func (s *Store) Keys(ctx context.Context, vm string) ([]string, error) {
 	return keys, nil
 }
 
+// ForKey returns the grants of every VM for keyName on backend.
+func (s *Store) ForKey(ctx context.Context, backend, keyName string) ([]Entry, error) {
+	if !ValidBackendName(backend) || !keyrelease.ValidKeyName(keyName) {
+		return nil, fmt.Errorf("grants: backend %q key %q", backend, keyName)
+	}
+	keys, err := s.keys(ctx, "*."+backend+"."+keyName)
+	if err != nil {
+		return nil, err
+	}
+	return s.get(ctx, keys)
+}
+
 // List returns the grants of vm, or of every VM when vm is "", sorted by key.
 func (s *Store) List(ctx context.Context, vm string) ([]Entry, error) {
 	keys, err := s.Keys(ctx, vm)
 	if err != nil {
 		return nil, err
 	}
+	return s.get(ctx, keys)
+}
+
+func (s *Store) get(ctx context.Context, keys []string) ([]Entry, error) {
 	out := make([]Entry, 0, len(keys))
 	for _, k := range keys {
 		e, err := s.Get(ctx, k)

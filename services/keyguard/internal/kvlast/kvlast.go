@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -23,11 +24,16 @@ type Entry struct {
 	Revision uint64
 }
 
+// DefaultTimeout bounds a read when ctx has no deadline.
+const DefaultTimeout = 5 * time.Second
+
 // Get returns the latest value of key in bucket, or an error matching
 // jetstream.ErrKeyNotFound when the key does not exist or was deleted.
 func Get(ctx context.Context, nc *nats.Conn, bucket, key string) (Entry, error) {
 	if _, ok := ctx.Deadline(); !ok {
-		return Entry{}, fmt.Errorf("kvlast: get %s/%s needs a context with a deadline", bucket, key)
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultTimeout)
+		defer cancel()
 	}
 	req, err := json.Marshal(struct {
 		LastFor string `json:"last_by_subj"`

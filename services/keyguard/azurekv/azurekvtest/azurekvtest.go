@@ -1,4 +1,8 @@
-package azurekv_test
+// Package azurekvtest is an in-memory Azure Key Vault behind azkeys/fake
+// for tests of code that revokes and restores keys: it keeps key versions
+// with their attributes and release policies, applies updates the way the
+// service does, and records every REST call the client makes.
+package azurekvtest
 
 import (
 	"bytes"
@@ -21,31 +25,33 @@ import (
 	"github.com/vigil-cc/vigil/services/keyguard/azurekv"
 )
 
-const vaultURL = "https://vigil-test.vault.azure.net"
+// VaultURL is the fake vault.
+const VaultURL = "https://vigil-test.vault.azure.net"
 
-// vault is an in-memory Key Vault behind azkeys/fake: it keeps key versions
-// with their attributes and release policies and applies updates the way
-// the service does (an immutable policy cannot be changed).
-type vault struct {
+// Vault is an in-memory Key Vault. FailNext injects failures: "PATCH
+// name/version" -> number of updates to fail with 503.
+type Vault struct {
 	mu       sync.Mutex
 	keys     map[string]map[string]*azkeys.KeyBundle
-	failNext map[string]int // "PATCH name/version" -> failures to inject
-	calls    []restCall
+	FailNext map[string]int // "PATCH name/version" -> failures to inject
+	calls    []RestCall
 }
 
-// restCall is one REST request the client made.
-type restCall struct {
+// RestCall is one REST request the client made.
+type RestCall struct {
 	Method, Path string
 	Body         map[string]any
 }
 
-func (c restCall) String() string { return c.Method + " " + c.Path }
+func (c RestCall) String() string { return c.Method + " " + c.Path }
 
-func newVault() *vault {
-	return &vault{keys: map[string]map[string]*azkeys.KeyBundle{}, failNext: map[string]int{}}
+// NewVault returns an empty vault.
+func NewVault() *Vault {
+	return &Vault{keys: map[string]map[string]*azkeys.KeyBundle{}, FailNext: map[string]int{}}
 }
 
-func (v *vault) addKey(name, version string, enabled, exportable bool, pol []byte, immutable bool) {
+// AddKey adds a key version.
+func (v *Vault) AddKey(name, version string, enabled, exportable bool, pol []byte, immutable bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.keys[name] == nil {
@@ -53,7 +59,7 @@ func (v *vault) addKey(name, version string, enabled, exportable bool, pol []byt
 	}
 	kb := &azkeys.KeyBundle{
 		Attributes: &azkeys.KeyAttributes{Enabled: to.Ptr(enabled), Exportable: to.Ptr(exportable)},
-		Key:        &azkeys.JSONWebKey{KID: to.Ptr(azkeys.ID(vaultURL + "/keys/" + name + "/" + version))},
+		Key:        &azkeys.JSONWebKey{KID: to.Ptr(azkeys.ID(VaultURL + "/keys/" + name + "/" + version))},
 	}
 	if pol != nil {
 		kb.ReleasePolicy = &azkeys.KeyReleasePolicy{ContentType: to.Ptr("application/json; charset=utf-8"), EncodedPolicy: pol, Immutable: to.Ptr(immutable)}
@@ -61,7 +67,8 @@ func (v *vault) addKey(name, version string, enabled, exportable bool, pol []byt
 	v.keys[name][version] = kb
 }
 
-func (v *vault) get(name, version string) azkeys.KeyBundle {
+// Get returns a copy of a key version.
+func (v *Vault) Get(name, version string) azkeys.KeyBundle {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	kb := v.keys[name][version]
@@ -76,9 +83,10 @@ func (v *vault) get(name, version string) azkeys.KeyBundle {
 	return out
 }
 
-func (v *vault) policy(t *testing.T, name, version string) *azurekv.Policy {
+// Policy parses a key version's release policy.
+func (v *Vault) Policy(t *testing.T, name, version string) *azurekv.Policy {
 	t.Helper()
-	kb := v.get(name, version)
+	kb := v.Get(name, version)
 	p, err := azurekv.ParsePolicy(kb.ReleasePolicy.EncodedPolicy)
 	if err != nil {
 		t.Fatal(err)
@@ -86,11 +94,13 @@ func (v *vault) policy(t *testing.T, name, version string) *azurekv.Policy {
 	return p
 }
 
-func (v *vault) enabled(name, version string) bool {
-	return *v.get(name, version).Attributes.Enabled
+// Enabled reports whether a key version is enabled.
+func (v *Vault) Enabled(name, version string) bool {
+	return *v.Get(name, version).Attributes.Enabled
 }
 
-func (v *vault) takeCalls() []restCall {
+// TakeCalls returns and forgets the REST calls made so far.
+func (v *Vault) TakeCalls() []RestCall {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	c := v.calls
@@ -110,7 +120,8 @@ func splitPath(name, version string) (string, string) {
 	return name, version
 }
 
-func (v *vault) server() *fake.Server {
+// Server is the azkeys/fake server of the vault.
+func (v *Vault) Server() *fake.Server {
 	return &fake.Server{
 		GetKey: func(_ context.Context, name, version string, _ *azkeys.GetKeyOptions) (resp azfake.Responder[azkeys.GetKeyResponse], errResp azfake.ErrorResponder) {
 			name, version = splitPath(name, version)
@@ -121,7 +132,7 @@ func (v *vault) server() *fake.Server {
 				errResp.SetResponseError(http.StatusNotFound, "KeyNotFound")
 				return
 			}
-			resp.SetResponse(http.StatusOK, azkeys.GetKeyResponse{KeyBundle: v.get(name, version)}, nil)
+			resp.SetResponse(http.StatusOK, azkeys.GetKeyResponse{KeyBundle: v.Get(name, version)}, nil)
 			return
 		},
 		UpdateKey: func(_ context.Context, name, version string, p azkeys.UpdateKeyParameters, _ *azkeys.UpdateKeyOptions) (resp azfake.Responder[azkeys.UpdateKeyResponse], errResp azfake.ErrorResponder) {
@@ -129,8 +140,8 @@ func (v *vault) server() *fake.Server {
 			v.mu.Lock()
 			defer v.mu.Unlock()
 			id := "PATCH " + name + "/" + version
-			if v.failNext[id] > 0 {
-				v.failNext[id]--
+			if v.FailNext[id] > 0 {
+				v.FailNext[id]--
 				errResp.SetResponseError(http.StatusServiceUnavailable, "ServiceUnavailable")
 				return
 			}
@@ -175,12 +186,12 @@ func (v *vault) server() *fake.Server {
 
 // recorder records every request before the fake server answers it.
 type recorder struct {
-	v    *vault
+	v    *Vault
 	next policy.Transporter
 }
 
 func (r recorder) Do(req *http.Request) (*http.Response, error) {
-	c := restCall{Method: req.Method, Path: req.URL.Path}
+	c := RestCall{Method: req.Method, Path: req.URL.Path}
 	if req.Body != nil {
 		b, err := io.ReadAll(req.Body)
 		if err != nil {
@@ -199,21 +210,27 @@ func (r recorder) Do(req *http.Request) (*http.Response, error) {
 	return r.next.Do(req)
 }
 
-func (v *vault) backend(t *testing.T, mode string) *azurekv.Backend {
-	t.Helper()
+// ClientOptions route an azkeys client to the vault, recording calls.
+func (v *Vault) ClientOptions() *azkeys.ClientOptions {
 	opts := &azkeys.ClientOptions{}
-	opts.Transport = recorder{v: v, next: fake.NewServerTransport(v.server())}
+	opts.Transport = recorder{v: v, next: fake.NewServerTransport(v.Server())}
 	opts.Retry = policy.RetryOptions{MaxRetries: -1}
-	b, err := azurekv.New(azurekv.Config{Name: "akv", VaultURL: vaultURL, Mode: mode, ClientOptions: opts}, &azfake.TokenCredential{})
+	return opts
+}
+
+// Backend returns a backend named "akv" on the vault.
+func (v *Vault) Backend(t *testing.T, mode string) *azurekv.Backend {
+	t.Helper()
+	b, err := azurekv.New(azurekv.Config{Name: "akv", VaultURL: VaultURL, Mode: mode, ClientOptions: v.ClientOptions()}, &azfake.TokenCredential{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
 }
 
-// patches returns the PATCH calls among calls.
-func patches(calls []restCall) []restCall {
-	var out []restCall
+// Patches returns the PATCH calls among calls.
+func Patches(calls []RestCall) []RestCall {
+	var out []RestCall
 	for _, c := range calls {
 		if c.Method == http.MethodPatch {
 			out = append(out, c)

@@ -1,0 +1,280 @@
+package keyguard
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/keyrelease"
+	"github.com/vigil-cc/vigil/services/keyguard/grants"
+	"github.com/vigil-cc/vigil/services/keyguard/internal/kvlast"
+	"github.com/vigil-cc/vigil/services/keyguard/secrets"
+)
+
+// EvidenceConfig configures how release evidence is verified.
+type EvidenceConfig struct {
+	// Verifier configures the evidence verifier: pinned roots (TestRoots
+	// for a simulated fleet), offline operation, collateral cache (the
+	// shared vigil-collateral bucket when nil).
+	Verifier evidence.Config
+	// Policy is applied to release evidence (evidence.DefaultPolicy when
+	// nil).
+	Policy *evidence.Policy
+	// PolicyFunc, when set, returns the policy in force at each release
+	// and overrides Policy.
+	PolicyFunc func(ctx context.Context) (*evidence.Policy, error)
+	// Build is reported as the verifier build of release appraisals.
+	Build string
+}
+
+// refuse builds a refusal for the requester.
+func refuse(code, format string, args ...any) error {
+	return &bus.ReplyError{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// nonceRecord is stored per issued nonce in vigil-keyguard-nonces.
+type nonceRecord struct {
+	VMKey     string    `json:"vm_key"`
+	IssuedAt  time.Time `json:"issued_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+func nonceKey(n []byte) string { return hex.EncodeToString(n) }
+
+// handleNonce serves vigil.keyguard.nonce.
+func (k *Keyguard) handleNonce(ctx context.Context, data []byte) ([]byte, error) {
+	req, err := keyrelease.ParseNonceRequest(data)
+	if err != nil {
+		return nil, refuse(keyrelease.CodeBadRequest, "%v", err)
+	}
+	n := evidence.NewNonce()
+	now := time.Now().UTC()
+	rec := nonceRecord{VMKey: req.VMKey, IssuedAt: now, ExpiresAt: now.Add(k.cfg.NonceTTL)}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := k.nonces.Create(ctx, nonceKey(n), b); err != nil {
+		return nil, refuse(keyrelease.CodeUnavailable, "store nonce: %v", err)
+	}
+	k.metrics.nonces.Add(ctx, 1)
+	return json.Marshal(keyrelease.NonceResponse{Nonce: n, ExpiresAt: rec.ExpiresAt})
+}
+
+// consumeNonce uses a nonce up, once across every replica: the record is
+// deleted with a revision check, so of two releases racing with one nonce
+// exactly one proceeds. A nonce is used up even when the release is then
+// refused.
+func (k *Keyguard) consumeNonce(ctx context.Context, n []byte, vm string) error {
+	key := nonceKey(n)
+	e, err := kvlast.Get(ctx, k.conn.NC, k.nonces.Bucket(), key)
+	if kvlast.IsNotFound(err) {
+		return refuse(keyrelease.CodeBadNonce, "nonce unknown, expired or already used")
+	}
+	if err != nil {
+		return refuse(keyrelease.CodeUnavailable, "read nonce: %v", err)
+	}
+	if err := k.nonces.Delete(ctx, key, jetstream.LastRevision(e.Revision)); err != nil {
+		if isRevisionMismatch(err) {
+			return refuse(keyrelease.CodeBadNonce, "nonce already used")
+		}
+		return refuse(keyrelease.CodeUnavailable, "consume nonce: %v", err)
+	}
+	var rec nonceRecord
+	if err := json.Unmarshal(e.Value, &rec); err != nil {
+		return refuse(keyrelease.CodeBadNonce, "nonce record unreadable")
+	}
+	if rec.VMKey != vm {
+		return refuse(keyrelease.CodeBadNonce, "nonce was issued for another VM")
+	}
+	if time.Now().After(rec.ExpiresAt) {
+		return refuse(keyrelease.CodeBadNonce, "nonce expired at %s", rec.ExpiresAt.Format(time.RFC3339))
+	}
+	return nil
+}
+
+func isRevisionMismatch(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+	}
+	return strings.Contains(err.Error(), "wrong last sequence")
+}
+
+// releasable checks, from the stream leaders, that vm's status is trusted
+// or warning and that its local grant for keyName is active. It returns
+// the VM's vmId (from the status, the inventory or the grant).
+func (k *Keyguard) releasable(ctx context.Context, vm, keyName string) (string, error) {
+	st, err := k.status(ctx, vm)
+	switch {
+	case kvlast.IsNotFound(err):
+		return "", refuse(keyrelease.CodeNotTrusted, "VM %s has no attestation status", vm)
+	case err != nil:
+		return "", refuse(keyrelease.CodeUnavailable, "read status: %v", err)
+	case !st.Status.Releasable():
+		return "", refuse(keyrelease.CodeNotTrusted, "VM %s is %s%s", vm, st.Status, reasonCodes(st.Reasons))
+	}
+	g, err := k.grants.Get(ctx, grants.Key(vm, BackendLocal, keyName))
+	switch {
+	case errors.Is(err, grants.ErrNotFound):
+		return "", refuse(keyrelease.CodeNoGrant, "VM %s has no grant for key %s", vm, keyName)
+	case err != nil:
+		return "", refuse(keyrelease.CodeUnavailable, "read grant: %v", err)
+	case g.State == grants.Revoked:
+		return "", refuse(keyrelease.CodeRevoked, "grant of key %s to VM %s is revoked (%s)", keyName, vm, g.Reason)
+	case g.State == grants.Suspended:
+		return "", refuse(keyrelease.CodeSuspended, "grant of key %s to VM %s is suspended (%s)", keyName, vm, g.Reason)
+	}
+	vmID := st.VMID
+	if vmID == "" {
+		vmID = k.lookupVMID(ctx, vm)
+	}
+	if vmID == "" {
+		vmID = g.VMID
+	}
+	return vmID, nil
+}
+
+// handleRelease serves vigil.keyguard.release.
+func (k *Keyguard) handleRelease(ctx context.Context, data []byte) (out []byte, err error) {
+	start := time.Now()
+	defer func() {
+		code := "released"
+		if err != nil {
+			code = keyrelease.RefusalCode(err)
+			if code == "" {
+				code = "error"
+			}
+		}
+		attrs := metric.WithAttributes(attribute.String("outcome", code))
+		k.metrics.releases.Add(ctx, 1, attrs)
+		k.metrics.releaseSeconds.Record(ctx, time.Since(start).Seconds(), attrs)
+	}()
+	req, err := keyrelease.ParseReleaseRequest(data)
+	if err != nil {
+		return nil, refuse(keyrelease.CodeBadRequest, "%v", err)
+	}
+	log := k.log.With("vm", req.VMKey, "key", req.KeyName)
+	if err := k.consumeNonce(ctx, req.Nonce, req.VMKey); err != nil {
+		log.WarnContext(ctx, "release refused", "err", err)
+		return nil, err
+	}
+	// Cheap checks first: a revoked VM is refused without verification.
+	vmID, err := k.releasable(ctx, req.VMKey, req.KeyName)
+	if err != nil {
+		log.WarnContext(ctx, "release refused", "err", err)
+		return nil, err
+	}
+	if vmID == "" {
+		err := refuse(keyrelease.CodeWrongVM, "the vmId of VM %s is unknown, so the evidence cannot be tied to it", req.VMKey)
+		log.WarnContext(ctx, "release refused", "err", err)
+		return nil, err
+	}
+	if err := k.appraise(ctx, req, vmID); err != nil {
+		log.WarnContext(ctx, "release refused", "err", err)
+		return nil, err
+	}
+	secret, version, err := k.secrets.Get(ctx, req.KeyName)
+	switch {
+	case errors.Is(err, secrets.ErrNotFound):
+		return nil, refuse(keyrelease.CodeUnknownKey, "no secret named %s", req.KeyName)
+	case err != nil:
+		log.ErrorContext(ctx, "read secret", "err", err)
+		return nil, refuse(keyrelease.CodeUnavailable, "secret %s cannot be read", req.KeyName)
+	}
+	// Verification took time: decide on the status and grant as they are
+	// now, so that a revocation stored meanwhile wins.
+	if _, err := k.releasable(ctx, req.VMKey, req.KeyName); err != nil {
+		log.WarnContext(ctx, "release refused after verification", "err", err)
+		return nil, err
+	}
+	sealed, err := req.Suite.Seal(req.PublicKey, keyrelease.Info(req.VMKey, req.KeyName, req.Nonce), secret)
+	clear(secret)
+	if err != nil {
+		return nil, refuse(keyrelease.CodeBadRequest, "seal: %v", err)
+	}
+	now := time.Now().UTC()
+	resp := keyrelease.ReleaseResponse{VMKey: req.VMKey, KeyName: req.KeyName, Version: version, Suite: req.Suite, Sealed: sealed, ReleasedAt: now}
+	out, err = json.Marshal(resp)
+	if err != nil {
+		return nil, err
+	}
+	key := events.Key{VMKey: req.VMKey, VMID: vmID, Action: events.KeyReleased, KeyName: req.KeyName, Backend: BackendLocal,
+		Reason: fmt.Sprintf("released version %d", version), Actor: "keyguard", CauseID: nonceKey(req.Nonce), At: now,
+		LatencyMS: float64(time.Since(start).Microseconds()) / 1000}
+	subject := events.KeySubject(req.VMKey)
+	env, err := events.New(events.TypeKey, k.cfg.Source, subject, key)
+	if err == nil {
+		env.ID = eventID("released", req.VMKey, req.KeyName, nonceKey(req.Nonce))
+		_, err = k.conn.Publish(ctx, subject, env)
+	}
+	if err != nil {
+		// Every release is audited: without the record, no secret.
+		log.ErrorContext(ctx, "publish release event", "err", err)
+		return nil, refuse(keyrelease.CodeUnavailable, "release cannot be recorded: %v", err)
+	}
+	log.InfoContext(ctx, "secret released", "version", version, "vm_id", vmID, "ms", key.LatencyMS)
+	return out, nil
+}
+
+// appraise verifies the release evidence: genuine, bound to the issued
+// nonce and the ephemeral key, from the VM with vmID, and acceptable under
+// policy.
+func (k *Keyguard) appraise(ctx context.Context, req keyrelease.ReleaseRequest, vmID string) error {
+	pol := k.cfg.Evidence.Policy
+	if k.cfg.Evidence.PolicyFunc != nil {
+		p, err := k.cfg.Evidence.PolicyFunc(ctx)
+		if err != nil {
+			return refuse(keyrelease.CodeUnavailable, "policy: %v", err)
+		}
+		pol = p
+	}
+	if pol == nil {
+		pol = evidence.DefaultPolicy()
+	}
+	exp := evidence.Expect{
+		Nonce:     req.Nonce,
+		ExtraData: keyrelease.Binding(req.Nonce, req.Suite, req.PublicKey),
+		VMID:      vmID,
+		VMKey:     req.VMKey,
+	}
+	verdict, res, err := k.verifier.Attest(ctx, req.Evidence, exp, pol, evidence.AppraiseOptions{Build: k.cfg.Evidence.Build})
+	if err != nil && res == nil {
+		return refuse(keyrelease.CodeEvidenceRejected, "%v", err)
+	}
+	if verdict.Status == events.VerdictAffirming || verdict.Status == events.VerdictWarning {
+		return nil
+	}
+	has := func(prefix string) bool {
+		for _, r := range verdict.Reasons {
+			if strings.HasPrefix(r.Code, prefix) {
+				return true
+			}
+		}
+		return false
+	}
+	switch {
+	case verdict.Status == events.VerdictNone:
+		return refuse(keyrelease.CodeUnavailable, "evidence could not be appraised now%s", reasonCodes(verdict.Reasons))
+	case has(evidence.ReasonIdentityVMIDMismatch) || has(evidence.ReasonIdentityVMKeyMismatch) || has(evidence.ReasonIdentityVMIDMissing):
+		return refuse(keyrelease.CodeWrongVM, "evidence is not from VM %s (vmId %s)%s", req.VMKey, vmID, reasonCodes(verdict.Reasons))
+	case has(evidence.ReasonTPMNonceMismatch):
+		return refuse(keyrelease.CodeBindingMismatch, "the quote does not bind this nonce and public key%s", reasonCodes(verdict.Reasons))
+	}
+	return refuse(keyrelease.CodeEvidenceRejected, "verdict %s%s", verdict.Status, reasonCodes(verdict.Reasons))
+}
