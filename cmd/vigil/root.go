@@ -16,6 +16,7 @@ func newRootCmd() *cobra.Command {
 		newVersionCmd(),
 		newDevCmd(),
 		newEventsCmd(),
+		newEvidenceCmd(),
 	)
 	return root
 }

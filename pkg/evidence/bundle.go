@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/vigil-cc/vigil/pkg/events"
 )
 
 // Format is the evidence bundle format identifier (DESIGN.md §3).
@@ -32,7 +34,6 @@ const (
 	MaxAttestSize    = 2 << 10
 	MaxSignatureSize = 1 << 10
 	MaxEventLogSize  = 128 << 10
-	MaxVMKeySize     = 64
 )
 
 // ErrInvalidBundle is matched (errors.Is) by every bundle parse error.
@@ -144,13 +145,29 @@ func ParseBundle(raw []byte) (*Bundle, error) {
 		return nil, fieldErr("", "%d bytes exceeds the %d byte limit", len(raw), MaxBundleSize)
 	}
 	var w wireBundle
-	if err := json.Unmarshal(raw, &w); err != nil {
+	if err := decodeWireFast(raw, &w); err != nil {
+		if err := decodeWire(raw, &w); err != nil {
+			return nil, err
+		}
+	}
+	return w.bundle()
+}
+
+// decodeWire decodes with encoding/json.
+func decodeWire(raw []byte, w *wireBundle) error {
+	*w = wireBundle{}
+	if err := json.Unmarshal(raw, w); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			return nil, fieldErr(te.Field, "wrong JSON type %s", te.Value)
+			return fieldErr(te.Field, "wrong JSON type %s", te.Value)
 		}
-		return nil, &FieldError{Err: fmt.Errorf("not JSON: %w", err)}
+		return &FieldError{Err: fmt.Errorf("not JSON: %w", err)}
 	}
+	return nil
+}
+
+// bundle validates the wire form and decodes its fields.
+func (w *wireBundle) bundle() (*Bundle, error) {
 	b := &Bundle{Format: w.Format, Platform: w.Platform, VMKey: w.VMKey}
 	if w.Format == "" {
 		return nil, fieldErr("format", "missing")
@@ -165,8 +182,8 @@ func ParseBundle(raw []byte) (*Bundle, error) {
 	default:
 		return nil, fieldErr("platform", "%q is not supported (want %s or %s)", w.Platform, PlatformAzureSNP, PlatformAzureTDX)
 	}
-	if len(w.VMKey) > MaxVMKeySize {
-		return nil, fieldErr("vm_key", "longer than %d characters", MaxVMKeySize)
+	if w.VMKey != "" && !events.ValidVMKey(w.VMKey) {
+		return nil, fieldErr("vm_key", "%q is not a VM key (26 characters of a-z, 2-7)", truncate(w.VMKey, 40))
 	}
 	var err error
 	if b.Nonce, err = decodeB64("nonce", w.Nonce, true, MaxNonceSize); err != nil {
@@ -232,6 +249,13 @@ func ParseBundle(raw []byte) (*Bundle, error) {
 		b.TPMQuote.PCRs[idx] = val
 	}
 	return b, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
 }
 
 // Marshal encodes the bundle as vigil.evidence/v1 JSON.

@@ -205,6 +205,9 @@ func (v *Verifier) verifyTDX(ctx context.Context, res *Result, b *Bundle, rep *h
 		}
 		pck.crossCheck.Store(true)
 	}
+	if v.cfg.TDXCollateral {
+		v.tdxCollateral(ctx, res, q, pck)
+	}
 	return q.Body.ReportData
 }
 

@@ -38,6 +38,11 @@ type Config struct {
 	// KDSURL and PCSURL override the AMD KDS and Intel PCS base URLs
 	// (mirrors, tests).
 	KDSURL, PCSURL string
+	// TDXCollateral makes TDX verification obtain Intel PCS collateral (TCB
+	// info, QE identity, PCK CRL), verify it and report Intel's TCB status.
+	// Without it, TDX quotes are verified to Intel's root without TCB
+	// status. Offline, collateral comes from the collateral cache only.
+	TDXCollateral bool
 	// TestRoots adds trust anchors for simulated evidence (see package
 	// sim). Never set it for production evidence.
 	TestRoots *TestRoots
@@ -80,6 +85,7 @@ type Verifier struct {
 	vceks    *lru.Cache[[32]byte, *vcekEntry]
 	pcks     *lru.Cache[[32]byte, *pckEntry]
 	runtimes *lru.Cache[[32]byte, *runtimeEntry]
+	tcbs     *lru.Cache[[32]byte, *tdxTCBEntry]
 	flight   flightGroup
 }
 
@@ -115,6 +121,7 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	v.vceks = lru.New[[32]byte, *vcekEntry](size)
 	v.pcks = lru.New[[32]byte, *pckEntry](size)
 	v.runtimes = lru.New[[32]byte, *runtimeEntry](size)
+	v.tcbs = lru.New[[32]byte, *tdxTCBEntry](size)
 	return v, nil
 }
 

@@ -47,6 +47,8 @@ type Authority struct {
 	amd   map[string]*amdProduct // by product line, built lazily
 	intel *intelCA               // built lazily
 	ek    crypto.PublicKey       // shared HCLEkPub of simulated VMs
+	// revoked holds serial numbers (decimal) of revoked PCK certificates.
+	revoked map[string]bool
 }
 
 // NewAuthority returns an Authority. Building the vendor chains happens on

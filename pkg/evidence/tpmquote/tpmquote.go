@@ -9,6 +9,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/sha512"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/big"
@@ -91,7 +92,11 @@ func Parse(attest, sig []byte) (*Quote, error) {
 		return nil, malformed("quote info: %v", err)
 	}
 	// Reject trailing bytes: the signed structure must be exactly what was parsed.
-	if n := len(tpm2.Marshal(a)); n != len(attest) {
+	n := 4 + 2 + 2 + len(a.QualifiedSigner.Buffer) + 2 + len(a.ExtraData.Buffer) + 17 + 8 + 4 + 2 + len(info.PCRDigest.Buffer)
+	for _, s := range info.PCRSelect.PCRSelections {
+		n += 2 + 1 + len(s.PCRSelect)
+	}
+	if n != len(attest) {
 		return nil, malformed("attest has %d trailing bytes", len(attest)-n)
 	}
 	q := &Quote{
@@ -142,24 +147,30 @@ func unmarshal[T tpm2.Marshallable, P interface {
 func parseSignature(sig []byte) (Signature, error) {
 	// A TPMT_SIGNATURE starts with a known signature scheme; anything that
 	// does not parse as one, consuming every byte, is taken as bare bytes.
-	if len(sig) >= 6 {
-		if s, err := unmarshal[tpm2.TPMTSignature](sig); err == nil && len(tpm2.Marshal(s)) == len(sig) {
-			switch s.SigAlg {
-			case tpm2.TPMAlgRSASSA, tpm2.TPMAlgRSAPSS:
-				var r *tpm2.TPMSSignatureRSA
-				if s.SigAlg == tpm2.TPMAlgRSASSA {
-					r, err = s.Signature.RSASSA()
-				} else {
-					r, err = s.Signature.RSAPSS()
-				}
-				if err == nil {
-					return Signature{Alg: s.SigAlg, Hash: r.Hash, RSA: r.Sig.Buffer}, nil
-				}
-			case tpm2.TPMAlgECDSA:
-				e, err := s.Signature.ECDSA()
-				if err == nil {
-					return Signature{Alg: s.SigAlg, Hash: e.Hash, R: e.SignatureR.Buffer, S: e.SignatureS.Buffer}, nil
-				}
+	if len(sig) < 6 {
+		return Signature{Bare: true, Hash: tpm2.TPMAlgSHA256, RSA: sig}, nil
+	}
+	switch tpm2.TPMAlgID(binary.BigEndian.Uint16(sig)) {
+	case tpm2.TPMAlgRSASSA, tpm2.TPMAlgRSAPSS, tpm2.TPMAlgECDSA:
+	default:
+		return Signature{Bare: true, Hash: tpm2.TPMAlgSHA256, RSA: sig}, nil
+	}
+	if s, err := unmarshal[tpm2.TPMTSignature](sig); err == nil {
+		switch s.SigAlg {
+		case tpm2.TPMAlgRSASSA, tpm2.TPMAlgRSAPSS:
+			var r *tpm2.TPMSSignatureRSA
+			if s.SigAlg == tpm2.TPMAlgRSASSA {
+				r, err = s.Signature.RSASSA()
+			} else {
+				r, err = s.Signature.RSAPSS()
+			}
+			if err == nil && 6+len(r.Sig.Buffer) == len(sig) {
+				return Signature{Alg: s.SigAlg, Hash: r.Hash, RSA: r.Sig.Buffer}, nil
+			}
+		case tpm2.TPMAlgECDSA:
+			e, err := s.Signature.ECDSA()
+			if err == nil && 8+len(e.SignatureR.Buffer)+len(e.SignatureS.Buffer) == len(sig) {
+				return Signature{Alg: s.SigAlg, Hash: e.Hash, R: e.SignatureR.Buffer, S: e.SignatureS.Buffer}, nil
 			}
 		}
 	}
