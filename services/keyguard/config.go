@@ -15,6 +15,9 @@ import (
 	"github.com/vigil-cc/vigil/services/keyguard/secrets"
 )
 
+// ErrConfig is wrapped by every error about keyguard's configuration.
+var ErrConfig = errors.New("keyguard: invalid configuration")
+
 // BackendLocal names the local release service in grants and events.
 const BackendLocal = "local"
 

@@ -47,17 +47,31 @@ type Keyguard struct {
 // backend; it serves the key release API (vigil.keyguard.nonce,
 // vigil.keyguard.release) and the operator API (vigil.keyguard.admin.*).
 func Run(ctx context.Context, cfg Config) error {
+	k, closeConn, err := open(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	return k.run(ctx)
+}
+
+// open validates cfg, connects, provisions and opens every store and
+// backend; closeConn closes a connection it opened.
+func open(ctx context.Context, cfg Config) (k *Keyguard, closeConn func(), err error) {
+	closeConn = func() {}
 	cfg.defaults()
 	if err := cfg.validate(); err != nil {
-		return err
+		return nil, closeConn, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	master := cfg.MasterKey
 	if master == nil {
-		k, err := secrets.LoadMasterKey(cfg.MasterKeyFile)
+		mk, err := secrets.LoadMasterKey(cfg.MasterKeyFile)
 		if err != nil {
-			return fmt.Errorf("keyguard: %w", err)
+			return nil, closeConn, fmt.Errorf("%w: %w", ErrConfig, err)
 		}
-		master = k
+		master = mk
+	} else {
+		master = append([]byte(nil), master...)
 	}
 	log := cfg.Logger.With("service", "keyguard")
 
@@ -76,37 +90,41 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		c, err := bus.Connect(ctx, bc)
 		if err != nil {
-			return fmt.Errorf("keyguard: %w", err)
+			return nil, closeConn, fmt.Errorf("keyguard: %w", err)
 		}
-		defer func() { _ = c.Close() }()
 		conn = c
+		closeConn = func() { _ = c.Close() }
 	}
+	defer func() {
+		if err != nil {
+			closeConn()
+		}
+	}()
 	if err := events.Provision(ctx, conn.JS, cfg.Topology); err != nil {
-		return fmt.Errorf("keyguard: %w", err)
+		return nil, closeConn, fmt.Errorf("keyguard: %w", err)
 	}
 
 	var mp metric.MeterProvider = otel.GetMeterProvider()
 	if cfg.Telemetry != nil {
 		mp = cfg.Telemetry.MeterProvider
 	}
-	k := &Keyguard{cfg: cfg, conn: conn, log: log, metrics: newMetrics(mp),
+	k = &Keyguard{cfg: cfg, conn: conn, log: log, metrics: newMetrics(mp),
 		work: make(chan string, 1024), pending: map[string]bool{}, backends: map[string]backend{BackendLocal: localBackend{}}}
-	var err error
 	if k.grants, err = grants.Open(ctx, conn.NC, conn.JS); err != nil {
-		return fmt.Errorf("keyguard: %w", err)
+		return nil, closeConn, fmt.Errorf("keyguard: %w", err)
 	}
 	if k.secrets, err = secrets.Open(ctx, conn.NC, conn.JS, master); err != nil {
-		return fmt.Errorf("keyguard: %w", err)
+		return nil, closeConn, fmt.Errorf("keyguard: %w", err)
 	}
 	clear(master)
 	if k.nonces, err = conn.JS.KeyValue(ctx, events.BucketKeyguardNonces); err != nil {
-		return fmt.Errorf("keyguard: nonce bucket: %w", err)
+		return nil, closeConn, fmt.Errorf("keyguard: nonce bucket: %w", err)
 	}
 	vc := cfg.Evidence.Verifier
 	if vc.Collateral == nil {
 		kv, err := collateral.OpenKV(ctx, conn.JS)
 		if err != nil {
-			return fmt.Errorf("keyguard: collateral cache: %w", err)
+			return nil, closeConn, fmt.Errorf("keyguard: collateral cache: %w", err)
 		}
 		vc.Collateral = kv
 	}
@@ -114,19 +132,24 @@ func Run(ctx context.Context, cfg Config) error {
 		vc.Logger = log.With("component", "evidence")
 	}
 	if k.verifier, err = evidence.NewVerifier(vc); err != nil {
-		return fmt.Errorf("keyguard: evidence verifier: %w", err)
+		return nil, closeConn, fmt.Errorf("keyguard: evidence verifier: %w", err)
 	}
 	for _, ac := range cfg.AzureKeyVaults {
 		ab, err := newAzureBackend(k, ac)
 		if err != nil {
-			return err
+			return nil, closeConn, err
 		}
 		k.backends[ab.b.Name()] = ab
 	}
 	if err := k.seed(ctx); err != nil {
-		return err
+		return nil, closeConn, err
 	}
+	return k, closeConn, nil
+}
 
+// run serves until ctx ends.
+func (k *Keyguard) run(ctx context.Context) error {
+	cfg, conn, log := k.cfg, k.conn, k.log
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup

@@ -1,0 +1,183 @@
+package keyguard_test
+
+import (
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	azfake "github.com/Azure/azure-sdk-for-go/sdk/azcore/fake"
+
+	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/evidence/sim"
+	"github.com/vigil-cc/vigil/services/keyguard"
+	"github.com/vigil-cc/vigil/services/keyguard/azurekv"
+	"github.com/vigil-cc/vigil/services/keyguard/azurekv/azurekvtest"
+	"github.com/vigil-cc/vigil/services/keyguard/grants"
+)
+
+func cvmPolicyFor(vmids ...string) []byte {
+	conds := ""
+	for i, id := range vmids {
+		if i > 0 {
+			conds += ","
+		}
+		conds += fmt.Sprintf(`{"claim":"x-ms-azurevm-vmid","equals":%q}`, id)
+	}
+	return []byte(`{"version":"1.0.0","anyOf":[{"authority":"https://sharedweu.weu.attest.azure.net","allOf":[` +
+		`{"claim":"x-ms-isolation-tee.x-ms-compliance-status","equals":"azure-compliant-cvm"},{"anyOf":[` + conds + `]}]}]}`)
+}
+
+// Revocation and restore reach Azure Key Vault: the VM's vmId is written
+// out of the mutable release policy of the mapped key (and back in), and an
+// immutable key is disabled (and enabled again).
+func TestAzureKeyVaultRevokeAndRestore(t *testing.T) {
+	a, b := sim.VMConfig{AK: sim.AKECDSAP256}, sim.VMConfig{AK: sim.AKECDSAP256}
+	vmA, err := authority(t).NewVM(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vmB, err := authority(t).NewVM(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vault := azurekvtest.NewVault()
+	pol := cvmPolicyFor(vmA.VMID(), vmB.VMID())
+	vault.AddKey("disk", "v1", true, true, pol, false)
+	vault.AddKey("sealed", "v1", true, true, pol, true)
+	h := newHarness(t, func(c *keyguard.Config) {
+		c.AzureKeyVaults = []azurekv.Config{{
+			Name: "akv", VaultURL: azurekvtest.VaultURL, Credential: &azfake.TokenCredential{}, ClientOptions: vault.ClientOptions(),
+			Keys: []azurekv.KeyMapping{
+				{VM: vmA.ResourceID(), VMID: vmA.VMID(), Key: "disk"},
+				{VM: vmA.VMKey(), Key: "sealed", Version: "v1"},
+				{VM: vmB.ResourceID(), Key: "disk"}, // vmId from the attestation status
+			},
+		}}
+	})
+	h.setStatus(vmA, events.StatusTrusted)
+	h.setStatus(vmB, events.StatusTrusted)
+	for _, g := range []struct {
+		vm  *sim.VM
+		key string
+	}{{vmA, "disk"}, {vmA, "sealed"}, {vmB, "disk"}} {
+		if e := h.getGrant(g.vm, "akv", g.key); e.State != grants.Active || !e.Applied {
+			t.Fatalf("configured grant %s/%s: %+v", g.vm.VMKey(), g.key, e.Grant)
+		}
+	}
+	vault.TakeCalls()
+
+	h.verdict(vmA, events.VerdictContraindicated, events.Reason{Code: "snp.signature_invalid"})
+	disk := h.waitGrant(vmA, "akv", "disk", grants.Revoked)
+	sealed := h.waitGrant(vmA, "akv", "sealed", grants.Revoked)
+	st, err := azurekv.DecodeState(disk.BackendData)
+	if err != nil || len(st.Versions) != 1 || st.Versions[0].Action != azurekv.ActionPolicy {
+		t.Fatalf("disk backend data %s, %v", disk.BackendData, err)
+	}
+	if st, _ := azurekv.DecodeState(sealed.BackendData); len(st.Versions) != 1 || st.Versions[0].Action != azurekv.ActionDisable {
+		t.Fatalf("sealed backend data %s", sealed.BackendData)
+	}
+	p := vault.Policy(t, "disk", "v1")
+	if !p.Excludes(azurekv.DefaultVMIDClaim, vmA.VMID()) || p.Excludes(azurekv.DefaultVMIDClaim, vmB.VMID()) {
+		t.Fatal("vault policy after revocation: A must be excluded and B not")
+	}
+	if vault.Enabled("sealed", "v1") {
+		t.Fatal("immutable key still enabled")
+	}
+	patchPaths := map[string]int{}
+	for _, c := range azurekvtest.Patches(vault.TakeCalls()) {
+		patchPaths[c.Path]++
+	}
+	if patchPaths["/keys/disk/v1"] != 1 || patchPaths["/keys/sealed/v1"] != 1 || len(patchPaths) != 2 {
+		t.Fatalf("PATCH calls %v", patchPaths)
+	}
+	for _, key := range []string{"disk", "sealed"} {
+		found := false
+		for _, k := range h.keyEvents(vmA) {
+			found = found || (k.Action == events.KeyRevoked && k.Backend == "akv" && k.KeyName == key)
+		}
+		if !found {
+			t.Fatalf("no revoked key event for akv/%s", key)
+		}
+	}
+
+	// Stale on B: vmId from the status record.
+	h.state(vmB, events.StatusUnreachable, events.StatusStale)
+	h.waitGrant(vmB, "akv", "disk", grants.Revoked)
+	if !vault.Policy(t, "disk", "v1").Excludes(azurekv.DefaultVMIDClaim, vmB.VMID()) {
+		t.Fatal("B not excluded")
+	}
+	vault.TakeCalls()
+
+	if _, err := keyguard.Restore(ctxT(t), h.conn, keyguard.ChangeRequest{VM: vmA.VMKey(), Reason: "re-imaged", Actor: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitGrant(vmA, "akv", "disk", grants.Active)
+	h.waitGrant(vmA, "akv", "sealed", grants.Active)
+	if !vault.Enabled("sealed", "v1") {
+		t.Fatal("sealed not enabled again")
+	}
+	p = vault.Policy(t, "disk", "v1")
+	if p.Excludes(azurekv.DefaultVMIDClaim, vmA.VMID()) || !p.Excludes(azurekv.DefaultVMIDClaim, vmB.VMID()) {
+		t.Fatal("restoring A must leave B excluded")
+	}
+	calls := vault.TakeCalls()
+	if n := len(azurekvtest.Patches(calls)); n != 2 {
+		t.Fatalf("restore made %d PATCH calls, want 2: %v", n, calls)
+	}
+	for _, c := range calls {
+		if c.Method != http.MethodGet && c.Method != http.MethodPatch {
+			t.Fatalf("unexpected call %s", c)
+		}
+	}
+	k := h.waitKeyEvent(vmA, events.KeyRestored, "akv")
+	if k.Actor != "alice" || k.Reason != "re-imaged" {
+		t.Fatalf("restore event %+v", k)
+	}
+}
+
+// A failing vault leaves the revocation pending, records the error, and
+// reconciliation completes it once the vault answers again.
+func TestAzureFailureRetriedByReconciliation(t *testing.T) {
+	vm, err := authority(t).NewVM(sim.VMConfig{AK: sim.AKECDSAP256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vault := azurekvtest.NewVault()
+	vault.AddKey("disk", "v1", true, true, cvmPolicyFor(vm.VMID()), false)
+	vault.FailNext["PATCH disk/v1"] = 1
+	h := newHarness(t, func(c *keyguard.Config) {
+		c.ReconcileInterval = 200 * time.Millisecond
+		c.AzureKeyVaults = []azurekv.Config{{
+			Name: "akv", VaultURL: azurekvtest.VaultURL, Credential: &azfake.TokenCredential{}, ClientOptions: vault.ClientOptions(),
+			Keys: []azurekv.KeyMapping{{VM: vm.ResourceID(), VMID: vm.VMID(), Key: "disk"}},
+		}}
+	})
+	h.setStatus(vm, events.StatusTrusted)
+	h.lifecycle(vm, events.LifecycleDeleted)
+	g := h.waitGrant(vm, "akv", "disk", grants.Revoked)
+	if !vault.Policy(t, "disk", "v1").Excludes(azurekv.DefaultVMIDClaim, vm.VMID()) {
+		t.Fatal("not revoked in the vault")
+	}
+	if g.RevokedFor != grants.CauseRetired || g.ApplyError != "" {
+		t.Fatalf("grant %+v", g.Grant)
+	}
+	if n := len(azurekvtest.Patches(vault.TakeCalls())); n < 2 {
+		t.Fatalf("%d PATCH calls: the injected failure was not retried", n)
+	}
+}
+
+// Reconciliation revokes a grant whose VM's status says untrusted even when
+// the event that said so never reached keyguard.
+func TestReconcileActsOnMissedStatus(t *testing.T) {
+	h := newHarness(t, func(c *keyguard.Config) { c.ReconcileInterval = 100 * time.Millisecond })
+	vm := h.newVM("missed")
+	h.setStatus(vm, events.StatusTrusted)
+	h.grant(vm, "disk-key", keyguard.BackendLocal)
+	h.setStatus(vm, events.StatusUntrusted) // no event published
+	g := h.waitGrant(vm, keyguard.BackendLocal, "disk-key", grants.Revoked)
+	if g.RevokedFor != grants.CauseUntrusted {
+		t.Fatalf("grant %+v", g.Grant)
+	}
+	h.waitKeyEvent(vm, events.KeyRevoked, keyguard.BackendLocal)
+}
