@@ -27,8 +27,8 @@ import (
 //	restore:
 //	  automatic: [stale]         # causes restored without an operator
 type File struct {
-	Grants         []GrantSpec  `yaml:"grants"`
-	AzureKeyVaults []FileVault  `yaml:"azure_key_vaults"`
+	Grants         []GrantSpec   `yaml:"grants"`
+	AzureKeyVaults []FileVault   `yaml:"azure_key_vaults"`
 	Restore        RestorePolicy `yaml:"restore"`
 }
 
