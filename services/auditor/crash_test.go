@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"k8s.io/klog/v2"
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/natstest"
@@ -30,6 +33,9 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	// Tessera logs through klog; keep test and benchmark output readable.
+	klog.LogToStderr(false)
+	klog.SetOutput(io.Discard)
 	if os.Getenv(envChild) == "1" {
 		os.Exit(runChild())
 	}

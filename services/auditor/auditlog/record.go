@@ -246,11 +246,14 @@ func (c *envelopeCheck) member(name, value []byte) {
 		return
 	}
 	str := func() (string, bool) {
-		var s string
-		if len(value) < 2 || value[0] != '"' || json.Unmarshal(value, &s) != nil {
+		if len(value) < 2 || value[0] != '"' {
 			return "", false
 		}
-		return s, true
+		if bytes.IndexByte(value, '\\') < 0 {
+			return string(value[1 : len(value)-1]), true
+		}
+		var s string
+		return s, json.Unmarshal(value, &s) == nil
 	}
 	required := func(ok *bool) {
 		if s, isStr := str(); isStr && s != "" {

@@ -6,6 +6,7 @@ package canonjson
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -62,6 +63,7 @@ type parser struct {
 	// values while they are put in order.
 	members [][]member
 	scratch [][]byte
+	names   [][]byte
 	strBuf  []byte
 	// strShared says the last str result is in strBuf, not the input.
 	strShared bool
@@ -118,9 +120,14 @@ func (p *parser) literal(dst []byte, lit string) ([]byte, error) {
 	return append(dst, lit...), nil
 }
 
+// member is one object member while its object is canonicalized. It holds
+// no pointers, so sorting members is cheap: the name is in the input, or
+// (when it had escapes) in the parser's names buffer for its depth.
 type member struct {
-	name       []byte
-	start, end int // the value, in dst relative to the object's start
+	prefix             uint64 // first 8 bytes of an ASCII name, big-endian, zero padded
+	nameStart, nameEnd int
+	escaped, ascii     bool
+	start, end         int // the value, in dst relative to the object's start
 }
 
 func (p *parser) object(dst []byte, depth int) ([]byte, error) {
@@ -136,20 +143,26 @@ func (p *parser) object(dst []byte, depth int) ([]byte, error) {
 	for len(p.members) <= depth {
 		p.members = append(p.members, nil)
 		p.scratch = append(p.scratch, nil)
+		p.names = append(p.names, nil)
 	}
 	ms := p.members[depth][:0]
+	names := p.names[depth][:0]
 	objStart := len(dst)
 	for {
 		p.skipSpace()
 		if p.pos >= len(p.in) || p.in[p.pos] != '"' {
 			return dst, p.errorf("expected object member name")
 		}
+		raw := p.pos + 1
 		name, err := p.str()
 		if err != nil {
 			return dst, err
 		}
-		if p.strShared {
-			name = bytes.Clone(name) // decoded from escapes into the shared buffer
+		m := member{nameStart: raw, nameEnd: raw + len(name)}
+		if p.strShared { // decoded from escapes into the shared buffer
+			m.escaped, m.nameStart = true, len(names)
+			names = append(names, name...)
+			m.nameEnd = len(names)
 		}
 		p.skipSpace()
 		if p.pos >= len(p.in) || p.in[p.pos] != ':' {
@@ -164,7 +177,13 @@ func (p *parser) object(dst []byte, depth int) ([]byte, error) {
 		if depth == 1 && p.top != nil {
 			p.top(name, dst[start:])
 		}
-		ms = append(ms, member{name: name, start: start - objStart, end: len(dst) - objStart})
+		m.start, m.end = start-objStart, len(dst)-objStart
+		if m.ascii = isASCII(name); m.ascii {
+			for i := range min(8, len(name)) {
+				m.prefix |= uint64(name[i]) << (56 - 8*i)
+			}
+		}
+		ms = append(ms, m)
 		p.skipSpace()
 		if p.pos >= len(p.in) {
 			return dst, p.errorf("unexpected end of object")
@@ -179,10 +198,24 @@ func (p *parser) object(dst []byte, depth int) ([]byte, error) {
 		}
 		return dst, p.errorf("expected ',' or '}'")
 	}
-	slices.SortFunc(ms, func(a, b member) int { return compareUTF16(a.name, b.name) })
+	nameOf := func(m *member) []byte {
+		if m.escaped {
+			return names[m.nameStart:m.nameEnd]
+		}
+		return p.in[m.nameStart:m.nameEnd]
+	}
+	slices.SortFunc(ms, func(a, b member) int {
+		if a.ascii && b.ascii {
+			if a.prefix != b.prefix {
+				return cmp.Compare(a.prefix, b.prefix)
+			}
+			return bytes.Compare(nameOf(&a), nameOf(&b))
+		}
+		return compareUTF16(nameOf(&a), nameOf(&b))
+	})
 	for i := 1; i < len(ms); i++ {
-		if bytes.Equal(ms[i].name, ms[i-1].name) {
-			return dst, fmt.Errorf("%w: duplicate object member %q", ErrInvalid, ms[i].name)
+		if bytes.Equal(nameOf(&ms[i]), nameOf(&ms[i-1])) {
+			return dst, fmt.Errorf("%w: duplicate object member %q", ErrInvalid, nameOf(&ms[i]))
 		}
 	}
 	values := append(p.scratch[depth][:0], dst[objStart:]...)
@@ -191,12 +224,12 @@ func (p *parser) object(dst []byte, depth int) ([]byte, error) {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendStr(dst, m.name)
+		dst = appendStr(dst, nameOf(&m))
 		dst = append(dst, ':')
 		dst = append(dst, values[m.start:m.end]...)
 	}
 	p.scratch[depth] = values
-	clear(ms)
+	p.names[depth] = names[:0]
 	p.members[depth] = ms[:0]
 	return append(dst, '}'), nil
 }
