@@ -109,6 +109,11 @@ type Config struct {
 
 	// Concurrency of the VIGIL_RAW consumer (default 32).
 	Concurrency int
+	// IntakeOnly runs only the intake (webhook and namespace pull, which
+	// store raw events): normalisation, enrichment and reconcile then run
+	// in other replicas. For intake tiers scaled apart, and for measuring
+	// intake alone.
+	IntakeOnly bool
 	// Telemetry provides tracers, meters and /metrics (default: otel
 	// globals, no /metrics). Health collects readiness checks (default: a
 	// new one).
@@ -300,11 +305,13 @@ func Run(ctx context.Context, cfg Config) error {
 	start("http", srv.Serve)
 	norm := &normalizer{p: proc, conn: conn, tracer: tracer, workers: cfg.Concurrency,
 		backoff: []time.Duration{250 * time.Millisecond, time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second}}
-	start("normalize", norm.run)
-	if enricher != nil {
+	if !cfg.IntakeOnly {
+		start("normalize", norm.run)
+	}
+	if enricher != nil && !cfg.IntakeOnly {
 		start("enrich", enricher.Run)
 	}
-	if lister != nil && len(cfg.Subscriptions) > 0 && cfg.ReconcileInterval > 0 {
+	if lister != nil && len(cfg.Subscriptions) > 0 && cfg.ReconcileInterval > 0 && !cfg.IntakeOnly {
 		rec := &reconciler{p: proc, list: lister, subs: cfg.Subscriptions, grace: cfg.ReconcileGrace, log: log.With("component", "reconcile")}
 		start("reconcile", func(ctx context.Context) error { rec.loop(ctx, cfg.ReconcileInterval); return nil })
 	}

@@ -182,25 +182,121 @@ func Parse(body []byte, lim Limits) (Delivery, error) {
 	}
 }
 
-// wireEvent holds the attributes of both schemas. encoding/json matches keys
-// case-insensitively; the names of the two schemas do not collide.
+// wireEvent holds the attributes of both schemas (nil: absent or null).
 type wireEvent struct {
-	ID      *string         `json:"id"`
-	Subject *string         `json:"subject"`
-	Data    json.RawMessage `json:"data"`
+	ID      *string
+	Subject *string
+	Data    json.RawMessage
 
 	// CloudEvents 1.0.
-	SpecVersion *string `json:"specversion"`
-	Type        *string `json:"type"`
-	Source      *string `json:"source"`
-	Time        *string `json:"time"`
-	DataBase64  *string `json:"data_base64"`
+	SpecVersion *string
+	Type        *string
+	Source      *string
+	Time        *string
+	DataBase64  *string
 
 	// Event Grid schema.
-	EventType   *string `json:"eventType"`
-	EventTime   *string `json:"eventTime"`
-	Topic       *string `json:"topic"`
-	DataVersion *string `json:"dataVersion"`
+	EventType   *string
+	EventTime   *string
+	Topic       *string
+	DataVersion *string
+}
+
+// decodeWire reads the attributes of a JSON object that validJSON
+// accepted, in one pass over its top level: the value of "data" is kept as
+// it is, nested values are skipped, other attributes must be strings or
+// null. Keys match case-insensitively, the last occurrence wins, as with
+// encoding/json.
+func decodeWire(b []byte, w *wireEvent) error {
+	i := skipSpace(b, 1)
+	if i < len(b) && b[i] == '}' {
+		return nil
+	}
+	for i < len(b) {
+		end, err := scanString(b, i)
+		if err != nil {
+			return err
+		}
+		key, err := unquote(b[i:end])
+		if err != nil {
+			return err
+		}
+		i = skipSpace(b, end)
+		i = skipSpace(b, i+1) // ':'
+		vend, err := scanValue(b, i)
+		if err != nil {
+			return err
+		}
+		val := b[i:vend]
+		if dst := w.field(key); dst != nil {
+			if err := setString(dst, key, val); err != nil {
+				return err
+			}
+		} else if strings.EqualFold(key, "data") {
+			w.Data = val
+		}
+		i = skipSpace(b, vend)
+		if i >= len(b) || b[i] == '}' {
+			return nil
+		}
+		i = skipSpace(b, i+1) // ','
+	}
+	return nil
+}
+
+func (w *wireEvent) field(key string) **string {
+	switch strings.ToLower(key) {
+	case "id":
+		return &w.ID
+	case "subject":
+		return &w.Subject
+	case "specversion":
+		return &w.SpecVersion
+	case "type":
+		return &w.Type
+	case "source":
+		return &w.Source
+	case "time":
+		return &w.Time
+	case "data_base64":
+		return &w.DataBase64
+	case "eventtype":
+		return &w.EventType
+	case "eventtime":
+		return &w.EventTime
+	case "topic":
+		return &w.Topic
+	case "dataversion":
+		return &w.DataVersion
+	}
+	return nil
+}
+
+func setString(dst **string, key string, val []byte) error {
+	switch val[0] {
+	case 'n':
+		*dst = nil
+		return nil
+	case '"':
+		s, err := unquote(val)
+		if err != nil {
+			return err
+		}
+		*dst = &s
+		return nil
+	}
+	return fmt.Errorf("attribute %q must be a string", key)
+}
+
+// unquote decodes a JSON string literal that validJSON accepted.
+func unquote(lit []byte) (string, error) {
+	inner := lit[1 : len(lit)-1]
+	if bytes.IndexByte(inner, '\\') < 0 {
+		return string(inner), nil
+	}
+	var s string
+	err := json.Unmarshal(lit, &s)
+	return s, err
 }
 
 // ParseEvent parses one event object in either schema.
@@ -216,9 +312,12 @@ func parseEvent(b []byte, lim Limits) (Event, error) {
 	if len(b) == 0 || b[0] != '{' {
 		return Event{}, fmt.Errorf("%w: an event must be a JSON object", ErrMalformed)
 	}
+	if err := validJSON(b); err != nil {
+		return Event{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
 	var w wireEvent
-	if err := json.Unmarshal(b, &w); err != nil {
-		return Event{}, fmt.Errorf("%w: %v", ErrMalformed, jsonErr(err))
+	if err := decodeWire(b, &w); err != nil {
+		return Event{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	ev := Event{Raw: b, ID: str(w.ID)}
 	if err := checkID(ev.ID, lim); err != nil {
@@ -454,17 +553,4 @@ func clip(s string) string {
 		return s[:64] + "..."
 	}
 	return s
-}
-
-// jsonErr shortens encoding/json errors to what helps a sender.
-func jsonErr(err error) error {
-	var se *json.SyntaxError
-	if errors.As(err, &se) {
-		return fmt.Errorf("invalid JSON at offset %d: %v", se.Offset, se)
-	}
-	var te *json.UnmarshalTypeError
-	if errors.As(err, &te) {
-		return fmt.Errorf("attribute %q must be a %s, not a JSON %s", te.Field, te.Type, te.Value)
-	}
-	return err
 }

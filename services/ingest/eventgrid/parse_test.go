@@ -2,6 +2,7 @@ package eventgrid
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -195,6 +196,19 @@ func FuzzParse(f *testing.F) {
 			if !bytes.Contains(body, ev.Raw) {
 				t.Fatal("raw bytes are not from the input")
 			}
+		}
+	})
+}
+
+// FuzzValidJSON checks the fast validator against encoding/json.
+func FuzzValidJSON(f *testing.F) {
+	for _, s := range []string{`{}`, `[]`, `{"a":[1,-2.5e+3,true,false,null,"x\u00e9\n"]}`, `01`, `1.`, `"\x"`, `{"a" 1}`, `[1,]`, "\"\x01\"", `-`, `1e`, ` "a" `, `{"a":{"b":[[]]}}`, "\"\xff\""} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got := validJSON(b) == nil
+		if want := json.Valid(b); got != want {
+			t.Fatalf("validJSON(%q) = %v, json.Valid = %v", b, got, want)
 		}
 	})
 }

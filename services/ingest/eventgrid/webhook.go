@@ -147,7 +147,7 @@ func (h *Handler) deliver(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, http.StatusRequestEntityTooLarge, fmt.Errorf("body of %d bytes exceeds the limit of %d", r.ContentLength, h.cfg.MaxBodyBytes), 0, 0)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes))
+	body, err := readBody(w, r, h.cfg.MaxBodyBytes)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -245,3 +245,22 @@ func containsFold(list []string, s string) bool {
 
 // retryAfterSeconds formats d for a Retry-After header.
 func retryAfterSeconds(d time.Duration) string { return strconv.Itoa(int(d.Seconds())) }
+
+// readBody reads the request body within limit, into one buffer of the
+// announced size when the sender gave a Content-Length.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	body := http.MaxBytesReader(w, r.Body, limit)
+	if r.ContentLength <= 0 {
+		return io.ReadAll(body)
+	}
+	buf := make([]byte, r.ContentLength)
+	if _, err := io.ReadFull(body, buf); err != nil {
+		return nil, err
+	}
+	// Anything beyond the announced length is an error of the sender.
+	var extra [1]byte
+	if n, _ := body.Read(extra[:]); n > 0 {
+		return nil, errors.New("body longer than its Content-Length")
+	}
+	return buf, nil
+}
