@@ -17,6 +17,8 @@ func newRootCmd() *cobra.Command {
 		newDevCmd(),
 		newEventsCmd(),
 		newEvidenceCmd(),
+		newAuditCmd(),
+		newKeyguardCmd(),
 	)
 	return root
 }
