@@ -17,7 +17,6 @@ func newRootCmd() *cobra.Command {
 		newDevCmd(),
 		newEventsCmd(),
 		newEvidenceCmd(),
-		newAuditCmd(),
 		newKeyguardCmd(),
 	)
 	return root
