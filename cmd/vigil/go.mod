@@ -8,6 +8,7 @@ require (
 	github.com/nats-io/nats.go v1.55.0
 	github.com/spf13/cobra v1.10.2
 	github.com/vigil-cc/vigil/pkg v0.0.0
+	golang.org/x/mod v0.43.0
 )
 
 require (
@@ -18,7 +19,11 @@ require (
 	github.com/golang-jwt/jwt/v5 v5.3.1 // indirect
 	github.com/kylelemons/godebug v1.1.0 // indirect
 	github.com/pkg/browser v0.0.0-20240102092130-5ac0b6a4141c // indirect
+	github.com/transparency-dev/formats v0.1.1 // indirect
+	github.com/transparency-dev/merkle v0.0.2 // indirect
+	github.com/transparency-dev/tessera v1.0.4 // indirect
 	golang.org/x/sync v0.24.0 // indirect
+	k8s.io/klog/v2 v2.130.1 // indirect
 )
 
 require (
