@@ -10,8 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/messaging/eventgrid/aznamespaces"
+
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/services/ingest/internal/armfake"
+	"github.com/vigil-cc/vigil/services/ingest/internal/nsfake"
+	"github.com/vigil-cc/vigil/services/ingest/namespace"
+	"github.com/vigil-cc/vigil/services/ingest/normalize"
 )
 
 func TestWebhookToLifecycleJobInventoryAndFindings(t *testing.T) {
@@ -321,5 +326,32 @@ func TestRequireWebhookAuth(t *testing.T) {
 	err := Run(t.Context(), Config{Conn: h.conn, HTTPAddr: "127.0.0.1:0", RequireWebhookAuth: true})
 	if !errors.Is(err, ErrConfig) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestNamespacePullToLifecycle(t *testing.T) {
+	ns := nsfake.New(t)
+	at := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339Nano)
+	id := vmResourceID("vm-ns")
+	ns.Publish(fmt.Sprintf(`{"specversion":"1.0","id":"ns-1","source":"/subscriptions/%s","type":%q,"subject":%q,"time":%q,
+	"data":{"resourceUri":%q,"operationName":"Microsoft.Compute/virtualMachines/write","status":"Succeeded","authorization":{"evidence":[]}}}`,
+		testSub, normalize.TypeWriteSuccess, id, at, id))
+	h := newHarness(t)
+	h.run(func(c *Config) {
+		c.ARM.Credential = nil
+		opts := &aznamespaces.ReceiverClientOptions{}
+		opts.Transport = ns.Server.Client()
+		c.Namespace = &namespace.Config{Endpoint: ns.Server.URL, Topic: ns.Topic, Subscription: ns.Sub, Key: nsfake.Key,
+			ClientOptions: opts, MaxWait: 10 * time.Second}
+	})
+	key := vmKey("vm-ns")
+	eventually(t, 10*time.Second, "lifecycle from the namespace", func() bool { return len(h.lifecycles(key)) == 1 })
+	lc := h.lifecycles(key)[0]
+	if lc.Kind != events.LifecycleCreated || lc.Origin != OriginNamespace || lc.AzureEventID != "ns-1" {
+		t.Fatalf("lifecycle %+v", lc)
+	}
+	eventually(t, 5*time.Second, "acknowledged", func() bool { return ns.Count("acked") == 1 })
+	if n := h.count(events.StreamRaw, events.RawSubject(OriginNamespace)); n != 1 {
+		t.Errorf("%d raw events from the namespace", n)
 	}
 }
