@@ -27,8 +27,9 @@ const (
 	// MaxPublicKeySize bounds an ephemeral public key (ML-KEM-1024 hybrids
 	// are the largest at 1665 bytes).
 	MaxPublicKeySize = 2048
-	// MaxEvidenceSize bounds the evidence bundle in a release request.
-	MaxEvidenceSize = 768 << 10
+	// MaxEvidenceSize bounds the evidence bundle in a release request (the
+	// bundle parser's own limit, evidence.MaxBundleSize).
+	MaxEvidenceSize = 256 << 10
 	// MaxRequestSize bounds a whole encoded release request.
 	MaxRequestSize = MaxEvidenceSize + 16<<10
 )
