@@ -165,6 +165,13 @@ func TestAzureFailureRetriedByReconciliation(t *testing.T) {
 	if n := len(azurekvtest.Patches(vault.TakeCalls())); n < 2 {
 		t.Fatalf("%d PATCH calls: the injected failure was not retried", n)
 	}
+	found := false
+	for _, a := range h.alerts(vm) {
+		found = found || (a.Code == "key.revocation_not_applied" && a.Severity == events.SeverityCritical)
+	}
+	if !found {
+		t.Fatalf("no alert about the revocation not in force: %+v", h.alerts(vm))
+	}
 }
 
 // Reconciliation revokes a grant whose VM's status says untrusted even when

@@ -356,6 +356,7 @@ func (k *Keyguard) apply(ctx context.Context, key string) error {
 	}
 	done = e
 	if opErr != nil {
+		k.alertApplyFailed(ctx, done.Grant, opErr)
 		return opErr
 	}
 	if !applied {
@@ -369,6 +370,31 @@ func (k *Keyguard) apply(ctx context.Context, key string) error {
 		return err
 	}
 	return nil
+}
+
+// alertApplyFailed raises an alert while a backend does not take a change:
+// critical for a revocation not in force, high for a restore. The id
+// repeats per grant and cause, so the alert stream's duplicate window (2
+// min) turns repeated failures into a reminder every few minutes.
+func (k *Keyguard) alertApplyFailed(ctx context.Context, g grants.Grant, cause error) {
+	sev, code, what := events.SeverityHigh, "key.restore_failed", "restore"
+	if g.State == grants.Revoked {
+		sev, code, what = events.SeverityCritical, "key.revocation_not_applied", "revocation"
+	}
+	a := events.Alert{
+		Severity:   sev,
+		Code:       code,
+		VMKey:      g.VMKey,
+		ResourceID: g.ResourceID,
+		Message: fmt.Sprintf("the %s of %s on backend %s for VM %s is not in force yet (attempt %d): %v",
+			what, g.KeyName, g.Backend, g.VMKey, g.ApplyAttempts, cause),
+		CauseID: g.CauseID,
+		Source:  k.cfg.Source,
+		At:      time.Now().UTC(),
+	}
+	if err := k.publishAlert(ctx, a, eventID("alert", code, g.Key(), g.CauseID)); err != nil {
+		k.log.ErrorContext(ctx, "publish alert", "code", code, "err", err)
+	}
 }
 
 // reconcile compares every grant with the VM's attestation status, revokes
@@ -411,7 +437,7 @@ func (k *Keyguard) reconcile(ctx context.Context) error {
 		switch {
 		case !e.Applied:
 			k.kick(e.Key())
-		case time.Since(e.ChangedAt) < recentChange && e.CauseID != "":
+		case time.Since(later(e.ChangedAt, e.AppliedAt)) < recentChange && e.CauseID != "":
 			// Publish again what recently took effect, in case the process
 			// that made the change died before publishing: the stable event
 			// id makes the stream store it once.
@@ -421,6 +447,13 @@ func (k *Keyguard) reconcile(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // recentChange bounds how long after a change reconciliation republishes its
