@@ -22,12 +22,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
+	"strings"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/telemetry"
 	"github.com/vigil-cc/vigil/services/auditor/auditlog"
 )
 
@@ -60,11 +65,52 @@ func Run(ctx context.Context, c Config) error {
 		return fmt.Errorf("auditor: log directory: %w", err)
 	}
 
-	js, closeNATS, err := connect(cfg)
+	nc, js, closeNATS, err := connect(ctx, cfg)
 	if err != nil {
-		return err
+		return ignoreCancel(ctx, err)
 	}
 	defer closeNATS()
+
+	var role atomic.Value // Role
+	setRole := func(r Role) {
+		role.Store(r)
+		if cfg.OnRole != nil {
+			cfg.OnRole(r)
+		}
+	}
+	if cfg.HTTPAddr != "" {
+		health := cfg.Health
+		if health == nil {
+			health = telemetry.NewHealth()
+		}
+		health.AddReadiness("nats", telemetry.NATSConnected(nc))
+		health.AddReadiness("audit-log-writer", func(context.Context) error {
+			if r, _ := role.Load().(Role); r != RoleWriter {
+				return errors.New("not writing the log (standby or starting)")
+			}
+			return nil
+		})
+		srv, err := telemetry.Listen(cfg.HTTPAddr, cfg.Telemetry, health)
+		if err != nil {
+			return err
+		}
+		srv.Handle("GET /log/", logHandler(cfg.LogDir))
+		if cfg.OnListen != nil {
+			cfg.OnListen(srv.Addr())
+		}
+		srvCtx, stopSrv := context.WithCancel(context.WithoutCancel(ctx))
+		srvDone := make(chan struct{})
+		go func() {
+			defer close(srvDone)
+			if err := srv.Serve(srvCtx); err != nil {
+				log.Error("http server", "error", err)
+			}
+		}()
+		defer func() {
+			stopSrv()
+			<-srvDone
+		}()
+	}
 	if !cfg.SkipProvision {
 		if err := events.Provision(ctx, js, cfg.Topology); err != nil && !errors.Is(err, context.Canceled) {
 			return fmt.Errorf("auditor: provision: %w", err)
@@ -72,10 +118,8 @@ func Run(ctx context.Context, c Config) error {
 	}
 
 	lock, err := acquireLock(ctx, cfg.LogDir, cfg.LockPollInterval, func(holder string) {
-		log.Info("another auditor writes this log; waiting as standby", "holder", holder)
-		if cfg.OnRole != nil {
-			cfg.OnRole(RoleStandby)
-		}
+		log.Info("another auditor writes this log; waiting as standby", "holder", strings.TrimSpace(holder))
+		setRole(RoleStandby)
 	})
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return nil
@@ -85,32 +129,59 @@ func Run(ctx context.Context, c Config) error {
 	}
 	defer lock.release()
 	log.Info("writing the audit log", "origin", signer.Name())
-	if cfg.OnRole != nil {
-		cfg.OnRole(RoleWriter)
-	}
-	return runWriter(ctx, cfg, log, js, signer)
+	setRole(RoleWriter)
+	err = runWriter(ctx, cfg, log, js, signer)
+	role.Store(Role(""))
+	return err
 }
 
-func connect(cfg Config) (jetstream.JetStream, func(), error) {
+func connect(ctx context.Context, cfg Config) (*nats.Conn, jetstream.JetStream, func(), error) {
 	if cfg.JetStream != nil {
-		return cfg.JetStream, func() {}, nil
+		return cfg.JetStream.Conn(), cfg.JetStream, func() {}, nil
 	}
 	if cfg.Conn != nil {
 		js, err := jetstream.New(cfg.Conn)
 		if err != nil {
-			return nil, nil, fmt.Errorf("auditor: jetstream: %w", err)
+			return nil, nil, nil, fmt.Errorf("auditor: jetstream: %w", err)
 		}
-		return js, func() {}, nil
+		return cfg.Conn, js, func() {}, nil
 	}
-	opts := append([]nats.Option{nats.Name("vigil-auditor"), nats.MaxReconnects(-1)}, cfg.NATSOptions...)
-	nc, err := nats.Connect(cfg.NATSURL, opts...)
+	nc := cfg.NATS
+	if nc.Name == "" {
+		nc.Name = "vigil-auditor"
+	}
+	if nc.Logger == nil {
+		nc.Logger = cfg.Logger
+	}
+	nc.WaitForServer = true
+	nc.TracerProvider, nc.MeterProvider = cfg.TracerProvider, cfg.MeterProvider
+	conn, err := bus.Connect(ctx, nc)
 	if err != nil {
-		return nil, nil, fmt.Errorf("auditor: connect %s: %w", cfg.NATSURL, err)
+		return nil, nil, nil, fmt.Errorf("auditor: %w", err)
 	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
-		return nil, nil, fmt.Errorf("auditor: jetstream: %w", err)
-	}
-	return js, func() { _ = nc.Drain() }, nil
+	return conn.NC, conn.JS, func() { _ = conn.Close() }, nil
+}
+
+// logHandler serves the log read-only in the C2SP tlog-tiles layout:
+// /log/checkpoint, /log/tile/..., /log/tile/entries/... Nothing else in the
+// directory (the lock file, Tessera's private state) is served.
+func logHandler(dir string) http.Handler {
+	files := http.StripPrefix("/log/", http.FileServer(http.Dir(dir)))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := strings.TrimPrefix(r.URL.Path, "/log/")
+		switch {
+		case p == "checkpoint":
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Header().Set("Cache-Control", "no-cache")
+		case strings.HasPrefix(p, "tile/") && !strings.HasSuffix(p, "/") && !strings.Contains(p, ".."):
+			w.Header().Set("Content-Type", "application/octet-stream")
+			if !strings.Contains(p, ".p/") {
+				w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+			}
+		default:
+			http.NotFound(w, r)
+			return
+		}
+		files.ServeHTTP(w, r)
+	})
 }

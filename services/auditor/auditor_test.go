@@ -6,15 +6,19 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/natstest"
+	"github.com/vigil-cc/vigil/services/auditor/auditlog"
 )
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -154,12 +158,56 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		{},
 		{LogDir: "x"},
 		{LogDir: "x", SignerKeyFile: "k"},
-		{LogDir: "x", SignerKeyFile: "k", NATSURL: "nats://127.0.0.1:1", CheckpointInterval: time.Millisecond},
-		{LogDir: "x", SignerKeyFile: "k", NATSURL: "nats://127.0.0.1:1", BatchSize: -1},
-		{LogDir: "x", SignerKeyFile: "k", NATSURL: "nats://127.0.0.1:1", GenerateKeys: true},
+		{LogDir: "x", SignerKeyFile: "k", NATS: bus.Config{URL: "nats://127.0.0.1:1"}, CheckpointInterval: time.Millisecond},
+		{LogDir: "x", SignerKeyFile: "k", NATS: bus.Config{URL: "nats://127.0.0.1:1"}, BatchSize: -1},
+		{LogDir: "x", SignerKeyFile: "k", NATS: bus.Config{URL: "nats://127.0.0.1:1"}, GenerateKeys: true},
 	} {
 		if err := Run(context.Background(), cfg); !errors.Is(err, ErrConfig) {
 			t.Errorf("Run(%+v) = %v, want ErrConfig", cfg, err)
 		}
+	}
+}
+
+func TestAuditorServesHealthAndLog(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv := natstest.Start(t)
+	nc, js := srv.JetStream()
+	dir := t.TempDir()
+	skey, vkey := filepath.Join(dir, "keys", "signer.key"), filepath.Join(dir, "keys", "signer.pub")
+	logDir := filepath.Join(dir, "log")
+	addr := make(chan string, 1)
+	stop := startAuditor(t, Config{LogDir: logDir, SignerKeyFile: skey, VerifierKeyFile: vkey, GenerateKeys: true, Conn: nc,
+		CheckpointInterval: 100 * time.Millisecond, HTTPAddr: "127.0.0.1:0", OnListen: func(a string) { addr <- a }, Logger: quietLogger()})
+	base := "http://" + <-addr
+	publishEvents(ctx, t, js, 0, 10)
+	waitFor(t, 20*time.Second, "checkpoint", func() bool { return checkpointSize(logDir) >= 10 })
+	get := func(path string) (int, string) {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	waitFor(t, 10*time.Second, "ready", func() bool { code, _ := get("/readyz"); return code == http.StatusOK })
+	if code, body := get("/log/checkpoint"); code != http.StatusOK || !strings.HasPrefix(body, "test.vigil/audit\n") && !strings.HasPrefix(body, auditlog.DefaultOrigin+"\n") {
+		t.Fatalf("checkpoint: %d %q", code, body)
+	}
+	if code, _ := get("/log/tile/0/000.p/10"); code != http.StatusOK {
+		t.Fatalf("tile: %d", code)
+	}
+	for _, p := range []string{"/log/" + LockFileName, "/log/.state/treeState", "/log/", "/log/tile/"} {
+		if code, _ := get(p); code != http.StatusNotFound {
+			t.Errorf("%s: %d, want 404", p, code)
+		}
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	// The generated key pair verifies the log.
+	if _, rep := logRecords(t, logDir, vkey); rep.Events != 10 {
+		t.Fatalf("report %+v", rep)
 	}
 }

@@ -8,10 +8,13 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/telemetry"
 	"github.com/vigil-cc/vigil/services/auditor/auditlog"
 )
 
@@ -40,14 +43,13 @@ type Config struct {
 	// Default auditlog.DefaultOrigin.
 	Origin string
 
-	// JetStream, Conn or NATSURL say how to reach NATS, in that order of
-	// preference. A JetStream or Conn passed in is not closed by Run.
+	// JetStream, Conn or NATS say how to reach NATS, in that order of
+	// preference. A JetStream or Conn passed in is not closed by Run;
+	// with neither, Run connects with NATS (URL, credentials, TLS), waiting
+	// for a server.
 	JetStream jetstream.JetStream
 	Conn      *nats.Conn
-	NATSURL   string
-	// NATSOptions are added to the connection Run makes from NATSURL
-	// (credentials, TLS, name).
-	NATSOptions []nats.Option
+	NATS      bus.Config
 
 	// Stream is the stream logged. Default events.StreamEvents.
 	Stream string
@@ -71,11 +73,23 @@ type Config struct {
 	SkipProvision bool
 	Topology      events.Topology
 
+	// HTTPAddr, when set, serves /healthz, /readyz (ready while this
+	// auditor writes the log), /metrics (with Telemetry) and the log
+	// itself, read-only in the tlog-tiles layout, under /log/.
+	HTTPAddr string
+	// OnListen, when set, is called with the bound HTTP address.
+	OnListen func(addr string)
+
 	// Logger receives the auditor's logs. Default slog.Default().
 	Logger *slog.Logger
-	// TracerProvider and MeterProvider default to the global ones.
+	// Telemetry provides the tracer and meter providers and /metrics;
+	// without it the OpenTelemetry globals are used. TracerProvider and
+	// MeterProvider, when set, take precedence.
+	Telemetry      *telemetry.Telemetry
 	TracerProvider trace.TracerProvider
 	MeterProvider  metric.MeterProvider
+	// Health collects readiness checks; default a new one.
+	Health *telemetry.Health
 
 	// OnRole, if set, is called when the auditor's role changes:
 	// RoleStandby while another auditor holds the log, RoleWriter once it
@@ -112,8 +126,8 @@ func (c *Config) withDefaults() (Config, error) {
 	if cfg.GenerateKeys && cfg.VerifierKeyFile == "" {
 		return cfg, fmt.Errorf("%w: GenerateKeys needs VerifierKeyFile", ErrConfig)
 	}
-	if cfg.JetStream == nil && cfg.Conn == nil && cfg.NATSURL == "" {
-		return cfg, fmt.Errorf("%w: one of JetStream, Conn or NATSURL is required", ErrConfig)
+	if cfg.JetStream == nil && cfg.Conn == nil && cfg.NATS.URL == "" {
+		return cfg, fmt.Errorf("%w: one of JetStream, Conn or NATS.URL is required", ErrConfig)
 	}
 	if cfg.Origin == "" {
 		cfg.Origin = auditlog.DefaultOrigin
@@ -144,6 +158,18 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.TracerProvider == nil && cfg.Telemetry != nil {
+		cfg.TracerProvider = cfg.Telemetry.TracerProvider
+	}
+	if cfg.MeterProvider == nil && cfg.Telemetry != nil {
+		cfg.MeterProvider = cfg.Telemetry.MeterProvider
+	}
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = otel.GetTracerProvider()
+	}
+	if cfg.MeterProvider == nil {
+		cfg.MeterProvider = otel.GetMeterProvider()
 	}
 	return cfg, nil
 }

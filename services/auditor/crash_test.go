@@ -18,6 +18,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/natstest"
 )
@@ -51,7 +52,7 @@ func runChild() int {
 	cfg := Config{
 		LogDir:             os.Getenv(envLogDir),
 		SignerKeyFile:      os.Getenv(envSigner),
-		NATSURL:            os.Getenv(envNATS),
+		NATS:               bus.Config{URL: os.Getenv(envNATS)},
 		CheckpointInterval: 100 * time.Millisecond,
 		Logger:             quietLogger(),
 		OnRole:             func(r Role) { fmt.Println("role", r) },

@@ -18,13 +18,13 @@ import (
 	"github.com/transparency-dev/tessera"
 	"github.com/transparency-dev/tessera/client"
 	"github.com/transparency-dev/tessera/storage/posix"
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/services/auditor/auditlog"
 )
@@ -90,12 +90,6 @@ func newMetrics(mp metric.MeterProvider) *metrics {
 // runWriter writes the log while this process holds the writer lock.
 func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.JetStream, signer note.Signer) (err error) {
 	tp, mp := cfg.TracerProvider, cfg.MeterProvider
-	if tp == nil {
-		tp = otel.GetTracerProvider()
-	}
-	if mp == nil {
-		mp = otel.GetMeterProvider()
-	}
 	// Tessera's background work must outlive ctx until it is shut down,
 	// so that everything handed to it is integrated and checkpointed.
 	appCtx, cancelApp := context.WithCancel(context.WithoutCancel(ctx))
@@ -251,7 +245,7 @@ func (w *writer) prepare(msg jetstream.Msg) (item, error) {
 	})
 	it := item{msg: msg, seq: md.Sequence.Stream, entry: tessera.NewEntry(entry)}
 	if h := msg.Headers(); h != nil {
-		pctx := otel.GetTextMapPropagator().Extract(context.Background(), headerCarrier(h))
+		pctx := bus.ExtractTrace(context.Background(), h)
 		if trace.SpanContextFromContext(pctx).IsValid() {
 			_, it.span = w.tracer.Start(pctx, "auditor.log_entry", trace.WithSpanKind(trace.SpanKindConsumer),
 				trace.WithAttributes(attribute.String("messaging.destination.name", msg.Subject()),
@@ -488,25 +482,4 @@ func (w *writer) publishCheckpoint(ctx context.Context, last []byte) []byte {
 	}
 	w.m.checkpoints.Add(ctx, 1)
 	return cp
-}
-
-// headerCarrier adapts NATS headers to OTel propagation with the
-// lower-case traceparent/tracestate keys of the bus contract.
-type headerCarrier nats.Header
-
-func (c headerCarrier) Get(key string) string {
-	if v := nats.Header(c)[key]; len(v) > 0 {
-		return v[0]
-	}
-	return nats.Header(c).Get(key)
-}
-
-func (c headerCarrier) Set(key, value string) { nats.Header(c)[key] = []string{value} }
-
-func (c headerCarrier) Keys() []string {
-	keys := make([]string, 0, len(c))
-	for k := range c {
-		keys = append(keys, k)
-	}
-	return keys
 }
