@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -159,6 +160,13 @@ func (k *Keyguard) run(ctx context.Context) error {
 	health := telemetry.NewHealth()
 	health.AddLiveness("nats", telemetry.NATSConnected(conn.NC))
 	health.AddReadiness("jetstream", telemetry.JetStreamReachable(conn.JS))
+	var ready atomic.Bool
+	health.AddReadiness("keyguard", func(context.Context) error {
+		if !ready.Load() {
+			return errors.New("starting: consumer and release service not up yet")
+		}
+		return nil
+	})
 	if cfg.HTTPAddr != "" {
 		srv, err := telemetry.Listen(cfg.HTTPAddr, cfg.Telemetry, health)
 		if err != nil {
@@ -226,7 +234,7 @@ func (k *Keyguard) run(ctx context.Context) error {
 	if err := runCtx.Err(); err != nil {
 		return nil
 	}
-	health.AddReadiness("keyguard", func(context.Context) error { return nil })
+	ready.Store(true)
 	log.Info("keyguard running", "backends", len(k.backends), "consumer", cfg.Consumer, "master_key_id", k.secrets.KeyID())
 	if cfg.Ready != nil {
 		cfg.Ready()

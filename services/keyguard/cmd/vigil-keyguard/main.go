@@ -25,7 +25,10 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:])
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "vigil-keyguard:", err)
 		if errors.Is(err, errUsage) || errors.Is(err, keyguard.ErrConfig) {
 			os.Exit(2)
@@ -36,7 +39,7 @@ func main() {
 
 var errUsage = errors.New("usage")
 
-func run() error {
+func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("vigil-keyguard", flag.ContinueOnError)
 	str := func(name, def, usage string) *string {
 		return fs.String(name, env(name, def), usage+" (env "+envName(name)+")")
@@ -60,7 +63,7 @@ func run() error {
 		reconcile  = str("reconcile-interval", "30s", "how often every grant is checked against the attestation status")
 		logLevel   = str("log-level", "info", "log level: debug, info, warn, error")
 	)
-	if err := fs.Parse(os.Args[1:]); err != nil {
+	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %w", errUsage, err)
 	}
 	level, err := telemetry.ParseLevel(*logLevel)
@@ -101,8 +104,6 @@ func run() error {
 	}
 
 	log := telemetry.Logger("vigil-keyguard", os.Stderr, level)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	tel, err := telemetry.Setup(ctx, telemetry.Config{Service: "vigil-keyguard", SetGlobal: true, Logger: log})
 	if err != nil {
 		return err
