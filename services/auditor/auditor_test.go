@@ -211,3 +211,29 @@ func TestAuditorServesHealthAndLog(t *testing.T) {
 		t.Fatalf("report %+v", rep)
 	}
 }
+
+func TestAuditorRefusesLogAheadOfStream(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv := natstest.Start(t)
+	nc, js := srv.JetStream()
+	dir := t.TempDir()
+	skey, _ := testKeys(t, dir)
+	logDir := filepath.Join(dir, "log")
+	publishEvents(ctx, t, js, 0, 20)
+	stop := startAuditor(t, Config{LogDir: logDir, SignerKeyFile: skey, Conn: nc, CheckpointInterval: 100 * time.Millisecond, Logger: quietLogger()})
+	waitFor(t, 20*time.Second, "checkpoint", func() bool { return checkpointSize(logDir) >= 20 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	// The stream is recreated: its sequences start again at 1.
+	if err := js.DeleteStream(ctx, events.StreamEvents); err != nil {
+		t.Fatal(err)
+	}
+	natstest.Provision(t, nc, events.Topology{})
+	publishEvents(ctx, t, js, 100, 5)
+	err := Run(ctx, Config{LogDir: logDir, SignerKeyFile: skey, Conn: nc, Logger: quietLogger()})
+	if !errors.Is(err, ErrStreamMismatch) {
+		t.Fatalf("Run = %v, want ErrStreamMismatch", err)
+	}
+}

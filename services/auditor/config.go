@@ -115,6 +115,12 @@ const minCheckpointInterval = 100 * time.Millisecond
 // ErrConfig wraps configuration errors.
 var ErrConfig = errors.New("auditor: invalid configuration")
 
+// ErrStreamMismatch means the log is ahead of the stream it logs: the
+// stream was recreated (its sequences restarted) or the log is another
+// stream's. The auditor refuses to write rather than skip messages; start
+// a new log directory (and keep the old one) for the new stream.
+var ErrStreamMismatch = errors.New("auditor: the log does not belong to this stream")
+
 func (c *Config) withDefaults() (Config, error) {
 	cfg := *c
 	if cfg.LogDir == "" {

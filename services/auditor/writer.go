@@ -424,6 +424,16 @@ func (w *writer) recover(ctx context.Context) error {
 // the first sequence the log does not account for. Only the lock holder
 // does this, so the log, not the consumer's state, decides where to resume.
 func (w *writer) recreateConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	info, err := w.stream.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("auditor: stream %s: %w", w.cfg.Stream, err)
+	}
+	if logged := w.cov.Next() - 1; info.State.LastSeq < logged {
+		// Resuming would wait for sequences the stream already handed
+		// out once and silently skip every new message until then.
+		return nil, fmt.Errorf("%w: the log accounts for %s sequences up to %d but the stream's last sequence is %d: the stream was recreated or this log belongs to another one",
+			ErrStreamMismatch, w.cfg.Stream, logged, info.State.LastSeq)
+	}
 	if err := w.js.DeleteConsumer(ctx, w.cfg.Stream, w.cfg.Consumer); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return nil, fmt.Errorf("auditor: delete consumer %s: %w", w.cfg.Consumer, err)
 	}
