@@ -202,18 +202,25 @@ type wireEvent struct {
 	DataVersion *string
 }
 
-// decodeWire reads the attributes of a JSON object that validJSON
-// accepted, in one pass over its top level: the value of "data" is kept as
-// it is, nested values are skipped, other attributes must be strings or
-// null. Keys match case-insensitively, the last occurrence wins, as with
-// encoding/json.
+// decodeWire validates a JSON object (the grammar encoding/json accepts)
+// and reads its attributes in the same single pass: the value of "data" is
+// kept as it is, nested values are only validated, other attributes must
+// be strings or null. Keys match case-insensitively and the last
+// occurrence wins, as with encoding/json.
 func decodeWire(b []byte, w *wireEvent) error {
-	i := skipSpace(b, 1)
-	if i < len(b) && b[i] == '}' {
-		return nil
+	i := skipSpace(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return syntaxErr(b, i, "expected an object")
 	}
-	for i < len(b) {
-		end, err := scanString(b, i)
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return trailing(b, i+1)
+	}
+	for {
+		if i >= len(b) || b[i] != '"' {
+			return syntaxErr(b, i, "expected a string key")
+		}
+		end, err := validString(b, i)
 		if err != nil {
 			return err
 		}
@@ -222,8 +229,11 @@ func decodeWire(b []byte, w *wireEvent) error {
 			return err
 		}
 		i = skipSpace(b, end)
-		i = skipSpace(b, i+1) // ':'
-		vend, err := scanValue(b, i)
+		if i >= len(b) || b[i] != ':' {
+			return syntaxErr(b, i, "expected ':'")
+		}
+		i = skipSpace(b, i+1)
+		vend, err := validValue(b, i, 1)
 		if err != nil {
 			return err
 		}
@@ -236,10 +246,23 @@ func decodeWire(b []byte, w *wireEvent) error {
 			w.Data = val
 		}
 		i = skipSpace(b, vend)
-		if i >= len(b) || b[i] == '}' {
-			return nil
+		if i >= len(b) {
+			return syntaxErr(b, i, "unterminated object")
 		}
-		i = skipSpace(b, i+1) // ','
+		switch b[i] {
+		case ',':
+			i = skipSpace(b, i+1)
+		case '}':
+			return trailing(b, i+1)
+		default:
+			return syntaxErr(b, i, "expected ',' or '}'")
+		}
+	}
+}
+
+func trailing(b []byte, i int) error {
+	if skipSpace(b, i) != len(b) {
+		return fmt.Errorf("data after the JSON object at offset %d", i)
 	}
 	return nil
 }
@@ -288,7 +311,7 @@ func setString(dst **string, key string, val []byte) error {
 	return fmt.Errorf("attribute %q must be a string", key)
 }
 
-// unquote decodes a JSON string literal that validJSON accepted.
+// unquote decodes a JSON string literal that validString accepted.
 func unquote(lit []byte) (string, error) {
 	inner := lit[1 : len(lit)-1]
 	if bytes.IndexByte(inner, '\\') < 0 {
@@ -311,9 +334,6 @@ func parseEvent(b []byte, lim Limits) (Event, error) {
 	}
 	if len(b) == 0 || b[0] != '{' {
 		return Event{}, fmt.Errorf("%w: an event must be a JSON object", ErrMalformed)
-	}
-	if err := validJSON(b); err != nil {
-		return Event{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	var w wireEvent
 	if err := decodeWire(b, &w); err != nil {

@@ -196,6 +196,9 @@ func FuzzParse(f *testing.F) {
 			if !bytes.Contains(body, ev.Raw) {
 				t.Fatal("raw bytes are not from the input")
 			}
+			if !json.Valid(ev.Raw) {
+				t.Fatalf("accepted invalid JSON %q", ev.Raw)
+			}
 		}
 	})
 }
