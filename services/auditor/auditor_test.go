@@ -237,3 +237,43 @@ func TestAuditorRefusesLogAheadOfStream(t *testing.T) {
 		t.Fatalf("Run = %v, want ErrStreamMismatch", err)
 	}
 }
+
+// TestAuditorRepairsHoleAfterWriteFailure makes one entry's write fail while
+// the entries after it are written: the auditor stops without acknowledging,
+// and the next start logs the missing message, so the log again accounts
+// for every sequence exactly once (one entry out of stream order).
+func TestAuditorRepairsHoleAfterWriteFailure(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	srv := natstest.Start(t)
+	nc, js := srv.JetStream()
+	dir := t.TempDir()
+	skey, vkey := testKeys(t, dir)
+	logDir := filepath.Join(dir, "log")
+	publishEvents(ctx, t, js, 0, 300)
+	cfg := Config{LogDir: logDir, SignerKeyFile: skey, Conn: nc, CheckpointInterval: 100 * time.Millisecond, Logger: quietLogger()}
+	failing := cfg
+	failing.failAdd = func(seq uint64) bool { return seq == 120 }
+	err := Run(ctx, failing)
+	if err == nil || !strings.Contains(err.Error(), "log write failed") {
+		t.Fatalf("Run = %v, want a write failure", err)
+	}
+	cons, err := js.Consumer(ctx, events.StreamEvents, DefaultConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := cons.Info(ctx); err != nil || info.AckFloor.Stream >= 120 {
+		t.Fatalf("acknowledged past the failed write: %+v %v", info.AckFloor, err)
+	}
+	// The log now misses sequence 120 (and maybe more after it).
+	publishEvents(ctx, t, js, 300, 50)
+	stop := startAuditor(t, cfg)
+	waitFor(t, 30*time.Second, "checkpoint covering every event", func() bool { return checkpointSize(logDir) >= 350 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	_, rep := logRecords(t, logDir, vkey)
+	if rep.LastSeq != 350 || rep.Events != 350 || rep.OutOfOrder == 0 {
+		t.Fatalf("report %+v", rep)
+	}
+}

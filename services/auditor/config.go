@@ -98,6 +98,9 @@ type Config struct {
 
 	// hooks for crash tests.
 	afterDurable func(batch int)
+	// failAdd makes the write of the message with this stream sequence
+	// fail as a failed Tessera flush would, while later ones succeed.
+	failAdd func(seq uint64) bool
 }
 
 // Role is what an auditor currently does.

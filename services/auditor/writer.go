@@ -179,7 +179,12 @@ func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.J
 		var err error
 		for p := range inflight {
 			if err == nil {
-				err = w.complete(ctx, p)
+				if err = w.complete(ctx, p); err != nil {
+					select {
+					case fatal <- err: // stop adding batches
+					default:
+					}
+				}
 			}
 			<-slots
 		}
@@ -200,11 +205,13 @@ func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.J
 		case err := <-fatal:
 			return finish(err)
 		case it := <-items:
-			batch = make([]item, 0, cfg.BatchSize)
+			batch = make([]item, 0, min(cfg.BatchSize, len(items)+1))
 			batch = append(batch, it)
 		}
 		select {
 		case slots <- struct{}{}:
+		case err := <-fatal:
+			return finish(err)
 		case <-ctx.Done():
 			return finish(nil)
 		}
@@ -287,7 +294,11 @@ func (w *writer) add(ctx context.Context, batch []item) (*pending, error) {
 			}
 			p.futures = append(p.futures, f)
 		}
-		p.futures = append(p.futures, w.app.Add(ctx, it.entry))
+		if w.cfg.failAdd != nil && w.cfg.failAdd(it.seq) {
+			p.futures = append(p.futures, func() (tessera.Index, error) { return tessera.Index{}, errors.New("injected write failure") })
+		} else {
+			p.futures = append(p.futures, w.app.Add(ctx, it.entry))
+		}
 		if _, err := w.cov.Add(it.seq, it.seq); err != nil {
 			p.span.End()
 			return nil, fmt.Errorf("auditor: internal error: %w", err)
