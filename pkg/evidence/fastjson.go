@@ -7,7 +7,8 @@ import (
 )
 
 // The bundle decoder has a fast path for the shape agents produce: an
-// object of known keys whose values are ASCII strings without escapes,
+// object of known keys whose values are ASCII strings (single-character
+// escapes allowed),
 // with tpm_quote and its pcrs as nested objects. Anything else (unknown
 // keys, escapes, non-ASCII, duplicate keys, other JSON types) makes the
 // fast path give up, and encoding/json decodes the input instead, so the
@@ -54,7 +55,7 @@ func (s *fastScanner) expect(c byte) bool {
 	return false
 }
 
-// str reads a string without escapes or non-ASCII bytes.
+// str reads an ASCII string without \u escapes.
 func (s *fastScanner) str() (string, error) {
 	s.ws()
 	if s.off >= len(s.b) || s.b[s.off] != '"' {
@@ -75,11 +76,59 @@ func (s *fastScanner) str() (string, error) {
 	}
 	return "", errSlowPath
 found:
-	if i >= len(s.b) || s.b[i] != '"' {
+	if i >= len(s.b) {
+		return "", errSlowPath
+	}
+	if s.b[i] == '\\' {
+		return s.escaped(start, i)
+	}
+	if s.b[i] != '"' {
 		return "", errSlowPath
 	}
 	s.off = i + 1
 	return string(s.b[start:i]), nil
+}
+
+// escaped continues a string from its first backslash at i, handling the
+// single-character escapes (\n in PEM, mostly); \u escapes give up.
+func (s *fastScanner) escaped(start, i int) (string, error) {
+	buf := make([]byte, 0, 2*(i-start)+64)
+	buf = append(buf, s.b[start:i]...)
+	for i < len(s.b) {
+		c := s.b[i]
+		switch {
+		case c == '"':
+			s.off = i + 1
+			return string(buf), nil
+		case c == '\\':
+			if i+1 >= len(s.b) {
+				return "", errSlowPath
+			}
+			switch e := s.b[i+1]; e {
+			case '"', '\\', '/':
+				buf = append(buf, e)
+			case 'n':
+				buf = append(buf, '\n')
+			case 'r':
+				buf = append(buf, '\r')
+			case 't':
+				buf = append(buf, '\t')
+			case 'b':
+				buf = append(buf, '\b')
+			case 'f':
+				buf = append(buf, '\f')
+			default:
+				return "", errSlowPath
+			}
+			i += 2
+		case c < 0x20 || c >= 0x80:
+			return "", errSlowPath
+		default:
+			buf = append(buf, c)
+			i++
+		}
+	}
+	return "", errSlowPath
 }
 
 // object reads an object, calling field for each key; field must consume

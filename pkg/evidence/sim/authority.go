@@ -22,7 +22,9 @@ import (
 // DefaultSeed is the seed of an Authority built without one. Every process
 // using the same seed gets the same simulated hardware keys, so a verifier
 // in another process can trust the simulated roots (NewAuthority with the
-// same seed, or TestRoots written with evidence.TestRoots.MarshalPEM).
+// same seed, or TestRoots written with evidence.TestRoots.MarshalPEM). The
+// seed determines the Intel-like chain, chip IDs and VCEK keys; the AMD ARK
+// and ASK keys are go-sev-guest's fixed test keys whatever the seed.
 const DefaultSeed = "vigil-sim-v1"
 
 // AuthorityConfig configures the simulated hardware vendors.

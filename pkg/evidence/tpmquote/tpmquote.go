@@ -84,6 +84,11 @@ func Parse(attest, sig []byte) (*Quote, error) {
 	if err != nil {
 		return nil, malformed("TPMS_ATTEST: %v", err)
 	}
+	// Only the TPM produces structures starting with TPM_GENERATED_VALUE; a
+	// restricted key refuses to sign such data from outside.
+	if a.Magic != tpm2.TPMGeneratedValue {
+		return nil, malformed("magic 0x%x is not TPM_GENERATED_VALUE", uint32(a.Magic))
+	}
 	if a.Type != tpm2.TPMSTAttestQuote {
 		return nil, malformed("attestation type 0x%x is not a quote", uint16(a.Type))
 	}

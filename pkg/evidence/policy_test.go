@@ -1,0 +1,173 @@
+package evidence
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vigil-cc/vigil/pkg/evidence/hcl"
+)
+
+func TestDefaultPolicy(t *testing.T) {
+	p := DefaultPolicy()
+	if p.ID != "azure-cvm-default" || p.Version != 1 || p.SNP.AllowDebug || p.SNP.VMPL == nil || *p.SNP.VMPL != 0 ||
+		!p.Runtime.RequireSecureBoot || !p.Runtime.RequireTPM || p.Schedule.ReattestInterval != 5*time.Minute {
+		t.Fatalf("default policy %+v", p)
+	}
+	doc, err := p.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := ParsePolicy(doc)
+	if err != nil {
+		t.Fatalf("marshalled default policy does not parse: %v\n%s", err, doc)
+	}
+	d1, _ := p.Digest()
+	d2, _ := p2.Digest()
+	if d1 != d2 || !strings.HasPrefix(d1, "sha256:") {
+		t.Fatalf("digests %s %s", d1, d2)
+	}
+}
+
+func TestParsePolicyRejects(t *testing.T) {
+	for _, tc := range []struct{ name, doc, want string }{
+		{"unknown field", "id: x\nversion: 1\nsnp:\n  allow_dbg: true\n", "allow_dbg"},
+		{"no id", "version: 1\n", "id"},
+		{"no version", "id: x\n", "version"},
+		{"platform", "id: x\nversion: 1\nplatforms: [aws]\n", "platform"},
+		{"product", "id: x\nversion: 1\nsnp:\n  products: [Rome]\n", "Rome"},
+		{"measurement size", "id: x\nversion: 1\nsnp:\n  measurements: [abcd]\n", "48"},
+		{"measurement hex", "id: x\nversion: 1\nsnp:\n  measurements: [xyz]\n", "hex"},
+		{"tee tcb svn", "id: x\nversion: 1\ntdx:\n  min_tee_tcb_svn: '0102'\n", "16"},
+		{"pcr index", "id: x\nversion: 1\npcrs:\n  24: ['" + strings.Repeat("00", 32) + "']\n", "index"},
+		{"pcr size", "id: x\nversion: 1\npcrs:\n  7: ['00']\n", "32"},
+		{"console", "id: x\nversion: 1\nruntime:\n  console: maybe\n", "console"},
+		{"negative age", "id: x\nversion: 1\nfreshness:\n  max_evidence_age: -1m\n", "negative"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParsePolicy([]byte(tc.doc))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// genuineSNP is a verified-looking result for validation tests.
+func genuineSNP() *Result {
+	t, f := true, false
+	return &Result{
+		Platform: PlatformAzureSNP, Genuine: true, NonceChecked: true, PCRBank: "sha256",
+		PCRs:        map[int][]byte{7: make([]byte, 32)},
+		VMUniqueID:  "ABC",
+		RuntimeData: &hcl.RuntimeData{VMConfiguration: hcl.VMConfiguration{SecureBoot: &t, TPMEnabled: &t, ConsoleEnabled: &f, VMUniqueID: "ABC"}},
+		SNP:         &SNPClaims{ProductLine: "Milan", Policy: 0x30000, SMT: true, TCB: SNPTCB{BootLoader: 4, SNP: 20, Microcode: 200}, Measurement: make([]byte, 48)},
+	}
+}
+
+func codes(fs []Finding) []string {
+	var out []string
+	for _, f := range fs {
+		out = append(out, f.Code)
+	}
+	return out
+}
+
+func TestValidate(t *testing.T) {
+	now := time.Now()
+	tr, fl := true, false
+	one := uint32(1)
+	tests := []struct {
+		name   string
+		policy func(p *Policy)
+		result func(r *Result)
+		exp    Expect
+		want   []string
+		warn   bool
+	}{
+		{"clean", nil, nil, Expect{VMID: "abc"}, nil, false},
+		{"debug", nil, func(r *Result) { r.SNP.Debug = true }, Expect{}, []string{ReasonPolicyDebug}, false},
+		{"debug allowed", func(p *Policy) { p.SNP.AllowDebug = true }, func(r *Result) { r.SNP.Debug = true }, Expect{}, nil, false},
+		{"migration agent", nil, func(r *Result) { r.SNP.MigrationAgent = true }, Expect{}, []string{ReasonPolicyMigrationAgent}, false},
+		{"smt denied", func(p *Policy) { p.SNP.AllowSMT = false }, nil, Expect{}, []string{ReasonPolicySMT}, false},
+		{"vmpl", func(p *Policy) { p.SNP.VMPL = &one }, nil, Expect{}, []string{ReasonPolicyVMPL}, false},
+		{"tcb", func(p *Policy) { p.SNP.MinTCB = map[string]SNPTCB{"Milan": {SNP: 21}} }, nil, Expect{}, []string{ReasonPolicyTCB}, false},
+		{"tcb other product", func(p *Policy) { p.SNP.MinTCB = map[string]SNPTCB{"Genoa": {SNP: 99}} }, nil, Expect{}, nil, false},
+		{"measurement", func(p *Policy) { p.SNP.Measurements = []Hex{make([]byte, 47)} }, nil, Expect{}, []string{ReasonPolicyMeasurement}, false},
+		{"product", func(p *Policy) { p.SNP.Products = []string{"Genoa"} }, nil, Expect{}, []string{ReasonPolicyProduct}, false},
+		{"platform", func(p *Policy) { p.Platforms = []string{PlatformAzureTDX} }, nil, Expect{}, []string{ReasonPolicyPlatform}, false},
+		{"pcr", func(p *Policy) { p.PCRs = map[int][]Hex{7: {make([]byte, 32)}, 4: {make([]byte, 32)}} }, nil, Expect{}, []string{ReasonPolicyPCR}, false},
+		{"secure boot", nil, func(r *Result) { r.RuntimeData.VMConfiguration.SecureBoot = &fl }, Expect{}, []string{ReasonPolicySecureBoot}, false},
+		{"secure boot absent", nil, func(r *Result) { r.RuntimeData.VMConfiguration.SecureBoot = nil }, Expect{}, []string{ReasonPolicySecureBoot}, false},
+		{"tpm", nil, func(r *Result) { r.RuntimeData.VMConfiguration.TPMEnabled = &fl }, Expect{}, []string{ReasonPolicyTPMDisabled}, false},
+		{"console allowed", nil, func(r *Result) { r.RuntimeData.VMConfiguration.ConsoleEnabled = &tr }, Expect{}, nil, false},
+		{"console warn", func(p *Policy) { p.Runtime.Console = Warn }, func(r *Result) { r.RuntimeData.VMConfiguration.ConsoleEnabled = &tr }, Expect{}, []string{ReasonPolicyConsole}, true},
+		{"console deny", func(p *Policy) { p.Runtime.Console = Deny }, func(r *Result) { r.RuntimeData.VMConfiguration.ConsoleEnabled = &tr }, Expect{}, []string{ReasonPolicyConsole}, false},
+		{"vmid mismatch", nil, nil, Expect{VMID: "abd"}, []string{ReasonIdentityVMIDMismatch}, false},
+		{"vmid missing", nil, func(r *Result) { r.VMUniqueID = "" }, Expect{VMID: "abc"}, []string{ReasonIdentityVMIDMissing}, false},
+		{"vmid unchecked", func(p *Policy) { p.Identity.CheckVMID = false }, nil, Expect{VMID: "abd"}, nil, false},
+		{"vm key", nil, func(r *Result) { r.BundleVMKey = "aaaaaaaaaaaaaaaaaaaaaaaaaa" }, Expect{VMKey: "bbbbbbbbbbbbbbbbbbbbbbbbbb"}, []string{ReasonIdentityVMKeyMismatch}, false},
+		{"no nonce", nil, func(r *Result) { r.NonceChecked = false }, Expect{}, []string{ReasonFreshnessNonceUnchecked}, true},
+		{"old evidence", nil, func(r *Result) { r.CollectedAt = now.Add(-time.Hour) }, Expect{}, []string{ReasonPolicyEvidenceAge}, false},
+		{"future evidence", nil, func(r *Result) { r.CollectedAt = now.Add(time.Hour) }, Expect{}, []string{ReasonPolicyEvidenceFuture}, false},
+		{"warn list", func(p *Policy) { p.Warn = []string{ReasonPolicyDebug} }, func(r *Result) { r.SNP.Debug = true }, Expect{}, []string{ReasonPolicyDebug}, true},
+		{"event log required", func(p *Policy) { p.EventLog.Require = true }, nil, Expect{}, []string{ReasonPolicyEventLog}, false},
+		{"event log secure boot", func(p *Policy) { p.EventLog.RequireSecureBoot = true }, func(r *Result) { r.EventLog = &EventLogClaims{} }, Expect{}, []string{ReasonPolicySecureBoot}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := DefaultPolicy()
+			if tc.policy != nil {
+				tc.policy(p)
+			}
+			r := genuineSNP()
+			if tc.result != nil {
+				tc.result(r)
+			}
+			got := p.Validate(r, tc.exp, now)
+			if strings.Join(codes(got), ",") != strings.Join(tc.want, ",") {
+				t.Fatalf("findings %v, want %v", codes(got), tc.want)
+			}
+			for _, f := range got {
+				if f.Warning != tc.warn {
+					t.Fatalf("finding %s warning=%v, want %v", f.Code, f.Warning, tc.warn)
+				}
+			}
+		})
+	}
+	if got := DefaultPolicy().Validate(&Result{Genuine: false}, Expect{}, now); got != nil {
+		t.Fatalf("findings for evidence that is not genuine: %v", got)
+	}
+}
+
+func TestValidateTDX(t *testing.T) {
+	now := time.Now()
+	base := func() *Result {
+		r := genuineSNP()
+		r.Platform, r.SNP = PlatformAzureTDX, nil
+		r.TDX = &TDXClaims{TEETCBSVN: make([]byte, 16), MRSEAM: make([]byte, 48), MRTD: make([]byte, 48), TDAttributes: make([]byte, 8)}
+		return r
+	}
+	p := DefaultPolicy()
+	if got := p.Validate(base(), Expect{}, now); len(got) != 0 {
+		t.Fatalf("clean TDX: %v", codes(got))
+	}
+	r := base()
+	r.TDX.Debug = true
+	r.TDX.TCBStatus = "SWHardeningNeeded"
+	got := p.Validate(r, Expect{}, now)
+	if strings.Join(codes(got), ",") != ReasonPolicyDebug+","+ReasonPolicyTCBStatus || got[0].Warning || !got[1].Warning {
+		t.Fatalf("findings %+v", got)
+	}
+	r.TDX.Debug, r.TDX.TCBStatus = false, "OutOfDate"
+	if got := p.Validate(r, Expect{}, now); len(got) != 1 || got[0].Warning {
+		t.Fatalf("out of date: %+v", got)
+	}
+	p.TDX.RequireTCBStatus = true
+	p.TDX.MinTEETCBSVN = Hex{1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	p.TDX.MRSEAM = []Hex{make([]byte, 48)}
+	p.TDX.MRTD = []Hex{append(make([]byte, 47), 1)}
+	if got := p.Validate(base(), Expect{}, now); strings.Join(codes(got), ",") != ReasonPolicyMeasurement+","+ReasonPolicyTCB+","+ReasonPolicyTCBUnknown {
+		t.Fatalf("findings %v", codes(got))
+	}
+}
