@@ -155,8 +155,9 @@ var ErrExists = errors.New("grants: grant exists")
 
 // Store reads and writes grants.
 type Store struct {
-	kv jetstream.KeyValue
-	nc *nats.Conn
+	kv     jetstream.KeyValue
+	stream jetstream.Stream
+	nc     *nats.Conn
 }
 
 // Open opens the vigil-grants bucket (which events.Provision creates).
@@ -165,7 +166,11 @@ func Open(ctx context.Context, nc *nats.Conn, js jetstream.JetStream) (*Store, e
 	if err != nil {
 		return nil, fmt.Errorf("grants: open bucket %s: %w", events.BucketGrants, err)
 	}
-	return &Store{kv: kv, nc: nc}, nil
+	st, err := js.Stream(ctx, "KV_"+events.BucketGrants)
+	if err != nil {
+		return nil, fmt.Errorf("grants: open bucket stream: %w", err)
+	}
+	return &Store{kv: kv, stream: st, nc: nc}, nil
 }
 
 // Get reads a grant from the stream leader, so that a revocation stored a
@@ -260,7 +265,8 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
-// Keys lists the keys of the grants of vm, or of every VM when vm is "".
+// Keys lists the keys of the grants of vm, or of every VM when vm is ""
+// (including keys deleted lately: reading those gives ErrNotFound).
 func (s *Store) Keys(ctx context.Context, vm string) ([]string, error) {
 	filter := ">"
 	if vm != "" {
@@ -272,24 +278,18 @@ func (s *Store) Keys(ctx context.Context, vm string) ([]string, error) {
 	return s.keys(ctx, filter)
 }
 
+// keys lists the keys matching filter from the bucket stream's subject
+// state: one request to the stream leader. Keys whose latest entry is a
+// delete marker are listed too; reading them gives ErrNotFound.
 func (s *Store) keys(ctx context.Context, filter string) ([]string, error) {
-	l, err := s.kv.ListKeysFiltered(ctx, filter)
+	prefix := "$KV." + events.BucketGrants + "."
+	info, err := s.stream.Info(ctx, jetstream.WithSubjectFilter(prefix+filter))
 	if err != nil {
 		return nil, fmt.Errorf("grants: list %s: %w", filter, err)
 	}
-	seen := map[string]bool{}
-	var keys []string
-	for k := range l.Keys() {
-		if !seen[k] {
-			seen[k] = true
-			keys = append(keys, k)
-		}
-	}
-	_ = l.Stop()
-	// The lister closes its channel early when ctx ends: a truncated list
-	// must not pass for a complete one.
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("grants: list %s: %w", filter, err)
+	keys := make([]string, 0, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		keys = append(keys, strings.TrimPrefix(subj, prefix))
 	}
 	sort.Strings(keys)
 	return keys, nil
