@@ -216,6 +216,25 @@ func TestReplayedNonceRefusedAcrossReplicas(t *testing.T) {
 	}
 }
 
+// Identity is not left to policy: even a policy that does not check the
+// vmId cannot make keyguard release a VM's key to another VM.
+func TestWrongVMRefusedWhatEverThePolicy(t *testing.T) {
+	pol := authority(t).Policy()
+	pol.Identity.CheckVMID = false
+	h := newHarness(t, func(c *keyguard.Config) { c.Evidence.Policy = pol })
+	vm, other := h.newVM("identity"), h.newVM("identity-other")
+	for _, v := range []*sim.VM{vm, other} {
+		h.setStatus(v, events.StatusTrusted)
+		h.grant(v, "disk-key", keyguard.BackendLocal)
+	}
+	if _, err := h.release(vm, attester(other), "disk-key"); refusal(err) != keyrelease.CodeWrongVM {
+		t.Fatalf("evidence of another VM: %v", err)
+	}
+	if _, err := h.release(vm, attester(vm), "disk-key"); err != nil {
+		t.Fatalf("own evidence: %v", err)
+	}
+}
+
 func TestExpiredNonceRefused(t *testing.T) {
 	h := newHarness(t, func(c *keyguard.Config) { c.NonceTTL = 50 * time.Millisecond })
 	vm := h.newVM("expired")

@@ -257,6 +257,17 @@ func (k *Keyguard) appraise(ctx context.Context, req keyrelease.ReleaseRequest, 
 	if err != nil && res == nil {
 		return refuse(keyrelease.CodeEvidenceRejected, "%v", err)
 	}
+	// Whatever the policy says about identity, a key goes only to the VM it
+	// was granted to: the runtime data's vmUniqueId must be the VM's vmId
+	// (and the bundle must not name another VM).
+	if res != nil && res.Genuine {
+		if !strings.EqualFold(res.VMUniqueID, vmID) {
+			return refuse(keyrelease.CodeWrongVM, "evidence is from vmUniqueId %q, VM %s is vmId %s", res.VMUniqueID, req.VMKey, vmID)
+		}
+		if res.BundleVMKey != "" && res.BundleVMKey != req.VMKey {
+			return refuse(keyrelease.CodeWrongVM, "evidence names VM %s, not %s", res.BundleVMKey, req.VMKey)
+		}
+	}
 	if verdict.Status == events.VerdictAffirming || verdict.Status == events.VerdictWarning {
 		return nil
 	}
