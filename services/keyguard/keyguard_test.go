@@ -227,8 +227,24 @@ func TestWrongVMRefusedWhatEverThePolicy(t *testing.T) {
 		h.setStatus(v, events.StatusTrusted)
 		h.grant(v, "disk-key", keyguard.BackendLocal)
 	}
-	if _, err := h.release(vm, attester(other), "disk-key"); refusal(err) != keyrelease.CodeWrongVM {
-		t.Fatalf("evidence of another VM: %v", err)
+	// The other VM's bundle, with and without its vm_key: the vmUniqueId
+	// gives it away either way.
+	anonymous := keyrelease.AttesterFunc(func(ctx context.Context, nonce, extra []byte) ([]byte, error) {
+		b, err := attester(other).Attest(ctx, nonce, extra)
+		if err != nil {
+			return nil, err
+		}
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			return nil, err
+		}
+		delete(m, "vm_key")
+		return json.Marshal(m)
+	})
+	for _, a := range []keyrelease.Attester{attester(other), anonymous} {
+		if _, err := h.release(vm, a, "disk-key"); refusal(err) != keyrelease.CodeWrongVM {
+			t.Fatalf("evidence of another VM: %v", err)
+		}
 	}
 	if _, err := h.release(vm, attester(vm), "disk-key"); err != nil {
 		t.Fatalf("own evidence: %v", err)
