@@ -388,6 +388,11 @@ func (w *writer) recover(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("auditor: log size: %w", err)
 	}
+	if n, err := removeUncommitted(w.cfg.LogDir, size); err != nil {
+		return fmt.Errorf("auditor: remove files of an interrupted write: %w", err)
+	} else if n > 0 {
+		w.log.Info("removed files of a write interrupted before it was committed", "files", n, "size", size)
+	}
 	// At most maxInflightBatches batches (plus their gap records) can be
 	// partly written when a write fails; read well past them.
 	window := uint64(4 * maxInflightBatches * w.cfg.BatchSize)
