@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -173,8 +174,11 @@ func TestExactlyOnceAcrossKill9(t *testing.T) {
 			// It kills itself after a durable batch, unless it has nothing
 			// to write; then it is killed like the others.
 			select {
-			case <-c.done:
-				c.done <- nil
+			case err := <-c.done:
+				c.done <- err
+				if err == nil || !strings.Contains(err.Error(), "killed") {
+					t.Fatalf("auditor child ended with %v, want killed by its own SIGKILL", err)
+				}
 				killsInWindow++
 			case <-time.After(time.Duration(300+rng.IntN(300)) * time.Millisecond):
 				c.kill9(t)
