@@ -118,8 +118,8 @@ func PCRBankAlg(bank string) (tpm2.TPMAlgID, int, bool) {
 	return 0, 0, false
 }
 
-func decodeB64(field, s string, required bool, limit int) ([]byte, error) {
-	if s == "" {
+func decodeB64(field string, s []byte, required bool, limit int) ([]byte, error) {
+	if len(s) == 0 {
 		if required {
 			return nil, fieldErr(field, "missing")
 		}
@@ -128,15 +128,28 @@ func decodeB64(field, s string, required bool, limit int) ([]byte, error) {
 	if base64.StdEncoding.DecodedLen(len(s)) > limit+3 {
 		return nil, fieldErr(field, "longer than %d bytes", limit)
 	}
-	b, err := base64.StdEncoding.Strict().DecodeString(s)
+	b := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
+	n, err := base64.StdEncoding.Strict().Decode(b, s)
 	if err != nil {
 		return nil, fieldErr(field, "not standard base64 with padding: %v", err)
 	}
-	if len(b) > limit {
-		return nil, fieldErr(field, "%d bytes is longer than %d", len(b), limit)
+	if n > limit {
+		return nil, fieldErr(field, "%d bytes is longer than %d", n, limit)
 	}
-	return b, nil
+	return b[:n:n], nil
 }
+
+// fields are a bundle's JSON string values, from either decoder.
+type fields struct {
+	format, platform, vmKey, nonce, collectedAt []byte
+	hcl, tdQuote, vcek, eventLog               []byte
+	hasQuote                                    bool
+	attest, signature, pcrBank                  []byte
+	hasPCRs                                     bool
+	pcrs                                        []pcrField
+}
+
+type pcrField struct{ key, val []byte }
 
 // ParseBundle parses and validates a bundle. Unknown fields are ignored; a
 // missing required field or a bound exceeded is a *FieldError naming it.
@@ -144,13 +157,15 @@ func ParseBundle(raw []byte) (*Bundle, error) {
 	if len(raw) > MaxBundleSize {
 		return nil, fieldErr("", "%d bytes exceeds the %d byte limit", len(raw), MaxBundleSize)
 	}
-	var w wireBundle
-	if err := decodeWireFast(raw, &w); err != nil {
+	var f fields
+	if err := decodeFast(raw, &f); err != nil {
+		var w wireBundle
 		if err := decodeWire(raw, &w); err != nil {
 			return nil, err
 		}
+		f = w.fields()
 	}
-	return w.bundle()
+	return f.bundle()
 }
 
 // decodeWire decodes with encoding/json.
@@ -166,89 +181,125 @@ func decodeWire(raw []byte, w *wireBundle) error {
 	return nil
 }
 
-// bundle validates the wire form and decodes its fields.
-func (w *wireBundle) bundle() (*Bundle, error) {
-	b := &Bundle{Format: w.Format, Platform: w.Platform, VMKey: w.VMKey}
-	if w.Format == "" {
+func (w *wireBundle) fields() fields {
+	f := fields{
+		format: []byte(w.Format), platform: []byte(w.Platform), vmKey: []byte(w.VMKey), nonce: []byte(w.Nonce),
+		collectedAt: []byte(w.CollectedAt), hcl: []byte(w.HCLReport), tdQuote: []byte(w.TDQuote),
+		vcek: []byte(w.VCEK), eventLog: []byte(w.EventLog),
+	}
+	if q := w.TPMQuote; q != nil {
+		f.hasQuote = true
+		f.attest, f.signature, f.pcrBank = []byte(q.Attest), []byte(q.Signature), []byte(q.PCRBank)
+		f.hasPCRs = len(q.PCRs) > 0
+		for k, v := range q.PCRs {
+			f.pcrs = append(f.pcrs, pcrField{[]byte(k), []byte(v)})
+		}
+	}
+	return f
+}
+
+// bundle validates the fields and decodes them.
+func (f *fields) bundle() (*Bundle, error) {
+	format, platform, vmKey := string(f.format), string(f.platform), string(f.vmKey)
+	b := &Bundle{Format: format, Platform: platform, VMKey: vmKey}
+	if format == "" {
 		return nil, fieldErr("format", "missing")
 	}
-	if w.Format != Format {
-		return nil, fieldErr("format", "%q is not %q", w.Format, Format)
+	if format != Format {
+		return nil, fieldErr("format", "%q is not %q", truncate(format, 40), Format)
 	}
-	switch w.Platform {
+	switch platform {
 	case PlatformAzureSNP, PlatformAzureTDX:
 	case "":
 		return nil, fieldErr("platform", "missing")
 	default:
-		return nil, fieldErr("platform", "%q is not supported (want %s or %s)", w.Platform, PlatformAzureSNP, PlatformAzureTDX)
+		return nil, fieldErr("platform", "%q is not supported (want %s or %s)", truncate(platform, 40), PlatformAzureSNP, PlatformAzureTDX)
 	}
-	if w.VMKey != "" && !events.ValidVMKey(w.VMKey) {
-		return nil, fieldErr("vm_key", "%q is not a VM key (26 characters of a-z, 2-7)", truncate(w.VMKey, 40))
+	if vmKey != "" && !events.ValidVMKey(vmKey) {
+		return nil, fieldErr("vm_key", "%q is not a VM key (26 characters of a-z, 2-7)", truncate(vmKey, 40))
 	}
 	var err error
-	if b.Nonce, err = decodeB64("nonce", w.Nonce, true, MaxNonceSize); err != nil {
+	if b.Nonce, err = decodeB64("nonce", f.nonce, true, MaxNonceSize); err != nil {
 		return nil, err
 	}
-	if w.CollectedAt != "" {
-		if b.CollectedAt, err = time.Parse(time.RFC3339Nano, w.CollectedAt); err != nil {
+	if len(f.collectedAt) > 0 {
+		if b.CollectedAt, err = time.Parse(time.RFC3339Nano, string(f.collectedAt)); err != nil {
 			return nil, fieldErr("collected_at", "not RFC 3339: %v", err)
 		}
 	}
-	if b.HCLReport, err = decodeB64("hcl_report", w.HCLReport, true, MaxHCLSize); err != nil {
+	if b.HCLReport, err = decodeB64("hcl_report", f.hcl, true, MaxHCLSize); err != nil {
 		return nil, err
 	}
-	if b.TDQuote, err = decodeB64("td_quote", w.TDQuote, w.Platform == PlatformAzureTDX, MaxTDQuoteSize); err != nil {
+	if b.TDQuote, err = decodeB64("td_quote", f.tdQuote, platform == PlatformAzureTDX, MaxTDQuoteSize); err != nil {
 		return nil, err
 	}
-	if len(w.VCEK) > MaxVCEKSize {
+	if len(f.vcek) > MaxVCEKSize {
 		return nil, fieldErr("vcek", "longer than %d bytes", MaxVCEKSize)
 	}
-	if w.VCEK != "" {
-		b.VCEK = []byte(w.VCEK)
+	if len(f.vcek) > 0 {
+		b.VCEK = f.vcek
 	}
-	if b.EventLog, err = decodeB64("event_log", w.EventLog, false, MaxEventLogSize); err != nil {
+	if b.EventLog, err = decodeB64("event_log", f.eventLog, false, MaxEventLogSize); err != nil {
 		return nil, err
 	}
-	q := w.TPMQuote
-	if q == nil {
+	if !f.hasQuote {
 		return nil, fieldErr("tpm_quote", "missing")
 	}
-	if b.TPMQuote.Attest, err = decodeB64("tpm_quote.attest", q.Attest, true, MaxAttestSize); err != nil {
+	if b.TPMQuote.Attest, err = decodeB64("tpm_quote.attest", f.attest, true, MaxAttestSize); err != nil {
 		return nil, err
 	}
-	if b.TPMQuote.Signature, err = decodeB64("tpm_quote.signature", q.Signature, true, MaxSignatureSize); err != nil {
+	if b.TPMQuote.Signature, err = decodeB64("tpm_quote.signature", f.signature, true, MaxSignatureSize); err != nil {
 		return nil, err
 	}
-	if q.PCRBank == "" {
+	bank := string(f.pcrBank)
+	if bank == "" {
 		return nil, fieldErr("tpm_quote.pcr_bank", "missing")
 	}
-	_, size, ok := PCRBankAlg(q.PCRBank)
+	_, size, ok := PCRBankAlg(bank)
 	if !ok {
-		return nil, fieldErr("tpm_quote.pcr_bank", "%q is not sha1, sha256, sha384 or sha512", q.PCRBank)
+		return nil, fieldErr("tpm_quote.pcr_bank", "%q is not sha1, sha256, sha384 or sha512", truncate(bank, 40))
 	}
-	b.TPMQuote.PCRBank = q.PCRBank
-	if len(q.PCRs) == 0 {
+	b.TPMQuote.PCRBank = bank
+	if !f.hasPCRs || len(f.pcrs) == 0 {
 		return nil, fieldErr("tpm_quote.pcrs", "missing")
 	}
-	if len(q.PCRs) > 24 {
-		return nil, fieldErr("tpm_quote.pcrs", "%d entries, at most 24", len(q.PCRs))
+	if len(f.pcrs) > 24 {
+		return nil, fieldErr("tpm_quote.pcrs", "%d entries, at most 24", len(f.pcrs))
 	}
-	b.TPMQuote.PCRs = make(map[int][]byte, len(q.PCRs))
-	for k, v := range q.PCRs {
-		idx, err := strconv.Atoi(k)
-		if err != nil || idx < 0 || idx > 23 || strconv.Itoa(idx) != k {
-			return nil, fieldErr("tpm_quote.pcrs", "key %q is not a PCR index 0..23", k)
+	b.TPMQuote.PCRs = make(map[int][]byte, len(f.pcrs))
+	vals := make([]byte, len(f.pcrs)*size)
+	for _, p := range f.pcrs {
+		idx, ok := pcrIndex(p.key)
+		if !ok {
+			return nil, fieldErr("tpm_quote.pcrs", "key %q is not a PCR index 0..23", truncate(string(p.key), 10))
 		}
-		if len(v) != 2*size {
-			return nil, fieldErr("tpm_quote.pcrs."+k, "%d hex digits, want %d for %s", len(v), 2*size, q.PCRBank)
+		k := strconv.Itoa(idx)
+		if len(p.val) != 2*size {
+			return nil, fieldErr("tpm_quote.pcrs."+k, "%d hex digits, want %d for %s", len(p.val), 2*size, bank)
 		}
-		val, err := hex.DecodeString(v)
-		if err != nil {
+		if _, dup := b.TPMQuote.PCRs[idx]; dup {
+			return nil, fieldErr("tpm_quote.pcrs", "PCR %d given twice", idx)
+		}
+		v := vals[:size:size]
+		vals = vals[size:]
+		if _, err := hex.Decode(v, p.val); err != nil {
 			return nil, fieldErr("tpm_quote.pcrs."+k, "not hex: %v", err)
 		}
-		b.TPMQuote.PCRs[idx] = val
+		b.TPMQuote.PCRs[idx] = v
 	}
 	return b, nil
+}
+
+// pcrIndex parses a canonical decimal PCR index 0..23.
+func pcrIndex(k []byte) (int, bool) {
+	switch {
+	case len(k) == 1 && k[0] >= '0' && k[0] <= '9':
+		return int(k[0] - '0'), true
+	case len(k) == 2 && k[0] >= '1' && k[0] <= '2' && k[1] >= '0' && k[1] <= '9':
+		i := int(k[0]-'0')*10 + int(k[1]-'0')
+		return i, i <= 23
+	}
+	return 0, false
 }
 
 func truncate(s string, n int) string {

@@ -55,11 +55,12 @@ func (s *fastScanner) expect(c byte) bool {
 	return false
 }
 
-// str reads an ASCII string without \u escapes.
-func (s *fastScanner) str() (string, error) {
+// str reads an ASCII string without \u escapes. Without escapes the
+// result aliases the input.
+func (s *fastScanner) str() ([]byte, error) {
 	s.ws()
 	if s.off >= len(s.b) || s.b[s.off] != '"' {
-		return "", errSlowPath
+		return nil, errSlowPath
 	}
 	start := s.off + 1
 	i := start
@@ -74,24 +75,24 @@ func (s *fastScanner) str() (string, error) {
 			goto found
 		}
 	}
-	return "", errSlowPath
+	return nil, errSlowPath
 found:
 	if i >= len(s.b) {
-		return "", errSlowPath
+		return nil, errSlowPath
 	}
 	if s.b[i] == '\\' {
 		return s.escaped(start, i)
 	}
 	if s.b[i] != '"' {
-		return "", errSlowPath
+		return nil, errSlowPath
 	}
 	s.off = i + 1
-	return string(s.b[start:i]), nil
+	return s.b[start:i:i], nil
 }
 
 // escaped continues a string from its first backslash at i, handling the
 // single-character escapes (\n in PEM, mostly); \u escapes give up.
-func (s *fastScanner) escaped(start, i int) (string, error) {
+func (s *fastScanner) escaped(start, i int) ([]byte, error) {
 	buf := make([]byte, 0, 2*(i-start)+64)
 	buf = append(buf, s.b[start:i]...)
 	for i < len(s.b) {
@@ -99,10 +100,10 @@ func (s *fastScanner) escaped(start, i int) (string, error) {
 		switch {
 		case c == '"':
 			s.off = i + 1
-			return string(buf), nil
+			return buf, nil
 		case c == '\\':
 			if i+1 >= len(s.b) {
-				return "", errSlowPath
+				return nil, errSlowPath
 			}
 			switch e := s.b[i+1]; e {
 			case '"', '\\', '/':
@@ -118,38 +119,40 @@ func (s *fastScanner) escaped(start, i int) (string, error) {
 			case 'f':
 				buf = append(buf, '\f')
 			default:
-				return "", errSlowPath
+				return nil, errSlowPath
 			}
 			i += 2
 		case c < 0x20 || c >= 0x80:
-			return "", errSlowPath
+			return nil, errSlowPath
 		default:
 			buf = append(buf, c)
 			i++
 		}
 	}
-	return "", errSlowPath
+	return nil, errSlowPath
 }
 
 // object reads an object, calling field for each key; field must consume
-// the value. Duplicate keys give up.
-func (s *fastScanner) object(field func(key string) error) error {
+// the value. A repeated key gives up (encoding/json keeps the last one).
+func (s *fastScanner) object(field func(key []byte) error) error {
 	if !s.expect('{') {
 		return errSlowPath
 	}
 	if s.expect('}') {
 		return nil
 	}
-	seen := make(map[string]bool, 12)
+	var seen [][]byte
 	for {
 		k, err := s.str()
 		if err != nil {
 			return err
 		}
-		if seen[k] {
-			return errSlowPath
+		for _, p := range seen {
+			if string(p) == string(k) {
+				return errSlowPath
+			}
 		}
-		seen[k] = true
+		seen = append(seen, k)
 		if !s.expect(':') {
 			return errSlowPath
 		}
@@ -166,50 +169,51 @@ func (s *fastScanner) object(field func(key string) error) error {
 	}
 }
 
-// decodeWireFast decodes the common bundle shape, or returns errSlowPath.
-func decodeWireFast(raw []byte, w *wireBundle) error {
+// decodeFast decodes the common bundle shape, or returns errSlowPath.
+func decodeFast(raw []byte, f *fields) error {
+	*f = fields{}
 	s := &fastScanner{b: raw}
-	str := func(dst *string) error {
+	str := func(dst *[]byte) error {
 		v, err := s.str()
 		*dst = v
 		return err
 	}
-	err := s.object(func(key string) error {
-		switch key {
+	err := s.object(func(key []byte) error {
+		switch string(key) {
 		case "format":
-			return str(&w.Format)
+			return str(&f.format)
 		case "platform":
-			return str(&w.Platform)
+			return str(&f.platform)
 		case "vm_key":
-			return str(&w.VMKey)
+			return str(&f.vmKey)
 		case "nonce":
-			return str(&w.Nonce)
+			return str(&f.nonce)
 		case "collected_at":
-			return str(&w.CollectedAt)
+			return str(&f.collectedAt)
 		case "hcl_report":
-			return str(&w.HCLReport)
+			return str(&f.hcl)
 		case "td_quote":
-			return str(&w.TDQuote)
+			return str(&f.tdQuote)
 		case "vcek":
-			return str(&w.VCEK)
+			return str(&f.vcek)
 		case "event_log":
-			return str(&w.EventLog)
+			return str(&f.eventLog)
 		case "tpm_quote":
-			q := &wireQuote{}
-			w.TPMQuote = q
-			return s.object(func(key string) error {
-				switch key {
+			f.hasQuote = true
+			return s.object(func(key []byte) error {
+				switch string(key) {
 				case "attest":
-					return str(&q.Attest)
+					return str(&f.attest)
 				case "signature":
-					return str(&q.Signature)
+					return str(&f.signature)
 				case "pcr_bank":
-					return str(&q.PCRBank)
+					return str(&f.pcrBank)
 				case "pcrs":
-					q.PCRs = make(map[string]string, 24)
-					return s.object(func(idx string) error {
+					f.hasPCRs = true
+					f.pcrs = make([]pcrField, 0, 24)
+					return s.object(func(idx []byte) error {
 						v, err := s.str()
-						q.PCRs[idx] = v
+						f.pcrs = append(f.pcrs, pcrField{idx, v})
 						return err
 					})
 				}

@@ -3,7 +3,6 @@ package evidence
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
@@ -212,11 +211,10 @@ func (v *Verifier) vcek(ctx context.Context, res *Result, bundlePEM []byte, repo
 		}
 		src = der
 	}
-	key := sha256.Sum256(src)
-	e, ok := v.vceks.Get(key)
+	e, ok := v.vceks.Get(src)
 	if !ok {
 		e = v.newVCEKEntry(src, fromBundle, productLine)
-		v.vceks.Add(key, e)
+		v.vceks.Add(src, e)
 	}
 	if e.err != nil {
 		res.fail(ReasonSNPVCEKInvalid, "%v", e.err)

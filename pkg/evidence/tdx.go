@@ -69,12 +69,11 @@ type pckEntry struct {
 var pckNames = [3]string{"Intel SGX PCK Certificate", "Intel SGX PCK Platform CA", "Intel SGX Root CA"}
 
 func (v *Verifier) pckChain(raw []byte) *pckEntry {
-	key := sha256.Sum256(raw)
-	if e, ok := v.pcks.Get(key); ok {
+	if e, ok := v.pcks.Get(raw); ok {
 		return e
 	}
 	e := v.newPCKEntry(raw)
-	v.pcks.Add(key, e)
+	v.pcks.Add(raw, e)
 	return e
 }
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -82,9 +81,9 @@ type Verifier struct {
 	http     *http.Client
 	now      func() time.Time
 	log      *slog.Logger
-	vceks    *lru.Cache[[32]byte, *vcekEntry]
-	pcks     *lru.Cache[[32]byte, *pckEntry]
-	runtimes *lru.Cache[[32]byte, *runtimeEntry]
+	vceks    *lru.Bytes[*vcekEntry]
+	pcks     *lru.Bytes[*pckEntry]
+	runtimes *lru.Bytes[*runtimeEntry]
 	tcbs     *lru.Cache[[32]byte, *tdxTCBEntry]
 	flight   flightGroup
 }
@@ -118,9 +117,9 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	if size <= 0 {
 		size = 4096
 	}
-	v.vceks = lru.New[[32]byte, *vcekEntry](size)
-	v.pcks = lru.New[[32]byte, *pckEntry](size)
-	v.runtimes = lru.New[[32]byte, *runtimeEntry](size)
+	v.vceks = lru.NewBytes[*vcekEntry](size)
+	v.pcks = lru.NewBytes[*pckEntry](size)
+	v.runtimes = lru.NewBytes[*runtimeEntry](size)
 	v.tcbs = lru.New[[32]byte, *tdxTCBEntry](size)
 	return v, nil
 }
@@ -260,8 +259,7 @@ type runtimeEntry struct {
 // runtimeData parses runtime data and its AK, cached by content digest
 // (a VM's runtime data is fixed from boot).
 func (v *Verifier) runtimeData(raw []byte) *runtimeEntry {
-	key := sha256.Sum256(raw)
-	if e, ok := v.runtimes.Get(key); ok {
+	if e, ok := v.runtimes.Get(raw); ok {
 		return e
 	}
 	e := &runtimeEntry{}
@@ -269,7 +267,7 @@ func (v *Verifier) runtimeData(raw []byte) *runtimeEntry {
 	if e.err == nil {
 		e.ak, e.akErr = e.data.Key(hcl.KidAK)
 	}
-	v.runtimes.Add(key, e)
+	v.runtimes.Add(raw, e)
 	return e
 }
 

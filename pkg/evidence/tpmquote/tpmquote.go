@@ -73,6 +73,8 @@ func malformed(format string, args ...any) error {
 }
 
 // Parse parses a TPMS_ATTEST (which must be a quote) and its signature.
+// The decoder is hand-written for speed and strictness; tests and the fuzz
+// target check it against go-tpm's decoding of the same bytes.
 func Parse(attest, sig []byte) (*Quote, error) {
 	if len(attest) == 0 || len(attest) > MaxAttestSize {
 		return nil, malformed("attest is %d bytes, want 1 to %d", len(attest), MaxAttestSize)
@@ -80,12 +82,133 @@ func Parse(attest, sig []byte) (*Quote, error) {
 	if len(sig) == 0 || len(sig) > MaxSignatureSize {
 		return nil, malformed("signature is %d bytes, want 1 to %d", len(sig), MaxSignatureSize)
 	}
+	q, err := parseAttest(attest)
+	if err != nil {
+		return nil, err
+	}
+	q.Signature = parseSignature(sig)
+	return q, nil
+}
+
+// reader decodes TPM (big-endian) structures.
+type reader struct {
+	b   []byte
+	off int
+	err error
+}
+
+func (r *reader) take(n int, what string) []byte {
+	if r.err != nil {
+		return nil
+	}
+	if n > len(r.b)-r.off {
+		r.err = malformed("%s: %d bytes needed, %d left", what, n, len(r.b)-r.off)
+		return nil
+	}
+	s := r.b[r.off : r.off+n : r.off+n]
+	r.off += n
+	return s
+}
+
+func (r *reader) u8(what string) uint8 {
+	if b := r.take(1, what); b != nil {
+		return b[0]
+	}
+	return 0
+}
+
+func (r *reader) u16(what string) uint16 {
+	if b := r.take(2, what); b != nil {
+		return binary.BigEndian.Uint16(b)
+	}
+	return 0
+}
+
+func (r *reader) u32(what string) uint32 {
+	if b := r.take(4, what); b != nil {
+		return binary.BigEndian.Uint32(b)
+	}
+	return 0
+}
+
+func (r *reader) u64(what string) uint64 {
+	if b := r.take(8, what); b != nil {
+		return binary.BigEndian.Uint64(b)
+	}
+	return 0
+}
+
+// tpm2b reads a TPM2B (16-bit size, then that many bytes).
+func (r *reader) tpm2b(what string) []byte {
+	n := r.u16(what)
+	return r.take(int(n), what)
+}
+
+func parseAttest(attest []byte) (*Quote, error) {
+	r := &reader{b: attest}
+	q := &Quote{Attest: attest}
+	q.Magic = r.u32("magic")
+	typ := r.u16("type")
+	if r.err != nil {
+		return nil, r.err
+	}
+	// Only the TPM produces structures starting with TPM_GENERATED_VALUE; a
+	// restricted key refuses to sign such data from outside.
+	if q.Magic != uint32(tpm2.TPMGeneratedValue) {
+		return nil, malformed("magic 0x%x is not TPM_GENERATED_VALUE", q.Magic)
+	}
+	if tpm2.TPMST(typ) != tpm2.TPMSTAttestQuote {
+		return nil, malformed("attestation type 0x%x is not a quote", typ)
+	}
+	q.QualifiedSigner = r.tpm2b("qualifiedSigner")
+	q.ExtraData = r.tpm2b("extraData")
+	q.Clock = r.u64("clock")
+	q.ResetCount = r.u32("resetCount")
+	q.RestartCount = r.u32("restartCount")
+	safe := r.u8("safe")
+	q.Safe = safe != 0
+	q.FirmwareVersion = r.u64("firmwareVersion")
+	count := r.u32("pcrSelect count")
+	if r.err == nil && count > 16 {
+		return nil, malformed("%d PCR selections", count)
+	}
+	for range count {
+		hash := tpm2.TPMIAlgHash(r.u16("pcrSelect hash"))
+		size := r.u8("sizeofSelect")
+		bitmap := r.take(int(size), "pcrSelect")
+		if r.err != nil {
+			return nil, r.err
+		}
+		if size > 4 {
+			return nil, malformed("PCR select of %d bytes", size)
+		}
+		sel := Selection{Hash: hash}
+		for i, b := range bitmap {
+			for bit := range 8 {
+				if b&(1<<bit) != 0 {
+					sel.PCRs = append(sel.PCRs, i*8+bit)
+				}
+			}
+		}
+		q.Selection = append(q.Selection, sel)
+	}
+	q.PCRDigest = r.tpm2b("pcrDigest")
+	if r.err != nil {
+		return nil, r.err
+	}
+	// The signed structure must be exactly what was parsed.
+	if r.off != len(attest) {
+		return nil, malformed("attest has %d trailing bytes", len(attest)-r.off)
+	}
+	return q, nil
+}
+
+// parseAttestGoTPM decodes with go-tpm; tests compare it with parseAttest.
+func parseAttestGoTPM(attest []byte) (*Quote, error) {
 	a, err := unmarshal[tpm2.TPMSAttest](attest)
 	if err != nil {
 		return nil, malformed("TPMS_ATTEST: %v", err)
 	}
-	// Only the TPM produces structures starting with TPM_GENERATED_VALUE; a
-	// restricted key refuses to sign such data from outside.
 	if a.Magic != tpm2.TPMGeneratedValue {
 		return nil, malformed("magic 0x%x is not TPM_GENERATED_VALUE", uint32(a.Magic))
 	}
@@ -96,12 +219,7 @@ func Parse(attest, sig []byte) (*Quote, error) {
 	if err != nil {
 		return nil, malformed("quote info: %v", err)
 	}
-	// Reject trailing bytes: the signed structure must be exactly what was parsed.
-	n := 4 + 2 + 2 + len(a.QualifiedSigner.Buffer) + 2 + len(a.ExtraData.Buffer) + 17 + 8 + 4 + 2 + len(info.PCRDigest.Buffer)
-	for _, s := range info.PCRSelect.PCRSelections {
-		n += 2 + 1 + len(s.PCRSelect)
-	}
-	if n != len(attest) {
+	if n := len(tpm2.Marshal(a)); n != len(attest) {
 		return nil, malformed("attest has %d trailing bytes", len(attest)-n)
 	}
 	q := &Quote{
@@ -117,9 +235,6 @@ func Parse(attest, sig []byte) (*Quote, error) {
 		PCRDigest:       info.PCRDigest.Buffer,
 	}
 	for _, s := range info.PCRSelect.PCRSelections {
-		if len(s.PCRSelect) > 4 {
-			return nil, malformed("PCR select of %d bytes", len(s.PCRSelect))
-		}
 		sel := Selection{Hash: s.Hash}
 		for i, b := range s.PCRSelect {
 			for bit := range 8 {
@@ -129,9 +244,6 @@ func Parse(attest, sig []byte) (*Quote, error) {
 			}
 		}
 		q.Selection = append(q.Selection, sel)
-	}
-	if q.Signature, err = parseSignature(sig); err != nil {
-		return nil, err
 	}
 	return q, nil
 }
@@ -149,37 +261,53 @@ func unmarshal[T tpm2.Marshallable, P interface {
 	return tpm2.Unmarshal[T, P](b)
 }
 
-func parseSignature(sig []byte) (Signature, error) {
-	// A TPMT_SIGNATURE starts with a known signature scheme; anything that
-	// does not parse as one, consuming every byte, is taken as bare bytes.
-	if len(sig) < 6 {
-		return Signature{Bare: true, Hash: tpm2.TPMAlgSHA256, RSA: sig}, nil
-	}
-	switch tpm2.TPMAlgID(binary.BigEndian.Uint16(sig)) {
-	case tpm2.TPMAlgRSASSA, tpm2.TPMAlgRSAPSS, tpm2.TPMAlgECDSA:
+// parseSignature decodes a TPMT_SIGNATURE with an RSASSA, RSAPSS or ECDSA
+// scheme that spans every byte; anything else is taken as bare bytes.
+func parseSignature(sig []byte) Signature {
+	bare := Signature{Bare: true, Hash: tpm2.TPMAlgSHA256, RSA: sig}
+	r := &reader{b: sig}
+	alg := tpm2.TPMAlgID(r.u16("sigAlg"))
+	hash := tpm2.TPMAlgID(r.u16("hash"))
+	var out Signature
+	switch alg {
+	case tpm2.TPMAlgRSASSA, tpm2.TPMAlgRSAPSS:
+		out = Signature{Alg: alg, Hash: hash, RSA: r.tpm2b("sig")}
+	case tpm2.TPMAlgECDSA:
+		out = Signature{Alg: alg, Hash: hash, R: r.tpm2b("r"), S: r.tpm2b("s")}
 	default:
-		return Signature{Bare: true, Hash: tpm2.TPMAlgSHA256, RSA: sig}, nil
+		return bare
 	}
-	if s, err := unmarshal[tpm2.TPMTSignature](sig); err == nil {
-		switch s.SigAlg {
-		case tpm2.TPMAlgRSASSA, tpm2.TPMAlgRSAPSS:
-			var r *tpm2.TPMSSignatureRSA
-			if s.SigAlg == tpm2.TPMAlgRSASSA {
-				r, err = s.Signature.RSASSA()
-			} else {
-				r, err = s.Signature.RSAPSS()
-			}
-			if err == nil && 6+len(r.Sig.Buffer) == len(sig) {
-				return Signature{Alg: s.SigAlg, Hash: r.Hash, RSA: r.Sig.Buffer}, nil
-			}
-		case tpm2.TPMAlgECDSA:
-			e, err := s.Signature.ECDSA()
-			if err == nil && 8+len(e.SignatureR.Buffer)+len(e.SignatureS.Buffer) == len(sig) {
-				return Signature{Alg: s.SigAlg, Hash: e.Hash, R: e.SignatureR.Buffer, S: e.SignatureS.Buffer}, nil
-			}
+	if r.err != nil || r.off != len(sig) {
+		return bare
+	}
+	return out
+}
+
+// parseSignatureGoTPM decodes with go-tpm; tests compare it with parseSignature.
+func parseSignatureGoTPM(sig []byte) Signature {
+	bare := Signature{Bare: true, Hash: tpm2.TPMAlgSHA256, RSA: sig}
+	s, err := unmarshal[tpm2.TPMTSignature](sig)
+	if err != nil {
+		return bare
+	}
+	switch s.SigAlg {
+	case tpm2.TPMAlgRSASSA, tpm2.TPMAlgRSAPSS:
+		var r *tpm2.TPMSSignatureRSA
+		if s.SigAlg == tpm2.TPMAlgRSASSA {
+			r, err = s.Signature.RSASSA()
+		} else {
+			r, err = s.Signature.RSAPSS()
+		}
+		if err == nil && 6+len(r.Sig.Buffer) == len(sig) {
+			return Signature{Alg: s.SigAlg, Hash: r.Hash, RSA: r.Sig.Buffer}
+		}
+	case tpm2.TPMAlgECDSA:
+		e, err := s.Signature.ECDSA()
+		if err == nil && 8+len(e.SignatureR.Buffer)+len(e.SignatureS.Buffer) == len(sig) {
+			return Signature{Alg: s.SigAlg, Hash: e.Hash, R: e.SignatureR.Buffer, S: e.SignatureS.Buffer}
 		}
 	}
-	return Signature{Bare: true, Hash: tpm2.TPMAlgSHA256, RSA: sig}, nil
+	return bare
 }
 
 func cryptoHash(alg tpm2.TPMAlgID) (crypto.Hash, error) {

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"slices"
 	"strconv"
 	"testing"
 
@@ -183,6 +184,83 @@ func TestAzureFixtureQuotes(t *testing.T) {
 	}
 }
 
+// sameQuote compares two decodings field by field (nil and empty alike).
+func sameQuote(a, b *Quote) bool {
+	eq := bytes.Equal
+	if a.Magic != b.Magic || !eq(a.QualifiedSigner, b.QualifiedSigner) || !eq(a.ExtraData, b.ExtraData) ||
+		a.Clock != b.Clock || a.ResetCount != b.ResetCount || a.RestartCount != b.RestartCount ||
+		a.Safe != b.Safe || a.FirmwareVersion != b.FirmwareVersion || !eq(a.PCRDigest, b.PCRDigest) ||
+		len(a.Selection) != len(b.Selection) {
+		return false
+	}
+	for i := range a.Selection {
+		if a.Selection[i].Hash != b.Selection[i].Hash || !slices.Equal(a.Selection[i].PCRs, b.Selection[i].PCRs) {
+			return false
+		}
+	}
+	return true
+}
+
+func sameSignature(a, b Signature) bool {
+	return a.Bare == b.Bare && a.Alg == b.Alg && a.Hash == b.Hash &&
+		bytes.Equal(a.RSA, b.RSA) && bytes.Equal(a.R, b.R) && bytes.Equal(a.S, b.S)
+}
+
+// checkAgainstGoTPM fails when the hand-written decoder and go-tpm disagree.
+func checkAgainstGoTPM(t *testing.T, attest, sig []byte) {
+	t.Helper()
+	mine, errMine := parseAttest(attest)
+	ref, errRef := parseAttestGoTPM(attest)
+	switch {
+	case errMine == nil && errRef != nil:
+		t.Fatalf("accepted what go-tpm rejects (%v): %x", errRef, attest)
+	case errMine == nil && !sameQuote(mine, ref):
+		t.Fatalf("decodings differ:\n mine %+v\n go-tpm %+v", mine, ref)
+	case errMine != nil && errRef == nil:
+		// Stricter on purpose only: bounded selection counts and sizes.
+		ok := len(ref.Selection) > 16
+		for _, s := range ref.Selection {
+			ok = ok || len(s.PCRs) > 32 || slices.ContainsFunc(s.PCRs, func(i int) bool { return i >= 32 })
+		}
+		if !ok {
+			t.Fatalf("rejected (%v) what go-tpm accepts: %x", errMine, attest)
+		}
+	}
+	if len(sig) > 0 && !sameSignature(parseSignature(sig), parseSignatureGoTPM(sig)) {
+		t.Fatalf("signature decodings differ for %x", sig)
+	}
+}
+
+func TestParseMatchesGoTPM(t *testing.T) {
+	for _, name := range []string{"snp-milan-a.bundle.json", "tdx-a.bundle.json"} {
+		attest, sig, _ := loadFixture(t, name)
+		checkAgainstGoTPM(t, attest, sig)
+	}
+	rk, _ := rsa.GenerateKey(rand.Reader, 2048)
+	ek, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	for _, key := range []crypto.Signer{rk, ek} {
+		attest, err := Build(Params{ExtraData: []byte("x"), PCRs: pcrValues(10), QualifiedSigner: []byte{0, 11}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sig, err := Sign(attest, key, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkAgainstGoTPM(t, attest, sig)
+		for i := range attest {
+			mod := bytes.Clone(attest)
+			mod[i] ^= 0xff
+			checkAgainstGoTPM(t, mod, nil)
+		}
+		for i := range sig {
+			mod := bytes.Clone(sig)
+			mod[i] ^= 0x01
+			checkAgainstGoTPM(t, attest, mod)
+		}
+	}
+}
+
 func FuzzParse(f *testing.F) {
 	attest, sig, _ := loadFixture(f, "snp-milan-a.bundle.json")
 	f.Add(attest, sig)
@@ -191,6 +269,7 @@ func FuzzParse(f *testing.F) {
 	s2, _ := Sign(a2, rk, false)
 	f.Add(a2, s2)
 	f.Fuzz(func(t *testing.T, attest, sig []byte) {
+		checkAgainstGoTPM(t, attest, sig)
 		q, err := Parse(attest, sig)
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) {

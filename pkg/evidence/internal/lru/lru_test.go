@@ -47,3 +47,21 @@ func TestConcurrent(t *testing.T) {
 		t.Fatalf("len %d exceeds bound", c.Len())
 	}
 }
+
+func TestBytes(t *testing.T) {
+	c := NewBytes[int](2)
+	k := []byte("chain")
+	c.Add(k, 1)
+	k[0] = 'C' // the cache keeps its own copy
+	if _, ok := c.Get(k); ok {
+		t.Fatal("hit for a changed key")
+	}
+	if v, ok := c.Get([]byte("chain")); !ok || v != 1 {
+		t.Fatal("miss for the stored key")
+	}
+	c.Add([]byte("a"), 2)
+	c.Add([]byte("b"), 3)
+	if c.Len() != 2 {
+		t.Fatalf("len %d", c.Len())
+	}
+}
