@@ -142,7 +142,7 @@ func decodeB64(field string, s []byte, required bool, limit int) ([]byte, error)
 // fields are a bundle's JSON string values, from either decoder.
 type fields struct {
 	format, platform, vmKey, nonce, collectedAt []byte
-	hcl, tdQuote, vcek, eventLog               []byte
+	hcl, tdQuote, vcek, eventLog                []byte
 	hasQuote                                    bool
 	attest, signature, pcrBank                  []byte
 	hasPCRs                                     bool
