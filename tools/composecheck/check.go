@@ -17,13 +17,19 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
 )
 
-// LabelMain names the main package of a Vigil service in the Compose file.
-const LabelMain = "io.vigil.main"
+// Labels of a Vigil service in the Compose file: its main package and the
+// arguments that make the program print its usage (default "-h"), which
+// names every environment variable it reads.
+const (
+	LabelMain = "io.vigil.main"
+	LabelHelp = "io.vigil.help"
+)
 
 // modulePrefix is the import path prefix of this repository's packages.
 const modulePrefix = "github.com/vigil-cc/vigil/"
@@ -115,7 +121,11 @@ func checkService(ctx context.Context, root, name string, svc types.ServiceConfi
 	} else {
 		problems = append(problems, checkDockerfile(name, svc.Build)...)
 	}
-	reads, err := envReadBy(ctx, root, main)
+	help := strings.Fields(svc.Labels[LabelHelp])
+	if len(help) == 0 {
+		help = []string{"-h"}
+	}
+	reads, err := envReadBy(ctx, root, main, help)
 	if err != nil {
 		return append(problems, Problem{name, err.Error()})
 	}
@@ -181,8 +191,10 @@ type goPackage struct {
 
 // envReadBy returns the environment variable names the program in mainDir
 // reads: every upper-case string literal in this repository's packages that
-// it links, and the OpenTelemetry variables of the SDK packages it links.
-func envReadBy(ctx context.Context, root, mainDir string) (map[string]bool, error) {
+// it links, every variable its usage text names (programs that derive
+// variable names from flag names document them there), and the
+// OpenTelemetry variables of the SDK packages it links.
+func envReadBy(ctx context.Context, root, mainDir string, helpArgs []string) (map[string]bool, error) {
 	cmd := exec.CommandContext(ctx, "go", "list", "-deps", "-json", mainDir)
 	cmd.Dir = root
 	out, err := cmd.Output()
@@ -223,7 +235,39 @@ func envReadBy(ctx context.Context, root, mainDir string) (map[string]bool, erro
 			reads[v] = true
 		}
 	}
+	if err := usageEnv(ctx, root, mainDir, helpArgs, reads); err != nil {
+		return nil, err
+	}
 	return reads, nil
+}
+
+var usageEnvRE = regexp.MustCompile(`\b(VIGIL|OTEL)_[A-Z0-9_]+\b`)
+
+// usageEnv builds the program and adds the variables its usage text names.
+func usageEnv(ctx context.Context, root, mainDir string, helpArgs []string, into map[string]bool) error {
+	dir, err := os.MkdirTemp("", "composecheck")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "prog")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, mainDir)
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %s", mainDir, strings.TrimSpace(string(out)))
+	}
+	hctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	help := exec.CommandContext(hctx, bin, helpArgs...)
+	help.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}
+	out, _ := help.CombinedOutput() // -h exits non-zero with the flag package
+	if hctx.Err() != nil {
+		return fmt.Errorf("%s %s did not print its usage within 20 s", mainDir, strings.Join(helpArgs, " "))
+	}
+	for _, v := range usageEnvRE.FindAllString(string(out), -1) {
+		into[v] = true
+	}
+	return nil
 }
 
 var envNameRE = regexp.MustCompile(`^[A-Z][A-Z0-9]*(_[A-Z0-9]+)+$`)

@@ -38,7 +38,7 @@ services:
   app:
     build: {context: ` + good + `, dockerfile: app.Dockerfile}
     labels: {io.vigil.main: ./tools/composecheck/testdata/app}
-    environment: {VIGIL_APP_URL: "nats://nats:4222", VIGIL_APP_LEVEL: info}
+    environment: {VIGIL_APP_URL: "nats://nats:4222", VIGIL_APP_MODE: fast}
   nats:
     image: nats:2.12-alpine
     environment: {ANYTHING: goes}
@@ -48,7 +48,7 @@ services:
   app:
     build: {context: ` + good + `, dockerfile: app.Dockerfile}
     labels: {io.vigil.main: ./tools/composecheck/testdata/app}
-    environment: {VIGIL_APP_URL: x, VIGIL_APP_LEVL: info}
+    environment: {VIGIL_APP_URL: x, VIGIL_APP_MODE: fast, VIGIL_APP_LEVL: info}
 `, []string{"sets VIGIL_APP_LEVL"}},
 		{"single stage", `
 services:
