@@ -18,7 +18,7 @@ import (
 )
 
 // benchEntries is how many events one benchmark operation logs.
-const benchEntries = 50_000
+const benchEntries = 100_000
 
 // BenchmarkAuditAppend measures the sustained rate of the whole auditor
 // (consume from JetStream, encode, append to the Tessera log, make durable,

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,6 +39,9 @@ const (
 	tesseraMaxAge = time.Millisecond
 	// maxBufferedBytes bounds the messages pulled ahead of the writer.
 	maxBufferedBytes = 64 << 20
+	// minPerWorker is the fewest messages worth a goroutine of their own
+	// when preparing a batch.
+	minPerWorker = 256
 	// maxInflightBatches is how many batches may be handed to Tessera
 	// before the oldest is durable.
 	maxInflightBatches = 2
@@ -130,20 +134,12 @@ func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.J
 		return ignoreCancel(ctx, err)
 	}
 
-	items := make(chan item, 2*cfg.BatchSize)
+	msgs := make(chan jetstream.Msg, 2*cfg.BatchSize)
 	stop := make(chan struct{})
 	fatal := make(chan error, 1)
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
-		it, err := w.prepare(msg)
-		if err != nil {
-			select {
-			case fatal <- err:
-			default:
-			}
-			return
-		}
 		select {
-		case items <- it:
+		case msgs <- msg:
 		case <-stop:
 		}
 	},
@@ -198,15 +194,15 @@ func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.J
 		return err
 	}
 	for {
-		var batch []item
+		var raw []jetstream.Msg
 		select {
 		case <-ctx.Done():
 			return finish(nil)
 		case err := <-fatal:
 			return finish(err)
-		case it := <-items:
-			batch = make([]item, 0, min(cfg.BatchSize, len(items)+1))
-			batch = append(batch, it)
+		case m := <-msgs:
+			raw = make([]jetstream.Msg, 0, min(cfg.BatchSize, len(msgs)+1))
+			raw = append(raw, m)
 		}
 		select {
 		case slots <- struct{}{}:
@@ -216,13 +212,18 @@ func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.J
 			return finish(nil)
 		}
 	fill:
-		for len(batch) < cfg.BatchSize {
+		for len(raw) < cfg.BatchSize {
 			select {
-			case it := <-items:
-				batch = append(batch, it)
+			case m := <-msgs:
+				raw = append(raw, m)
 			default:
 				break fill
 			}
+		}
+		batch, err := w.prepareAll(raw)
+		if err != nil {
+			<-slots
+			return finish(err)
 		}
 		p, err := w.add(ctx, batch)
 		if err != nil {
@@ -240,8 +241,44 @@ func ignoreCancel(ctx context.Context, err error) error {
 	return err
 }
 
-// prepare turns a message into its log entry. It runs on the consumer's
-// goroutine, concurrently with the writer.
+// prepareAll turns messages into log entries, in parallel: while it runs,
+// Tessera is busy making the previous batch durable.
+func (w *writer) prepareAll(msgs []jetstream.Msg) ([]item, error) {
+	items := make([]item, len(msgs))
+	workers := min(runtime.GOMAXPROCS(0), (len(msgs)+minPerWorker-1)/minPerWorker)
+	if workers <= 1 {
+		for i, m := range msgs {
+			it, err := w.prepare(m)
+			if err != nil {
+				return nil, err
+			}
+			items[i] = it
+		}
+		return items, nil
+	}
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	per := (len(msgs) + workers - 1) / workers
+	for k := range workers {
+		wg.Go(func() {
+			for i := k * per; i < min(len(msgs), (k+1)*per); i++ {
+				it, err := w.prepare(msgs[i])
+				if err != nil {
+					errs[k] = err
+					return
+				}
+				items[i] = it
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+// prepare turns a message into its log entry.
 func (w *writer) prepare(msg jetstream.Msg) (item, error) {
 	md, err := msg.Metadata()
 	if err != nil {
