@@ -10,6 +10,9 @@ import (
 	"net/http"
 	"sync"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+
 	"github.com/vigil-cc/vigil/pkg/evidence/collateral"
 )
 
@@ -54,7 +57,15 @@ func (g *flightGroup) do(key string, fn func() ([]byte, http.Header, error)) ([]
 }
 
 // httpGet fetches url, returning the body and headers of a 200 answer.
-func (v *Verifier) httpGet(ctx context.Context, url string) ([]byte, http.Header, error) {
+func (v *Verifier) httpGet(ctx context.Context, url string) (body []byte, hdr http.Header, err error) {
+	ctx, span := startSpan(ctx, "evidence.fetch", attribute.String("url.full", url))
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, "fetch failed")
+		}
+		span.End()
+	}()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, nil, err
@@ -64,7 +75,7 @@ func (v *Verifier) httpGet(ctx context.Context, url string) ([]byte, http.Header
 		return nil, nil, err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxFetchSize+1))
+	body, err = io.ReadAll(io.LimitReader(resp.Body, maxFetchSize+1))
 	if err != nil {
 		return nil, nil, fmt.Errorf("GET %s: %w", url, err)
 	}

@@ -65,7 +65,7 @@ func genuineSNP() *Result {
 	}
 }
 
-func codes(fs []Finding) []string {
+func findingCodes(fs []Finding) []string {
 	var out []string
 	for _, f := range fs {
 		out = append(out, f.Code)
@@ -125,8 +125,8 @@ func TestValidate(t *testing.T) {
 				tc.result(r)
 			}
 			got := p.Validate(r, tc.exp, now)
-			if strings.Join(codes(got), ",") != strings.Join(tc.want, ",") {
-				t.Fatalf("findings %v, want %v", codes(got), tc.want)
+			if strings.Join(findingCodes(got), ",") != strings.Join(tc.want, ",") {
+				t.Fatalf("findings %v, want %v", findingCodes(got), tc.want)
 			}
 			for _, f := range got {
 				if f.Warning != tc.warn {
@@ -150,13 +150,13 @@ func TestValidateTDX(t *testing.T) {
 	}
 	p := DefaultPolicy()
 	if got := p.Validate(base(), Expect{}, now); len(got) != 0 {
-		t.Fatalf("clean TDX: %v", codes(got))
+		t.Fatalf("clean TDX: %v", findingCodes(got))
 	}
 	r := base()
 	r.TDX.Debug = true
 	r.TDX.TCBStatus = "SWHardeningNeeded"
 	got := p.Validate(r, Expect{}, now)
-	if strings.Join(codes(got), ",") != ReasonPolicyDebug+","+ReasonPolicyTCBStatus || got[0].Warning || !got[1].Warning {
+	if strings.Join(findingCodes(got), ",") != ReasonPolicyDebug+","+ReasonPolicyTCBStatus || got[0].Warning || !got[1].Warning {
 		t.Fatalf("findings %+v", got)
 	}
 	r.TDX.Debug, r.TDX.TCBStatus = false, "OutOfDate"
@@ -167,7 +167,7 @@ func TestValidateTDX(t *testing.T) {
 	p.TDX.MinTEETCBSVN = Hex{1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
 	p.TDX.MRSEAM = []Hex{make([]byte, 48)}
 	p.TDX.MRTD = []Hex{append(make([]byte, 47), 1)}
-	if got := p.Validate(base(), Expect{}, now); strings.Join(codes(got), ",") != ReasonPolicyMeasurement+","+ReasonPolicyTCB+","+ReasonPolicyTCBUnknown {
-		t.Fatalf("findings %v", codes(got))
+	if got := p.Validate(base(), Expect{}, now); strings.Join(findingCodes(got), ",") != ReasonPolicyMeasurement+","+ReasonPolicyTCB+","+ReasonPolicyTCBUnknown {
+		t.Fatalf("findings %v", findingCodes(got))
 	}
 }

@@ -175,12 +175,17 @@ func (r *Result) HasFailure(code string) bool {
 
 // Verify parses raw as a bundle and verifies it. The error is non-nil only
 // when raw is not a valid bundle (errors.Is(err, ErrInvalidBundle)).
-func (v *Verifier) Verify(ctx context.Context, raw []byte, exp Expect) (*Result, error) {
+func (v *Verifier) Verify(ctx context.Context, raw []byte, exp Expect) (res *Result, err error) {
+	ctx, span := startSpan(ctx, "evidence.Verify")
+	defer func() {
+		traceVerify(span, res, err)
+		span.End()
+	}()
 	b, err := ParseBundle(raw)
 	if err != nil {
 		return nil, err
 	}
-	res := v.VerifyBundle(ctx, b, exp)
+	res = v.VerifyBundle(ctx, b, exp)
 	res.EvidenceDigest = Digest(raw)
 	return res, nil
 }
