@@ -15,6 +15,9 @@ func tracer() trace.Tracer { return otel.Tracer("github.com/vigil-cc/vigil/pkg/e
 
 // traceVerify records a verification span's outcome.
 func traceVerify(span trace.Span, res *Result, err error) {
+	if !span.IsRecording() {
+		return
+	}
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "invalid bundle")
