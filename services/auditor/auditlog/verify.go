@@ -25,19 +25,23 @@ type VerifyOptions struct {
 
 // Report says what Verify checked.
 type Report struct {
-	Origin     string
-	Size       uint64
-	Root       []byte
-	Checkpoint []byte
+	Origin     string `json:"origin"`
+	Size       uint64 `json:"size"`
+	Root       []byte `json:"root"`       // base64 in JSON
+	Checkpoint string `json:"checkpoint"` // the signed note verified
 
-	Events, Invalid, Gaps uint64 // records by kind
-	Stream                string
-	LastSeq               uint64 // every stream sequence 1..LastSeq is accounted for
-	MissingSeqs           uint64 // sequences inside gap records
-	OutOfOrder            uint64 // records logged after a later sequence (repairs after a write failure)
+	Events      uint64 `json:"events"`
+	Invalid     uint64 `json:"invalid"`
+	Gaps        uint64 `json:"gaps"`
+	Stream      string `json:"stream"`
+	LastSeq     uint64 `json:"last_seq"`     // every stream sequence 1..LastSeq is accounted for
+	MissingSeqs uint64 `json:"missing_seqs"` // sequences inside gap records
+	OutOfOrder  uint64 `json:"out_of_order"` // records logged after a later sequence (repairs after a write failure)
 
-	Bundles, Tiles, OtherFiles uint64
-	TrustedSizes               []uint64 // sizes of the trusted checkpoints proven consistent
+	Bundles      uint64   `json:"bundles"`
+	Tiles        uint64   `json:"tiles"`
+	OtherFiles   uint64   `json:"other_files"`   // older partial tiles and bundles checked
+	TrustedSizes []uint64 `json:"trusted_sizes"` // sizes of the trusted checkpoints proven consistent
 }
 
 func (r *Report) String() string {
@@ -62,7 +66,7 @@ func Verify(ctx context.Context, d *Dir, v note.Verifier, opts VerifyOptions) (*
 	if err != nil {
 		return nil, err
 	}
-	rep := &Report{Origin: cp.Origin, Size: cp.Size, Checkpoint: raw}
+	rep := &Report{Origin: cp.Origin, Size: cp.Size, Checkpoint: string(raw)}
 
 	trusted := make([]Checkpoint, 0, len(opts.Trusted))
 	rootsAt := map[uint64][]byte{}
