@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
 	"github.com/vigil-cc/vigil/pkg/bus"
@@ -63,6 +64,7 @@ func run() error {
 		subs       = str("subscriptions", "", "Azure subscription IDs to reconcile, comma separated")
 		interval   = str("reconcile-interval", ingest.DefaultReconcileInterval.String(), "reconcile interval (0 or negative: off)")
 		armURL     = str("arm-endpoint", "", "ARM endpoint (default: Azure public cloud)")
+		armToken   = str("arm-static-token", "", "fixed bearer token for ARM instead of an Entra ID credential (simulated ARM APIs only)")
 		nsEndpoint = str("namespace-endpoint", "", "Event Grid namespace endpoint to pull from")
 		nsTopic    = str("namespace-topic", "", "namespace topic")
 		nsSub      = str("namespace-subscription", "", "namespace event subscription")
@@ -120,7 +122,10 @@ func run() error {
 	}
 	var cred azcore.TokenCredential
 	needCred := len(cfg.Subscriptions) > 0 || (*nsEndpoint != "" && *nsKey == "")
-	if needCred {
+	switch {
+	case *armToken != "":
+		cred = staticToken(*armToken)
+	case needCred:
 		c, err := azidentity.NewDefaultAzureCredential(nil)
 		if err != nil {
 			return fmt.Errorf("%w: Azure credential: %w", ingest.ErrConfig, err)
@@ -159,4 +164,11 @@ func list(s string) []string {
 		}
 	}
 	return out
+}
+
+// staticToken is a credential with a fixed token, for simulated ARM APIs.
+type staticToken string
+
+func (t staticToken) GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	return azcore.AccessToken{Token: string(t), ExpiresOn: time.Now().Add(time.Hour)}, nil
 }

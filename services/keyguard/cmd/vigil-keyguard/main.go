@@ -22,6 +22,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/telemetry"
 	"github.com/vigil-cc/vigil/services/keyguard"
+	"github.com/vigil-cc/vigil/services/keyguard/secrets"
 )
 
 func main() {
@@ -53,6 +54,7 @@ func run(ctx context.Context, args []string) error {
 		replicas   = str("replicas", "1", "stream and bucket replicas (3 on a cluster)")
 		httpAddr   = str("http", ":8080", "listen address of /healthz, /readyz and /metrics")
 		masterKey  = str("master-key-file", "", "file holding the 32-byte master key that encrypts secrets at rest (raw, hex or base64)")
+		createKey  = str("create-master-key", "false", "generate the master key file when it does not exist yet (first start)")
 		configFile = str("config", "", "YAML file with grants, Azure Key Vault backends and the restore policy")
 		autoRest   = str("auto-restore", "", "revocation causes restored automatically once the VM is trusted again: stale, untrusted (comma separated)")
 		policyFile = str("policy", "", "attestation policy (YAML) for release evidence; default: Vigil's default Azure CVM policy")
@@ -101,6 +103,15 @@ func run(ctx context.Context, args []string) error {
 	tdx, err := boolFlag("evidence-tdx-collateral", *tdxColl)
 	if err != nil {
 		return err
+	}
+	create, err := boolFlag("create-master-key", *createKey)
+	if err != nil {
+		return err
+	}
+	if create {
+		if _, err := secrets.EnsureMasterKeyFile(*masterKey); err != nil {
+			return fmt.Errorf("%w: -create-master-key: %w", errUsage, err)
+		}
 	}
 
 	log := telemetry.Logger("vigil-keyguard", os.Stderr, level)
