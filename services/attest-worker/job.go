@@ -1,0 +1,310 @@
+package attestworker
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/events"
+)
+
+// NonceSize is the size of a challenge nonce.
+const NonceSize = 32
+
+// maxCASAttempts bounds the compare-and-set loop on one status record.
+const maxCASAttempts = 8
+
+// handleJob attests one VM: challenge, verify, verdict, status, next
+// schedule. It returns nil (ack) only after the outcome is stored; a crash
+// anywhere before leaves the job to be redelivered, and every event it
+// publishes has an id derived from the job, so a redelivery stores nothing
+// twice.
+func (w *Worker) handleJob(ctx context.Context, m *bus.Message) error {
+	var job events.Job
+	if err := m.Envelope.Decode(events.TypeJob, &job); err != nil {
+		return bus.Permanent(err)
+	}
+	vm := events.VMFromSubject(m.Msg.Subject())
+	if vm == "" || (job.VMKey != "" && job.VMKey != vm) {
+		return bus.Permanent(fmt.Errorf("job for %q on subject %s", job.VMKey, m.Msg.Subject()))
+	}
+	job.VMKey = vm
+	jobID := m.Envelope.ID
+
+	st, rev, exists, err := w.status.get(ctx, vm)
+	if err != nil {
+		return err
+	}
+	if exists && st.LastJobID == jobID {
+		// Redelivered after its outcome was stored: complete the steps
+		// after the status write (all idempotent).
+		w.log.InfoContext(ctx, "job outcome already stored; completing it", "vm", vm, "job", jobID)
+		return w.afterStore(ctx, outcome{Status: st, From: st.PreviousStatus, Changed: st.ChangedBy == jobID}, jobID)
+	}
+	scheduled := scheduledReason(job.Reason)
+	if exists && scheduled && (st.Status == events.StatusSuspended || st.Status == events.StatusRetired) {
+		return nil
+	}
+	if exists && scheduled && !job.DueAt.IsZero() && st.LastAttemptAt.After(job.DueAt) && st.NextDueAt.After(job.DueAt) {
+		// The VM was attempted after this job became due (the sweep saw it
+		// overdue just before another job attested it): obsolete. That
+		// attempt wrote the next schedule.
+		return nil
+	}
+	inv, known, err := w.inv.get(ctx, vm)
+	if err != nil {
+		return err
+	}
+	if known && inv.Deleted && scheduled {
+		return nil
+	}
+	resourceID, vmID := job.ResourceID, job.VMID
+	if known {
+		if inv.ResourceID != "" {
+			resourceID = inv.ResourceID
+		}
+		if inv.VMID != "" {
+			vmID = inv.VMID
+		}
+	}
+	if resourceID == "" {
+		resourceID = st.ResourceID
+	}
+	due := job.DueAt
+	if due.IsZero() {
+		due = job.RequestedAt
+	}
+	if !due.IsZero() {
+		lag := time.Since(due)
+		w.metrics.lag.Record(ctx, max(lag, 0).Seconds(), metric.WithAttributes(attribute.String("reason", job.Reason)))
+		if scheduled && lag > w.cfg.MissedAfter {
+			w.metrics.missed.Add(ctx, 1, metric.WithAttributes(attribute.String("at", "job")))
+			w.log.WarnContext(ctx, "attestation started after its deadline", "vm", vm, "due", due, "lag", lag.Round(time.Millisecond))
+		}
+	}
+
+	a := w.attempt(ctx, vm, jobID, job.Attempt, resourceID, vmID)
+	a.DueAt = due
+	w.hook("appraised", vm)
+	if a.Verdict != nil {
+		v, err := w.publishVerdict(ctx, a.Verdict)
+		if err != nil {
+			return err
+		}
+		a.Verdict = v
+		w.hook("verdict", vm)
+	}
+
+	var o outcome
+	for i := 0; ; i++ {
+		cur := st.Status
+		if exists && (cur == events.StatusSuspended || cur == events.StatusRetired) && (scheduled || a.Verdict == nil) {
+			// Stopped or deleted while the attempt ran: record it, but
+			// neither change the status nor schedule again.
+			a.KeepStatus = true
+		}
+		o = applyAttempt(st, exists, a, w.cfg.Timing)
+		_, err := w.status.put(ctx, o.Status, rev, exists)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errConflict) || i >= maxCASAttempts {
+			return err
+		}
+		if st, rev, exists, err = w.status.get(ctx, vm); err != nil {
+			return err
+		}
+		if exists && st.LastJobID == jobID {
+			o = outcome{Status: st, From: st.PreviousStatus, Changed: st.ChangedBy == jobID}
+			break
+		}
+	}
+	w.metrics.transition(ctx, o)
+	w.log.DebugContext(ctx, "attempt recorded", "vm", vm, "job", jobID, "reason", job.Reason, "due", due,
+		"delivered", m.Meta.NumDelivered, "status", o.Status.Status, "next_due", o.Status.NextDueAt)
+	w.hook("status", vm)
+	if w.cfg.testRecord != nil {
+		job.DueAt = due
+		w.cfg.testRecord(job, o.Status)
+	}
+	return w.afterStore(ctx, o, jobID)
+}
+
+func (w *Worker) hook(point, vm string) {
+	if w.cfg.testHook != nil {
+		w.cfg.testHook(point, vm)
+	}
+}
+
+// afterStore publishes the state change and alerts of a stored outcome
+// and schedules the VM's next attestation. Every step is idempotent.
+func (w *Worker) afterStore(ctx context.Context, o outcome, jobID string) error {
+	st := o.Status
+	if o.Changed {
+		if err := w.publishState(ctx, o); err != nil {
+			return err
+		}
+		for _, a := range alertsFor(o, w.source) {
+			if err := w.publishAlert(ctx, a); err != nil {
+				return err
+			}
+		}
+	}
+	if st.Status == events.StatusSuspended || st.Status == events.StatusRetired || st.NextDueAt.IsZero() {
+		return nil
+	}
+	reason := reasonSchedule
+	if st.ConsecutiveFailures > 0 {
+		reason = reasonRetry
+	}
+	return w.sched.at(ctx, events.Job{
+		VMKey:      st.VMKey,
+		ResourceID: st.ResourceID,
+		VMID:       st.VMID,
+		Reason:     reason,
+		Attempt:    st.ConsecutiveFailures + 1,
+		DueAt:      st.NextDueAt,
+	})
+}
+
+// attempt challenges the VM's agent and appraises its answer.
+func (w *Worker) attempt(ctx context.Context, vm, jobID string, attemptNo int, resourceID, vmID string) attempt {
+	a := attempt{VMKey: vm, JobID: jobID, Worker: w.cfg.Name, ResourceID: resourceID, VMID: vmID}
+	nonce := make([]byte, NonceSize)
+	_, _ = rand.Read(nonce) // crypto/rand.Read never fails (Go 1.24+).
+
+	w.metrics.inflight.Add(ctx, 1)
+	defer w.metrics.inflight.Add(ctx, -1)
+	start := time.Now()
+	deadline := start.Add(w.cfg.ChallengeTimeout)
+	rctx, cancel := context.WithDeadline(ctx, deadline)
+	var bundle []byte
+	err := w.conn.Request(rctx, events.ChallengeSubject(vm), events.Challenge{VMKey: vm, Nonce: nonce, Deadline: deadline.UTC()}, &bundle)
+	cancel()
+	w.metrics.challenge.Record(ctx, time.Since(start).Seconds())
+	a.At = time.Now().UTC()
+	if err != nil {
+		a.Failure = challengeFailure(err, w.cfg.ChallengeTimeout)
+		w.metrics.attempts.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", a.Failure.Code)))
+		return a
+	}
+
+	vstart := time.Now()
+	v, err := w.appraiser.appraise(ctx, appraisal{VMKey: vm, ResourceID: resourceID, VMID: vmID, Bundle: bundle, Nonce: nonce})
+	w.metrics.verify.Record(ctx, time.Since(vstart).Seconds())
+	a.At = time.Now().UTC()
+	if err != nil {
+		a.Failure = events.Reason{Code: "verifier.error", Message: err.Error()}
+		w.metrics.attempts.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", a.Failure.Code)))
+		return a
+	}
+	v.ID = derivedID("verdict", jobID)
+	v.VMKey = vm
+	v.JobID = jobID
+	v.Attempt = attemptNo
+	if v.ResourceID == "" {
+		v.ResourceID = resourceID
+	}
+	if v.IssuedAt.IsZero() {
+		v.IssuedAt = a.At
+	}
+	a.Verdict = v
+	w.metrics.attempts.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", "verdict")))
+	w.metrics.verdicts.Add(ctx, 1, metric.WithAttributes(attribute.String("status", v.Status)))
+	trace.SpanFromContext(ctx).SetAttributes(attribute.String("vigil.verdict", v.Status))
+	return a
+}
+
+// challengeFailure names why a challenge got no evidence.
+func challengeFailure(err error, timeout time.Duration) events.Reason {
+	var re *bus.ReplyError
+	switch {
+	case errors.Is(err, bus.ErrNoResponders):
+		return events.Reason{Code: "agent.unreachable", Message: "no agent answers challenges for this VM"}
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return events.Reason{Code: "agent.timeout", Message: fmt.Sprintf("the agent did not answer within %s", timeout)}
+	case errors.As(err, &re):
+		return events.Reason{Code: "agent.refused", Message: re.Error()}
+	default:
+		return events.Reason{Code: "agent.unreachable", Message: err.Error()}
+	}
+}
+
+// publishVerdict stores v under its job-derived id. When a verdict with that
+// id is stored already (a redelivered job), the stored one is returned, so
+// the status always follows the verdict that exists.
+func (w *Worker) publishVerdict(ctx context.Context, v *events.Verdict) (*events.Verdict, error) {
+	env, err := events.New(events.TypeVerdict, w.source, events.VerdictSubject(v.VMKey), v)
+	if err != nil {
+		return nil, err
+	}
+	env.ID = v.ID
+	ack, err := w.conn.Publish(ctx, events.VerdictSubject(v.VMKey), env)
+	if err != nil {
+		return nil, err
+	}
+	if !ack.Duplicate {
+		return v, nil
+	}
+	raw, err := w.events.GetMsg(ctx, ack.Sequence)
+	if err != nil {
+		return nil, fmt.Errorf("attest-worker: read stored verdict %s: %w", v.ID, err)
+	}
+	stored, err := events.Parse(raw.Data)
+	if err != nil {
+		return nil, fmt.Errorf("attest-worker: stored verdict %s: %w", v.ID, err)
+	}
+	var out events.Verdict
+	if err := stored.Decode(events.TypeVerdict, &out); err != nil {
+		return nil, fmt.Errorf("attest-worker: stored verdict %s: %w", v.ID, err)
+	}
+	return &out, nil
+}
+
+// publishState publishes the status change of o under an id derived from
+// the job or event that made it.
+func (w *Worker) publishState(ctx context.Context, o outcome) error {
+	st := o.Status
+	s := events.State{
+		VMKey: st.VMKey, ResourceID: st.ResourceID, VMID: st.VMID,
+		From: o.From, To: st.Status, Reasons: st.Reasons, ChangedAt: st.Since,
+	}
+	if st.LastVerdictID != "" && st.LastJobID == st.ChangedBy && st.LastVerdictAt.Equal(st.Since) {
+		s.VerdictID = st.LastVerdictID
+	}
+	env, err := events.New(events.TypeState, w.source, events.StateSubject(st.VMKey), s)
+	if err != nil {
+		return err
+	}
+	env.ID = derivedID("state", st.ChangedBy, string(o.From), string(st.Status))
+	_, err = w.conn.Publish(ctx, events.StateSubject(st.VMKey), env)
+	return err
+}
+
+// publishAlert publishes a under an id derived from its cause.
+func (w *Worker) publishAlert(ctx context.Context, a events.Alert) error {
+	env, err := events.New(events.TypeAlert, w.source, events.AlertSubject(a.Severity, a.VMKey), a)
+	if err != nil {
+		return err
+	}
+	env.ID = derivedID("alert", a.CauseID, a.Code, a.VMKey)
+	if _, err := w.conn.Publish(ctx, events.AlertSubject(a.Severity, a.VMKey), env); err != nil {
+		return err
+	}
+	w.metrics.alerts.Add(ctx, 1, metric.WithAttributes(attribute.String("code", a.Code)))
+	return nil
+}
+
+// streamGetter is the part of jetstream.Stream publishVerdict needs.
+type streamGetter interface {
+	GetMsg(ctx context.Context, seq uint64, opts ...jetstream.GetMsgOpt) (*jetstream.RawStreamMsg, error)
+}

@@ -1,0 +1,53 @@
+package attestworker
+
+import (
+	"context"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// workerMetrics are the attest-worker's instruments (exposed on /metrics
+// with dots as underscores, e.g. vigil_attest_schedule_lag_seconds).
+type workerMetrics struct {
+	attempts    metric.Int64Counter
+	verdicts    metric.Int64Counter
+	transitions metric.Int64Counter
+	alerts      metric.Int64Counter
+	missed      metric.Int64Counter
+	overdue     metric.Int64Gauge
+	lag         metric.Float64Histogram
+	challenge   metric.Float64Histogram
+	verify      metric.Float64Histogram
+	inflight    metric.Int64UpDownCounter
+}
+
+func newWorkerMetrics(mp metric.MeterProvider) *workerMetrics {
+	m := mp.Meter("github.com/vigil-cc/vigil/services/attest-worker")
+	w := &workerMetrics{}
+	// Instrument creation fails only for invalid names; these are constant.
+	w.attempts, _ = m.Int64Counter("vigil.attest.attempts", metric.WithDescription("Challenges by outcome (verdict, agent.unreachable, agent.timeout, agent.refused, verifier.error)"))
+	w.verdicts, _ = m.Int64Counter("vigil.attest.verdicts", metric.WithDescription("Verdicts by EAR status"))
+	w.transitions, _ = m.Int64Counter("vigil.attest.transitions", metric.WithDescription("Status changes by new status"))
+	w.alerts, _ = m.Int64Counter("vigil.attest.alerts", metric.WithDescription("Alerts raised by code"))
+	w.missed, _ = m.Int64Counter("vigil.attest.deadlines_missed", metric.WithDescription("Attestations found later than their due time plus the allowed lateness (at: fire, job, sweep)"))
+	w.overdue, _ = m.Int64Gauge("vigil.attest.overdue_vms", metric.WithDescription("VMs overdue at the last sweep"))
+	w.lag, _ = m.Float64Histogram("vigil.attest.schedule_lag", metric.WithUnit("s"), metric.WithDescription("Time from an attestation's due time to its start"),
+		metric.WithExplicitBucketBoundaries(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600))
+	w.challenge, _ = m.Float64Histogram("vigil.attest.challenge_duration", metric.WithUnit("s"), metric.WithDescription("Challenge round trip to the agent"),
+		metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+	w.verify, _ = m.Float64Histogram("vigil.attest.verify_duration", metric.WithUnit("s"), metric.WithDescription("Evidence verification and policy appraisal"),
+		metric.WithExplicitBucketBoundaries(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+	w.inflight, _ = m.Int64UpDownCounter("vigil.attest.inflight", metric.WithDescription("Challenges in flight on this worker"))
+	return w
+}
+
+func (m *workerMetrics) transition(ctx context.Context, o outcome) {
+	if o.Changed && o.From != o.Status.Status {
+		m.transitions.Add(ctx, 1, metric.WithAttributes(attribute.String("to", string(o.Status.Status))))
+	}
+}
+
+func metricAt(where string) metric.AddOption {
+	return metric.WithAttributes(attribute.String("at", where))
+}

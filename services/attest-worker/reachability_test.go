@@ -1,0 +1,210 @@
+package attestworker
+
+import (
+	"encoding/json"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/evidence/sim"
+)
+
+func hasReason(st events.VMStatus, code string) bool {
+	return slices.ContainsFunc(st.Reasons, func(r events.Reason) bool { return r.Code == code })
+}
+
+func TestUnreachableThenStaleThenRecovery(t *testing.T) {
+	t.Parallel()
+	srv, conn, ctx := testEnv(t)
+	f := newFleet(t, ctx, conn, 3, sim.VMConfig{})
+	trustedThenSilent, slow, neverAnswers := f.vms[0], f.vms[1], f.vms[2]
+	f.setSilent(neverAnswers, true)
+	runWorker(t, testConfig(connectBus(t, srv.URL()), "w1"))
+	f.register(ctx, f.vms...)
+	waitStatus(t, ctx, conn.JS, 20*time.Second, events.StatusTrusted, trustedThenSilent, slow)
+
+	// A running VM that never answers: unreachable with retries, then stale
+	// after the grace period, with a never-attested alert.
+	waitFor(t, 10*time.Second, "never-answering VM unreachable", func() (bool, string) {
+		st, _ := statusOf(t, ctx, conn.JS, neverAnswers.VMKey())
+		return st.Status == events.StatusUnreachable && hasReason(st, "agent.unreachable"), string(st.Status)
+	})
+	f.setSilent(trustedThenSilent, true)
+	slow.mu.Lock()
+	slow.delay = 2 * time.Second // beyond the 1 s challenge timeout
+	slow.mu.Unlock()
+
+	waitFor(t, 10*time.Second, "silent and slow VMs unreachable", func() (bool, string) {
+		a, _ := statusOf(t, ctx, conn.JS, trustedThenSilent.VMKey())
+		b, _ := statusOf(t, ctx, conn.JS, slow.VMKey())
+		return a.Status == events.StatusUnreachable && b.Status == events.StatusUnreachable && hasReason(b, "agent.timeout"), string(a.Status) + " " + string(b.Status)
+	})
+	start := time.Now()
+	waitStatus(t, ctx, conn.JS, 15*time.Second, events.StatusStale, f.vms...)
+	if d := time.Since(start); d < time.Second {
+		t.Errorf("stale after %s: the 3s grace period was not honoured", d)
+	}
+	st, _ := statusOf(t, ctx, conn.JS, neverAnswers.VMKey())
+	if st.ConsecutiveFailures < 3 || !hasReason(st, "evidence.stale") {
+		t.Errorf("never-answering VM: %d attempts, reasons %v: want retries and evidence.stale", st.ConsecutiveFailures, st.Reasons)
+	}
+	// Retries back off: the attempts of the never-answering VM get further apart.
+	never := alertsWith(t, ctx, conn.JS, "vm.never_attested")
+	stale := alertsWith(t, ctx, conn.JS, "vm.stale")
+	if len(never) != 1 || never[0].VMKey != neverAnswers.VMKey() || never[0].Severity != events.SeverityCritical {
+		t.Errorf("never-attested alerts %+v", never)
+	}
+	if len(stale) != 2 {
+		t.Errorf("%d vm.stale alerts, want 2 (silent and slow VM)", len(stale))
+	}
+	for _, v := range []*testVM{trustedThenSilent, slow} {
+		states := statesOf(t, ctx, conn.JS, v.VMKey())
+		var path []events.Status
+		for _, s := range states {
+			path = append(path, s.To)
+		}
+		if !slices.Equal(path, []events.Status{events.StatusTrusted, events.StatusUnreachable, events.StatusStale}) {
+			t.Errorf("%s went through %v", v.VMKey(), path)
+		}
+	}
+
+	// Recovery: the agents answer again and the VMs become trusted again.
+	f.setSilent(trustedThenSilent, false)
+	f.setSilent(neverAnswers, false)
+	slow.mu.Lock()
+	slow.delay = 0
+	slow.mu.Unlock()
+	waitStatus(t, ctx, conn.JS, 15*time.Second, events.StatusTrusted, f.vms...)
+	if n := len(alertsWith(t, ctx, conn.JS, "vm.recovered")); n != 3 {
+		t.Errorf("%d vm.recovered alerts, want 3", n)
+	}
+	st, _ = statusOf(t, ctx, conn.JS, neverAnswers.VMKey())
+	if st.ConsecutiveFailures != 0 || !st.OverdueSince.IsZero() {
+		t.Errorf("after recovery: %+v", st)
+	}
+}
+
+func TestRetriesBackOff(t *testing.T) {
+	t.Parallel()
+	srv, conn, ctx := testEnv(t)
+	f := newFleet(t, ctx, conn, 1, sim.VMConfig{})
+	v := f.vms[0]
+	// Answer nothing: every challenge times out (recorded by the agent).
+	v.mu.Lock()
+	v.delay = time.Hour
+	v.mu.Unlock()
+	cfg := testConfig(connectBus(t, srv.URL()), "w1")
+	cfg.Timing.RetryBase, cfg.Timing.RetryMax = 300*time.Millisecond, 2400*time.Millisecond
+	cfg.ChallengeTimeout = 200 * time.Millisecond
+	runWorker(t, cfg)
+	f.register(ctx, v)
+	waitFor(t, 20*time.Second, "5 attempts", func() (bool, string) { return len(v.challenges()) >= 5, "" })
+	c := v.challenges()
+	// Gaps: timeout + backoff of 0.3, 0.6, 1.2, 2.4 s (±20%, plus scheduling).
+	for i, want := range []time.Duration{300, 600, 1200, 2400} {
+		gap := c[i+1].Sub(c[i]) - cfg.ChallengeTimeout
+		want *= time.Millisecond
+		if gap < want*75/100 || gap > want*125/100+500*time.Millisecond {
+			t.Errorf("retry %d after %s, want about %s", i+1, gap, want)
+		}
+	}
+}
+
+func TestLifecycleSuspendsRetiresAndResumes(t *testing.T) {
+	t.Parallel()
+	srv, conn, ctx := testEnv(t)
+	f := newFleet(t, ctx, conn, 2, sim.VMConfig{})
+	stopped, deleted := f.vms[0], f.vms[1]
+	runWorker(t, testConfig(connectBus(t, srv.URL()), "w1"))
+	f.register(ctx, f.vms...)
+	waitStatus(t, ctx, conn.JS, 20*time.Second, events.StatusTrusted, f.vms...)
+
+	lifecycle := func(v *testVM, kind events.LifecycleKind) {
+		l := events.Lifecycle{VMKey: v.VMKey(), ResourceID: v.ResourceID(), VMID: v.VMID(), Kind: kind, Origin: "test", OccurredAt: time.Now().UTC()}
+		if _, err := conn.PublishEvent(ctx, events.LifecycleSubject(v.VMKey()), events.TypeLifecycle, "test", l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lifecycle(stopped, events.LifecycleDeallocated)
+	lifecycle(deleted, events.LifecycleDeleted)
+	waitStatus(t, ctx, conn.JS, 10*time.Second, events.StatusSuspended, stopped)
+	waitStatus(t, ctx, conn.JS, 10*time.Second, events.StatusRetired, deleted)
+
+	// No schedule and no further challenges while suspended or retired.
+	sched := &scheduler{stream: mustStream(t, conn.JS, events.StreamSchedule)}
+	time.Sleep(500 * time.Millisecond) // a job already running may finish
+	before := []int{len(stopped.challenges()), len(deleted.challenges())}
+	time.Sleep(3 * time.Second)
+	for i, v := range []*testVM{stopped, deleted} {
+		if _, ok, _ := sched.pending(ctx, v.VMKey()); ok {
+			t.Errorf("%s still has a schedule", v.VMKey())
+		}
+		if n := len(v.challenges()); n != before[i] {
+			t.Errorf("%s challenged %d times while not running", v.VMKey(), n-before[i])
+		}
+	}
+	// Started again: pending, then (ingest's job) trusted.
+	lifecycle(stopped, events.LifecycleStarted)
+	waitStatus(t, ctx, conn.JS, 10*time.Second, events.StatusPending, stopped)
+	if _, err := conn.PublishJob(ctx, "test", events.Job{VMKey: stopped.VMKey(), Reason: "started"}); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, ctx, conn.JS, 10*time.Second, events.StatusTrusted, stopped)
+	var path []events.Status
+	for _, s := range statesOf(t, ctx, conn.JS, stopped.VMKey()) {
+		path = append(path, s.To)
+	}
+	if !slices.Equal(path, []events.Status{events.StatusTrusted, events.StatusSuspended, events.StatusPending, events.StatusTrusted}) {
+		t.Errorf("stopped VM went through %v", path)
+	}
+}
+
+func mustStream(t testing.TB, js jetstream.JetStream, name string) jetstream.Stream {
+	t.Helper()
+	s, err := js.Stream(t.Context(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestSweepHealsLostScheduleAndAdoptsUnscheduledVM(t *testing.T) {
+	t.Parallel()
+	srv, conn, ctx := testEnv(t)
+	f := newFleet(t, ctx, conn, 2, sim.VMConfig{})
+	lost, unknown := f.vms[0], f.vms[1]
+	runWorker(t, testConfig(connectBus(t, srv.URL()), "w1"))
+	f.register(ctx, lost)
+	waitStatus(t, ctx, conn.JS, 20*time.Second, events.StatusTrusted, lost)
+
+	// Someone purges the schedule stream: the VM's next attestation would
+	// never come. The sweep notices the missed deadline and enqueues it.
+	if err := mustStream(t, conn.JS, events.StreamSchedule).Purge(ctx, jetstream.WithPurgeSubject(events.ScheduleSubject(lost.VMKey()))); err != nil {
+		t.Fatal(err)
+	}
+	n := len(lost.challenges())
+	waitFor(t, 15*time.Second, "lost VM attested again", func() (bool, string) { return len(lost.challenges()) > n, "" })
+	missed := alertsWith(t, ctx, conn.JS, "schedule.deadline_missed")
+	if len(missed) == 0 || missed[0].Severity != events.SeverityWarning {
+		t.Fatalf("missed-deadline alerts %+v", missed)
+	}
+	st, _ := statusOf(t, ctx, conn.JS, lost.VMKey())
+	if st.Status != events.StatusTrusted {
+		t.Fatalf("status %s after the sweep", st.Status)
+	}
+
+	// A running VM in the inventory that never got a job: the sweep adopts
+	// and attests it.
+	kv, err := conn.JS.KeyValue(ctx, events.BucketVMs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(events.VM{VMKey: unknown.VMKey(), ResourceID: unknown.ResourceID(), VMID: unknown.VMID(), PowerState: "running", EventTime: time.Now().UTC()})
+	if _, err := kv.Put(ctx, unknown.VMKey(), b); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, ctx, conn.JS, 15*time.Second, events.StatusTrusted, unknown)
+}

@@ -1,0 +1,330 @@
+package attestworker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/collateral"
+	"github.com/vigil-cc/vigil/pkg/telemetry"
+)
+
+// Service is the service name in events, logs and traces.
+const Service = "attest-worker"
+
+// Durable consumer names shared by every worker, so that each job, fired
+// schedule and lifecycle event goes to exactly one of them.
+const (
+	ConsumerJobs      = "attest-worker"
+	ConsumerSchedule  = "attest-worker-schedule"
+	ConsumerLifecycle = "attest-worker-lifecycle"
+)
+
+// Config configures one attest-worker. Several workers with the same
+// configuration share the fleet.
+type Config struct {
+	// Conn is an open connection to use; Run does not close it. When nil,
+	// Run connects with NATS (its URL overridden by NATSURL; it closes that connection on return).
+	Conn *bus.Conn
+	// NATS says how to reach NATS when Conn is nil; NATSURL, when set,
+	// overrides its URL.
+	NATSURL string
+	NATS    bus.Config
+	// Name identifies this worker instance in logs and status records
+	// (default: host name and process id).
+	Name string
+	// Topology is used to provision streams and buckets at start.
+	Topology events.Topology
+	// Concurrency bounds the jobs this worker handles at once
+	// (backpressure: it never holds more unacknowledged jobs than this);
+	// default 64.
+	Concurrency int
+	// Timing sets the re-attestation interval, its jitter, the grace
+	// period and the retry backoff. Zero fields are taken from Policy's
+	// timing, then from the defaults (5 min, ±10%, 2 min).
+	Timing Timing
+	// ChallengeTimeout bounds one challenge round trip (default 10 s).
+	ChallengeTimeout time.Duration
+	// AckWait is how long a job may stay unacknowledged (its worker died)
+	// before JetStream hands it to another worker; running jobs are kept
+	// in progress. Default 30 s, at least three challenge timeouts.
+	AckWait time.Duration
+	// MissedAfter is how late an attestation may start before its deadline
+	// counts as missed (reported by metric, log and alert); default a fifth
+	// of the interval, between 2 s and 1 min.
+	MissedAfter time.Duration
+	// SweepEvery is the period of the fleet sweep that finds missed
+	// deadlines, stale VMs and unscheduled running VMs (default the
+	// smaller of the interval and 1 min; at least 1 s).
+	SweepEvery time.Duration
+	// Policy is what evidence must satisfy; default evidence.DefaultPolicy().
+	Policy *evidence.Policy
+	// Verifier configures evidence verification. When its Collateral is
+	// nil, the shared vigil-collateral bucket is used.
+	Verifier evidence.Config
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Telemetry provides the tracer and meter providers and /metrics; the
+	// OpenTelemetry globals are used when nil.
+	Telemetry *telemetry.Telemetry
+	// HTTPAddr, when set, serves /healthz, /readyz and /metrics there.
+	HTTPAddr string
+	// Health, when set, receives this worker's readiness checks (for a
+	// process that serves several services' checks itself).
+	Health *telemetry.Health
+	// Ready, when set, is closed once the worker consumes.
+	Ready chan<- struct{}
+
+	// testHook, when set, is called at named points of a job (tests only):
+	// "appraised" before the verdict is stored, "verdict" after it,
+	// "status" after the status write.
+	testHook func(point, vm string)
+	// testRecord, when set, receives every job with the status record it
+	// produced (tests only).
+	testRecord func(job events.Job, st events.VMStatus)
+}
+
+func (c Config) withDefaults() Config {
+	if c.Name == "" {
+		host, _ := os.Hostname()
+		c.Name = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 64
+	}
+	if c.Policy == nil {
+		c.Policy = evidence.DefaultPolicy()
+	}
+	pt := policyTiming(c.Policy)
+	if c.Timing.Interval <= 0 {
+		c.Timing.Interval = pt.Interval
+	}
+	if c.Timing.Grace <= 0 {
+		c.Timing.Grace = pt.Grace
+	}
+	c.Timing = c.Timing.withDefaults()
+	if c.ChallengeTimeout <= 0 {
+		c.ChallengeTimeout = 10 * time.Second
+	}
+	if c.AckWait <= 0 {
+		c.AckWait = max(30*time.Second, 3*c.ChallengeTimeout)
+	}
+	if c.MissedAfter <= 0 {
+		c.MissedAfter = min(max(c.Timing.Interval/5, 2*time.Second), time.Minute)
+	}
+	if c.SweepEvery <= 0 {
+		c.SweepEvery = min(c.Timing.Interval, time.Minute)
+	}
+	c.SweepEvery = max(c.SweepEvery.Round(time.Second), time.Second)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.NATS.Name == "" {
+		c.NATS.Name = "vigil-" + Service
+	}
+	return c
+}
+
+// Worker is one running attest-worker.
+type Worker struct {
+	cfg       Config
+	conn      *bus.Conn
+	log       *slog.Logger
+	source    string
+	status    statusStore
+	inv       inventory
+	statusKV  jetstream.KeyValue
+	vmsKV     jetstream.KeyValue
+	events    streamGetter
+	sched     *scheduler
+	appraiser appraiser
+	metrics   *workerMetrics
+}
+
+// Run attests the fleet until ctx ends. It provisions the streams and
+// buckets, consumes jobs, fired schedules and lifecycle events, and returns
+// nil after a clean shutdown (handlers in flight finish first).
+func Run(ctx context.Context, cfg Config) error {
+	cfg = cfg.withDefaults()
+	if err := cfg.Timing.validate(); err != nil {
+		return err
+	}
+	conn := cfg.Conn
+	if conn == nil {
+		bc := cfg.NATS
+		if cfg.NATSURL != "" {
+			bc.URL = cfg.NATSURL
+		}
+		bc.WaitForServer = true
+		if bc.Logger == nil {
+			bc.Logger = cfg.Logger
+		}
+		if cfg.Telemetry != nil {
+			bc.TracerProvider, bc.MeterProvider = cfg.Telemetry.TracerProvider, cfg.Telemetry.MeterProvider
+		}
+		c, err := bus.Connect(ctx, bc)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = c.Close() }()
+		conn = c
+	}
+	w, err := newWorker(ctx, cfg, conn)
+	if err != nil {
+		return err
+	}
+	return w.run(ctx)
+}
+
+func newWorker(ctx context.Context, cfg Config, conn *bus.Conn) (*Worker, error) {
+	if err := events.Provision(ctx, conn.JS, cfg.Topology); err != nil {
+		return nil, err
+	}
+	statusKV, err := conn.JS.KeyValue(ctx, events.BucketStatus)
+	if err != nil {
+		return nil, fmt.Errorf("attest-worker: open %s: %w", events.BucketStatus, err)
+	}
+	vmsKV, err := conn.JS.KeyValue(ctx, events.BucketVMs)
+	if err != nil {
+		return nil, fmt.Errorf("attest-worker: open %s: %w", events.BucketVMs, err)
+	}
+	evStream, err := conn.JS.Stream(ctx, events.StreamEvents)
+	if err != nil {
+		return nil, fmt.Errorf("attest-worker: open %s: %w", events.StreamEvents, err)
+	}
+	schedStream, err := conn.JS.Stream(ctx, events.StreamSchedule)
+	if err != nil {
+		return nil, fmt.Errorf("attest-worker: open %s: %w", events.StreamSchedule, err)
+	}
+	vcfg := cfg.Verifier
+	if vcfg.Collateral == nil {
+		kv, err := collateral.OpenKV(ctx, conn.JS)
+		if err != nil {
+			return nil, err
+		}
+		vcfg.Collateral = kv
+	}
+	if vcfg.Logger == nil {
+		vcfg.Logger = cfg.Logger
+	}
+	ap, err := newEvidenceAppraiser(vcfg, cfg.Policy)
+	if err != nil {
+		return nil, err
+	}
+	var mp metric.MeterProvider = otel.GetMeterProvider()
+	if cfg.Telemetry != nil {
+		mp = cfg.Telemetry.MeterProvider
+	}
+	source := "vigil/" + Service + "/" + cfg.Name
+	return &Worker{
+		cfg:       cfg,
+		conn:      conn,
+		log:       cfg.Logger.With("worker", cfg.Name),
+		source:    source,
+		status:    statusStore{kv: statusKV},
+		inv:       inventory{kv: vmsKV},
+		statusKV:  statusKV,
+		vmsKV:     vmsKV,
+		events:    evStream,
+		sched:     &scheduler{conn: conn, stream: schedStream, source: source},
+		appraiser: ap,
+		metrics:   newWorkerMetrics(mp),
+	}, nil
+}
+
+func (w *Worker) run(ctx context.Context) error {
+	if err := w.sched.ensureSweep(ctx, w.cfg.SweepEvery); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	health := w.cfg.Health
+	if health == nil && w.cfg.HTTPAddr != "" {
+		health = telemetry.NewHealth()
+	}
+	if health != nil {
+		health.AddReadiness("nats", func(context.Context) error {
+			if !w.conn.NC.IsConnected() {
+				return errors.New("not connected to NATS")
+			}
+			return nil
+		})
+		health.AddReadiness("jetstream", func(ctx context.Context) error {
+			_, err := w.conn.JS.AccountInfo(ctx)
+			return err
+		})
+	}
+	errc := make(chan error, 4)
+	var wg sync.WaitGroup
+	if w.cfg.HTTPAddr != "" {
+		srv, err := telemetry.Listen(w.cfg.HTTPAddr, w.cfg.Telemetry, health)
+		if err != nil {
+			return err
+		}
+		w.log.InfoContext(ctx, "serving health and metrics", "addr", srv.Addr())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ctx); err != nil {
+				errc <- err
+			}
+		}()
+	}
+	consume := func(stream string, cc jetstream.ConsumerConfig, h bus.Handler, opts ...bus.ConsumeOption) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			opts = append(opts, bus.WithAlertSource(Service))
+			if err := w.conn.Consume(ctx, stream, cc, h, opts...); err != nil {
+				errc <- err
+			}
+		}()
+	}
+	ackWait := w.cfg.AckWait
+	consume(events.StreamJobs, jetstream.ConsumerConfig{
+		Durable:       ConsumerJobs,
+		Description:   "attest-worker: attestation jobs",
+		FilterSubject: events.SubjectAttestJobsAll,
+		AckWait:       ackWait,
+		MaxAckPending: -1,
+	}, w.handleJob, bus.WithConcurrency(w.cfg.Concurrency))
+	consume(events.StreamSchedule, jetstream.ConsumerConfig{
+		Durable:       ConsumerSchedule,
+		Description:   "attest-worker: fired schedules into jobs, and the fleet sweep",
+		FilterSubject: events.SubjectScheduleDue,
+		AckWait:       ackWait,
+		MaxAckPending: -1,
+	}, w.handleDue, bus.WithConcurrency(max(8, w.cfg.Concurrency/4)))
+	consume(events.StreamEvents, jetstream.ConsumerConfig{
+		Durable:       ConsumerLifecycle,
+		Description:   "attest-worker: lifecycle events into suspended, retired and pending",
+		FilterSubject: events.VMEventSubject("*", events.KindLifecycle),
+		AckWait:       ackWait,
+		MaxAckPending: -1,
+	}, w.handleLifecycle, bus.WithConcurrency(8))
+	w.log.InfoContext(ctx, "attest-worker running", "interval", w.cfg.Timing.Interval, "grace", w.cfg.Timing.Grace,
+		"jitter", w.cfg.Timing.Jitter, "concurrency", w.cfg.Concurrency, "sweep_every", w.cfg.SweepEvery, "missed_after", w.cfg.MissedAfter)
+	if w.cfg.Ready != nil {
+		close(w.cfg.Ready)
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		cancel()
+	}
+	wg.Wait()
+	return err
+}
