@@ -22,7 +22,7 @@ import (
 const (
 	DefaultConsumer           = "vigil-auditor"
 	DefaultCheckpointInterval = time.Second
-	DefaultBatchSize          = 4096
+	DefaultBatchSize          = 8192
 	DefaultAckWait            = time.Minute
 	DefaultLockPollInterval   = 200 * time.Millisecond
 )

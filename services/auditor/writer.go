@@ -204,13 +204,6 @@ func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.J
 			raw = make([]jetstream.Msg, 0, min(cfg.BatchSize, len(msgs)+1))
 			raw = append(raw, m)
 		}
-		select {
-		case slots <- struct{}{}:
-		case err := <-fatal:
-			return finish(err)
-		case <-ctx.Done():
-			return finish(nil)
-		}
 	fill:
 		for len(raw) < cfg.BatchSize {
 			select {
@@ -220,10 +213,17 @@ func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.J
 				break fill
 			}
 		}
+		// Encoding overlaps the batches Tessera is writing.
 		batch, err := w.prepareAll(raw)
 		if err != nil {
-			<-slots
 			return finish(err)
+		}
+		select {
+		case slots <- struct{}{}:
+		case err := <-fatal:
+			return finish(err)
+		case <-ctx.Done():
+			return finish(nil)
 		}
 		p, err := w.add(ctx, batch)
 		if err != nil {

@@ -279,6 +279,9 @@ func (p *parser) str() ([]byte, error) {
 	ascii := true
 	p.strShared = false
 	// Fast path: no escapes.
+	for p.pos < len(p.in) && plain[p.in[p.pos]] {
+		p.pos++
+	}
 	for p.pos < len(p.in) {
 		c := p.in[p.pos]
 		if c == '"' {
@@ -420,11 +423,38 @@ func (p *parser) number(dst []byte) ([]byte, error) {
 			return dst, p.errorf("invalid number")
 		}
 	}
-	f, err := strconv.ParseFloat(string(p.in[start:p.pos]), 64)
+	lit := p.in[start:p.pos]
+	if isSmallInt(lit) {
+		// An integer below 2^53 without a fraction or exponent is already
+		// in its canonical form (but -0 is 0).
+		if len(lit) == 2 && lit[0] == '-' && lit[1] == '0' {
+			return append(dst, '0'), nil
+		}
+		return append(dst, lit...), nil
+	}
+	f, err := strconv.ParseFloat(string(lit), 64)
 	if err != nil || math.IsInf(f, 0) {
 		return dst, p.errorf("number %s out of range", p.in[start:p.pos])
 	}
 	return AppendNumber(dst, f), nil
+}
+
+// isSmallInt reports whether a valid JSON number literal is an integer of
+// at most 15 digits (so exactly representable and printed as is).
+func isSmallInt(lit []byte) bool {
+	digits := lit
+	if digits[0] == '-' {
+		digits = digits[1:]
+	}
+	if len(digits) > 15 {
+		return false
+	}
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // AppendNumber appends f in the ECMAScript Number.prototype.toString form
@@ -449,6 +479,16 @@ func AppendNumber(dst []byte, f float64) []byte {
 }
 
 const hexDigits = "0123456789abcdef"
+
+// plain marks the ASCII bytes a string can hold as they are: not a quote,
+// backslash or control character, and not the start of a multi-byte
+// sequence (those need UTF-8 validation).
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < 0x80; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
 
 // AppendString appends s, which must be valid UTF-8, as a JSON string with
 // the escaping of RFC 8785 section 3.2.2.2.
