@@ -147,7 +147,9 @@ func (p *parser) object(dst []byte, depth int) ([]byte, error) {
 	}
 	ms := p.members[depth][:0]
 	names := p.names[depth][:0]
-	objStart := len(dst)
+	// Member values are canonicalized into this depth's scratch buffer,
+	// then appended to dst in sorted order.
+	values := p.scratch[depth][:0]
 	for {
 		p.skipSpace()
 		if p.pos >= len(p.in) || p.in[p.pos] != '"' {
@@ -170,14 +172,15 @@ func (p *parser) object(dst []byte, depth int) ([]byte, error) {
 		}
 		p.pos++
 		p.skipSpace()
-		start := len(dst)
-		if dst, err = p.value(dst, depth); err != nil {
+		start := len(values)
+		if values, err = p.value(values, depth); err != nil {
+			p.scratch[depth] = values[:0]
 			return dst, err
 		}
 		if depth == 1 && p.top != nil {
-			p.top(name, dst[start:])
+			p.top(name, values[start:])
 		}
-		m.start, m.end = start-objStart, len(dst)-objStart
+		m.start, m.end = start, len(values)
 		if m.ascii = isASCII(name); m.ascii {
 			for i := range min(8, len(name)) {
 				m.prefix |= uint64(name[i]) << (56 - 8*i)
@@ -218,8 +221,7 @@ func (p *parser) object(dst []byte, depth int) ([]byte, error) {
 			return dst, fmt.Errorf("%w: duplicate object member %q", ErrInvalid, nameOf(&ms[i]))
 		}
 	}
-	values := append(p.scratch[depth][:0], dst[objStart:]...)
-	dst = append(dst[:objStart], '{')
+	dst = append(dst, '{')
 	for i, m := range ms {
 		if i > 0 {
 			dst = append(dst, ',')
