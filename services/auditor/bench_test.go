@@ -148,10 +148,9 @@ func waitAcked(ctx context.Context, b *testing.B, js jetstream.JetStream, consum
 	}
 }
 
-// bareTessera appends entries to a new log as fast as Tessera can: the
-// same batch size as the auditor, a batch age suited to bulk appends (so
-// that batches fill up rather than leave by age), every entry added in one
-// loop. It returns the time until every entry is durable.
+// bareTessera appends entries to a new log as fast as Tessera can, with the
+// auditor's batch options, every entry added in one loop. It returns the
+// time until every entry is durable.
 func bareTessera(ctx context.Context, b *testing.B, dir string, signer interface {
 	Name() string
 	KeyHash() uint32
@@ -167,7 +166,7 @@ func bareTessera(ctx context.Context, b *testing.B, dir string, signer interface
 	b.StartTimer()
 	start := time.Now()
 	app, shutdown, _, err := tessera.NewAppender(appCtx, driver, tessera.NewAppendOptions().
-		WithCheckpointSigner(signer).WithCheckpointInterval(DefaultCheckpointInterval).WithBatching(DefaultBatchSize, 100*time.Millisecond))
+		WithCheckpointSigner(signer).WithCheckpointInterval(DefaultCheckpointInterval).WithBatching(DefaultBatchSize, tesseraMaxAge))
 	if err != nil {
 		b.Fatal(err)
 	}

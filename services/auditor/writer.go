@@ -32,11 +32,13 @@ import (
 
 const (
 	instrumentation = "github.com/vigil-cc/vigil/services/auditor"
-	// tesseraMaxAge is how long Tessera holds a partial batch before
-	// sequencing it. The auditor hands Tessera one batch at a time and
-	// waits for it, so this only adds latency to batches smaller than
-	// BatchSize.
-	tesseraMaxAge = time.Millisecond
+	// tesseraMaxAge is how long Tessera holds entries before sequencing
+	// them when fewer than BatchSize are queued. The auditor hands Tessera
+	// a whole batch at once; the age must comfortably exceed the time that
+	// takes, or Tessera cuts the batch into several small writes, each
+	// paying the full fsync cost. It adds at most this much latency to an
+	// entry under light load (checkpoints come every second anyway).
+	tesseraMaxAge = 50 * time.Millisecond
 	// maxBufferedBytes bounds the messages pulled ahead of the writer.
 	maxBufferedBytes = 64 << 20
 	// minPerWorker is the fewest messages worth a goroutine of their own
