@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"strings"
@@ -29,6 +30,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"k8s.io/klog/v2"
 
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
@@ -134,6 +136,11 @@ func Run(ctx context.Context, c Config) error {
 	role.Store(Role(""))
 	return err
 }
+
+// RouteTesseraLogs sends the log output of Tessera (which logs through
+// klog) to log. klog is process-wide, so this affects the whole process;
+// commands call it once at start.
+func RouteTesseraLogs(log *slog.Logger) { klog.SetSlogLogger(log) }
 
 func connect(ctx context.Context, cfg Config) (*nats.Conn, jetstream.JetStream, func(), error) {
 	if cfg.JetStream != nil {

@@ -18,8 +18,6 @@ import (
 	"syscall"
 	"time"
 
-	"k8s.io/klog/v2"
-
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/telemetry"
 	"github.com/vigil-cc/vigil/services/auditor"
@@ -69,8 +67,7 @@ func run() error {
 		return fmt.Errorf("%w: %w", errUsage, err)
 	}
 	log := telemetry.Logger("vigil-auditor", os.Stderr, level)
-	// Tessera logs through klog: send it to the same structured log.
-	klog.SetSlogLogger(log.With("component", "tessera"))
+	auditor.RouteTesseraLogs(log.With("component", "tessera"))
 
 	every, err := time.ParseDuration(*interval)
 	if err != nil {
