@@ -13,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
@@ -275,5 +278,47 @@ func TestAuditorRepairsHoleAfterWriteFailure(t *testing.T) {
 	_, rep := logRecords(t, logDir, vkey)
 	if rep.LastSeq != 350 || rep.Events != 350 || rep.OutOfOrder == 0 {
 		t.Fatalf("report %+v", rep)
+	}
+}
+
+func TestAuditorContinuesTraces(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv := natstest.Start(t)
+	nc, js := srv.JetStream()
+	dir := t.TempDir()
+	skey, _ := testKeys(t, dir)
+	logDir := filepath.Join(dir, "log")
+	spans := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(spans))
+
+	env, err := events.New(events.TypePolicy, "test", "", events.Policy{Name: "p", Version: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := env.Marshal()
+	msg := &nats.Msg{Subject: events.PolicySubject("p"), Data: body, Header: nats.Header{}}
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	msg.Header["traceparent"] = []string{"00-" + traceID + "-00f067aa0ba902b7-01"}
+	if _, err := js.PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	stop := startAuditor(t, Config{LogDir: logDir, SignerKeyFile: skey, Conn: nc, CheckpointInterval: 100 * time.Millisecond,
+		TracerProvider: tp, Logger: quietLogger()})
+	waitFor(t, 20*time.Second, "checkpoint", func() bool { return checkpointSize(logDir) >= 1 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	var entry, batch bool
+	for _, s := range spans.GetSpans() {
+		switch s.Name {
+		case "auditor.log_entry":
+			entry = s.SpanContext.TraceID().String() == traceID && s.Parent.SpanID().String() == "00f067aa0ba902b7"
+		case "auditor.append_batch":
+			batch = true
+		}
+	}
+	if !entry || !batch {
+		t.Fatalf("spans (entry in the event's trace %v, batch %v): %v", entry, batch, spans.GetSpans())
 	}
 }

@@ -223,8 +223,10 @@ func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.J
 		select {
 		case slots <- struct{}{}:
 		case err := <-fatal:
+			endSpans(batch)
 			return finish(err)
 		case <-ctx.Done():
+			endSpans(batch) // not logged, not acknowledged: redelivered later
 			return finish(nil)
 		}
 		p, err := w.add(ctx, batch)
@@ -233,6 +235,14 @@ func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.J
 			return finish(err)
 		}
 		inflight <- p
+	}
+}
+
+func endSpans(batch []item) {
+	for i := range batch {
+		if batch[i].span != nil {
+			batch[i].span.End()
+		}
 	}
 }
 
@@ -373,11 +383,7 @@ func (w *writer) complete(ctx context.Context, p *pending) error {
 	if err := last.msg.Ack(); err != nil {
 		w.log.Warn("ack", "seq", last.seq, "error", err)
 	}
-	for i := range p.batch {
-		if p.batch[i].span != nil {
-			p.batch[i].span.End()
-		}
-	}
+	endSpans(p.batch)
 	p.span.SetAttributes(attribute.Int("vigil.audit.batch.entries", len(p.futures)))
 	w.m.entries.Add(ctx, int64(len(p.futures)))
 	if p.dups > 0 {
