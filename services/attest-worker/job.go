@@ -54,11 +54,18 @@ func (w *Worker) handleJob(ctx context.Context, m *bus.Message) error {
 	if exists && scheduled && (st.Status == events.StatusSuspended || st.Status == events.StatusRetired) {
 		return nil
 	}
-	if exists && scheduled && !job.DueAt.IsZero() && st.LastAttemptAt.After(job.DueAt) && st.NextDueAt.After(job.DueAt) {
-		// The VM was attempted after this job became due (the sweep saw it
-		// overdue just before another job attested it): obsolete. That
-		// attempt wrote the next schedule.
-		return nil
+	if exists && scheduled && !job.DueAt.IsZero() && st.NextDueAt.After(job.DueAt.Add(time.Second)) {
+		// Another attempt has set a later due time since this job was
+		// scheduled (a job from ingest attested the VM, or the sweep saw it
+		// overdue just before its own job ran): this one is obsolete. The
+		// firing of an obsolete schedule purges whatever schedule the VM
+		// has by then, so write the current one again (a replacement when
+		// it still exists).
+		w.log.DebugContext(ctx, "obsolete job", "vm", vm, "job", jobID, "reason", job.Reason, "due", job.DueAt, "next_due", st.NextDueAt)
+		if st.Status == events.StatusSuspended || st.Status == events.StatusRetired {
+			return nil
+		}
+		return w.afterStore(ctx, outcome{Status: st}, jobID)
 	}
 	inv, known, err := w.inv.get(ctx, vm)
 	if err != nil {

@@ -226,7 +226,8 @@ func eachValue(ctx context.Context, kv jetstream.KeyValue, fn func(key string, v
 	}
 }
 
-// handleDue turns a fired schedule into a job, or runs the sweep.
+// handleDue turns a fired schedule into a job (under the schedule's id, so
+// a redelivered one is de-duplicated), or runs the sweep.
 func (w *Worker) handleDue(ctx context.Context, m *bus.Message) error {
 	if m.Msg.Subject() == events.SubjectSweepDue {
 		// Every firing of the repeating schedule carries the same body;
@@ -242,31 +243,14 @@ func (w *Worker) handleDue(ctx context.Context, m *bus.Message) error {
 	if vm == "" || job.VMKey != vm {
 		return bus.Permanent(fmt.Errorf("schedule for %q fired on %s", job.VMKey, m.Msg.Subject()))
 	}
-	st, _, exists, err := w.status.get(ctx, vm)
-	if err != nil {
-		return err
-	}
-	if exists {
-		switch {
-		case st.Status == events.StatusSuspended || st.Status == events.StatusRetired:
-			return nil
-		case !st.NextDueAt.IsZero() && st.NextDueAt.After(job.DueAt.Add(time.Second)):
-			// The VM was attested since this schedule was written (a job
-			// from ingest) and has a later due time: this one is obsolete.
-			// Its firing may have purged the newer schedule, so write that
-			// one again (a replacement when it still exists).
-			reason := reasonSchedule
-			if st.ConsecutiveFailures > 0 {
-				reason = reasonRetry
-			}
-			return w.sched.at(ctx, events.Job{VMKey: vm, ResourceID: st.ResourceID, VMID: st.VMID, Reason: reason, Attempt: st.ConsecutiveFailures + 1, DueAt: st.NextDueAt})
-		}
-	}
+	// Whether the VM still wants this attestation (it may have been
+	// stopped, or attested since by a job from ingest) is decided by the
+	// job handler, which reads the status anyway.
 	lag := time.Since(job.DueAt)
 	if lag > w.cfg.MissedAfter {
 		w.metrics.missed.Add(ctx, 1, metricAt("fire"))
 		w.log.WarnContext(ctx, "schedule fired after its deadline", "vm", vm, "due", job.DueAt, "lag", lag.Round(time.Millisecond))
 	}
-	_, err = enqueue(ctx, w.conn, w.source, m.Envelope.ID, job)
+	_, err := enqueue(ctx, w.conn, w.source, m.Envelope.ID, job)
 	return err
 }

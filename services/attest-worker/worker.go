@@ -93,6 +93,9 @@ type Config struct {
 	// testRecord, when set, receives every job with the status record it
 	// produced (tests only).
 	testRecord func(job events.Job, st events.VMStatus)
+	// testAppraiser, when set, replaces evidence verification (the
+	// benchmark's measure of the pipeline without verification).
+	testAppraiser appraiser
 }
 
 func (c Config) withDefaults() Config {
@@ -218,9 +221,13 @@ func newWorker(ctx context.Context, cfg Config, conn *bus.Conn) (*Worker, error)
 	if vcfg.Logger == nil {
 		vcfg.Logger = cfg.Logger
 	}
-	ap, err := newEvidenceAppraiser(vcfg, cfg.Policy)
+	var ap appraiser
+	ap, err = newEvidenceAppraiser(vcfg, cfg.Policy)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.testAppraiser != nil {
+		ap = cfg.testAppraiser
 	}
 	var mp metric.MeterProvider = otel.GetMeterProvider()
 	if cfg.Telemetry != nil {
