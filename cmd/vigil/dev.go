@@ -1,68 +1,137 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/vigil-cc/vigil/cmd/vigil/internal/devenv"
+	"github.com/vigil-cc/vigil/cmd/vigil/internal/devview"
+	"github.com/vigil-cc/vigil/cmd/vigil/internal/fleet"
+	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/telemetry"
+	attestworker "github.com/vigil-cc/vigil/services/attest-worker"
+	"github.com/vigil-cc/vigil/services/auditor"
+	"github.com/vigil-cc/vigil/services/ingest"
+	ingestarm "github.com/vigil-cc/vigil/services/ingest/arm"
+	"github.com/vigil-cc/vigil/services/keyguard"
+	"github.com/vigil-cc/vigil/services/keyguard/secrets"
 )
 
-// devOptions are the flags of `vigil dev`. Services that join the
-// development environment add their flags here and their component in
-// devComponents.
+// devOptions are the flags of `vigil dev`.
 type devOptions struct {
 	listen      string
 	dataDir     string
 	opsListen   string
 	duration    time.Duration
 	logLevel    string
+	logFile     string
 	natsLogging bool
+	keep        bool
+	busOnly     bool
+
+	httpAddr      string
+	webhookSecret string
+	vms           int
+	scenario      string
+	tamperAfter   time.Duration
+	interval      time.Duration
+	grace         time.Duration
+	summary       string
 }
+
+// fleetKey is the secret every simulated VM is granted in `vigil dev`.
+const fleetKey = "fleet-secret"
 
 func newDevCmd() *cobra.Command {
 	o := &devOptions{}
 	cmd := &cobra.Command{
 		Use:   "dev",
-		Short: "Run Vigil in one process on an embedded NATS server",
-		Long: `Run Vigil's development environment in one process: an embedded NATS server with
-JetStream (every stream and bucket provisioned) and the Vigil components on top of it.
-It runs until Ctrl-C, or for --duration. Data is kept in --data between runs.`,
+		Short: "Run the whole pipeline in one process on an embedded NATS server with a simulated fleet",
+		Long: `Run Vigil in one process: an embedded NATS server with JetStream, ingest, attest-worker,
+keyguard and auditor, a simulated Azure (ARM API and Event Grid) and a simulated fleet of
+Confidential VMs (SEV-SNP and TDX). With --scenario tamper (the default) a few VMs go bad
+partway: watch detection, revocation, alert and audit entry happen.
+
+Each run starts from a clean state unless --keep is given; the audit signer key and the
+keyguard master key in --data are kept across runs.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runDev(cmd, o) },
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.listen, "listen", flagEnv("VIGIL_DEV_LISTEN", devenv.DefaultListen), "NATS client address host:port (port 0 picks a free one) [VIGIL_DEV_LISTEN]")
-	f.StringVar(&o.dataDir, "data", flagEnv("VIGIL_DEV_DATA", "./"+devenv.DefaultDataDir), "data directory; the JetStream store is <data>/nats [VIGIL_DEV_DATA]")
+	f.StringVar(&o.dataDir, "data", flagEnv("VIGIL_DEV_DATA", "./"+devenv.DefaultDataDir), "data directory: NATS store, audit log and keys, logs [VIGIL_DEV_DATA]")
 	f.StringVar(&o.opsListen, "ops-listen", flagEnv("VIGIL_DEV_OPS_LISTEN", "127.0.0.1:9464"), `address for /healthz, /readyz and /metrics; "" turns them off [VIGIL_DEV_OPS_LISTEN]`)
 	f.DurationVar(&o.duration, "duration", 0, "stop after this long (0: run until Ctrl-C)")
 	f.StringVar(&o.logLevel, "log-level", flagEnv("VIGIL_LOG_LEVEL", "info"), "log level: debug, info, warn, error [VIGIL_LOG_LEVEL]")
+	f.StringVar(&o.logFile, "log-file", "", `where the services' JSON logs go (default <data>/dev.log; "-" for stderr)`)
 	f.BoolVar(&o.natsLogging, "nats-log", false, "show the NATS server's own log")
+	f.BoolVar(&o.keep, "keep", false, "keep the previous run's NATS state and audit log instead of starting clean")
+	f.BoolVar(&o.busOnly, "bus-only", false, "run only NATS (streams and buckets provisioned), for services started on their own")
+	f.StringVar(&o.httpAddr, "http", "127.0.0.1:8080", "ingest's HTTP address (Event Grid webhook at /eventgrid)")
+	f.StringVar(&o.webhookSecret, "webhook-secret", "", "require this shared secret on the webhook (off by default in dev)")
+	f.IntVar(&o.vms, "vms", 20, "number of simulated Confidential VMs (every third is TDX)")
+	f.StringVar(&o.scenario, "scenario", fleet.ScenarioTamper, "tamper: a few VMs go bad partway; none: a healthy fleet only")
+	f.DurationVar(&o.tamperAfter, "tamper-after", 15*time.Second, "when the tamper scenario spoils VMs")
+	f.DurationVar(&o.interval, "interval", 10*time.Second, "re-attestation interval per VM (production default 5m)")
+	f.DurationVar(&o.grace, "grace", 15*time.Second, "how long a VM may go without valid evidence before it is stale")
+	f.StringVar(&o.summary, "summary", "", "write a JSON summary of the run to this file")
 	return cmd
-}
-
-// devComponents lists what runs on top of NATS in `vigil dev`.
-func devComponents(*devOptions) []devenv.Component {
-	return nil
 }
 
 func runDev(cmd *cobra.Command, o *devOptions) error {
 	if o.duration < 0 {
 		return &exitError{code: 2, msg: fmt.Sprintf("--duration %s: must not be negative", o.duration)}
 	}
+	if o.vms <= 0 {
+		return &exitError{code: 2, msg: fmt.Sprintf("--vms %d: must be positive", o.vms)}
+	}
+	if o.scenario != fleet.ScenarioTamper && o.scenario != fleet.ScenarioNone {
+		return &exitError{code: 2, msg: fmt.Sprintf("--scenario %q: want tamper or none", o.scenario)}
+	}
 	level, err := telemetry.ParseLevel(o.logLevel)
 	if err != nil {
 		return &exitError{code: 2, msg: "--log-level: " + err.Error()}
 	}
 	ctx := cmd.Context()
-	log := telemetry.Logger("vigil-dev", cmd.ErrOrStderr(), level)
+	out := cmd.OutOrStdout()
+	dataDir, err := filepath.Abs(o.dataDir)
+	if err != nil {
+		return err
+	}
+	if !o.keep {
+		// A clean pipeline: the NATS state and the audit log that indexes
+		// it go together. Keys survive.
+		for _, d := range []string{filepath.Join(dataDir, "nats"), filepath.Join(dataDir, "audit", "log")} {
+			if err := os.RemoveAll(d); err != nil {
+				return fmt.Errorf("clean %s: %w", d, err)
+			}
+		}
+	}
+	if err := os.MkdirAll(dataDir, 0o755); err != nil {
+		return err
+	}
+	logOut, closeLog, err := openDevLog(cmd.ErrOrStderr(), o.logFile, dataDir)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	log := telemetry.Logger("vigil-dev", logOut, level)
+	auditor.RouteTesseraLogs(log.With("component", "tessera"))
 
 	env, err := devenv.Start(ctx, devenv.Config{
 		Listen:      o.listen,
-		DataDir:     o.dataDir,
+		DataDir:     dataDir,
 		OpsListen:   o.opsListen,
 		Duration:    o.duration,
 		Logger:      log,
@@ -75,6 +144,221 @@ func runDev(cmd *cobra.Command, o *devOptions) error {
 		}
 		return err
 	}
-	env.Banner(cmd.OutOrStdout())
-	return env.Run(ctx, devComponents(o)...)
+	if o.busOnly {
+		env.Banner(out)
+		return env.Run(ctx)
+	}
+	d, err := newDevRun(ctx, env, o, dataDir, out)
+	if err != nil {
+		env.Close()
+		return err
+	}
+	env.Banner(out)
+	fmt.Fprintf(out, "Simulated fleet: %d Confidential VMs (SEV-SNP and TDX), scenario %q; Event Grid webhook on %s\n", o.vms, o.scenario, o.httpAddr)
+	if o.logFile != "-" {
+		fmt.Fprintf(out, "Service logs: %s\n", d.logPath(o.logFile))
+	}
+	fmt.Fprintln(out)
+	runErr := env.Run(ctx, d.components()...)
+	return d.finish(out, runErr)
+}
+
+// devRun is one `vigil dev` run: the environment, the fleet and the view.
+type devRun struct {
+	env       *devenv.Env
+	o         *devOptions
+	dataDir   string
+	conn      *bus.Conn
+	fleet     *fleet.Fleet
+	collector *devview.Collector
+	started   time.Time
+	auditDir  string
+	out       io.Writer
+	// webhook receives ingest's webhook URL once it listens.
+	webhook chan string
+}
+
+func newDevRun(ctx context.Context, env *devenv.Env, o *devOptions, dataDir string, out io.Writer) (*devRun, error) {
+	conn, err := bus.Connect(ctx, bus.Config{URL: env.URL, Name: "vigil-dev", Logger: env.Logger})
+	if err != nil {
+		return nil, err
+	}
+	d := &devRun{env: env, o: o, dataDir: dataDir, conn: conn, started: time.Now(), auditDir: filepath.Join(dataDir, "audit"), out: out, webhook: make(chan string, 1)}
+	d.fleet, err = fleet.New(fleet.Config{
+		VMs: o.vms, Scenario: o.scenario, TamperAfter: o.tamperAfter,
+		Logger: env.Logger.With("component", "fleet"),
+		OnFault: func(vm, name, fault string) {
+			d.collector.Note(vm, fmt.Sprintf("%s  scenario: the VM goes bad (%s)", name, fault))
+		},
+	})
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	names := map[string]string{}
+	for _, v := range d.fleet.VMs() {
+		names[v.Key] = v.Name
+		names[v.ResourceID] = v.Name
+	}
+	d.collector = devview.NewCollector(d.started.Add(-time.Second), func(vm string) string {
+		if n, ok := names[vm]; ok {
+			return n
+		}
+		return vm
+	})
+	return d, nil
+}
+
+func (d *devRun) logPath(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	return filepath.Join(d.dataDir, "dev.log")
+}
+
+// openDevLog opens where the services' logs go: a file under the data
+// directory by default, so that the live view stays readable.
+func openDevLog(stderr io.Writer, flag, dataDir string) (io.Writer, func(), error) {
+	if flag == "-" {
+		return stderr, func() {}, nil
+	}
+	path := flag
+	if path == "" {
+		path = filepath.Join(dataDir, "dev.log")
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open log file: %w", err)
+	}
+	return f, func() { f.Close() }, nil
+}
+
+func (d *devRun) components() []devenv.Component {
+	o, auth := d.o, d.fleet.Authority()
+	verifier := evidence.Config{Offline: true, TestRoots: auth.TrustRoots()}
+	logger := func(name string) *slog.Logger { return d.env.Logger.With("component", name) }
+	var grants []keyguard.GrantSpec
+	for _, v := range d.fleet.VMs() {
+		grants = append(grants, keyguard.GrantSpec{VM: v.Key, VMID: v.VMID, Key: fleetKey})
+	}
+	return []devenv.Component{
+		{Name: "auditor", Run: func(ctx context.Context, env *devenv.Env) error {
+			return auditor.Run(ctx, auditor.Config{
+				LogDir:          filepath.Join(d.auditDir, "log"),
+				SignerKeyFile:   filepath.Join(d.auditDir, "signer.key"),
+				VerifierKeyFile: filepath.Join(d.auditDir, "signer.pub"),
+				GenerateKeys:    true,
+				JetStream:       env.JS,
+				SkipProvision:   true,
+				Telemetry:       env.Telemetry,
+				Logger:          logger("auditor"),
+			})
+		}},
+		{Name: "keyguard", Run: func(ctx context.Context, env *devenv.Env) error {
+			if err := os.MkdirAll(filepath.Join(d.dataDir, "keyguard"), 0o700); err != nil {
+				return err
+			}
+			master, err := secrets.EnsureMasterKeyFile(filepath.Join(d.dataDir, "keyguard", "master.key"))
+			if err != nil {
+				return err
+			}
+			return keyguard.Run(ctx, keyguard.Config{
+				Conn:          d.conn,
+				MasterKey:     master,
+				ImportSecrets: map[string][]byte{fleetKey: []byte("the fleet's disk encryption key (demo)")},
+				Grants:        grants,
+				Evidence:      keyguard.EvidenceConfig{Verifier: verifier, Policy: auth.Policy(), Build: "vigil " + version},
+				Telemetry:     env.Telemetry,
+				Logger:        logger("keyguard"),
+			})
+		}},
+		{Name: "attest-worker", Run: func(ctx context.Context, env *devenv.Env) error {
+			return attestworker.Run(ctx, attestworker.Config{
+				Conn:      d.conn,
+				Name:      "dev-worker",
+				Timing:    attestworker.Timing{Interval: o.interval, Grace: o.grace, RetryBase: time.Second, RetryMax: o.interval / 2},
+				Policy:    auth.Policy(),
+				Verifier:  verifier,
+				Telemetry: env.Telemetry,
+				Health:    env.Health,
+				Logger:    logger("attest-worker"),
+			})
+		}},
+		{Name: "ingest", Run: func(ctx context.Context, env *devenv.Env) error {
+			var secrets []string
+			if o.webhookSecret != "" {
+				secrets = []string{o.webhookSecret}
+			}
+			return ingest.Run(ctx, ingest.Config{
+				Conn:     d.conn,
+				HTTPAddr: o.httpAddr,
+				OnListen: func(addr string) {
+					u := url.URL{Scheme: "http", Host: addr, Path: "/eventgrid"}
+					if o.webhookSecret != "" {
+						u.RawQuery = url.Values{"secret": {o.webhookSecret}}.Encode()
+					}
+					d.webhook <- u.String()
+				},
+				WebhookSecrets:    secrets,
+				ARM:               ingestarm.Config{Credential: fleet.StaticCredential{}, Endpoint: d.fleet.ARMEndpoint()},
+				Subscriptions:     d.fleet.Subscriptions(),
+				ReconcileInterval: time.Minute,
+				Telemetry:         env.Telemetry,
+				Health:            env.Health,
+				Logger:            logger("ingest"),
+			})
+		}},
+		{Name: "fleet", Run: func(ctx context.Context, env *devenv.Env) error {
+			select {
+			case u := <-d.webhook:
+				d.fleet.SetWebhook(u)
+			case <-ctx.Done():
+				return nil
+			}
+			return d.fleet.Run(ctx, d.conn)
+		}},
+		{Name: "view", Run: func(ctx context.Context, env *devenv.Env) error {
+			shown := make(chan struct{})
+			go func() {
+				defer close(shown)
+				devview.Show(ctx, d.out, d.collector, devview.IsTerminal(d.out), 5*time.Second)
+			}()
+			err := d.collector.Run(ctx, env.JS)
+			<-shown
+			return err
+		}},
+	}
+}
+
+func (d *devRun) finish(out io.Writer, runErr error) error {
+	defer d.conn.Close()
+	tampered := map[string]string{}
+	var keys []string
+	for _, v := range d.fleet.VMs() {
+		keys = append(keys, v.Key)
+		if v.Fault != "" {
+			tampered[v.Key] = v.Fault
+		}
+	}
+	s := d.collector.Summarize(keys, tampered, d.started)
+	s.DataDir = d.dataDir
+	s.Audit.Log = filepath.Join(d.auditDir, "log")
+	s.Audit.PublicKey = filepath.Join(d.auditDir, "signer.pub")
+	if d.o.summary != "" {
+		b, err := json.MarshalIndent(s, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(d.o.summary, append(b, '\n'), 0o644); err != nil {
+			return fmt.Errorf("write summary: %w", err)
+		}
+	}
+	fmt.Fprintf(out, "\n%d VMs: %d attested, %d revoked (%d tampered), revocation latency p50 %.1f ms p99 %.1f ms, %d alerts, %d audit entries\n",
+		s.VMs, s.Attested, len(s.Revoked), len(s.Tampered), s.RevocationLatencyMS.P50, s.RevocationLatencyMS.P99, s.Alerts, s.Audit.Entries)
+	if err := s.Check(); err != nil && d.o.duration > 0 {
+		fmt.Fprintf(out, "outcome: %v\n", err)
+	}
+	fmt.Fprintf(out, "Audit log: %s\nSigner public key: %s\nCheck the log offline:\n  vigil audit verify --log %s --key %s\n",
+		s.Audit.Log, s.Audit.PublicKey, s.Audit.Log, s.Audit.PublicKey)
+	return runErr
 }

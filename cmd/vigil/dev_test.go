@@ -32,7 +32,7 @@ func startDev(t *testing.T, extra ...string) (url, data string, stop func() erro
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, errb syncBuffer
 	cmd := newRootCmd()
-	cmd.SetArgs(append([]string{"dev", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--data", data, "--ops-listen", "127.0.0.1:0"}, extra...))
+	cmd.SetArgs(append([]string{"dev", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--data", data, "--ops-listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--log-file", "-"}, extra...))
 	cmd.SetOut(&out)
 	cmd.SetErr(&errb)
 	done := make(chan error, 1)
@@ -78,7 +78,7 @@ func startDev(t *testing.T, extra ...string) (url, data string, stop func() erro
 }
 
 func TestDevThenTail(t *testing.T) {
-	url, data, stop := startDev(t)
+	url, data, stop := startDev(t, "--bus-only")
 
 	// A producer on the dev bus.
 	nc, err := nats.Connect(url)
@@ -131,7 +131,7 @@ func TestDevDuration(t *testing.T) {
 	}
 	start := time.Now()
 	out, stderr, err := runVigil(context.Background(), "dev", "--listen", fmt.Sprintf("127.0.0.1:%d", port),
-		"--data", t.TempDir(), "--ops-listen", "", "--duration", "300ms")
+		"--data", t.TempDir(), "--ops-listen", "", "--duration", "300ms", "--bus-only", "--log-file", "-")
 	if err != nil {
 		t.Fatalf("dev --duration: %v\n%s", err, stderr)
 	}

@@ -8,20 +8,28 @@ require (
 	github.com/nats-io/nats.go v1.55.0
 	github.com/spf13/cobra v1.10.2
 	github.com/vigil-cc/vigil/pkg v0.0.0
+	github.com/vigil-cc/vigil/services/agent v0.0.0-00010101000000-000000000000
+	github.com/vigil-cc/vigil/services/attest-worker v0.0.0-00010101000000-000000000000
+	github.com/vigil-cc/vigil/services/ingest v0.0.0-00010101000000-000000000000
 	golang.org/x/mod v0.43.0
 )
 
 require (
+	filippo.io/mldsa v0.0.0-20260215214346-43d0283efc3e // indirect
 	github.com/Azure/azure-sdk-for-go/sdk/azidentity v1.15.0 // indirect
+	github.com/Azure/azure-sdk-for-go/sdk/messaging/eventgrid/aznamespaces v1.0.0 // indirect
+	github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v7 v7.2.0 // indirect
 	github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys v1.5.0 // indirect
 	github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/internal v1.2.0 // indirect
 	github.com/AzureAD/microsoft-authentication-library-for-go v1.10.1 // indirect
 	github.com/golang-jwt/jwt/v5 v5.3.1 // indirect
+	github.com/hashicorp/golang-lru/v2 v2.0.7 // indirect
 	github.com/kylelemons/godebug v1.1.0 // indirect
 	github.com/pkg/browser v0.0.0-20240102092130-5ac0b6a4141c // indirect
 	github.com/transparency-dev/formats v0.1.1 // indirect
 	github.com/transparency-dev/merkle v0.0.2 // indirect
 	github.com/transparency-dev/tessera v1.0.4 // indirect
+	golang.org/x/exp v0.0.0-20240325151524-a685a6edb6d8 // indirect
 	golang.org/x/sync v0.24.0 // indirect
 	k8s.io/klog/v2 v2.130.1 // indirect
 )
@@ -77,7 +85,7 @@ require (
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260928230214-8a89bd6388cc // indirect
 	google.golang.org/grpc v1.83.2 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
-	gopkg.in/yaml.v3 v3.0.1 // indirect
+	gopkg.in/yaml.v3 v3.0.1
 )
 
 replace github.com/vigil-cc/vigil/pkg => ../../pkg
@@ -85,3 +93,9 @@ replace github.com/vigil-cc/vigil/pkg => ../../pkg
 replace github.com/vigil-cc/vigil/services/keyguard => ../../services/keyguard
 
 replace github.com/vigil-cc/vigil/services/auditor => ../../services/auditor
+
+replace github.com/vigil-cc/vigil/services/ingest => ../../services/ingest
+
+replace github.com/vigil-cc/vigil/services/agent => ../../services/agent
+
+replace github.com/vigil-cc/vigil/services/attest-worker => ../../services/attest-worker

@@ -15,8 +15,10 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(
 		newVersionCmd(),
 		newDevCmd(),
+		newSimCmd(),
 		newEventsCmd(),
 		newEvidenceCmd(),
+		newAuditCmd(),
 		newKeyguardCmd(),
 	)
 	return root

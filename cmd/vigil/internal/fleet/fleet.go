@@ -1,0 +1,343 @@
+// Package fleet simulates a fleet of Azure Confidential VMs for `vigil dev`
+// and `vigil sim`: each VM exists in a simulated ARM API, its lifecycle
+// reaches ingest's webhook as Event Grid events, and its in-guest agent
+// answers challenges with simulated hardware evidence. A scenario makes some
+// VMs go bad partway through a run.
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
+
+	"github.com/vigil-cc/vigil/cmd/vigil/internal/azuresim"
+	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/evidence/sim"
+	"github.com/vigil-cc/vigil/services/agent"
+)
+
+// Scenarios.
+const (
+	ScenarioTamper = "tamper" // a few VMs go bad partway
+	ScenarioNone   = "none"   // a healthy fleet only
+)
+
+// Fault kinds injected by the tamper scenario.
+const (
+	FaultMeasurement = "tampered-measurement"
+	FaultDebug       = "debug-enabled"
+	FaultSilent      = "silent-agent"
+)
+
+var faultKinds = []string{FaultMeasurement, FaultDebug, FaultSilent}
+
+// Config configures a simulated fleet.
+type Config struct {
+	VMs      int    // number of VMs (default 20)
+	TDXEvery int    // every n-th VM is TDX (default 3; negative: none)
+	Scenario string // ScenarioTamper (default) or ScenarioNone
+	// TamperAfter is when the scenario's faults start (default 20 s).
+	TamperAfter time.Duration
+	// Bad is how many VMs the tamper scenario spoils (default
+	// max(3, VMs/10), at most VMs/2).
+	Bad int
+
+	// WebhookURL is ingest's Event Grid endpoint, with ?secret=... when
+	// it requires one.
+	WebhookURL string
+	// ARMListen is where the simulated ARM API listens (default
+	// 127.0.0.1:0).
+	ARMListen string
+
+	Authority *sim.Authority // default sim.NewAuthority with the default seed
+	Logger    *slog.Logger
+	// OnFault is called when the scenario spoils a VM.
+	OnFault func(vmKey, name, fault string)
+}
+
+// VM is one simulated VM as the fleet knows it.
+type VM struct {
+	Key        string
+	ResourceID string
+	Name       string
+	VMID       string
+	Platform   string
+	Fault      string // "" for a healthy VM
+	FaultAt    time.Time
+}
+
+// Fleet is a running simulated fleet.
+type Fleet struct {
+	cfg    Config
+	log    *slog.Logger
+	arm    *azuresim.ARM
+	agents *agent.Fleet
+	specs  map[string]azuresim.VMSpec // by VM key
+	sender *azuresim.Sender
+	ln     net.Listener
+
+	mu  sync.Mutex
+	vms map[string]*VM
+}
+
+// New creates the fleet's VMs and starts listening for ARM requests.
+func New(cfg Config) (*Fleet, error) {
+	if cfg.VMs <= 0 {
+		cfg.VMs = 20
+	}
+	if cfg.TDXEvery == 0 {
+		cfg.TDXEvery = 3
+	}
+	if cfg.TDXEvery < 0 {
+		cfg.TDXEvery = 0
+	}
+	if cfg.Scenario == "" {
+		cfg.Scenario = ScenarioTamper
+	}
+	if cfg.Scenario != ScenarioTamper && cfg.Scenario != ScenarioNone {
+		return nil, fmt.Errorf("fleet: unknown scenario %q (want %s or %s)", cfg.Scenario, ScenarioTamper, ScenarioNone)
+	}
+	if cfg.TamperAfter <= 0 {
+		cfg.TamperAfter = 20 * time.Second
+	}
+	if cfg.Bad <= 0 {
+		cfg.Bad = max(3, cfg.VMs/10)
+	}
+	cfg.Bad = min(cfg.Bad, cfg.VMs/2)
+	if cfg.ARMListen == "" {
+		cfg.ARMListen = "127.0.0.1:0"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Authority == nil {
+		a, err := sim.NewAuthority(sim.AuthorityConfig{})
+		if err != nil {
+			return nil, fmt.Errorf("fleet: %w", err)
+		}
+		cfg.Authority = a
+	}
+	agents, err := agent.NewFleet(agent.FleetConfig{
+		Authority: cfg.Authority,
+		VMs:       cfg.VMs,
+		TDXEvery:  cfg.TDXEvery,
+		Logger:    cfg.Logger.With("component", "agents"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("fleet: agents: %w", err)
+	}
+	f := &Fleet{
+		cfg: cfg, log: cfg.Logger, arm: azuresim.NewARM(100), agents: agents,
+		specs: map[string]azuresim.VMSpec{}, vms: map[string]*VM{},
+		sender: &azuresim.Sender{URL: cfg.WebhookURL, MaxAttempts: 30},
+	}
+	for i, v := range agents.VMs() {
+		rid, err := arm.ParseResourceID(v.ResourceID())
+		if err != nil {
+			return nil, fmt.Errorf("fleet: VM resource ID %q: %w", v.ResourceID(), err)
+		}
+		size := "Standard_DC4as_v5"
+		if v.Platform() == "azure-tdx" {
+			size = "Standard_DC4es_v5"
+		}
+		spec := azuresim.VMSpec{
+			Subscription: rid.SubscriptionID, ResourceGroup: rid.ResourceGroupName, Name: rid.Name,
+			Location: "westeurope", VMID: v.VMID(), Size: size,
+		}
+		f.specs[v.VMKey()] = spec
+		f.vms[v.VMKey()] = &VM{Key: v.VMKey(), ResourceID: v.ResourceID(), Name: fmt.Sprintf("%s (#%d)", rid.Name, i+1), VMID: v.VMID(), Platform: v.Platform()}
+	}
+	ln, err := net.Listen("tcp", cfg.ARMListen)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: ARM listener: %w", err)
+	}
+	f.ln = ln
+	return f, nil
+}
+
+// SetWebhook sets ingest's webhook URL when it was not known at New; call
+// it before Run.
+func (f *Fleet) SetWebhook(url string) {
+	f.cfg.WebhookURL = url
+	f.sender.URL = url
+}
+
+// ARMEndpoint is the simulated ARM API's base URL.
+func (f *Fleet) ARMEndpoint() string { return "http://" + f.ln.Addr().String() }
+
+// Subscriptions lists the subscriptions the fleet's VMs live in.
+func (f *Fleet) Subscriptions() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, s := range f.specs {
+		if !seen[s.Subscription] {
+			seen[s.Subscription] = true
+			out = append(out, s.Subscription)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Authority is the simulated hardware vendors; verifiers must trust its
+// TrustRoots.
+func (f *Fleet) Authority() *sim.Authority { return f.cfg.Authority }
+
+// VMs returns a snapshot of every VM, in a stable order.
+func (f *Fleet) VMs() []VM {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]VM, 0, len(f.vms))
+	for _, v := range f.vms {
+		out = append(out, *v)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ResourceID < out[j].ResourceID })
+	return out
+}
+
+// Run serves the ARM API and the agents on conn, announces every VM to
+// ingest (create and start events), runs the scenario and returns when ctx
+// ends.
+func (f *Fleet) Run(ctx context.Context, conn *bus.Conn) error {
+	srv := &http.Server{Handler: f.arm, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(f.ln) }()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+
+	agentErr := make(chan error, 1)
+	go func() { agentErr <- f.agents.Serve(ctx, conn) }()
+
+	if err := f.waitForWebhook(ctx); err != nil {
+		return err
+	}
+	if err := f.announce(ctx); err != nil {
+		return err
+	}
+	if f.cfg.Scenario == ScenarioTamper {
+		select {
+		case <-ctx.Done():
+		case <-time.After(f.cfg.TamperAfter):
+			f.tamper()
+		}
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-agentErr:
+		if err != nil && ctx.Err() == nil {
+			return fmt.Errorf("fleet: agents: %w", err)
+		}
+	}
+	return nil
+}
+
+// waitForWebhook performs Event Grid's subscription validation handshake,
+// retrying until ingest answers it.
+func (f *Fleet) waitForWebhook(ctx context.Context) error {
+	var last error
+	for range 100 {
+		if last = f.sender.Validate(ctx); last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("fleet: ingest webhook %s did not answer the validation handshake: %w", f.cfg.WebhookURL, last)
+}
+
+// announce creates every VM in ARM and sends its create and start events in
+// batches, as Event Grid delivers them.
+func (f *Fleet) announce(ctx context.Context) error {
+	keys := make([]string, 0, len(f.specs))
+	for k := range f.specs {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	const batch = 50
+	for i := 0; i < len(keys); i += batch {
+		var evs []azuresim.Event
+		now := time.Now()
+		for _, k := range keys[i:min(i+batch, len(keys))] {
+			spec := f.specs[k]
+			f.arm.Put(spec)
+			evs = append(evs, azuresim.LifecycleEvent(spec, azuresim.OpCreate, now), azuresim.LifecycleEvent(spec, azuresim.OpStart, now.Add(time.Millisecond)))
+		}
+		if err := f.sender.Send(ctx, evs...); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("fleet: announce VMs: %w", err)
+		}
+	}
+	f.log.InfoContext(ctx, "fleet announced to ingest", "vms", len(keys), "arm", f.ARMEndpoint())
+	return nil
+}
+
+// tamper spoils cfg.Bad VMs, rotating through the fault kinds.
+func (f *Fleet) tamper() {
+	vms := f.VMs()
+	rng := rand.New(rand.NewPCG(uint64(len(vms)), 7))
+	rng.Shuffle(len(vms), func(i, j int) { vms[i], vms[j] = vms[j], vms[i] })
+	for i, v := range vms[:f.cfg.Bad] {
+		kind := faultKinds[i%len(faultKinds)]
+		var fl agent.Faults
+		switch kind {
+		case FaultMeasurement:
+			fl.TamperedMeasurement = true
+		case FaultDebug:
+			fl.Debug = true
+		case FaultSilent:
+			fl.Silent = true
+		}
+		if err := f.agents.SetFaults(v.Key, fl); err != nil {
+			f.log.Error("inject fault", "vm", v.Key, "fault", kind, "err", err)
+			continue
+		}
+		f.mu.Lock()
+		f.vms[v.Key].Fault = kind
+		f.vms[v.Key].FaultAt = time.Now()
+		f.mu.Unlock()
+		f.log.Info("scenario: VM goes bad", "vm", v.Key, "name", v.Name, "fault", kind)
+		if f.cfg.OnFault != nil {
+			f.cfg.OnFault(v.Key, v.Name, kind)
+		}
+	}
+}
+
+// ErrUnknownVM is returned for a VM key the fleet does not have.
+var ErrUnknownVM = errors.New("fleet: unknown VM")
+
+// Lifecycle performs op on a VM in ARM and delivers its Event Grid event.
+func (f *Fleet) Lifecycle(ctx context.Context, vmKey string, op azuresim.Op) error {
+	spec, ok := f.specs[vmKey]
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrUnknownVM, vmKey)
+	}
+	switch op {
+	case azuresim.OpCreate:
+		f.arm.Put(spec)
+	case azuresim.OpStart, azuresim.OpRestart:
+		f.arm.SetPower(spec.ResourceID(), azuresim.PowerRunning)
+	case azuresim.OpDeallocate:
+		f.arm.SetPower(spec.ResourceID(), azuresim.PowerDeallocated)
+	case azuresim.OpPowerOff:
+		f.arm.SetPower(spec.ResourceID(), azuresim.PowerStopped)
+	case azuresim.OpDelete:
+		f.arm.Delete(spec.ResourceID())
+	}
+	return f.sender.Send(ctx, azuresim.LifecycleEvent(spec, op, time.Now()))
+}

@@ -1,0 +1,232 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
+
+	"github.com/vigil-cc/vigil/cmd/vigil/internal/devview"
+	"github.com/vigil-cc/vigil/cmd/vigil/internal/fleet"
+	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/evidence/sim"
+	"github.com/vigil-cc/vigil/services/keyguard"
+)
+
+func newSimCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "sim",
+		Short: "Simulated Azure and fleet for Vigil services running as separate processes",
+		Long: `A simulated Azure (ARM compute API, Event Grid pushing VM lifecycle events to ingest's
+webhook) and a simulated fleet of Confidential VMs whose agents answer challenges on NATS.
+"vigil dev" runs the same simulation in one process with every service; "vigil sim run"
+drives services that run on their own (docker compose, the multi-process test).
+
+The simulated hardware vendors derive every key from a seed, so "vigil sim export" writes
+the roots and policy that attest-worker and keyguard must be given to accept the fleet.`,
+	}
+	cmd.AddCommand(newSimRunCmd(), newSimExportCmd())
+	return cmd
+}
+
+type simRunOptions struct {
+	conn        keyguardConn
+	webhook     string
+	armListen   string
+	vms         int
+	scenario    string
+	tamperAfter time.Duration
+	duration    time.Duration
+	summary     string
+	check       bool
+	grantKey    string
+}
+
+func newSimRunCmd() *cobra.Command {
+	o := &simRunOptions{}
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the simulated Azure and fleet against running Vigil services",
+		Args:  cobra.NoArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return runSim(cmd, o) },
+	}
+	o.conn.flags(cmd)
+	f := cmd.Flags()
+	f.StringVar(&o.webhook, "webhook", flagEnv("VIGIL_SIM_WEBHOOK", "http://127.0.0.1:8080/eventgrid"), "ingest's Event Grid webhook URL, with ?secret=... [VIGIL_SIM_WEBHOOK]")
+	f.StringVar(&o.armListen, "arm-listen", flagEnv("VIGIL_SIM_ARM_LISTEN", "127.0.0.1:8090"), "address of the simulated ARM API (point ingest's --arm-endpoint at it) [VIGIL_SIM_ARM_LISTEN]")
+	f.IntVar(&o.vms, "vms", 20, "number of simulated Confidential VMs (every third is TDX)")
+	f.StringVar(&o.scenario, "scenario", flagEnv("VIGIL_SIM_SCENARIO", fleet.ScenarioTamper), "tamper: a few VMs go bad partway; none: healthy only [VIGIL_SIM_SCENARIO]")
+	f.DurationVar(&o.tamperAfter, "tamper-after", 15*time.Second, "when the tamper scenario spoils VMs")
+	f.DurationVar(&o.duration, "for", 0, "stop after this long (0: until interrupted)")
+	f.StringVar(&o.summary, "summary", "", "write a JSON summary of the run to this file")
+	f.BoolVar(&o.check, "check", false, "exit 1 unless every healthy VM ends trusted, every tampered VM revoked and no healthy VM revoked")
+	f.StringVar(&o.grantKey, "grant", fleetKey, `grant every VM this key at keyguard ("" to grant nothing)`)
+	return cmd
+}
+
+func runSim(cmd *cobra.Command, o *simRunOptions) error {
+	ctx := cmd.Context()
+	if o.duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.duration)
+		defer cancel()
+	}
+	out := cmd.OutOrStdout()
+	conn, err := o.conn.connect(ctx)
+	if err != nil {
+		return &exitError{code: 1, msg: err.Error()}
+	}
+	defer conn.Close()
+	started := time.Now()
+	var col *devview.Collector
+	fl, err := fleet.New(fleet.Config{
+		VMs: o.vms, Scenario: o.scenario, TamperAfter: o.tamperAfter, WebhookURL: o.webhook, ARMListen: o.armListen,
+		OnFault: func(vm, name, fault string) {
+			col.Note(vm, fmt.Sprintf("%s  scenario: the VM goes bad (%s)", name, fault))
+		},
+	})
+	if err != nil {
+		return &exitError{code: 2, msg: err.Error()}
+	}
+	names := map[string]string{}
+	for _, v := range fl.VMs() {
+		names[v.Key] = v.Name
+		names[v.ResourceID] = v.Name
+	}
+	col = devview.NewCollector(started.Add(-time.Second), func(vm string) string {
+		if n, ok := names[vm]; ok {
+			return n
+		}
+		return vm
+	})
+	fmt.Fprintf(out, "vigil sim: %d VMs, scenario %q, ARM API %s, webhook %s\n", o.vms, o.scenario, fl.ARMEndpoint(), o.webhook)
+	if o.grantKey != "" {
+		if err := grantFleet(ctx, conn, fl, o.grantKey); err != nil {
+			return err
+		}
+	}
+	viewCtx, stopView := context.WithCancel(context.WithoutCancel(ctx))
+	shown := make(chan struct{})
+	go func() {
+		defer close(shown)
+		devview.Show(viewCtx, out, col, devview.IsTerminal(out), 5*time.Second)
+	}()
+	colErr := make(chan error, 1)
+	go func() { colErr <- col.Run(viewCtx, conn.JS) }()
+	runErr := fl.Run(ctx, conn)
+	stopView()
+	<-shown
+	if err := <-colErr; err != nil && runErr == nil {
+		runErr = err
+	}
+	if ctx.Err() != nil && runErr == nil && cmd.Context().Err() == nil {
+		runErr = nil // --for elapsed
+	}
+	return finishSim(out, o, fl, col, started, runErr)
+}
+
+// grantFleet asks keyguard to grant every VM the key, waiting for keyguard
+// to answer.
+func grantFleet(ctx context.Context, conn *bus.Conn, fl *fleet.Fleet, key string) error {
+	for _, v := range fl.VMs() {
+		for attempt := 0; ; attempt++ {
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := keyguard.Grant(rctx, conn, keyguard.GrantRequest{VM: v.Key, VMID: v.VMID, Key: key, Actor: "vigil-sim", Reason: "simulated fleet"})
+			cancel()
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil || attempt > 100 {
+				return fmt.Errorf("grant %s to %s: %w", key, v.Name, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+func finishSim(out io.Writer, o *simRunOptions, fl *fleet.Fleet, col *devview.Collector, started time.Time, runErr error) error {
+	tampered := map[string]string{}
+	var keys []string
+	for _, v := range fl.VMs() {
+		keys = append(keys, v.Key)
+		if v.Fault != "" {
+			tampered[v.Key] = v.Fault
+		}
+	}
+	s := col.Summarize(keys, tampered, started)
+	if o.summary != "" {
+		b, err := json.MarshalIndent(s, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(o.summary, append(b, '\n'), 0o644); err != nil {
+			return fmt.Errorf("write summary: %w", err)
+		}
+	}
+	fmt.Fprintf(out, "\n%d VMs: %d attested, %d revoked (%d tampered), revocation latency p50 %.1f ms p99 %.1f ms, %d alerts, %d audit entries\n",
+		s.VMs, s.Attested, len(s.Revoked), len(s.Tampered), s.RevocationLatencyMS.P50, s.RevocationLatencyMS.P99, s.Alerts, s.Audit.Entries)
+	if runErr != nil {
+		return runErr
+	}
+	if o.check {
+		if err := s.Check(); err != nil {
+			return &exitError{code: 1, msg: err.Error()}
+		}
+		fmt.Fprintln(out, "outcome: as expected")
+	}
+	return nil
+}
+
+func newSimExportCmd() *cobra.Command {
+	var dir string
+	var interval, grace time.Duration
+	cmd := &cobra.Command{
+		Use:   "export",
+		Short: "Write the simulated vendors' roots and the policy that healthy simulated VMs satisfy",
+		Long: `Writes <dir>/sim-roots.pem (pass it to attest-worker and keyguard with
+--evidence-test-roots) and <dir>/sim-policy.yaml (their --policy). Never give these roots
+to a verifier of real evidence.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			auth, err := sim.NewAuthority(sim.AuthorityConfig{})
+			if err != nil {
+				return err
+			}
+			pol := auth.Policy()
+			if interval > 0 {
+				pol.Schedule.ReattestInterval = interval
+			}
+			if grace > 0 {
+				pol.Schedule.GracePeriod = grace
+			}
+			doc, err := yaml.Marshal(pol)
+			if err != nil {
+				return fmt.Errorf("encode policy: %w", err)
+			}
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return err
+			}
+			roots := filepath.Join(dir, "sim-roots.pem")
+			policy := filepath.Join(dir, "sim-policy.yaml")
+			if err := os.WriteFile(roots, auth.TrustRoots().MarshalPEM(), 0o644); err != nil {
+				return err
+			}
+			if err := os.WriteFile(policy, doc, 0o644); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s and %s\n", roots, policy)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", ".", "directory to write into")
+	cmd.Flags().DurationVar(&interval, "interval", 0, "re-attestation interval to put in the policy (0: the policy's default)")
+	cmd.Flags().DurationVar(&grace, "grace", 0, "grace period to put in the policy (0: the policy's default)")
+	return cmd
+}
