@@ -1,8 +1,12 @@
 package attestworker
 
 import (
+	"context"
 	"encoding/json"
+	"io"
+	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +14,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
+	"github.com/vigil-cc/vigil/pkg/telemetry"
 )
 
 func hasReason(st events.VMStatus, code string) bool {
@@ -176,7 +181,16 @@ func TestSweepHealsLostScheduleAndAdoptsUnscheduledVM(t *testing.T) {
 	srv, conn, ctx := testEnv(t)
 	f := newFleet(t, ctx, conn, 2, sim.VMConfig{})
 	lost, unknown := f.vms[0], f.vms[1]
-	runWorker(t, testConfig(connectBus(t, srv.URL()), "w1"))
+	cfg := testConfig(connectBus(t, srv.URL()), "w1")
+	tel, err := telemetry.Setup(ctx, telemetry.Config{Service: "attest-worker-test", NoRuntimeMetrics: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tel.Shutdown(context.Background()) })
+	addr := make(chan string, 1)
+	cfg.Telemetry, cfg.HTTPAddr, cfg.OnListen = tel, "127.0.0.1:0", func(a string) { addr <- a }
+	runWorker(t, cfg)
+	base := "http://" + <-addr
 	f.register(ctx, lost)
 	waitStatus(t, ctx, conn.JS, 20*time.Second, events.StatusTrusted, lost)
 
@@ -195,6 +209,16 @@ func TestSweepHealsLostScheduleAndAdoptsUnscheduledVM(t *testing.T) {
 	if st.Status != events.StatusTrusted {
 		t.Fatalf("status %s after the sweep", st.Status)
 	}
+	// ... and the metrics say so.
+	metrics := httpGet(t, base+"/metrics")
+	for _, want := range []string{`vigil_attest_deadlines_missed_total{at="sweep"`, "vigil_attest_overdue_vms", `vigil_attest_verdicts_total{`, "vigil_attest_schedule_lag_seconds_bucket"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if body := httpGet(t, base+"/readyz"); !strings.Contains(body, "nats") {
+		t.Errorf("/readyz: %s", body)
+	}
 
 	// A running VM in the inventory that never got a job: the sweep adopts
 	// and attests it.
@@ -207,4 +231,21 @@ func TestSweepHealsLostScheduleAndAdoptsUnscheduledVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitStatus(t, ctx, conn.JS, 15*time.Second, events.StatusTrusted, unknown)
+}
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d %s", url, resp.StatusCode, b)
+	}
+	return string(b)
 }

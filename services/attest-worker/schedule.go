@@ -60,7 +60,9 @@ func (s *scheduler) at(ctx context.Context, job events.Job) error {
 	if err != nil {
 		return err
 	}
-	m, err := bus.Msg(ctx, events.ScheduleSubject(vm), env)
+	// No trace context: the attestation the schedule fires starts a trace
+	// of its own instead of extending this one interval after interval.
+	m, err := bus.Msg(context.Background(), events.ScheduleSubject(vm), env)
 	if err != nil {
 		return err
 	}
@@ -117,7 +119,7 @@ func (s *scheduler) ensureSweep(ctx context.Context, every time.Duration) error 
 	if err != nil {
 		return err
 	}
-	msg, err := bus.Msg(ctx, events.SubjectSweepSchedule, env)
+	msg, err := bus.Msg(context.Background(), events.SubjectSweepSchedule, env)
 	if err != nil {
 		return err
 	}

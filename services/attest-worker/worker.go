@@ -78,8 +78,11 @@ type Config struct {
 	// Telemetry provides the tracer and meter providers and /metrics; the
 	// OpenTelemetry globals are used when nil.
 	Telemetry *telemetry.Telemetry
-	// HTTPAddr, when set, serves /healthz, /readyz and /metrics there.
+	// HTTPAddr, when set, serves /healthz, /readyz and /metrics there
+	// (port 0 picks a free port); OnListen, when set, is called with the
+	// bound address.
 	HTTPAddr string
+	OnListen func(addr string)
 	// Health, when set, receives this worker's readiness checks (for a
 	// process that serves several services' checks itself).
 	Health *telemetry.Health
@@ -281,6 +284,9 @@ func (w *Worker) run(ctx context.Context) error {
 			return err
 		}
 		w.log.InfoContext(ctx, "serving health and metrics", "addr", srv.Addr())
+		if w.cfg.OnListen != nil {
+			w.cfg.OnListen(srv.Addr())
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
