@@ -113,3 +113,15 @@ func TestCheckRejectsInvalidCompose(t *testing.T) {
 		})
 	}
 }
+
+// TestRepositoryComposeFile is `make compose-check` as a test, so that
+// `make test` keeps the shipped compose file and the code in step.
+func TestRepositoryComposeFile(t *testing.T) {
+	problems, err := Check(context.Background(), filepath.Join(root, "deploy", "compose", "compose.yaml"), root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Error(p)
+	}
+}

@@ -238,6 +238,8 @@ func (f *Fleet) Run(ctx context.Context, conn *bus.Conn) error {
 		if err != nil && ctx.Err() == nil {
 			return fmt.Errorf("fleet: agents: %w", err)
 		}
+		// The agents' subscriptions stay until ctx ends.
+		<-ctx.Done()
 	}
 	return nil
 }
