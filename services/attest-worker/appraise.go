@@ -27,11 +27,11 @@ type appraiser interface {
 // evidenceAppraiser verifies with pkg/evidence and applies the policy.
 type evidenceAppraiser struct {
 	v     *evidence.Verifier
-	pol   *evidence.Policy
+	pol   func() *evidence.Policy // the policy in force
 	build string
 }
 
-func newEvidenceAppraiser(cfg evidence.Config, pol *evidence.Policy) (*evidenceAppraiser, error) {
+func newEvidenceAppraiser(cfg evidence.Config, pol func() *evidence.Policy) (*evidenceAppraiser, error) {
 	v, err := evidence.NewVerifier(cfg)
 	if err != nil {
 		return nil, err
@@ -43,7 +43,7 @@ func (e *evidenceAppraiser) appraise(ctx context.Context, in appraisal) (*events
 	exp := evidence.Expect{Nonce: in.Nonce, VMID: in.VMID, VMKey: in.VMKey}
 	// A bundle that does not parse is a contraindicated verdict
 	// (bundle.malformed), not an error: the agent answered with garbage.
-	v, _, _ := e.v.Attest(ctx, in.Bundle, exp, e.pol, evidence.AppraiseOptions{Build: e.build, ResourceID: in.ResourceID})
+	v, _, _ := e.v.Attest(ctx, in.Bundle, exp, e.pol(), evidence.AppraiseOptions{Build: e.build, ResourceID: in.ResourceID})
 	return &v, nil
 }
 

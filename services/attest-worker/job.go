@@ -119,7 +119,7 @@ func (w *Worker) handleJob(ctx context.Context, m *bus.Message) error {
 			// neither change the status nor schedule again.
 			a.KeepStatus = true
 		}
-		o = applyAttempt(st, exists, a, w.cfg.Timing)
+		o = applyAttempt(st, exists, a, w.policies.timing())
 		_, err := w.status.put(ctx, o.Status, rev, exists)
 		if err == nil {
 			break

@@ -68,7 +68,7 @@ func (w *Worker) sweep(ctx context.Context, causeID string) (sweepReport, error)
 		if len(rep.sampleVMs) < maxSweepSample {
 			rep.sampleVMs = append(rep.sampleVMs, key)
 		}
-		if staleByDeadline(st, now, w.cfg.Timing) {
+		if staleByDeadline(st, now, w.policies.timing()) {
 			if made, err := w.sweepStale(ctx, key, causeID); err != nil {
 				return err
 			} else if made {
@@ -139,10 +139,10 @@ func (w *Worker) sweepStale(ctx context.Context, vm, causeID string) (bool, erro
 			return false, err
 		}
 		now := time.Now().UTC()
-		if !staleByDeadline(st, now, w.cfg.Timing) {
+		if !staleByDeadline(st, now, w.policies.timing()) {
 			return false, nil
 		}
-		o := markStale(st, now, w.cfg.Timing, derivedID("sweep", causeID, vm), w.cfg.Name)
+		o := markStale(st, now, w.policies.timing(), derivedID("sweep", causeID, vm), w.cfg.Name)
 		if _, err := w.status.put(ctx, o.Status, rev, true); errors.Is(err, errConflict) {
 			continue
 		} else if err != nil {

@@ -51,8 +51,9 @@ type Config struct {
 	// default 64.
 	Concurrency int
 	// Timing sets the re-attestation interval, its jitter, the grace
-	// period and the retry backoff. Zero fields are taken from Policy's
-	// timing, then from the defaults (5 min, ±10%, 2 min).
+	// period and the retry backoff. Zero fields are taken from the policy
+	// in force (and follow its changes), then from the defaults (5 min,
+	// ±10%, 2 min).
 	Timing Timing
 	// ChallengeTimeout bounds one challenge round trip (default 10 s).
 	ChallengeTimeout time.Duration
@@ -69,6 +70,8 @@ type Config struct {
 	// smaller of the interval and 1 min; at least 1 s).
 	SweepEvery time.Duration
 	// Policy is what evidence must satisfy; default evidence.DefaultPolicy().
+	// Newer versions published as io.vigil.policy.v1 on
+	// vigil.events.policy.<policy id> take effect as they arrive.
 	Policy *evidence.Policy
 	// Verifier configures evidence verification. When its Collateral is
 	// nil, the shared vigil-collateral bucket is used.
@@ -88,6 +91,10 @@ type Config struct {
 	Health *telemetry.Health
 	// Ready, when set, is closed once the worker consumes.
 	Ready chan<- struct{}
+
+	// explicitTiming is Timing as configured, before the policy's and the
+	// default values filled it in.
+	explicitTiming Timing
 
 	// testHook, when set, is called at named points of a job (tests only):
 	// "appraised" before the verdict is stored, "verdict" after it,
@@ -112,6 +119,7 @@ func (c Config) withDefaults() Config {
 	if c.Policy == nil {
 		c.Policy = evidence.DefaultPolicy()
 	}
+	c.explicitTiming = c.Timing
 	pt := policyTiming(c.Policy)
 	if c.Timing.Interval <= 0 {
 		c.Timing.Interval = pt.Interval
@@ -156,6 +164,7 @@ type Worker struct {
 	sched     *scheduler
 	appraiser appraiser
 	metrics   *workerMetrics
+	policies  *policies
 }
 
 // Run attests the fleet until ctx ends. It provisions the streams and
@@ -224,8 +233,12 @@ func newWorker(ctx context.Context, cfg Config, conn *bus.Conn) (*Worker, error)
 	if vcfg.Logger == nil {
 		vcfg.Logger = cfg.Logger
 	}
+	pols, err := newPolicies(cfg.Policy, cfg.explicitTiming)
+	if err != nil {
+		return nil, err
+	}
 	var ap appraiser
-	ap, err = newEvidenceAppraiser(vcfg, cfg.Policy)
+	ap, err = newEvidenceAppraiser(vcfg, pols.policy)
 	if err != nil {
 		return nil, err
 	}
@@ -250,6 +263,7 @@ func newWorker(ctx context.Context, cfg Config, conn *bus.Conn) (*Worker, error)
 		sched:     &scheduler{conn: conn, stream: schedStream, source: source},
 		appraiser: ap,
 		metrics:   newWorkerMetrics(mp),
+		policies:  pols,
 	}, nil
 }
 
@@ -306,6 +320,11 @@ func (w *Worker) run(ctx context.Context) error {
 		}()
 	}
 	ackWait := w.cfg.AckWait
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = w.followPolicy(ctx)
+	}()
 	consume(events.StreamJobs, jetstream.ConsumerConfig{
 		Durable:       ConsumerJobs,
 		Description:   "attest-worker: attestation jobs",
@@ -327,8 +346,9 @@ func (w *Worker) run(ctx context.Context) error {
 		AckWait:       ackWait,
 		MaxAckPending: -1,
 	}, w.handleLifecycle, bus.WithConcurrency(8))
-	w.log.InfoContext(ctx, "attest-worker running", "interval", w.cfg.Timing.Interval, "grace", w.cfg.Timing.Grace,
-		"jitter", w.cfg.Timing.Jitter, "concurrency", w.cfg.Concurrency, "sweep_every", w.cfg.SweepEvery, "missed_after", w.cfg.MissedAfter)
+	t := w.policies.timing()
+	w.log.InfoContext(ctx, "attest-worker running", "policy", w.policies.policy().ID, "policy_version", w.policies.policy().Version,
+		"interval", t.Interval, "grace", t.Grace, "jitter", t.Jitter, "concurrency", w.cfg.Concurrency, "sweep_every", w.cfg.SweepEvery, "missed_after", w.cfg.MissedAfter)
 	if w.cfg.Ready != nil {
 		close(w.cfg.Ready)
 	}

@@ -1,0 +1,64 @@
+package attestworker
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/sim"
+)
+
+// TestPolicyVersionTakesEffectWithoutRestart publishes a new policy
+// version as the CLI does and checks that the workers apply it at the next
+// attestation, and that an invalid or older version changes nothing.
+func TestPolicyVersionTakesEffectWithoutRestart(t *testing.T) {
+	t.Parallel()
+	srv, conn, ctx := testEnv(t)
+	f := newFleet(t, ctx, conn, 1, sim.VMConfig{Faults: sim.Faults{DebugPolicy: true}})
+	v := f.vms[0]
+	runWorker(t, testConfig(connectBus(t, srv.URL()), "w1"))
+	f.register(ctx, v)
+	waitFor(t, 20*time.Second, "untrusted for debug", func() (bool, string) {
+		st, _ := statusOf(t, ctx, conn.JS, v.VMKey())
+		return st.Status == events.StatusUntrusted && hasReason(st, evidence.ReasonPolicyDebug), string(st.Status)
+	})
+
+	publish := func(version int, doc string) {
+		t.Helper()
+		if _, err := conn.PublishEvent(ctx, events.PolicySubject("vigil-sim"), events.TypePolicy, "test",
+			events.Policy{Name: "vigil-sim", Version: version, Document: doc, Actor: "test", Reason: "allow debug", At: time.Now().UTC()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An invalid document is refused.
+	publish(5, "id: vigil-sim\nversion: 5\nsnp: {allow_debug: maybe}\n")
+	p := testAuthority().Policy()
+	p.Version = 2
+	p.SNP.AllowDebug = true
+	doc, err := p.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish(2, string(doc))
+	waitStatus(t, ctx, conn.JS, 20*time.Second, events.StatusTrusted, v)
+	vs := verdictsOf(t, ctx, conn.JS, v.VMKey())
+	if last := vs[len(vs)-1]; last.PolicyVersion != 2 || last.Status != events.VerdictAffirming {
+		t.Fatalf("last verdict under policy version %d: %s", last.PolicyVersion, last.Status)
+	}
+	if !slices.ContainsFunc(alertsWith(t, ctx, conn.JS, "vm.recovered"), func(a events.Alert) bool { return a.VMKey == v.VMKey() }) {
+		t.Error("no vm.recovered alert")
+	}
+
+	// An older version is not applied again.
+	old := testAuthority().Policy()
+	old.Version = 1
+	doc, _ = old.Marshal()
+	publish(1, string(doc))
+	n := len(vs)
+	waitFor(t, 15*time.Second, "two more attestations", func() (bool, string) { return len(verdictsOf(t, ctx, conn.JS, v.VMKey())) >= n+2, "" })
+	if st, _ := statusOf(t, ctx, conn.JS, v.VMKey()); st.Status != events.StatusTrusted {
+		t.Fatalf("after an older version: %s", st.Status)
+	}
+}
