@@ -3,6 +3,7 @@ package ingest
 import (
 	"errors"
 	"fmt"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"net/http"
 	"slices"
 	"strings"
@@ -239,7 +240,12 @@ func TestReconcileHealsMissedCreateAndDelete(t *testing.T) {
 	eventually(t, 10*time.Second, "vm-gone in the inventory", func() bool { _, ok := h.record(gone); return ok })
 	h.stop()
 	h.arm.PutVM(armfake.CompliantVM(testSub, testRG, "vm-missed", "vmid-missed"))
-	h.run(func(c *Config) { c.Subscriptions = []string{testSub}; c.ReconcileInterval = time.Hour })
+	// vm-new was created a moment ago: its own event is still on its way,
+	// so reconcile leaves it alone (the event carries the delivery's trace).
+	fresh := armfake.CompliantVM(testSub, testRG, "vm-new", "vmid-new")
+	fresh.Properties.TimeCreated = to.Ptr(time.Now())
+	h.arm.PutVM(fresh)
+	h.run(func(c *Config) { c.Subscriptions = []string{testSub}; c.ReconcileInterval = time.Hour; c.ReconcileGrace = time.Minute })
 	eventually(t, 15*time.Second, "healed create", func() bool { return len(h.lifecycles(missed)) == 1 })
 	eventually(t, 15*time.Second, "healed delete", func() bool { return len(h.lifecycles(gone)) == 2 })
 	created, deleted := h.lifecycles(missed)[0], h.lifecycles(gone)[1]
@@ -259,6 +265,9 @@ func TestReconcileHealsMissedCreateAndDelete(t *testing.T) {
 		t.Errorf("%d jobs for the healed create", n)
 	}
 	eventually(t, 10*time.Second, "healed VM enriched", func() bool { return len(h.configs(missed)) == 1 })
+	if n := len(h.lifecycles(vmKey("vm-new"))); n != 0 {
+		t.Errorf("reconcile published %d lifecycle events for a VM created within the grace period", n)
+	}
 }
 
 func TestStorageUnavailableAnswers503(t *testing.T) {

@@ -75,6 +75,11 @@ func (r *reconciler) subscription(ctx context.Context, sub string, records map[s
 		key := id.Key()
 		seen[key] = true
 		rec := records[key]
+		if !rec.exists() && m.Properties != nil && m.Properties.TimeCreated != nil && m.Properties.TimeCreated.After(cutoff) {
+			// Created moments ago: its own event is on the way and carries
+			// the trace of its delivery. A later pass heals it if not.
+			continue
+		}
 		state := arm.PowerState(m)
 		kind, needed := r.drift(rec, state, cutoff)
 		if needed != nil {

@@ -142,7 +142,9 @@ func (a *ARM) ClientOptions() *arm.ClientOptions {
 // network or compute fake by resource provider.
 func (a *ARM) Do(req *http.Request) (*http.Response, error) {
 	path := strings.ToLower(req.URL.Path)
-	isVMGet := req.Method == http.MethodGet && strings.Contains(path, "/providers/microsoft.compute/virtualmachines/") &&
+	// A VM get names its resource group; the fake pager's next-page links
+	// (".../virtualMachines/fake_page_N") do not.
+	isVMGet := req.Method == http.MethodGet && strings.Contains(path, "/resourcegroups/") && strings.Contains(path, "/providers/microsoft.compute/virtualmachines/") &&
 		strings.Count(strings.SplitN(path, "/providers/microsoft.compute/virtualmachines/", 2)[1], "/") == 0
 	if isVMGet {
 		a.mu.Lock()
