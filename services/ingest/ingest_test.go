@@ -245,7 +245,11 @@ func TestReconcileHealsMissedCreateAndDelete(t *testing.T) {
 	fresh := armfake.CompliantVM(testSub, testRG, "vm-new", "vmid-new")
 	fresh.Properties.TimeCreated = to.Ptr(time.Now())
 	h.arm.PutVM(fresh)
-	h.run(func(c *Config) { c.Subscriptions = []string{testSub}; c.ReconcileInterval = time.Hour; c.ReconcileGrace = time.Minute })
+	h.run(func(c *Config) {
+		c.Subscriptions = []string{testSub}
+		c.ReconcileInterval = time.Hour
+		c.ReconcileGrace = time.Minute
+	})
 	eventually(t, 15*time.Second, "healed create", func() bool { return len(h.lifecycles(missed)) == 1 })
 	eventually(t, 15*time.Second, "healed delete", func() bool { return len(h.lifecycles(gone)) == 2 })
 	created, deleted := h.lifecycles(missed)[0], h.lifecycles(gone)[1]
