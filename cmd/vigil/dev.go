@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -176,6 +177,9 @@ type devRun struct {
 	out       io.Writer
 	// webhook receives ingest's webhook URL once it listens.
 	webhook chan string
+	// keyguardReady is closed once keyguard consumes events: its consumer
+	// starts from new events, so the fleet waits for it.
+	keyguardReady chan struct{}
 }
 
 func newDevRun(ctx context.Context, env *devenv.Env, o *devOptions, dataDir string, out io.Writer) (*devRun, error) {
@@ -183,7 +187,7 @@ func newDevRun(ctx context.Context, env *devenv.Env, o *devOptions, dataDir stri
 	if err != nil {
 		return nil, err
 	}
-	d := &devRun{env: env, o: o, dataDir: dataDir, conn: conn, started: time.Now(), auditDir: filepath.Join(dataDir, "audit"), out: out, webhook: make(chan string, 1)}
+	d := &devRun{env: env, o: o, dataDir: dataDir, conn: conn, started: time.Now(), auditDir: filepath.Join(dataDir, "audit"), out: out, webhook: make(chan string, 1), keyguardReady: make(chan struct{})}
 	d.fleet, err = fleet.New(fleet.Config{
 		VMs: o.vms, Scenario: o.scenario, TamperAfter: o.tamperAfter,
 		Logger: env.Logger.With("component", "fleet"),
@@ -268,6 +272,7 @@ func (d *devRun) components() []devenv.Component {
 				ImportSecrets: map[string][]byte{fleetKey: []byte("the fleet's disk encryption key (demo)")},
 				Grants:        grants,
 				Evidence:      keyguard.EvidenceConfig{Verifier: verifier, Policy: auth.Policy(), Build: "vigil " + version},
+				Ready:         sync.OnceFunc(func() { close(d.keyguardReady) }),
 				Telemetry:     env.Telemetry,
 				Logger:        logger("keyguard"),
 			})
@@ -312,6 +317,11 @@ func (d *devRun) components() []devenv.Component {
 			select {
 			case u := <-d.webhook:
 				d.fleet.SetWebhook(u)
+			case <-ctx.Done():
+				return nil
+			}
+			select {
+			case <-d.keyguardReady:
 			case <-ctx.Done():
 				return nil
 			}
