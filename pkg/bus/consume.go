@@ -139,9 +139,12 @@ func (c *Conn) Consume(ctx context.Context, stream string, cfg jetstream.Consume
 	go func() {
 		select {
 		case <-ctx.Done():
+			// Stop pulling, but hand out what is buffered so that it can
+			// be given back at once (below) instead of after AckWait.
+			iter.Drain()
 		case <-stopped:
+			iter.Stop()
 		}
-		iter.Stop()
 	}()
 	defer close(stopped)
 
@@ -152,16 +155,27 @@ func (c *Conn) Consume(ctx context.Context, stream string, cfg jetstream.Consume
 	for {
 		msg, err := iter.Next()
 		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			if ctx.Err() != nil {
+				iter.Stop()
 				return nil
 			}
 			c.log.WarnContext(ctx, "consumer error", "consumer", cfg.Durable, "stream", stream, "err", err)
 			continue
 		}
+		if ctx.Err() != nil {
+			// Shutting down: give the message back for another consumer
+			// (or the next start) without waiting for AckWait.
+			_ = msg.Nak()
+			continue
+		}
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
-			return nil
+			_ = msg.Nak()
+			continue
 		}
 		wg.Add(1)
 		go func() {

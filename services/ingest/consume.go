@@ -79,7 +79,9 @@ func (n *normalizer) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", events.StreamRaw, err)
 	}
-	go func() { <-ctx.Done(); iter.Stop() }()
+	// On shutdown, stop pulling but hand out what is buffered, so that it can
+	// be given back at once (below) rather than after AckWait.
+	go func() { <-ctx.Done(); iter.Drain() }()
 
 	shards := make([]chan rawItem, n.workers)
 	var wg sync.WaitGroup
@@ -102,10 +104,18 @@ func (n *normalizer) run(ctx context.Context) error {
 	for {
 		msg, err := iter.Next()
 		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			if ctx.Err() != nil {
+				iter.Stop()
 				return nil
 			}
 			n.p.log.WarnContext(ctx, "raw consumer error", "err", err)
+			continue
+		}
+		if ctx.Err() != nil {
+			_ = msg.Nak() // shutting down: back to the stream for the next replica or start
 			continue
 		}
 		it := n.decode(msg)
@@ -114,7 +124,7 @@ func (n *normalizer) run(ctx context.Context) error {
 		select {
 		case shards[h.Sum32()%uint32(len(shards))] <- it:
 		case <-ctx.Done():
-			return nil
+			_ = msg.Nak()
 		}
 	}
 }

@@ -324,7 +324,9 @@ func TestKillBetweenStoreAndAnswer(t *testing.T) {
 		t.Fatalf("retry answered %d", code)
 	}
 	key := vmKey("vm-x")
-	eventually(t, 10*time.Second, "lifecycle events", func() bool { return len(h.lifecycles(key)) == 3 })
+	// Raw events the first process had taken but not finished come back
+	// after the consumer's AckWait (60 s) at the latest, as after a real kill.
+	eventually(t, 75*time.Second, "lifecycle events", func() bool { return len(h.lifecycles(key)) == 3 })
 	time.Sleep(500 * time.Millisecond)
 	if n := h.count(events.StreamRaw, events.SubjectRawAll); n != 3 {
 		t.Errorf("%d raw events after the retry, want 3", n)
