@@ -42,15 +42,11 @@ func newEventsCmd() *cobra.Command {
 
 // tailOptions are the flags of `vigil events tail`.
 type tailOptions struct {
-	server         string
+	natsFlags
 	subject        string
 	count          int
 	timeout        time.Duration
 	connectTimeout time.Duration
-	creds          string
-	tlsCA          string
-	tlsCert        string
-	tlsKey         string
 	pollInterval   time.Duration // work-queue streams are polled
 }
 
@@ -77,15 +73,11 @@ and with a non-zero status at once when NATS cannot be reached.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.server, "server", flagEnv("VIGIL_NATS_URL", defaultNATSURL), "NATS URL, or a comma-separated list [VIGIL_NATS_URL]")
+	o.natsFlags.register(f)
 	f.StringVarP(&o.subject, "subject", "s", events.SubjectEventsAll, "subject filter (NATS wildcards * and > allowed)")
 	f.IntVarP(&o.count, "count", "n", 0, "exit after printing this many events (0: no limit)")
 	f.DurationVar(&o.timeout, "timeout", 0, "exit after this long (0: no limit)")
 	f.DurationVar(&o.connectTimeout, "connect-timeout", 3*time.Second, "give up connecting to NATS after this long")
-	f.StringVar(&o.creds, "creds", os.Getenv("VIGIL_NATS_CREDS"), "NATS credentials file [VIGIL_NATS_CREDS]")
-	f.StringVar(&o.tlsCA, "tls-ca", os.Getenv("VIGIL_NATS_TLS_CA"), "CA certificate (PEM) to trust for NATS TLS [VIGIL_NATS_TLS_CA]")
-	f.StringVar(&o.tlsCert, "tls-cert", os.Getenv("VIGIL_NATS_TLS_CERT"), "client certificate (PEM) for NATS TLS [VIGIL_NATS_TLS_CERT]")
-	f.StringVar(&o.tlsKey, "tls-key", os.Getenv("VIGIL_NATS_TLS_KEY"), "client key (PEM) for NATS TLS [VIGIL_NATS_TLS_KEY]")
 	return cmd
 }
 
@@ -97,8 +89,9 @@ func (o *tailOptions) validate() error {
 		return fmt.Errorf("--timeout %s: must not be negative", o.timeout)
 	case o.connectTimeout <= 0:
 		return fmt.Errorf("--connect-timeout %s: must be positive", o.connectTimeout)
-	case (o.tlsCert == "") != (o.tlsKey == ""):
-		return errors.New("--tls-cert and --tls-key go together")
+	}
+	if err := o.natsFlags.validate(); err != nil {
+		return err
 	}
 	if err := validSubjectFilter(o.subject); err != nil {
 		return fmt.Errorf("--subject %q: %w", o.subject, err)

@@ -22,23 +22,19 @@ import (
 
 // keyguardConn holds the connection flags shared by `vigil keyguard` commands.
 type keyguardConn struct {
-	server, creds, tlsCA, tlsCert, tlsKey string
-	timeout                               time.Duration
+	natsFlags
+	timeout time.Duration
 }
 
 func (o *keyguardConn) flags(cmd *cobra.Command) {
 	f := cmd.PersistentFlags()
-	f.StringVar(&o.server, "server", flagEnv("VIGIL_NATS_URL", defaultNATSURL), "NATS URL, or a comma-separated list [VIGIL_NATS_URL]")
-	f.StringVar(&o.creds, "creds", os.Getenv("VIGIL_NATS_CREDS"), "NATS credentials file [VIGIL_NATS_CREDS]")
-	f.StringVar(&o.tlsCA, "tls-ca", os.Getenv("VIGIL_NATS_TLS_CA"), "CA certificate (PEM) to trust for NATS TLS [VIGIL_NATS_TLS_CA]")
-	f.StringVar(&o.tlsCert, "tls-cert", os.Getenv("VIGIL_NATS_TLS_CERT"), "client certificate (PEM) for NATS TLS [VIGIL_NATS_TLS_CERT]")
-	f.StringVar(&o.tlsKey, "tls-key", os.Getenv("VIGIL_NATS_TLS_KEY"), "client key (PEM) for NATS TLS [VIGIL_NATS_TLS_KEY]")
+	o.natsFlags.register(f)
 	f.DurationVar(&o.timeout, "timeout", 15*time.Second, "give up after this long")
 }
 
 func (o *keyguardConn) connect(ctx context.Context) (*bus.Conn, error) {
-	if (o.tlsCert == "") != (o.tlsKey == "") {
-		return nil, usageError("--tls-cert and --tls-key go together")
+	if err := o.natsFlags.validate(); err != nil {
+		return nil, usageError("%v", err)
 	}
 	if o.timeout <= 0 {
 		return nil, usageError("--timeout %s: must be positive", o.timeout)

@@ -190,9 +190,9 @@ func newSimExportCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "export",
 		Short: "Write the simulated vendors' roots and the policy that healthy simulated VMs satisfy",
-		Long: `Writes <dir>/sim-roots.pem (pass it to attest-worker and keyguard with
---evidence-test-roots) and <dir>/sim-policy.yaml (their --policy). Never give these roots
-to a verifier of real evidence.`,
+		Long: `Writes <dir>/sim-roots.pem (give it to vigil-attest-worker as -test-roots and to
+vigil-keyguard as -evidence-test-roots) and <dir>/sim-policy.yaml (their -policy).
+Never give these roots to a verifier of real evidence.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			auth, err := sim.NewAuthority(sim.AuthorityConfig{})

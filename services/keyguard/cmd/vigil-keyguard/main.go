@@ -52,7 +52,7 @@ func run(ctx context.Context, args []string) error {
 		natsCert   = str("nats-cert", "", "client certificate for NATS TLS")
 		natsKey    = str("nats-key", "", "client key for NATS TLS")
 		replicas   = str("replicas", "1", "stream and bucket replicas (3 on a cluster)")
-		httpAddr   = str("http", ":8080", "listen address of /healthz, /readyz and /metrics")
+		httpAddr   = str("http", ":8084", "listen address of /healthz, /readyz and /metrics")
 		masterKey  = str("master-key-file", "", "file holding the 32-byte master key that encrypts secrets at rest (raw, hex or base64)")
 		createKey  = str("create-master-key", "false", "generate the master key file when it does not exist yet (first start)")
 		configFile = str("config", "", "YAML file with grants, Azure Key Vault backends and the restore policy")
