@@ -135,6 +135,7 @@ type summary struct {
 	Attested           int               `json:"attested"`
 	Revoked            []string          `json:"revoked"`
 	Tampered           map[string]string `json:"tampered"`
+	Deleted            []string          `json:"deleted"`
 	HealthyRevoked     []string          `json:"healthy_revoked"`
 	TamperedNotRevoked []string          `json:"tampered_not_revoked"`
 	HealthyNotTrusted  []string          `json:"healthy_not_trusted"`
@@ -222,7 +223,7 @@ func TestMultiProcess(t *testing.T) {
 	if err := json.Unmarshal(raw, &s); err != nil {
 		t.Fatal(err)
 	}
-	if s.VMs != 12 || s.Attested != 12 || len(s.Tampered) != 3 || len(s.Revoked) != 3 || s.Verdicts["affirming"] == 0 {
+	if s.VMs != 12 || s.Attested != 12 || len(s.Tampered) != 3 || len(s.Deleted) != 1 || len(s.Revoked) != 4 || s.Verdicts["affirming"] == 0 {
 		t.Fatalf("summary: %s\n%s", raw, simOut)
 	}
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -188,12 +187,11 @@ func newDevRun(ctx context.Context, env *devenv.Env, o *devOptions, dataDir stri
 		return nil, err
 	}
 	d := &devRun{env: env, o: o, dataDir: dataDir, conn: conn, started: time.Now(), auditDir: filepath.Join(dataDir, "audit"), out: out, webhook: make(chan string, 1), keyguardReady: make(chan struct{})}
+	onFault, onLifecycle := scenarioNotes(&d.collector)
 	d.fleet, err = fleet.New(fleet.Config{
 		VMs: o.vms, Scenario: o.scenario, TamperAfter: o.tamperAfter,
-		Logger: env.Logger.With("component", "fleet"),
-		OnFault: func(vm, name, fault string) {
-			d.collector.Note(vm, fmt.Sprintf("%s  scenario: the VM goes bad (%s)", name, fault))
-		},
+		Logger:  env.Logger.With("component", "fleet"),
+		OnFault: onFault, OnLifecycle: onLifecycle,
 	})
 	if err != nil {
 		conn.Close()
@@ -342,29 +340,13 @@ func (d *devRun) components() []devenv.Component {
 
 func (d *devRun) finish(out io.Writer, runErr error) error {
 	defer d.conn.Close()
-	tampered := map[string]string{}
-	var keys []string
-	for _, v := range d.fleet.VMs() {
-		keys = append(keys, v.Key)
-		if v.Fault != "" {
-			tampered[v.Key] = v.Fault
-		}
-	}
-	s := d.collector.Summarize(keys, tampered, d.started)
+	s := summarizeRun(d.collector, d.fleet, d.started)
 	s.DataDir = d.dataDir
 	s.Audit.Log = filepath.Join(d.auditDir, "log")
 	s.Audit.PublicKey = filepath.Join(d.auditDir, "signer.pub")
-	if d.o.summary != "" {
-		b, err := json.MarshalIndent(s, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(d.o.summary, append(b, '\n'), 0o644); err != nil {
-			return fmt.Errorf("write summary: %w", err)
-		}
+	if err := writeSummary(out, d.o.summary, s); err != nil {
+		return err
 	}
-	fmt.Fprintf(out, "\n%d VMs: %d attested, %d revoked (%d tampered), revocation latency p50 %.1f ms p99 %.1f ms, %d alerts, %d audit entries\n",
-		s.VMs, s.Attested, len(s.Revoked), len(s.Tampered), s.RevocationLatencyMS.P50, s.RevocationLatencyMS.P99, s.Alerts, s.Audit.Entries)
 	if err := s.Check(); err != nil && d.o.duration > 0 {
 		fmt.Fprintf(out, "outcome: %v\n", err)
 	}

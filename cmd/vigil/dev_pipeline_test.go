@@ -41,15 +41,17 @@ func TestDevPipeline(t *testing.T) {
 	if err := s.Check(); err != nil {
 		t.Fatalf("%v\nsummary: %s\nstdout:\n%s", err, b, out)
 	}
-	if s.VMs != 9 || s.Attested != 9 || len(s.Tampered) != 3 || len(s.Revoked) != 3 {
+	// Three VMs are spoiled, one is deleted (retired, revoked) and one is
+	// deallocated and started again (suspended, then trusted).
+	if s.VMs != 9 || s.Attested != 9 || len(s.Tampered) != 3 || len(s.Deleted) != 1 || len(s.Revoked) != 4 || s.Statuses["trusted"] != 5 {
 		t.Fatalf("summary: %s", b)
 	}
-	for _, want := range []string{"tampered-measurement", "debug-enabled", "silent-agent", "revoked", "vigil audit verify --log"} {
+	for _, want := range []string{"tampered-measurement", "debug-enabled", "silent-agent", "revoked", "→ suspended", "→ retired", "vigil audit verify --log"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the live view never shows %q:\n%s", want, out)
 		}
 	}
-	if s.Audit.Entries == 0 || s.RevocationLatencyMS.N != 3 {
+	if s.Audit.Entries == 0 || s.RevocationLatencyMS.N != 4 {
 		t.Errorf("audit %+v, latency %+v", s.Audit, s.RevocationLatencyMS)
 	}
 	vout, verr, err := runVigil(context.Background(), "audit", "verify", "--log", s.Audit.Log, "--key", s.Audit.PublicKey)

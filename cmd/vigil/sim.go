@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -65,7 +64,7 @@ func newSimRunCmd() *cobra.Command {
 	f.DurationVar(&o.tamperAfter, "tamper-after", 15*time.Second, "when the tamper scenario spoils VMs")
 	f.DurationVar(&o.duration, "for", 0, "stop after this long (0: until interrupted)")
 	f.StringVar(&o.summary, "summary", "", "write a JSON summary of the run to this file")
-	f.BoolVar(&o.check, "check", false, "exit 1 unless every healthy VM ends trusted, every tampered VM revoked and no healthy VM revoked")
+	f.BoolVar(&o.check, "check", false, "exit 1 unless every healthy VM ends trusted, every tampered or deleted VM revoked and no healthy VM revoked")
 	f.StringVar(&o.grantKey, "grant", fleetKey, `grant every VM this key at keyguard ("" to grant nothing)`)
 	return cmd
 }
@@ -85,11 +84,10 @@ func runSim(cmd *cobra.Command, o *simRunOptions) error {
 	defer conn.Close()
 	started := time.Now()
 	var col *devview.Collector
+	onFault, onLifecycle := scenarioNotes(&col)
 	fl, err := fleet.New(fleet.Config{
 		VMs: o.vms, Scenario: o.scenario, TamperAfter: o.tamperAfter, WebhookURL: o.webhook, ARMListen: o.armListen,
-		OnFault: func(vm, name, fault string) {
-			col.Note(vm, fmt.Sprintf("%s  scenario: the VM goes bad (%s)", name, fault))
-		},
+		OnFault: onFault, OnLifecycle: onLifecycle,
 	})
 	if err != nil {
 		return &exitError{code: 2, msg: err.Error()}
@@ -152,26 +150,10 @@ func grantFleet(ctx context.Context, conn *bus.Conn, fl *fleet.Fleet, key string
 }
 
 func finishSim(out io.Writer, o *simRunOptions, fl *fleet.Fleet, col *devview.Collector, started time.Time, runErr error) error {
-	tampered := map[string]string{}
-	var keys []string
-	for _, v := range fl.VMs() {
-		keys = append(keys, v.Key)
-		if v.Fault != "" {
-			tampered[v.Key] = v.Fault
-		}
+	s := summarizeRun(col, fl, started)
+	if err := writeSummary(out, o.summary, s); err != nil {
+		return err
 	}
-	s := col.Summarize(keys, tampered, started)
-	if o.summary != "" {
-		b, err := json.MarshalIndent(s, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(o.summary, append(b, '\n'), 0o644); err != nil {
-			return fmt.Errorf("write summary: %w", err)
-		}
-	}
-	fmt.Fprintf(out, "\n%d VMs: %d attested, %d revoked (%d tampered), revocation latency p50 %.1f ms p99 %.1f ms, %d alerts, %d audit entries\n",
-		s.VMs, s.Attested, len(s.Revoked), len(s.Tampered), s.RevocationLatencyMS.P50, s.RevocationLatencyMS.P99, s.Alerts, s.Audit.Entries)
 	if runErr != nil {
 		return runErr
 	}

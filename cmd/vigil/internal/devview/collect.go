@@ -265,7 +265,9 @@ type Summary struct {
 	Alerts              int               `json:"alerts"`
 	AlertsBySeverity    map[string]int    `json:"alerts_by_severity"`
 	Tampered            map[string]string `json:"tampered"` // VM key -> fault
+	Deleted             []string          `json:"deleted"`  // deleted by the scenario: retired, keys revoked
 	HealthyRevoked      []string          `json:"healthy_revoked"`
+	DeletedNotRevoked   []string          `json:"deleted_not_revoked"`
 	TamperedNotRevoked  []string          `json:"tampered_not_revoked"`
 	HealthyNotTrusted   []string          `json:"healthy_not_trusted"`
 	DataDir             string            `json:"data_dir"`
@@ -303,21 +305,26 @@ func (s Summary) Check() error {
 	if len(s.HealthyRevoked) > 0 {
 		problems = append(problems, fmt.Sprintf("%d healthy VMs revoked", len(s.HealthyRevoked)))
 	}
+	if len(s.DeletedNotRevoked) > 0 {
+		problems = append(problems, fmt.Sprintf("%d deleted VMs not revoked", len(s.DeletedNotRevoked)))
+	}
 	if len(problems) > 0 {
 		return fmt.Errorf("%w: %s", ErrOutcome, strings.Join(problems, ", "))
 	}
 	return nil
 }
 
-// Summarize builds the run's summary. fleet lists the fleet's VM keys and
-// tampered maps the spoiled ones to their fault.
-func (c *Collector) Summarize(fleet []string, tampered map[string]string, started time.Time) Summary {
+// Summarize builds the run's summary. fleet lists the fleet's VM keys,
+// tampered maps the spoiled ones to their fault and deleted names the VMs
+// the run deleted.
+func (c *Collector) Summarize(fleet []string, tampered map[string]string, deleted map[string]bool, started time.Time) Summary {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := Summary{
 		VMs: len(fleet), Verdicts: map[string]int{}, Statuses: map[string]int{}, Revoked: []string{},
 		Alerts: c.alerts, AlertsBySeverity: map[string]int{}, Tampered: tampered,
 		HealthyRevoked: []string{}, TamperedNotRevoked: []string{}, HealthyNotTrusted: []string{},
+		Deleted: []string{}, DeletedNotRevoked: []string{},
 		Audit:           Audit{Entries: c.checkpoint, CheckpointSize: c.checkpoint},
 		DurationSeconds: time.Since(started).Seconds(),
 	}
@@ -342,6 +349,11 @@ func (c *Collector) Summarize(fleet []string, tampered map[string]string, starte
 		_, revoked := c.revoked[vm]
 		_, bad := tampered[vm]
 		switch {
+		case deleted[vm]:
+			s.Deleted = append(s.Deleted, vm)
+			if !revoked {
+				s.DeletedNotRevoked = append(s.DeletedNotRevoked, vm)
+			}
 		case bad && !revoked:
 			s.TamperedNotRevoked = append(s.TamperedNotRevoked, vm)
 		case !bad && revoked:

@@ -62,6 +62,9 @@ type Config struct {
 	Logger    *slog.Logger
 	// OnFault is called when the scenario spoils a VM.
 	OnFault func(vmKey, name, fault string)
+	// OnLifecycle is called when the scenario deallocates, starts or
+	// deletes a VM.
+	OnLifecycle func(vmKey, name, op string)
 }
 
 // VM is one simulated VM as the fleet knows it.
@@ -73,6 +76,8 @@ type VM struct {
 	Platform   string
 	Fault      string // "" for a healthy VM
 	FaultAt    time.Time
+	Cycled     bool // deallocated and started again by the scenario
+	Deleted    bool // deleted by the scenario
 }
 
 // Fleet is a running simulated fleet.
@@ -230,6 +235,7 @@ func (f *Fleet) Run(ctx context.Context, conn *bus.Conn) error {
 		case <-ctx.Done():
 		case <-time.After(f.cfg.TamperAfter):
 			f.tamper()
+			go f.churn(ctx)
 		}
 	}
 	select {
@@ -316,6 +322,59 @@ func (f *Fleet) tamper() {
 		f.log.Info("scenario: VM goes bad", "vm", v.Key, "name", v.Name, "fault", kind)
 		if f.cfg.OnFault != nil {
 			f.cfg.OnFault(v.Key, v.Name, kind)
+		}
+	}
+}
+
+// churn exercises the rest of a VM's lifecycle on two healthy VMs, as
+// Azure reports it through Event Grid: one is deallocated and started
+// again (suspended, then trusted), one is deleted (retired, its keys
+// revoked).
+func (f *Fleet) churn(ctx context.Context) {
+	var healthy []VM
+	for _, v := range f.VMs() {
+		if v.Fault == "" {
+			healthy = append(healthy, v)
+		}
+	}
+	if len(healthy) < 4 {
+		return
+	}
+	cycled, deleted := healthy[0], healthy[len(healthy)-1]
+	steps := []struct {
+		after time.Duration
+		vm    VM
+		op    azuresim.Op
+	}{
+		{2 * time.Second, cycled, azuresim.OpDeallocate},
+		{4 * time.Second, deleted, azuresim.OpDelete},
+		{10 * time.Second, cycled, azuresim.OpStart},
+	}
+	start := time.Now()
+	for _, st := range steps {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Until(start.Add(st.after))):
+		}
+		f.mu.Lock()
+		switch st.op {
+		case azuresim.OpDeallocate:
+			f.vms[st.vm.Key].Cycled = true
+		case azuresim.OpDelete:
+			f.vms[st.vm.Key].Deleted = true
+		}
+		f.mu.Unlock()
+		if st.op == azuresim.OpDelete {
+			_ = f.agents.SetFaults(st.vm.Key, agent.Faults{Silent: true}) // a deleted VM answers nothing
+		}
+		if err := f.Lifecycle(ctx, st.vm.Key, st.op); err != nil {
+			f.log.Error("scenario lifecycle", "vm", st.vm.Key, "op", st.op, "err", err)
+			continue
+		}
+		f.log.Info("scenario: lifecycle", "vm", st.vm.Key, "name", st.vm.Name, "op", st.op)
+		if f.cfg.OnLifecycle != nil {
+			f.cfg.OnLifecycle(st.vm.Key, st.vm.Name, string(st.op))
 		}
 	}
 }
