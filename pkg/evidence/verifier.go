@@ -60,7 +60,8 @@ type Expect struct {
 	// must equal it. When nil, freshness is not established.
 	Nonce []byte
 	// ExtraData is the TPM quote extraData the caller expects when the
-	// quote binds more than the nonce (see BindExtraData). When nil, the
+	// quote binds more than the nonce (key release binds an ephemeral key: see
+	// keyrelease.Binding). When nil, the
 	// expected extraData is Nonce (or, without Nonce, the bundle's nonce).
 	ExtraData []byte
 	// VMID is the vmId ARM reports for the VM; validation demands that the

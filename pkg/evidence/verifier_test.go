@@ -2,6 +2,7 @@ package evidence_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"sync"
 	"testing"
 
@@ -86,7 +87,7 @@ func TestKeyBindingExtraData(t *testing.T) {
 		t.Fatal(err)
 	}
 	nonce, pub := evidence.NewNonce(), []byte("ephemeral public key")
-	bind := evidence.BindExtraData(nonce, pub)
+	bind := bindKey(nonce, pub)
 	b, err := vm.Evidence(sim.Challenge{Nonce: nonce, ExtraData: bind})
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +98,7 @@ func TestKeyBindingExtraData(t *testing.T) {
 	}
 	for name, exp := range map[string]evidence.Expect{
 		"nonce only":     {Nonce: nonce},
-		"other key":      {Nonce: nonce, ExtraData: evidence.BindExtraData(nonce, []byte("attacker key"))},
+		"other key":      {Nonce: nonce, ExtraData: bindKey(nonce, []byte("attacker key"))},
 		"other nonce":    {Nonce: evidence.NewNonce(), ExtraData: bind},
 		"binding absent": {},
 	} {
@@ -187,4 +188,13 @@ func TestVMKeyMismatch(t *testing.T) {
 	if verdict.Status != events.VerdictContraindicated || verdict.Reasons[0].Code != evidence.ReasonIdentityVMIDMismatch || verdict.Reasons[1].Code != evidence.ReasonIdentityVMKeyMismatch {
 		t.Fatalf("verdict %s %v", verdict.Status, verdict.Reasons)
 	}
+}
+
+// bindKey is an extraData that binds a key to the nonce, as key release
+// does (keyrelease.Binding has the protocol's exact formula).
+func bindKey(nonce, pub []byte) []byte {
+	h := sha256.New()
+	h.Write(nonce)
+	h.Write(pub)
+	return h.Sum(nil)
 }

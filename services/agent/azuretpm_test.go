@@ -32,6 +32,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/evidence/hcl"
+	"github.com/vigil-cc/vigil/pkg/keyrelease"
 	"github.com/vigil-cc/vigil/pkg/natstest"
 	"github.com/vigil-cc/vigil/services/agent"
 )
@@ -360,7 +361,7 @@ func TestAzureBackendOnSimulatedVTPM(t *testing.T) {
 
 	t.Run("key release binding", func(t *testing.T) {
 		nonce := evidence.NewNonce()
-		extra := evidence.BindExtraData(nonce, []byte("ephemeral public key"))
+		extra := keyrelease.Binding(nonce, keyrelease.DefaultSuite, []byte("ephemeral public key"))
 		out, err := src.Evidence(ctx, nonce, extra)
 		if err != nil {
 			t.Fatal(err)

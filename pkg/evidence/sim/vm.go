@@ -94,7 +94,7 @@ func (f Faults) hardware() Faults {
 type Challenge struct {
 	Nonce []byte
 	// ExtraData is the TPM quote's extraData when it must bind more than
-	// the nonce (evidence.BindExtraData); default Nonce.
+	// the nonce (key release: keyrelease.Binding); default Nonce.
 	ExtraData []byte
 }
 
