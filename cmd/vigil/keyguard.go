@@ -146,8 +146,8 @@ func kgOneLine(s string) string {
 	return s
 }
 
-// kgActor names the operator: $VIGIL_ACTOR, else user@host.
-func kgActor() string {
+// operatorName names the operator in audited changes: $VIGIL_ACTOR, else user@host.
+func operatorName() string {
 	if a := os.Getenv("VIGIL_ACTOR"); a != "" {
 		return a
 	}
@@ -169,7 +169,7 @@ type changeFlags struct {
 
 func (f *changeFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.reason, "reason", "", "why (required; recorded in the audit log)")
-	cmd.Flags().StringVar(&f.actor, "actor", kgActor(), "who (recorded in the audit log) [VIGIL_ACTOR]")
+	cmd.Flags().StringVar(&f.actor, "actor", operatorName(), "who (recorded in the audit log) [VIGIL_ACTOR]")
 	cmd.Flags().StringSliceVar(&f.keys, "key", nil, "only these key names (repeatable; default: every grant of the VM)")
 }
 
@@ -254,7 +254,7 @@ func newKeyguardGrantCmd(o *keyguardConn) *cobra.Command {
 	cmd.Flags().StringVar(&req.Backend, "backend", keyguard.BackendLocal, "backend: local or the name of a configured Azure Key Vault backend")
 	cmd.Flags().StringVar(&req.VMID, "vm-id", "", "the VM's vmId (default: from inventory or attestation status)")
 	cmd.Flags().StringVar(&req.Reason, "reason", "", "why (recorded in the audit log)")
-	cmd.Flags().StringVar(&req.Actor, "actor", kgActor(), "who (recorded in the audit log) [VIGIL_ACTOR]")
+	cmd.Flags().StringVar(&req.Actor, "actor", operatorName(), "who (recorded in the audit log) [VIGIL_ACTOR]")
 	return cmd
 }
 

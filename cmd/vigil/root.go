@@ -20,6 +20,7 @@ func newRootCmd() *cobra.Command {
 		newEvidenceCmd(),
 		newAuditCmd(),
 		newKeyguardCmd(),
+		newPolicyCmd(),
 	)
 	return root
 }
