@@ -124,6 +124,11 @@ type hwEvidence struct {
 	vcekPEM  []byte
 	pcrs     map[int][]byte
 	eventLog []byte
+
+	// quote and wire, when not nil, encode a challenge's TPM quote and
+	// bundle from parts fixed at boot (see answer.go).
+	quote *quoteTemplate
+	wire  *wireTemplate
 }
 
 // NewVM creates a simulated VM with its own attestation key.
@@ -237,28 +242,44 @@ func (vm *VM) SetFaults(f Faults) {
 
 // Respond answers a challenge nonce with a JSON evidence bundle.
 func (vm *VM) Respond(nonce []byte) ([]byte, error) {
-	b, err := vm.Evidence(Challenge{Nonce: nonce})
+	return vm.Answer(Challenge{Nonce: nonce})
+}
+
+// Answer answers a challenge with a JSON evidence bundle, the bytes
+// (*evidence.Bundle).Marshal gives for what Evidence returns. The parts
+// fixed at boot (HCL report, VCEK, TD quote, PCRs, event log) are encoded
+// once per boot, not per challenge, as a real agent reads them once.
+func (vm *VM) Answer(ch Challenge) ([]byte, error) {
+	b, hw, err := vm.evidence(ch)
 	if err != nil {
 		return nil, err
+	}
+	if hw.wire != nil {
+		return hw.wire.encode(b), nil
 	}
 	return b.Marshal()
 }
 
 // Evidence answers a challenge with an evidence bundle.
 func (vm *VM) Evidence(ch Challenge) (*evidence.Bundle, error) {
+	b, _, err := vm.evidence(ch)
+	return b, err
+}
+
+func (vm *VM) evidence(ch Challenge) (*evidence.Bundle, *hwEvidence, error) {
 	if len(ch.Nonce) == 0 || len(ch.Nonce) > evidence.MaxNonceSize {
-		return nil, fmt.Errorf("sim: nonce of %d bytes, want 1 to %d", len(ch.Nonce), evidence.MaxNonceSize)
+		return nil, nil, fmt.Errorf("sim: nonce of %d bytes, want 1 to %d", len(ch.Nonce), evidence.MaxNonceSize)
 	}
 	extra := ch.ExtraData
 	if extra == nil {
 		extra = ch.Nonce
 	}
 	if len(extra) > 64 {
-		return nil, fmt.Errorf("sim: extraData of %d bytes exceeds 64", len(extra))
+		return nil, nil, fmt.Errorf("sim: extraData of %d bytes exceeds 64", len(extra))
 	}
 	hw, err := vm.hardware()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	vm.mu.Lock()
 	faults := vm.faults
@@ -269,21 +290,16 @@ func (vm *VM) Evidence(ch Challenge) (*evidence.Bundle, error) {
 	vm.lastNonce, vm.lastExtra = append([]byte(nil), ch.Nonce...), append([]byte(nil), extra...)
 	vm.mu.Unlock()
 
-	since := time.Since(vm.bootTime)
-	attest, err := tpmquote.Build(tpmquote.Params{
-		ExtraData:       extra,
-		PCRs:            hw.pcrs,
-		QualifiedSigner: vm.akName,
-		Clock:           uint64(since.Milliseconds()),
-		ResetCount:      1,
-		FirmwareVersion: 0x2020031200120003,
-	})
-	if err != nil {
-		return nil, err
+	clock := uint64(time.Since(vm.bootTime).Milliseconds())
+	var attest []byte
+	if hw.quote != nil {
+		attest = hw.quote.build(extra, clock)
+	} else if attest, err = tpmquote.Build(vm.quoteParams(hw, extra, clock)); err != nil {
+		return nil, nil, err
 	}
 	sig, err := tpmquote.Sign(attest, vm.ak, true)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if faults.BrokenQuote {
 		sig[len(sig)/2] ^= 0x40
@@ -300,7 +316,19 @@ func (vm *VM) Evidence(ch Challenge) (*evidence.Bundle, error) {
 		TPMQuote:    evidence.TPMQuote{Attest: attest, Signature: sig, PCRBank: "sha256", PCRs: hw.pcrs},
 		EventLog:    hw.eventLog,
 	}
-	return b, nil
+	return b, hw, nil
+}
+
+// quoteParams are the TPM quote parameters of a challenge.
+func (vm *VM) quoteParams(hw *hwEvidence, extra []byte, clock uint64) tpmquote.Params {
+	return tpmquote.Params{
+		ExtraData:       extra,
+		PCRs:            hw.pcrs,
+		QualifiedSigner: vm.akName,
+		Clock:           clock,
+		ResetCount:      1,
+		FirmwareVersion: 0x2020031200120003,
+	}
 }
 
 // hardware returns the boot-time evidence for the current faults.
@@ -396,6 +424,7 @@ func (vm *VM) boot(f Faults) (*hwEvidence, error) {
 	if vm.cfg.EventLog {
 		hw.eventLog = log.Bytes()
 	}
+	vm.prepare(hw)
 	return hw, nil
 }
 
