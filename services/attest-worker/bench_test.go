@@ -146,6 +146,7 @@ func benchmarkPipeline(b *testing.B, platform string) {
 	if d := time.Until(due); d > 0 {
 		time.Sleep(d)
 	}
+	b.ReportAllocs() // allocations in the window: worker, agents and server
 	b.ResetTimer()
 	stopProfile := profileWindow(b, platform)
 	start := time.Now()

@@ -5,12 +5,12 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vigil-cc/vigil/pkg/bus"
@@ -92,9 +92,9 @@ func (w *Worker) handleJob(ctx context.Context, m *bus.Message) error {
 	}
 	if !due.IsZero() {
 		lag := time.Since(due)
-		w.metrics.lag.Record(ctx, max(lag, 0).Seconds(), metric.WithAttributes(attribute.String("reason", job.Reason)))
+		w.metrics.lag.Record(ctx, max(lag, 0).Seconds(), w.metrics.attrs.get("reason", job.Reason))
 		if scheduled && lag > w.cfg.MissedAfter {
-			w.metrics.missed.Add(ctx, 1, metric.WithAttributes(attribute.String("at", "job")))
+			w.metrics.missed.Add(ctx, 1, w.metrics.attrs.get("at", "job"))
 			w.log.WarnContext(ctx, "attestation started after its deadline", "vm", vm, "due", due, "lag", lag.Round(time.Millisecond))
 		}
 	}
@@ -136,8 +136,10 @@ func (w *Worker) handleJob(ctx context.Context, m *bus.Message) error {
 		}
 	}
 	w.metrics.transition(ctx, o)
-	w.log.DebugContext(ctx, "attempt recorded", "vm", vm, "job", jobID, "reason", job.Reason, "due", due,
-		"delivered", m.Meta.NumDelivered, "status", o.Status.Status, "next_due", o.Status.NextDueAt)
+	if w.log.Enabled(ctx, slog.LevelDebug) {
+		w.log.DebugContext(ctx, "attempt recorded", "vm", vm, "job", jobID, "reason", job.Reason, "due", due,
+			"delivered", m.Meta.NumDelivered, "status", o.Status.Status, "next_due", o.Status.NextDueAt)
+	}
 	w.hook("status", vm)
 	if w.cfg.testRecord != nil {
 		job.DueAt = due
@@ -201,7 +203,7 @@ func (w *Worker) attempt(ctx context.Context, vm, jobID string, attemptNo int, r
 	a.At = time.Now().UTC()
 	if err != nil {
 		a.Failure = challengeFailure(err, w.cfg.ChallengeTimeout)
-		w.metrics.attempts.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", a.Failure.Code)))
+		w.metrics.attempts.Add(ctx, 1, w.metrics.attrs.get("outcome", a.Failure.Code))
 		return a
 	}
 
@@ -211,7 +213,7 @@ func (w *Worker) attempt(ctx context.Context, vm, jobID string, attemptNo int, r
 	a.At = time.Now().UTC()
 	if err != nil {
 		a.Failure = events.Reason{Code: "verifier.error", Message: err.Error()}
-		w.metrics.attempts.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", a.Failure.Code)))
+		w.metrics.attempts.Add(ctx, 1, w.metrics.attrs.get("outcome", a.Failure.Code))
 		return a
 	}
 	v.ID = derivedID("verdict", jobID)
@@ -225,8 +227,8 @@ func (w *Worker) attempt(ctx context.Context, vm, jobID string, attemptNo int, r
 		v.IssuedAt = a.At
 	}
 	a.Verdict = v
-	w.metrics.attempts.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", "verdict")))
-	w.metrics.verdicts.Add(ctx, 1, metric.WithAttributes(attribute.String("status", v.Status)))
+	w.metrics.attempts.Add(ctx, 1, w.metrics.attrs.get("outcome", "verdict"))
+	w.metrics.verdicts.Add(ctx, 1, w.metrics.attrs.get("status", v.Status))
 	trace.SpanFromContext(ctx).SetAttributes(attribute.String("vigil.verdict", v.Status))
 	return a
 }
@@ -307,7 +309,7 @@ func (w *Worker) publishAlert(ctx context.Context, a events.Alert) error {
 	if _, err := w.conn.Publish(ctx, events.AlertSubject(a.Severity, a.VMKey), env); err != nil {
 		return err
 	}
-	w.metrics.alerts.Add(ctx, 1, metric.WithAttributes(attribute.String("code", a.Code)))
+	w.metrics.alerts.Add(ctx, 1, w.metrics.attrs.get("code", a.Code))
 	return nil
 }
 

@@ -2,6 +2,8 @@ package attestworker
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -20,6 +22,8 @@ type workerMetrics struct {
 	challenge   metric.Float64Histogram
 	verify      metric.Float64Histogram
 	inflight    metric.Int64UpDownCounter
+
+	attrs attrCache
 }
 
 func newWorkerMetrics(mp metric.MeterProvider) *workerMetrics {
@@ -44,10 +48,33 @@ func newWorkerMetrics(mp metric.MeterProvider) *workerMetrics {
 
 func (m *workerMetrics) transition(ctx context.Context, o outcome) {
 	if o.Changed && o.From != o.Status.Status {
-		m.transitions.Add(ctx, 1, metric.WithAttributes(attribute.String("to", string(o.Status.Status))))
+		m.transitions.Add(ctx, 1, m.attrs.get("to", string(o.Status.Status)))
 	}
 }
 
-func metricAt(where string) metric.AddOption {
-	return metric.WithAttributes(attribute.String("at", where))
+// attrCache keeps the measurement option of each attribute key and value
+// recorded, so that recording does not build, sort and hash an attribute
+// set every time. Values come from small sets (outcomes, statuses, reasons,
+// codes); past maxCachedAttrs the options are built per call.
+type attrCache struct {
+	m sync.Map
+	n atomic.Int32
+}
+
+const maxCachedAttrs = 512
+
+type attrKey struct{ key, value string }
+
+func (c *attrCache) get(key, value string) metric.MeasurementOption {
+	k := attrKey{key, value}
+	if o, ok := c.m.Load(k); ok {
+		return o.(metric.MeasurementOption)
+	}
+	o := metric.WithAttributeSet(attribute.NewSet(attribute.String(key, value)))
+	if c.n.Load() < maxCachedAttrs {
+		if _, loaded := c.m.LoadOrStore(k, o); !loaded {
+			c.n.Add(1)
+		}
+	}
+	return o
 }

@@ -138,14 +138,20 @@ func enqueue(ctx context.Context, conn *bus.Conn, source, id string, job events.
 	if job.RequestedAt.IsZero() {
 		job.RequestedAt = time.Now().UTC()
 	}
-	env, err := events.New(events.TypeJob, source, events.AttestJobSubject(job.VMKey), job)
+	return enqueueEncoded(ctx, conn, source, id, job.VMKey, job)
+}
+
+// enqueueEncoded is enqueue of a job for vm given as an events.Job with
+// RequestedAt set, or already encoded as one (json.RawMessage).
+func enqueueEncoded(ctx context.Context, conn *bus.Conn, source, id, vm string, job any) (absorbed bool, err error) {
+	env, err := events.New(events.TypeJob, source, events.AttestJobSubject(vm), job)
 	if err != nil {
 		return false, err
 	}
 	if id != "" {
 		env.ID = id
 	}
-	_, err = conn.Publish(ctx, events.AttestJobSubject(job.VMKey), env)
+	_, err = conn.Publish(ctx, events.AttestJobSubject(vm), env)
 	if err != nil && strings.Contains(err.Error(), "maximum messages per subject exceeded") {
 		return true, nil
 	}

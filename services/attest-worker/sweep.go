@@ -110,7 +110,7 @@ func (w *Worker) sweep(ctx context.Context, causeID string) (sweepReport, error)
 	}
 	w.metrics.overdue.Record(ctx, int64(rep.Overdue))
 	if rep.Overdue > 0 {
-		w.metrics.missed.Add(ctx, int64(rep.Overdue), metricAt("sweep"))
+		w.metrics.missed.Add(ctx, int64(rep.Overdue), w.metrics.attrs.get("at", "sweep"))
 		sort.Strings(rep.sampleVMs)
 		a := events.Alert{
 			Severity: events.SeverityWarning,
@@ -248,9 +248,15 @@ func (w *Worker) handleDue(ctx context.Context, m *bus.Message) error {
 	// job handler, which reads the status anyway.
 	lag := time.Since(job.DueAt)
 	if lag > w.cfg.MissedAfter {
-		w.metrics.missed.Add(ctx, 1, metricAt("fire"))
+		w.metrics.missed.Add(ctx, 1, w.metrics.attrs.get("at", "fire"))
 		w.log.WarnContext(ctx, "schedule fired after its deadline", "vm", vm, "due", job.DueAt, "lag", lag.Round(time.Millisecond))
 	}
-	_, err := enqueue(ctx, w.conn, w.source, m.Envelope.ID, job)
+	if job.RequestedAt.IsZero() {
+		_, err := enqueue(ctx, w.conn, w.source, m.Envelope.ID, job)
+		return err
+	}
+	// The job is the schedule's payload as it was written: forward its
+	// bytes rather than encoding them again.
+	_, err := enqueueEncoded(ctx, w.conn, w.source, m.Envelope.ID, vm, m.Envelope.Data)
 	return err
 }
