@@ -245,6 +245,11 @@ func (r *runner) handle(ctx context.Context, msg jetstream.Msg) {
 	case IsPermanent(err) || (r.maxDeliver > 0 && int(meta.NumDelivered) >= r.maxDeliver):
 		outcome = "term"
 		r.poison(actx, span, msg, meta, err)
+	case ctx.Err() != nil:
+		// Shutting down is not the message's fault: give it back at once,
+		// like the buffered ones, so that redelivery keeps stream order.
+		outcome = "nak"
+		_ = msg.Nak()
 	default:
 		outcome = "nak"
 		span.RecordError(err)

@@ -60,6 +60,10 @@ type Lifecycle struct {
 	AzureEventID  string        `json:"azure_event_id,omitempty"`
 	CorrelationID string        `json:"correlation_id,omitempty"`
 	OccurredAt    time.Time     `json:"occurred_at"`
+	// Superseded marks an event that arrived after a newer one for the
+	// same VM (out of order, e.g. redelivered after a crash). It is
+	// published for the record and must not change the VM's state.
+	Superseded bool `json:"superseded,omitempty"`
 }
 
 // Severity of a finding or an alert.

@@ -99,6 +99,9 @@ func (w *Worker) handleLifecycle(ctx context.Context, m *bus.Message) error {
 	if vm == "" {
 		return bus.Permanent(fmt.Errorf("lifecycle event on subject %s names no VM", m.Msg.Subject()))
 	}
+	if l.Superseded {
+		return nil // on record only: a newer event already decided the VM's state
+	}
 	l.VMKey = vm
 	for i := 0; ; i++ {
 		st, rev, exists, err := w.status.get(ctx, vm)

@@ -202,6 +202,12 @@ func (n *normalizer) handle(ctx context.Context, it rawItem) {
 		if it.meta != nil {
 			delivered = int(it.meta.NumDelivered)
 		}
+		if ctx.Err() != nil {
+			// Shutting down is not the event's fault: give it back at once,
+			// like the buffered ones, so that a VM's events return in order.
+			_ = it.msg.Nak()
+			return
+		}
 		d := n.backoff[min(delivered-1, len(n.backoff)-1)]
 		n.p.log.WarnContext(hctx, "applying a raw event failed; redelivering", "event_id", it.raw.EventID, "delivered", delivered, "retry_in", d, "err", err)
 		_ = it.msg.NakWithDelay(d)

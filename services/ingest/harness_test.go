@@ -132,6 +132,9 @@ func (h *harness) envelopes(stream, filter string) []events.Envelope {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	// Polling tests call this many times: remove the consumer at once
+	// rather than leave it to expire.
+	defer func() { _ = h.js.DeleteConsumer(context.Background(), stream, info.Name) }()
 	var out []events.Envelope
 	for remaining := int(info.NumPending); remaining > 0; {
 		batch, err := c.Fetch(remaining, jetstream.FetchMaxWait(2*time.Second))
@@ -204,6 +207,13 @@ func (h *harness) count(stream, filter string) int {
 		return len(h.envelopes(stream, filter))
 	}
 	// A work-queue stream allows no ordered consumer: count by subject.
+	return h.stored(stream, filter)
+}
+
+// stored counts the messages on subjects matching filter from the stream's
+// subject state, without a consumer (cheap enough to poll).
+func (h *harness) stored(stream, filter string) int {
+	h.t.Helper()
 	s, err := h.js.Stream(context.Background(), stream)
 	if err != nil {
 		h.t.Fatal(err)

@@ -112,8 +112,13 @@ func TestOutOfOrderNeverRollsBack(t *testing.T) {
 		ci, err := info.Info(t.Context())
 		return err == nil && ci.NumPending == 0 && ci.NumAckPending == 0
 	})
-	if n := len(h.lifecycles(key)); n != 2 {
-		t.Fatalf("%d lifecycle events: the older start was published", n)
+	// The older start is on record, marked superseded, and changed nothing.
+	lcs := h.lifecycles(key)
+	if len(lcs) != 3 || !lcs[2].Superseded || lcs[2].AzureEventID != "o-2" || lcs[0].Superseded || lcs[1].Superseded {
+		t.Fatalf("lifecycle events %+v: want the late start last and marked superseded", lcs)
+	}
+	if n := h.count(events.StreamJobs, events.AttestJobSubject(key)); n > 1 {
+		t.Fatalf("%d jobs: the superseded start enqueued one", n)
 	}
 	rec, _ := h.record(key)
 	if rec.PowerState != "deallocated" || rec.Lifecycle != events.LifecycleDeallocated || rec.EventID != "o-3" {
@@ -326,7 +331,7 @@ func TestKillBetweenStoreAndAnswer(t *testing.T) {
 	key := vmKey("vm-x")
 	// Raw events the first process had taken but not finished come back
 	// after the consumer's AckWait (60 s) at the latest, as after a real kill.
-	eventually(t, 75*time.Second, "lifecycle events", func() bool { return len(h.lifecycles(key)) == 3 })
+	eventually(t, 75*time.Second, "lifecycle events", func() bool { return h.stored(events.StreamEvents, events.LifecycleSubject(key)) == 3 })
 	time.Sleep(500 * time.Millisecond)
 	if n := h.count(events.StreamRaw, events.SubjectRawAll); n != 3 {
 		t.Errorf("%d raw events after the retry, want 3", n)

@@ -53,10 +53,23 @@ func (p *processor) applyChange(ctx context.Context, ch normalize.Change, origin
 			return err
 		}
 		if rec.exists() && superseded(rec.VM, ch) {
+			// Older than what is known: it changes no state (no inventory
+			// update, no job), but it happened, so it is published for the
+			// record, marked superseded.
 			p.m.normalized(ctx, origin, "superseded")
-			p.log.DebugContext(ctx, "event older than the inventory; not applied", "vm", ch.VM.ResourceID,
+			p.log.DebugContext(ctx, "event older than the inventory; recorded, not applied", "vm", ch.VM.ResourceID,
 				"event_id", ch.EventID, "event_time", ch.OccurredAt, "inventory_time", rec.VM.EventTime)
-			return nil
+			kind := ch.Kind
+			if ch.Write {
+				kind = events.LifecycleUpdated
+			}
+			return p.publishLifecycle(ctx, LifecycleID(ch.EventID), events.Lifecycle{
+				VMKey: key, ResourceID: ch.VM.ResourceID, VMID: rec.VM.VMID, Kind: kind,
+				Subscription: ch.VM.Subscription, ResourceGroup: ch.VM.ResourceGroup, Name: ch.VM.Name,
+				Operation: ch.Operation, Outcome: ch.Outcome, Origin: origin,
+				AzureEventID: ch.EventID, CorrelationID: ch.CorrelationID, OccurredAt: ch.OccurredAt,
+				Superseded: true,
+			})
 		}
 		kind := ch.Kind
 		if ch.Write {

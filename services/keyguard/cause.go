@@ -102,6 +102,9 @@ func classify(env events.Envelope, subject string, seq uint64) (cause, error) {
 		if l.Outcome != "" && !strings.EqualFold(l.Outcome, "Succeeded") {
 			return c, nil // the operation did not happen
 		}
+		if l.Superseded {
+			return c, nil // on record only: a newer event already decided the VM's state
+		}
 		switch l.Kind {
 		case events.LifecycleDeleted:
 			c.trigger, c.status = triggerRevoke, grants.CauseRetired

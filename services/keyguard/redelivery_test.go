@@ -172,6 +172,7 @@ func TestClassify(t *testing.T) {
 		{"unreachable", events.TypeState, events.StateSubject(vm), events.State{VMKey: vm, To: events.StatusUnreachable}, triggerNone, "", false},
 		{"deallocated", events.TypeLifecycle, events.LifecycleSubject(vm), events.Lifecycle{VMKey: vm, Kind: events.LifecycleDeallocated}, triggerSuspend, "suspended", false},
 		{"started", events.TypeLifecycle, events.LifecycleSubject(vm), events.Lifecycle{VMKey: vm, Kind: events.LifecycleStarted}, triggerNone, "", false},
+		{"superseded delete", events.TypeLifecycle, events.LifecycleSubject(vm), events.Lifecycle{VMKey: vm, Kind: events.LifecycleDeleted, Superseded: true}, triggerNone, "", false},
 		{"canceled delete", events.TypeLifecycle, events.LifecycleSubject(vm), events.Lifecycle{VMKey: vm, Kind: events.LifecycleDeleted, Outcome: "Canceled"}, triggerNone, "", false},
 		{"vm from subject", events.TypeLifecycle, events.LifecycleSubject(vm), events.Lifecycle{Kind: events.LifecycleDeleted}, triggerRevoke, grants.CauseRetired, false},
 		{"vm mismatch", events.TypeState, events.StateSubject(vm), events.State{VMKey: other, To: events.StatusStale}, 0, "", true},
