@@ -178,13 +178,13 @@ func TestMultiProcess(t *testing.T) {
 	ingestAddr, armAddr := freeAddr(t), freeAddr(t)
 	services := []svc{
 		{"auditor", "vigil-auditor", []string{"-log-dir", filepath.Join(auditDir, "log"), "-signer-key", filepath.Join(auditDir, "signer.key"),
-			"-verifier-key", filepath.Join(auditDir, "signer.pub"), "-generate-keys", "true"}},
-		{"keyguard", "vigil-keyguard", []string{"-master-key-file", filepath.Join(dir, "master.key"), "-create-master-key", "true",
-			"-policy", filepath.Join(simDir, "sim-policy.yaml"), "-evidence-test-roots", filepath.Join(simDir, "sim-roots.pem"), "-evidence-offline", "true"}},
+			"-verifier-key", filepath.Join(auditDir, "signer.pub"), "-generate-keys"}},
+		{"keyguard", "vigil-keyguard", []string{"-master-key-file", filepath.Join(dir, "master.key"), "-create-master-key",
+			"-policy", filepath.Join(simDir, "sim-policy.yaml"), "-evidence-test-roots", filepath.Join(simDir, "sim-roots.pem"), "-evidence-offline"}},
 		{"attest-worker-1", "vigil-attest-worker", []string{"-name", "w1", "-policy", filepath.Join(simDir, "sim-policy.yaml"), "-test-roots", filepath.Join(simDir, "sim-roots.pem"),
-			"-offline", "true", "-interval", interval, "-grace", grace}},
+			"-offline", "-interval", interval, "-grace", grace}},
 		{"attest-worker-2", "vigil-attest-worker", []string{"-name", "w2", "-policy", filepath.Join(simDir, "sim-policy.yaml"), "-test-roots", filepath.Join(simDir, "sim-roots.pem"),
-			"-offline", "true", "-interval", interval, "-grace", grace}},
+			"-offline", "-interval", interval, "-grace", grace}},
 		{"ingest", "vigil-ingest", []string{"-webhook-secret", secret, "-subscriptions", "00000000-0000-0000-0000-000000000000",
 			"-arm-endpoint", "http://" + armAddr, "-arm-static-token", "simulated", "-reconcile-interval", "1m"}},
 	}

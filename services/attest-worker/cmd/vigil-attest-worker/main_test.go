@@ -1,8 +1,11 @@
 package main
 
 import (
-	"errors"
+	"context"
+	"io"
 	"testing"
+
+	"github.com/vigil-cc/vigil/pkg/svcmain"
 )
 
 func TestUsageErrors(t *testing.T) {
@@ -14,13 +17,11 @@ func TestUsageErrors(t *testing.T) {
 		{"-jitter", "a lot"},
 		{"-offline", "maybe"},
 		{"-log-level", "loud"},
+		{"-policy", "/nonexistent/policy.yaml"},
 		{"extra"},
 	} {
-		if err := run(args); !errors.Is(err, errUsage) {
-			t.Errorf("%q: %v, want a usage error", args, err)
+		if code := svcmain.Run(context.Background(), "vigil-attest-worker", args, io.Discard, define); code != 2 {
+			t.Errorf("%q: exit %d, want 2 (usage)", args, code)
 		}
-	}
-	if err := run([]string{"-policy", "/nonexistent/policy.yaml"}); err == nil || errors.Is(err, errUsage) {
-		t.Errorf("missing policy file: %v", err)
 	}
 }

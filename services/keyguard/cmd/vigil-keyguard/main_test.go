@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/natsembed"
 	"github.com/vigil-cc/vigil/pkg/natstest"
+	"github.com/vigil-cc/vigil/pkg/svcmain"
 	"github.com/vigil-cc/vigil/services/keyguard"
 )
 
@@ -31,20 +31,20 @@ func TestUsageErrors(t *testing.T) {
 		{}, // no master key
 		{"-master-key-file", key, "-replicas", "2"},
 		{"-master-key-file", key, "-nonce-ttl", "soon"},
-		{"-master-key-file", key, "-evidence-offline", "maybe"},
+		{"-master-key-file", key, "-evidence-offline=maybe"},
 		{"-master-key-file", key, "-config", badCfg},
 		{"-master-key-file", key, "-policy", filepath.Join(dir, "missing.yaml")},
 		{"-no-such-flag"},
 	} {
-		err := run(context.Background(), args)
-		if !errors.Is(err, errUsage) {
-			t.Errorf("run(%q) = %v, want a usage error", args, err)
+		if code := svcmain.Run(context.Background(), "vigil-keyguard", args, io.Discard, define); code != 2 {
+			t.Errorf("%q: exit %d, want 2 (usage)", args, code)
 		}
 	}
 	// A configuration keyguard rejects is a configuration error (exit 2).
-	err := run(context.Background(), []string{"-master-key-file", key, "-auto-restore", "retired", "-nats-url", "nats://127.0.0.1:1"})
-	if !errors.Is(err, keyguard.ErrConfig) {
-		t.Errorf("auto-restore of retired: %v, want ErrConfig", err)
+	var stderr strings.Builder
+	args := []string{"-master-key-file", key, "-auto-restore", "retired", "-nats-url", "nats://127.0.0.1:1"}
+	if code := svcmain.Run(context.Background(), "vigil-keyguard", args, &stderr, define); code != 2 || !strings.Contains(stderr.String(), keyguard.ErrConfig.Error()) {
+		t.Errorf("auto-restore of retired: exit %d (%s), want a configuration error", code, stderr.String())
 	}
 }
 
@@ -62,9 +62,9 @@ func TestRunServesHealth(t *testing.T) {
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, []string{"-nats-url", srv.URL(), "-master-key-file", key, "-http", addr, "-evidence-offline", "true", "-log-level", "warn"})
+		done <- svcmain.Run(ctx, "vigil-keyguard", []string{"-nats-url", srv.URL(), "-master-key-file", key, "-http", addr, "-evidence-offline", "-log-level", "warn"}, io.Discard, define)
 	}()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -94,9 +94,9 @@ func TestRunServesHealth(t *testing.T) {
 	}
 	cancel()
 	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("exit %d after a clean stop", code)
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("did not stop")

@@ -1,0 +1,113 @@
+package svcmain
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestFlagsEnvironmentFallback(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantErr string // substring; "" for success
+		check   func(t *testing.T, s *string, d *time.Duration, b *bool, topo func() int)
+	}{
+		{name: "defaults", check: func(t *testing.T, s *string, d *time.Duration, b *bool, topo func() int) {
+			if *s != "def" || *d != time.Minute || *b || topo() != 1 {
+				t.Errorf("got %q %s %v %d", *s, *d, *b, topo())
+			}
+		}},
+		{name: "environment", env: map[string]string{"VIGIL_SOME_NAME": "from-env", "VIGIL_WAIT": "5s", "VIGIL_FLAG": "true", "VIGIL_REPLICAS": "3"},
+			check: func(t *testing.T, s *string, d *time.Duration, b *bool, topo func() int) {
+				if *s != "from-env" || *d != 5*time.Second || !*b || topo() != 3 {
+					t.Errorf("got %q %s %v %d", *s, *d, *b, topo())
+				}
+			}},
+		{name: "command line wins", args: []string{"-some-name", "cli", "-wait", "2s"}, env: map[string]string{"VIGIL_SOME_NAME": "env", "VIGIL_WAIT": "bogus"},
+			check: func(t *testing.T, s *string, d *time.Duration, b *bool, topo func() int) {
+				if *s != "cli" || *d != 2*time.Second {
+					t.Errorf("got %q %s", *s, *d)
+				}
+			}},
+		{name: "bad environment value", env: map[string]string{"VIGIL_WAIT": "soon"}, wantErr: `VIGIL_WAIT="soon"`},
+		{name: "bad boolean", env: map[string]string{"VIGIL_FLAG": "maybe"}, wantErr: "VIGIL_FLAG"},
+		{name: "replicas", args: []string{"-replicas", "2"}, wantErr: "must be 1 or 3"},
+		{name: "positional", args: []string{"extra"}, wantErr: `unexpected argument "extra"`},
+		{name: "unknown flag", args: []string{"-nope"}, wantErr: "nope"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			f := NewFlags("test")
+			f.SetOutput(&bytes.Buffer{})
+			s := f.String("some-name", "def", "a string")
+			d := f.Duration("wait", time.Minute, "a duration")
+			b := f.Bool("flag", false, "a boolean")
+			topo := f.Replicas()
+			err := f.Parse(tc.args)
+			if tc.wantErr != "" {
+				if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want a usage error mentioning %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, s, d, b, func() int { return topo().Replicas })
+		})
+	}
+}
+
+func TestUsageNamesTheEnvironment(t *testing.T) {
+	f := NewFlags("test")
+	var out bytes.Buffer
+	f.SetOutput(&out)
+	f.NATS("test")
+	f.Duration("grace-period", time.Second, "how long")
+	f.Usage()
+	for _, v := range []string{"VIGIL_NATS_URL", "VIGIL_NATS_CREDS", "VIGIL_NATS_CA", "VIGIL_NATS_CERT", "VIGIL_NATS_KEY", "VIGIL_GRACE_PERIOD"} {
+		if !strings.Contains(out.String(), v) {
+			t.Errorf("usage does not name %s:\n%s", v, out.String())
+		}
+	}
+}
+
+func TestRunExitCodes(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		err  error
+		want int
+	}{
+		{"clean stop", nil, nil, 0},
+		{"failure", nil, errors.New("boom"), 1},
+		{"config error", nil, ErrUsage, 2},
+		{"bad flag", []string{"-x"}, nil, 2},
+		{"bad log level", []string{"-log-level", "loud"}, nil, 2},
+		{"help", []string{"-h"}, nil, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			got := Run(context.Background(), "vigil-test", tc.args, &stderr, func(f *Flags) RunFunc {
+				return func(ctx context.Context, rt Runtime) error {
+					if rt.Logger == nil || rt.Telemetry == nil {
+						t.Error("no logger or telemetry")
+					}
+					return tc.err
+				}
+			})
+			if got != tc.want {
+				t.Fatalf("exit %d, want %d\n%s", got, tc.want, stderr.String())
+			}
+		})
+	}
+}

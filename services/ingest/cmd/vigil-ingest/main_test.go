@@ -1,0 +1,25 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/vigil-cc/vigil/pkg/svcmain"
+)
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"-replicas", "2"},
+		{"-reconcile-interval", "hourly"},
+		{"-log-level", "loud"},
+		{"-nats-url", "nats://127.0.0.1:1"},                             // no webhook secret
+		{"-nats-url", "nats://127.0.0.1:1", "-webhook-secret", "short"}, // too short
+		{"-webhook-secret", "0123456789abcdef0123", "stray"},            // positional argument
+	} {
+		var stderr strings.Builder
+		if code := svcmain.Run(context.Background(), "vigil-ingest", args, &stderr, define); code != 2 {
+			t.Errorf("%q: exit %d, want 2 (usage): %s", args, code, stderr.String())
+		}
+	}
+}
