@@ -38,8 +38,14 @@ func EnvName(flagName string) string {
 // usage error naming the variable.
 type Flags struct {
 	*flag.FlagSet
-	checks []func() error
+	checks   []func() error
+	args     int // positional arguments expected (ExpectArgs)
+	synopsis string
 }
+
+// ExpectArgs makes Parse require exactly n positional arguments, described
+// by synopsis in the usage error (for example "KEYNAME").
+func (f *Flags) ExpectArgs(n int, synopsis string) { f.args, f.synopsis = n, synopsis }
 
 // NewFlags returns the flag set of the program name.
 func NewFlags(name string) *Flags {
@@ -51,13 +57,16 @@ func (f *Flags) Check(check func() error) { f.checks = append(f.checks, check) }
 
 // Parse parses args, then fills every flag not given there from its
 // environment variable, then runs the checks. Positional arguments are
-// refused.
+// refused unless ExpectArgs said how many there are.
 func (f *Flags) Parse(args []string) error {
 	if err := f.FlagSet.Parse(args); err != nil {
 		return fmt.Errorf("%w: %w", ErrUsage, err)
 	}
-	if f.NArg() > 0 {
+	switch {
+	case f.args == 0 && f.NArg() > 0:
 		return fmt.Errorf("%w: unexpected argument %q", ErrUsage, f.Arg(0))
+	case f.NArg() != f.args:
+		return fmt.Errorf("%w: want %s after the flags", ErrUsage, f.synopsis)
 	}
 	given := map[string]bool{}
 	f.Visit(func(fl *flag.Flag) { given[fl.Name] = true })

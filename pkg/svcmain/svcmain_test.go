@@ -111,3 +111,22 @@ func TestRunExitCodes(t *testing.T) {
 		})
 	}
 }
+
+func TestExpectArgs(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		ok   bool
+	}{{[]string{"key"}, true}, {nil, false}, {[]string{"a", "b"}, false}, {[]string{"-v", "key"}, true}} {
+		f := NewFlags("test")
+		f.SetOutput(&bytes.Buffer{})
+		f.Bool("v", false, "verbose")
+		f.ExpectArgs(1, "KEYNAME")
+		err := f.Parse(tc.args)
+		if (err == nil) != tc.ok {
+			t.Errorf("%q: err = %v", tc.args, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), "KEYNAME") {
+			t.Errorf("%q: error does not name the argument: %v", tc.args, err)
+		}
+	}
+}

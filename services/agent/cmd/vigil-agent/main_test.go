@@ -1,9 +1,11 @@
 package main
 
 import (
-	"errors"
+	"context"
 	"io"
 	"testing"
+
+	"github.com/vigil-cc/vigil/pkg/svcmain"
 )
 
 func TestUsageErrors(t *testing.T) {
@@ -12,13 +14,19 @@ func TestUsageErrors(t *testing.T) {
 		{"-challenge-timeout", "-1s"},
 		{"extra"},
 		{"-log-level", "loud"},
-		{"release"},
-		{"release", "a", "b"},
-		{"release", "bad.name"},
-		{"release", "-timeout", "0s", "disk-key"},
 	} {
-		if err := run(args, io.Discard); !errors.Is(err, errUsage) {
-			t.Errorf("%q: %v, want a usage error", args, err)
+		if code := svcmain.Run(context.Background(), "vigil-agent", args, io.Discard, defineServe); code != 2 {
+			t.Errorf("%q: exit %d, want 2 (usage)", args, code)
+		}
+	}
+	for _, args := range [][]string{
+		{},
+		{"a", "b"},
+		{"bad.name"},
+		{"-timeout", "0s", "disk-key"},
+	} {
+		if code := svcmain.Run(context.Background(), "vigil-agent release", args, io.Discard, defineRelease(io.Discard)); code != 2 {
+			t.Errorf("release %q: exit %d, want 2 (usage)", args, code)
 		}
 	}
 }
