@@ -7,6 +7,7 @@ package canonjson
 import (
 	"bytes"
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -94,9 +95,15 @@ func (p *parser) value(dst []byte, depth int) ([]byte, error) {
 	case c == '[':
 		return p.array(dst, depth+1)
 	case c == '"':
+		start := p.pos
 		s, err := p.str()
 		if err != nil {
 			return dst, err
+		}
+		if !p.strShared {
+			// No escapes, no control characters: the input is already
+			// in canonical form.
+			return append(dst, p.in[start:p.pos]...), nil
 		}
 		return appendStr(dst, s), nil
 	case c == 't':
@@ -207,15 +214,26 @@ func (p *parser) object(dst []byte, depth int) ([]byte, error) {
 		}
 		return p.in[m.nameStart:m.nameEnd]
 	}
-	slices.SortFunc(ms, func(a, b member) int {
+	compare := func(a, b *member) int {
 		if a.ascii && b.ascii {
 			if a.prefix != b.prefix {
 				return cmp.Compare(a.prefix, b.prefix)
 			}
-			return bytes.Compare(nameOf(&a), nameOf(&b))
+			return bytes.Compare(nameOf(a), nameOf(b))
 		}
-		return compareUTF16(nameOf(&a), nameOf(&b))
-	})
+		return compareUTF16(nameOf(a), nameOf(b))
+	}
+	if len(ms) <= 16 {
+		// Insertion sort: objects are small, and their members often
+		// partly in order already.
+		for i := 1; i < len(ms); i++ {
+			for j := i; j > 0 && compare(&ms[j], &ms[j-1]) < 0; j-- {
+				ms[j], ms[j-1] = ms[j-1], ms[j]
+			}
+		}
+	} else {
+		slices.SortFunc(ms, func(a, b member) int { return compare(&a, &b) })
+	}
 	for i := 1; i < len(ms); i++ {
 		if bytes.Equal(nameOf(&ms[i]), nameOf(&ms[i-1])) {
 			return dst, fmt.Errorf("%w: duplicate object member %q", ErrInvalid, nameOf(&ms[i]))
@@ -226,7 +244,11 @@ func (p *parser) object(dst []byte, depth int) ([]byte, error) {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendStr(dst, nameOf(&m))
+		if m.escaped {
+			dst = appendStr(dst, nameOf(&m))
+		} else {
+			dst = append(dst, p.in[m.nameStart-1:m.nameEnd+1]...) // with its quotes
+		}
 		dst = append(dst, ':')
 		dst = append(dst, values[m.start:m.end]...)
 	}
@@ -280,7 +302,10 @@ func (p *parser) str() ([]byte, error) {
 	start := p.pos
 	ascii := true
 	p.strShared = false
-	// Fast path: no escapes.
+	// Fast path: no escapes, eight bytes at a time, then byte by byte.
+	for p.pos+8 <= len(p.in) && plain8(binary.LittleEndian.Uint64(p.in[p.pos:])) {
+		p.pos += 8
+	}
 	for p.pos < len(p.in) && plain[p.in[p.pos]] {
 		p.pos++
 	}
@@ -491,6 +516,15 @@ var plain = func() (t [256]bool) {
 	}
 	return t
 }()
+
+// plain8 reports whether all eight bytes of x are plain (see plain): none
+// is below 0x20, a quote, a backslash or at least 0x80.
+func plain8(x uint64) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	hasZero := func(v uint64) uint64 { return (v - ones) & ^v & highs }
+	below20 := (x - 0x20*ones) & ^x & highs
+	return (x&highs)|below20|hasZero(x^('"'*ones))|hasZero(x^('\\'*ones)) == 0
+}
 
 // AppendString appends s, which must be valid UTF-8, as a JSON string with
 // the escaping of RFC 8785 section 3.2.2.2.

@@ -1,6 +1,7 @@
 package canonjson
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,6 +35,10 @@ func TestTransform(t *testing.T) {
 			want: `[0,0,1e+21,100000000000000000000,0.0000123,1.5e-7,-1.25,100,9007199254740992]`},
 		{name: "html not escaped", in: `"<a>&\u2028"`, want: "\"<a>&\u2028\""},
 		{name: "scalar", in: `true`, want: `true`},
+		{name: "many members", in: `{"t":1,"s":2,"r":3,"q":4,"p":5,"o":6,"n":7,"m":8,"l":9,"k":10,"j":11,"i":12,"h":13,"g":14,"f":15,"e":16,"d":17,"c":18,"b":19,"a":20}`,
+			want: `{"a":20,"b":19,"c":18,"d":17,"e":16,"f":15,"g":14,"h":13,"i":12,"j":11,"k":10,"l":9,"m":8,"n":7,"o":6,"p":5,"q":4,"r":3,"s":2,"t":1}`},
+		{name: "long names sharing a prefix", in: `{"abcdefghij2":1,"abcdefghij10":2,"abcdefgh":3,"b\u0041":4,"bA0":5}`,
+			want: `{"abcdefgh":3,"abcdefghij10":2,"abcdefghij2":1,"bA":4,"bA0":5}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -52,6 +57,8 @@ func TestTransformRejects(t *testing.T) {
 	for _, in := range []string{
 		``, `{`, `{"a":1,"a":2}`, `[1,]`, `{"a" 1}`, `01`, `1.`, `-`, `1e400`, `"\ud800"`, `"\udc00\ud800"`,
 		"\"a\x01\"", "\"\xff\"", `nul`, `[1] x`, `"\q"`, `{"a":1}}`,
+		`{"a":1,"\u0061":2}`, "\"abcdefghijklmn\x1fopq\"", "\"abcdefghijklmn\xffopq\"", `"abcdefghijklmnop"q"`,
+		`{"t":1,"s":2,"r":3,"q":4,"p":5,"o":6,"n":7,"m":8,"l":9,"k":10,"j":11,"i":12,"h":13,"g":14,"f":15,"e":16,"d":17,"t":18}`,
 	} {
 		if _, err := Transform([]byte(in)); !errors.Is(err, ErrInvalid) {
 			t.Errorf("Transform(%q) = %v, want ErrInvalid", in, err)
@@ -120,5 +127,22 @@ func TestAppendTransformVisitsTopLevelMembers(t *testing.T) {
 	}
 	if want := `[b={"c":1} aA="v" d=[1]]`; fmt.Sprint(got) != want {
 		t.Fatalf("visited %v, want %s", got, want)
+	}
+}
+
+// TestPlain8 checks the eight-byte test against the byte table for every
+// byte value in every position.
+func TestPlain8(t *testing.T) {
+	for pos := range 8 {
+		for c := range 256 {
+			var b [8]byte
+			for i := range b {
+				b[i] = 'a'
+			}
+			b[pos] = byte(c)
+			if got, want := plain8(binary.LittleEndian.Uint64(b[:])), plain[c]; got != want {
+				t.Fatalf("plain8 with %#x at %d = %v, want %v", c, pos, got, want)
+			}
+		}
 	}
 }
