@@ -191,24 +191,60 @@ type Message struct {
 // data's digest (or, if even that is too large, as KindInvalid with the
 // body's digest), so that every message is accounted for.
 func EncodeMessage(m Message) []byte {
-	bodySum := digest(m.Body)
+	return AppendMessage(make([]byte, 0, 256+len(m.Stream)+len(m.Subject)+len(m.Body)), m)
+}
+
+// AppendMessage appends the log entry for a stream message (see
+// EncodeMessage) to dst and returns the extended slice.
+func AppendMessage(dst []byte, m Message) []byte {
 	if len(m.Body) > events.MaxEnvelopeSize {
-		return encodeInvalid(m, bodySum, fmt.Sprintf("message of %d bytes exceeds the envelope limit of %d", len(m.Body), events.MaxEnvelopeSize))
+		return append(dst, encodeInvalid(m, digest(m.Body), fmt.Sprintf("message of %d bytes exceeds the envelope limit of %d", len(m.Body), events.MaxEnvelopeSize))...)
 	}
+	// The common case, written in place: the members of an event record
+	// in their canonical order, as encode would write them.
+	b := append(dst, `{"body_sha256":"sha256:`...)
+	sum := sha256.Sum256(m.Body)
+	b = hex.AppendEncode(b, sum[:])
+	b = append(b, `","event":`...)
 	var check envelopeCheck
-	canon, err := canonjson.AppendTransform(make([]byte, 0, len(m.Body)), m.Body, check.member)
+	b, err := canonjson.AppendTransform(b, m.Body, check.member)
 	if err == nil {
 		err = check.result()
 	}
 	if err != nil {
-		return encodeInvalid(m, bodySum, err.Error())
+		return append(dst, encodeInvalid(m, digest(m.Body), err.Error())...)
 	}
-	base := Record{V: RecordVersion, Kind: KindEvent, Stream: m.Stream, Seq: m.Seq, Subject: m.Subject,
-		Stored: formatTime(m.Stored), BodySHA256: bodySum, Event: canon}
-	if entry := encode(&base); len(entry) <= MaxEntrySize {
-		return entry
+	b = append(b, `,"kind":"event"`...)
+	if m.Seq != 0 {
+		b = append(b, `,"seq":`...)
+		b = strconv.AppendUint(b, m.Seq, 10)
 	}
-	// Too large: leave the data member out and commit to it by digest.
+	if !m.Stored.IsZero() {
+		// RFC 3339 is plain ASCII: nothing to escape.
+		b = append(b, `,"stored":"`...)
+		b = m.Stored.UTC().AppendFormat(b, time.RFC3339Nano)
+		b = append(b, '"')
+	}
+	if m.Stream != "" {
+		b = append(b, `,"stream":`...)
+		b = canonjson.AppendString(b, strings.ToValidUTF8(m.Stream, "\uFFFD"))
+	}
+	if m.Subject != "" {
+		b = append(b, `,"subject":`...)
+		b = canonjson.AppendString(b, strings.ToValidUTF8(m.Subject, "\uFFFD"))
+	}
+	b = append(b, `,"v":`...)
+	b = strconv.AppendInt(b, RecordVersion, 10)
+	b = append(b, '}')
+	if len(b)-len(dst) <= MaxEntrySize {
+		return b
+	}
+	return append(dst, encodeTooLarge(m, digest(m.Body))...)
+}
+
+// encodeTooLarge returns the entry for a valid event too large for one
+// entry: its data member left out and committed to by digest.
+func encodeTooLarge(m Message, bodySum string) []byte {
 	var members map[string]json.RawMessage
 	if err := json.Unmarshal(m.Body, &members); err == nil {
 		data := members["data"]
@@ -220,9 +256,9 @@ func EncodeMessage(m Message) []byte {
 		if stripped, err := json.Marshal(members); err == nil {
 			if stripped, err = canonjson.Transform(stripped); err == nil {
 				canonData, _ := canonjson.Transform(data)
-				base.Event = stripped
-				base.DataSHA256 = digest(canonData)
-				base.DataSize = len(canonData)
+				base := Record{V: RecordVersion, Kind: KindEvent, Stream: m.Stream, Seq: m.Seq, Subject: m.Subject,
+					Stored: formatTime(m.Stored), BodySHA256: bodySum, Event: stripped,
+					DataSHA256: digest(canonData), DataSize: len(canonData)}
 				if entry := encode(&base); len(entry) <= MaxEntrySize {
 					return entry
 				}
@@ -241,22 +277,17 @@ type envelopeCheck struct {
 	err                   error
 }
 
+// member checks one top-level member. value is canonical JSON, so it is a
+// string exactly when it starts with a quote, and its escapes are the
+// canonical ones: "" is the only empty string, and a string without a
+// backslash holds its value as it is.
 func (c *envelopeCheck) member(name, value []byte) {
 	if c.err != nil {
 		return
 	}
-	str := func() (string, bool) {
-		if len(value) < 2 || value[0] != '"' {
-			return "", false
-		}
-		if bytes.IndexByte(value, '\\') < 0 {
-			return string(value[1 : len(value)-1]), true
-		}
-		var s string
-		return s, json.Unmarshal(value, &s) == nil
-	}
+	isStr := len(value) >= 2 && value[0] == '"'
 	required := func(ok *bool) {
-		if s, isStr := str(); isStr && s != "" {
+		if isStr && len(value) > 2 {
 			*ok = true
 			return
 		}
@@ -264,7 +295,7 @@ func (c *envelopeCheck) member(name, value []byte) {
 	}
 	switch string(name) {
 	case "specversion":
-		if s, _ := str(); s != events.SpecVersion {
+		if string(value) != `"`+events.SpecVersion+`"` {
 			c.err = fmt.Errorf("%w: specversion %.40s, want %q", events.ErrInvalidEnvelope, value, events.SpecVersion)
 		}
 		c.spec = true
@@ -275,14 +306,22 @@ func (c *envelopeCheck) member(name, value []byte) {
 	case "source":
 		required(&c.source)
 	case "subject", "datacontenttype", "dataschema":
-		if _, ok := str(); !ok && string(value) != "null" {
+		if !isStr && string(value) != "null" {
 			c.err = fmt.Errorf("%w: %s must be a string", events.ErrInvalidEnvelope, name)
 		}
 	case "time":
 		if string(value) == "null" {
 			return
 		}
-		s, ok := str()
+		var s string
+		ok := isStr
+		if ok {
+			if bytes.IndexByte(value, '\\') < 0 {
+				s = string(value[1 : len(value)-1])
+			} else {
+				ok = json.Unmarshal(value, &s) == nil
+			}
+		}
 		if _, err := time.Parse(time.RFC3339Nano, s); !ok || err != nil {
 			c.err = fmt.Errorf("%w: time %.40s is not an RFC 3339 timestamp", events.ErrInvalidEnvelope, value)
 		}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -119,6 +120,9 @@ func FuzzEncodeMessage(f *testing.F) {
 		m := msgOf(body)
 		m.Subject = subject
 		entry := EncodeMessage(m)
+		if want := referenceEncode(m); !bytes.Equal(entry, want) {
+			t.Fatalf("entry differs from the reference encoding:\n got %.300s\nwant %.300s", entry, want)
+		}
 		if len(entry) > MaxEntrySize {
 			t.Fatalf("entry of %d bytes", len(entry))
 		}
@@ -181,5 +185,119 @@ func TestKeyFiles(t *testing.T) {
 	}
 	if st, err := os.Stat(dir + "/k0"); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("signer key mode %v, %v", st.Mode(), err)
+	}
+}
+
+// referenceEncode is the straightforward construction of a message's entry
+// (its members decoded and checked one by one, then encoded as a Record):
+// AppendMessage, which writes the common case in place, must produce
+// exactly these bytes.
+func referenceEncode(m Message) []byte {
+	bodySum := digest(m.Body)
+	if len(m.Body) > events.MaxEnvelopeSize {
+		return encodeInvalid(m, bodySum, fmt.Sprintf("message of %d bytes exceeds the envelope limit of %d", len(m.Body), events.MaxEnvelopeSize))
+	}
+	var check refEnvelopeCheck
+	canon, err := canonjson.AppendTransform(nil, m.Body, check.member)
+	if err == nil {
+		err = check.result()
+	}
+	if err != nil {
+		return encodeInvalid(m, bodySum, err.Error())
+	}
+	r := Record{V: RecordVersion, Kind: KindEvent, Stream: m.Stream, Seq: m.Seq, Subject: m.Subject,
+		Stored: formatTime(m.Stored), BodySHA256: bodySum, Event: canon}
+	if entry := encode(&r); len(entry) <= MaxEntrySize {
+		return entry
+	}
+	return encodeTooLarge(m, bodySum)
+}
+
+// refEnvelopeCheck checks the CloudEvents attributes by decoding each one.
+type refEnvelopeCheck struct {
+	spec, id, typ, source bool
+	err                   error
+}
+
+func (c *refEnvelopeCheck) member(name, value []byte) {
+	if c.err != nil {
+		return
+	}
+	str := func() (string, bool) {
+		var s string
+		return s, json.Unmarshal(value, &s) == nil
+	}
+	required := func(ok *bool) {
+		if s, isStr := str(); isStr && s != "" {
+			*ok = true
+			return
+		}
+		c.err = fmt.Errorf("%w: %s must be a non-empty string", events.ErrInvalidEnvelope, name)
+	}
+	switch string(name) {
+	case "specversion":
+		if s, _ := str(); s != events.SpecVersion {
+			c.err = fmt.Errorf("%w: specversion %.40s, want %q", events.ErrInvalidEnvelope, value, events.SpecVersion)
+		}
+		c.spec = true
+	case "id":
+		required(&c.id)
+	case "type":
+		required(&c.typ)
+	case "source":
+		required(&c.source)
+	case "subject", "datacontenttype", "dataschema":
+		if _, ok := str(); !ok && string(value) != "null" {
+			c.err = fmt.Errorf("%w: %s must be a string", events.ErrInvalidEnvelope, name)
+		}
+	case "time":
+		if string(value) == "null" {
+			return
+		}
+		s, ok := str()
+		if _, err := time.Parse(time.RFC3339Nano, s); !ok || err != nil {
+			c.err = fmt.Errorf("%w: time %.40s is not an RFC 3339 timestamp", events.ErrInvalidEnvelope, value)
+		}
+	}
+}
+
+func (c *refEnvelopeCheck) result() error {
+	ec := envelopeCheck{spec: c.spec, id: c.id, typ: c.typ, source: c.source, err: c.err}
+	return ec.result()
+}
+
+func TestAppendMessageMatchesReference(t *testing.T) {
+	env, _ := events.New(events.TypePolicy, "cli", "", events.Policy{Name: "p", Version: 2, Document: "x: <y> & \u2028 \"q\" \\"})
+	body, _ := env.Marshal()
+	big := strings.Repeat("a", 70000)
+	bodies := [][]byte{
+		body,
+		[]byte(`{"specversion":"1.0","id":"1","type":"t","source":"s","time":"2026-01-02T03:04:05Z","subject":null,"data":{"b":[1e2,-0,0.5],"a":"\u00e9\n"}}`),
+		[]byte(`{"specversion":"1.0","id":"\u0031","type":"t","source":"s","time":"2026-01-02T03:04:05\u002b01:00"}`),
+		[]byte(`{"specversion":"1.0","id":"","type":"t","source":"s"}`),
+		[]byte(`{"specversion":"1\u002e0","id":"1","type":"t","source":"s"}`),
+		[]byte(`{"specversion":"1.0","id":"1","type":"t","source":"s","time":"2026-13-02T03:04:05Z"}`),
+		[]byte(`{"specversion":"1.0","id":"1","type":"t","source":"s","datacontenttype":7}`),
+		[]byte(`{"specversion":"1.0","id":"1","type":"t","source":"s","data":"` + big + `"}`),
+		[]byte(`not json`),
+	}
+	msgs := []Message{}
+	for _, b := range bodies {
+		m := msgOf(b)
+		msgs = append(msgs, m)
+		m.Subject, m.Stream, m.Seq, m.Stored = "bad\xffsubject \"x\"", "", 0, time.Time{}
+		msgs = append(msgs, m)
+		m.Stored = time.Date(2026, 5, 6, 7, 8, 9, 0, time.FixedZone("x", 3600))
+		msgs = append(msgs, m)
+	}
+	for i, m := range msgs {
+		want := referenceEncode(m)
+		if got := EncodeMessage(m); !bytes.Equal(got, want) {
+			t.Fatalf("message %d:\n got %.400s\nwant %.400s", i, got, want)
+		}
+		prefix := []byte("prefix")
+		if got := AppendMessage(prefix, m); !bytes.Equal(got[:6], prefix) || !bytes.Equal(got[6:], want) {
+			t.Fatalf("message %d appended:\n got %.400s\nwant %.400s", i, got, want)
+		}
 	}
 }
