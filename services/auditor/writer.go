@@ -19,9 +19,11 @@ import (
 	"github.com/transparency-dev/tessera"
 	"github.com/transparency-dev/tessera/client"
 	"github.com/transparency-dev/tessera/storage/posix"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/mod/sumdb/note"
 
@@ -70,6 +72,8 @@ type writer struct {
 	tracer trace.Tracer
 	m      *metrics
 	batch  int
+	// traceFields are the header names the trace propagator reads.
+	traceFields []string
 }
 
 type metrics struct {
@@ -112,7 +116,12 @@ func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.J
 	if err != nil {
 		return fmt.Errorf("auditor: tessera appender: %w", err)
 	}
-	w := &writer{cfg: cfg, log: log, js: js, app: app, lr: lr, tracer: tp.Tracer(instrumentation), m: newMetrics(mp)}
+	w := &writer{cfg: cfg, log: log, js: js, app: app, lr: lr, tracer: tp.Tracer(instrumentation), m: newMetrics(mp),
+		traceFields: otel.GetTextMapPropagator().Fields()}
+	if len(w.traceFields) == 0 {
+		// bus.ExtractTrace then uses W3C trace context and baggage.
+		w.traceFields = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}).Fields()
+	}
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 		defer cancel()
@@ -300,7 +309,7 @@ func (w *writer) prepare(msg jetstream.Msg) (item, error) {
 		Stream: w.cfg.Stream, Seq: md.Sequence.Stream, Subject: msg.Subject(), Stored: md.Timestamp, Body: msg.Data(),
 	})
 	it := item{msg: msg, seq: md.Sequence.Stream, entry: tessera.NewEntry(entry)}
-	if h := msg.Headers(); h != nil {
+	if h := msg.Headers(); w.mayCarryTrace(h) {
 		pctx := bus.ExtractTrace(context.Background(), h)
 		if trace.SpanContextFromContext(pctx).IsValid() {
 			_, it.span = w.tracer.Start(pctx, "auditor.log_entry", trace.WithSpanKind(trace.SpanKindConsumer),
@@ -309,6 +318,20 @@ func (w *writer) prepare(msg jetstream.Msg) (item, error) {
 		}
 	}
 	return it, nil
+}
+
+// mayCarryTrace reports whether h has a header the trace propagator reads
+// (names matched without regard to case, as bus.ExtractTrace does), so that
+// messages without a trace context skip the extraction.
+func (w *writer) mayCarryTrace(h nats.Header) bool {
+	for k := range h {
+		for _, f := range w.traceFields {
+			if strings.EqualFold(k, f) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // pending is a batch handed to Tessera and not yet durable.
