@@ -8,10 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -43,22 +43,26 @@ const (
 	tesseraMaxAge = 50 * time.Millisecond
 	// maxBufferedBytes bounds the messages pulled ahead of the writer.
 	maxBufferedBytes = 64 << 20
-	// minPerWorker is the fewest messages worth a goroutine of their own
-	// when preparing a batch.
-	minPerWorker = 256
 	// maxInflightBatches is how many batches may be handed to Tessera
 	// before the oldest is durable.
 	maxInflightBatches = 2
+	// maxBatchWait is how long a partial batch waits for the messages the
+	// stream still holds (while the auditor catches up) before it is
+	// written anyway.
+	maxBatchWait = 100 * time.Millisecond
+	// entryBlockSize is the size of the blocks entries are encoded into.
+	entryBlockSize = 256 << 10
 	// shutdownTimeout bounds the wait for the last checkpoint at shutdown.
 	shutdownTimeout = 30 * time.Second
 )
 
-// item is one message, prepared for the log by the consumer goroutine.
+// item is one message, prepared for the log.
 type item struct {
-	msg   jetstream.Msg
-	seq   uint64
-	entry *tessera.Entry
-	span  trace.Span // nil unless the message carried a trace context
+	msg     jetstream.Msg
+	seq     uint64
+	pending uint64 // messages the stream held for the consumer after this one
+	entry   *tessera.Entry
+	span    trace.Span // nil unless the message carried a trace context
 }
 
 type writer struct {
@@ -72,6 +76,7 @@ type writer struct {
 	tracer trace.Tracer
 	m      *metrics
 	batch  int
+	block  []byte // where entries are encoded; see encode
 	// traceFields are the header names the trace propagator reads.
 	traceFields []string
 }
@@ -175,12 +180,22 @@ func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.J
 		pubWG.Wait()
 	}()
 
-	// Two batches in flight: while Tessera makes one durable, the next is
-	// queued behind it. A failed write stops the writer; anything a later
-	// batch sequenced past the failure is repaired from the tail at the
-	// next start (recover reads far enough back to see it).
-	inflight := make(chan *pending, 1)
-	slots := make(chan struct{}, maxInflightBatches)
+	// Group commit: messages are prepared as they arrive into the next
+	// batch while Tessera makes the previous ones durable. A batch is
+	// handed to Tessera, all at once so that Tessera writes it as one
+	// batch, when it is full, or when no more messages are waiting: none
+	// here and, by the last delivery, none in the stream either (while
+	// catching up, a partial batch waits up to maxBatchWait for the rest,
+	// rather than costing a write of its own). At most maxInflightBatches
+	// are handed to Tessera and not yet durable: one being written, the
+	// next queued behind it. The completer acknowledges each batch (one
+	// AckAll ack) once every entry in it is durable. A failed write stops
+	// the writer; anything a later batch sequenced past the failure is
+	// repaired from the tail at the next start (recover reads far enough
+	// back to see it).
+	inflight := make(chan *pending, maxInflightBatches)
+	var durable atomic.Int64 // batches completed
+	progress := make(chan struct{}, 1)
 	completed := make(chan error, 1)
 	go func() {
 		var err error
@@ -192,12 +207,28 @@ func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.J
 					default:
 					}
 				}
+			} else {
+				endSpans(p.batch)
+				p.span.End()
 			}
-			<-slots
+			durable.Add(1)
+			select {
+			case progress <- struct{}{}:
+			default:
+			}
 		}
 		completed <- err
 	}()
+	var (
+		cur      = make([]item, 0, cfg.BatchSize) // prepared, not yet handed to Tessera
+		curStart time.Time                        // when cur's first message arrived
+		handed   int64
+		wait     = time.NewTimer(maxBatchWait)
+	)
+	wait.Stop()
+	defer wait.Stop()
 	finish := func(err error) error {
+		endSpans(cur) // not logged, not acknowledged: redelivered later
 		close(inflight)
 		if cerr := <-completed; err == nil {
 			err = cerr
@@ -205,45 +236,52 @@ func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.J
 		return err
 	}
 	for {
-		var raw []jetstream.Msg
-		select {
-		case <-ctx.Done():
-			return finish(nil)
-		case err := <-fatal:
-			return finish(err)
-		case m := <-msgs:
-			raw = make([]jetstream.Msg, 0, min(cfg.BatchSize, len(msgs)+1))
-			raw = append(raw, m)
-		}
-	fill:
-		for len(raw) < cfg.BatchSize {
-			select {
-			case m := <-msgs:
-				raw = append(raw, m)
+		// Hand cur to Tessera when there is room and cur is full or
+		// complete; a partial batch that expects more of the stream waits
+		// for it (see maxBatchWait).
+		full := len(cur) >= cfg.BatchSize
+		ready := full
+		var waited <-chan time.Time
+		if !full && len(cur) > 0 && len(msgs) == 0 {
+			switch left := maxBatchWait - time.Since(curStart); {
+			case cur[len(cur)-1].pending == 0, left <= 0:
+				ready = true
 			default:
-				break fill
+				wait.Reset(left)
+				waited = wait.C
 			}
 		}
-		// Encoding overlaps the batches Tessera is writing.
-		batch, err := w.prepareAll(raw)
-		if err != nil {
-			return finish(err)
+		if ready && handed-durable.Load() < maxInflightBatches {
+			p, err := w.add(ctx, cur)
+			if err != nil {
+				return finish(err)
+			}
+			handed++
+			inflight <- p
+			cur = make([]item, 0, cfg.BatchSize)
+			continue
+		}
+		next := msgs
+		if full {
+			next = nil // wait for Tessera
 		}
 		select {
-		case slots <- struct{}{}:
-		case err := <-fatal:
-			endSpans(batch)
-			return finish(err)
 		case <-ctx.Done():
-			endSpans(batch) // not logged, not acknowledged: redelivered later
 			return finish(nil)
-		}
-		p, err := w.add(ctx, batch)
-		if err != nil {
-			<-slots
+		case err := <-fatal:
 			return finish(err)
+		case <-progress:
+		case <-waited:
+		case m := <-next:
+			it, err := w.prepare(m)
+			if err != nil {
+				return finish(err)
+			}
+			if len(cur) == 0 {
+				curStart = time.Now()
+			}
+			cur = append(cur, it)
 		}
-		inflight <- p
 	}
 }
 
@@ -262,53 +300,16 @@ func ignoreCancel(ctx context.Context, err error) error {
 	return err
 }
 
-// prepareAll turns messages into log entries, in parallel: while it runs,
-// Tessera is busy making the previous batch durable.
-func (w *writer) prepareAll(msgs []jetstream.Msg) ([]item, error) {
-	items := make([]item, len(msgs))
-	workers := min(runtime.GOMAXPROCS(0), (len(msgs)+minPerWorker-1)/minPerWorker)
-	if workers <= 1 {
-		for i, m := range msgs {
-			it, err := w.prepare(m)
-			if err != nil {
-				return nil, err
-			}
-			items[i] = it
-		}
-		return items, nil
-	}
-	errs := make([]error, workers)
-	var wg sync.WaitGroup
-	per := (len(msgs) + workers - 1) / workers
-	for k := range workers {
-		wg.Go(func() {
-			for i := k * per; i < min(len(msgs), (k+1)*per); i++ {
-				it, err := w.prepare(msgs[i])
-				if err != nil {
-					errs[k] = err
-					return
-				}
-				items[i] = it
-			}
-		})
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
 // prepare turns a message into its log entry.
 func (w *writer) prepare(msg jetstream.Msg) (item, error) {
 	md, err := msg.Metadata()
 	if err != nil {
 		return item{}, fmt.Errorf("auditor: message metadata: %w", err)
 	}
-	entry := auditlog.EncodeMessage(auditlog.Message{
+	entry := w.encode(auditlog.Message{
 		Stream: w.cfg.Stream, Seq: md.Sequence.Stream, Subject: msg.Subject(), Stored: md.Timestamp, Body: msg.Data(),
 	})
-	it := item{msg: msg, seq: md.Sequence.Stream, entry: tessera.NewEntry(entry)}
+	it := item{msg: msg, seq: md.Sequence.Stream, pending: md.NumPending, entry: tessera.NewEntry(entry)}
 	if h := msg.Headers(); w.mayCarryTrace(h) {
 		pctx := bus.ExtractTrace(context.Background(), h)
 		if trace.SpanContextFromContext(pctx).IsValid() {
@@ -332,6 +333,25 @@ func (w *writer) mayCarryTrace(h nats.Header) bool {
 		}
 	}
 	return false
+}
+
+// encode returns the log entry for a message, carved out of a larger block
+// shared with the entries before and after it: one allocation for many
+// entries, all released together once Tessera wrote them.
+func (w *writer) encode(m auditlog.Message) []byte {
+	if need := 256 + len(m.Stream) + len(m.Subject) + len(m.Body); cap(w.block)-len(w.block) < need {
+		w.block = make([]byte, 0, max(entryBlockSize, need))
+	}
+	start := len(w.block)
+	b := auditlog.AppendMessage(w.block, m)
+	if len(b) > cap(w.block) {
+		// It did not fit (canonical JSON can be longer than its input):
+		// give the entry an array of its own, without the block's copy.
+		e := bytes.Clone(b[start:])
+		return e[:len(e):len(e)]
+	}
+	w.block = b
+	return b[start:len(b):len(b)]
 }
 
 // pending is a batch handed to Tessera and not yet durable.
@@ -392,6 +412,7 @@ func (w *writer) complete(ctx context.Context, p *pending) error {
 			err = fmt.Errorf("auditor: log write failed, stopping: %w", err)
 			p.span.RecordError(err)
 			p.span.SetStatus(codes.Error, "log write failed")
+			endSpans(p.batch)
 			return err
 		}
 		lastIdx = idx.Index
