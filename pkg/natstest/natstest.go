@@ -108,12 +108,22 @@ func Provision(t testing.TB, nc *nats.Conn, topo events.Topology) jetstream.JetS
 	if err != nil {
 		t.Fatalf("natstest: jetstream: %v", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := events.Provision(ctx, js, topo); err != nil {
-		t.Fatalf("natstest: provision: %v", err)
+	// Provisioning is idempotent: on a loaded machine a replicated stream can
+	// take longer than one attempt's deadline to be placed, so try again.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := events.Provision(ctx, js, topo)
+		cancel()
+		if err == nil {
+			return js
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("natstest: provision: %v", err)
+		}
+		t.Logf("natstest: provision: %v; retrying", err)
+		time.Sleep(time.Second)
 	}
-	return js
 }
 
 // Cluster is an in-process JetStream cluster.
