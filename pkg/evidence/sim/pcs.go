@@ -117,6 +117,19 @@ func (a *Authority) signedJSON(ca *intelCA, member string, doc any) ([]byte, err
 	return out.Bytes(), nil
 }
 
+// serveSignedJSON answers with doc signed as member (see signedJSON), naming
+// the TCB signer's chain in the header chainHeader, as PCS does.
+func (a *Authority) serveSignedJSON(w http.ResponseWriter, ca *intelCA, member string, doc any, chainHeader string) {
+	body, err := a.signedJSON(ca, member, doc)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set(chainHeader, issuerChain(ca.tcbSigner, ca.root))
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(body)
+}
+
 func issuerChain(certs ...*x509.Certificate) string {
 	var b bytes.Buffer
 	for _, c := range certs {
@@ -166,14 +179,7 @@ func (a *Authority) PCS() http.Handler {
 				{TCB: pcsTCB{SGX: components(nil), PCESVN: &old, TDX: components(nil)}, TCBDate: "2023-08-09T00:00:00Z", TCBStatus: "OutOfDate", Advisories: []string{"INTEL-SA-00837"}},
 			},
 		}
-		body, err := a.signedJSON(ca, "tcbInfo", info)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("TCB-Info-Issuer-Chain", issuerChain(ca.tcbSigner, ca.root))
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(body)
+		a.serveSignedJSON(w, ca, "tcbInfo", info, "TCB-Info-Issuer-Chain")
 	})
 	mux.HandleFunc("GET /tdx/certification/v4/qe/identity", func(w http.ResponseWriter, r *http.Request) {
 		ca, err := a.intelCA()
@@ -195,14 +201,7 @@ func (a *Authority) PCS() http.Handler {
 				{TCB: pcsTCB{ISVSVN: &old}, TCBDate: "2023-08-09T00:00:00Z", TCBStatus: "OutOfDate"},
 			},
 		}
-		body, err := a.signedJSON(ca, "enclaveIdentity", qe)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("SGX-Enclave-Identity-Issuer-Chain", issuerChain(ca.tcbSigner, ca.root))
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(body)
+		a.serveSignedJSON(w, ca, "enclaveIdentity", qe, "SGX-Enclave-Identity-Issuer-Chain")
 	})
 	mux.HandleFunc("GET /sgx/certification/v4/pckcrl", func(w http.ResponseWriter, r *http.Request) {
 		ca, err := a.intelCA()
