@@ -85,6 +85,11 @@ type RuntimePolicy struct {
 type IdentityPolicy struct {
 	// CheckVMID demands vmUniqueId == the vmId ARM reports, when the caller knows it.
 	CheckVMID bool `yaml:"check_vm_id" json:"check_vm_id"`
+	// UnknownVMID says what it means when CheckVMID is on and the caller
+	// knows no vmId for the VM, so the check cannot be made: allow (or
+	// empty) passes silently, warn makes the verdict a warning and deny
+	// contraindicates it, both with identity.vmid_unknown.
+	UnknownVMID string `yaml:"unknown_vm_id,omitempty" json:"unknown_vm_id,omitempty"`
 }
 
 // FreshPolicy constrains freshness.
@@ -134,8 +139,8 @@ func (h Hex) MarshalText() ([]byte, error) { return []byte(hex.EncodeToString(h)
 
 // DefaultPolicyYAML is the default policy for Azure Confidential VMs:
 // genuine hardware, no debug, no migration agent, VMPL 0, secure boot and
-// vTPM on, the serial console allowed, vmUniqueId checked when the vmId is
-// known, an issued nonce expected. It pins no measurements: Azure's
+// vTPM on, the serial console allowed, vmUniqueId checked against the vmId
+// (a warning when the vmId is not known), an issued nonce expected. It pins no measurements: Azure's
 // paravisor measurements change with Azure updates, so add them per fleet.
 const DefaultPolicyYAML = `id: azure-cvm-default
 version: 1
@@ -158,6 +163,7 @@ runtime:
   console: allow
 identity:
   check_vm_id: true
+  unknown_vm_id: warn
 freshness:
   require_nonce: true
   max_evidence_age: 10m
@@ -252,6 +258,11 @@ func (p *Policy) Check() error {
 	case "", Allow, Warn, Deny:
 	default:
 		return fmt.Errorf("policy: runtime.console %q is not allow, warn or deny", p.Runtime.Console)
+	}
+	switch p.Identity.UnknownVMID {
+	case "", Allow, Warn, Deny:
+	default:
+		return fmt.Errorf("policy: identity.unknown_vm_id %q is not allow, warn or deny", p.Identity.UnknownVMID)
 	}
 	if p.Freshness.MaxEvidenceAge < 0 || p.Freshness.MaxClockSkew < 0 {
 		return errors.New("policy: freshness durations must not be negative")
@@ -376,8 +387,13 @@ func (p *Policy) Validate(res *Result, exp Expect, now time.Time) []Finding {
 		f.add(ClaimConfiguration, false, arContra, arWarn, ReasonPolicySecureBoot, "the event log shows secure boot disabled")
 	}
 	// Identity.
-	if p.Identity.CheckVMID && exp.VMID != "" {
+	if p.Identity.CheckVMID {
 		switch {
+		case exp.VMID == "":
+			if m := p.Identity.UnknownVMID; m == Warn || m == Deny {
+				f.add(ClaimInstanceIdentity, m == Warn, arContra, arWarn, ReasonIdentityVMIDUnknown,
+					"no vmId is known for this VM, so vmUniqueId %q was not checked against the VM Azure Resource Manager reports", res.VMUniqueID)
+			}
 		case res.VMUniqueID == "":
 			f.add(ClaimInstanceIdentity, false, arContra, arWarn, ReasonIdentityVMIDMissing, "runtime data carries no vmUniqueId, expected %s", exp.VMID)
 		case !strings.EqualFold(res.VMUniqueID, exp.VMID):

@@ -42,6 +42,7 @@ func TestParsePolicyRejects(t *testing.T) {
 		{"pcr index", "id: x\nversion: 1\npcrs:\n  24: ['" + strings.Repeat("00", 32) + "']\n", "index"},
 		{"pcr size", "id: x\nversion: 1\npcrs:\n  7: ['00']\n", "32"},
 		{"console", "id: x\nversion: 1\nruntime:\n  console: maybe\n", "console"},
+		{"unknown vm id", "id: x\nversion: 1\nidentity:\n  unknown_vm_id: ignore\n", "unknown_vm_id"},
 		{"negative age", "id: x\nversion: 1\nfreshness:\n  max_evidence_age: -1m\n", "negative"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -77,6 +78,8 @@ func TestValidate(t *testing.T) {
 	now := time.Now()
 	tr, fl := true, false
 	one := uint32(1)
+	// known is what a caller that knows the VM's vmId expects.
+	known := Expect{VMID: "abc"}
 	tests := []struct {
 		name   string
 		policy func(p *Policy)
@@ -86,33 +89,38 @@ func TestValidate(t *testing.T) {
 		warn   bool
 	}{
 		{"clean", nil, nil, Expect{VMID: "abc"}, nil, false},
-		{"debug", nil, func(r *Result) { r.SNP.Debug = true }, Expect{}, []string{ReasonPolicyDebug}, false},
-		{"debug allowed", func(p *Policy) { p.SNP.AllowDebug = true }, func(r *Result) { r.SNP.Debug = true }, Expect{}, nil, false},
-		{"migration agent", nil, func(r *Result) { r.SNP.MigrationAgent = true }, Expect{}, []string{ReasonPolicyMigrationAgent}, false},
-		{"smt denied", func(p *Policy) { p.SNP.AllowSMT = false }, nil, Expect{}, []string{ReasonPolicySMT}, false},
-		{"vmpl", func(p *Policy) { p.SNP.VMPL = &one }, nil, Expect{}, []string{ReasonPolicyVMPL}, false},
-		{"tcb", func(p *Policy) { p.SNP.MinTCB = map[string]SNPTCB{"Milan": {SNP: 21}} }, nil, Expect{}, []string{ReasonPolicyTCB}, false},
-		{"tcb other product", func(p *Policy) { p.SNP.MinTCB = map[string]SNPTCB{"Genoa": {SNP: 99}} }, nil, Expect{}, nil, false},
-		{"measurement", func(p *Policy) { p.SNP.Measurements = []Hex{make([]byte, 47)} }, nil, Expect{}, []string{ReasonPolicyMeasurement}, false},
-		{"product", func(p *Policy) { p.SNP.Products = []string{"Genoa"} }, nil, Expect{}, []string{ReasonPolicyProduct}, false},
-		{"platform", func(p *Policy) { p.Platforms = []string{PlatformAzureTDX} }, nil, Expect{}, []string{ReasonPolicyPlatform}, false},
-		{"pcr", func(p *Policy) { p.PCRs = map[int][]Hex{7: {make([]byte, 32)}, 4: {make([]byte, 32)}} }, nil, Expect{}, []string{ReasonPolicyPCR}, false},
-		{"secure boot", nil, func(r *Result) { r.RuntimeData.VMConfiguration.SecureBoot = &fl }, Expect{}, []string{ReasonPolicySecureBoot}, false},
-		{"secure boot absent", nil, func(r *Result) { r.RuntimeData.VMConfiguration.SecureBoot = nil }, Expect{}, []string{ReasonPolicySecureBoot}, false},
-		{"tpm", nil, func(r *Result) { r.RuntimeData.VMConfiguration.TPMEnabled = &fl }, Expect{}, []string{ReasonPolicyTPMDisabled}, false},
-		{"console allowed", nil, func(r *Result) { r.RuntimeData.VMConfiguration.ConsoleEnabled = &tr }, Expect{}, nil, false},
-		{"console warn", func(p *Policy) { p.Runtime.Console = Warn }, func(r *Result) { r.RuntimeData.VMConfiguration.ConsoleEnabled = &tr }, Expect{}, []string{ReasonPolicyConsole}, true},
-		{"console deny", func(p *Policy) { p.Runtime.Console = Deny }, func(r *Result) { r.RuntimeData.VMConfiguration.ConsoleEnabled = &tr }, Expect{}, []string{ReasonPolicyConsole}, false},
+		{"debug", nil, func(r *Result) { r.SNP.Debug = true }, known, []string{ReasonPolicyDebug}, false},
+		{"debug allowed", func(p *Policy) { p.SNP.AllowDebug = true }, func(r *Result) { r.SNP.Debug = true }, known, nil, false},
+		{"migration agent", nil, func(r *Result) { r.SNP.MigrationAgent = true }, known, []string{ReasonPolicyMigrationAgent}, false},
+		{"smt denied", func(p *Policy) { p.SNP.AllowSMT = false }, nil, known, []string{ReasonPolicySMT}, false},
+		{"vmpl", func(p *Policy) { p.SNP.VMPL = &one }, nil, known, []string{ReasonPolicyVMPL}, false},
+		{"tcb", func(p *Policy) { p.SNP.MinTCB = map[string]SNPTCB{"Milan": {SNP: 21}} }, nil, known, []string{ReasonPolicyTCB}, false},
+		{"tcb other product", func(p *Policy) { p.SNP.MinTCB = map[string]SNPTCB{"Genoa": {SNP: 99}} }, nil, known, nil, false},
+		{"measurement", func(p *Policy) { p.SNP.Measurements = []Hex{make([]byte, 47)} }, nil, known, []string{ReasonPolicyMeasurement}, false},
+		{"product", func(p *Policy) { p.SNP.Products = []string{"Genoa"} }, nil, known, []string{ReasonPolicyProduct}, false},
+		{"platform", func(p *Policy) { p.Platforms = []string{PlatformAzureTDX} }, nil, known, []string{ReasonPolicyPlatform}, false},
+		{"pcr", func(p *Policy) { p.PCRs = map[int][]Hex{7: {make([]byte, 32)}, 4: {make([]byte, 32)}} }, nil, known, []string{ReasonPolicyPCR}, false},
+		{"secure boot", nil, func(r *Result) { r.RuntimeData.VMConfiguration.SecureBoot = &fl }, known, []string{ReasonPolicySecureBoot}, false},
+		{"secure boot absent", nil, func(r *Result) { r.RuntimeData.VMConfiguration.SecureBoot = nil }, known, []string{ReasonPolicySecureBoot}, false},
+		{"tpm", nil, func(r *Result) { r.RuntimeData.VMConfiguration.TPMEnabled = &fl }, known, []string{ReasonPolicyTPMDisabled}, false},
+		{"console allowed", nil, func(r *Result) { r.RuntimeData.VMConfiguration.ConsoleEnabled = &tr }, known, nil, false},
+		{"console warn", func(p *Policy) { p.Runtime.Console = Warn }, func(r *Result) { r.RuntimeData.VMConfiguration.ConsoleEnabled = &tr }, known, []string{ReasonPolicyConsole}, true},
+		{"console deny", func(p *Policy) { p.Runtime.Console = Deny }, func(r *Result) { r.RuntimeData.VMConfiguration.ConsoleEnabled = &tr }, known, []string{ReasonPolicyConsole}, false},
 		{"vmid mismatch", nil, nil, Expect{VMID: "abd"}, []string{ReasonIdentityVMIDMismatch}, false},
 		{"vmid missing", nil, func(r *Result) { r.VMUniqueID = "" }, Expect{VMID: "abc"}, []string{ReasonIdentityVMIDMissing}, false},
 		{"vmid unchecked", func(p *Policy) { p.Identity.CheckVMID = false }, nil, Expect{VMID: "abd"}, nil, false},
-		{"vm key", nil, func(r *Result) { r.BundleVMKey = "aaaaaaaaaaaaaaaaaaaaaaaaaa" }, Expect{VMKey: "bbbbbbbbbbbbbbbbbbbbbbbbbb"}, []string{ReasonIdentityVMKeyMismatch}, false},
-		{"no nonce", nil, func(r *Result) { r.NonceChecked = false }, Expect{}, []string{ReasonFreshnessNonceUnchecked}, true},
-		{"old evidence", nil, func(r *Result) { r.CollectedAt = now.Add(-time.Hour) }, Expect{}, []string{ReasonPolicyEvidenceAge}, false},
-		{"future evidence", nil, func(r *Result) { r.CollectedAt = now.Add(time.Hour) }, Expect{}, []string{ReasonPolicyEvidenceFuture}, false},
-		{"warn list", func(p *Policy) { p.Warn = []string{ReasonPolicyDebug} }, func(r *Result) { r.SNP.Debug = true }, Expect{}, []string{ReasonPolicyDebug}, true},
-		{"event log required", func(p *Policy) { p.EventLog.Require = true }, nil, Expect{}, []string{ReasonPolicyEventLog}, false},
-		{"event log secure boot", func(p *Policy) { p.EventLog.RequireSecureBoot = true }, func(r *Result) { r.EventLog = &EventLogClaims{} }, Expect{}, []string{ReasonPolicySecureBoot}, false},
+		{"vmid unknown", nil, nil, Expect{}, []string{ReasonIdentityVMIDUnknown}, true},
+		{"vmid unknown deny", func(p *Policy) { p.Identity.UnknownVMID = Deny }, nil, Expect{}, []string{ReasonIdentityVMIDUnknown}, false},
+		{"vmid unknown allowed", func(p *Policy) { p.Identity.UnknownVMID = Allow }, nil, Expect{}, nil, false},
+		{"vmid unknown unset", func(p *Policy) { p.Identity.UnknownVMID = "" }, nil, Expect{}, nil, false},
+		{"vmid unknown unchecked", func(p *Policy) { p.Identity.CheckVMID = false }, nil, Expect{}, nil, false},
+		{"vm key", nil, func(r *Result) { r.BundleVMKey = "aaaaaaaaaaaaaaaaaaaaaaaaaa" }, Expect{VMID: "abc", VMKey: "bbbbbbbbbbbbbbbbbbbbbbbbbb"}, []string{ReasonIdentityVMKeyMismatch}, false},
+		{"no nonce", nil, func(r *Result) { r.NonceChecked = false }, known, []string{ReasonFreshnessNonceUnchecked}, true},
+		{"old evidence", nil, func(r *Result) { r.CollectedAt = now.Add(-time.Hour) }, known, []string{ReasonPolicyEvidenceAge}, false},
+		{"future evidence", nil, func(r *Result) { r.CollectedAt = now.Add(time.Hour) }, known, []string{ReasonPolicyEvidenceFuture}, false},
+		{"warn list", func(p *Policy) { p.Warn = []string{ReasonPolicyDebug} }, func(r *Result) { r.SNP.Debug = true }, known, []string{ReasonPolicyDebug}, true},
+		{"event log required", func(p *Policy) { p.EventLog.Require = true }, nil, known, []string{ReasonPolicyEventLog}, false},
+		{"event log secure boot", func(p *Policy) { p.EventLog.RequireSecureBoot = true }, func(r *Result) { r.EventLog = &EventLogClaims{} }, known, []string{ReasonPolicySecureBoot}, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -149,25 +157,25 @@ func TestValidateTDX(t *testing.T) {
 		return r
 	}
 	p := DefaultPolicy()
-	if got := p.Validate(base(), Expect{}, now); len(got) != 0 {
+	if got := p.Validate(base(), Expect{VMID: "abc"}, now); len(got) != 0 {
 		t.Fatalf("clean TDX: %v", findingCodes(got))
 	}
 	r := base()
 	r.TDX.Debug = true
 	r.TDX.TCBStatus = "SWHardeningNeeded"
-	got := p.Validate(r, Expect{}, now)
+	got := p.Validate(r, Expect{VMID: "abc"}, now)
 	if strings.Join(findingCodes(got), ",") != ReasonPolicyDebug+","+ReasonPolicyTCBStatus || got[0].Warning || !got[1].Warning {
 		t.Fatalf("findings %+v", got)
 	}
 	r.TDX.Debug, r.TDX.TCBStatus = false, "OutOfDate"
-	if got := p.Validate(r, Expect{}, now); len(got) != 1 || got[0].Warning {
+	if got := p.Validate(r, Expect{VMID: "abc"}, now); len(got) != 1 || got[0].Warning {
 		t.Fatalf("out of date: %+v", got)
 	}
 	p.TDX.RequireTCBStatus = true
 	p.TDX.MinTEETCBSVN = Hex{1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
 	p.TDX.MRSEAM = []Hex{make([]byte, 48)}
 	p.TDX.MRTD = []Hex{append(make([]byte, 47), 1)}
-	if got := p.Validate(base(), Expect{}, now); strings.Join(findingCodes(got), ",") != ReasonPolicyMeasurement+","+ReasonPolicyTCB+","+ReasonPolicyTCBUnknown {
+	if got := p.Validate(base(), Expect{VMID: "abc"}, now); strings.Join(findingCodes(got), ",") != ReasonPolicyMeasurement+","+ReasonPolicyTCB+","+ReasonPolicyTCBUnknown {
 		t.Fatalf("findings %v", findingCodes(got))
 	}
 }

@@ -62,6 +62,7 @@ const (
 
 	ReasonIdentityVMIDMismatch  = "identity.vmid_mismatch"
 	ReasonIdentityVMIDMissing   = "identity.vmid_missing"
+	ReasonIdentityVMIDUnknown   = "identity.vmid_unknown"
 	ReasonIdentityVMKeyMismatch = "identity.vm_key_mismatch"
 
 	ReasonFreshnessNonceUnchecked = "freshness.nonce_not_checked"

@@ -17,7 +17,7 @@ func TestAppraise(t *testing.T) {
 	opt := AppraiseOptions{Now: now, Build: "test", JobID: "j1", Attempt: 2, ResourceID: "/r"}
 	pol := DefaultPolicy()
 
-	v, err := Appraise(genuineSNP(), nil, pol, Expect{VMKey: "k"}, opt)
+	v, err := Appraise(genuineSNP(), nil, pol, Expect{VMID: "abc", VMKey: "k"}, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,21 +29,21 @@ func TestAppraise(t *testing.T) {
 
 	r := genuineSNP()
 	r.SNP.Debug = true
-	v, _ = Appraise(r, nil, pol, Expect{}, opt)
+	v, _ = Appraise(r, nil, pol, Expect{VMID: "abc"}, opt)
 	if v.Status != events.VerdictContraindicated || v.TrustVector.RuntimeOpaque != 96 || v.Reasons[0].Code != ReasonPolicyDebug {
 		t.Fatalf("debug verdict %+v", v)
 	}
 
 	r = genuineSNP()
 	r.NonceChecked = false
-	v, _ = Appraise(r, nil, pol, Expect{}, opt)
+	v, _ = Appraise(r, nil, pol, Expect{VMID: "abc"}, opt)
 	if v.Status != events.VerdictWarning || v.TrustVector.InstanceIdentity != 32 {
 		t.Fatalf("warning verdict %+v", v)
 	}
 
 	pol2 := DefaultPolicy()
 	pol2.SNP.Measurements = []Hex{make([]byte, 48)}
-	v, _ = Appraise(genuineSNP(), nil, pol2, Expect{}, opt)
+	v, _ = Appraise(genuineSNP(), nil, pol2, Expect{VMID: "abc"}, opt)
 	if v.Status != events.VerdictAffirming || v.TrustVector.Executables != 3 {
 		t.Fatalf("reference values verdict %+v", v)
 	}
@@ -51,7 +51,7 @@ func TestAppraise(t *testing.T) {
 	r = genuineSNP()
 	r.Genuine = false
 	r.Failures = []events.Reason{{Code: ReasonSNPSignatureInvalid}}
-	v, _ = Appraise(r, nil, pol, Expect{}, opt)
+	v, _ = Appraise(r, nil, pol, Expect{VMID: "abc"}, opt)
 	if v.Status != events.VerdictContraindicated || v.TrustVector.Hardware != 99 || v.Reasons[0].Code != ReasonSNPSignatureInvalid {
 		t.Fatalf("forged verdict %+v", v)
 	}
@@ -59,12 +59,12 @@ func TestAppraise(t *testing.T) {
 	r = genuineSNP()
 	r.Genuine, r.Unavailable = false, true
 	r.Failures = []events.Reason{{Code: ReasonSNPVCEKUnavailable}}
-	v, _ = Appraise(r, nil, pol, Expect{}, opt)
+	v, _ = Appraise(r, nil, pol, Expect{VMID: "abc"}, opt)
 	if v.Status != events.VerdictNone || v.TrustVector.Hardware != 0 {
 		t.Fatalf("undecided verdict %+v", v)
 	}
 
-	v, _ = Appraise(nil, errors.New("field nonce: missing"), pol, Expect{VMKey: "k"}, opt)
+	v, _ = Appraise(nil, errors.New("field nonce: missing"), pol, Expect{VMID: "abc", VMKey: "k"}, opt)
 	if v.Status != events.VerdictContraindicated || v.Reasons[0].Code != ReasonBundleMalformed || !strings.Contains(v.Reasons[0].Message, "nonce") {
 		t.Fatalf("malformed verdict %+v", v)
 	}
