@@ -161,7 +161,10 @@ var ErrIncompatibleConfig = errors.New("existing configuration cannot be upgrade
 
 // Provision creates every stream and bucket, or updates existing ones to the
 // current definition where NATS allows. It is idempotent: running it twice
-// changes nothing.
+// changes nothing. It raises replica counts but never lowers them, so a
+// service started with fewer replicas than the deployment's streams have
+// (a default left in place) cannot reduce their durability; lowering them
+// is an operator's deliberate act (nats stream edit).
 func Provision(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	for _, cfg := range Streams(t) {
 		if err := provisionStream(ctx, js, cfg); err != nil {
@@ -169,9 +172,29 @@ func Provision(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		}
 	}
 	for _, cfg := range Buckets(t) {
-		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
-			return fmt.Errorf("events: provision bucket %s: %w", cfg.Bucket, err)
+		if err := provisionBucket(ctx, js, cfg); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+func provisionBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) error {
+	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	switch {
+	case err == nil:
+		st, err := kv.Status(ctx)
+		if err != nil {
+			return fmt.Errorf("events: look up bucket %s: %w", cfg.Bucket, err)
+		}
+		if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
+			cfg.Replicas = max(cfg.Replicas, bs.StreamInfo().Config.Replicas)
+		}
+	case !errors.Is(err, jetstream.ErrBucketNotFound):
+		return fmt.Errorf("events: look up bucket %s: %w", cfg.Bucket, err)
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+		return fmt.Errorf("events: provision bucket %s: %w", cfg.Bucket, err)
 	}
 	return nil
 }
@@ -188,6 +211,7 @@ func provisionStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.
 		return fmt.Errorf("events: look up stream %s: %w", cfg.Name, err)
 	}
 	have := s.CachedInfo().Config
+	cfg.Replicas = max(cfg.Replicas, have.Replicas)
 	if have.Retention != cfg.Retention || have.Storage != cfg.Storage {
 		return fmt.Errorf("events: stream %s: %w: retention %s/%s, storage %s/%s (have/want)",
 			cfg.Name, ErrIncompatibleConfig, have.Retention, cfg.Retention, have.Storage, cfg.Storage)

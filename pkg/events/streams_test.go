@@ -136,3 +136,58 @@ func TestCheckpointsDenyDeleteAndPurge(t *testing.T) {
 		t.Errorf("checkpoint gone: %v", err)
 	}
 }
+
+func TestProvisionNeverLowersReplicas(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := natstest.StartCluster(t, 3)
+	js, err := jetstream.New(c.Connect())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// A deployment made with three replicas...
+	r3 := events.Topology{Replicas: 3}
+	for _, cfg := range events.Streams(r3) {
+		if cfg.Name == events.StreamJobs {
+			if _, err := js.CreateStream(ctx, cfg); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, cfg := range events.Buckets(r3) {
+		if cfg.Bucket == events.BucketStatus {
+			if _, err := js.CreateKeyValue(ctx, cfg); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// ...and a service started with the default of one.
+	if err := events.Provision(ctx, js, events.Topology{}); err != nil {
+		t.Fatal(err)
+	}
+	infos := streamInfos(t, ctx, js)
+	if got := infos[events.StreamJobs].Config.Replicas; got != 3 {
+		t.Errorf("%s has %d replicas after provisioning with 1, want 3 kept", events.StreamJobs, got)
+	}
+	if got := infos[events.StreamEvents].Config.Replicas; got != 1 {
+		t.Errorf("%s (new) has %d replicas, want 1", events.StreamEvents, got)
+	}
+	kv, err := js.KeyValue(ctx, events.BucketStatus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config.Replicas; got != 3 {
+		t.Errorf("bucket %s has %d replicas after provisioning with 1, want 3 kept", events.BucketStatus, got)
+	}
+	// Provisioning again changes nothing.
+	if err := events.Provision(ctx, js, events.Topology{}); err != nil {
+		t.Fatal(err)
+	}
+}
