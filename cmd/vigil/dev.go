@@ -105,6 +105,11 @@ func runDev(cmd *cobra.Command, o *devOptions) error {
 	}
 	ctx := cmd.Context()
 	out := cmd.OutOrStdout()
+	if need := o.tamperAfter + o.interval + o.grace; o.scenario == fleet.ScenarioTamper && o.duration > 0 && o.duration < need {
+		fmt.Fprintf(out, "note: --duration %s is shorter than the tamper scenario needs (about %s: VMs are spoiled after --tamper-after %s, "+
+			"noticed within an --interval of %s, and a VM whose agent went silent is stale, so revoked, after the --grace of %s); "+
+			"the outcome check will find tampered VMs not revoked yet\n", o.duration, need, o.tamperAfter, o.interval, o.grace)
+	}
 	dataDir, err := filepath.Abs(o.dataDir)
 	if err != nil {
 		return err
