@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"math/big"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -21,16 +22,28 @@ import (
 	"github.com/vigil-cc/vigil/pkg/evidence/tdx"
 )
 
-func BenchmarkVerifySNP(b *testing.B) { benchmarkVerify(b, evidence.PlatformAzureSNP) }
-func BenchmarkVerifyTDX(b *testing.B) { benchmarkVerify(b, evidence.PlatformAzureTDX) }
+func BenchmarkVerifySNP(b *testing.B) { benchmarkVerify(b, evidence.PlatformAzureSNP, false) }
+func BenchmarkVerifyTDX(b *testing.B) { benchmarkVerify(b, evidence.PlatformAzureTDX, false) }
+
+// BenchmarkVerifySNPRevocation is BenchmarkVerifySNP with
+// Config.SNPRevocation (the CRL fetched once from the simulated KDS).
+func BenchmarkVerifySNPRevocation(b *testing.B) {
+	benchmarkVerify(b, evidence.PlatformAzureSNP, true)
+}
 
 // benchmarkVerify measures steady-state verification of one simulated
 // bundle (chains cached) and, in the same run, the bare signature
 // verifications that bundle needs, reporting their ratio as x-bare.
-func benchmarkVerify(b *testing.B, platform string) {
+func benchmarkVerify(b *testing.B, platform string, snpRevocation bool) {
 	auth, err := sim.NewAuthority(sim.AuthorityConfig{})
 	if err != nil {
 		b.Fatal(err)
+	}
+	cfg := evidence.Config{TestRoots: auth.TrustRoots(), Offline: true}
+	if snpRevocation {
+		kds := httptest.NewServer(auth.KDS())
+		defer kds.Close()
+		cfg.Offline, cfg.KDSURL, cfg.SNPRevocation = false, kds.URL, true
 	}
 	vm, err := auth.NewVM(sim.VMConfig{Platform: platform, AK: sim.AKRSA2048})
 	if err != nil {
@@ -41,7 +54,7 @@ func benchmarkVerify(b *testing.B, platform string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	v, err := evidence.NewVerifier(evidence.Config{TestRoots: auth.TrustRoots(), Offline: true})
+	v, err := evidence.NewVerifier(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}

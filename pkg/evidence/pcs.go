@@ -421,7 +421,22 @@ var pcsHeaders = []string{hdrTCBInfoChain, hdrQEIdentityChain, hdrPCKCRLChain}
 // until expires(body), or pcsFallbackTTL when that is zero.
 func (v *Verifier) fetchCached(ctx context.Context, u string, expires func(body []byte) time.Time) ([]byte, http.Header, error) {
 	d := sha256.Sum256([]byte(u))
-	key := "intel.pcs." + hex.EncodeToString(d[:])
+	return v.fetchCollateral(ctx, "intel.pcs."+hex.EncodeToString(d[:]), u, func(body []byte, _ http.Header) (time.Time, error) {
+		return expires(body), nil
+	})
+}
+
+// errCollateralRejected marks an answer that check refused: it is not cached
+// and is a verification failure, not unavailability.
+var errCollateralRejected = errors.New("rejected")
+
+// fetchCollateral GETs u through the collateral cache under key. A fresh
+// answer is passed to check, which returns until when to cache it (zero:
+// pcsFallbackTTL) or an error, in which case it is not cached and the
+// error is returned wrapped in errCollateralRejected. Answers read from the
+// cache are returned unchecked. Concurrent fetches of key are collapsed:
+// check runs in the caller that fetched only.
+func (v *Verifier) fetchCollateral(ctx context.Context, key, u string, check func(body []byte, hdr http.Header) (time.Time, error)) ([]byte, http.Header, error) {
 	if raw, err := v.coll.Get(ctx, key); err == nil {
 		var cr cachedResponse
 		if json.Unmarshal(raw, &cr) == nil {
@@ -444,7 +459,10 @@ func (v *Verifier) fetchCached(ctx context.Context, u string, expires func(body 
 				keep.Set(h, val)
 			}
 		}
-		exp := expires(body)
+		exp, err := check(body, keep)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w: %w", u, errCollateralRejected, err)
+		}
 		if exp.IsZero() {
 			exp = v.now().Add(pcsFallbackTTL)
 		}

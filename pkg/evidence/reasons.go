@@ -18,6 +18,9 @@ const (
 	ReasonSNPVCEKMismatch     = "snp.vcek_mismatch"
 	ReasonSNPVCEKUnavailable  = "snp.vcek_unavailable"
 	ReasonSNPProductUnknown   = "snp.product_unknown"
+	ReasonSNPCertRevoked      = "snp.cert_revoked"    // AMD's CRL revokes the ASK or the VCEK
+	ReasonSNPCRLInvalid       = "snp.crl_invalid"     // AMD's CRL is not the ARK's, expired or malformed
+	ReasonSNPCRLUnavailable   = "snp.crl_unavailable" // AMD's CRL could not be obtained (Unavailable)
 
 	ReasonTDXQuoteMalformed        = "tdx.quote_malformed"
 	ReasonTDXPCKChainInvalid       = "tdx.pck_chain_invalid"

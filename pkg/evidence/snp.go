@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-sev-guest/kds"
 	spb "github.com/google/go-sev-guest/proto/sevsnp"
 	sevverify "github.com/google/go-sev-guest/verify"
+	"github.com/google/go-sev-guest/verify/trust"
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence/hcl"
@@ -87,8 +88,11 @@ type vcekEntry struct {
 	der         []byte
 	productLine string
 	exts        *kds.Extensions
-	err         error       // chain verification failure, cached too
-	crossCheck  atomic.Bool // go-sev-guest's full verification has agreed once
+	root        *trust.AMDRootCerts // the trusted root set the VCEK chains to
+	askSerial   string              // serialKey of root's ASK
+	vcekSerial  string              // serialKey of the VCEK
+	err         error               // chain verification failure, cached too
+	crossCheck  atomic.Bool         // go-sev-guest's full verification has agreed once
 }
 
 func (v *Verifier) verifySNP(ctx context.Context, res *Result, b *Bundle, rep *hcl.Report) []byte {
@@ -164,6 +168,9 @@ func (v *Verifier) verifySNP(ctx context.Context, res *Result, b *Bundle, rep *h
 			return report.GetReportData()
 		}
 		e.crossCheck.Store(true)
+	}
+	if v.cfg.SNPRevocation {
+		v.checkSNPRevocation(ctx, res, e)
 	}
 	return report.GetReportData()
 }
@@ -272,6 +279,9 @@ func (v *Verifier) newVCEKEntry(src []byte, isPEM bool, productLine string) *vce
 			lastErr = fmt.Errorf("VCEK algorithms %v/%v are not RSA-PSS-SHA384/ECDSA", cert.SignatureAlgorithm, cert.PublicKeyAlgorithm)
 			continue
 		}
+		e.root = r
+		e.askSerial = serialKey(r.ProductCerts.Ask.SerialNumber)
+		e.vcekSerial = serialKey(cert.SerialNumber)
 		return e
 	}
 	e.err = fmt.Errorf("VCEK does not chain to a trusted %s ARK: %v", productLine, lastErr)

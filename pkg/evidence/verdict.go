@@ -151,7 +151,7 @@ func Appraise(res *Result, bundleErr error, pol *Policy, exp Expect, opt Apprais
 func hasEvidenceFailure(res *Result) bool {
 	for _, f := range res.Failures {
 		switch f.Code {
-		case ReasonSNPVCEKUnavailable, ReasonTDXCollateralUnavailable:
+		case ReasonSNPVCEKUnavailable, ReasonSNPCRLUnavailable, ReasonTDXCollateralUnavailable:
 		default:
 			return true
 		}

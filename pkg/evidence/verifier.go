@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/google/go-sev-guest/verify/trust"
+
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence/collateral"
 	"github.com/vigil-cc/vigil/pkg/evidence/hcl"
@@ -42,6 +44,14 @@ type Config struct {
 	// Without it, TDX quotes are verified to Intel's root without TCB
 	// status. Offline, collateral comes from the collateral cache only.
 	TDXCollateral bool
+	// SNPRevocation makes SEV-SNP verification obtain AMD's CRL of the
+	// product line (AMD KDS {KDSURL}/vcek/v1/{product line}/crl, through
+	// the collateral cache until its nextUpdate), verify it is signed by
+	// the pinned ARK and current, and fail evidence whose ASK or VCEK it
+	// revokes. Without it, AMD's CRLs are not consulted. Offline, the CRL
+	// comes from the collateral cache only; a CRL that cannot be obtained
+	// makes the result Unavailable (snp.crl_unavailable).
+	SNPRevocation bool
 	// TestRoots adds trust anchors for simulated evidence (see package
 	// sim). Never set it for production evidence.
 	TestRoots *TestRoots
@@ -86,6 +96,7 @@ type Verifier struct {
 	pcks     *lru.Bytes[*pckEntry]
 	runtimes *lru.Bytes[*runtimeEntry]
 	tcbs     *lru.Cache[[32]byte, *tdxTCBEntry]
+	amdCRLs  map[*trust.AMDRootCerts]*amdCRLSlot // fixed at construction
 	flight   flightGroup
 }
 
@@ -122,6 +133,7 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	v.pcks = lru.NewBytes[*pckEntry](size)
 	v.runtimes = lru.NewBytes[*runtimeEntry](size)
 	v.tcbs = lru.New[[32]byte, *tdxTCBEntry](size)
+	v.amdCRLs = newAMDCRLSlots(roots)
 	return v, nil
 }
 

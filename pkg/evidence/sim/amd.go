@@ -24,13 +24,14 @@ import (
 )
 
 // amdProduct is one product line of the simulated AMD: go-sev-guest's test
-// ARK and ASK, and VCEKs of simulated chips.
+// ARK and ASK (with their keys: the ARK signs the CRL), and VCEKs of
+// simulated chips.
 type amdProduct struct {
 	line, name              string
 	family, model, stepping byte
 	goodTCB, lowTCB         evidence.SNPTCB
 	ark, ask                *x509.Certificate
-	askKey                  *rsa.PrivateKey
+	arkKey, askKey          *rsa.PrivateKey
 	vceks                   map[vcekID]*vcek
 }
 
@@ -79,7 +80,7 @@ func (a *Authority) product(line string) (*amdProduct, error) {
 		return nil, fmt.Errorf("sim: go-sev-guest test chain for %s: %w", line, err)
 	}
 	p := tmpl
-	p.ark, p.ask, p.askKey = s.Ark, s.Ask, s.Keys.Ask
+	p.ark, p.ask, p.arkKey, p.askKey = s.Ark, s.Ask, s.Keys.Ark, s.Keys.Ask
 	p.vceks = make(map[vcekID]*vcek)
 	a.amd[line] = &p
 	return &p, nil
@@ -116,7 +117,7 @@ func (a *Authority) vcek(line string, host int, tcb uint64) (*vcek, error) {
 	}
 	key := a.deriveKey(elliptic.P384(), "vcek", line, host, tcb)
 	parts := kds.DecomposeTCBVersion(kds.TCBVersion(tcb))
-	serial := new(big.Int).SetBytes(a.derive(8, "vcek-serial", line, host, tcb))
+	serial := a.vcekSerial(line, host, tcb)
 	tmplCert := &x509.Certificate{
 		SerialNumber:       serial,
 		Subject:            amdName("SEV-VCEK", fmt.Sprintf("%x", serial)),
@@ -138,6 +139,11 @@ func (a *Authority) vcek(line string, host int, tcb uint64) (*vcek, error) {
 	return v, nil
 }
 
+// vcekSerial is the serial number of the VCEK of a simulated chip at a TCB.
+func (a *Authority) vcekSerial(line string, host int, tcb uint64) *big.Int {
+	return new(big.Int).SetBytes(a.derive(8, "vcek-serial", line, host, tcb))
+}
+
 // hostByChipID finds the simulated host with a chip ID.
 func (a *Authority) hostByChipID(line string, chipID []byte) (int, bool) {
 	for h := range a.hosts {
@@ -148,12 +154,91 @@ func (a *Authority) hostByChipID(line string, chipID []byte) (int, bool) {
 	return 0, false
 }
 
+// RevokeVCEK makes the simulated KDS list the VCEKs of simulated SEV-SNP
+// host h (every product line, the healthy and the low TCB) in its CRLs.
+func (a *Authority) RevokeVCEK(h int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.revokedVCEKs == nil {
+		a.revokedVCEKs = make(map[int]time.Time)
+	}
+	a.revokedVCEKs[((h%a.hosts)+a.hosts)%a.hosts] = time.Now().UTC().Truncate(time.Second)
+}
+
+// RevokeASK makes the simulated KDS list the ASK of a product line (Milan,
+// Genoa) in that line's CRL, revoking every VCEK it signed.
+func (a *Authority) RevokeASK(line string) error {
+	if _, err := a.product(line); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.revokedASKs == nil {
+		a.revokedASKs = make(map[string]time.Time)
+	}
+	a.revokedASKs[line] = time.Now().UTC().Truncate(time.Second)
+	return nil
+}
+
+// crlNextUpdate is how long a CRL of the simulated KDS is valid.
+const crlNextUpdate = 7 * 24 * time.Hour
+
+// amdCRL returns the DER CRL of a product line, signed by its ARK with
+// RSASSA-PSS SHA-384 as AMD KDS signs it, listing the revoked ASK and VCEKs.
+func (a *Authority) amdCRL(p *amdProduct) ([]byte, error) {
+	now := time.Now().UTC().Truncate(time.Second)
+	a.mu.Lock()
+	var revoked []x509.RevocationListEntry
+	if t, ok := a.revokedASKs[p.line]; ok {
+		revoked = append(revoked, x509.RevocationListEntry{SerialNumber: p.ask.SerialNumber, RevocationTime: t})
+	}
+	for h, t := range a.revokedVCEKs {
+		serials := map[string]*big.Int{}
+		for _, tcb := range []evidence.SNPTCB{p.goodTCB, p.lowTCB} {
+			n := a.vcekSerial(p.line, h, evidence.ComposeTCB(p.line, tcb))
+			serials[n.String()] = n
+		}
+		for id, v := range p.vceks {
+			if id.host == h {
+				serials[v.cert.SerialNumber.String()] = v.cert.SerialNumber
+			}
+		}
+		for _, n := range serials {
+			revoked = append(revoked, x509.RevocationListEntry{SerialNumber: n, RevocationTime: t})
+		}
+	}
+	a.mu.Unlock()
+	return x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+		SignatureAlgorithm:        x509.SHA384WithRSAPSS,
+		Number:                    big.NewInt(now.Unix()),
+		ThisUpdate:                now.Add(-time.Hour),
+		NextUpdate:                now.Add(crlNextUpdate),
+		RevokedCertificateEntries: revoked,
+	}, p.ark, p.arkKey)
+}
+
 // KDS returns an http.Handler speaking AMD KDS's VCEK interface for the
 // simulated chips: GET /vcek/v1/{product}/{hwid}?blSPL=&teeSPL=&snpSPL=&ucodeSPL=
 // answers the DER VCEK, GET /vcek/v1/{product}/cert_chain the ASK and ARK
-// PEM. Point evidence.Config.KDSURL at it to exercise VCEK fetching.
+// PEM, GET /vcek/v1/{product}/crl the product line's DER CRL (see RevokeVCEK
+// and RevokeASK). Point evidence.Config.KDSURL at it to exercise VCEK
+// fetching and, with SNPRevocation, CRL checks.
 func (a *Authority) KDS() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /vcek/v1/{product}/crl", func(w http.ResponseWriter, r *http.Request) {
+		p, err := a.product(r.PathValue("product"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		der, err := a.amdCRL(p)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/pkix-crl")
+		_, _ = w.Write(der)
+	})
 	mux.HandleFunc("GET /vcek/v1/{product}/{hwid}", func(w http.ResponseWriter, r *http.Request) {
 		line := r.PathValue("product")
 		p, err := a.product(line)

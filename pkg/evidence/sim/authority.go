@@ -51,6 +51,10 @@ type Authority struct {
 	ek    crypto.PublicKey       // shared HCLEkPub of simulated VMs
 	// revoked holds serial numbers (decimal) of revoked PCK certificates.
 	revoked map[string]bool
+	// revokedVCEKs and revokedASKs hold when the VCEKs of a SEV-SNP host
+	// and the ASK of a product line were revoked.
+	revokedVCEKs map[int]time.Time
+	revokedASKs  map[string]time.Time
 }
 
 // NewAuthority returns an Authority. Building the vendor chains happens on
