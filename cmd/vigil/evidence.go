@@ -49,6 +49,7 @@ type verifyOptions struct {
 	kdsURL     string
 	pcsURL     string
 	tdxPCS     bool
+	amdCRL     bool
 	testRoots  string
 	signKey    string
 	signKeyID  string
@@ -81,6 +82,7 @@ Exit status: 0 when the evidence is genuine and the verdict affirming or warning
 	f.StringVar(&o.kdsURL, "kds-url", "", "AMD KDS base URL (default "+evidence.DefaultKDSURL+")")
 	f.StringVar(&o.pcsURL, "pcs-url", "", "Intel PCS base URL (default "+evidence.DefaultPCSURL+")")
 	f.BoolVar(&o.tdxPCS, "tdx-collateral", false, "check TDX quotes against Intel PCS collateral (TCB status)")
+	f.BoolVar(&o.amdCRL, "amd-crl", false, "check SEV-SNP ASK and VCEK against AMD's CRL from AMD KDS (with --offline: undecided, as nothing is cached)")
 	f.StringVar(&o.testRoots, "test-roots", "", "PEM file of test roots to trust in addition to AMD's and Intel's (simulated evidence only)")
 	f.StringVar(&o.signKey, "sign-key", "", "PEM EC P-256 private key to sign the verdict (ES256 JWS)")
 	f.StringVar(&o.signKeyID, "sign-key-id", "", "key ID for the verdict JWS header")
@@ -136,7 +138,7 @@ func runEvidenceVerify(cmd *cobra.Command, o *verifyOptions) error {
 			return usageError("%v", err)
 		}
 	}
-	cfg := evidence.Config{Offline: o.offline, KDSURL: o.kdsURL, PCSURL: o.pcsURL, TDXCollateral: o.tdxPCS}
+	cfg := evidence.Config{Offline: o.offline, KDSURL: o.kdsURL, PCSURL: o.pcsURL, TDXCollateral: o.tdxPCS, SNPRevocation: o.amdCRL}
 	if o.testRoots != "" {
 		pemRoots, err := os.ReadFile(o.testRoots)
 		if err != nil {

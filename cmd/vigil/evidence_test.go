@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/sim"
 )
 
 const (
@@ -91,6 +93,8 @@ func TestEvidenceVerify(t *testing.T) {
 		{"wrong nonce", []string{"--bundle", snpFixture, "--nonce", base64.StdEncoding.EncodeToString([]byte("other"))}, 1, events.VerdictContraindicated, evidence.ReasonTPMNonceMismatch, evidence.ReasonTPMNonceMismatch},
 		{"tampered runtime data", []string{"--bundle", tamperedCopy(t, snpFixture), "--nonce", fixtureNonce}, 1, events.VerdictContraindicated, evidence.ReasonBindingMismatch, "verification failed"},
 		{"policy denies console", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--policy", denyConsole}, 1, events.VerdictContraindicated, evidence.ReasonPolicyConsole, "policy failed"},
+		{"snp with --amd-crl offline is undecided", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--vm-id", "26f8bc30-774e-4290-8e7a-535f3b672aee", "--amd-crl"}, 1, events.VerdictNone, evidence.ReasonSNPCRLUnavailable, evidence.ReasonSNPCRLUnavailable},
+		{"tdx unaffected by --amd-crl", []string{"--bundle", tdxFixture, "--nonce", fixtureNonce, "--vm-id", "6332533D-5649-4D02-8AA7-8F64B7C3EE21", "--amd-crl"}, 0, events.VerdictAffirming, "", ""},
 		{"missing bundle flag", nil, 2, "", "", "--bundle is required"},
 		{"unreadable bundle", []string{"--bundle", filepath.Join(t.TempDir(), "nope.json")}, 2, "", "", "read bundle"},
 		{"not JSON", []string{"--bundle", garbage}, 2, "", "", "not JSON"},
@@ -196,5 +200,43 @@ func TestEvidencePolicy(t *testing.T) {
 	bad := writeFile(t, "bad.yaml", "id: x\nversion: 0\n")
 	if _, _, err := runVigil(context.Background(), "evidence", "policy", "--check", bad); exitCode(err) != 1 {
 		t.Fatalf("bad policy accepted: %v", err)
+	}
+}
+
+// TestEvidenceVerifyAMDCRL verifies simulated SEV-SNP evidence with
+// --amd-crl against the simulated AMD KDS, before and after AMD revokes the
+// Milan ASK.
+func TestEvidenceVerifyAMDCRL(t *testing.T) {
+	dir := t.TempDir()
+	roots := filepath.Join(dir, "roots.pem")
+	pol := filepath.Join(dir, "policy.yaml")
+	nonce := base64.StdEncoding.EncodeToString(evidence.NewNonce())
+	const vmID = "11111111-2222-4333-8444-555555555555"
+	stdout, stderr, err := runVigil(context.Background(), "evidence", "simulate", "--platform", evidence.PlatformAzureSNP,
+		"--nonce", nonce, "--roots-out", roots, "--policy-out", pol, "--vm-id", vmID)
+	if err != nil {
+		t.Fatalf("simulate: %v %s", err, stderr)
+	}
+	bundle := writeFile(t, "bundle.json", stdout)
+	auth, err := sim.NewAuthority(sim.AuthorityConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kds := httptest.NewServer(auth.KDS())
+	defer kds.Close()
+	verify := func() (string, error) {
+		out, _, err := runVigil(context.Background(), "evidence", "verify", "--bundle", bundle, "--nonce", nonce,
+			"--test-roots", roots, "--policy", pol, "--vm-id", vmID, "--amd-crl", "--kds-url", kds.URL)
+		return out, err
+	}
+	if out, err := verify(); err != nil {
+		t.Fatalf("not revoked: %v %s", err, out)
+	}
+	if err := auth.RevokeASK("Milan"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := verify()
+	if exitCode(err) != 1 || !strings.Contains(out, evidence.ReasonSNPCertRevoked) {
+		t.Fatalf("revoked ASK: exit %d (%v), verdict %s", exitCode(err), err, out)
 	}
 }

@@ -34,6 +34,7 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 	sweep := f.Duration("sweep-every", 0, "period of the missed-deadline sweep (0: the smaller of the interval and 1m)")
 	offline := f.Bool("offline", false, "never fetch from AMD KDS or Intel PCS (VCEKs from bundles and the collateral cache only)")
 	tdxColl := f.Bool("tdx-collateral", false, "obtain Intel PCS collateral for TDX TCB status")
+	amdCRL := f.Bool("amd-crl", false, "check SEV-SNP ASKs and VCEKs against AMD's CRL (AMD KDS, cached until its nextUpdate)")
 	testRoots := f.String("test-roots", "", "PEM file of simulator trust roots (simulated fleets only; never in production)")
 	f.Check(func() error {
 		switch {
@@ -54,7 +55,7 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 			Timing:           attestworker.Timing{Interval: *interval, Grace: *grace, Jitter: *jitter},
 			ChallengeTimeout: *timeout,
 			SweepEvery:       *sweep,
-			Verifier:         evidence.Config{Offline: *offline, TDXCollateral: *tdxColl},
+			Verifier:         evidence.Config{Offline: *offline, TDXCollateral: *tdxColl, SNPRevocation: *amdCRL},
 			Logger:           rt.Logger,
 			Telemetry:        rt.Telemetry,
 		}

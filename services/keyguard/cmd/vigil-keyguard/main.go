@@ -34,6 +34,7 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 	testRoots := f.String("evidence-test-roots", "", "PEM file of simulated vendor roots to trust (simulated fleets only)")
 	offline := f.Bool("evidence-offline", false, "never fetch from AMD KDS or Intel PCS")
 	tdxColl := f.Bool("evidence-tdx-collateral", false, "verify TDX quotes against Intel PCS collateral (TCB status)")
+	amdCRL := f.Bool("evidence-amd-crl", false, "check SEV-SNP ASKs and VCEKs against AMD's CRL (AMD KDS, cached until its nextUpdate)")
 	nonceTTL := f.Duration("nonce-ttl", 2*time.Minute, "validity of a release nonce (at most 5m)")
 	reconcile := f.Duration("reconcile-interval", 30*time.Second, "how often every grant is checked against the attestation status")
 	f.Check(func() error {
@@ -58,7 +59,7 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 			Telemetry:         rt.Telemetry,
 			Logger:            rt.Logger,
 			Evidence: keyguard.EvidenceConfig{
-				Verifier: evidence.Config{Offline: *offline, TDXCollateral: *tdxColl},
+				Verifier: evidence.Config{Offline: *offline, TDXCollateral: *tdxColl, SNPRevocation: *amdCRL},
 				Build:    "vigil-keyguard",
 			},
 		}
