@@ -9,4 +9,11 @@
 // digest matches the PCR values. Validation (Policy.Validate) then asks
 // whether the verified claims satisfy a policy; Appraise combines both into
 // an events.Verdict with machine-readable reason codes.
+//
+// Revocation is checked when configured: Config.TDXCollateral checks Intel's
+// PCK CRL (with TCB info and QE identity), Config.SNPRevocation AMD's CRL of
+// the VCEK's product line, signed by the pinned ARK, for the ASK and the
+// VCEK. Both come through the collateral cache, kept until their
+// nextUpdate; when they cannot be obtained the result is Unavailable rather
+// than a failure.
 package evidence
