@@ -200,6 +200,66 @@ func TestSNPRevocationCRLCached(t *testing.T) {
 	}
 }
 
+// TestSNPRevocationConcurrentFirstUse: verifications racing for a CRL not
+// yet held share one KDS fetch, and all of them get its answer.
+func TestSNPRevocationConcurrentFirstUse(t *testing.T) {
+	auth, err := sim.NewAuthority(sim.AuthorityConfig{Hosts: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth.RevokeVCEK(1)
+	var crlHits atomic.Int64
+	kdsH := auth.KDS()
+	release := make(chan struct{})
+	kds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		crlHits.Add(1)
+		<-release // hold the fetch until every verification waits for it
+		kdsH.ServeHTTP(w, r)
+	}))
+	defer kds.Close()
+	v, err := evidence.NewVerifier(evidence.Config{TestRoots: auth.TrustRoots(), KDSURL: kds.URL, SNPRevocation: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 8
+	type outcome struct {
+		host int
+		res  *evidence.Result
+		err  error
+	}
+	out := make(chan outcome, n)
+	for i := range n {
+		host := i % 2
+		vm, err := auth.NewVM(sim.VMConfig{AK: sim.AKECDSAP256, Host: &host})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nonce := evidence.NewNonce()
+		raw, err := vm.Respond(nonce)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			res, err := v.Verify(context.Background(), raw, evidence.Expect{Nonce: nonce})
+			out <- outcome{host, res, err}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	close(release)
+	for range n {
+		o := <-out
+		if o.err != nil {
+			t.Fatal(o.err)
+		}
+		if revoked := o.host == 1; o.res.Genuine == revoked || o.res.HasFailure(evidence.ReasonSNPCertRevoked) != revoked {
+			t.Fatalf("host %d: genuine %v failures %v", o.host, o.res.Genuine, o.res.Failures)
+		}
+	}
+	if crlHits.Load() != 1 {
+		t.Fatalf("KDS hit %d times, want 1", crlHits.Load())
+	}
+}
+
 // attestSNP attests a fresh Milan VM on a host (its VCEK in the bundle).
 func attestSNP(t *testing.T, v *evidence.Verifier, auth *sim.Authority, host int) (events.Verdict, *evidence.Result) {
 	t.Helper()
