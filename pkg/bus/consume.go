@@ -56,6 +56,7 @@ type consumeOptions struct {
 	backoff     []time.Duration
 	inProgress  time.Duration
 	alertSource string
+	ackNoWait   bool
 }
 
 // WithConcurrency bounds the number of messages handled at once (default 16).
@@ -84,6 +85,17 @@ func WithBackoff(ds ...time.Duration) ConsumeOption {
 // consumer's AckWait).
 func WithInProgress(interval time.Duration) ConsumeOption {
 	return func(o *consumeOptions) { o.inProgress = interval }
+}
+
+// WithAckNoWait sends a handler's acknowledgement without waiting for the
+// server to confirm it (the default waits). The ack still goes out only
+// after the handler returned nil, that is after its durable work; what is
+// given up is learning that the ack was lost (a connection dropped at that
+// moment), which leads to a redelivery after AckWait. Use it for handlers
+// that treat a redelivery of a completed message as cheap and harmless: it
+// saves the confirmation's round trip on every message.
+func WithAckNoWait() ConsumeOption {
+	return func(o *consumeOptions) { o.ackNoWait = true }
 }
 
 // WithAlertSource names the service in poison-message alerts.
@@ -148,10 +160,25 @@ func (c *Conn) Consume(ctx context.Context, stream string, cfg jetstream.Consume
 	}()
 	defer close(stopped)
 
-	r := runner{c: c, h: h, o: o, maxDeliver: cfg.MaxDeliver, consumer: cfg.Durable}
-	sem := make(chan struct{}, o.concurrency)
+	r := newRunner(c, h, o, cfg.MaxDeliver, cfg.Durable)
+	// A fixed pool of handler goroutines rather than one per message: a
+	// goroutine keeps the stack it has grown, so handlers do not pay for
+	// growing a fresh one message after message. The unbuffered channel
+	// hands a message over only to an idle handler, so at most
+	// o.concurrency messages are in hand.
+	msgs := make(chan jetstream.Msg)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer close(msgs)
+	for range o.concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for msg := range msgs {
+				r.handle(ctx, msg)
+			}
+		}()
+	}
 	for {
 		msg, err := iter.Next()
 		if err != nil {
@@ -172,16 +199,10 @@ func (c *Conn) Consume(ctx context.Context, stream string, cfg jetstream.Consume
 			continue
 		}
 		select {
-		case sem <- struct{}{}:
+		case msgs <- msg:
 		case <-ctx.Done():
 			_ = msg.Nak()
-			continue
 		}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			r.handle(ctx, msg)
-		}()
 	}
 }
 
@@ -191,6 +212,25 @@ type runner struct {
 	o          consumeOptions
 	maxDeliver int
 	consumer   string
+	// outcomes holds the metric attributes of each outcome, built once
+	// instead of per message.
+	outcomes map[string]metric.MeasurementOption
+}
+
+// Outcomes of handling a message, as recorded in the bus metrics.
+const (
+	outcomeAck       = "ack"
+	outcomeAckFailed = "ack_failed"
+	outcomeNak       = "nak"
+	outcomeTerm      = "term"
+)
+
+func newRunner(c *Conn, h Handler, o consumeOptions, maxDeliver int, consumer string) *runner {
+	r := &runner{c: c, h: h, o: o, maxDeliver: maxDeliver, consumer: consumer, outcomes: map[string]metric.MeasurementOption{}}
+	for _, oc := range []string{outcomeAck, outcomeAckFailed, outcomeNak, outcomeTerm} {
+		r.outcomes[oc] = metric.WithAttributeSet(attribute.NewSet(attribute.String("consumer", consumer), attribute.String("outcome", oc)))
+	}
+	return r
 }
 
 func (r *runner) handle(ctx context.Context, msg jetstream.Msg) {
@@ -202,56 +242,58 @@ func (r *runner) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	ctx = ExtractTrace(ctx, msg.Headers())
-	ctx, span := r.c.tracer.Start(ctx, "process "+msg.Subject(), trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(
+	ctx, span := r.c.tracer.Start(ctx, "process "+msg.Subject(), trace.WithSpanKind(trace.SpanKindConsumer))
+	defer span.End()
+	recording := span.IsRecording()
+	if recording {
+		span.SetAttributes(
 			attribute.String("messaging.system", "nats"),
 			attribute.String("messaging.destination.name", msg.Subject()),
 			attribute.String("messaging.consumer.group.name", r.consumer),
 			attribute.Int64("messaging.nats.stream_sequence", int64(meta.Sequence.Stream)),
 			attribute.Int64("messaging.nats.num_delivered", int64(meta.NumDelivered)),
-		))
-	defer span.End()
+		)
+	}
 
-	outcome := "ack"
+	outcome := outcomeAck
 	defer func() {
-		attrs := metric.WithAttributes(attribute.String("consumer", r.consumer), attribute.String("outcome", outcome))
+		attrs := r.outcomes[outcome]
 		r.c.metrics.handled.Add(ctx, 1, attrs)
 		r.c.metrics.handleSeconds.Record(ctx, time.Since(start).Seconds(), attrs)
 	}()
 
 	env, err := events.Parse(msg.Data())
 	if err != nil {
-		outcome = "term"
+		outcome = outcomeTerm
 		r.poison(ctx, span, msg, meta, fmt.Errorf("unreadable envelope: %w", err))
 		return
 	}
-	span.SetAttributes(attribute.String("messaging.message.id", env.ID), attribute.String("cloudevents.event_type", env.Type))
+	if recording {
+		span.SetAttributes(attribute.String("messaging.message.id", env.ID), attribute.String("cloudevents.event_type", env.Type))
+	}
 
-	done := make(chan struct{})
-	go r.keepInProgress(msg, done)
+	stopInProgress := r.keepInProgress(msg)
 	err = r.h(ctx, &Message{Envelope: env, Msg: msg, Meta: meta})
-	close(done)
+	stopInProgress()
 
-	// Acknowledge even when ctx was cancelled while the handler finished its
-	// durable work: otherwise the message would be redelivered needlessly.
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
 	switch {
 	case err == nil:
-		if aerr := msg.DoubleAck(actx); aerr != nil {
-			outcome = "ack_failed"
+		if aerr := r.ack(ctx, msg); aerr != nil {
+			outcome = outcomeAckFailed
 			r.c.log.WarnContext(ctx, "ack failed; the message will be redelivered", "subject", msg.Subject(), "seq", meta.Sequence.Stream, "err", aerr)
 		}
 	case IsPermanent(err) || (r.maxDeliver > 0 && int(meta.NumDelivered) >= r.maxDeliver):
-		outcome = "term"
+		outcome = outcomeTerm
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
 		r.poison(actx, span, msg, meta, err)
 	case ctx.Err() != nil:
 		// Shutting down is not the message's fault: give it back at once,
 		// like the buffered ones, so that redelivery keeps stream order.
-		outcome = "nak"
+		outcome = outcomeNak
 		_ = msg.Nak()
 	default:
-		outcome = "nak"
+		outcome = outcomeNak
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
 		delay := r.delay(meta.NumDelivered)
@@ -259,6 +301,19 @@ func (r *runner) handle(ctx context.Context, msg jetstream.Msg) {
 			"delivered", meta.NumDelivered, "retry_in", delay, "err", err)
 		_ = msg.NakWithDelay(delay)
 	}
+}
+
+// ack acknowledges msg, waiting for the server's confirmation unless
+// WithAckNoWait was given. It acknowledges even when ctx was cancelled
+// while the handler finished its durable work: otherwise the message would
+// be redelivered needlessly.
+func (r *runner) ack(ctx context.Context, msg jetstream.Msg) error {
+	if r.o.ackNoWait {
+		return msg.Ack()
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	return msg.DoubleAck(actx)
 }
 
 func (r *runner) delay(delivered uint64) time.Duration {
@@ -272,16 +327,31 @@ func (r *runner) delay(delivered uint64) time.Duration {
 	return r.o.backoff[i]
 }
 
-func (r *runner) keepInProgress(msg jetstream.Msg, done <-chan struct{}) {
-	t := time.NewTicker(r.o.inProgress)
-	defer t.Stop()
-	for {
-		select {
-		case <-done:
-			return
-		case <-t.C:
-			_ = msg.InProgress()
+// keepInProgress marks msg in progress every r.o.inProgress until the
+// returned function is called. A timer rather than a goroutine per message:
+// most handlers finish long before the first mark is due.
+func (r *runner) keepInProgress(msg jetstream.Msg) (stop func()) {
+	var (
+		mu      sync.Mutex
+		stopped bool
+		t       *time.Timer
+	)
+	mu.Lock()
+	defer mu.Unlock()
+	t = time.AfterFunc(r.o.inProgress, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return // never mark a message in progress after its ack
 		}
+		_ = msg.InProgress()
+		t.Reset(r.o.inProgress)
+	})
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		t.Stop()
 	}
 }
 

@@ -49,14 +49,16 @@ func Msg(ctx context.Context, subject string, e events.Envelope) (*nats.Msg, err
 // server's acknowledgement. A second publish of the same envelope id within
 // the stream's duplicate window is stored once (the ack reports Duplicate).
 func (c *Conn) Publish(ctx context.Context, subject string, e events.Envelope) (*jetstream.PubAck, error) {
-	ctx, span := c.tracer.Start(ctx, "publish "+subject, trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(
+	ctx, span := c.tracer.Start(ctx, "publish "+subject, trace.WithSpanKind(trace.SpanKindProducer))
+	defer span.End()
+	if span.IsRecording() {
+		span.SetAttributes(
 			attribute.String("messaging.system", "nats"),
 			attribute.String("messaging.destination.name", subject),
 			attribute.String("messaging.message.id", e.ID),
 			attribute.String("cloudevents.event_type", e.Type),
-		))
-	defer span.End()
+		)
+	}
 	m, err := Msg(ctx, subject, e)
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())

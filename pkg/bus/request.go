@@ -77,9 +77,11 @@ func (c *Conn) RequestRaw(ctx context.Context, subject string, body []byte) ([]b
 	if _, ok := ctx.Deadline(); !ok {
 		return nil, fmt.Errorf("bus: request to %s needs a context with a deadline", subject)
 	}
-	ctx, span := c.tracer.Start(ctx, "request "+subject, trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", subject)))
+	ctx, span := c.tracer.Start(ctx, "request "+subject, trace.WithSpanKind(trace.SpanKindClient))
 	defer span.End()
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", subject))
+	}
 	m := nats.NewMsg(subject)
 	m.Data = body
 	InjectTrace(ctx, m.Header)
@@ -165,9 +167,11 @@ func (c *Conn) Serve(ctx context.Context, subject, queue string, h ServeHandler,
 
 func (c *Conn) serveOne(ctx context.Context, subject string, h ServeHandler, m *nats.Msg) {
 	ctx = ExtractTrace(ctx, m.Header)
-	ctx, span := c.tracer.Start(ctx, "serve "+subject, trace.WithSpanKind(trace.SpanKindServer),
-		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", m.Subject)))
+	ctx, span := c.tracer.Start(ctx, "serve "+subject, trace.WithSpanKind(trace.SpanKindServer))
 	defer span.End()
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", m.Subject))
+	}
 	if m.Reply == "" {
 		return
 	}

@@ -56,12 +56,15 @@ func ExtractTrace(ctx context.Context, h nats.Header) context.Context {
 	return propagator().Extract(ctx, HeaderCarrier(h))
 }
 
+// defaultPropagator is what propagator falls back to; it is never changed.
+var defaultPropagator = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
+
 // propagator is the global text map propagator, or W3C trace context and
 // baggage when none was installed (the otel default is a no-op).
 func propagator() propagation.TextMapPropagator {
 	p := otel.GetTextMapPropagator()
 	if len(p.Fields()) == 0 {
-		return propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
+		return defaultPropagator
 	}
 	return p
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -57,6 +58,11 @@ func TestUnreachableThenStaleThenRecovery(t *testing.T) {
 		t.Errorf("never-answering VM: %d attempts, reasons %v: want retries and evidence.stale", st.ConsecutiveFailures, st.Reasons)
 	}
 	// Retries back off: the attempts of the never-answering VM get further apart.
+	// The alerts follow the status writes: wait for them.
+	waitFor(t, 5*time.Second, "stale alerts", func() (bool, string) {
+		n, m := len(alertsWith(t, ctx, conn.JS, "vm.never_attested")), len(alertsWith(t, ctx, conn.JS, "vm.stale"))
+		return n >= 1 && m >= 2, strconv.Itoa(n) + " " + strconv.Itoa(m)
+	})
 	never := alertsWith(t, ctx, conn.JS, "vm.never_attested")
 	stale := alertsWith(t, ctx, conn.JS, "vm.stale")
 	if len(never) != 1 || never[0].VMKey != neverAnswers.VMKey() || never[0].Severity != events.SeverityCritical {
@@ -83,6 +89,13 @@ func TestUnreachableThenStaleThenRecovery(t *testing.T) {
 	slow.delay = 0
 	slow.mu.Unlock()
 	waitStatus(t, ctx, conn.JS, 15*time.Second, events.StatusTrusted, f.vms...)
+	// The alerts follow the status write: wait for them, then make sure no
+	// more arrive.
+	waitFor(t, 5*time.Second, "three vm.recovered alerts", func() (bool, string) {
+		n := len(alertsWith(t, ctx, conn.JS, "vm.recovered"))
+		return n >= 3, strconv.Itoa(n)
+	})
+	time.Sleep(200 * time.Millisecond)
 	if n := len(alertsWith(t, ctx, conn.JS, "vm.recovered")); n != 3 {
 		t.Errorf("%d vm.recovered alerts, want 3", n)
 	}

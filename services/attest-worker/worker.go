@@ -331,14 +331,14 @@ func (w *Worker) run(ctx context.Context) error {
 		FilterSubject: events.SubjectAttestJobsAll,
 		AckWait:       ackWait,
 		MaxAckPending: -1,
-	}, w.handleJob, bus.WithConcurrency(w.cfg.Concurrency))
+	}, w.handleJob, bus.WithConcurrency(w.cfg.Concurrency), bus.WithAckNoWait())
 	consume(events.StreamSchedule, jetstream.ConsumerConfig{
 		Durable:       ConsumerSchedule,
 		Description:   "attest-worker: fired schedules into jobs, and the fleet sweep",
 		FilterSubject: events.SubjectScheduleDue,
 		AckWait:       ackWait,
 		MaxAckPending: -1,
-	}, w.handleDue, bus.WithConcurrency(max(8, w.cfg.Concurrency/4)))
+	}, w.handleDue, bus.WithConcurrency(max(8, w.cfg.Concurrency/4)), bus.WithAckNoWait())
 	consume(events.StreamEvents, jetstream.ConsumerConfig{
 		Durable:       ConsumerLifecycle,
 		Description:   "attest-worker: lifecycle events into suspended, retired and pending",
