@@ -26,8 +26,9 @@ import (
 
 // Intel PCS collateral: TCB info (TDX) and QE identity, each signed by the
 // "Intel SGX TCB Signing" certificate, and the PCK CRL signed by the PCK
-// platform CA. Responses are cached in the collateral cache until their
-// nextUpdate; evaluations are cached per platform TCB in memory.
+// platform CA. Responses are verified, then cached in the collateral cache
+// until their nextUpdate (an answer that does not verify is never stored);
+// evaluations are cached per platform TCB in memory.
 
 // PCS paths (relative to Config.PCSURL) and response headers.
 const (
@@ -100,29 +101,50 @@ type signedQEIdentity struct {
 	Signature       string          `json:"signature"`
 }
 
-// pcsExpires reads nextUpdate from a signed PCS JSON body.
-func pcsExpires(body []byte) time.Time {
-	var doc map[string]json.RawMessage
-	if json.Unmarshal(body, &doc) != nil {
-		return time.Time{}
-	}
-	for _, k := range []string{"tcbInfo", "enclaveIdentity"} {
-		var inner struct {
-			NextUpdate time.Time `json:"nextUpdate"`
-		}
-		if raw, ok := doc[k]; ok && json.Unmarshal(raw, &inner) == nil {
-			return inner.NextUpdate
-		}
-	}
-	return time.Time{}
+// pcsCacheKey is the collateral cache key of an Intel PCS URL.
+func pcsCacheKey(u string) string {
+	d := sha256.Sum256([]byte(u))
+	return "intel.pcs." + hex.EncodeToString(d[:])
 }
 
-func crlExpires(body []byte) time.Time {
-	crl, err := x509.ParseRevocationList(body)
-	if err != nil {
-		return time.Time{}
+// fetchVerified obtains u through the collateral cache under key and
+// verifies it with verify, which returns the parsed document and until when
+// to cache it. A fetched answer is verified before it is stored (see
+// fetchCollateral), so only genuine collateral reaches the shared cache; a
+// cached one is verified again on every read. The error wraps
+// errCollateralRejected when the answer does not verify.
+func fetchVerified[T any](ctx context.Context, v *Verifier, key, u string, verify func(body []byte, hdr http.Header) (T, time.Time, error)) (T, error) {
+	var (
+		doc     T
+		checked bool
+	)
+	body, hdr, err := v.fetchCollateral(ctx, key, u, func(body []byte, hdr http.Header) (time.Time, error) {
+		d, until, err := verify(body, hdr)
+		if err != nil {
+			return time.Time{}, err
+		}
+		doc, checked = d, true
+		return until, nil
+	})
+	if err != nil || checked {
+		return doc, err
 	}
-	return crl.NextUpdate
+	doc, _, err = verify(body, hdr)
+	if err != nil {
+		return doc, fmt.Errorf("%s (cached): %w: %w", u, errCollateralRejected, err)
+	}
+	return doc, nil
+}
+
+// collateralErr files err from fetchVerified into e: collateral that does
+// not verify is a failure, collateral that cannot be obtained unavailable.
+func (e *tdxTCBEntry) collateralErr(what string, err error) *tdxTCBEntry {
+	if errors.Is(err, errCollateralRejected) {
+		e.err = err // names the document already
+	} else {
+		e.unavailable = fmt.Errorf("intel PCS %s: %w", what, err)
+	}
+	return e
 }
 
 func (v *Verifier) evaluateTDXTCB(ctx context.Context, q *tdx.Quote, pck *pckEntry) *tdxTCBEntry {
@@ -133,69 +155,38 @@ func (v *Verifier) evaluateTDXTCB(ctx context.Context, q *tdx.Quote, pck *pckEnt
 	}
 	now := v.now()
 
-	body, hdr, err := v.fetchCached(ctx, v.cfg.PCSURL+pcsTCBInfoPath+url.QueryEscape(pck.ext.FMSPC), pcsExpires)
+	u := v.cfg.PCSURL + pcsTCBInfoPath + url.QueryEscape(pck.ext.FMSPC)
+	info, err := fetchVerified(ctx, v, pcsCacheKey(u), u, func(body []byte, hdr http.Header) (*pcs.TcbInfo, time.Time, error) {
+		return v.verifyTCBInfo(body, hdr, pck, now)
+	})
 	if err != nil {
-		e.unavailable = fmt.Errorf("intel PCS TCB info: %w", err)
-		return e
+		return e.collateralErr("TCB info", err)
 	}
-	var st signedTCBInfo
-	if err := json.Unmarshal(body, &st); err != nil || len(st.TCBInfo) == 0 {
-		return fail("TCB info is not signed TCB info JSON: %v", err)
+	u = v.cfg.PCSURL + pcsQEIdentityPath
+	qe, err := fetchVerified(ctx, v, pcsCacheKey(u), u, func(body []byte, hdr http.Header) (*pcs.EnclaveIdentity, time.Time, error) {
+		return v.verifyQEIdentity(body, hdr, now)
+	})
+	if err != nil {
+		return e.collateralErr("QE identity", err)
 	}
-	if err := v.verifyPCSSignature(hdr.Get(hdrTCBInfoChain), st.TCBInfo, st.Signature, now); err != nil {
-		return fail("TCB info: %v", err)
+	u = v.cfg.PCSURL + pcsPCKCRLPath
+	crl, err := fetchVerified(ctx, v, pcsCacheKey(u), u, func(body []byte, hdr http.Header) (*x509.RevocationList, time.Time, error) {
+		return verifyPCKCRL(body, hdr.Get(hdrPCKCRLChain), pck, now)
+	})
+	if err != nil {
+		return e.collateralErr("PCK CRL", err)
 	}
-	var info pcs.TcbInfo
-	if err := json.Unmarshal(st.TCBInfo, &info); err != nil {
-		return fail("TCB info: %v", err)
-	}
-	if info.ID != "TDX" || info.Version != 3 {
-		return fail("TCB info id %q version %d, want TDX version 3", info.ID, info.Version)
-	}
-	if !strings.EqualFold(info.Fmspc, pck.ext.FMSPC) || !strings.EqualFold(info.PceID, pck.ext.PCEID) {
-		return fail("TCB info is for FMSPC %s PCEID %s, the PCK certificate says %s %s", info.Fmspc, info.PceID, pck.ext.FMSPC, pck.ext.PCEID)
-	}
-	if now.After(info.NextUpdate) {
-		return fail("TCB info expired at %s", info.NextUpdate.Format(time.RFC3339))
+	for _, r := range crl.RevokedCertificateEntries {
+		if r.SerialNumber.Cmp(pck.chain.PCK.SerialNumber) == 0 {
+			return fail("PCK certificate %x is revoked since %s", pck.chain.PCK.SerialNumber, r.RevocationTime.Format(time.RFC3339))
+		}
 	}
 
-	body, hdr, err = v.fetchCached(ctx, v.cfg.PCSURL+pcsQEIdentityPath, pcsExpires)
-	if err != nil {
-		e.unavailable = fmt.Errorf("intel PCS QE identity: %w", err)
-		return e
-	}
-	var sq signedQEIdentity
-	if err := json.Unmarshal(body, &sq); err != nil || len(sq.EnclaveIdentity) == 0 {
-		return fail("QE identity is not signed enclave identity JSON: %v", err)
-	}
-	if err := v.verifyPCSSignature(hdr.Get(hdrQEIdentityChain), sq.EnclaveIdentity, sq.Signature, now); err != nil {
-		return fail("QE identity: %v", err)
-	}
-	var qe pcs.EnclaveIdentity
-	if err := json.Unmarshal(sq.EnclaveIdentity, &qe); err != nil {
-		return fail("QE identity: %v", err)
-	}
-	if qe.ID != "TD_QE" || qe.Version != 2 {
-		return fail("QE identity id %q version %d, want TD_QE version 2", qe.ID, qe.Version)
-	}
-	if now.After(qe.NextUpdate) {
-		return fail("QE identity expired at %s", qe.NextUpdate.Format(time.RFC3339))
-	}
-
-	body, hdr, err = v.fetchCached(ctx, v.cfg.PCSURL+pcsPCKCRLPath, crlExpires)
-	if err != nil {
-		e.unavailable = fmt.Errorf("intel PCS PCK CRL: %w", err)
-		return e
-	}
-	if err := v.checkPCKCRL(body, hdr.Get(hdrPCKCRLChain), pck, now); err != nil {
-		return fail("%v", err)
-	}
-
-	qeStatus, err := qeTCBStatus(&qe, q.QEReport)
+	qeStatus, err := qeTCBStatus(qe, q.QEReport)
 	if err != nil {
 		return fail("QE report: %v", err)
 	}
-	status, advisories, err := platformTCBStatus(&info, q, pck)
+	status, advisories, err := platformTCBStatus(info, q, pck)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -206,6 +197,58 @@ func (v *Verifier) evaluateTDXTCB(ctx context.Context, q *tdx.Quote, pck *pckEnt
 		e.expires = qe.NextUpdate
 	}
 	return e
+}
+
+// verifyTCBInfo verifies a PCS TCB info answer for pck's platform: signed
+// by Intel's TCB signing key chaining to a trusted Intel root, TDX version
+// 3, for pck's FMSPC and PCEID, and current. It returns the TCB info and
+// its nextUpdate.
+func (v *Verifier) verifyTCBInfo(body []byte, hdr http.Header, pck *pckEntry, now time.Time) (*pcs.TcbInfo, time.Time, error) {
+	var st signedTCBInfo
+	if err := json.Unmarshal(body, &st); err != nil || len(st.TCBInfo) == 0 {
+		return nil, time.Time{}, fmt.Errorf("TCB info is not signed TCB info JSON: %v", err)
+	}
+	if err := v.verifyPCSSignature(hdr.Get(hdrTCBInfoChain), st.TCBInfo, st.Signature, now); err != nil {
+		return nil, time.Time{}, fmt.Errorf("TCB info: %w", err)
+	}
+	var info pcs.TcbInfo
+	if err := json.Unmarshal(st.TCBInfo, &info); err != nil {
+		return nil, time.Time{}, fmt.Errorf("TCB info: %w", err)
+	}
+	if info.ID != "TDX" || info.Version != 3 {
+		return nil, time.Time{}, fmt.Errorf("TCB info id %q version %d, want TDX version 3", info.ID, info.Version)
+	}
+	if !strings.EqualFold(info.Fmspc, pck.ext.FMSPC) || !strings.EqualFold(info.PceID, pck.ext.PCEID) {
+		return nil, time.Time{}, fmt.Errorf("TCB info is for FMSPC %s PCEID %s, the PCK certificate says %s %s", info.Fmspc, info.PceID, pck.ext.FMSPC, pck.ext.PCEID)
+	}
+	if now.After(info.NextUpdate) {
+		return nil, time.Time{}, fmt.Errorf("TCB info expired at %s", info.NextUpdate.Format(time.RFC3339))
+	}
+	return &info, info.NextUpdate, nil
+}
+
+// verifyQEIdentity verifies a PCS QE identity answer: signed by Intel's TCB
+// signing key chaining to a trusted Intel root, TD_QE version 2, and
+// current. It returns the identity and its nextUpdate.
+func (v *Verifier) verifyQEIdentity(body []byte, hdr http.Header, now time.Time) (*pcs.EnclaveIdentity, time.Time, error) {
+	var sq signedQEIdentity
+	if err := json.Unmarshal(body, &sq); err != nil || len(sq.EnclaveIdentity) == 0 {
+		return nil, time.Time{}, fmt.Errorf("QE identity is not signed enclave identity JSON: %v", err)
+	}
+	if err := v.verifyPCSSignature(hdr.Get(hdrQEIdentityChain), sq.EnclaveIdentity, sq.Signature, now); err != nil {
+		return nil, time.Time{}, fmt.Errorf("QE identity: %w", err)
+	}
+	var qe pcs.EnclaveIdentity
+	if err := json.Unmarshal(sq.EnclaveIdentity, &qe); err != nil {
+		return nil, time.Time{}, fmt.Errorf("QE identity: %w", err)
+	}
+	if qe.ID != "TD_QE" || qe.Version != 2 {
+		return nil, time.Time{}, fmt.Errorf("QE identity id %q version %d, want TD_QE version 2", qe.ID, qe.Version)
+	}
+	if now.After(qe.NextUpdate) {
+		return nil, time.Time{}, fmt.Errorf("QE identity expired at %s", qe.NextUpdate.Format(time.RFC3339))
+	}
+	return &qe, qe.NextUpdate, nil
 }
 
 // verifyPCSSignature checks a PCS JSON member signed by the TCB signing
@@ -270,31 +313,28 @@ func parsePEMCerts(b []byte, want int) ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
-// checkPCKCRL checks that the PCK platform CA's CRL is genuine, current,
-// and does not revoke the PCK certificate.
-func (v *Verifier) checkPCKCRL(der []byte, chainHdr string, pck *pckEntry, now time.Time) error {
+// verifyPCKCRL checks that a PCK CRL is genuine (signed by the quote's PCK
+// platform CA, which chains to a trusted Intel root) and current, and
+// returns it with its nextUpdate. Whether it revokes the PCK certificate is
+// for the caller to check.
+func verifyPCKCRL(der []byte, chainHdr string, pck *pckEntry, now time.Time) (*x509.RevocationList, time.Time, error) {
 	crl, err := x509.ParseRevocationList(der)
 	if err != nil {
-		return fmt.Errorf("PCK CRL: %w", err)
+		return nil, time.Time{}, fmt.Errorf("PCK CRL: %w", err)
 	}
 	issuer := pck.chain.Intermediate
 	if chain, err := url.QueryUnescape(chainHdr); err == nil && chain != "" {
 		if certs, err := parsePEMCerts([]byte(chain), 2); err == nil && !bytes.Equal(certs[0].Raw, issuer.Raw) {
-			return errors.New("PCK CRL issuer chain is not the quote's PCK platform CA")
+			return nil, time.Time{}, errors.New("PCK CRL issuer chain is not the quote's PCK platform CA")
 		}
 	}
 	if err := crl.CheckSignatureFrom(issuer); err != nil {
-		return fmt.Errorf("PCK CRL signature: %w", err)
+		return nil, time.Time{}, fmt.Errorf("PCK CRL signature: %w", err)
 	}
 	if now.After(crl.NextUpdate) {
-		return fmt.Errorf("PCK CRL expired at %s", crl.NextUpdate.Format(time.RFC3339))
+		return nil, time.Time{}, fmt.Errorf("PCK CRL expired at %s", crl.NextUpdate.Format(time.RFC3339))
 	}
-	for _, r := range crl.RevokedCertificateEntries {
-		if r.SerialNumber.Cmp(pck.chain.PCK.SerialNumber) == 0 {
-			return fmt.Errorf("PCK certificate %x is revoked since %s", pck.chain.PCK.SerialNumber, r.RevocationTime.Format(time.RFC3339))
-		}
-	}
-	return nil
+	return crl, crl.NextUpdate, nil
 }
 
 func maskEqual(value, mask, want []byte) bool {
@@ -416,15 +456,6 @@ type cachedResponse struct {
 
 // pcsHeaders are the response headers kept in the cache.
 var pcsHeaders = []string{hdrTCBInfoChain, hdrQEIdentityChain, hdrPCKCRLChain}
-
-// fetchCached GETs url through the collateral cache, storing the answer
-// until expires(body), or pcsFallbackTTL when that is zero.
-func (v *Verifier) fetchCached(ctx context.Context, u string, expires func(body []byte) time.Time) ([]byte, http.Header, error) {
-	d := sha256.Sum256([]byte(u))
-	return v.fetchCollateral(ctx, "intel.pcs."+hex.EncodeToString(d[:]), u, func(body []byte, _ http.Header) (time.Time, error) {
-		return expires(body), nil
-	})
-}
 
 // errCollateralRejected marks an answer that check refused: it is not cached
 // and is a verification failure, not unavailability.
