@@ -80,7 +80,7 @@ func (v *Verifier) httpGet(ctx context.Context, url string) (body []byte, hdr ht
 		return nil, nil, fmt.Errorf("GET %s: %w", url, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+		return nil, nil, newHTTPStatusError(url, resp, v.now())
 	}
 	if len(body) > maxFetchSize {
 		return nil, nil, fmt.Errorf("GET %s: body exceeds %d bytes", url, maxFetchSize)
@@ -118,7 +118,7 @@ func (v *Verifier) fetchVCEK(ctx context.Context, productLine string, chipID []b
 		return nil, fmt.Errorf("VCEK for chip %x…: %w", chipID[:8], ErrOffline)
 	}
 	url := kdsVCEKURL(v.cfg.KDSURL, productLine, chipID, tcb)
-	der, _, err = v.flight.do(key, func() ([]byte, http.Header, error) {
+	der, _, err = v.fetchGuarded(ctx, key, url, func() ([]byte, http.Header, error) {
 		body, _, err := v.httpGet(ctx, url)
 		if err != nil {
 			return nil, nil, fmt.Errorf("AMD KDS: %w", err)

@@ -479,7 +479,7 @@ func (v *Verifier) fetchCollateral(ctx context.Context, key, u string, check fun
 	if v.cfg.Offline {
 		return nil, nil, fmt.Errorf("%s: %w", u, ErrOffline)
 	}
-	return v.flight.do(key, func() ([]byte, http.Header, error) {
+	return v.fetchGuarded(ctx, key, u, func() ([]byte, http.Header, error) {
 		body, hdr, err := v.httpGet(ctx, u)
 		if err != nil {
 			return nil, nil, err

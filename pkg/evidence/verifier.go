@@ -34,7 +34,11 @@ type Config struct {
 	// Collateral caches VCEKs and Intel PCS responses; default in-memory.
 	// Use collateral.OpenKV to share the vigil-collateral bucket.
 	Collateral collateral.Cache
-	// HTTPClient fetches from AMD KDS and Intel PCS; default has a 20 s timeout.
+	// HTTPClient fetches from AMD KDS and Intel PCS; default has a 20 s
+	// timeout. After a failed fetch, the same collateral is not fetched
+	// again for a backoff window (5 s, doubling to 5 min, or what a
+	// Retry-After asks): verifications needing it meanwhile are
+	// Unavailable at once, with a *FetchBackoffError.
 	HTTPClient *http.Client
 	// KDSURL and PCSURL override the AMD KDS and Intel PCS base URLs
 	// (mirrors, tests).
@@ -55,7 +59,8 @@ type Config struct {
 	// TestRoots adds trust anchors for simulated evidence (see package
 	// sim). Never set it for production evidence.
 	TestRoots *TestRoots
-	// Now is the clock for certificate validity; default time.Now.
+	// Now is the clock for certificate validity, collateral expiry and
+	// fetch backoff; default time.Now.
 	Now func() time.Time
 	// CacheSize bounds each cache of verified chains and parsed runtime
 	// data (entries); default 4096.
@@ -98,6 +103,7 @@ type Verifier struct {
 	tcbs     *lru.Cache[[32]byte, *tdxTCBEntry]
 	amdCRLs  map[*trust.AMDRootCerts]*amdCRLSlot // fixed at construction
 	flight   flightGroup
+	backoff  fetchBackoff
 }
 
 // NewVerifier returns a Verifier for cfg.
