@@ -167,18 +167,43 @@ func (c *Conn) Consume(ctx context.Context, stream string, cfg jetstream.Consume
 	// hands a message over only to an idle handler, so at most
 	// o.concurrency messages are in hand.
 	msgs := make(chan jetstream.Msg)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer close(msgs)
-	for range o.concurrency {
-		wg.Add(1)
+	slots := make([]inHand, o.concurrency)
+	var handlers sync.WaitGroup
+	for i := range o.concurrency {
+		handlers.Add(1)
 		go func() {
-			defer wg.Done()
+			defer handlers.Done()
 			for msg := range msgs {
-				r.handle(ctx, msg)
+				r.handle(ctx, msg, &slots[i])
 			}
 		}()
 	}
+	// One ticker keeps every message in hand in progress, rather than a
+	// timer per message: most handlers finish long before the first mark
+	// is due. A message is marked at least every o.inProgress, until its
+	// handler returns, also while shutting down.
+	idle, tickerDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(tickerDone)
+		t := time.NewTicker(r.o.inProgress)
+		defer t.Stop()
+		for {
+			select {
+			case <-idle:
+				return
+			case <-t.C:
+				for i := range slots {
+					slots[i].markInProgress()
+				}
+			}
+		}
+	}()
+	defer func() {
+		close(msgs)
+		handlers.Wait()
+		close(idle)
+		<-tickerDone
+	}()
 	for {
 		msg, err := iter.Next()
 		if err != nil {
@@ -233,7 +258,30 @@ func newRunner(c *Conn, h Handler, o consumeOptions, maxDeliver int, consumer st
 	return r
 }
 
-func (r *runner) handle(ctx context.Context, msg jetstream.Msg) {
+// inHand is the message one handler goroutine is working on.
+type inHand struct {
+	mu  sync.Mutex
+	msg jetstream.Msg // nil while idle
+}
+
+func (h *inHand) set(msg jetstream.Msg) {
+	h.mu.Lock()
+	h.msg = msg
+	h.mu.Unlock()
+}
+
+// markInProgress marks the message in hand, if any, in progress. It holds
+// the lock while doing so, so a message is never marked after set(nil),
+// which comes before its ack.
+func (h *inHand) markInProgress() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.msg != nil {
+		_ = h.msg.InProgress()
+	}
+}
+
+func (r *runner) handle(ctx context.Context, msg jetstream.Msg, slot *inHand) {
 	start := time.Now()
 	meta, err := msg.Metadata()
 	if err != nil {
@@ -272,9 +320,9 @@ func (r *runner) handle(ctx context.Context, msg jetstream.Msg) {
 		span.SetAttributes(attribute.String("messaging.message.id", env.ID), attribute.String("cloudevents.event_type", env.Type))
 	}
 
-	stopInProgress := r.keepInProgress(msg)
+	slot.set(msg)
 	err = r.h(ctx, &Message{Envelope: env, Msg: msg, Meta: meta})
-	stopInProgress()
+	slot.set(nil)
 
 	switch {
 	case err == nil:
@@ -325,34 +373,6 @@ func (r *runner) delay(delivered uint64) time.Duration {
 		i = len(r.o.backoff) - 1
 	}
 	return r.o.backoff[i]
-}
-
-// keepInProgress marks msg in progress every r.o.inProgress until the
-// returned function is called. A timer rather than a goroutine per message:
-// most handlers finish long before the first mark is due.
-func (r *runner) keepInProgress(msg jetstream.Msg) (stop func()) {
-	var (
-		mu      sync.Mutex
-		stopped bool
-		t       *time.Timer
-	)
-	mu.Lock()
-	defer mu.Unlock()
-	t = time.AfterFunc(r.o.inProgress, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if stopped {
-			return // never mark a message in progress after its ack
-		}
-		_ = msg.InProgress()
-		t.Reset(r.o.inProgress)
-	})
-	return func() {
-		mu.Lock()
-		defer mu.Unlock()
-		stopped = true
-		t.Stop()
-	}
 }
 
 // poison terminates msg and raises an alert about it.

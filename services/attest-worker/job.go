@@ -29,6 +29,8 @@ const maxCASAttempts = 8
 // publishes has an id derived from the job, so a redelivery stores nothing
 // twice.
 func (w *Worker) handleJob(ctx context.Context, m *bus.Message) error {
+	ctx, cancel := w.jobContext(ctx)
+	defer cancel()
 	var job events.Job
 	if err := m.Envelope.Decode(events.TypeJob, &job); err != nil {
 		return bus.Permanent(err)
@@ -146,6 +148,17 @@ func (w *Worker) handleJob(ctx context.Context, m *bus.Message) error {
 		w.cfg.testRecord(job, o.Status)
 	}
 	return w.afterStore(ctx, o, jobID)
+}
+
+// jobContext bounds the handling of one job or fired schedule by the
+// challenge timeout plus the ack wait (past that, JetStream may hand the
+// message to another worker anyway; running handlers keep theirs in
+// progress). The JetStream calls of the handler then share this one
+// deadline instead of each arming a timer of its own (the client's 5 s
+// default for a context without a deadline); the challenge keeps its
+// shorter deadline.
+func (w *Worker) jobContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, w.cfg.ChallengeTimeout+w.cfg.AckWait)
 }
 
 func (w *Worker) hook(point, vm string) {

@@ -60,18 +60,27 @@ func (s statusStore) put(ctx context.Context, st events.VMStatus, rev uint64, ex
 // inventory reads the VM records ingest keeps in vigil-vms.
 type inventory struct{ kv jetstream.KeyValue }
 
+// vmRecord is the part of an events.VM inventory record a job needs: the
+// identity to verify against and whether the VM is deleted. Decoding only
+// these fields skips the record's times and findings.
+type vmRecord struct {
+	ResourceID string `json:"resource_id"`
+	VMID       string `json:"vm_id"`
+	Deleted    bool   `json:"deleted"`
+}
+
 // get returns the VM's inventory record; ok is false when ingest has none.
-func (i inventory) get(ctx context.Context, vm string) (events.VM, bool, error) {
+func (i inventory) get(ctx context.Context, vm string) (vmRecord, bool, error) {
 	e, err := i.kv.Get(ctx, vm)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return events.VM{}, false, nil
+		return vmRecord{}, false, nil
 	}
 	if err != nil {
-		return events.VM{}, false, fmt.Errorf("attest-worker: read inventory of %s: %w", vm, err)
+		return vmRecord{}, false, fmt.Errorf("attest-worker: read inventory of %s: %w", vm, err)
 	}
-	var rec events.VM
+	var rec vmRecord
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
-		return events.VM{}, false, nil
+		return vmRecord{}, false, nil
 	}
 	return rec, true, nil
 }

@@ -235,6 +235,8 @@ func (w *Worker) handleDue(ctx context.Context, m *bus.Message) error {
 		_, err := w.sweep(ctx, fmt.Sprintf("%s-%d", m.Envelope.ID, m.Meta.Sequence.Stream))
 		return err
 	}
+	ctx, cancel := w.jobContext(ctx)
+	defer cancel()
 	vm := events.VMFromSubject(m.Msg.Subject())
 	var job events.Job
 	if err := m.Envelope.Decode(events.TypeJob, &job); err != nil {
