@@ -188,8 +188,9 @@ func (b *fetchBackoff) makeRoom(now time.Time) {
 
 // fetchGuarded runs fetch, which GETs u for collateral key, unless key or
 // u's host is backing off, collapsing concurrent fetches of key into one.
-// A failure of fetch starts or lengthens key's backoff (unless ctx ended,
-// which says nothing about the server); a success ends it.
+// A failure of fetch starts or lengthens key's backoff (unless the caller
+// cancelled ctx, which says nothing about the server; a server that does
+// not answer before ctx's deadline is failing); a success ends it.
 func (v *Verifier) fetchGuarded(ctx context.Context, key, u string, fetch func() ([]byte, http.Header, error)) ([]byte, http.Header, error) {
 	if err := v.backoff.check(key, u, v.now()); err != nil {
 		return nil, nil, err
@@ -204,7 +205,7 @@ func (v *Verifier) fetchGuarded(ctx context.Context, key, u string, fetch func()
 		switch {
 		case err == nil:
 			v.backoff.succeeded(key, u)
-		case ctx.Err() == nil:
+		case !errors.Is(ctx.Err(), context.Canceled):
 			v.backoff.failed(key, u, err, v.now())
 		}
 		return body, hdr, err

@@ -2,7 +2,6 @@ package evidence
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -104,7 +103,9 @@ func VCEKCacheKey(productLine string, chipID []byte, tcb uint64) string {
 	return fmt.Sprintf("amd.vcek.%s.%s.%016x", productLine, hex.EncodeToString(chipID), tcb)
 }
 
-// fetchVCEK returns the DER VCEK from the collateral cache or AMD KDS.
+// fetchVCEK returns the DER VCEK from the collateral cache or AMD KDS. A
+// fetched VCEK is verified before it is stored; the error wraps
+// errCollateralRejected when it does not verify.
 func (v *Verifier) fetchVCEK(ctx context.Context, productLine string, chipID []byte, tcb uint64) ([]byte, error) {
 	key := VCEKCacheKey(productLine, chipID, tcb)
 	der, err := v.coll.Get(ctx, key)
@@ -123,11 +124,17 @@ func (v *Verifier) fetchVCEK(ctx context.Context, productLine string, chipID []b
 		if err != nil {
 			return nil, nil, fmt.Errorf("AMD KDS: %w", err)
 		}
-		cert, err := x509.ParseCertificate(body)
-		if err != nil {
-			return nil, nil, fmt.Errorf("AMD KDS answered no DER certificate: %w", err)
+		// Only a VCEK that chains to a trusted ARK and is the one asked for
+		// is stored: the cache is shared, and keeps it until its NotAfter.
+		e := v.newVCEKEntry(body, false, productLine)
+		if e.err == nil {
+			e.err = e.matches(chipID, DecomposeTCB(productLine, tcb))
 		}
-		if err := v.coll.Put(ctx, key, body, cert.NotAfter); err != nil {
+		if e.err != nil {
+			return nil, nil, fmt.Errorf("AMD KDS: %s: %w: %w", url, errCollateralRejected, e.err)
+		}
+		v.vceks.Add(body, e)
+		if err := v.coll.Put(ctx, key, body, e.cert.NotAfter); err != nil {
 			v.log.WarnContext(ctx, "collateral cache write failed", "key", key, "err", err)
 		}
 		return body, nil, nil

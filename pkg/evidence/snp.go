@@ -143,14 +143,8 @@ func (v *Verifier) verifySNP(ctx context.Context, res *Result, b *Bundle, rep *h
 	}
 
 	// The VCEK must be the one for this chip at the reported TCB.
-	if !bytes.Equal(report.GetChipId(), make([]byte, len(report.GetChipId()))) &&
-		(len(e.exts.HWID) == 0 || !bytes.HasPrefix(report.GetChipId(), e.exts.HWID)) {
-		res.fail(ReasonSNPVCEKMismatch, "VCEK hwID %x is not the report's chip ID", e.exts.HWID)
-		return nil
-	}
-	certTCB := kds.DecomposeTCBVersion(e.exts.TCBVersion)
-	if got := claims.TCB; got.BootLoader != certTCB.BlSpl || got.TEE != certTCB.TeeSpl || got.SNP != certTCB.SnpSpl || got.Microcode != certTCB.UcodeSpl {
-		res.fail(ReasonSNPVCEKMismatch, "VCEK TCB %+v is not the reported TCB %+v", certTCB, got)
+	if err := e.matches(report.GetChipId(), claims.TCB); err != nil {
+		res.fail(ReasonSNPVCEKMismatch, "%v", err)
 		return nil
 	}
 
@@ -212,6 +206,10 @@ func (v *Verifier) vcek(ctx context.Context, res *Result, bundlePEM []byte, repo
 			return nil
 		}
 		der, err := v.fetchVCEK(ctx, productLine, report.GetChipId(), report.GetReportedTcb())
+		if errors.Is(err, errCollateralRejected) {
+			res.fail(ReasonSNPVCEKInvalid, "%v", err)
+			return nil
+		}
 		if err != nil {
 			res.unavailable(ReasonSNPVCEKUnavailable, "%v", err)
 			return nil
@@ -233,6 +231,20 @@ func (v *Verifier) vcek(ctx context.Context, res *Result, bundlePEM []byte, repo
 		return nil
 	}
 	return e
+}
+
+// matches checks that e is the VCEK of chipID (unless all zero: masked)
+// at tcb.
+func (e *vcekEntry) matches(chipID []byte, tcb SNPTCB) error {
+	if !bytes.Equal(chipID, make([]byte, len(chipID))) &&
+		(len(e.exts.HWID) == 0 || !bytes.HasPrefix(chipID, e.exts.HWID)) {
+		return fmt.Errorf("VCEK hwID %x is not the report's chip ID", e.exts.HWID)
+	}
+	certTCB := kds.DecomposeTCBVersion(e.exts.TCBVersion)
+	if tcb.BootLoader != certTCB.BlSpl || tcb.TEE != certTCB.TeeSpl || tcb.SNP != certTCB.SnpSpl || tcb.Microcode != certTCB.UcodeSpl {
+		return fmt.Errorf("VCEK TCB %+v is not the reported TCB %+v", certTCB, tcb)
+	}
+	return nil
 }
 
 func (v *Verifier) newVCEKEntry(src []byte, isPEM bool, productLine string) *vcekEntry {

@@ -260,3 +260,88 @@ func TestFetchBackoffIsPerVerifier(t *testing.T) {
 		t.Fatalf("b: %v", res.Failures)
 	}
 }
+
+// TestFetchBackoffHangingServer: a server that does not answer within the
+// HTTP client's timeout or the caller's deadline is failing (backed off);
+// a verification its caller cancels says nothing about the server.
+func TestFetchBackoffHangingServer(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		clientTimeout time.Duration
+		ctx           func() (context.Context, context.CancelFunc)
+		wantBackoff   bool
+	}{
+		{name: "client timeout", clientTimeout: 100 * time.Millisecond, ctx: func() (context.Context, context.CancelFunc) {
+			return context.WithCancel(context.Background())
+		}, wantBackoff: true},
+		{name: "caller deadline", ctx: func() (context.Context, context.CancelFunc) {
+			return context.WithTimeout(context.Background(), 100*time.Millisecond)
+		}, wantBackoff: true},
+		{name: "caller cancels", ctx: func() (context.Context, context.CancelFunc) {
+			ctx, cancel := context.WithCancel(context.Background())
+			time.AfterFunc(100*time.Millisecond, cancel)
+			return ctx, cancel
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			auth, err := sim.NewAuthority(sim.AuthorityConfig{Hosts: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var hang atomic.Bool
+			var hits atomic.Int64
+			kdsH := auth.KDS()
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				hits.Add(1)
+				if hang.Load() {
+					<-r.Context().Done()
+					return
+				}
+				kdsH.ServeHTTP(w, r)
+			}))
+			defer srv.Close()
+			cfg := evidence.Config{TestRoots: auth.TrustRoots(), KDSURL: srv.URL, Collateral: noCache{}}
+			if tc.clientTimeout > 0 {
+				cfg.HTTPClient = &http.Client{Timeout: tc.clientTimeout}
+			}
+			v, err := evidence.NewVerifier(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			vm, err := auth.NewVM(sim.VMConfig{AK: sim.AKECDSAP256, OmitVCEK: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			verify := func(ctx context.Context) *evidence.Result {
+				nonce := evidence.NewNonce()
+				raw, err := vm.Respond(nonce)
+				if err != nil {
+					t.Fatal(err)
+				}
+				res, err := v.Verify(ctx, raw, evidence.Expect{Nonce: nonce})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return res
+			}
+			hang.Store(true)
+			ctx, cancel := tc.ctx()
+			res := verify(ctx)
+			cancel()
+			if !res.Unavailable || res.Failures[0].Code != evidence.ReasonSNPVCEKUnavailable {
+				t.Fatalf("hanging KDS: %v", res.Failures)
+			}
+			hang.Store(false)
+			res = verify(context.Background())
+			if tc.wantBackoff {
+				if !res.Unavailable || !strings.Contains(res.Failures[0].Message, "backing off until") || hits.Load() != 1 {
+					t.Fatalf("after the hang: %v, KDS asked %d times", res.Failures, hits.Load())
+				}
+				return
+			}
+			if !res.Genuine || hits.Load() != 2 {
+				t.Fatalf("after the cancelled verification: %v, KDS asked %d times", res.Failures, hits.Load())
+			}
+		})
+	}
+}

@@ -255,3 +255,123 @@ func verifyTDX(t *testing.T, v *evidence.Verifier, auth *sim.Authority) *evidenc
 	}
 	return res
 }
+
+// TestForgedVCEKNotCached: a VCEK from AMD KDS that does not chain to the
+// pinned ARK, or is another chip's, fails the evidence and is never stored
+// in the collateral cache.
+func TestForgedVCEKNotCached(t *testing.T) {
+	auth, err := sim.NewAuthority(sim.AuthorityConfig{Hosts: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherChip := bundleVCEK(t, auth, 1)
+	// A copy of host 0's VCEK (same subject, serial and AMD extensions)
+	// signed by a key of its own.
+	genuine, err := x509.ParseCertificate(bundleVCEK(t, auth, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	selfMade, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: genuine.SerialNumber, Subject: genuine.Subject, Issuer: genuine.Issuer,
+		NotBefore: genuine.NotBefore, NotAfter: genuine.NotAfter, ExtraExtensions: genuine.Extensions,
+	}, &x509.Certificate{SerialNumber: big.NewInt(1), Subject: genuine.Issuer}, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		name   string
+		vcek   []byte // nil: the genuine one
+		wantIn string
+	}{
+		{name: "genuine"},
+		{name: "another chip's", vcek: otherChip, wantIn: "is not the report's chip ID"},
+		{name: "self-made", vcek: selfMade, wantIn: "does not chain to a trusted Milan ARK"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kdsH := auth.KDS()
+			kds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if tc.vcek == nil {
+					kdsH.ServeHTTP(w, r)
+					return
+				}
+				_, _ = w.Write(tc.vcek)
+			}))
+			defer kds.Close()
+			cache := &recordingCache{Cache: collateral.NewMemory(0)}
+			on, err := evidence.NewVerifier(evidence.Config{TestRoots: auth.TrustRoots(), KDSURL: kds.URL, Collateral: cache})
+			if err != nil {
+				t.Fatal(err)
+			}
+			off, err := evidence.NewVerifier(evidence.Config{TestRoots: auth.TrustRoots(), Offline: true, Collateral: cache})
+			if err != nil {
+				t.Fatal(err)
+			}
+			host0 := 0
+			vm, err := auth.NewVM(sim.VMConfig{AK: sim.AKECDSAP256, Host: &host0, OmitVCEK: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			verify := func(v *evidence.Verifier) *evidence.Result {
+				nonce := evidence.NewNonce()
+				raw, err := vm.Respond(nonce)
+				if err != nil {
+					t.Fatal(err)
+				}
+				res, err := v.Verify(context.Background(), raw, evidence.Expect{Nonce: nonce})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return res
+			}
+			res := verify(on)
+			if tc.vcek == nil {
+				if !res.Genuine || cache.stored() != 1 {
+					t.Fatalf("genuine VCEK: %v, %d stored", res.Failures, cache.stored())
+				}
+				if res := verify(off); !res.Genuine {
+					t.Fatalf("offline from the cache: %v", res.Failures)
+				}
+				return
+			}
+			if res.Genuine || res.Unavailable || res.Failures[0].Code != evidence.ReasonSNPVCEKInvalid || !strings.Contains(res.Failures[0].Message, tc.wantIn) {
+				t.Fatalf("unavailable %v failures %v, want %s (%q)", res.Unavailable, res.Failures, evidence.ReasonSNPVCEKInvalid, tc.wantIn)
+			}
+			if n := cache.stored(); n != 0 {
+				t.Fatalf("%d VCEKs stored, want none", n)
+			}
+			if res := verify(off); !res.Unavailable || res.Failures[0].Code != evidence.ReasonSNPVCEKUnavailable {
+				t.Fatalf("offline: unavailable %v failures %v", res.Unavailable, res.Failures)
+			}
+		})
+	}
+}
+
+// bundleVCEK returns the DER VCEK in the bundle of a VM on host.
+func bundleVCEK(t *testing.T, auth *sim.Authority, host int) []byte {
+	t.Helper()
+	vm, err := auth.NewVM(sim.VMConfig{AK: sim.AKECDSAP256, Host: &host})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := vm.Respond(evidence.NewNonce())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := evidence.ParseBundle(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rest := b.VCEK; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		if c, err := x509.ParseCertificate(blk.Bytes); err == nil && c.Subject.CommonName == "SEV-VCEK" {
+			return c.Raw
+		}
+	}
+	t.Fatalf("no VCEK in the bundle of host %d", host)
+	return nil
+}
