@@ -16,4 +16,15 @@
 // VCEK. Both come through the collateral cache, kept until their
 // nextUpdate; when they cannot be obtained the result is Unavailable rather
 // than a failure.
+//
+// Collateral fetched from AMD KDS and Intel PCS (VCEKs, AMD CRLs, TCB info,
+// QE identity, PCK CRLs) is verified before it is stored in the collateral
+// cache, which in production every worker shares: an answer that does not
+// chain to the pinned roots (or is not what was asked for) fails the
+// evidence and is never stored. Reads from the cache are verified again.
+// After a failed fetch the same collateral is not fetched again for a
+// backoff window (5 s, doubling to 5 min, forgotten on success; a 429 or
+// 503 answer's Retry-After, up to an hour, holds back its whole host):
+// verifications needing it meanwhile are Unavailable at once, with a
+// *FetchBackoffError saying until when and why.
 package evidence
