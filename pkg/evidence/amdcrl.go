@@ -136,21 +136,22 @@ func (v *Verifier) checkSNPRevocation(ctx context.Context, res *Result, e *vcekE
 func (v *Verifier) loadAMDCRL(ctx context.Context, e *vcekEntry, now time.Time) (*amdCRL, error) {
 	ark := e.root.ProductCerts.Ark
 	u := kdsCRLURL(v.cfg.KDSURL, e.productLine)
-	var fetched *amdCRL
+	var valid *amdCRL // the answer check accepted last
 	body, _, err := v.fetchCollateral(ctx, KDSCRLCacheKey(e.productLine), u, func(body []byte, _ http.Header) (time.Time, error) {
-		fetched = parseAMDCRL(body, ark, now)
-		if fetched.err != nil {
-			return time.Time{}, fetched.err
+		c := parseAMDCRL(body, ark, now)
+		if c.err != nil {
+			return time.Time{}, c.err
 		}
-		return fetched.until, nil
+		valid = c
+		return c.until, nil
 	})
 	switch {
-	case fetched != nil: // this call fetched it (valid or not)
-		return fetched, nil
-	case errors.Is(err, errCollateralRejected): // another call fetched an invalid CRL
+	case errors.Is(err, errCollateralRejected): // fetched or cached, the CRL is invalid
 		return &amdCRL{until: now.Add(kdsCRLRetry), err: err}, nil
 	case err != nil:
 		return nil, err
+	case valid != nil:
+		return valid, nil
 	}
-	return parseAMDCRL(body, ark, now), nil
+	return parseAMDCRL(body, ark, now), nil // another call fetched it
 }

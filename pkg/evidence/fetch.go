@@ -103,41 +103,56 @@ func VCEKCacheKey(productLine string, chipID []byte, tcb uint64) string {
 	return fmt.Sprintf("amd.vcek.%s.%s.%016x", productLine, hex.EncodeToString(chipID), tcb)
 }
 
-// fetchVCEK returns the DER VCEK from the collateral cache or AMD KDS. A
-// fetched VCEK is verified before it is stored; the error wraps
-// errCollateralRejected when it does not verify.
+// fetchVCEK returns the DER VCEK from the collateral cache or AMD KDS,
+// verified (see checkVCEK): a fetched VCEK is stored only when it
+// verifies, a cached one that does not is fetched again. The error wraps
+// errCollateralRejected when the VCEK obtained does not verify.
 func (v *Verifier) fetchVCEK(ctx context.Context, productLine string, chipID []byte, tcb uint64) ([]byte, error) {
 	key := VCEKCacheKey(productLine, chipID, tcb)
+	url := kdsVCEKURL(v.cfg.KDSURL, productLine, chipID, tcb)
+	var cachedErr error
 	der, err := v.coll.Get(ctx, key)
 	if err == nil {
-		return der, nil
-	}
-	if !errors.Is(err, collateral.ErrNotFound) {
+		if _, cachedErr = v.checkVCEK(der, productLine, chipID, tcb); cachedErr == nil {
+			return der, nil
+		}
+		v.log.WarnContext(ctx, "cached VCEK does not verify, fetching it again", "key", key, "err", cachedErr)
+	} else if !errors.Is(err, collateral.ErrNotFound) {
 		v.log.WarnContext(ctx, "collateral cache read failed", "key", key, "err", err)
 	}
 	if v.cfg.Offline {
-		return nil, fmt.Errorf("VCEK for chip %x…: %w", chipID[:8], ErrOffline)
+		return nil, cachedCopyRejected(url, cachedErr, fmt.Errorf("VCEK for chip %x…: %w", chipID[:8], ErrOffline))
 	}
-	url := kdsVCEKURL(v.cfg.KDSURL, productLine, chipID, tcb)
 	der, _, err = v.fetchGuarded(ctx, key, url, func() ([]byte, http.Header, error) {
 		body, _, err := v.httpGet(ctx, url)
 		if err != nil {
 			return nil, nil, fmt.Errorf("AMD KDS: %w", err)
 		}
-		// Only a VCEK that chains to a trusted ARK and is the one asked for
-		// is stored: the cache is shared, and keeps it until its NotAfter.
-		e := v.newVCEKEntry(body, false, productLine)
-		if e.err == nil {
-			e.err = e.matches(chipID, DecomposeTCB(productLine, tcb))
+		// Only a VCEK that verifies is stored: the cache is shared, and
+		// keeps it until its NotAfter.
+		e, err := v.checkVCEK(body, productLine, chipID, tcb)
+		if err != nil {
+			return nil, nil, fmt.Errorf("AMD KDS: %s: %w: %w", url, errCollateralRejected, err)
 		}
-		if e.err != nil {
-			return nil, nil, fmt.Errorf("AMD KDS: %s: %w: %w", url, errCollateralRejected, e.err)
-		}
-		v.vceks.Add(body, e)
 		if err := v.coll.Put(ctx, key, body, e.cert.NotAfter); err != nil {
 			v.log.WarnContext(ctx, "collateral cache write failed", "key", key, "err", err)
 		}
 		return body, nil, nil
 	})
-	return der, err
+	return der, cachedCopyRejected(url, cachedErr, err)
+}
+
+// checkVCEK verifies a DER VCEK from AMD KDS or the collateral cache: it
+// chains to a trusted ARK of productLine and is chipID's at tcb. The
+// verified chain is kept in the Verifier's VCEK cache.
+func (v *Verifier) checkVCEK(der []byte, productLine string, chipID []byte, tcb uint64) (*vcekEntry, error) {
+	e, ok := v.vceks.Get(der)
+	if !ok {
+		e = v.newVCEKEntry(der, false, productLine)
+		v.vceks.Add(der, e)
+	}
+	if e.err != nil {
+		return nil, e.err
+	}
+	return e, e.matches(chipID, DecomposeTCB(productLine, tcb))
 }

@@ -461,25 +461,33 @@ var pcsHeaders = []string{hdrTCBInfoChain, hdrQEIdentityChain, hdrPCKCRLChain}
 // and is a verification failure, not unavailability.
 var errCollateralRejected = errors.New("rejected")
 
-// fetchCollateral GETs u through the collateral cache under key. A fresh
-// answer is passed to check, which returns until when to cache it (zero:
-// pcsFallbackTTL) or an error, in which case it is not cached and the
-// error is returned wrapped in errCollateralRejected. Answers read from the
-// cache are returned unchecked. Concurrent fetches of key are collapsed:
-// check runs in the caller that fetched only.
+// fetchCollateral GETs u through the collateral cache under key. An
+// answer, cached or fresh, is passed to check, which returns until when to
+// cache it (zero: pcsFallbackTTL) or an error. A fresh answer check refuses
+// is not cached: the error is returned wrapped in errCollateralRejected. A
+// cached one it refuses is fetched again (and replaced when the fresh
+// answer passes); when no fresh answer can be had, the cached one's
+// rejection is returned. Concurrent fetches of key are collapsed: check
+// runs in the caller that fetched only, the others get the answer
+// unchecked. After a failed fetch or a rejected answer, key backs off (see
+// fetchGuarded).
 func (v *Verifier) fetchCollateral(ctx context.Context, key, u string, check func(body []byte, hdr http.Header) (time.Time, error)) ([]byte, http.Header, error) {
+	var cachedErr error
 	if raw, err := v.coll.Get(ctx, key); err == nil {
 		var cr cachedResponse
 		if json.Unmarshal(raw, &cr) == nil {
-			return cr.Body, cr.Header, nil
+			if _, cachedErr = check(cr.Body, cr.Header); cachedErr == nil {
+				return cr.Body, cr.Header, nil
+			}
+			v.log.WarnContext(ctx, "cached collateral does not verify, fetching it again", "key", key, "err", cachedErr)
 		}
 	} else if !errors.Is(err, collateral.ErrNotFound) {
 		v.log.WarnContext(ctx, "collateral cache read failed", "key", key, "err", err)
 	}
 	if v.cfg.Offline {
-		return nil, nil, fmt.Errorf("%s: %w", u, ErrOffline)
+		return nil, nil, cachedCopyRejected(u, cachedErr, fmt.Errorf("%s: %w", u, ErrOffline))
 	}
-	return v.fetchGuarded(ctx, key, u, func() ([]byte, http.Header, error) {
+	body, hdr, err := v.fetchGuarded(ctx, key, u, func() ([]byte, http.Header, error) {
 		body, hdr, err := v.httpGet(ctx, u)
 		if err != nil {
 			return nil, nil, err
@@ -506,4 +514,17 @@ func (v *Verifier) fetchCollateral(ctx context.Context, key, u string, check fun
 		}
 		return body, keep, nil
 	})
+	return body, hdr, cachedCopyRejected(u, cachedErr, err)
+}
+
+// cachedCopyRejected is the error of obtaining collateral from u when its
+// cached copy did not verify (cachedErr) and fetching it again ended in
+// err: the cached copy's rejection, a verification failure as when no
+// fresh copy is sought. It is err itself when there was no such copy or
+// the fresh answer was rejected too.
+func cachedCopyRejected(u string, cachedErr, err error) error {
+	if cachedErr == nil || err == nil || errors.Is(err, errCollateralRejected) {
+		return err
+	}
+	return fmt.Errorf("%s: cached copy %w: %w (no fresh copy: %w)", u, errCollateralRejected, cachedErr, err)
 }

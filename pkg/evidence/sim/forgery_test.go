@@ -20,6 +20,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -374,4 +375,106 @@ func bundleVCEK(t *testing.T, auth *sim.Authority, host int) []byte {
 	}
 	t.Fatalf("no VCEK in the bundle of host %d", host)
 	return nil
+}
+
+// TestPoisonedCollateralReplaced: collateral in the cache that does not
+// verify (written there by an older version or by other means) fails
+// verification while no fresh copy can be had, and is replaced by the
+// fetched one as soon as it can.
+func TestPoisonedCollateralReplaced(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		platform string
+		stored   int
+		invalid  string
+	}{
+		{name: "SEV-SNP VCEK and CRL", platform: evidence.PlatformAzureSNP, stored: 2, invalid: evidence.ReasonSNPVCEKInvalid},
+		{name: "TDX PCS collateral", platform: evidence.PlatformAzureTDX, stored: 3, invalid: evidence.ReasonTDXCollateralInvalid},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			auth, err := sim.NewAuthority(sim.AuthorityConfig{Hosts: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var hits atomic.Int64
+			h := auth.KDS()
+			if tc.platform == evidence.PlatformAzureTDX {
+				h = auth.PCS()
+			}
+			srv := httptest.NewServer(counting(h, &hits))
+			defer srv.Close()
+			mem := collateral.NewMemory(0)
+			cache := &recordingCache{Cache: mem}
+			cfg := evidence.Config{TestRoots: auth.TrustRoots(), KDSURL: srv.URL, PCSURL: srv.URL, SNPRevocation: true, TDXCollateral: true}
+			verifier := func(offline bool) *evidence.Verifier {
+				c := cfg
+				c.Offline, c.Collateral = offline, cache
+				v, err := evidence.NewVerifier(c)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return v
+			}
+			vm, err := auth.NewVM(sim.VMConfig{Platform: tc.platform, AK: sim.AKECDSAP256, OmitVCEK: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			verify := func(v *evidence.Verifier) *evidence.Result {
+				t.Helper()
+				nonce := evidence.NewNonce()
+				raw, err := vm.Respond(nonce)
+				if err != nil {
+					t.Fatal(err)
+				}
+				res, err := v.Verify(context.Background(), raw, evidence.Expect{Nonce: nonce})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return res
+			}
+			if res := verify(verifier(false)); !res.Genuine || cache.stored() != tc.stored {
+				t.Fatalf("healthy: %v, %d stored", res.Failures, cache.stored())
+			}
+			// Poison every stored value: a byte of its signature changed.
+			ctx := context.Background()
+			cache.mu.Lock()
+			keys := append([]string(nil), cache.puts...)
+			cache.puts = nil
+			cache.mu.Unlock()
+			for _, k := range keys {
+				val, err := mem.Get(ctx, k)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var cr struct {
+					Header http.Header `json:"header"`
+					Body   []byte      `json:"body"`
+				}
+				if json.Unmarshal(val, &cr) == nil && cr.Body != nil {
+					cr.Body[len(cr.Body)-10] ^= 1
+					val, _ = json.Marshal(cr)
+				} else {
+					val[len(val)-10] ^= 1
+				}
+				if err := mem.Put(ctx, k, val, time.Now().AddDate(50, 0, 0)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Offline: the poisoned copies are all there is.
+			if res := verify(verifier(true)); res.Genuine || res.Unavailable || res.Failures[0].Code != tc.invalid {
+				t.Fatalf("offline, poisoned: unavailable %v failures %v, want %s", res.Unavailable, res.Failures, tc.invalid)
+			}
+			// Online: fetched again, verified, and stored in their place.
+			before := hits.Load()
+			if res := verify(verifier(false)); !res.Genuine {
+				t.Fatalf("online, poisoned: %v", res.Failures)
+			}
+			if n := hits.Load() - before; n != int64(tc.stored) || cache.stored() != tc.stored {
+				t.Fatalf("%d fetched and %d stored again, want %d", n, cache.stored(), tc.stored)
+			}
+			if res := verify(verifier(true)); !res.Genuine {
+				t.Fatalf("offline, replaced: %v", res.Failures)
+			}
+		})
+	}
 }
