@@ -109,10 +109,10 @@ func pcsCacheKey(u string) string {
 
 // fetchVerified obtains u through the collateral cache under key and
 // verifies it with verify, which returns the parsed document and until when
-// to cache it. A fetched answer is verified before it is stored (see
-// fetchCollateral), so only genuine collateral reaches the shared cache; a
-// cached one is verified again on every read. The error wraps
-// errCollateralRejected when the answer does not verify.
+// to cache it. verify runs in fetchCollateral on cached answers and on
+// fetched ones before they are stored, so only genuine collateral reaches
+// the shared cache; an answer a concurrent call fetched is verified here.
+// The error wraps errCollateralRejected when the answer does not verify.
 func fetchVerified[T any](ctx context.Context, v *Verifier, key, u string, verify func(body []byte, hdr http.Header) (T, time.Time, error)) (T, error) {
 	var (
 		doc     T
@@ -131,7 +131,7 @@ func fetchVerified[T any](ctx context.Context, v *Verifier, key, u string, verif
 	}
 	doc, _, err = verify(body, hdr)
 	if err != nil {
-		return doc, fmt.Errorf("%s (cached): %w: %w", u, errCollateralRejected, err)
+		return doc, fmt.Errorf("%s: %w: %w", u, errCollateralRejected, err)
 	}
 	return doc, nil
 }

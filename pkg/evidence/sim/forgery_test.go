@@ -478,3 +478,84 @@ func TestPoisonedCollateralReplaced(t *testing.T) {
 		})
 	}
 }
+
+// TestPCSConcurrentFirstUse: verifications racing for PCS collateral not
+// yet held share one fetch per document; each verifies the answer, genuine
+// or forged, and a forged one is not stored.
+func TestPCSConcurrentFirstUse(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		forge  func(t *testing.T, a *pcsAnswer)
+		stored int
+	}{
+		{name: "genuine", stored: 3},
+		{name: "forged TCB info", forge: farNextUpdate},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			auth, err := sim.NewAuthority(sim.AuthorityConfig{Hosts: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := auth.PCS()
+			if tc.forge != nil {
+				h = tamperPCS(h, "/tcb", tc.forge, t)
+			}
+			var hits atomic.Int64
+			release := make(chan struct{})
+			pcs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				hits.Add(1)
+				<-release // hold the fetch until every verification waits for it
+				h.ServeHTTP(w, r)
+			}))
+			defer pcs.Close()
+			cache := &recordingCache{Cache: collateral.NewMemory(0)}
+			v, err := evidence.NewVerifier(evidence.Config{TestRoots: auth.TrustRoots(), PCSURL: pcs.URL, TDXCollateral: true, Collateral: cache})
+			if err != nil {
+				t.Fatal(err)
+			}
+			const n = 8
+			host := 0
+			vm, err := auth.NewVM(sim.VMConfig{Platform: evidence.PlatformAzureTDX, AK: sim.AKECDSAP256, Host: &host})
+			if err != nil {
+				t.Fatal(err)
+			}
+			type outcome struct {
+				res *evidence.Result
+				err error
+			}
+			results := make(chan outcome, n)
+			for range n {
+				nonce := evidence.NewNonce()
+				raw, err := vm.Respond(nonce)
+				if err != nil {
+					t.Fatal(err)
+				}
+				go func() {
+					res, err := v.Verify(context.Background(), raw, evidence.Expect{Nonce: nonce})
+					results <- outcome{res, err}
+				}()
+			}
+			time.Sleep(200 * time.Millisecond)
+			close(release)
+			for range n {
+				o := <-results
+				if o.err != nil {
+					t.Fatal(o.err)
+				}
+				res := o.res
+				if tc.forge == nil && !res.Genuine {
+					t.Fatalf("genuine collateral: %v", res.Failures)
+				}
+				if tc.forge != nil && (res.Genuine || res.Unavailable || res.Failures[0].Code != evidence.ReasonTDXCollateralInvalid) {
+					t.Fatalf("forged collateral: unavailable %v failures %v", res.Unavailable, res.Failures)
+				}
+			}
+			if want := int64(max(tc.stored, 1)); hits.Load() != want {
+				t.Fatalf("PCS asked %d times, want %d", hits.Load(), want)
+			}
+			if cache.stored() != tc.stored {
+				t.Fatalf("%d documents stored, want %d", cache.stored(), tc.stored)
+			}
+		})
+	}
+}
