@@ -68,6 +68,8 @@ type parser struct {
 	strBuf  []byte
 	// strShared says the last str result is in strBuf, not the input.
 	strShared bool
+	// strASCII says the last str result, when not shared, is ASCII.
+	strASCII bool
 }
 
 func (p *parser) errorf(format string, args ...any) error {
@@ -167,11 +169,23 @@ func (p *parser) object(dst []byte, depth int) ([]byte, error) {
 		if err != nil {
 			return dst, err
 		}
-		m := member{nameStart: raw, nameEnd: raw + len(name)}
+		m := member{nameStart: raw, nameEnd: raw + len(name), ascii: p.strASCII}
 		if p.strShared { // decoded from escapes into the shared buffer
 			m.escaped, m.nameStart = true, len(names)
 			names = append(names, name...)
 			m.nameEnd = len(names)
+			// The shared buffer is reused for the value's strings.
+			name = names[m.nameStart:m.nameEnd]
+			m.ascii = isASCII(name)
+		}
+		if m.ascii {
+			if len(name) >= 8 {
+				m.prefix = binary.BigEndian.Uint64(name)
+			} else {
+				for i := range len(name) {
+					m.prefix |= uint64(name[i]) << (56 - 8*i)
+				}
+			}
 		}
 		p.skipSpace()
 		if p.pos >= len(p.in) || p.in[p.pos] != ':' {
@@ -188,11 +202,6 @@ func (p *parser) object(dst []byte, depth int) ([]byte, error) {
 			p.top(name, values[start:])
 		}
 		m.start, m.end = start, len(values)
-		if m.ascii = isASCII(name); m.ascii {
-			for i := range min(8, len(name)) {
-				m.prefix |= uint64(name[i]) << (56 - 8*i)
-			}
-		}
 		ms = append(ms, m)
 		p.skipSpace()
 		if p.pos >= len(p.in) {
@@ -317,6 +326,7 @@ func (p *parser) str() ([]byte, error) {
 				return nil, p.errorf("invalid UTF-8 in string")
 			}
 			p.pos++
+			p.strASCII = ascii
 			return s, nil
 		}
 		if c == '\\' {

@@ -130,6 +130,24 @@ func TestAppendTransformVisitsTopLevelMembers(t *testing.T) {
 	}
 }
 
+// TestEscapedNameBeforeEscapedValue checks that a member name decoded from
+// escapes survives the decoding of an escaped string value after it.
+func TestEscapedNameBeforeEscapedValue(t *testing.T) {
+	var got []string
+	out, err := AppendTransform(nil, []byte(`{"z\u005a":"\u0059\u0059\u0059","a\u00e9":"\u00e8","b":1}`), func(name, value []byte) {
+		got = append(got, string(name)+"="+string(value))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(out) != `{"aé":"è","b":1,"zZ":"YYY"}` {
+		t.Fatalf("out %s", out)
+	}
+	if want := `[zZ="YYY" aé="è" b=1]`; fmt.Sprint(got) != want {
+		t.Fatalf("visited %v, want %s", got, want)
+	}
+}
+
 // TestPlain8 checks the eight-byte test against the byte table for every
 // byte value in every position.
 func TestPlain8(t *testing.T) {
