@@ -89,7 +89,7 @@ func TestAppendNumberRoundTrips(t *testing.T) {
 // FuzzTransform checks that canonical output is valid JSON with the same
 // meaning as the input, and that canonicalizing is idempotent.
 func FuzzTransform(f *testing.F) {
-	for _, s := range []string{`{"b":1,"a":[true,null,"x\n"]}`, `"\u20ac"`, `[1e30,-0.5]`, `{"\ud83d\ude00":{}}`} {
+	for _, s := range []string{`{"b":1,"a":[true,null,"x\n"]}`, `"\u20ac"`, `[1e30,-0.5]`, `{"\ud83d\ude00":{}}`, `{"z\u005a":"\u0059","a":1}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
