@@ -3,6 +3,7 @@ package keyguard_test
 import (
 	"fmt"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -187,4 +188,60 @@ func TestReconcileActsOnMissedStatus(t *testing.T) {
 		t.Fatalf("grant %+v", g.Grant)
 	}
 	h.waitKeyEvent(vm, events.KeyRevoked, keyguard.BackendLocal)
+}
+
+// A restore that arrives while the revocation's call to Key Vault is still
+// under way ends with the key enabled: the slow call for the old state
+// cannot land after the call for the new one and leave the vault disabled
+// while the grant says active.
+func TestAzureKeyVaultRestoreDuringSlowRevocation(t *testing.T) {
+	vm, err := authority(t).NewVM(sim.VMConfig{AK: sim.AKECDSAP256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vault := azurekvtest.NewVault()
+	vault.AddKey("sealed", "v1", true, true, cvmPolicyFor(vm.VMID()), true)
+	h := newHarness(t, func(c *keyguard.Config) {
+		c.AzureKeyVaults = []azurekv.Config{{
+			Name: "akv", VaultURL: azurekvtest.VaultURL, Credential: &azfake.TokenCredential{}, ClientOptions: vault.ClientOptions(),
+			Keys: []azurekv.KeyMapping{{VM: vm.VMKey(), Key: "sealed", Version: "v1"}},
+		}}
+	})
+	h.setStatus(vm, events.StatusTrusted)
+	h.waitGrant(vm, "akv", "sealed", grants.Active)
+
+	// Hold the revocation's update back until the restore has been asked for.
+	held, release := make(chan struct{}), make(chan struct{})
+	var first atomic.Bool
+	vault.SetGate(func(id string) {
+		if id == "PATCH sealed/v1" && first.CompareAndSwap(false, true) {
+			close(held)
+			<-release
+		}
+	})
+	h.verdict(vm, events.VerdictContraindicated, events.Reason{Code: "snp.signature_invalid"})
+	select {
+	case <-held:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the revocation never reached Key Vault")
+	}
+	if _, err := keyguard.Restore(ctxT(t), h.conn, keyguard.ChangeRequest{VM: vm.VMKey(), Reason: "false alarm", Actor: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	// Whatever could overtake the held call gets the time to do so.
+	time.Sleep(300 * time.Millisecond)
+	close(release)
+
+	h.waitGrant(vm, "akv", "sealed", grants.Active)
+	deadline := time.Now().Add(10 * time.Second)
+	for !vault.Enabled("sealed", "v1") {
+		if time.Now().After(deadline) {
+			g := h.getGrant(vm, "akv", "sealed")
+			t.Fatalf("grant is %s, applied %t, but the key is disabled in the vault", g.State, g.Applied)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if g := h.getGrant(vm, "akv", "sealed"); g.State != grants.Active || !g.Applied {
+		t.Fatalf("grant after the race: %s, applied %t", g.State, g.Applied)
+	}
 }

@@ -272,16 +272,33 @@ func (k *Keyguard) publishAlert(ctx context.Context, a events.Alert, id string) 
 	return nil
 }
 
+// applyState is where a grant stands with the apply workers.
+type applyState uint8
+
+const (
+	applyQueued  applyState = iota + 1 // on the work queue
+	applyRunning                       // a worker is applying it
+	applyAgain                         // a worker is applying it, and it was kicked meanwhile
+)
+
 // kick asks an apply worker to bring grant key's backend in line with its
 // state. It never blocks: when the queue is full, reconciliation picks the
-// grant up.
+// grant up. A grant is applied by one worker at a time: kicked while a
+// worker applies it, it is queued again once that worker is done, so a slow
+// backend call for an older state can never land after the call for a newer
+// one made here.
 func (k *Keyguard) kick(key string) {
 	k.pendingMu.Lock()
-	if k.pending[key] {
+	switch k.pending[key] {
+	case applyQueued, applyAgain:
+		k.pendingMu.Unlock()
+		return
+	case applyRunning:
+		k.pending[key] = applyAgain
 		k.pendingMu.Unlock()
 		return
 	}
-	k.pending[key] = true
+	k.pending[key] = applyQueued
 	k.pendingMu.Unlock()
 	select {
 	case k.work <- key:
@@ -300,10 +317,17 @@ func (k *Keyguard) applyWorker(ctx context.Context) {
 			return
 		case key := <-k.work:
 			k.pendingMu.Lock()
-			delete(k.pending, key)
+			k.pending[key] = applyRunning
 			k.pendingMu.Unlock()
 			if err := k.apply(ctx, key); err != nil && ctx.Err() == nil {
 				k.log.WarnContext(ctx, "backend apply failed; will retry at reconciliation", "grant", key, "err", err)
+			}
+			k.pendingMu.Lock()
+			again := k.pending[key] == applyAgain
+			delete(k.pending, key)
+			k.pendingMu.Unlock()
+			if again && ctx.Err() == nil {
+				k.kick(key)
 			}
 		}
 	}
@@ -331,19 +355,27 @@ func (k *Keyguard) apply(ctx context.Context, key string) error {
 	k.metrics.backendCalls.Record(ctx, time.Since(start).Seconds(), metric.WithAttributes(
 		attribute.String("backend", cur.Backend), attribute.String("state", string(state)), attribute.Bool("ok", opErr == nil)))
 	var done grants.Entry
-	var applied bool
+	var applied, stale bool
 	e, _, err := k.grants.Update(ctx, key, func(g *grants.Grant) (bool, error) {
-		applied = false
+		applied, stale = false, false
 		if data != nil {
 			g.BackendData = data
+		}
+		if g.State != state {
+			// The grant changed while the call for its old state ran.
+			// Another keyguard may have applied the new state before this
+			// call landed (or the call failed halfway), so the new state is
+			// applied (again) next.
+			stale = true
+			g.Applied = false
+			return true, nil
 		}
 		if opErr != nil {
 			g.ApplyError = clipReason(opErr.Error())
 			g.ApplyAttempts++
 			return true, nil
 		}
-		if g.State != state || g.Applied {
-			// The grant changed meanwhile; the new state is applied next.
+		if g.Applied {
 			return data != nil, nil
 		}
 		g.Applied, g.ApplyError, g.ApplyAttempts = true, "", 0
@@ -355,11 +387,15 @@ func (k *Keyguard) apply(ctx context.Context, key string) error {
 		return err
 	}
 	done = e
-	if opErr != nil {
+	switch {
+	case stale:
+		k.log.InfoContext(ctx, "grant changed during a backend call; applying its new state", "grant", key, "was", state, "now", done.State, "call_err", opErr)
+		k.kick(key)
+		return nil
+	case opErr != nil:
 		k.alertApplyFailed(ctx, done.Grant, opErr)
 		return opErr
-	}
-	if !applied {
+	case !applied:
 		if !done.Applied {
 			k.kick(key)
 		}

@@ -40,7 +40,7 @@ type Keyguard struct {
 
 	work      chan string
 	pendingMu sync.Mutex
-	pending   map[string]bool
+	pending   map[string]applyState // grants queued for or in an apply worker
 }
 
 // Run runs keyguard until ctx ends: it consumes verdicts, status changes and
@@ -110,7 +110,7 @@ func open(ctx context.Context, cfg Config) (k *Keyguard, closeConn func(), err e
 		mp = cfg.Telemetry.MeterProvider
 	}
 	k = &Keyguard{cfg: cfg, conn: conn, log: log, metrics: newMetrics(mp),
-		work: make(chan string, 1024), pending: map[string]bool{}, backends: map[string]backend{BackendLocal: localBackend{}}}
+		work: make(chan string, 1024), pending: map[string]applyState{}, backends: map[string]backend{BackendLocal: localBackend{}}}
 	if k.grants, err = grants.Open(ctx, conn.NC, conn.JS); err != nil {
 		return nil, closeConn, fmt.Errorf("keyguard: %w", err)
 	}

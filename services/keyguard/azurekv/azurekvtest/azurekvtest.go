@@ -35,6 +35,16 @@ type Vault struct {
 	keys     map[string]map[string]*azkeys.KeyBundle
 	FailNext map[string]int // "PATCH name/version" -> failures to inject
 	calls    []RestCall
+	gate     func(id string)
+}
+
+// SetGate makes every update call gate("PATCH name/version") before it is
+// applied, outside the vault's lock, so a test can hold an update back and
+// let others overtake it. nil removes the gate.
+func (v *Vault) SetGate(gate func(id string)) {
+	v.mu.Lock()
+	v.gate = gate
+	v.mu.Unlock()
 }
 
 // RestCall is one REST request the client made.
@@ -137,9 +147,15 @@ func (v *Vault) Server() *fake.Server {
 		},
 		UpdateKey: func(_ context.Context, name, version string, p azkeys.UpdateKeyParameters, _ *azkeys.UpdateKeyOptions) (resp azfake.Responder[azkeys.UpdateKeyResponse], errResp azfake.ErrorResponder) {
 			name, version = splitPath(name, version)
+			id := "PATCH " + name + "/" + version
+			v.mu.Lock()
+			gate := v.gate
+			v.mu.Unlock()
+			if gate != nil {
+				gate(id)
+			}
 			v.mu.Lock()
 			defer v.mu.Unlock()
-			id := "PATCH " + name + "/" + version
 			if v.FailNext[id] > 0 {
 				v.FailNext[id]--
 				errResp.SetResponseError(http.StatusServiceUnavailable, "ServiceUnavailable")
