@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -103,6 +104,38 @@ func WithAlertSource(name string) ConsumeOption {
 	return func(o *consumeOptions) { o.alertSource = name }
 }
 
+// pullRecheck bounds how long the runner waits in the pull iterator's Next
+// after a message, and pullIdle is how long it keeps doing so when no
+// message comes. It works around a race in nats.go's jetstream pull
+// iterator (Messages; seen in v1.55.0): Next decides whether to send the
+// next pull request (checkPending) only when it is entered and when
+// something arrives on the subscription, and it skips the request while
+// the previous one is still being published (fetchInProgress, set by the
+// pullMessages goroutine from before PublishRequest until after it
+// returns). When that goroutine is held up after publishing and before it
+// clears the flag (it has to run again, for instance after handing the
+// contended connection lock over), the server can deliver every message
+// asked for and the runner consume them all in the meantime: each
+// checkPending skips the pull, nothing is outstanding any more, and Next
+// blocks with no pull request on the server (NumWaiting 0, NumPending > 0,
+// NumAckPending 0) until its missing-heartbeat timer fires after twice the
+// heartbeat (30 s with the client's default; seen as 30 s stalls of the
+// attest-worker's schedule consumer in BenchmarkAttestPipeline). Entering
+// Next again runs checkPending, which then sends the skipped pull: so the
+// runner leaves Next after pullRecheck without a message and enters it
+// again. This is inferred from the iterator's code and the consumer's
+// state during a stall; the skipped pull itself was not traced.
+//
+// pullHeartbeat is the idle heartbeat asked of the server (the client's
+// default is half the 30 s expiry): the iterator gives up on a pull request
+// that the server no longer holds after two missed heartbeats, which is
+// the fallback for a pull lost otherwise.
+const (
+	pullRecheck   = 100 * time.Millisecond
+	pullIdle      = time.Second
+	pullHeartbeat = 5 * time.Second
+)
+
 // DefaultMaxDeliver is the consumer's MaxDeliver when the config leaves it 0.
 // A message that failed this many deliveries is terminated as poison.
 const DefaultMaxDeliver = 20
@@ -143,7 +176,7 @@ func (c *Conn) Consume(ctx context.Context, stream string, cfg jetstream.Consume
 	if err != nil {
 		return fmt.Errorf("bus: consumer %s on %s: %w", cfg.Durable, stream, err)
 	}
-	iter, err := cons.Messages(jetstream.PullMaxMessages(o.concurrency))
+	iter, err := cons.Messages(jetstream.PullMaxMessages(o.concurrency), jetstream.PullHeartbeat(pullHeartbeat))
 	if err != nil {
 		return fmt.Errorf("bus: consume %s on %s: %w", cfg.Durable, stream, err)
 	}
@@ -204,8 +237,25 @@ func (c *Conn) Consume(ctx context.Context, stream string, cfg jetstream.Consume
 		close(idle)
 		<-tickerDone
 	}()
+	// While messages come, Next waits at most pullRecheck, so that a pull
+	// the iterator skipped is sent at once (see pullRecheck); after
+	// pullIdle without one it waits without limit again, so that the
+	// iterator's own check for missing heartbeats (a pull request the
+	// server lost) can run: it only fires inside one Next call.
+	var idleFor time.Duration
 	for {
-		msg, err := iter.Next()
+		var msg jetstream.Msg
+		var err error
+		if idleFor < pullIdle {
+			msg, err = iter.Next(jetstream.NextMaxWait(pullRecheck))
+			if errors.Is(err, nats.ErrTimeout) {
+				idleFor += pullRecheck
+				continue
+			}
+		} else {
+			msg, err = iter.Next()
+		}
+		idleFor = 0
 		if err != nil {
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				return nil
