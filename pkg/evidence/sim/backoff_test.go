@@ -124,13 +124,7 @@ func TestCollateralFetchBackoff(t *testing.T) {
 					t.Fatal(err)
 				}
 				verify := func() *evidence.Result {
-					nonce := evidence.NewNonce()
-					raw, err := vm.Respond(nonce)
-					if err != nil {
-						t.Error(err)
-						return nil
-					}
-					res, err := v.Verify(context.Background(), raw, evidence.Expect{Nonce: nonce})
+					res, err := verifyFresh(context.Background(), v, vm)
 					if err != nil {
 						t.Error(err)
 						return nil
@@ -234,16 +228,7 @@ func TestFetchBackoffIsPerVerifier(t *testing.T) {
 		t.Fatal(err)
 	}
 	verify := func(v *evidence.Verifier) *evidence.Result {
-		nonce := evidence.NewNonce()
-		raw, err := vm.Respond(nonce)
-		if err != nil {
-			t.Fatal(err)
-		}
-		res, err := v.Verify(context.Background(), raw, evidence.Expect{Nonce: nonce})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return res
+		return mustVerifyFresh(context.Background(), t, v, vm)
 	}
 	cfg := evidence.Config{TestRoots: auth.TrustRoots(), KDSURL: srv.URL, Collateral: noCache{}}
 	a, _ := evidence.NewVerifier(cfg)
@@ -313,16 +298,7 @@ func TestFetchBackoffHangingServer(t *testing.T) {
 				t.Fatal(err)
 			}
 			verify := func(ctx context.Context) *evidence.Result {
-				nonce := evidence.NewNonce()
-				raw, err := vm.Respond(nonce)
-				if err != nil {
-					t.Fatal(err)
-				}
-				res, err := v.Verify(ctx, raw, evidence.Expect{Nonce: nonce})
-				if err != nil {
-					t.Fatal(err)
-				}
-				return res
+				return mustVerifyFresh(ctx, t, v, vm)
 			}
 			hang.Store(true)
 			ctx, cancel := tc.ctx()

@@ -245,16 +245,7 @@ func verifyTDX(t *testing.T, v *evidence.Verifier, auth *sim.Authority) *evidenc
 	if err != nil {
 		t.Fatal(err)
 	}
-	nonce := evidence.NewNonce()
-	raw, err := vm.Respond(nonce)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := v.Verify(context.Background(), raw, evidence.Expect{Nonce: nonce})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res
+	return mustVerifyFresh(context.Background(), t, v, vm)
 }
 
 // TestForgedVCEKNotCached: a VCEK from AMD KDS that does not chain to the
@@ -315,16 +306,7 @@ func TestForgedVCEKNotCached(t *testing.T) {
 				t.Fatal(err)
 			}
 			verify := func(v *evidence.Verifier) *evidence.Result {
-				nonce := evidence.NewNonce()
-				raw, err := vm.Respond(nonce)
-				if err != nil {
-					t.Fatal(err)
-				}
-				res, err := v.Verify(context.Background(), raw, evidence.Expect{Nonce: nonce})
-				if err != nil {
-					t.Fatal(err)
-				}
-				return res
+				return mustVerifyFresh(context.Background(), t, v, vm)
 			}
 			res := verify(on)
 			if tc.vcek == nil {
@@ -421,16 +403,7 @@ func TestPoisonedCollateralReplaced(t *testing.T) {
 			}
 			verify := func(v *evidence.Verifier) *evidence.Result {
 				t.Helper()
-				nonce := evidence.NewNonce()
-				raw, err := vm.Respond(nonce)
-				if err != nil {
-					t.Fatal(err)
-				}
-				res, err := v.Verify(context.Background(), raw, evidence.Expect{Nonce: nonce})
-				if err != nil {
-					t.Fatal(err)
-				}
-				return res
+				return mustVerifyFresh(context.Background(), t, v, vm)
 			}
 			if res := verify(verifier(false)); !res.Genuine || cache.stored() != tc.stored {
 				t.Fatalf("healthy: %v, %d stored", res.Failures, cache.stored())
