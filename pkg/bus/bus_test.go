@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -360,6 +361,37 @@ func TestRequestServe(t *testing.T) {
 	}
 	if err := c.Request(context.Background(), "vigil.test.echo", "x", nil); err == nil {
 		t.Fatal("request without deadline accepted")
+	}
+}
+
+// A handler sees the headers of the request it answers, and only those.
+func TestServeHandlerSeesRequestHeader(t *testing.T) {
+	srv := natstest.Start(t)
+	c := connect(t, srv.URL())
+	ctx, cancel := context.WithCancel(ctxT(t))
+	defer cancel()
+	if bus.RequestHeader(ctx) != nil {
+		t.Fatal("a header outside any handler")
+	}
+	if _, err := c.Serve(ctx, "vigil.test.header", "", func(ctx context.Context, _ []byte) ([]byte, error) {
+		return []byte(bus.RequestHeader(ctx).Get("X-Test")), nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"one", "two", ""} {
+		m := nats.NewMsg("vigil.test.header")
+		if want != "" {
+			m.Header.Set("X-Test", want)
+		}
+		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+		reply, err := c.NC.RequestMsgWithContext(rctx, m)
+		rcancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(reply.Data) != want {
+			t.Fatalf("handler saw X-Test %q, want %q", reply.Data, want)
+		}
 	}
 }
 

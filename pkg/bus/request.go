@@ -106,8 +106,20 @@ func (c *Conn) RequestRaw(ctx context.Context, subject string, body []byte) ([]b
 }
 
 // ServeHandler answers one request. Returning a *ReplyError sends that code
-// to the requester; any other error is sent as code "internal".
+// to the requester; any other error is sent as code "internal". The
+// request's headers are available through RequestHeader(ctx).
 type ServeHandler func(ctx context.Context, data []byte) ([]byte, error)
+
+type requestHeaderKey struct{}
+
+// RequestHeader returns the headers of the request a ServeHandler is
+// answering (nil outside a handler or when the request had none). Only
+// what the NATS server sets itself can be relied on: within one account a
+// requester may send any header, including Nats-Request-Info.
+func RequestHeader(ctx context.Context) nats.Header {
+	h, _ := ctx.Value(requestHeaderKey{}).(nats.Header)
+	return h
+}
 
 // ServeOption configures Serve.
 type ServeOption func(*serveOptions)
@@ -167,6 +179,9 @@ func (c *Conn) Serve(ctx context.Context, subject, queue string, h ServeHandler,
 
 func (c *Conn) serveOne(ctx context.Context, subject string, h ServeHandler, m *nats.Msg) {
 	ctx = ExtractTrace(ctx, m.Header)
+	if m.Header != nil {
+		ctx = context.WithValue(ctx, requestHeaderKey{}, m.Header)
+	}
 	ctx, span := c.tracer.Start(ctx, "serve "+subject, trace.WithSpanKind(trace.SpanKindServer))
 	defer span.End()
 	if span.IsRecording() {

@@ -61,6 +61,9 @@ const (
 	// CodeUnavailable: keyguard cannot decide right now (storage down);
 	// retry later.
 	CodeUnavailable = "unavailable"
+	// CodeRateLimited: too many nonce requests from this requester or for
+	// this VM, or the VM holds as many unused nonces as it may; retry later.
+	CodeRateLimited = "rate_limited"
 )
 
 // NonceRequest asks for a release nonce for VMKey.

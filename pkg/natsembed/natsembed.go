@@ -31,6 +31,9 @@ type Config struct {
 	Logging bool
 	// ReadyTimeout bounds start-up; defaults to 10 s.
 	ReadyTimeout time.Duration
+	// ConfigText is nats-server configuration applied before the fields
+	// above, which take precedence: accounts, users, exports and imports.
+	ConfigText string
 }
 
 // Server is a running embedded nats-server.
@@ -65,16 +68,20 @@ func Start(cfg Config) (*Server, error) {
 		}
 		cfg.Port = p
 	}
-	opts := &server.Options{
-		ServerName: cfg.Name,
-		Host:       cfg.Host,
-		Port:       cfg.Port,
-		JetStream:  true,
-		StoreDir:   cfg.StoreDir,
-		NoSigs:     true,
-		NoLog:      !cfg.Logging,
-		MaxPayload: cfg.MaxPayload,
+	opts := &server.Options{}
+	if cfg.ConfigText != "" {
+		if err := opts.ProcessConfigString(cfg.ConfigText); err != nil {
+			return nil, fmt.Errorf("natsembed: configuration: %w", err)
+		}
 	}
+	opts.ServerName = cfg.Name
+	opts.Host = cfg.Host
+	opts.Port = cfg.Port
+	opts.JetStream = true
+	opts.StoreDir = cfg.StoreDir
+	opts.NoSigs = true
+	opts.NoLog = !cfg.Logging
+	opts.MaxPayload = cfg.MaxPayload
 	if cfg.ClusterPort != 0 {
 		opts.Cluster = server.ClusterOpts{Name: cfg.ClusterName, Host: cfg.Host, Port: cfg.ClusterPort}
 		for _, r := range cfg.Routes {

@@ -31,6 +31,14 @@ func Start(t testing.TB) *Server {
 	return start(t, natsembed.Config{Name: "test", StoreDir: t.TempDir()})
 }
 
+// StartConfigured runs a single JetStream server with configText (nats-server
+// syntax: accounts, users, exports, imports) in a temporary directory; it
+// stops when the test ends.
+func StartConfigured(t testing.TB, configText string) *Server {
+	t.Helper()
+	return start(t, natsembed.Config{Name: "test", StoreDir: t.TempDir(), ConfigText: configText})
+}
+
 func start(t testing.TB, cfg natsembed.Config) *Server {
 	t.Helper()
 	srv, err := natsembed.Start(cfg)

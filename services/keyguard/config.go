@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/vigil-cc/vigil/pkg/bus"
@@ -61,6 +62,8 @@ type Config struct {
 	// NonceTTL is how long a release nonce stays valid (default 2 min,
 	// at most the nonce bucket's TTL of 5 min).
 	NonceTTL time.Duration
+	// Nonces bounds the release nonces keyguard issues.
+	Nonces NonceLimits
 	// Concurrency bounds the events handled at once (default 16).
 	Concurrency int
 	// ApplyWorkers bounds concurrent calls to remote backends (default 4).
@@ -84,6 +87,52 @@ type Config struct {
 	// Ready, when set, is called once keyguard consumes events and serves
 	// releases.
 	Ready func()
+}
+
+// NonceLimits bounds the release nonces keyguard issues. Nonces are issued
+// only for VMs that hold a local grant. The rates apply per keyguard
+// replica; the bound on unused nonces applies across replicas.
+type NonceLimits struct {
+	// PerVM is how many unused, unexpired nonces one VM may hold at once
+	// (default 8).
+	PerVM int
+	// VMRate is how many nonces per second one VM obtains on average, and
+	// VMBurst how many in a row (default 1 per second, 8 in a row).
+	VMRate  float64
+	VMBurst int
+	// RequesterRate and RequesterBurst bound the nonce requests of one
+	// requester, granted or not (default 2 per second, 16 in a row). The
+	// requester is the account and user the NATS server names in the
+	// Nats-Request-Info header, which it sets when the request reaches
+	// keyguard through a service import that shares the requester's
+	// details (share: true); without that header only the per-VM bounds
+	// apply.
+	RequesterRate  float64
+	RequesterBurst int
+	// Tracked bounds the VMs and the requesters the rate limits remember
+	// (default 65536 each).
+	Tracked int
+}
+
+func (l *NonceLimits) defaults() {
+	if l.PerVM <= 0 {
+		l.PerVM = 8
+	}
+	if l.VMRate <= 0 {
+		l.VMRate = 1
+	}
+	if l.VMBurst <= 0 {
+		l.VMBurst = 8
+	}
+	if l.RequesterRate <= 0 {
+		l.RequesterRate = 2
+	}
+	if l.RequesterBurst <= 0 {
+		l.RequesterBurst = 16
+	}
+	if l.Tracked <= 0 {
+		l.Tracked = 1 << 16
+	}
 }
 
 // GrantSpec says that a VM may obtain a secret from the local release
@@ -135,6 +184,7 @@ func (c *Config) defaults() {
 	if c.NonceTTL <= 0 {
 		c.NonceTTL = 2 * time.Minute
 	}
+	c.Nonces.defaults()
 	if c.Concurrency <= 0 {
 		c.Concurrency = 16
 	}
@@ -158,6 +208,11 @@ func (c *Config) defaults() {
 func (c *Config) validate() error {
 	if c.NonceTTL > 5*time.Minute {
 		return fmt.Errorf("keyguard: nonce TTL %s exceeds the nonce bucket's TTL of 5m", c.NonceTTL)
+	}
+	for _, r := range []float64{c.Nonces.VMRate, c.Nonces.RequesterRate} {
+		if math.IsNaN(r) || math.IsInf(r, 0) {
+			return fmt.Errorf("keyguard: nonce rate %v is not a number of nonces per second", r)
+		}
 	}
 	if err := c.Restore.validate(); err != nil {
 		return err

@@ -56,7 +56,13 @@ type option func(*keyguard.Config)
 
 func newHarness(t testing.TB, opts ...option) *harness {
 	t.Helper()
-	srv := natstest.Start(t)
+	return newHarnessOn(t, natstest.Start(t), opts...)
+}
+
+// newHarnessOn runs keyguard against srv, whose default user (when it has
+// accounts) may do what keyguard does.
+func newHarnessOn(t testing.TB, srv *natstest.Server, opts ...option) *harness {
+	t.Helper()
 	h := &harness{t: t, srv: srv}
 	h.conn = h.connect()
 	h.js = h.conn.JS

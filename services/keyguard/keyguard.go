@@ -38,6 +38,11 @@ type Keyguard struct {
 	backends map[string]backend
 	metrics  *kgMetrics
 
+	// nonceStream is the nonce bucket's stream; vmNonces and
+	// requesterNonces limit the rate of nonces per VM and per requester.
+	nonceStream               jetstream.Stream
+	vmNonces, requesterNonces *limiter
+
 	work      chan string
 	pendingMu sync.Mutex
 	pending   map[string]applyState // grants queued for or in an apply worker
@@ -121,6 +126,12 @@ func open(ctx context.Context, cfg Config) (k *Keyguard, closeConn func(), err e
 	if k.nonces, err = conn.JS.KeyValue(ctx, events.BucketKeyguardNonces); err != nil {
 		return nil, closeConn, fmt.Errorf("keyguard: nonce bucket: %w", err)
 	}
+	if k.nonceStream, err = conn.JS.Stream(ctx, "KV_"+events.BucketKeyguardNonces); err != nil {
+		return nil, closeConn, fmt.Errorf("keyguard: nonce bucket stream: %w", err)
+	}
+	nl := cfg.Nonces
+	k.vmNonces = newLimiter(nl.VMRate, nl.VMBurst, nl.Tracked)
+	k.requesterNonces = newLimiter(nl.RequesterRate, nl.RequesterBurst, nl.Tracked)
 	vc := cfg.Evidence.Verifier
 	if vc.Collateral == nil {
 		kv, err := collateral.OpenKV(ctx, conn.JS)

@@ -9,6 +9,7 @@ type kgMetrics struct {
 	revocationLatency metric.Float64Histogram
 	backendCalls      metric.Float64Histogram
 	nonces            metric.Int64Counter
+	nonceRefusals     metric.Int64Counter
 	releases          metric.Int64Counter
 	releaseSeconds    metric.Float64Histogram
 }
@@ -25,6 +26,8 @@ func newMetrics(mp metric.MeterProvider) *kgMetrics {
 	k.backendCalls, _ = m.Float64Histogram("vigil_keyguard_backend_apply_seconds",
 		metric.WithDescription("Duration of revoke/restore calls to remote backends"), metric.WithUnit("s"))
 	k.nonces, _ = m.Int64Counter("vigil_keyguard_nonces_issued", metric.WithDescription("Release nonces issued"))
+	k.nonceRefusals, _ = m.Int64Counter("vigil_keyguard_nonces_refused",
+		metric.WithDescription("Nonce requests refused, by refusal code"))
 	k.releases, _ = m.Int64Counter("vigil_keyguard_releases",
 		metric.WithDescription("Release requests by outcome (released or the refusal code)"))
 	k.releaseSeconds, _ = m.Float64Histogram("vigil_keyguard_release_seconds",

@@ -9,9 +9,14 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
+	"github.com/vigil-cc/vigil/services/keyguard/grants"
 	"github.com/vigil-cc/vigil/services/keyguard/internal/kvlast"
 )
 
@@ -22,42 +27,152 @@ type nonceRecord struct {
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
+// nonceKey names a nonce (in events and logs): its hex encoding.
 func nonceKey(n []byte) string { return hex.EncodeToString(n) }
 
-// handleNonce serves vigil.keyguard.nonce.
-func (k *Keyguard) handleNonce(ctx context.Context, data []byte) ([]byte, error) {
+// nonceRecordKey is the KV key of a nonce issued for vm, <vm>.<hex nonce>:
+// one subject filter finds the nonces a VM holds.
+func nonceRecordKey(vm string, n []byte) string { return vm + "." + nonceKey(n) }
+
+// noncePurgeMarkerTTL is how long the marker of a used nonce stays in the
+// bucket (the server's minimum).
+const noncePurgeMarkerTTL = time.Second
+
+// headerRequestInfo is the header in which the NATS server names the
+// requester of a request that reached keyguard through a service import.
+const headerRequestInfo = "Nats-Request-Info"
+
+// handleNonce serves vigil.keyguard.nonce. It issues a nonce only for a VM
+// that holds an active local grant, at most Nonces.PerVM unused ones per VM,
+// within per-requester and per-VM rates; everything else is refused before
+// anything is stored.
+func (k *Keyguard) handleNonce(ctx context.Context, data []byte) (_ []byte, err error) {
+	defer func() {
+		if err != nil {
+			k.metrics.nonceRefusals.Add(ctx, 1, metric.WithAttributes(attribute.String("code", keyrelease.RefusalCode(err))))
+		}
+	}()
 	req, err := keyrelease.ParseNonceRequest(data)
 	if err != nil {
 		return nil, refuse(keyrelease.CodeBadRequest, "%v", err)
 	}
+	now := time.Now()
+	// The requester's rate is checked first: it bounds the grant lookups a
+	// requester can cause, for VMs that exist or not.
+	if who := requester(ctx); who != "" && !k.requesterNonces.allow(who, now) {
+		return nil, refuse(keyrelease.CodeRateLimited, "too many nonce requests from %s; retry later", who)
+	}
+	if err := k.nonceGrant(ctx, req.VMKey); err != nil {
+		return nil, err
+	}
+	if !k.vmNonces.allow(req.VMKey, now) {
+		return nil, refuse(keyrelease.CodeRateLimited, "too many nonces for VM %s; retry later", req.VMKey)
+	}
+	if err := k.underNonceLimit(ctx, req.VMKey, 0); err != nil {
+		return nil, err
+	}
+
 	n := evidence.NewNonce()
-	now := time.Now().UTC()
+	now = now.UTC()
 	rec := nonceRecord{VMKey: req.VMKey, IssuedAt: now, ExpiresAt: now.Add(k.cfg.NonceTTL)}
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := k.nonces.Create(ctx, nonceKey(n), b); err != nil {
+	key := nonceRecordKey(req.VMKey, n)
+	if _, err := k.nonces.Create(ctx, key, b, jetstream.KeyTTL(storedNonceTTL(k.cfg.NonceTTL))); err != nil {
 		return nil, refuse(keyrelease.CodeUnavailable, "store nonce: %v", err)
+	}
+	// Replicas, and requests on one replica, count at the same time: count
+	// again with this nonce stored, so that at most PerVM are ever handed
+	// out. Racing requests may then all withdraw theirs, which is safe.
+	if err := k.underNonceLimit(ctx, req.VMKey, 1); err != nil {
+		if perr := k.nonces.Purge(ctx, key, jetstream.PurgeTTL(noncePurgeMarkerTTL)); perr != nil {
+			k.log.WarnContext(ctx, "withdraw nonce", "vm", req.VMKey, "err", perr)
+		}
+		return nil, err
 	}
 	k.metrics.nonces.Add(ctx, 1)
 	return json.Marshal(keyrelease.NonceResponse{Nonce: n, ExpiresAt: rec.ExpiresAt})
 }
 
+// nonceGrant refuses a nonce to a VM without an active local grant. The
+// refusal names no key; for a VM whose local grants are all suspended or
+// revoked it carries the code its release would be refused with.
+func (k *Keyguard) nonceGrant(ctx context.Context, vm string) error {
+	state, err := k.grants.BestState(ctx, vm, BackendLocal)
+	switch {
+	case errors.Is(err, grants.ErrNotFound):
+		return refuse(keyrelease.CodeNoGrant, "VM %s holds no grant", vm)
+	case err != nil:
+		return refuse(keyrelease.CodeUnavailable, "read grants: %v", err)
+	case state == grants.Suspended:
+		return refuse(keyrelease.CodeSuspended, "VM %s holds no active grant: suspended", vm)
+	case state == grants.Revoked:
+		return refuse(keyrelease.CodeRevoked, "VM %s holds no active grant: revoked", vm)
+	}
+	return nil
+}
+
+// underNonceLimit refuses when vm holds more than Nonces.PerVM-1+included
+// nonces: the stored nonces of vm are counted from the bucket stream's
+// subject state, one request to the stream leader. Expired nonces leave the
+// bucket by their TTL; a used one counts for up to noncePurgeMarkerTTL.
+func (k *Keyguard) underNonceLimit(ctx context.Context, vm string, included int) error {
+	info, err := k.nonceStream.Info(ctx, jetstream.WithSubjectFilter(nonceSubjectPrefix+vm+".*"))
+	if err != nil {
+		return refuse(keyrelease.CodeUnavailable, "count nonces: %v", err)
+	}
+	if held := len(info.State.Subjects) - included; held >= k.cfg.Nonces.PerVM {
+		return refuse(keyrelease.CodeRateLimited, "VM %s holds %d unused nonces, the most it may; use them or let them expire", vm, held)
+	}
+	return nil
+}
+
+// nonceSubjectPrefix prefixes the KV keys of the nonce bucket's subjects.
+const nonceSubjectPrefix = "$KV." + events.BucketKeyguardNonces + "."
+
+// storedNonceTTL is the TTL a nonce record is stored with: the nonce's
+// validity in whole seconds, at least one (the server's granularity).
+func storedNonceTTL(d time.Duration) time.Duration {
+	return max(time.Second, (d+time.Second-1)/time.Second*time.Second)
+}
+
+// requester names the sender of the request being served as the NATS
+// server reports it in the Nats-Request-Info header, "account/user", or
+// "" when the header is missing or names no user. The server sets the
+// header when a request crosses a service import (and the user only when
+// the import shares it); within one account a client can send the header
+// itself, which gains it nothing the per-VM bounds do not cover.
+func requester(ctx context.Context) string {
+	v := bus.RequestHeader(ctx).Get(headerRequestInfo)
+	if v == "" || len(v) > 16<<10 {
+		return ""
+	}
+	var ci struct {
+		Account string `json:"acc"`
+		User    string `json:"user"`
+	}
+	if err := json.Unmarshal([]byte(v), &ci); err != nil || ci.User == "" {
+		return ""
+	}
+	return ci.Account + "/" + ci.User
+}
+
 // consumeNonce uses a nonce up, once across every replica: the record is
-// deleted with a revision check, so of two releases racing with one nonce
+// purged with a revision check, so of two releases racing with one nonce
 // exactly one proceeds. A nonce is used up even when the release is then
 // refused.
 func (k *Keyguard) consumeNonce(ctx context.Context, n []byte, vm string) error {
-	key := nonceKey(n)
+	key := nonceRecordKey(vm, n)
 	e, err := kvlast.Get(ctx, k.conn.NC, k.nonces.Bucket(), key)
 	if kvlast.IsNotFound(err) {
-		return refuse(keyrelease.CodeBadNonce, "nonce unknown, expired or already used")
+		return refuse(keyrelease.CodeBadNonce, "nonce unknown, expired, already used or issued for another VM")
 	}
 	if err != nil {
 		return refuse(keyrelease.CodeUnavailable, "read nonce: %v", err)
 	}
-	if err := k.nonces.Delete(ctx, key, jetstream.LastRevision(e.Revision)); err != nil {
+	if err := k.nonces.Purge(ctx, key, jetstream.LastRevision(e.Revision), jetstream.PurgeTTL(noncePurgeMarkerTTL)); err != nil {
 		if isRevisionMismatch(err) {
 			return refuse(keyrelease.CodeBadNonce, "nonce already used")
 		}

@@ -295,6 +295,38 @@ func (s *Store) keys(ctx context.Context, filter string) ([]string, error) {
 	return keys, nil
 }
 
+// BestState returns the most usable state among the grants of vm on
+// backend: Active as soon as one grant is active, else Suspended when one
+// is, else Revoked; ErrNotFound when vm has no grant there. A VM without
+// grants costs one request to the stream leader.
+func (s *Store) BestState(ctx context.Context, vm, backend string) (State, error) {
+	if !events.ValidVMKey(vm) || !ValidBackendName(backend) {
+		return "", fmt.Errorf("grants: VM %q backend %q", vm, backend)
+	}
+	keys, err := s.keys(ctx, vm+"."+backend+".*")
+	if err != nil {
+		return "", err
+	}
+	var best State
+	for _, k := range keys {
+		e, err := s.Get(ctx, k)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			continue // deleted
+		case err != nil:
+			return "", err
+		case e.State == Active:
+			return Active, nil
+		case e.State == Suspended || best == "":
+			best = e.State
+		}
+	}
+	if best == "" {
+		return "", fmt.Errorf("%w: VM %s on %s", ErrNotFound, vm, backend)
+	}
+	return best, nil
+}
+
 // ForKey returns the grants of every VM for keyName on backend.
 func (s *Store) ForKey(ctx context.Context, backend, keyName string) ([]Entry, error) {
 	if !ValidBackendName(backend) || !keyrelease.ValidKeyName(keyName) {

@@ -36,6 +36,7 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 	tdxColl := f.Bool("evidence-tdx-collateral", false, "verify TDX quotes against Intel PCS collateral (TCB status)")
 	amdCRL := f.Bool("evidence-amd-crl", false, "check SEV-SNP ASKs and VCEKs against AMD's CRL (AMD KDS, cached until its nextUpdate)")
 	nonceTTL := f.Duration("nonce-ttl", 2*time.Minute, "validity of a release nonce (at most 5m)")
+	noncesPerVM := f.Int("nonces-per-vm", 8, "unused release nonces one VM may hold at once")
 	reconcile := f.Duration("reconcile-interval", 30*time.Second, "how often every grant is checked against the attestation status")
 	f.Check(func() error {
 		if *masterKey == "" {
@@ -55,6 +56,7 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 			MasterKeyFile:     *masterKey,
 			HTTPAddr:          *httpAddr,
 			NonceTTL:          *nonceTTL,
+			Nonces:            keyguard.NonceLimits{PerVM: *noncesPerVM},
 			ReconcileInterval: *reconcile,
 			Telemetry:         rt.Telemetry,
 			Logger:            rt.Logger,

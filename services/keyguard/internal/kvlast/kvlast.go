@@ -74,7 +74,9 @@ func Get(ctx context.Context, nc *nats.Conn, bucket, key string) (Entry, error) 
 		if err != nil {
 			return Entry{}, fmt.Errorf("kvlast: get %s/%s: headers: %w", bucket, key, err)
 		}
-		if op := hdr.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
+		// A delete or purge, or the marker the server leaves when a key's
+		// TTL (or the bucket's) removed its last value.
+		if op := hdr.Get("KV-Operation"); op == "DEL" || op == "PURGE" || hdr.Get("Nats-Marker-Reason") != "" {
 			return Entry{}, fmt.Errorf("kvlast: %s/%s: %w", bucket, key, jetstream.ErrKeyNotFound)
 		}
 	}
