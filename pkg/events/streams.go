@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -65,6 +68,10 @@ func Streams(t Topology) []jetstream.StreamConfig {
 			Discard:     jetstream.DiscardOld,
 		},
 		{
+			// The auditor logs every message; one removed before it got
+			// there leaves a gap in the log. Nothing in Vigil deletes or
+			// purges events (they leave by age only), so the stream
+			// refuses both. The server cannot lift either flag again.
 			Name:        StreamEvents,
 			Description: "Vigil VM and policy events (lifecycle, config, verdict, state, key, policy)",
 			Subjects:    []string{SubjectEventsAll},
@@ -75,6 +82,8 @@ func Streams(t Topology) []jetstream.StreamConfig {
 			Duplicates:  10 * time.Minute,
 			MaxMsgSize:  MaxEnvelopeSize,
 			Discard:     jetstream.DiscardOld,
+			DenyDelete:  true,
+			DenyPurge:   true,
 		},
 		{
 			// One pending job per VM: DiscardNew per subject with one
@@ -149,22 +158,27 @@ func Buckets(t Topology) []jetstream.KeyValueConfig {
 		{Bucket: BucketStatus, Description: "Attestation status by VM key", History: 5, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 64 << 10},
 		{Bucket: BucketGrants, Description: "Key release grants", History: 5, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 64 << 10},
 		{Bucket: BucketCollateral, Description: "AMD and Intel certificate and collateral cache", History: 1, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 1 << 20},
-		// Each nonce expires with its own TTL (LimitMarkerTTL allows per-key
-		// TTLs; the bucket's TTL is a backstop); MaxBytes bounds the bucket.
-		{Bucket: BucketKeyguardNonces, Description: "Single-use key release nonces", History: 1, TTL: 5 * time.Minute, LimitMarkerTTL: time.Second,
-			Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 1 << 10, MaxBytes: 64 << 20},
+		{Bucket: BucketKeyguardNonces, Description: "Single-use key release nonces", History: 1, TTL: 5 * time.Minute, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 1 << 10},
 		{Bucket: BucketKeyguardSecrets, Description: "Key release secrets, encrypted under the keyguard master key", History: 5, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 256 << 10},
 	}
 }
 
 // ErrIncompatibleConfig is returned when an existing stream's configuration
 // differs from the definition in a way NATS cannot update in place (for
-// example its retention policy or storage type).
+// example its storage type, a retention policy to or from work queue, a
+// seal, or a deny flag or message TTLs the definition does not have).
 var ErrIncompatibleConfig = errors.New("existing configuration cannot be upgraded in place")
 
 // Provision creates every stream and bucket, or updates existing ones to the
 // current definition where NATS allows. It is idempotent: running it twice
-// changes nothing. It raises replica counts but never lowers them, so a
+// changes nothing. Every field of a stream that bounds its history (limits,
+// discard policy, deny flags, rollups, message TTLs, sources, ...) is put
+// back to the definition, whether the definition sets it or leaves it at
+// its default, so that an edit which trims history (VIGIL_CHECKPOINTS set
+// to keep one message, a shorter age on VIGIL_EVENTS) does not outlive the
+// next service start; a change the server cannot undo in place (a seal, a
+// deny flag or message TTLs on a stream that should not have them) fails
+// with ErrIncompatibleConfig. It raises replica counts but never lowers them, so a
 // service started with fewer replicas than the deployment's streams have
 // (a default left in place) cannot reduce their durability; lowering them
 // is an operator's deliberate act (nats stream edit).
@@ -215,45 +229,113 @@ func provisionStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.
 	}
 	have := s.CachedInfo().Config
 	cfg.Replicas = max(cfg.Replicas, have.Replicas)
-	if have.Retention != cfg.Retention || have.Storage != cfg.Storage {
-		return fmt.Errorf("events: stream %s: %w: retention %s/%s, storage %s/%s (have/want)",
-			cfg.Name, ErrIncompatibleConfig, have.Retention, cfg.Retention, have.Storage, cfg.Storage)
-	}
-	if sameStreamConfig(have, cfg) {
+	diffs := streamConfigDiff(have, cfg)
+	if len(diffs) == 0 {
 		return nil
 	}
+	var permanent []configDiff
+	for _, d := range diffs {
+		if d.permanent {
+			permanent = append(permanent, d)
+		}
+	}
+	if len(permanent) > 0 {
+		return fmt.Errorf("events: stream %s: %w: %s (have/want); the server cannot change this back: recreate the stream deliberately",
+			cfg.Name, ErrIncompatibleConfig, joinDiffs(permanent))
+	}
 	if _, err := js.UpdateStream(ctx, cfg); err != nil {
-		return fmt.Errorf("events: update stream %s: %w", cfg.Name, err)
+		return fmt.Errorf("events: update stream %s (%s, have/want): %w", cfg.Name, joinDiffs(diffs), err)
 	}
 	return nil
 }
 
-// sameStreamConfig compares the fields Vigil sets, so that provisioning an
-// up-to-date stream issues no update.
-func sameStreamConfig(a, b jetstream.StreamConfig) bool {
-	if len(a.Subjects) != len(b.Subjects) {
-		return false
+// configDiff is one field in which a stream's stored configuration differs
+// from its definition.
+type configDiff struct {
+	field      string
+	have, want any
+	// permanent: the server refuses to change the field back in place
+	// (storage, retention to or from work queue, a seal, deny flags,
+	// message TTLs, schedules and counters once enabled, persist mode).
+	permanent bool
+}
+
+func (d configDiff) String() string { return fmt.Sprintf("%s %v/%v", d.field, d.have, d.want) }
+
+func joinDiffs(ds []configDiff) string {
+	parts := make([]string, len(ds))
+	for i, d := range ds {
+		parts[i] = d.String()
 	}
-	for i := range a.Subjects {
-		if a.Subjects[i] != b.Subjects[i] {
-			return false
-		}
+	return strings.Join(parts, ", ")
+}
+
+// streamConfigDiff lists the fields in which have, a stream's configuration
+// as the server stores it, differs from want, its definition (with the
+// replica count never lowered already applied). It covers every field that
+// decides which messages the stream accepts and how long it keeps them,
+// whether the definition sets it or leaves it at its default: a change to
+// any of them (a limit, the discard policy, a deny flag, rollups or message
+// TTLs, a seal, sources, a subject transform) can drop or keep out history,
+// and provisioning puts it back. Fields that only tune the server (placement,
+// compression, direct gets, metadata, consumer limits) are the operator's.
+func streamConfigDiff(have, want jetstream.StreamConfig) []configDiff {
+	var ds []configDiff
+	diff := func(field string, h, w any, permanent bool) {
+		ds = append(ds, configDiff{field: field, have: h, want: w, permanent: permanent})
 	}
-	maxOr := func(v int64) int64 {
-		if v == 0 {
+	// The server stores an unset limit (0) as -1.
+	limit := func(v int64) int64 {
+		if v <= 0 {
 			return -1
 		}
 		return v
 	}
-	return a.Description == b.Description &&
-		a.MaxAge == b.MaxAge &&
-		a.Replicas == b.Replicas &&
-		(a.Duplicates == b.Duplicates || b.Duplicates == 0) &&
-		a.MaxMsgSize == b.MaxMsgSize &&
-		a.Discard == b.Discard &&
-		a.DiscardNewPerSubject == b.DiscardNewPerSubject &&
-		maxOr(a.MaxMsgsPerSubject) == maxOr(b.MaxMsgsPerSubject) &&
-		a.DenyDelete == b.DenyDelete &&
-		a.DenyPurge == b.DenyPurge &&
-		a.AllowMsgSchedules == b.AllowMsgSchedules
+	check := func(field string, h, w any, permanent bool) {
+		if !reflect.DeepEqual(h, w) {
+			diff(field, h, w, permanent)
+		}
+	}
+	flag := func(field string, h, w, canUnset bool) {
+		if h != w {
+			diff(field, h, w, h && !canUnset)
+		}
+	}
+
+	check("storage", have.Storage, want.Storage, true)
+	check("retention", have.Retention, want.Retention,
+		have.Retention == jetstream.WorkQueuePolicy || want.Retention == jetstream.WorkQueuePolicy)
+	check("persist_mode", have.PersistMode, want.PersistMode, true)
+	check("allow_msg_counter", have.AllowMsgCounter, want.AllowMsgCounter, true)
+	flag("sealed", have.Sealed, want.Sealed, false)
+	flag("deny_delete", have.DenyDelete, want.DenyDelete, false)
+	flag("deny_purge", have.DenyPurge, want.DenyPurge, false)
+	flag("allow_msg_ttl", have.AllowMsgTTL, want.AllowMsgTTL, false)
+	flag("allow_msg_schedules", have.AllowMsgSchedules, want.AllowMsgSchedules, false)
+
+	if !slices.Equal(have.Subjects, want.Subjects) {
+		diff("subjects", have.Subjects, want.Subjects, false)
+	}
+	check("description", have.Description, want.Description, false)
+	check("num_replicas", have.Replicas, want.Replicas, false)
+	check("max_msgs", limit(have.MaxMsgs), limit(want.MaxMsgs), false)
+	check("max_bytes", limit(have.MaxBytes), limit(want.MaxBytes), false)
+	check("max_age", have.MaxAge, want.MaxAge, false)
+	check("max_msgs_per_subject", limit(have.MaxMsgsPerSubject), limit(want.MaxMsgsPerSubject), false)
+	check("max_msg_size", limit(int64(have.MaxMsgSize)), limit(int64(want.MaxMsgSize)), false)
+	check("discard", have.Discard, want.Discard, false)
+	check("discard_new_per_subject", have.DiscardNewPerSubject, want.DiscardNewPerSubject, false)
+	check("allow_rollup_hdrs", have.AllowRollup, want.AllowRollup, false)
+	check("subject_delete_marker_ttl", have.SubjectDeleteMarkerTTL, want.SubjectDeleteMarkerTTL, false)
+	// An unset window is the server's default (2 min, or MaxAge when
+	// shorter); it only filters re-sent message ids.
+	if want.Duplicates != 0 && have.Duplicates != want.Duplicates {
+		diff("duplicate_window", have.Duplicates, want.Duplicates, false)
+	}
+	if len(have.Sources) > 0 || len(want.Sources) > 0 {
+		check("sources", have.Sources, want.Sources, false)
+	}
+	check("mirror", have.Mirror, want.Mirror, false)
+	check("subject_transform", have.SubjectTransform, want.SubjectTransform, false)
+	return ds
 }

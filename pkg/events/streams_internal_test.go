@@ -39,8 +39,8 @@ func TestProvisionedStreamsNeedNoUpdate(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if have := s.CachedInfo().Config; !sameStreamConfig(have, want) {
-			t.Errorf("%s: stored config %+v differs from definition %+v", want.Name, have, want)
+		if diffs := streamConfigDiff(s.CachedInfo().Config, want); len(diffs) > 0 {
+			t.Errorf("%s: stored config differs from its definition: %v", want.Name, diffs)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package events_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,6 +76,7 @@ func TestProvisionUpgradesOlderConfig(t *testing.T) {
 		switch old[i].Name {
 		case events.StreamEvents:
 			old[i].MaxAge = 24 * time.Hour
+			old[i].DenyDelete, old[i].DenyPurge = false, false
 		case events.StreamCheckpoints:
 			old[i].DenyPurge = false
 		}
@@ -86,8 +88,12 @@ func TestProvisionUpgradesOlderConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	infos := streamInfos(t, ctx, js)
-	if got := infos[events.StreamEvents].Config.MaxAge; got != 30*24*time.Hour {
-		t.Errorf("VIGIL_EVENTS max age %s after upgrade", got)
+	ev := infos[events.StreamEvents].Config
+	if ev.MaxAge != 30*24*time.Hour {
+		t.Errorf("VIGIL_EVENTS max age %s after upgrade", ev.MaxAge)
+	}
+	if !ev.DenyPurge || !ev.DenyDelete {
+		t.Errorf("VIGIL_EVENTS deny delete/purge = %v/%v after upgrade", ev.DenyDelete, ev.DenyPurge)
 	}
 	cp := infos[events.StreamCheckpoints].Config
 	if !cp.DenyPurge || !cp.DenyDelete {
@@ -113,27 +119,127 @@ func TestProvisionRefusesIncompatibleStream(t *testing.T) {
 	}
 }
 
-func TestCheckpointsDenyDeleteAndPurge(t *testing.T) {
+// TestProvisionRevertsHistoryLimits: someone with stream edit rights sets a
+// limit that drops history (VIGIL_CHECKPOINTS keeping one message erases
+// every earlier signed checkpoint; a short age on VIGIL_EVENTS expires
+// events before the auditor logs them). The next provisioning, which every
+// service runs at start, puts the definition back.
+func TestProvisionRevertsHistoryLimits(t *testing.T) {
+	type limits struct {
+		maxMsgs, maxBytes, maxPerSubject int64
+		maxAge                           time.Duration
+		discard                          jetstream.DiscardPolicy
+		retention                        jetstream.RetentionPolicy
+		rollup                           bool
+	}
+	of := func(c jetstream.StreamConfig) limits {
+		return limits{c.MaxMsgs, c.MaxBytes, c.MaxMsgsPerSubject, c.MaxAge, c.Discard, c.Retention, c.AllowRollup}
+	}
+	for _, tc := range []struct {
+		name   string
+		stream string
+		edit   func(*jetstream.StreamConfig)
+	}{
+		{"checkpoints max msgs 1", events.StreamCheckpoints, func(c *jetstream.StreamConfig) { c.MaxMsgs = 1 }},
+		{"checkpoints max bytes", events.StreamCheckpoints, func(c *jetstream.StreamConfig) { c.MaxBytes = 4096 }},
+		{"checkpoints max age", events.StreamCheckpoints, func(c *jetstream.StreamConfig) { c.MaxAge = time.Hour }},
+		{"checkpoints one per subject", events.StreamCheckpoints, func(c *jetstream.StreamConfig) { c.MaxMsgsPerSubject = 1 }},
+		{"checkpoints discard new", events.StreamCheckpoints, func(c *jetstream.StreamConfig) { c.MaxMsgs, c.Discard = 10, jetstream.DiscardNew }},
+		{"events max age", events.StreamEvents, func(c *jetstream.StreamConfig) { c.MaxAge = time.Hour }},
+		{"events max msgs", events.StreamEvents, func(c *jetstream.StreamConfig) { c.MaxMsgs = 10 }},
+		{"events interest retention", events.StreamEvents, func(c *jetstream.StreamConfig) { c.Retention = jetstream.InterestPolicy }},
+		{"alerts max msgs per subject", events.StreamAlerts, func(c *jetstream.StreamConfig) { c.MaxMsgsPerSubject = 1 }},
+		{"raw rollups", events.StreamRaw, func(c *jetstream.StreamConfig) { c.AllowRollup = true }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := natstest.Start(t)
+			_, js := srv.JetStream()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			defined := streamInfos(t, ctx, js)[tc.stream].Config
+			edited := defined
+			tc.edit(&edited)
+			if _, err := js.UpdateStream(ctx, edited); err != nil {
+				t.Fatalf("edit: %v", err)
+			}
+			if got := streamInfos(t, ctx, js)[tc.stream].Config; of(got) == of(defined) {
+				t.Fatalf("the edit did not change the stream: %+v", of(got))
+			}
+			if err := events.Provision(ctx, js, events.Topology{}); err != nil {
+				t.Fatal(err)
+			}
+			if got := streamInfos(t, ctx, js)[tc.stream].Config; of(got) != of(defined) {
+				t.Errorf("after provisioning %+v, want the definition's %+v", of(got), of(defined))
+			}
+		})
+	}
+}
+
+// TestProvisionRefusesIrreversibleChange: an edit the server cannot undo in
+// place is reported, naming the field, rather than left in place silently.
+func TestProvisionRefusesIrreversibleChange(t *testing.T) {
+	for _, tc := range []struct {
+		name, stream, field string
+		edit                func(*jetstream.StreamConfig)
+	}{
+		{"events sealed", events.StreamEvents, "sealed", func(c *jetstream.StreamConfig) { c.Sealed = true }},
+		{"events message TTLs", events.StreamEvents, "allow_msg_ttl", func(c *jetstream.StreamConfig) { c.AllowMsgTTL = true }},
+		{"raw deny purge", events.StreamRaw, "deny_purge", func(c *jetstream.StreamConfig) { c.DenyPurge = true }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := natstest.Start(t)
+			_, js := srv.JetStream()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			cfg := streamInfos(t, ctx, js)[tc.stream].Config
+			tc.edit(&cfg)
+			if _, err := js.UpdateStream(ctx, cfg); err != nil {
+				t.Fatalf("edit: %v", err)
+			}
+			err := events.Provision(ctx, js, events.Topology{})
+			if !errors.Is(err, events.ErrIncompatibleConfig) || !strings.Contains(err.Error(), tc.field) {
+				t.Fatalf("err = %v, want ErrIncompatibleConfig naming %s", err, tc.field)
+			}
+		})
+	}
+}
+
+// TestAuditedStreamsRefuseDeleteAndPurge: neither a signed checkpoint nor an
+// event the auditor is to log can be removed through the stream API.
+func TestAuditedStreamsRefuseDeleteAndPurge(t *testing.T) {
 	srv := natstest.Start(t)
 	_, js := srv.JetStream()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	ack, err := js.Publish(ctx, events.SubjectCheckpoint, []byte("checkpoint"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := js.Stream(ctx, events.StreamCheckpoints)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.DeleteMsg(ctx, ack.Sequence); err == nil {
-		t.Error("deleting a checkpoint succeeded")
-	}
-	if err := s.Purge(ctx); err == nil {
-		t.Error("purging checkpoints succeeded")
-	}
-	if _, err := s.GetMsg(ctx, ack.Sequence); err != nil {
-		t.Errorf("checkpoint gone: %v", err)
+	for _, tc := range []struct{ stream, subject string }{
+		{events.StreamCheckpoints, events.SubjectCheckpoint},
+		{events.StreamEvents, events.PolicySubject("p")},
+	} {
+		t.Run(tc.stream, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			ack, err := js.Publish(ctx, tc.subject, []byte("message"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := js.Stream(ctx, tc.stream)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.DeleteMsg(ctx, ack.Sequence); err == nil {
+				t.Error("deleting a message succeeded")
+			}
+			if err := s.SecureDeleteMsg(ctx, ack.Sequence); err == nil {
+				t.Error("erasing a message succeeded")
+			}
+			if err := s.Purge(ctx); err == nil {
+				t.Error("purging the stream succeeded")
+			}
+			if err := s.Purge(ctx, jetstream.WithPurgeSubject(tc.subject)); err == nil {
+				t.Error("purging the subject succeeded")
+			}
+			if _, err := s.GetMsg(ctx, ack.Sequence); err != nil {
+				t.Errorf("message gone: %v", err)
+			}
+		})
 	}
 }
 

@@ -128,20 +128,17 @@ func TestAuditorLogsGapsForMissingSequences(t *testing.T) {
 	skey, vkey := testKeys(t, dir)
 	logDir := filepath.Join(dir, "log")
 
-	publishEvents(ctx, t, js, 0, 20)
-	st, err := js.Stream(ctx, events.StreamEvents)
-	if err != nil {
-		t.Fatal(err)
+	// Sequences 10, 11 and 20 share a subject, every other one has its own.
+	subjects := make([]string, 20)
+	for i := range subjects {
+		subjects[i] = events.PolicySubject(fmt.Sprintf("p%d", i+1))
 	}
-	// Sequences 1..3 purged and 10, 11 deleted before the auditor saw them.
-	if err := st.Purge(ctx, jetstream.WithPurgeSequence(4)); err != nil {
-		t.Fatal(err)
-	}
-	for _, seq := range []uint64{10, 11} {
-		if err := st.DeleteMsg(ctx, seq); err != nil {
-			t.Fatal(err)
-		}
-	}
+	subjects[9], subjects[10], subjects[19] = events.PolicySubject("shared"), events.PolicySubject("shared"), events.PolicySubject("shared")
+	publishOn(ctx, t, js, subjects...)
+	// Before the auditor saw them, limits drop 10 and 11 (one message per
+	// subject), then 1..3 (15 messages).
+	editStream(ctx, t, js, events.StreamEvents, func(c *jetstream.StreamConfig) { c.MaxMsgsPerSubject = 1 })
+	editStream(ctx, t, js, events.StreamEvents, func(c *jetstream.StreamConfig) { c.MaxMsgs = 15 })
 	stop := startAuditor(t, Config{LogDir: logDir, SignerKeyFile: skey, Conn: nc, CheckpointInterval: 100 * time.Millisecond, Logger: quietLogger()})
 	waitFor(t, 30*time.Second, "checkpoint", func() bool { return checkpointSize(logDir) >= 17 })
 	if err := stop(); err != nil {

@@ -165,3 +165,34 @@ func checkExactlyOnce(t testing.TB, recs []auditlog.Record, n int) {
 		t.Errorf("log has %d records, want %d", len(recs), n)
 	}
 }
+
+// publishOn publishes one policy event on each subject, in order, and
+// returns once JetStream stored them all.
+func publishOn(ctx context.Context, t testing.TB, js jetstream.JetStream, subjects ...string) {
+	t.Helper()
+	for _, subject := range subjects {
+		env, err := events.New(events.TypePolicy, "test", subject, events.Policy{Name: "p", Version: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := env.Marshal()
+		if _, err := js.Publish(ctx, subject, body); err != nil {
+			t.Fatalf("publish on %s: %v", subject, err)
+		}
+	}
+}
+
+// editStream changes a stream's configuration as an operator (or an
+// intruder) with stream edit rights would.
+func editStream(ctx context.Context, t testing.TB, js jetstream.JetStream, name string, edit func(*jetstream.StreamConfig)) {
+	t.Helper()
+	s, err := js.Stream(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	edit(&cfg)
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatalf("edit stream %s: %v", name, err)
+	}
+}
