@@ -26,7 +26,11 @@ import (
 // multiple of the p50 of a bare JetStream hop (publish with ack, delivery
 // to a pull consumer) measured in the same run.
 func BenchmarkRevocationLatency(b *testing.B) {
-	h := newHarness(b)
+	// Each iteration prepares perIteration releases, each with its own
+	// nonce, and leaves most of them unused: lift the nonce limits.
+	h := newHarness(b, func(c *keyguard.Config) {
+		c.Nonces = keyguard.NonceLimits{PerVM: 1 << 20, VMRate: 1e6, VMBurst: 1 << 20}
+	})
 	vm := h.newVM("bench")
 	h.setStatus(vm, events.StatusTrusted)
 	h.grant(vm, "disk-key", keyguard.BackendLocal)
