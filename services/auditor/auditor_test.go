@@ -160,6 +160,7 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		{LogDir: "x", SignerKeyFile: "k"},
 		{LogDir: "x", SignerKeyFile: "k", NATS: bus.Config{URL: "nats://127.0.0.1:1"}, CheckpointInterval: time.Millisecond},
 		{LogDir: "x", SignerKeyFile: "k", NATS: bus.Config{URL: "nats://127.0.0.1:1"}, BatchSize: -1},
+		{LogDir: "x", SignerKeyFile: "k", NATS: bus.Config{URL: "nats://127.0.0.1:1"}, StreamCheckInterval: time.Millisecond},
 		{LogDir: "x", SignerKeyFile: "k", NATS: bus.Config{URL: "nats://127.0.0.1:1"}, GenerateKeys: true},
 	} {
 		if err := Run(context.Background(), cfg); !errors.Is(err, ErrConfig) {

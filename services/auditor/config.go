@@ -20,11 +20,12 @@ import (
 
 // Defaults.
 const (
-	DefaultConsumer           = "vigil-auditor"
-	DefaultCheckpointInterval = time.Second
-	DefaultBatchSize          = 8192
-	DefaultAckWait            = time.Minute
-	DefaultLockPollInterval   = 200 * time.Millisecond
+	DefaultConsumer            = "vigil-auditor"
+	DefaultCheckpointInterval  = time.Second
+	DefaultBatchSize           = 8192
+	DefaultAckWait             = time.Minute
+	DefaultLockPollInterval    = 200 * time.Millisecond
+	DefaultStreamCheckInterval = 10 * time.Second
 )
 
 // Config configures an auditor.
@@ -68,6 +69,11 @@ type Config struct {
 	// LockPollInterval is how often a standby tries to take over the log.
 	// Default 200 ms.
 	LockPollInterval time.Duration
+	// StreamCheckInterval is how often the writer checks that history is
+	// still there: that VIGIL_CHECKPOINTS starts at sequence 1 and that
+	// Stream did not drop messages the auditor has not logged (see
+	// AlertCheckpointsLost, AlertEventsLost). Default 10 s, minimum 100 ms.
+	StreamCheckInterval time.Duration
 	// SkipProvision skips provisioning the Vigil streams at start;
 	// otherwise they are provisioned with Topology.
 	SkipProvision bool
@@ -114,6 +120,9 @@ const (
 
 // minCheckpointInterval is Tessera's POSIX driver's minimum.
 const minCheckpointInterval = 100 * time.Millisecond
+
+// minStreamCheckInterval bounds the stream info requests of the checks.
+const minStreamCheckInterval = 100 * time.Millisecond
 
 // ErrConfig wraps configuration errors.
 var ErrConfig = errors.New("auditor: invalid configuration")
@@ -164,6 +173,12 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if cfg.LockPollInterval <= 0 {
 		cfg.LockPollInterval = DefaultLockPollInterval
+	}
+	if cfg.StreamCheckInterval == 0 {
+		cfg.StreamCheckInterval = DefaultStreamCheckInterval
+	}
+	if cfg.StreamCheckInterval < minStreamCheckInterval {
+		return cfg, fmt.Errorf("%w: StreamCheckInterval %v is below the minimum of %v", ErrConfig, cfg.StreamCheckInterval, minStreamCheckInterval)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

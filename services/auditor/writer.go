@@ -56,6 +56,13 @@ const (
 	shutdownTimeout = 30 * time.Second
 )
 
+// delivery is one message as the consumer delivered it, with its metadata.
+type delivery struct {
+	msg jetstream.Msg
+	md  *jetstream.MsgMetadata
+	err error // from Metadata
+}
+
 // item is one message, prepared for the log.
 type item struct {
 	msg     jetstream.Msg
@@ -79,6 +86,12 @@ type writer struct {
 	block  []byte // where entries are encoded; see encode
 	// traceFields are the header names the trace propagator reads.
 	traceFields []string
+	// seen is the highest stream sequence logged or delivered; after
+	// start only the consumer's callback writes it.
+	seen atomic.Uint64
+	// losses are sequences the stream lost before they were logged, for
+	// the stream checks to alert on.
+	losses *lossQueue
 }
 
 type metrics struct {
@@ -88,6 +101,7 @@ type metrics struct {
 	batchTime   metric.Float64Histogram
 	logSize     metric.Int64Gauge
 	checkpoints metric.Int64Counter
+	alerts      metric.Int64Counter
 }
 
 func newMetrics(mp metric.MeterProvider) *metrics {
@@ -99,6 +113,7 @@ func newMetrics(mp metric.MeterProvider) *metrics {
 	ms.batchTime, _ = m.Float64Histogram("vigil.auditor.batch.duration", metric.WithDescription("Time to make a batch durable"), metric.WithUnit("s"))
 	ms.logSize, _ = m.Int64Gauge("vigil.auditor.log.size", metric.WithDescription("Entries in the audit log"), metric.WithUnit("{entry}"))
 	ms.checkpoints, _ = m.Int64Counter("vigil.auditor.checkpoints.published", metric.WithDescription("Checkpoints published on vigil.audit.checkpoint"), metric.WithUnit("{checkpoint}"))
+	ms.alerts, _ = m.Int64Counter("vigil.auditor.alerts", metric.WithDescription("Critical alerts raised about lost checkpoints or events"), metric.WithUnit("{alert}"))
 	return &ms
 }
 
@@ -122,7 +137,7 @@ func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.J
 		return fmt.Errorf("auditor: tessera appender: %w", err)
 	}
 	w := &writer{cfg: cfg, log: log, js: js, app: app, lr: lr, tracer: tp.Tracer(instrumentation), m: newMetrics(mp),
-		traceFields: otel.GetTextMapPropagator().Fields()}
+		traceFields: otel.GetTextMapPropagator().Fields(), losses: newLossQueue()}
 	if len(w.traceFields) == 0 {
 		// bus.ExtractTrace then uses W3C trace context and baggage.
 		w.traceFields = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}).Fields()
@@ -150,12 +165,16 @@ func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.J
 		return ignoreCancel(ctx, err)
 	}
 
-	msgs := make(chan jetstream.Msg, 2*cfg.BatchSize)
+	msgs := make(chan delivery, 2*cfg.BatchSize)
 	stop := make(chan struct{})
 	fatal := make(chan error, 1)
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		d := delivery{msg: msg}
+		if d.md, d.err = msg.Metadata(); d.err == nil && d.md.Sequence.Stream > w.seen.Load() {
+			w.seen.Store(d.md.Sequence.Stream)
+		}
 		select {
-		case msgs <- msg:
+		case msgs <- d:
 		case <-stop:
 		}
 	},
@@ -168,10 +187,14 @@ func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.J
 	}
 	var pubWG sync.WaitGroup
 	pubCtx, stopPub := context.WithCancel(ctx)
-	pubWG.Add(1)
+	pubWG.Add(2)
 	go func() {
 		defer pubWG.Done()
 		w.publishLoop(pubCtx)
+	}()
+	go func() {
+		defer pubWG.Done()
+		w.checkLoop(pubCtx)
 	}()
 	defer func() {
 		close(stop)
@@ -301,10 +324,10 @@ func ignoreCancel(ctx context.Context, err error) error {
 }
 
 // prepare turns a message into its log entry.
-func (w *writer) prepare(msg jetstream.Msg) (item, error) {
-	md, err := msg.Metadata()
-	if err != nil {
-		return item{}, fmt.Errorf("auditor: message metadata: %w", err)
+func (w *writer) prepare(d delivery) (item, error) {
+	msg, md := d.msg, d.md
+	if d.err != nil {
+		return item{}, fmt.Errorf("auditor: message metadata: %w", d.err)
 	}
 	entry := w.encode(auditlog.Message{
 		Stream: w.cfg.Stream, Seq: md.Sequence.Stream, Subject: msg.Subject(), Stored: md.Timestamp, Body: msg.Data(),
@@ -466,6 +489,7 @@ func (w *writer) gap(ctx context.Context, seq uint64) (tessera.IndexFuture, erro
 	if _, err := w.cov.Add(from, to); err != nil {
 		return nil, fmt.Errorf("auditor: internal error: %w", err)
 	}
+	w.losses.add(seqRange{from, to})
 	return f, nil
 }
 
@@ -512,11 +536,14 @@ func (w *writer) recover(ctx context.Context) error {
 		}
 	}
 	w.cov = auditlog.NewCoverage(base)
+	seen := base - 1
 	for i := range recs {
 		if _, err := w.cov.Add(recs[i].FirstCovered(), recs[i].Seq); err != nil {
 			w.log.Error("the audit log records a stream sequence twice", "entry", from+uint64(i), "error", err)
 		}
+		seen = max(seen, recs[i].Seq)
 	}
+	w.seen.Store(seen)
 	if c, ok := w.cov.NextCovered(); ok {
 		w.log.Warn("the log's tail misses stream sequences after a failed write; repairing", "first", w.cov.Next(), "last", c-1)
 	}
