@@ -148,12 +148,19 @@ func (n *normalizer) decode(msg jetstream.Msg) rawItem {
 		it.err = bus.Permanent(err)
 		return it
 	}
-	ev, err := eventgrid.ParseEvent(it.raw.Event, eventgrid.Limits{MaxEventBytes: len(it.raw.Event) + 1})
+	// The event's own time was bounded when it was received; the time
+	// normalisation takes from its data is bounded below.
+	ev, err := eventgrid.ParseEvent(it.raw.Event, eventgrid.Limits{MaxEventBytes: len(it.raw.Event) + 1, MaxClockSkew: -1})
 	if err != nil {
 		it.err = bus.Permanent(fmt.Errorf("raw event %s: %w", it.raw.EventID, err))
 		return it
 	}
 	it.ch, it.err = normalize.FromEvent(ev)
+	if it.err == nil {
+		if err := eventgrid.CheckTime(it.ch.OccurredAt, n.p.now(), n.p.skew); err != nil {
+			it.err = fmt.Errorf("%w: event %s: %w", normalize.ErrMalformed, ev.ID, err)
+		}
+	}
 	return it
 }
 

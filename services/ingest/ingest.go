@@ -45,6 +45,10 @@ const (
 	DefaultReconcileInterval = 15 * time.Minute
 	DefaultReconcileGrace    = 2 * time.Minute
 	DefaultConcurrency       = 32
+	// MaxEventClockSkew is the largest Limits.MaxClockSkew accepted: the
+	// bound on event times must stay small, or a future-dated event still
+	// holds a VM's record until its date.
+	MaxEventClockSkew = time.Hour
 	// ConsumerName is the durable VIGIL_RAW consumer shared by replicas.
 	ConsumerName = "vigil-ingest-normalize"
 )
@@ -75,7 +79,11 @@ type Config struct {
 	// Entra optionally validates Entra ID bearer tokens on deliveries.
 	Entra eventgrid.EntraConfig
 	// Limits bound each delivery (1 MiB per event, at most what the NATS
-	// server's max_payload can store).
+	// server's max_payload can store) and how far ahead of this clock an
+	// event's time may be (MaxClockSkew: default 5 min, at most
+	// MaxEventClockSkew). That bound applies to every time ingest stores
+	// or compares: of webhook and namespace events, inside their data,
+	// ARM's creation times and those of inventory records.
 	Limits eventgrid.Limits
 	// MaxBodyBytes bounds a webhook request body (default 4 MiB).
 	MaxBodyBytes int64
@@ -148,6 +156,13 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.RequireWebhookAuth && !secrets.Enabled() && tokens == nil {
 		return fmt.Errorf("%w: the webhook needs a shared secret (or Entra ID validation)", ErrConfig)
 	}
+	limits := cfg.Limits
+	switch {
+	case limits.MaxClockSkew == 0:
+		limits.MaxClockSkew = eventgrid.DefaultMaxClockSkew
+	case limits.MaxClockSkew < 0 || limits.MaxClockSkew > MaxEventClockSkew:
+		return fmt.Errorf("%w: the clock skew allowed for event times is %s, want more than 0 and at most %s", ErrConfig, limits.MaxClockSkew, MaxEventClockSkew)
+	}
 	if cfg.HTTPAddr == "" {
 		cfg.HTTPAddr = DefaultHTTPAddr
 	}
@@ -202,7 +217,6 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	limits := cfg.Limits
 	if limits.MaxEventBytes <= 0 {
 		limits.MaxEventBytes = eventgrid.DefaultMaxEventBytes
 	}
@@ -213,7 +227,8 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	m := newMetrics(mp)
-	proc := &processor{conn: conn, inv: &inventory{kv: kv}, policy: policy, log: log, m: m, now: time.Now}
+	proc := &processor{conn: conn, inv: &inventory{kv: kv, now: time.Now, skew: limits.MaxClockSkew},
+		policy: policy, log: log, m: m, now: time.Now, skew: limits.MaxClockSkew}
 
 	fetcher, lister := cfg.Fetcher, cfg.Lister
 	if cfg.ARM.Credential != nil && (fetcher == nil || lister == nil) {
@@ -320,6 +335,9 @@ func Run(ctx context.Context, cfg Config) error {
 		nsCfg.Store = storeFor(OriginNamespace)
 		if nsCfg.Limits.MaxEventBytes <= 0 || nsCfg.Limits.MaxEventBytes > limits.MaxEventBytes {
 			nsCfg.Limits.MaxEventBytes = limits.MaxEventBytes
+		}
+		if nsCfg.Limits.MaxClockSkew <= 0 || nsCfg.Limits.MaxClockSkew > limits.MaxClockSkew {
+			nsCfg.Limits.MaxClockSkew = limits.MaxClockSkew
 		}
 		if nsCfg.Logger == nil {
 			nsCfg.Logger = log

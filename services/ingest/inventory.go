@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/services/ingest/eventgrid"
 )
 
 // errConflict: the record changed between read and write (compare and set
@@ -22,6 +24,9 @@ const maxCASAttempts = 16
 // only by compare and set on the KV revision.
 type inventory struct {
 	kv jetstream.KeyValue
+	// now and skew bound the times of records as they are read (bound).
+	now  func() time.Time
+	skew time.Duration
 }
 
 // record is a stored record with its revision (0 when absent).
@@ -44,7 +49,27 @@ func (inv *inventory) get(ctx context.Context, key string) (record, error) {
 	if err := json.Unmarshal(e.Value(), &vm); err != nil {
 		return record{}, fmt.Errorf("inventory: decode %s: %w", key, err)
 	}
+	inv.bound(&vm)
 	return record{VM: vm, Rev: e.Revision()}, nil
+}
+
+// bound treats an event time that lies beyond the time the record was
+// written (plus the allowed skew) as that time: the change cannot have
+// happened later than ingest recorded it. Such a record was stored before
+// event times were bounded on arrival; left as it is, it would supersede
+// every genuine event and keep reconcile away until its date. The record
+// is written back bounded with its next update.
+func (inv *inventory) bound(vm *events.VM) {
+	written := inv.now()
+	if !vm.UpdatedAt.IsZero() && vm.UpdatedAt.Before(written) {
+		written = vm.UpdatedAt
+	}
+	if eventgrid.CheckTime(vm.EventTime, written, inv.skew) != nil {
+		vm.EventTime = written
+	}
+	if eventgrid.CheckTime(vm.LiveMigratedAt, written, inv.skew) != nil {
+		vm.LiveMigratedAt = written
+	}
 }
 
 // put writes vm if the record is still at rev (0: still absent).
@@ -94,6 +119,7 @@ func (inv *inventory) all(ctx context.Context) (map[string]record, error) {
 			if err := json.Unmarshal(e.Value(), &vm); err != nil {
 				continue
 			}
+			inv.bound(&vm)
 			out[e.Key()] = record{VM: vm, Rev: e.Revision()}
 		}
 	}

@@ -27,6 +27,9 @@ type processor struct {
 	log    *slog.Logger
 	m      *metrics
 	now    func() time.Time
+	// skew bounds event times (eventgrid.CheckTime): an event dated
+	// further ahead is not applied.
+	skew time.Duration
 }
 
 // superseded reports whether the record already reflects an event at least

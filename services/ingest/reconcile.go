@@ -12,6 +12,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/services/ingest/arm"
+	"github.com/vigil-cc/vigil/services/ingest/eventgrid"
 	"github.com/vigil-cc/vigil/services/ingest/normalize"
 )
 
@@ -75,9 +76,11 @@ func (r *reconciler) subscription(ctx context.Context, sub string, records map[s
 		key := id.Key()
 		seen[key] = true
 		rec := records[key]
-		if !rec.exists() && m.Properties != nil && m.Properties.TimeCreated != nil && m.Properties.TimeCreated.After(cutoff) {
+		if !rec.exists() && m.Properties != nil && m.Properties.TimeCreated != nil && m.Properties.TimeCreated.After(cutoff) &&
+			eventgrid.CheckTime(*m.Properties.TimeCreated, start, r.p.skew) == nil {
 			// Created moments ago: its own event is on the way and carries
-			// the trace of its delivery. A later pass heals it if not.
+			// the trace of its delivery. A later pass heals it if not. (A
+			// creation time ahead of this clock is no reason to wait.)
 			continue
 		}
 		state := arm.PowerState(m)

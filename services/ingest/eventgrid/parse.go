@@ -39,6 +39,11 @@ type Limits struct {
 	MaxEvents int
 	// MaxIDLength bounds the event id (default 256).
 	MaxIDLength int
+	// MaxClockSkew bounds how far an event's time may lie ahead of the
+	// receiver's clock (default DefaultMaxClockSkew); a later time is
+	// refused with ErrFutureTime (see CheckTime). Negative: not checked,
+	// for re-reading events that were checked when they were received.
+	MaxClockSkew time.Duration
 }
 
 // Default limits.
@@ -46,6 +51,7 @@ const (
 	DefaultMaxEventBytes = 1 << 20
 	DefaultMaxEvents     = 5000
 	DefaultMaxIDLength   = 256
+	DefaultMaxClockSkew  = 5 * time.Minute
 )
 
 func (l Limits) withDefaults() Limits {
@@ -57,6 +63,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxIDLength <= 0 {
 		l.MaxIDLength = DefaultMaxIDLength
+	}
+	if l.MaxClockSkew == 0 {
+		l.MaxClockSkew = DefaultMaxClockSkew
 	}
 	return l
 }
@@ -83,7 +92,24 @@ var (
 	// ErrTooLarge: an event exceeds Limits.MaxEventBytes, or the batch
 	// exceeds Limits.MaxEvents.
 	ErrTooLarge = errors.New("event too large")
+	// ErrFutureTime: an event's time lies further ahead of the receiver's
+	// clock than the allowed skew. It wraps ErrMalformed.
+	ErrFutureTime = fmt.Errorf("%w: time in the future", ErrMalformed)
 )
+
+// CheckTime is the bound every event time goes through before ingest
+// stores it or compares it with another: nil when t lies at most skew after
+// now (a zero t, no time, passes), otherwise an error wrapping
+// ErrFutureTime. Without it, one event dated years ahead would make every
+// genuine event until then look older than what is recorded, and so change
+// nothing.
+func CheckTime(t, now time.Time, skew time.Duration) error {
+	if ahead := t.Sub(now); !t.IsZero() && ahead > skew {
+		return fmt.Errorf("%w: %s is %s ahead of this clock, more than the allowed skew of %s",
+			ErrFutureTime, t.UTC().Format(time.RFC3339Nano), ahead.Round(time.Second), skew)
+	}
+	return nil
+}
 
 // EventError describes why one event of a batch was refused.
 type EventError struct {
@@ -145,6 +171,7 @@ func (d Delivery) TooLarge() bool {
 // bad events are reported in Delivery.Rejected and the good ones returned.
 func Parse(body []byte, lim Limits) (Delivery, error) {
 	lim = lim.withDefaults()
+	now := time.Now()
 	b := bytes.TrimSpace(body)
 	if len(b) == 0 {
 		return Delivery{}, fmt.Errorf("%w: empty body", ErrMalformed)
@@ -152,7 +179,7 @@ func Parse(body []byte, lim Limits) (Delivery, error) {
 	switch b[0] {
 	case '{':
 		var d Delivery
-		ev, err := parseEvent(b, lim)
+		ev, err := parseEvent(b, lim, now)
 		if err != nil {
 			d.Rejected = append(d.Rejected, &EventError{Index: 0, ID: ev.ID, Err: err})
 		} else {
@@ -169,7 +196,7 @@ func Parse(body []byte, lim Limits) (Delivery, error) {
 		}
 		d := Delivery{Events: make([]Event, 0, len(elems))}
 		for i, el := range elems {
-			ev, err := parseEvent(el, lim)
+			ev, err := parseEvent(el, lim, now)
 			if err != nil {
 				d.Rejected = append(d.Rejected, &EventError{Index: i, ID: ev.ID, Err: err})
 				continue
@@ -324,10 +351,10 @@ func unquote(lit []byte) (string, error) {
 
 // ParseEvent parses one event object in either schema.
 func ParseEvent(b []byte, lim Limits) (Event, error) {
-	return parseEvent(bytes.TrimSpace(b), lim.withDefaults())
+	return parseEvent(bytes.TrimSpace(b), lim.withDefaults(), time.Now())
 }
 
-func parseEvent(b []byte, lim Limits) (Event, error) {
+func parseEvent(b []byte, lim Limits, now time.Time) (Event, error) {
 	if len(b) > lim.MaxEventBytes {
 		ev := Event{ID: peekID(b, lim)}
 		return ev, fmt.Errorf("%w: %d bytes exceeds the limit of %d", ErrTooLarge, len(b), lim.MaxEventBytes)
@@ -340,18 +367,23 @@ func parseEvent(b []byte, lim Limits) (Event, error) {
 		return Event{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	ev := Event{Raw: b, ID: str(w.ID)}
-	if err := checkID(ev.ID, lim); err != nil {
+	err := checkID(ev.ID, lim)
+	if err != nil {
 		ev.ID = ""
 		return ev, err
 	}
 	switch {
 	case w.SpecVersion != nil:
-		return ev, fillCloudEvent(&ev, &w)
+		err = fillCloudEvent(&ev, &w)
 	case w.EventType != nil:
-		return ev, fillEventGrid(&ev, &w)
+		err = fillEventGrid(&ev, &w)
 	default:
-		return ev, fmt.Errorf("%w: neither a CloudEvent (no \"specversion\") nor an Event Grid event (no \"eventType\")", ErrMalformed)
+		err = fmt.Errorf("%w: neither a CloudEvent (no \"specversion\") nor an Event Grid event (no \"eventType\")", ErrMalformed)
 	}
+	if err == nil && lim.MaxClockSkew >= 0 {
+		err = CheckTime(ev.Time, now, lim.MaxClockSkew)
+	}
+	return ev, err
 }
 
 func fillCloudEvent(ev *Event, w *wireEvent) error {

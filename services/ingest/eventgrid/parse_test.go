@@ -215,3 +215,53 @@ func FuzzValidJSON(f *testing.F) {
 		}
 	})
 }
+
+// TestFutureDatedEventRefused: an event dated beyond the receiver's clock
+// plus the allowed skew is refused, in both schemas, so that it cannot make
+// every genuine event until its date look superseded.
+func TestFutureDatedEventRefused(t *testing.T) {
+	now := time.Now().UTC()
+	ce := func(at time.Time) string {
+		return `{"specversion":"1.0","id":"f","source":"s","type":"t","time":"` + at.Format(time.RFC3339Nano) + `"}`
+	}
+	eg := func(at time.Time) string {
+		return `{"id":"f","subject":"s","eventType":"t","eventTime":"` + at.Format(time.RFC3339Nano) + `","data":{},"dataVersion":"1"}`
+	}
+	year2126 := time.Date(2126, 1, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name   string
+		body   string
+		skew   time.Duration
+		refuse bool
+	}{
+		{"cloudevent dated 2126", ce(year2126), 0, true},
+		{"event grid dated 2126", eg(year2126), 0, true},
+		{"cloudevent a minute ahead, within the default skew", ce(now.Add(time.Minute)), 0, false},
+		{"event grid a minute ahead, within the default skew", eg(now.Add(time.Minute)), 0, false},
+		{"a minute ahead with a skew of 10 s", ce(now.Add(time.Minute)), 10 * time.Second, true},
+		{"an hour in the past", eg(now.Add(-time.Hour)), 0, false},
+		{"cloudevent without a time", `{"specversion":"1.0","id":"f","source":"s","type":"t"}`, 0, false},
+		{"not checked (re-reading stored events)", ce(year2126), -1, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, err := Parse([]byte(tt.body), Limits{MaxClockSkew: tt.skew})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.refuse {
+				if len(d.Events) != 1 {
+					t.Fatalf("refused: %v", d.Err())
+				}
+				return
+			}
+			if len(d.Events) != 0 || len(d.Rejected) != 1 {
+				t.Fatalf("accepted %d events, refused %d", len(d.Events), len(d.Rejected))
+			}
+			err = d.Rejected[0]
+			if !errors.Is(err, ErrFutureTime) || !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "ahead of this clock") {
+				t.Errorf("refusal %q: want ErrFutureTime (and ErrMalformed) saying how far ahead", err)
+			}
+		})
+	}
+}

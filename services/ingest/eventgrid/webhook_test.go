@@ -103,6 +103,7 @@ func TestWebhookStatusCodes(t *testing.T) {
 		{"one malformed event stores the rest", "POST", good, "[" + ceEvent + `,{"id":"x"}]`, 400, 1},
 		{"oversized event", "POST", good, `[{"specversion":"1.0","id":"b","source":"s","type":"t","data":"` + strings.Repeat("z", 5000) + `"}]`, 413, 0},
 		{"oversized body", "POST", good, strings.Repeat(" ", 70<<10) + ceEvent, 413, 0},
+		{"future-dated event", "POST", good, `{"specversion":"1.0","id":"f","source":"s","type":"t","time":"2126-01-01T00:00:00Z"}`, 400, 0},
 		{"method", "GET", good, "", 405, 0},
 	}
 	total := 0

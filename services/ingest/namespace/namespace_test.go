@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -158,5 +159,26 @@ func TestConfigErrors(t *testing.T) {
 		if _, err := namespace.New(cfg); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// TestNamespaceRejectsFutureDatedEvent: the pull bounds event times like
+// the webhook: an event dated beyond the clock skew is rejected (to the
+// dead-letter destination), never stored.
+func TestNamespaceRejectsFutureDatedEvent(t *testing.T) {
+	ns := nsfake.New(t)
+	ns.Publish(ce("now"), `{"specversion":"1.0","id":"future","source":"/subscriptions/s","type":"Microsoft.Resources.ResourceDeleteSuccess",
+	"subject":"/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm","time":"2126-01-01T00:00:00Z",
+	"data":{"operationName":"Microsoft.Compute/virtualMachines/delete"}}`)
+	st := &store{}
+	p := newPuller(t, ns, st, nil)
+	if _, err := p.Once(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	st.mu.Lock()
+	ids := slices.Clone(st.ids)
+	st.mu.Unlock()
+	if !slices.Equal(ids, []string{"now"}) || ns.Count("acked") != 1 || ns.Count("rejected") != 1 {
+		t.Fatalf("stored %v, acked %d, rejected %d: want only the event dated now stored", ids, ns.Count("acked"), ns.Count("rejected"))
 	}
 }

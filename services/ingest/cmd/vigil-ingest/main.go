@@ -39,6 +39,13 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 	clientIDs := f.String("entra-client-ids", "", "allowed callers (appid/azp), comma separated")
 	subs := f.String("subscriptions", "", "Azure subscription IDs to reconcile, comma separated")
 	interval := f.Duration("reconcile-interval", ingest.DefaultReconcileInterval, "reconcile interval (0 or negative: off)")
+	skew := f.Duration("event-clock-skew", eventgrid.DefaultMaxClockSkew, "how far ahead of this clock an event's time may be; later events are refused (at most 1h)")
+	f.Check(func() error {
+		if *skew <= 0 || *skew > ingest.MaxEventClockSkew {
+			return fmt.Errorf("-event-clock-skew %s: must be more than 0 and at most %s", *skew, ingest.MaxEventClockSkew)
+		}
+		return nil
+	})
 	armURL := f.String("arm-endpoint", "", "ARM endpoint (default: Azure public cloud)")
 	armToken := f.String("arm-static-token", "", "fixed bearer token for ARM instead of an Entra ID credential (simulated ARM APIs only)")
 	nsEndpoint := f.String("namespace-endpoint", "", "Event Grid namespace endpoint to pull from")
@@ -56,6 +63,7 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 			HTTPAddr:           *httpAddr,
 			WebhookPath:        *path,
 			WebhookSecrets:     []string{*secret, *secretNext},
+			Limits:             eventgrid.Limits{MaxClockSkew: *skew},
 			RequireWebhookAuth: true,
 			Subscriptions:      list(*subs),
 			ReconcileInterval:  reconcileEvery,

@@ -13,9 +13,12 @@ func TestUsageErrors(t *testing.T) {
 		{"-replicas", "2"},
 		{"-reconcile-interval", "hourly"},
 		{"-log-level", "loud"},
-		{"-nats-url", "nats://127.0.0.1:1"},                             // no webhook secret
-		{"-nats-url", "nats://127.0.0.1:1", "-webhook-secret", "short"}, // too short
-		{"-webhook-secret", "0123456789abcdef0123", "stray"},            // positional argument
+		{"-nats-url", "nats://127.0.0.1:1"},                                     // no webhook secret
+		{"-nats-url", "nats://127.0.0.1:1", "-webhook-secret", "short"},         // too short
+		{"-webhook-secret", "0123456789abcdef0123", "stray"},                    // positional argument
+		{"-webhook-secret", "0123456789abcdef0123", "-event-clock-skew", "0s"},  // no bound on event times
+		{"-webhook-secret", "0123456789abcdef0123", "-event-clock-skew", "-1m"}, // likewise
+		{"-webhook-secret", "0123456789abcdef0123", "-event-clock-skew", "2h"},  // too lax a bound
 	} {
 		var stderr strings.Builder
 		if code := svcmain.Run(context.Background(), "vigil-ingest", args, &stderr, define); code != 2 {
