@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -91,14 +92,16 @@ func newAuditKeygenCmd() *cobra.Command {
 func newAuditVerifyCmd() *cobra.Command {
 	var dir, key string
 	var trusted []string
-	var asJSON bool
+	var asJSON, allowGaps bool
 	cmd := &cobra.Command{
-		Use:   "verify --log DIR --key PUB [--trusted CHECKPOINT]...",
+		Use:   "verify --log DIR --key PUB [--trusted CHECKPOINT]... [--allow-gaps]",
 		Short: "Verify the whole log against its signed checkpoint and earlier trusted checkpoints",
 		Long: "Checks the checkpoint's signature, recomputes the Merkle tree from every entry and compares it with\n" +
 			"every tile and the checkpoint's root (a changed, missing or truncated file fails), checks that the\n" +
 			"entries account for the stream's sequences 1..N each exactly once, and that the log is consistent\n" +
-			"with each --trusted checkpoint saved earlier (a fork or a rollback fails). Exit 1 on any failure.",
+			"with each --trusted checkpoint saved earlier (a fork or a rollback fails). Exit 1 on any failure.\n" +
+			"Gap entries (events that left the stream before the auditor logged them) are listed and fail\n" +
+			"verification too, unless --allow-gaps accepts them.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			d, err := openLog(dir)
@@ -124,10 +127,26 @@ func newAuditVerifyCmd() *cobra.Command {
 			if err != nil {
 				return failed(err)
 			}
-			if asJSON {
-				return json.NewEncoder(cmd.OutOrStdout()).Encode(rep)
+			var gapErr error
+			if rep.Gaps > 0 {
+				gapErr = gapsError(cmd.Context(), d, rep)
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), "OK:", rep)
+			switch {
+			case asJSON:
+				if err := json.NewEncoder(cmd.OutOrStdout()).Encode(rep); err != nil {
+					return err
+				}
+			case gapErr != nil && !allowGaps:
+				fmt.Fprintln(cmd.OutOrStdout(), "GAPS:", rep)
+			default:
+				fmt.Fprintln(cmd.OutOrStdout(), "OK:", rep)
+			}
+			if gapErr != nil {
+				if !allowGaps {
+					return failed(fmt.Errorf("%w; pass --allow-gaps to accept them", gapErr))
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "WARNING: %v (accepted: --allow-gaps)\n", gapErr)
+			}
 			return nil
 		},
 	}
@@ -136,7 +155,33 @@ func newAuditVerifyCmd() *cobra.Command {
 	f.StringVar(&key, "key", "", "the log's verifier (public) key file")
 	f.StringArrayVar(&trusted, "trusted", nil, "an earlier checkpoint file the log must be consistent with (repeatable)")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	f.BoolVar(&allowGaps, "allow-gaps", false, "accept gap entries (events that left the stream before they were logged)")
 	return cmd
+}
+
+// maxGapsListed bounds the gap entries named in verify's error.
+const maxGapsListed = 10
+
+// gapsError describes the gap entries of a verified log: how many, and the
+// first few with their sequences and entry indexes.
+func gapsError(ctx context.Context, d *auditlog.Dir, rep *auditlog.Report) error {
+	var list []string
+	isGap := func(r *auditlog.Record) bool { return r.Kind == auditlog.KindGap }
+	// The log was verified; this pass only names the gaps.
+	_, err := auditlog.Search(ctx, d, nil, isGap, func(index uint64, r *auditlog.Record) error {
+		if len(list) < maxGapsListed {
+			list = append(list, fmt.Sprintf("%d..%d (entry %d)", r.FirstSeq, r.Seq, index))
+		}
+		return nil
+	})
+	switch {
+	case err != nil:
+		list = []string{fmt.Sprintf("(cannot list them: %v)", err)}
+	case rep.Gaps > uint64(len(list)):
+		list = append(list, fmt.Sprintf("and %d more", rep.Gaps-uint64(len(list))))
+	}
+	return fmt.Errorf("the log has %d gap entries: %d %s sequences left the stream before the auditor logged them (deleted, purged, expired or dropped by a limit): %s",
+		rep.Gaps, rep.MissingSeqs, rep.Stream, strings.Join(list, ", "))
 }
 
 func newAuditProveCmd() *cobra.Command {

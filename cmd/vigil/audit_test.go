@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,9 +15,11 @@ import (
 	"github.com/vigil-cc/vigil/services/auditor"
 )
 
-// auditLog runs a real auditor over a few VM events and returns the log
-// directory, the public key file and the VMs' resource IDs.
-func auditLog(t *testing.T) (logDir, pub string, vms []string) {
+// auditLog runs a real auditor over a few VM events (41) and returns the log
+// directory, the public key file and the VMs' resource IDs. With lost > 0,
+// the first lost events leave VIGIL_EVENTS (by a limit set on the stream)
+// before the auditor starts, so the log begins with a gap entry.
+func auditLog(t *testing.T, lost int) (logDir, pub string, vms []string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -36,13 +39,26 @@ func auditLog(t *testing.T) (logDir, pub string, vms []string) {
 		publish(t, js, events.StateSubject(vm), events.TypeState, events.State{VMKey: vm, From: events.StatusPending, To: events.StatusTrusted})
 	}
 	publish(t, js, events.PolicySubject("default"), events.TypePolicy, events.Policy{Name: "default", Version: 2})
+	entries := 41
+	if lost > 0 {
+		s, err := js.Stream(ctx, events.StreamEvents)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := s.CachedInfo().Config
+		cfg.MaxMsgs = int64(41 - lost)
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+		entries = 41 - lost + 1
+	}
 
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
 		done <- auditor.Run(runCtx, auditor.Config{LogDir: logDir, SignerKeyFile: skey, VerifierKeyFile: pub, Conn: nc, CheckpointInterval: 100 * time.Millisecond})
 	}()
-	for !strings.Contains(readFile(t, filepath.Join(logDir, "checkpoint")), "\n41\n") {
+	for !strings.Contains(readFile(t, filepath.Join(logDir, "checkpoint")), fmt.Sprintf("\n%d\n", entries)) {
 		select {
 		case err := <-done:
 			t.Fatalf("auditor: %v", err)
@@ -69,7 +85,7 @@ func readFile(t *testing.T, p string) string {
 
 func TestAuditCommands(t *testing.T) {
 	ctx := context.Background()
-	logDir, pub, vms := auditLog(t)
+	logDir, pub, vms := auditLog(t, 0)
 	dir := t.TempDir()
 	trusted := filepath.Join(dir, "trusted.checkpoint")
 	if err := os.WriteFile(trusted, []byte(readFile(t, filepath.Join(logDir, "checkpoint"))), 0o644); err != nil {
@@ -142,6 +158,43 @@ func TestAuditCommands(t *testing.T) {
 	}
 	if _, _, err := runVigil(ctx, "audit", "search", "--log", logDir, "--key", pub); err != nil {
 		t.Fatalf("search reads entries, not tiles: %v", err)
+	}
+}
+
+// TestAuditVerifyFailsOnGaps: events that left VIGIL_EVENTS before the
+// auditor logged them are gap entries; a verifier must not take such a log
+// for a complete one. verify lists them and exits 1 unless --allow-gaps.
+func TestAuditVerifyFailsOnGaps(t *testing.T) {
+	ctx := context.Background()
+	logDir, pub, _ := auditLog(t, 5)
+	for _, tc := range []struct {
+		name   string
+		flags  []string
+		code   int
+		stdout string // prefix
+		err    string // in the error (exit 1) or the warning on stderr
+	}{
+		{"refused", nil, 1, "GAPS: log test.vigil/audit: 37 entries", "1 gap entries: 5 VIGIL_EVENTS sequences left the stream before the auditor logged them (deleted, purged, expired or dropped by a limit): 1..5 (entry 0); pass --allow-gaps"},
+		{"allowed", []string{"--allow-gaps"}, 0, "OK: log test.vigil/audit: 37 entries", "WARNING: the log has 1 gap entries"},
+		{"refused as JSON", []string{"--json"}, 1, `{"origin":"test.vigil/audit"`, "1..5 (entry 0)"},
+		{"allowed as JSON", []string{"--json", "--allow-gaps"}, 0, `{"origin":"test.vigil/audit"`, "WARNING"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, stderr, err := runVigil(ctx, append([]string{"audit", "verify", "--log", logDir, "--key", pub}, tc.flags...)...)
+			if exitCode(err) != tc.code {
+				t.Fatalf("exit %d (%v), want %d\n%s", exitCode(err), err, tc.code, out)
+			}
+			if !strings.HasPrefix(out, tc.stdout) {
+				t.Errorf("stdout %q, want it to start with %q", out, tc.stdout)
+			}
+			msg := stderr
+			if err != nil {
+				msg = err.Error()
+			}
+			if !strings.Contains(msg, tc.err) {
+				t.Errorf("%q, want it to say %q", msg, tc.err)
+			}
+		})
 	}
 }
 
