@@ -42,6 +42,7 @@ type verifyOptions struct {
 	bundle     string
 	nonce      string
 	extraData  string
+	binding    string
 	vmID       string
 	vmKey      string
 	policy     string
@@ -74,7 +75,8 @@ Exit status: 0 when the evidence is genuine and the verdict affirming or warning
 	f := cmd.Flags()
 	f.StringVar(&o.bundle, "bundle", "", "evidence bundle file (- for stdin)")
 	f.StringVar(&o.nonce, "nonce", "", "the nonce issued for this evidence (standard base64); without it freshness is not established")
-	f.StringVar(&o.extraData, "extra-data", "", "expected TPM quote extraData when it binds more than the nonce (standard base64)")
+	f.StringVar(&o.extraData, "extra-data", "", "expected TPM quote extraData when the quote answers another protocol than a challenge, e.g. a key release binding (standard base64)")
+	f.StringVar(&o.binding, "quote-binding", "any", "how the quote's extraData covers the nonce: challenge (Vigil's agent: a labelled digest of the nonce), raw-nonce (other tools, Azure's samples) or any")
 	f.StringVar(&o.vmID, "vm-id", "", "the vmId ARM reports for the VM; the runtime data's vmUniqueId must match")
 	f.StringVar(&o.vmKey, "vm-key", "", "the VM key the evidence must be for")
 	f.StringVar(&o.policy, "policy", "", "policy YAML file (default: the built-in Azure CVM policy)")
@@ -123,6 +125,16 @@ func runEvidenceVerify(cmd *cobra.Command, o *verifyOptions) error {
 	}
 	if exp.ExtraData, err = decodeFlagB64("extra-data", o.extraData); err != nil {
 		return err
+	}
+	switch o.binding {
+	case evidence.BindChallenge.String():
+		exp.Binding = evidence.BindChallenge
+	case evidence.BindRawNonce.String():
+		exp.Binding = evidence.BindRawNonce
+	case evidence.BindAny.String():
+		exp.Binding = evidence.BindAny
+	default:
+		return usageError("--quote-binding %q: want challenge, raw-nonce or any", o.binding)
 	}
 	exp.VMID, exp.VMKey = o.vmID, o.vmKey
 	if o.vmKey != "" && !events.ValidVMKey(o.vmKey) {
@@ -181,6 +193,9 @@ func runEvidenceVerify(cmd *cobra.Command, o *verifyOptions) error {
 	fmt.Fprintln(cmd.OutOrStdout(), string(out))
 	for _, r := range verdict.Reasons {
 		fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", r.Code, r.Message)
+	}
+	if exp.ExtraData == nil && res.Genuine && res.Binding == evidence.BindRawNonce {
+		fmt.Fprintln(cmd.ErrOrStderr(), "note: the quote covers the nonce as it is (evidence made by another tool); Vigil's services accept only quotes over its challenge binding")
 	}
 	ok := res.Genuine && (verdict.Status == events.VerdictAffirming || verdict.Status == events.VerdictWarning)
 	if !ok {
@@ -258,6 +273,7 @@ type simulateOptions struct {
 	policyOut string
 	omitVCEK  bool
 	eventLog  bool
+	rawNonce  bool
 }
 
 func newEvidenceSimulateCmd() *cobra.Command {
@@ -285,6 +301,7 @@ Faults: ` + strings.Join(faultNames(), ", "),
 	f.StringVar(&o.policyOut, "policy-out", "", "write a policy with the simulator's reference values to this file")
 	f.BoolVar(&o.omitVCEK, "omit-vcek", false, "leave the VCEK out of SNP bundles")
 	f.BoolVar(&o.eventLog, "event-log", false, "include a TCG event log")
+	f.BoolVar(&o.rawNonce, "raw-nonce", false, "quote the nonce as it is, as tools other than Vigil's agent do (without --nonce: a capture with no qualifying data)")
 	return cmd
 }
 
@@ -313,8 +330,8 @@ func runEvidenceSimulate(cmd *cobra.Command, o *simulateOptions) error {
 	if err != nil {
 		return err
 	}
-	if len(nonce) == 0 {
-		return usageError("--nonce is required")
+	if len(nonce) == 0 && !o.rawNonce {
+		return usageError("--nonce is required (or --raw-nonce for a capture with no qualifying data)")
 	}
 	var faults sim.Faults
 	for _, name := range strings.Split(o.faults, ",") {
@@ -336,7 +353,11 @@ func runEvidenceSimulate(cmd *cobra.Command, o *simulateOptions) error {
 	if err != nil {
 		return usageError("%v", err)
 	}
-	raw, err := vm.Respond(nonce)
+	ch := sim.Challenge{Nonce: nonce}
+	if o.rawNonce {
+		ch.ExtraData = append([]byte{}, nonce...)
+	}
+	raw, err := vm.Answer(ch)
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -95,6 +96,10 @@ func TestEvidenceVerify(t *testing.T) {
 		{"policy denies console", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--policy", denyConsole}, 1, events.VerdictContraindicated, evidence.ReasonPolicyConsole, "policy failed"},
 		{"snp with --amd-crl offline is undecided", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--vm-id", "26f8bc30-774e-4290-8e7a-535f3b672aee", "--amd-crl"}, 1, events.VerdictNone, evidence.ReasonSNPCRLUnavailable, evidence.ReasonSNPCRLUnavailable},
 		{"tdx unaffected by --amd-crl", []string{"--bundle", tdxFixture, "--nonce", fixtureNonce, "--vm-id", "6332533D-5649-4D02-8AA7-8F64B7C3EE21", "--amd-crl"}, 0, events.VerdictAffirming, "", ""},
+		{"raw-nonce quote is no answer to a Vigil challenge", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--quote-binding", "challenge"}, 1, events.VerdictContraindicated, evidence.ReasonTPMNonceMismatch, evidence.ReasonTPMNonceMismatch},
+		{"raw-nonce quote named as such", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--vm-id", "26f8bc30-774e-4290-8e7a-535f3b672aee", "--quote-binding", "raw-nonce"}, 0, events.VerdictAffirming, "", "covers the nonce as it is"},
+		{"fixture without its nonce field", []string{"--bundle", withoutNonce(t, snpFixture)}, 1, events.VerdictContraindicated, evidence.ReasonTPMNonceMismatch, "verification failed"},
+		{"bad quote-binding", []string{"--bundle", snpFixture, "--quote-binding", "sometimes"}, 2, "", "", "--quote-binding"},
 		{"missing bundle flag", nil, 2, "", "", "--bundle is required"},
 		{"unreadable bundle", []string{"--bundle", filepath.Join(t.TempDir(), "nope.json")}, 2, "", "", "read bundle"},
 		{"not JSON", []string{"--bundle", garbage}, 2, "", "", "not JSON"},
@@ -138,6 +143,69 @@ func TestEvidenceVerify(t *testing.T) {
 				if !found {
 					t.Fatalf("reasons %v lack %s", v.Reasons, tc.wantReason)
 				}
+			}
+		})
+	}
+}
+
+// withoutNonce writes a copy of the bundle at path with its nonce field
+// removed.
+func withoutNonce(t *testing.T, path string) string {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatal(err)
+	}
+	delete(m, "nonce")
+	out, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return writeFile(t, "no-nonce.json", string(out))
+}
+
+// TestEvidenceVerifyCaptureWithoutNonce: a genuine capture made with no
+// qualifying data (no nonce field, empty extraData) is verified, with the
+// policy's freshness warning, instead of being refused as malformed
+// ("field nonce: missing").
+func TestEvidenceVerifyCaptureWithoutNonce(t *testing.T) {
+	dir := t.TempDir()
+	roots := filepath.Join(dir, "roots.pem")
+	for _, platform := range []string{evidence.PlatformAzureSNP, evidence.PlatformAzureTDX} {
+		t.Run(platform, func(t *testing.T) {
+			stdout, stderr, err := runVigil(context.Background(), "evidence", "simulate", "--platform", platform, "--raw-nonce", "--roots-out", roots)
+			if err != nil {
+				t.Fatalf("simulate: %v %s", err, stderr)
+			}
+			var m map[string]any
+			if err := json.Unmarshal([]byte(stdout), &m); err != nil {
+				t.Fatal(err)
+			}
+			delete(m, "nonce") // as captured: no nonce at all
+			raw, err := json.Marshal(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bundle := writeFile(t, "capture.json", string(raw))
+			out, stderr, err := runVigil(context.Background(), "evidence", "verify", "--offline", "--bundle", bundle, "--test-roots", roots)
+			if err != nil {
+				t.Fatalf("verify: %v\n%s", err, stderr)
+			}
+			var v events.Verdict
+			if err := json.Unmarshal([]byte(out), &v); err != nil {
+				t.Fatal(err)
+			}
+			if v.Status != events.VerdictWarning || !slices.ContainsFunc(v.Reasons, func(r events.Reason) bool { return r.Code == evidence.ReasonFreshnessNonceUnchecked }) {
+				t.Fatalf("verdict %s %v, want a warning with %s", v.Status, v.Reasons, evidence.ReasonFreshnessNonceUnchecked)
+			}
+			// An issued nonce is never answered by such a capture.
+			if _, _, err := runVigil(context.Background(), "evidence", "verify", "--offline", "--bundle", bundle, "--test-roots", roots,
+				"--nonce", base64.StdEncoding.EncodeToString(evidence.NewNonce())); exitCode(err) != 1 {
+				t.Fatalf("capture without nonce accepted for an issued nonce: %v", err)
 			}
 		})
 	}

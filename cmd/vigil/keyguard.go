@@ -252,7 +252,7 @@ func newKeyguardGrantCmd(o *keyguardConn) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&req.Backend, "backend", keyguard.BackendLocal, "backend: local or the name of a configured Azure Key Vault backend")
-	cmd.Flags().StringVar(&req.VMID, "vm-id", "", "the VM's vmId (default: from inventory or attestation status)")
+	cmd.Flags().StringVar(&req.VMID, "vm-id", "", "pin the grant to the VM's vmId (default: the vmId ARM reports, from ingest's inventory, when the key is used)")
 	cmd.Flags().StringVar(&req.Reason, "reason", "", "why (recorded in the audit log)")
 	cmd.Flags().StringVar(&req.Actor, "actor", operatorName(), "who (recorded in the audit log) [VIGIL_ACTOR]")
 	return cmd

@@ -99,6 +99,16 @@ func TestKeyguardCommands(t *testing.T) {
 		}
 	}
 	status(events.StatusTrusted)
+	// The VM's vmId, as ingest learns it from ARM: keyguard takes it from
+	// nowhere else.
+	inv, err := conn.JS.KeyValue(ctx, events.BucketVMs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := json.Marshal(events.VM{VMKey: vm.VMKey(), ResourceID: vm.ResourceID(), VMID: vm.VMID()})
+	if _, err := inv.Put(ctx, vm.VMKey(), rec); err != nil {
+		t.Fatal(err)
+	}
 	srvFlag := []string{"--server", srv.URL()}
 
 	// Secrets: put from stdin, list.

@@ -146,10 +146,17 @@ type TCB struct {
 // Verdict is io.vigil.vm.verdict.v1, an attestation result shaped after EAR
 // (IETF draft "EAT Attestation Results").
 type Verdict struct {
-	ID             string      `json:"id"` // unique per verdict
-	VMKey          string      `json:"vm_key"`
-	ResourceID     string      `json:"resource_id,omitempty"`
-	VMID           string      `json:"vm_id,omitempty"` // vmUniqueId from the runtime data
+	ID         string `json:"id"` // unique per verdict
+	VMKey      string `json:"vm_key"`
+	ResourceID string `json:"resource_id,omitempty"`
+	// VMID is the vmId the evidence was checked against: from ARM (ingest's
+	// inventory) or an operator, never from the evidence; empty when none
+	// was known.
+	VMID string `json:"vm_id,omitempty"`
+	// ClaimedVMID is the runtime data's vmUniqueId as the evidence states
+	// it, true only when the evidence is genuine (and then equal to VMID
+	// when VMID is known). It is reported, never used to decide anything.
+	ClaimedVMID    string      `json:"claimed_vm_id,omitempty"`
 	Platform       string      `json:"platform"`
 	Status         string      `json:"status"` // affirming, warning, contraindicated, none
 	TrustVector    TrustVector `json:"trust_vector"`

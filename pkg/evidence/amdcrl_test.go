@@ -127,7 +127,7 @@ func TestFixturesSNPRevocationOffline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exp := Expect{Nonce: []byte("challenge"), VMID: fixtureVMIDSNP}
+	exp := Expect{Nonce: []byte("challenge"), VMID: fixtureVMIDSNP, Binding: BindRawNonce}
 	raw, _ := loadFixture(t, "snp-milan-a.bundle.json")
 	verdict, res, err := v.Attest(context.Background(), raw, exp, DefaultPolicy(), AppraiseOptions{})
 	if err != nil {
@@ -140,7 +140,7 @@ func TestFixturesSNPRevocationOffline(t *testing.T) {
 		t.Fatalf("SNP: status %s, want none", verdict.Status)
 	}
 	raw, _ = loadFixture(t, "tdx-a.bundle.json")
-	if res, err := v.Verify(context.Background(), raw, Expect{Nonce: []byte("challenge")}); err != nil || !res.Genuine {
+	if res, err := v.Verify(context.Background(), raw, Expect{Nonce: []byte("challenge"), Binding: BindRawNonce}); err != nil || !res.Genuine {
 		t.Fatalf("TDX: %v %v", err, res.Failures)
 	}
 }

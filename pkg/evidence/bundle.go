@@ -219,7 +219,7 @@ func (f *fields) bundle() (*Bundle, error) {
 		return nil, fieldErr("vm_key", "%q is not a VM key (26 characters of a-z, 2-7)", truncate(vmKey, 40))
 	}
 	var err error
-	if b.Nonce, err = decodeB64("nonce", f.nonce, true, MaxNonceSize); err != nil {
+	if b.Nonce, err = decodeB64("nonce", f.nonce, false, MaxNonceSize); err != nil {
 		return nil, err
 	}
 	if len(f.collectedAt) > 0 {

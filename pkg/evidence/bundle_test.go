@@ -34,7 +34,6 @@ func TestParseBundleFieldErrors(t *testing.T) {
 		{"no platform", "platform", edit(func(m map[string]any) { delete(m, "platform") })},
 		{"unknown platform", "platform", edit(func(m map[string]any) { m["platform"] = "aws-nitro" })},
 		{"bad vm_key", "vm_key", edit(func(m map[string]any) { m["vm_key"] = "UPPER" })},
-		{"no nonce", "nonce", edit(func(m map[string]any) { delete(m, "nonce") })},
 		{"nonce not base64", "nonce", edit(func(m map[string]any) { m["nonce"] = "***" })},
 		{"nonce unpadded", "nonce", edit(func(m map[string]any) { m["nonce"] = "Y2hhbGxlbmdl"[:11] })},
 		{"nonce too long", "nonce", edit(func(m map[string]any) { m["nonce"] = strings.Repeat("AAAA", 22) })},

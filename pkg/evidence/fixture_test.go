@@ -45,7 +45,7 @@ func TestFixturesGenuineOffline(t *testing.T) {
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			raw, _ := loadFixture(t, tc.file)
-			for _, exp := range []Expect{{}, {Nonce: []byte("challenge")}} {
+			for _, exp := range []Expect{{Binding: BindRawNonce}, {Nonce: []byte("challenge"), Binding: BindRawNonce}, {Binding: BindAny}} {
 				res, err := v.Verify(context.Background(), raw, exp)
 				if err != nil {
 					t.Fatal(err)
@@ -125,7 +125,7 @@ func TestFixtureTamper(t *testing.T) {
 		for _, withNonce := range []bool{false, true} {
 			v := offlineVerifier(t)
 			_, b := loadFixture(t, fx.file)
-			exp := Expect{}
+			exp := Expect{Binding: BindRawNonce} // Azure's samples quote the raw nonce
 			if withNonce {
 				exp.Nonce = []byte("challenge")
 			}

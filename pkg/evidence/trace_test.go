@@ -17,7 +17,7 @@ func TestVerifySpan(t *testing.T) {
 
 	raw, _ := loadFixture(t, "snp-milan-a.bundle.json")
 	v := offlineVerifier(t)
-	if _, err := v.Verify(context.Background(), raw, Expect{}); err != nil {
+	if _, err := v.Verify(context.Background(), raw, Expect{Binding: BindRawNonce}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := v.Verify(context.Background(), []byte("{"), Expect{}); err == nil {

@@ -96,6 +96,7 @@ func Appraise(res *Result, bundleErr error, pol *Policy, exp Expect, opt Apprais
 	v := events.Verdict{
 		ID:            NewVerdictID(),
 		VMKey:         exp.VMKey,
+		VMID:          exp.VMID,
 		ResourceID:    opt.ResourceID,
 		VerifierBuild: opt.Build,
 		JobID:         opt.JobID,
@@ -117,10 +118,7 @@ func Appraise(res *Result, bundleErr error, pol *Policy, exp Expect, opt Apprais
 	default:
 		v.Platform = res.Platform
 		v.EvidenceDigest = res.EvidenceDigest
-		v.VMID = res.VMUniqueID
-		if v.VMKey == "" {
-			v.VMKey = res.BundleVMKey
-		}
+		v.ClaimedVMID = res.VMUniqueID
 		if len(res.Nonce) > 0 {
 			v.Nonce = base64.StdEncoding.EncodeToString(res.Nonce)
 		}

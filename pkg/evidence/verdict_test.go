@@ -70,6 +70,46 @@ func TestAppraise(t *testing.T) {
 	}
 }
 
+// TestVerdictVMIDOnlyFromTrustedSource: a forged bundle chooses its
+// runtime data, so its vmUniqueId is a claim. A verdict's vm_id is what the
+// caller knew from ARM (or nothing), the claim travels in claimed_vm_id,
+// and neither the claim nor the bundle's unsigned vm_key fills a field
+// others decide on.
+func TestVerdictVMIDOnlyFromTrustedSource(t *testing.T) {
+	pol := DefaultPolicy()
+	forged := func() *Result {
+		r := genuineSNP()
+		r.Genuine = false
+		r.VMUniqueID = "ATTACKER-CHOSEN"
+		r.BundleVMKey = "attackerchosenvmkeyaaaaaaa"
+		r.Failures = []events.Reason{{Code: ReasonSNPSignatureInvalid}}
+		return r
+	}
+	for _, tc := range []struct {
+		name          string
+		res           *Result
+		exp           Expect
+		vmID, claimed string
+		vmKey         string
+	}{
+		{"forged, vmId unknown", forged(), Expect{VMKey: "k"}, "", "ATTACKER-CHOSEN", "k"},
+		{"forged, vmId known", forged(), Expect{VMID: "abc", VMKey: "k"}, "abc", "ATTACKER-CHOSEN", "k"},
+		{"forged, nothing known", forged(), Expect{}, "", "ATTACKER-CHOSEN", ""},
+		{"genuine, vmId known", genuineSNP(), Expect{VMID: "abc", VMKey: "k"}, "abc", "ABC", "k"},
+		{"genuine, vmId unknown", genuineSNP(), Expect{VMKey: "k"}, "", "ABC", "k"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v, err := Appraise(tc.res, nil, pol, tc.exp, AppraiseOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.VMID != tc.vmID || v.ClaimedVMID != tc.claimed || v.VMKey != tc.vmKey {
+				t.Fatalf("vm_id %q claimed_vm_id %q vm_key %q, want %q %q %q", v.VMID, v.ClaimedVMID, v.VMKey, tc.vmID, tc.claimed, tc.vmKey)
+			}
+		})
+	}
+}
+
 func TestVerdictJWS(t *testing.T) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

@@ -75,16 +75,51 @@ type Expect struct {
 	// must equal it. When nil, freshness is not established.
 	Nonce []byte
 	// ExtraData is the TPM quote extraData the caller expects when the
-	// quote binds more than the nonce (key release binds an ephemeral key: see
-	// keyrelease.Binding). When nil, the
-	// expected extraData is Nonce (or, without Nonce, the bundle's nonce).
+	// quote answers another protocol than an attestation challenge (key
+	// release binds an ephemeral key: see keyrelease.Binding). When nil,
+	// Binding says what the quote must cover.
 	ExtraData []byte
+	// Binding says how the quote's extraData relates to the nonce (Nonce,
+	// or without it the bundle's own) when ExtraData is nil. The zero value,
+	// BindChallenge, is what Vigil's agent answers a challenge with.
+	Binding QuoteBinding
 	// VMID is the vmId ARM reports for the VM; validation demands that the
 	// runtime data's vmUniqueId equal it.
 	VMID string
 	// VMKey is the VM key the caller attests; a bundle naming another VM
 	// key fails validation.
 	VMKey string
+}
+
+// QuoteBinding is how a TPM quote's extraData covers the nonce.
+type QuoteBinding uint8
+
+const (
+	// BindChallenge: extraData is ChallengeBinding(nonce), the labelled
+	// digest Vigil's agent quotes for an attestation challenge. The
+	// attest-worker accepts nothing else.
+	BindChallenge QuoteBinding = iota
+	// BindRawNonce: extraData is the nonce itself, as evidence made by
+	// other tools (and Azure's own samples) carries. Only for inspecting
+	// such evidence: Vigil's services never accept it, since a quote over
+	// raw caller-chosen bytes could answer any protocol.
+	BindRawNonce
+	// BindAny accepts either (vigil evidence verify's default);
+	// Result.Binding says which one the quote has.
+	BindAny
+)
+
+// String names the binding as the CLI and results do.
+func (b QuoteBinding) String() string {
+	switch b {
+	case BindChallenge:
+		return "challenge"
+	case BindRawNonce:
+		return "raw-nonce"
+	case BindAny:
+		return "any"
+	}
+	return "unknown"
 }
 
 // Verifier checks that evidence is genuine and fresh. It caches verified
@@ -160,8 +195,12 @@ type Result struct {
 	Nonce          []byte
 	// NonceChecked is true when the caller supplied the expected nonce.
 	NonceChecked bool
-	BundleVMKey  string
-	CollectedAt  time.Time
+	// Binding is the binding the quote was checked for: with BindAny the
+	// one it has (BindAny when neither matched). Unset (BindChallenge)
+	// when the caller gave Expect.ExtraData.
+	Binding     QuoteBinding
+	BundleVMKey string
+	CollectedAt time.Time
 
 	RuntimeData *hcl.RuntimeData
 	VMUniqueID  string
@@ -309,14 +348,7 @@ func (v *Verifier) verifyQuote(res *Result, b *Bundle, exp Expect, ak crypto.Pub
 	if exp.Nonce != nil && !bytes.Equal(b.Nonce, exp.Nonce) {
 		res.fail(ReasonTPMNonceMismatch, "bundle nonce %x is not the issued nonce %x", b.Nonce, exp.Nonce)
 	}
-	wantExtra := exp.ExtraData
-	if wantExtra == nil {
-		wantExtra = exp.Nonce
-	}
-	if wantExtra == nil {
-		wantExtra = b.Nonce
-	}
-	if err := q.CheckExtraData(wantExtra); err != nil {
+	if err := checkBinding(res, q, b, exp); err != nil {
 		res.fail(ReasonTPMNonceMismatch, "%v", err)
 	}
 	bank, _, _ := PCRBankAlg(b.TPMQuote.PCRBank)
@@ -329,4 +361,36 @@ func (v *Verifier) verifyQuote(res *Result, b *Bundle, exp Expect, ak crypto.Pub
 		return
 	}
 	res.PCRs = b.TPMQuote.PCRs
+}
+
+// checkBinding checks the quote's extraData against what exp asks for and
+// records in res which binding it has.
+func checkBinding(res *Result, q *tpmquote.Quote, b *Bundle, exp Expect) error {
+	if exp.ExtraData != nil {
+		return q.CheckExtraData(exp.ExtraData)
+	}
+	nonce := exp.Nonce
+	if nonce == nil {
+		nonce = b.Nonce
+	}
+	switch exp.Binding {
+	case BindChallenge:
+		res.Binding = BindChallenge
+		return q.CheckExtraData(ChallengeBinding(nonce))
+	case BindRawNonce:
+		res.Binding = BindRawNonce
+		return q.CheckExtraData(nonce)
+	case BindAny:
+		if q.CheckExtraData(ChallengeBinding(nonce)) == nil {
+			res.Binding = BindChallenge
+			return nil
+		}
+		if err := q.CheckExtraData(nonce); err != nil {
+			res.Binding = BindAny
+			return fmt.Errorf("%w (neither the nonce nor its challenge binding)", err)
+		}
+		res.Binding = BindRawNonce
+		return nil
+	}
+	return fmt.Errorf("evidence: unknown quote binding %d", exp.Binding)
 }

@@ -1,8 +1,10 @@
 package evidence_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"sync"
 	"testing"
 
@@ -106,6 +108,113 @@ func TestKeyBindingExtraData(t *testing.T) {
 		if res.Genuine || !res.HasFailure(evidence.ReasonTPMNonceMismatch) {
 			t.Fatalf("%s: genuine %v failures %v", name, res.Genuine, res.Failures)
 		}
+	}
+}
+
+// TestChallengeBindingVector pins ChallengeBinding's encoding with vectors
+// computed apart from the code (sha256sum over the label, a zero byte, the
+// big-endian u32 length and the nonce): agents and verifiers built apart
+// must agree on it byte for byte.
+func TestChallengeBindingVector(t *testing.T) {
+	for _, tc := range []struct {
+		nonce []byte
+		want  string
+	}{
+		{nil, "db943f4615e3347c1170b14341be7b11513c7803b627fb1de284344a326de9a9"},
+		{[]byte("challenge"), "1fc63cbceb704dedc5c3f50de0744ea5dc10c1c58b2855b454c88c88b4ab5622"},
+		{bytes.Repeat([]byte{0xAB}, 64), "3a28c7590c25e35912a2f600d68c21f65c7a8ac239be34d160c277f2d5fe66d9"},
+	} {
+		if got := hex.EncodeToString(evidence.ChallengeBinding(tc.nonce)); got != tc.want {
+			t.Errorf("ChallengeBinding(%x) = %s, want %s", tc.nonce, got, tc.want)
+		}
+	}
+}
+
+// TestRawNonceQuoteIsNotAnAttestation is the verifier's half of the
+// challenge-oracle defence: a quote over the nonce as it is (what an agent
+// quoting caller-chosen bytes makes, and what another protocol's binding
+// looks like once relayed as a nonce) is not an answer to a Vigil challenge.
+// Only BindRawNonce, for inspecting other tools' evidence, accepts it.
+func TestRawNonceQuoteIsNotAnAttestation(t *testing.T) {
+	auth := newAuthority(t, "")
+	v, err := evidence.NewVerifier(evidence.Config{Offline: true, TestRoots: auth.TrustRoots()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm, err := auth.NewVM(sim.VMConfig{Platform: evidence.PlatformAzureSNP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonce := evidence.NewNonce()
+	raw, err := vm.Evidence(sim.Challenge{Nonce: nonce, ExtraData: nonce})
+	if err != nil {
+		t.Fatal(err)
+	}
+	labelled, err := vm.Evidence(sim.Challenge{Nonce: nonce})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		b       *evidence.Bundle
+		exp     evidence.Expect
+		genuine bool
+		binding evidence.QuoteBinding
+	}{
+		{"raw quote, challenge expected", raw, evidence.Expect{Nonce: nonce}, false, evidence.BindChallenge},
+		{"raw quote, no nonce given", raw, evidence.Expect{}, false, evidence.BindChallenge},
+		{"raw quote, raw expected", raw, evidence.Expect{Nonce: nonce, Binding: evidence.BindRawNonce}, true, evidence.BindRawNonce},
+		{"raw quote, any", raw, evidence.Expect{Nonce: nonce, Binding: evidence.BindAny}, true, evidence.BindRawNonce},
+		{"labelled quote, challenge expected", labelled, evidence.Expect{Nonce: nonce}, true, evidence.BindChallenge},
+		{"labelled quote, raw expected", labelled, evidence.Expect{Nonce: nonce, Binding: evidence.BindRawNonce}, false, evidence.BindRawNonce},
+		{"labelled quote, any", labelled, evidence.Expect{Nonce: nonce, Binding: evidence.BindAny}, true, evidence.BindChallenge},
+		{"labelled quote, release binding expected", labelled, evidence.Expect{Nonce: nonce, ExtraData: bindKey(nonce, []byte("pub"))}, false, evidence.BindChallenge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := v.VerifyBundle(context.Background(), tc.b, tc.exp)
+			if res.Genuine != tc.genuine {
+				t.Fatalf("genuine %v, want %v: %v", res.Genuine, tc.genuine, res.Failures)
+			}
+			if !tc.genuine && !res.HasFailure(evidence.ReasonTPMNonceMismatch) {
+				t.Fatalf("failures %v, want %s", res.Failures, evidence.ReasonTPMNonceMismatch)
+			}
+			if res.Binding != tc.binding {
+				t.Fatalf("binding %s, want %s", res.Binding, tc.binding)
+			}
+		})
+	}
+}
+
+// TestEmptyNonceCapture: evidence captured with no qualifying data (an empty
+// nonce, empty extraData) verifies when no nonce was issued; freshness is
+// then not established, which the policy reports.
+func TestEmptyNonceCapture(t *testing.T) {
+	auth := newAuthority(t, "")
+	v, err := evidence.NewVerifier(evidence.Config{Offline: true, TestRoots: auth.TrustRoots()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm, err := auth.NewVM(sim.VMConfig{Platform: evidence.PlatformAzureTDX})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := vm.Evidence(sim.Challenge{ExtraData: []byte{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := b.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := v.Verify(context.Background(), raw, evidence.Expect{Binding: evidence.BindAny})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Genuine || len(res.Nonce) != 0 || res.NonceChecked {
+		t.Fatalf("genuine %v nonce %x checked %v: %v", res.Genuine, res.Nonce, res.NonceChecked, res.Failures)
+	}
+	if res, _ := v.Verify(context.Background(), raw, evidence.Expect{Nonce: evidence.NewNonce()}); res.Genuine {
+		t.Fatal("a capture without a nonce passed for the answer to an issued nonce")
 	}
 }
 

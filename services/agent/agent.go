@@ -24,9 +24,10 @@ const Service = "agent"
 
 // Source produces vigil.evidence/v1 bundles. The bundle's nonce field is
 // nonce and its TPM quote carries extraData as qualifying data: for a
-// challenge both are the challenge nonce; for a key release extraData binds
-// keyguard's nonce to an ephemeral key. It has the shape of
-// keyrelease.Attester.
+// challenge extraData is evidence.ChallengeBinding of the challenge nonce;
+// for a key release it binds keyguard's nonce to an ephemeral key
+// (keyrelease.Binding). A caller's bytes are never quoted as they are. It
+// has the shape of keyrelease.Attester.
 type Source interface {
 	Evidence(ctx context.Context, nonce, extraData []byte) ([]byte, error)
 }
@@ -261,7 +262,10 @@ func (a *Agent) answer(ctx context.Context, data []byte) ([]byte, error) {
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	start := time.Now()
-	out, err := a.src.Evidence(ctx, ch.Nonce, ch.Nonce)
+	// The quote covers the challenge's labelled digest, never the nonce as
+	// it is: whoever may send a challenge chooses the nonce, and a raw
+	// nonce could be another protocol's binding (a key release's).
+	out, err := a.src.Evidence(ctx, ch.Nonce, evidence.ChallengeBinding(ch.Nonce))
 	a.m.duration.Record(ctx, time.Since(start).Seconds())
 	if err != nil {
 		if ctx.Err() != nil {

@@ -275,7 +275,7 @@ func TestAzureBackendOnSimulatedVTPM(t *testing.T) {
 	ctx := ctxT(t, 60*time.Second)
 
 	nonce := evidence.NewNonce()
-	bundle, err := src.Evidence(ctx, nonce, nonce)
+	bundle, err := src.Evidence(ctx, nonce, evidence.ChallengeBinding(nonce))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,8 +286,8 @@ func TestAzureBackendOnSimulatedVTPM(t *testing.T) {
 	if b.Platform != evidence.PlatformAzureSNP || !bytes.Equal(b.HCLReport, v.hcl) || len(b.TPMQuote.PCRs) != 24 || b.TPMQuote.PCRBank != "sha256" || !strings.Contains(string(b.VCEK), "BEGIN CERTIFICATE") {
 		t.Fatalf("bundle: platform %s, HCL report as written %v, %d PCRs in %s, VCEK %v", b.Platform, bytes.Equal(b.HCLReport, v.hcl), len(b.TPMQuote.PCRs), b.TPMQuote.PCRBank, len(b.VCEK) > 0)
 	}
-	if verdict := v.verify(t, bundle, nonce); verdict.Status != events.VerdictAffirming || verdict.VMID != v.vmID {
-		t.Fatalf("verdict %s %v (vmUniqueId %s)", verdict.Status, verdict.Reasons, verdict.VMID)
+	if verdict := v.verify(t, bundle, nonce); verdict.Status != events.VerdictAffirming || verdict.VMID != v.vmID || !strings.EqualFold(verdict.ClaimedVMID, v.vmID) {
+		t.Fatalf("verdict %s %v (vmId %s, claimed %s)", verdict.Status, verdict.Reasons, verdict.VMID, verdict.ClaimedVMID)
 	}
 
 	t.Run("another nonce fails", func(t *testing.T) {
@@ -305,7 +305,7 @@ func TestAzureBackendOnSimulatedVTPM(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				n := evidence.NewNonce()
-				out, err := src.Evidence(ctx, n, n)
+				out, err := src.Evidence(ctx, n, evidence.ChallengeBinding(n))
 				if err != nil {
 					errs <- err
 					return
@@ -327,7 +327,7 @@ func TestAzureBackendOnSimulatedVTPM(t *testing.T) {
 		defer cancel()
 		time.Sleep(time.Millisecond)
 		n := evidence.NewNonce()
-		if _, err := src.Evidence(dctx, n, n); err == nil {
+		if _, err := src.Evidence(dctx, n, evidence.ChallengeBinding(n)); err == nil {
 			t.Fatal("evidence after the deadline")
 		}
 	})
@@ -347,7 +347,7 @@ func TestAzureBackendOnSimulatedVTPM(t *testing.T) {
 				v.writeNV(t, bad)
 				defer v.writeNV(t, v.hcl)
 				n := evidence.NewNonce()
-				out, err := src.Evidence(ctx, n, n)
+				out, err := src.Evidence(ctx, n, evidence.ChallengeBinding(n))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -387,7 +387,7 @@ func TestAzureBackendOnSimulatedVTPM(t *testing.T) {
 		defer v.writeNV(t, v.hcl)
 		v.fake.tdQuote = []byte("the quoting enclave's TD quote")
 		n := evidence.NewNonce()
-		out, err := src.Evidence(ctx, n, n)
+		out, err := src.Evidence(ctx, n, evidence.ChallengeBinding(n))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
+	"github.com/vigil-cc/vigil/pkg/evidence/tpmquote"
 	"github.com/vigil-cc/vigil/services/agent"
 )
 
@@ -43,8 +45,18 @@ func FuzzAnswer(f *testing.F) {
 			if json.Unmarshal(data, &ch) != nil || ch.VMKey != vm.VMKey() || len(ch.Nonce) < 8 || len(ch.Nonce) > evidence.MaxNonceSize {
 				t.Fatalf("answered %q", data)
 			}
-			if _, err := evidence.ParseBundle(out); err != nil {
+			b, err := evidence.ParseBundle(out)
+			if err != nil {
 				t.Fatalf("answer is no bundle: %v", err)
+			}
+			// The quote covers the challenge's labelled digest, never the
+			// caller's bytes as they are.
+			q, err := tpmquote.Parse(b.TPMQuote.Attest, b.TPMQuote.Signature)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(q.ExtraData, evidence.ChallengeBinding(ch.Nonce)) {
+				t.Fatalf("quote extraData %x, want the challenge binding of nonce %x", q.ExtraData, ch.Nonce)
 			}
 		}
 	})

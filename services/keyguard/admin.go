@@ -130,7 +130,7 @@ func (k *Keyguard) handleRestore(ctx context.Context, data []byte) ([]byte, erro
 	case !st.Status.Releasable():
 		return nil, refuse(keyrelease.CodeNotTrusted, "VM %s is %s; restore needs it trusted or warning", vm, st.Status)
 	}
-	c := cause{vm: vm, vmID: st.VMID, resourceID: st.ResourceID, id: events.NewID(), at: time.Now().UTC(),
+	c := cause{vm: vm, resourceID: st.ResourceID, id: events.NewID(), at: time.Now().UTC(),
 		actor: req.Actor, reason: clipReason(req.Reason)}
 	return k.change(ctx, c, req.Keys, func(g *grants.Grant) bool {
 		if g.State == grants.Active {
@@ -190,9 +190,6 @@ func (k *Keyguard) change(ctx context.Context, c cause, keys []string, fn func(*
 			g.ApplyError, g.ApplyAttempts = "", 0
 			if g.Applied {
 				g.AppliedAt = now
-			}
-			if g.VMID == "" {
-				g.VMID = c.vmID
 			}
 			return true, nil
 		})
@@ -292,9 +289,6 @@ func (k *Keyguard) createGrant(ctx context.Context, vm, resourceID, vmID, keyNam
 		return grants.Entry{}, false, err
 	}
 	if st != nil {
-		if g.VMID == "" {
-			g.VMID = st.VMID
-		}
 		if g.ResourceID == "" {
 			g.ResourceID = st.ResourceID
 		}

@@ -52,7 +52,7 @@ func TestAzureKeyVaultRevokeAndRestore(t *testing.T) {
 			Keys: []azurekv.KeyMapping{
 				{VM: vmA.ResourceID(), VMID: vmA.VMID(), Key: "disk"},
 				{VM: vmA.VMKey(), Key: "sealed", Version: "v1"},
-				{VM: vmB.ResourceID(), Key: "disk"}, // vmId from the attestation status
+				{VM: vmB.ResourceID(), Key: "disk"}, // vmId from the inventory (ARM)
 			},
 		}}
 	})
@@ -102,7 +102,7 @@ func TestAzureKeyVaultRevokeAndRestore(t *testing.T) {
 		}
 	}
 
-	// Stale on B: vmId from the status record.
+	// Stale on B: vmId from the inventory record.
 	h.state(vmB, events.StatusUnreachable, events.StatusStale)
 	h.waitGrant(vmB, "akv", "disk", grants.Revoked)
 	if !vault.Policy(t, "disk", "v1").Excludes(azurekv.DefaultVMIDClaim, vmB.VMID()) {

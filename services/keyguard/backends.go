@@ -3,7 +3,9 @@ package keyguard
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
@@ -67,9 +69,17 @@ func (a *azureBackend) apply(ctx context.Context, g grants.Grant) (json.RawMessa
 	holders := a.holders(g)
 	switch g.State {
 	case grants.Revoked:
-		vmID := g.VMID
-		if vmID == "" {
-			vmID = a.k.lookupVMID(ctx, g.VMKey)
+		// Only a vmId from ARM or an operator may narrow a revocation to
+		// the VM's claim in the release policy; without one (or with two
+		// that disagree) the key version is disabled instead of the policy
+		// being edited with a guess.
+		vmID, err := a.k.trustedVMID(ctx, g)
+		switch {
+		case errors.Is(err, errVMIDConflict):
+			a.k.log.WarnContext(ctx, "vmId in doubt; disabling the key version", "grant", g.Key(), "err", err)
+			vmID = ""
+		case err != nil:
+			return nil, err
 		}
 		st, err := a.b.Revoke(ctx, g.KeyName, a.version[g.Key()], vmID, prev, holders)
 		data, merr := json.Marshal(st)
@@ -111,19 +121,37 @@ func (a *azureBackend) holders(self grants.Grant) azurekv.HoldersFunc {
 	}
 }
 
-// lookupVMID finds a VM's vmId in its attestation status or its inventory
-// record ("" when neither knows it).
-func (k *Keyguard) lookupVMID(ctx context.Context, vm string) string {
-	if st, err := k.status(ctx, vm); err == nil && st.VMID != "" {
-		return st.VMID
+// errVMIDConflict: the grant's operator-given vmId is not the one ARM
+// reports for the VM.
+var errVMIDConflict = errors.New("keyguard: vmId conflict")
+
+// trustedVMID is the vmId of g's VM as ARM reports it (the inventory
+// ingest keeps in vigil-vms) or, when ARM has not told, as the operator
+// pinned it in the grant; "" when neither knows it. A vmId claimed by
+// evidence or carried by an event is never taken. When both are known and
+// differ the error wraps errVMIDConflict: a recreated VM or a mistaken
+// grant, to be settled by an operator, not guessed.
+func (k *Keyguard) trustedVMID(ctx context.Context, g grants.Grant) (string, error) {
+	e, err := kvlast.Get(ctx, k.conn.NC, events.BucketVMs, g.VMKey)
+	var arm string
+	switch {
+	case kvlast.IsNotFound(err):
+	case err != nil:
+		return "", fmt.Errorf("keyguard: read the inventory record of %s: %w", g.VMKey, err)
+	default:
+		var rec struct {
+			VMID string `json:"vm_id"`
+		}
+		if err := json.Unmarshal(e.Value, &rec); err != nil {
+			return "", fmt.Errorf("keyguard: inventory record of %s: %w", g.VMKey, err)
+		}
+		arm = rec.VMID
 	}
-	e, err := kvlast.Get(ctx, k.conn.NC, events.BucketVMs, vm)
-	if err != nil {
-		return ""
+	switch {
+	case arm == "":
+		return g.VMID, nil
+	case g.VMID != "" && !strings.EqualFold(g.VMID, arm):
+		return "", fmt.Errorf("%w: grant %s names vmId %s, ARM reports %s", errVMIDConflict, g.Key(), g.VMID, arm)
 	}
-	var rec events.VM
-	if json.Unmarshal(e.Value, &rec) != nil {
-		return ""
-	}
-	return rec.VMID
+	return arm, nil
 }

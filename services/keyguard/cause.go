@@ -32,11 +32,13 @@ func (t trigger) String() string {
 	return "none"
 }
 
-// cause is an event that bears on a VM's grants.
+// cause is an event that bears on a VM's grants. It carries no vmId: the
+// vmIds events carry (a verdict's may even come from the evidence) are never
+// written into a grant or used to revoke; keyguard asks the inventory
+// (trustedVMID) when it needs one.
 type cause struct {
 	trigger    trigger
 	vm         string
-	vmID       string
 	resourceID string
 	// status is the revocation cause (stale, untrusted, retired, operator)
 	// or, for resume, the status the VM reached.
@@ -60,7 +62,7 @@ func classify(env events.Envelope, subject string, seq uint64) (cause, error) {
 		if err := env.Decode(events.TypeVerdict, &v); err != nil {
 			return c, err
 		}
-		c.vm, c.vmID, c.resourceID = v.VMKey, v.VMID, v.ResourceID
+		c.vm, c.resourceID = v.VMKey, v.ResourceID
 		if !v.IssuedAt.IsZero() {
 			c.at = v.IssuedAt
 		}
@@ -74,7 +76,7 @@ func classify(env events.Envelope, subject string, seq uint64) (cause, error) {
 		if err := env.Decode(events.TypeState, &s); err != nil {
 			return c, err
 		}
-		c.vm, c.vmID, c.resourceID = s.VMKey, s.VMID, s.ResourceID
+		c.vm, c.resourceID = s.VMKey, s.ResourceID
 		if !s.ChangedAt.IsZero() {
 			c.at = s.ChangedAt
 		}
@@ -95,7 +97,7 @@ func classify(env events.Envelope, subject string, seq uint64) (cause, error) {
 		if err := env.Decode(events.TypeLifecycle, &l); err != nil {
 			return c, err
 		}
-		c.vm, c.vmID, c.resourceID = l.VMKey, l.VMID, l.ResourceID
+		c.vm, c.resourceID = l.VMKey, l.ResourceID
 		if !l.OccurredAt.IsZero() {
 			c.at = l.OccurredAt
 		}
@@ -166,9 +168,6 @@ func transition(g *grants.Grant, c cause, restore RestorePolicy, now time.Time) 
 		g.ChangedAt = now
 		if applied {
 			g.AppliedAt = now
-		}
-		if c.vmID != "" && g.VMID == "" {
-			g.VMID = c.vmID
 		}
 	}
 	switch c.trigger {

@@ -459,7 +459,7 @@ func (k *Keyguard) reconcile(ctx context.Context) error {
 				c = cause{trigger: triggerSuspend, status: string(st.Status)}
 			}
 			if c.trigger != triggerNone {
-				c.vm, c.vmID, c.resourceID = e.VMKey, st.VMID, st.ResourceID
+				c.vm, c.resourceID = e.VMKey, st.ResourceID
 				c.id = eventID("reconcile", e.VMKey, string(st.Status), st.Since.Format(time.RFC3339Nano))
 				c.at, c.actor = st.Since, "keyguard"
 				c.reason = fmt.Sprintf("status %s since %s (reconciliation)%s", st.Status, st.Since.Format(time.RFC3339), reasonCodes(st.Reasons))

@@ -163,9 +163,11 @@ func (h *harness) newVM(name string) *sim.VM {
 	return vm
 }
 
-// setStatus writes the VM's attestation status as attest-worker would.
+// setStatus writes the VM's attestation status as attest-worker would,
+// and its inventory record (with its vmId) as ingest would.
 func (h *harness) setStatus(vm *sim.VM, s events.Status) {
 	h.t.Helper()
+	h.setInventory(vm, vm.VMID())
 	ctx := ctxT(h.t)
 	kv, err := h.js.KeyValue(ctx, events.BucketStatus)
 	if err != nil {

@@ -43,7 +43,8 @@ func refuse(code, format string, args ...any) error {
 
 // releasable checks, from the stream leaders, that vm's status is trusted
 // or warning and that its local grant for keyName is active. It returns
-// the VM's vmId (from the status, the inventory or the grant).
+// the VM's vmId from ARM or the operator (trustedVMID): "" when neither
+// knows it.
 func (k *Keyguard) releasable(ctx context.Context, vm, keyName string) (string, error) {
 	st, err := k.status(ctx, vm)
 	switch {
@@ -65,12 +66,12 @@ func (k *Keyguard) releasable(ctx context.Context, vm, keyName string) (string, 
 	case g.State == grants.Suspended:
 		return "", refuse(keyrelease.CodeSuspended, "grant of key %s to VM %s is suspended (%s)", keyName, vm, g.Reason)
 	}
-	vmID := st.VMID
-	if vmID == "" {
-		vmID = k.lookupVMID(ctx, vm)
-	}
-	if vmID == "" {
-		vmID = g.VMID
+	vmID, err := k.trustedVMID(ctx, g.Grant)
+	switch {
+	case errors.Is(err, errVMIDConflict):
+		return "", refuse(keyrelease.CodeWrongVM, "%v", err)
+	case err != nil:
+		return "", refuse(keyrelease.CodeUnavailable, "%v", err)
 	}
 	return vmID, nil
 }
@@ -122,16 +123,20 @@ func (k *Keyguard) handleRelease(ctx context.Context, data []byte) (out []byte, 
 		log.ErrorContext(ctx, "read secret", "err", err)
 		return nil, refuse(keyrelease.CodeUnavailable, "secret %s cannot be read", req.KeyName)
 	}
-	// Verification took time: decide on the status and grant as they are
-	// now, so that a revocation stored meanwhile wins.
-	if _, err := k.releasable(ctx, req.VMKey, req.KeyName); err != nil {
-		log.WarnContext(ctx, "release refused after verification", "err", err)
-		return nil, err
-	}
 	sealed, err := req.Suite.Seal(req.PublicKey, keyrelease.Info(req.VMKey, req.KeyName, req.Nonce), secret)
 	clear(secret)
 	if err != nil {
 		return nil, refuse(keyrelease.CodeBadRequest, "seal: %v", err)
+	}
+	// Verification and sealing took time: decide on the status, grant and
+	// vmId as they are now, the last thing before the answer is recorded
+	// and sent, so that a revocation stored meanwhile wins.
+	if again, err := k.releasable(ctx, req.VMKey, req.KeyName); err != nil || !strings.EqualFold(again, vmID) {
+		if err == nil {
+			err = refuse(keyrelease.CodeWrongVM, "the vmId of VM %s changed during the release (%s, now %q)", req.VMKey, vmID, again)
+		}
+		log.WarnContext(ctx, "release refused after verification", "err", err)
+		return nil, err
 	}
 	now := time.Now().UTC()
 	resp := keyrelease.ReleaseResponse{VMKey: req.VMKey, KeyName: req.KeyName, Version: version, Suite: req.Suite, Sealed: sealed, ReleasedAt: now}

@@ -93,8 +93,10 @@ func (f Faults) hardware() Faults {
 // Challenge is what a verifier sends a VM.
 type Challenge struct {
 	Nonce []byte
-	// ExtraData is the TPM quote's extraData when it must bind more than
-	// the nonce (key release: keyrelease.Binding); default Nonce.
+	// ExtraData is the TPM quote's extraData when the quote answers
+	// another protocol (key release: keyrelease.Binding); default
+	// evidence.ChallengeBinding(Nonce), as Vigil's agent answers a
+	// challenge.
 	ExtraData []byte
 }
 
@@ -267,12 +269,12 @@ func (vm *VM) Evidence(ch Challenge) (*evidence.Bundle, error) {
 }
 
 func (vm *VM) evidence(ch Challenge) (*evidence.Bundle, *hwEvidence, error) {
-	if len(ch.Nonce) == 0 || len(ch.Nonce) > evidence.MaxNonceSize {
-		return nil, nil, fmt.Errorf("sim: nonce of %d bytes, want 1 to %d", len(ch.Nonce), evidence.MaxNonceSize)
+	if len(ch.Nonce) > evidence.MaxNonceSize {
+		return nil, nil, fmt.Errorf("sim: nonce of %d bytes, want at most %d", len(ch.Nonce), evidence.MaxNonceSize)
 	}
 	extra := ch.ExtraData
 	if extra == nil {
-		extra = ch.Nonce
+		extra = evidence.ChallengeBinding(ch.Nonce)
 	}
 	if len(extra) > 64 {
 		return nil, nil, fmt.Errorf("sim: extraData of %d bytes exceeds 64", len(extra))

@@ -68,7 +68,10 @@ func Graver(a, b string) string {
 
 // Grant is one record of the vigil-grants bucket.
 type Grant struct {
-	VMKey      string `json:"vm_key"`
+	VMKey string `json:"vm_key"`
+	// VMID is the vmId an operator pinned the grant to (grant request,
+	// configuration); empty: the vmId ARM reports when the key is used.
+	// Nothing taken from an event or from evidence is ever written here.
 	VMID       string `json:"vm_id,omitempty"`
 	ResourceID string `json:"resource_id,omitempty"`
 	KeyName    string `json:"key_name"`
