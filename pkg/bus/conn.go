@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -59,6 +61,7 @@ type Conn struct {
 	tracer  trace.Tracer
 	metrics *busMetrics
 	closed  chan struct{}
+	secrets []string // credentials in cfg.URL, kept out of logs and errors
 }
 
 // ErrConnect is returned when no server could be reached.
@@ -84,25 +87,34 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 		log = slog.Default()
 	}
 	log = log.With("component", "bus")
-	c := &Conn{cfg: cfg, log: log, closed: make(chan struct{})}
+	servers := strings.Join(strings.Fields(strings.ReplaceAll(cfg.URL, ",", " ")), ",")
+	// The URL can carry credentials (user:password@, token@): only its
+	// redacted form, and errors with them removed, reach logs and errors.
+	c := &Conn{cfg: cfg, log: log, closed: make(chan struct{}), secrets: urlSecrets(servers)}
+	shown := RedactURL(servers)
+	for _, u := range strings.Split(servers, ",") {
+		if err := checkURL(u); err != nil {
+			return nil, err
+		}
+	}
 	opts, err := c.options()
 	if err != nil {
 		return nil, err
 	}
-	url := strings.Join(strings.Fields(strings.ReplaceAll(cfg.URL, ",", " ")), ",")
 	var nc *nats.Conn
 	for attempt := 0; ; attempt++ {
-		nc, err = nats.Connect(url, opts...)
+		nc, err = nats.Connect(servers, opts...)
 		if err == nil {
 			break
 		}
+		err = c.redact(err)
 		if !cfg.WaitForServer {
-			return nil, fmt.Errorf("%w at %s: %w", ErrConnect, url, err)
+			return nil, fmt.Errorf("%w at %s: %w", ErrConnect, shown, err)
 		}
-		log.WarnContext(ctx, "waiting for NATS", "url", url, "attempt", attempt+1, "err", err)
+		log.WarnContext(ctx, "waiting for NATS", "url", shown, "attempt", attempt+1, "err", err)
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w at %s: %w (last error: %w)", ErrConnect, url, ctx.Err(), err)
+			return nil, fmt.Errorf("%w at %s: %w (last error: %w)", ErrConnect, shown, ctx.Err(), err)
 		case <-time.After(backoff(cfg.ReconnectWait, cfg.MaxReconnectWait, attempt)):
 		}
 	}
@@ -136,18 +148,19 @@ func (c *Conn) options() ([]nats.Option, error) {
 		nats.Timeout(5 * time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
-				c.log.Warn("disconnected from NATS", "err", err)
+				c.log.Warn("disconnected from NATS", "err", c.redact(err))
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			c.log.Info("reconnected to NATS", "url", nc.ConnectedUrlRedacted())
+			// ConnectedUrlRedacted hides a password but not a token.
+			c.log.Info("reconnected to NATS", "url", RedactURL(nc.ConnectedUrl()))
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			subj := ""
 			if sub != nil {
 				subj = sub.Subject
 			}
-			c.log.Error("NATS async error", "subject", subj, "err", err)
+			c.log.Error("NATS async error", "subject", subj, "err", c.redact(err))
 		}),
 		nats.ClosedHandler(func(*nats.Conn) { close(c.closed) }),
 	}
@@ -170,6 +183,125 @@ func (c *Conn) options() ([]nats.Option, error) {
 	}
 	return opts, nil
 }
+
+// redactedText replaces credentials in URLs, logs and errors.
+const redactedText = "redacted"
+
+// RedactURL returns a NATS URL, or a comma-separated list of them, with the
+// credentials of each URL (the password of user:password@, or a token@)
+// replaced by "redacted", for logs, errors and messages.
+func RedactURL(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, u := range parts {
+		info, at, ok := userinfo(u)
+		if !ok {
+			continue
+		}
+		if user, _, hasPassword := strings.Cut(u[info:at], ":"); hasPassword {
+			parts[i] = u[:info] + user + ":" + redactedText + u[at:]
+		} else {
+			parts[i] = u[:info] + redactedText + u[at:]
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// userinfo locates the credentials of one URL: u[start:at] precedes the
+// last '@' (a password with an unescaped '@' or '/' included).
+func userinfo(u string) (start, at int, ok bool) {
+	if i := strings.Index(u, "://"); i >= 0 {
+		start = i + len("://")
+	}
+	at = strings.LastIndex(u, "@")
+	if at < start {
+		return 0, 0, false
+	}
+	return start, at, true
+}
+
+// ErrInvalidURL is returned for a NATS URL that does not parse, or whose
+// credentials do not parse as such (a password with an unescaped '/', for
+// example, would be taken for part of the host).
+var ErrInvalidURL = errors.New("bus: invalid NATS URL")
+
+// checkURL checks one NATS URL as nats.Connect will parse it. Its error
+// shows the URL redacted and leaves out the parser's message, which quotes
+// the URL, or fragments of the password, as written.
+func checkURL(u string) error {
+	full := u
+	if !strings.Contains(u, "://") {
+		full = "nats://" + u
+	}
+	p, err := url.Parse(full)
+	ok := err == nil && p.Host != ""
+	if _, at, hasCreds := userinfo(u); ok && hasCreds {
+		// The parser must find the credentials where Vigil does, or it
+		// takes part of them for the host.
+		ok = p.User != nil && strings.HasPrefix(u[at+1:], p.Host)
+	}
+	if !ok {
+		return fmt.Errorf("%w %q: want [scheme://][user:password@ or token@]host:port with the credentials URL-escaped", ErrInvalidURL, RedactURL(u))
+	}
+	return nil
+}
+
+// urlSecrets returns the passwords and tokens in a URL list, as written and
+// unescaped, so that they can be removed from error messages (a URL that
+// fails to parse is quoted whole in the error).
+func urlSecrets(urls string) []string {
+	var out []string
+	add := func(s string) {
+		if s != "" && !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	for _, u := range strings.Split(urls, ",") {
+		info, at, ok := userinfo(u)
+		if !ok {
+			continue
+		}
+		secret := u[info:at]
+		if _, password, hasPassword := strings.Cut(secret, ":"); hasPassword {
+			secret = password
+		}
+		add(secret)
+		if s, err := url.PathUnescape(secret); err == nil {
+			add(s)
+		}
+	}
+	// Longest first, so that a secret containing another is removed whole.
+	slices.SortFunc(out, func(a, b string) int { return len(b) - len(a) })
+	return out
+}
+
+// redact returns err with the connection's credentials removed from its
+// message. The result still matches what err matches with errors.Is, but
+// does not unwrap to err, whose message holds them.
+func (c *Conn) redact(err error) error {
+	if err == nil || len(c.secrets) == 0 {
+		return err
+	}
+	msg := err.Error()
+	clean := msg
+	for _, s := range c.secrets {
+		clean = strings.ReplaceAll(clean, s, redactedText)
+	}
+	if clean == msg {
+		return err
+	}
+	return &redactedError{msg: clean, err: err}
+}
+
+// redactedError is an error whose message had credentials removed.
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+
+// Is lets errors.Is see through to the original error.
+func (e *redactedError) Is(target error) bool { return errors.Is(e.err, target) }
 
 // backoff is exponential from base, capped at max, with ±20% jitter.
 func backoff(base, max time.Duration, attempt int) time.Duration {
