@@ -158,7 +158,10 @@ func Buckets(t Topology) []jetstream.KeyValueConfig {
 		{Bucket: BucketStatus, Description: "Attestation status by VM key", History: 5, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 64 << 10},
 		{Bucket: BucketGrants, Description: "Key release grants", History: 5, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 64 << 10},
 		{Bucket: BucketCollateral, Description: "AMD and Intel certificate and collateral cache", History: 1, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 1 << 20},
-		{Bucket: BucketKeyguardNonces, Description: "Single-use key release nonces", History: 1, TTL: 5 * time.Minute, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 1 << 10},
+		// Each nonce expires with its own TTL (LimitMarkerTTL allows per-key
+		// TTLs; the bucket's TTL is a backstop); MaxBytes bounds the bucket.
+		{Bucket: BucketKeyguardNonces, Description: "Single-use key release nonces", History: 1, TTL: 5 * time.Minute, LimitMarkerTTL: time.Second,
+			Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 1 << 10, MaxBytes: 64 << 20},
 		{Bucket: BucketKeyguardSecrets, Description: "Key release secrets, encrypted under the keyguard master key", History: 5, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 256 << 10},
 	}
 }
