@@ -92,10 +92,18 @@ type EntraConfig struct {
 	// Issuers are the accepted "iss" values. Empty means the v1 and v2
 	// issuers of TenantID.
 	Issuers []string
-	// AllowedClientIDs, when set, restricts the caller ("appid" or "azp"),
-	// for example to Event Grid's first-party application
-	// 4962773b-9cdb-44cf-a8bf-237846a00ab7.
+	// AllowedClientIDs are the applications that may deliver: the token's
+	// caller ("appid" in v1 tokens, "azp" in v2) must be one of them.
+	// Empty means Event Grid's first-party application only
+	// (EventGridAppID); sovereign clouds need theirs here. Any other
+	// application of the tenant that obtains a token for the audience is
+	// refused.
 	AllowedClientIDs []string
+	// RequiredRole, when set, is an app role of the webhook's application
+	// that the token must carry in its "roles" claim as well, for example
+	// AzureEventGridSecureWebhookSubscriber as Microsoft's setup script
+	// creates and assigns to Event Grid's service principal.
+	RequiredRole string
 	// JWKSURL is where the signing keys are fetched. Empty means
 	// https://login.microsoftonline.com/<tenant>/discovery/v2.0/keys.
 	JWKSURL string
@@ -108,6 +116,11 @@ type EntraConfig struct {
 	// Leeway tolerates clock skew on exp/nbf/iat (default 2 min).
 	Leeway time.Duration
 }
+
+// EventGridAppID is the application id of Azure Event Grid's first-party
+// application in the Azure public cloud: the caller ("appid"/"azp") of the
+// tokens Event Grid presents to webhooks protected by Microsoft Entra ID.
+const EventGridAppID = "4962773b-9cdb-44cf-a8bf-237846a00ab7"
 
 // Enabled reports whether Entra validation is configured.
 func (c EntraConfig) Enabled() bool { return c.TenantID != "" || len(c.Audiences) > 0 }
@@ -127,6 +140,20 @@ type TokenValidator struct {
 func NewTokenValidator(cfg EntraConfig) (*TokenValidator, error) {
 	if len(cfg.Audiences) == 0 {
 		return nil, errors.New("eventgrid: Entra validation needs at least one audience")
+	}
+	ids := []string{EventGridAppID}
+	if len(cfg.AllowedClientIDs) > 0 {
+		ids = make([]string, len(cfg.AllowedClientIDs))
+		for i, id := range cfg.AllowedClientIDs {
+			if !isGUID(id) {
+				return nil, fmt.Errorf("eventgrid: allowed client id %q is not an application id (a GUID such as %s)", id, EventGridAppID)
+			}
+			ids[i] = strings.ToLower(id)
+		}
+	}
+	cfg.AllowedClientIDs = ids
+	if strings.TrimSpace(cfg.RequiredRole) != cfg.RequiredRole || strings.ContainsAny(cfg.RequiredRole, ", ") {
+		return nil, fmt.Errorf("eventgrid: required app role %q: a role value has no spaces or commas", cfg.RequiredRole)
 	}
 	if len(cfg.Issuers) == 0 {
 		if cfg.TenantID == "" {
@@ -168,7 +195,7 @@ func NewTokenValidator(cfg EntraConfig) (*TokenValidator, error) {
 // Check validates the request's bearer token: an error wrapping
 // ErrUnauthenticated when it is missing, malformed, badly signed or expired;
 // ErrForbidden when it is genuine but not for this webhook (audience,
-// issuer or caller).
+// issuer), not from an allowed application or without the required role.
 func (v *TokenValidator) Check(r *http.Request) error {
 	h := r.Header.Get("Authorization")
 	scheme, tok, ok := strings.Cut(h, " ")
@@ -194,16 +221,48 @@ func (v *TokenValidator) Check(r *http.Request) error {
 	if !slices.ContainsFunc(aud, func(a string) bool { return slices.Contains(v.cfg.Audiences, a) }) {
 		return fmt.Errorf("%w: token audience %v is not accepted", ErrForbidden, []string(aud))
 	}
-	if len(v.cfg.AllowedClientIDs) > 0 {
-		caller, _ := claims["appid"].(string)
-		if caller == "" {
-			caller, _ = claims["azp"].(string)
-		}
-		if !slices.Contains(v.cfg.AllowedClientIDs, caller) {
-			return fmt.Errorf("%w: caller %q is not allowed", ErrForbidden, caller)
-		}
+	caller, _ := claims["appid"].(string) // v1 tokens
+	if caller == "" {
+		caller, _ = claims["azp"].(string) // v2 tokens
+	}
+	if !slices.Contains(v.cfg.AllowedClientIDs, strings.ToLower(caller)) {
+		return fmt.Errorf("%w: caller %q (appid/azp) is not an allowed application", ErrForbidden, caller)
+	}
+	if v.cfg.RequiredRole != "" && !hasRole(claims, v.cfg.RequiredRole) {
+		return fmt.Errorf("%w: the token of caller %q lacks the app role %q", ErrForbidden, caller, v.cfg.RequiredRole)
 	}
 	return nil
+}
+
+// hasRole reports whether the token's "roles" claim (an array of strings)
+// holds role.
+func hasRole(claims jwt.MapClaims, role string) bool {
+	roles, _ := claims["roles"].([]any)
+	for _, r := range roles {
+		if s, ok := r.(string); ok && s == role {
+			return true
+		}
+	}
+	return false
+}
+
+// isGUID reports whether s is a GUID in its 8-4-4-4-12 hex form.
+func isGUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return false
+			}
+		case c >= '0' && c <= '9', c >= 'a' && c <= 'f', c >= 'A' && c <= 'F':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // key returns the signing key kid, refreshing the key set when it is old or

@@ -317,3 +317,123 @@ func TestEntraAlgorithmConfusion(t *testing.T) {
 		t.Fatalf("HS256 token: %v", err)
 	}
 }
+
+// entraClaims are the claims of a token of tenant for the audience
+// "api://vigil-ingest", issued now, with extra claims (a nil value removes
+// one).
+func entraClaims(tenant string, extra jwt.MapClaims) jwt.MapClaims {
+	now := time.Now()
+	c := jwt.MapClaims{
+		"iss": "https://login.microsoftonline.com/" + tenant + "/v2.0", "aud": "api://vigil-ingest",
+		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(time.Hour).Unix(),
+	}
+	for k, v := range extra {
+		if v == nil {
+			delete(c, k)
+		} else {
+			c[k] = v
+		}
+	}
+	return c
+}
+
+// TestEntraTokenOfAnotherAppOfTheTenantRefusedByDefault: with Entra ID
+// validation and no applications configured, only Azure Event Grid's
+// first-party application may deliver; another application of the same
+// tenant with a genuine token for the webhook's audience is refused.
+func TestEntraTokenOfAnotherAppOfTheTenantRefusedByDefault(t *testing.T) {
+	const tenant = "11111111-2222-3333-4444-555555555555"
+	const eventGrid = "4962773b-9cdb-44cf-a8bf-237846a00ab7"
+	const otherApp = "9b2f0c1e-5d6a-4e7b-8c9d-0a1b2c3d4e5f"
+	j := newJWKS(t)
+	v, err := NewTokenValidator(EntraConfig{TenantID: tenant, Audiences: []string{"api://vigil-ingest"}, JWKSURL: j.srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, _ := newTestHandler(t, func(c *HandlerConfig) { c.Secrets = nil; c.Tokens = v })
+	v1 := "https://sts.windows.net/" + tenant + "/"
+	tests := []struct {
+		name   string
+		claims jwt.MapClaims
+		status int
+	}{
+		{"event grid, v2 token (azp)", entraClaims(tenant, jwt.MapClaims{"azp": eventGrid}), 200},
+		{"event grid, v1 token (appid)", entraClaims(tenant, jwt.MapClaims{"iss": v1, "appid": eventGrid}), 200},
+		{"another app of the tenant, v2 token", entraClaims(tenant, jwt.MapClaims{"azp": otherApp}), 403},
+		{"another app of the tenant, v1 token", entraClaims(tenant, jwt.MapClaims{"iss": v1, "appid": otherApp}), 403},
+		{"no caller in the token", entraClaims(tenant, nil), 403},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			auth := "Bearer " + j.token(t, j.key, j.kid, tt.claims)
+			if resp, body := do(t, "POST", srv.URL, ceEvent, map[string]string{"Authorization": auth}); resp.StatusCode != tt.status {
+				t.Fatalf("status %d (%s), want %d", resp.StatusCode, body, tt.status)
+			}
+		})
+	}
+}
+
+// TestEntraConfiguredCallersAndAppRole: operators may name the
+// applications allowed to deliver (replacing Event Grid's, e.g. in a
+// sovereign cloud) and require an app role on top.
+func TestEntraConfiguredCallersAndAppRole(t *testing.T) {
+	const tenant = "11111111-2222-3333-4444-555555555555"
+	const otherApp = "9b2f0c1e-5d6a-4e7b-8c9d-0a1b2c3d4e5f"
+	const role = "AzureEventGridSecureWebhookSubscriber"
+	j := newJWKS(t)
+	tests := []struct {
+		name   string
+		cfg    EntraConfig
+		claims jwt.MapClaims
+		status int
+	}{
+		{"listed app", EntraConfig{AllowedClientIDs: []string{strings.ToUpper(otherApp)}},
+			entraClaims(tenant, jwt.MapClaims{"azp": otherApp}), 200},
+		{"event grid when not listed", EntraConfig{AllowedClientIDs: []string{otherApp}},
+			entraClaims(tenant, jwt.MapClaims{"azp": EventGridAppID}), 403},
+		{"event grid with the role", EntraConfig{RequiredRole: role},
+			entraClaims(tenant, jwt.MapClaims{"azp": EventGridAppID, "roles": []string{"Other", role}}), 200},
+		{"event grid without the role", EntraConfig{RequiredRole: role},
+			entraClaims(tenant, jwt.MapClaims{"azp": EventGridAppID, "roles": []string{"Other"}}), 403},
+		{"event grid with roles not an array", EntraConfig{RequiredRole: role},
+			entraClaims(tenant, jwt.MapClaims{"azp": EventGridAppID, "roles": role}), 403},
+		{"another app with the role", EntraConfig{RequiredRole: role},
+			entraClaims(tenant, jwt.MapClaims{"azp": otherApp, "roles": []string{role}}), 403},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := tt.cfg
+			cfg.TenantID, cfg.Audiences, cfg.JWKSURL = tenant, []string{"api://vigil-ingest"}, j.srv.URL
+			v, err := NewTokenValidator(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := httptest.NewRequest("POST", "/", nil)
+			r.Header.Set("Authorization", "Bearer "+j.token(t, j.key, j.kid, tt.claims))
+			err = v.Check(r)
+			status := http.StatusOK
+			if errors.Is(err, ErrForbidden) {
+				status = http.StatusForbidden
+			} else if err != nil {
+				t.Fatalf("Check: %v, want nil or ErrForbidden", err)
+			}
+			if status != tt.status {
+				t.Fatalf("Check: %v, want status %d", err, tt.status)
+			}
+		})
+	}
+}
+
+func TestEntraConfigErrors(t *testing.T) {
+	for _, cfg := range []EntraConfig{
+		{AllowedClientIDs: []string{"event-grid"}},
+		{AllowedClientIDs: []string{EventGridAppID + "0"}},
+		{RequiredRole: "A,B"},
+		{RequiredRole: "Webhook Subscriber"},
+	} {
+		cfg.TenantID, cfg.Audiences = "t", []string{"a"}
+		if _, err := NewTokenValidator(cfg); err == nil {
+			t.Errorf("%+v accepted", cfg)
+		}
+	}
+}

@@ -36,7 +36,8 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 	secretNext := f.String("webhook-secret-next", "", "second accepted secret, for rotation")
 	tenant := f.String("entra-tenant", "", "Entra ID tenant: validate bearer tokens on deliveries")
 	audience := f.String("entra-audience", "", "accepted token audiences, comma separated")
-	clientIDs := f.String("entra-client-ids", "", "allowed callers (appid/azp), comma separated")
+	clientIDs := f.String("entra-client-ids", "", "applications allowed to deliver (token appid/azp), comma separated (default: Azure Event Grid's, "+eventgrid.EventGridAppID+")")
+	role := f.String("entra-role", "", "app role the delivering application's token must also carry (roles claim)")
 	subs := f.String("subscriptions", "", "Azure subscription IDs to reconcile, comma separated")
 	interval := f.Duration("reconcile-interval", ingest.DefaultReconcileInterval, "reconcile interval (0 or negative: off)")
 	skew := f.Duration("event-clock-skew", eventgrid.DefaultMaxClockSkew, "how far ahead of this clock an event's time may be; later events are refused (at most 1h)")
@@ -70,8 +71,11 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 			Telemetry:          rt.Telemetry,
 			Logger:             rt.Logger,
 		}
-		if *tenant != "" || *audience != "" {
-			cfg.Entra = eventgrid.EntraConfig{TenantID: *tenant, Audiences: list(*audience), AllowedClientIDs: list(*clientIDs)}
+		switch {
+		case *tenant != "" || *audience != "":
+			cfg.Entra = eventgrid.EntraConfig{TenantID: *tenant, Audiences: list(*audience), AllowedClientIDs: list(*clientIDs), RequiredRole: *role}
+		case *clientIDs != "" || *role != "":
+			return fmt.Errorf("%w: -entra-client-ids and -entra-role need Entra ID validation (-entra-tenant, -entra-audience)", svcmain.ErrUsage)
 		}
 		var cred azcore.TokenCredential
 		switch {
