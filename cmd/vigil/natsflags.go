@@ -2,9 +2,12 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os"
 
 	"github.com/spf13/pflag"
+
+	"github.com/vigil-cc/vigil/pkg/keyfile"
 )
 
 // natsFlags are the connection flags of every command that talks to NATS.
@@ -25,6 +28,16 @@ func (n *natsFlags) register(f *pflag.FlagSet) {
 func (n *natsFlags) validate() error {
 	if (n.tlsCert == "") != (n.tlsKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
+	}
+	// The credentials and the client key are secrets: refuse files that
+	// others may read (pkg/bus does the same for the services).
+	for _, f := range []struct{ flag, path string }{{"--creds", n.creds}, {"--tls-key", n.tlsKey}} {
+		if f.path == "" {
+			continue
+		}
+		if err := keyfile.Check(f.path); err != nil {
+			return fmt.Errorf("%s: %w", f.flag, err)
+		}
 	}
 	return nil
 }

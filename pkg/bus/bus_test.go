@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,6 +20,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/keyfile"
 	"github.com/vigil-cc/vigil/pkg/natstest"
 )
 
@@ -361,6 +365,52 @@ func TestRequestServe(t *testing.T) {
 	}
 	if err := c.Request(context.Background(), "vigil.test.echo", "x", nil); err == nil {
 		t.Fatal("request without deadline accepted")
+	}
+}
+
+// Threat: an agent's (or a service's) NATS credentials or TLS client key in
+// a file other users on the host can read: they could act on the bus as
+// that VM. Defence: Connect refuses such files before connecting, naming
+// the file, its mode and the fix.
+func TestCredentialFilesReadableByOthersRefused(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("not really a credential\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cert := file("client.crt", 0o644) // a certificate is public
+	cases := []struct {
+		name    string
+		cfg     bus.Config
+		refused string // the file refused, "" when the mode is fine
+	}{
+		{"creds 0644", bus.Config{CredsFile: file("world.creds", 0o644)}, filepath.Join(dir, "world.creds")},
+		{"creds 0640", bus.Config{CredsFile: file("group.creds", 0o640)}, filepath.Join(dir, "group.creds")},
+		{"creds 0600", bus.Config{CredsFile: file("own.creds", 0o600)}, ""},
+		{"tls key 0644", bus.Config{TLSCertFile: cert, TLSKeyFile: file("world.key", 0o644)}, filepath.Join(dir, "world.key")},
+		{"tls key 0600", bus.Config{TLSCertFile: cert, TLSKeyFile: file("own.key", 0o600)}, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := tc.cfg
+			cfg.URL = "nats://127.0.0.1:1" // nobody: a file that passes fails later
+			_, err := bus.Connect(ctxT(t), cfg)
+			if tc.refused == "" {
+				if err == nil || errors.Is(err, keyfile.ErrPermissive) {
+					t.Fatalf("connect: %v, want an error after the file check", err)
+				}
+				return
+			}
+			if !errors.Is(err, keyfile.ErrPermissive) || !strings.Contains(err.Error(), tc.refused) || !strings.Contains(err.Error(), "chmod 600") {
+				t.Fatalf("connect: %v, want a refusal of %s with the fix", err, tc.refused)
+			}
+		})
 	}
 }
 

@@ -17,6 +17,8 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/vigil-cc/vigil/pkg/keyfile"
 )
 
 // DefaultURL is the NATS URL used when Config.URL is empty.
@@ -165,6 +167,9 @@ func (c *Conn) options() ([]nats.Option, error) {
 		nats.ClosedHandler(func(*nats.Conn) { close(c.closed) }),
 	}
 	if cfg.CredsFile != "" {
+		if err := keyfile.Check(cfg.CredsFile); err != nil {
+			return nil, fmt.Errorf("bus: credentials file: %w", err)
+		}
 		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
 	}
 	switch {
@@ -177,6 +182,9 @@ func (c *Conn) options() ([]nats.Option, error) {
 		if cfg.TLSCertFile != "" || cfg.TLSKeyFile != "" {
 			if cfg.TLSCertFile == "" || cfg.TLSKeyFile == "" {
 				return nil, errors.New("bus: TLS client certificate needs both a cert file and a key file")
+			}
+			if err := keyfile.Check(cfg.TLSKeyFile); err != nil {
+				return nil, fmt.Errorf("bus: TLS client key: %w", err)
 			}
 			opts = append(opts, nats.ClientCert(cfg.TLSCertFile, cfg.TLSKeyFile))
 		}

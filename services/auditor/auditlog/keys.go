@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/vigil-cc/vigil/pkg/keyfile"
 )
 
 // DefaultOrigin is the checkpoint origin (and key name) of a log when none
@@ -70,7 +72,7 @@ func EnsureKeyFiles(signerPath, verifierPath, origin string) error {
 	case errors.Is(errS, fs.ErrNotExist):
 		return fmt.Errorf("auditlog: verifier key %s exists but signer key %s does not", verifierPath, signerPath)
 	}
-	skey, err := readKey(signerPath)
+	skey, err := readSignerKey(signerPath)
 	if err != nil {
 		return err
 	}
@@ -119,9 +121,10 @@ func VerifierKeyFromSigner(skey string) (string, error) {
 	return vkey, nil
 }
 
-// LoadSigner reads a signer key file.
+// LoadSigner reads a signer key file, which must be accessible to its
+// owner only (keyfile.Check).
 func LoadSigner(path string) (note.Signer, error) {
-	k, err := readKey(path)
+	k, err := readSignerKey(path)
 	if err != nil {
 		return nil, err
 	}
@@ -157,6 +160,16 @@ func readKey(path string) (string, error) {
 	}
 	if len(b) > 4096 {
 		return "", fmt.Errorf("auditlog: key file %s is %d bytes, not a key", path, len(b))
+	}
+	return string(bytes.TrimSpace(b)), nil
+}
+
+// readSignerKey reads a signer (private) key file, refusing one that group
+// or others may access.
+func readSignerKey(path string) (string, error) {
+	b, err := keyfile.Read(path, 4096)
+	if err != nil {
+		return "", fmt.Errorf("auditlog: signer key: %w", err)
 	}
 	return string(bytes.TrimSpace(b)), nil
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/keyfile"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
 	"github.com/vigil-cc/vigil/services/keyguard/internal/kvlast"
 )
@@ -64,11 +65,12 @@ func ParseMasterKey(b []byte) ([]byte, error) {
 		ErrBadMasterKey, MasterKeySize, 2*MasterKeySize, MasterKeySize, len(b))
 }
 
-// LoadMasterKey reads a master key file (see ParseMasterKey).
+// LoadMasterKey reads a master key file (see ParseMasterKey). The file
+// must be accessible to its owner only (keyfile.Check).
 func LoadMasterKey(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
+	b, err := keyfile.Read(path, 4<<10)
 	if err != nil {
-		return nil, fmt.Errorf("secrets: read master key: %w", err)
+		return nil, fmt.Errorf("secrets: master key: %w", err)
 	}
 	k, err := ParseMasterKey(b)
 	if err != nil {

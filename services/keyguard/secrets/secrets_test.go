@@ -7,12 +7,15 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/keyfile"
 	"github.com/vigil-cc/vigil/pkg/natstest"
 	"github.com/vigil-cc/vigil/services/keyguard/secrets"
 )
@@ -52,6 +55,56 @@ func TestEnsureMasterKeyFile(t *testing.T) {
 	}
 	if _, err := secrets.LoadMasterKey(filepath.Join(t.TempDir(), "missing")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("missing file: %v", err)
+	}
+}
+
+// Threat: keyguard's master key in a file other users can read (it
+// decrypts every local secret). Defence: the file is refused, with its
+// name, mode and the fix, and never rewritten.
+func TestMasterKeyFileReadableByOthersRefused(t *testing.T) {
+	key := []byte(hex.EncodeToString(bytes.Repeat([]byte{0xab}, 32)) + "\n")
+	cases := []struct {
+		mode os.FileMode
+		ok   bool
+	}{
+		{0o600, true},
+		{0o400, true},
+		{0o640, false},
+		{0o644, false},
+		{0o604, false},
+	}
+	loaders := []struct {
+		name string
+		load func(string) ([]byte, error)
+	}{
+		{"LoadMasterKey", secrets.LoadMasterKey},
+		{"EnsureMasterKeyFile", secrets.EnsureMasterKeyFile},
+	}
+	for _, tc := range cases {
+		for _, l := range loaders {
+			t.Run(fmt.Sprintf("%s/%04o", l.name, tc.mode), func(t *testing.T) {
+				path := filepath.Join(t.TempDir(), "master.key")
+				if err := os.WriteFile(path, key, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chmod(path, tc.mode); err != nil {
+					t.Fatal(err)
+				}
+				_, err := l.load(path)
+				if tc.ok {
+					if err != nil {
+						t.Fatal(err)
+					}
+					return
+				}
+				if !errors.Is(err, keyfile.ErrPermissive) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "chmod 600") {
+					t.Fatalf("%v, want a refusal naming %s and the fix", err, path)
+				}
+				if b, _ := os.ReadFile(path); !bytes.Equal(b, key) {
+					t.Fatal("the refused key file was rewritten")
+				}
+			})
+		}
 	}
 }
 

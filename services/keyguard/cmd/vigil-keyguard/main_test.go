@@ -48,6 +48,34 @@ func TestUsageErrors(t *testing.T) {
 	}
 }
 
+// Threat: keyguard's master key in a file other users can read. Defence:
+// keyguard does not start (a configuration error naming the file, its mode
+// and the fix), with or without -create-master-key, and leaves the file as
+// it is.
+func TestMasterKeyReadableByOthersRefused(t *testing.T) {
+	for _, create := range []bool{false, true} {
+		t.Run(fmt.Sprintf("create=%t", create), func(t *testing.T) {
+			key := filepath.Join(t.TempDir(), "master.key")
+			content := []byte(strings.Repeat("01", 32))
+			if err := os.WriteFile(key, content, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(key, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			args := []string{"-master-key-file", key, "-nats-url", "nats://127.0.0.1:1", fmt.Sprintf("-create-master-key=%t", create)}
+			var stderr strings.Builder
+			code := svcmain.Run(context.Background(), "vigil-keyguard", args, &stderr, define)
+			if code != 2 || !strings.Contains(stderr.String(), key) || !strings.Contains(stderr.String(), "chmod 600") {
+				t.Fatalf("exit %d (%s), want a configuration error naming %s and the fix", code, stderr.String(), key)
+			}
+			if b, _ := os.ReadFile(key); string(b) != string(content) {
+				t.Fatal("the refused key file was rewritten")
+			}
+		})
+	}
+}
+
 // The binary serves health and metrics and stops cleanly.
 func TestRunServesHealth(t *testing.T) {
 	srv := natstest.Start(t)
