@@ -2,8 +2,14 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
 
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
@@ -73,4 +79,69 @@ func Release(ctx context.Context, cfg ReleaseConfig, keyName string) (*keyreleas
 	}
 	client := &keyrelease.Client{Requester: conn, VMKey: vm, Attester: keyrelease.AttesterFunc(src.Evidence)}
 	return client.Release(ctx, keyName)
+}
+
+// CheckSecretPath reports whether WriteSecretFile may write path: it
+// refuses a symbolic link and anything but a regular file there, so that a
+// release is not made for a secret that cannot be stored.
+func CheckSecretPath(path string) error {
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("agent: secret file: %w", err)
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return fmt.Errorf("agent: secret file %s is a symbolic link; refusing to write a secret through it", path)
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("agent: secret file %s is not a regular file (%s)", path, fi.Mode().Type())
+	}
+	return nil
+}
+
+// WriteSecretFile stores secret at path with mode 0600, atomically: it is
+// written to a new file (O_EXCL, mode 0600) in path's directory, synced,
+// and renamed over path, and the directory is synced. A reader sees the old
+// file or the whole new one, never part of it. A symbolic link at path is
+// refused (CheckSecretPath), and a link that appears there meanwhile is
+// replaced by the rename, never followed.
+func WriteSecretFile(path string, secret []byte) (err error) {
+	if err := CheckSecretPath(path); err != nil {
+		return err
+	}
+	dir := filepath.Dir(path)
+	var suffix [8]byte
+	_, _ = rand.Read(suffix[:])
+	tmp := filepath.Join(dir, "."+filepath.Base(path)+".tmp-"+hex.EncodeToString(suffix[:]))
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("agent: secret file: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = f.Close()
+			_ = os.Remove(tmp)
+		}
+	}()
+	// The umask may have taken bits away; make it exactly 0600.
+	if err := f.Chmod(0o600); err != nil {
+		return fmt.Errorf("agent: secret file: %w", err)
+	}
+	if _, err := f.Write(secret); err != nil {
+		return fmt.Errorf("agent: write secret file: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("agent: sync secret file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("agent: close secret file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("agent: secret file: %w", err)
+	}
+	if d, derr := os.Open(dir); derr == nil {
+		_ = d.Sync() // the rename survives a crash
+		_ = d.Close()
+	}
+	return nil
 }

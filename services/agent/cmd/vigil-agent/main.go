@@ -76,7 +76,7 @@ func defineServe(f *svcmain.Flags) svcmain.RunFunc {
 func defineRelease(stdout io.Writer) func(*svcmain.Flags) svcmain.RunFunc {
 	return func(f *svcmain.Flags) svcmain.RunFunc {
 		vm := defineVM(f)
-		out := f.String("out", "", "write the secret to this file (mode 0600) instead of standard output")
+		out := f.String("out", "", "write the secret to this file (mode 0600, replaced atomically; never through a symbolic link) instead of standard output")
 		timeout := f.Duration("timeout", 30*time.Second, "bound on the whole release")
 		f.ExpectArgs(1, "KEYNAME")
 		f.Check(func() error {
@@ -90,6 +90,12 @@ func defineRelease(stdout io.Writer) func(*svcmain.Flags) svcmain.RunFunc {
 		})
 		return func(ctx context.Context, rt svcmain.Runtime) error {
 			keyName := f.Arg(0)
+			if *out != "" {
+				// Before the release: a secret that cannot be stored is not fetched.
+				if err := agent.CheckSecretPath(*out); err != nil {
+					return fmt.Errorf("%w: -out: %w", svcmain.ErrUsage, err)
+				}
+			}
 			ctx, cancel := context.WithTimeout(ctx, *timeout)
 			defer cancel()
 			rel, err := agent.Release(ctx, agent.ReleaseConfig{
@@ -107,7 +113,7 @@ func defineRelease(stdout io.Writer) func(*svcmain.Flags) svcmain.RunFunc {
 				return err
 			}
 			if *out != "" {
-				if err := os.WriteFile(*out, rel.Secret, 0o600); err != nil {
+				if err := agent.WriteSecretFile(*out, rel.Secret); err != nil {
 					return err
 				}
 				rt.Logger.Info("secret released", "key", keyName, "version", rel.Version, "file", *out)

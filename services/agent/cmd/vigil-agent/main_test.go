@@ -66,3 +66,26 @@ func TestCredentialsReadableByOthersRefused(t *testing.T) {
 		})
 	}
 }
+
+// A symbolic link at -out is refused before anything is asked of keyguard,
+// and the file it points to is left alone.
+func TestReleaseOutSymlinkRefused(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "elsewhere")
+	if err := os.WriteFile(target, []byte("untouched"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "secret")
+	if err := os.Symlink(target, out); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-nats-url", "nats://127.0.0.1:1", "-out", out,
+		"-resource-id", "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm", "disk-key"}
+	var stderr strings.Builder
+	if code := svcmain.Run(context.Background(), "vigil-agent release", args, &stderr, defineRelease(io.Discard)); code != 2 || !strings.Contains(stderr.String(), "symbolic link") {
+		t.Fatalf("exit %d (%s), want 2 refusing the symbolic link", code, stderr.String())
+	}
+	if b, _ := os.ReadFile(target); string(b) != "untouched" {
+		t.Fatalf("the link's target now holds %q", b)
+	}
+}
