@@ -87,7 +87,7 @@ func TestEvidenceVerify(t *testing.T) {
 		stderr     string // text stderr must contain
 	}{
 		{"snp genuine with nonce", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--vm-id", "26f8bc30-774e-4290-8e7a-535f3b672aee"}, 0, events.VerdictAffirming, "", ""},
-		{"tdx genuine with nonce", []string{"--bundle", tdxFixture, "--nonce", fixtureNonce, "--vm-id", "6332533D-5649-4D02-8AA7-8F64B7C3EE21"}, 0, events.VerdictAffirming, "", ""},
+		{"tdx genuine with nonce, TCB status unknown", []string{"--bundle", tdxFixture, "--nonce", fixtureNonce, "--vm-id", "6332533D-5649-4D02-8AA7-8F64B7C3EE21"}, 0, events.VerdictWarning, evidence.ReasonPolicyTCBUnknown, evidence.ReasonPolicyTCBUnknown},
 		{"tdx without nonce warns", []string{"--bundle", tdxFixture}, 0, events.VerdictWarning, evidence.ReasonFreshnessNonceUnchecked, ""},
 		{"snp wrong vm-id", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--vm-id", "00000000-774E-4290-8E7A-535F3B672AEE"}, 1, events.VerdictContraindicated, evidence.ReasonIdentityVMIDMismatch, evidence.ReasonIdentityVMIDMismatch},
 		{"tdx wrong vm-id", []string{"--bundle", tdxFixture, "--nonce", fixtureNonce, "--vm-id", "26F8BC30-774E-4290-8E7A-535F3B672AEE"}, 1, events.VerdictContraindicated, evidence.ReasonIdentityVMIDMismatch, ""},
@@ -95,7 +95,7 @@ func TestEvidenceVerify(t *testing.T) {
 		{"tampered runtime data", []string{"--bundle", tamperedCopy(t, snpFixture), "--nonce", fixtureNonce}, 1, events.VerdictContraindicated, evidence.ReasonBindingMismatch, "verification failed"},
 		{"policy denies console", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--policy", denyConsole}, 1, events.VerdictContraindicated, evidence.ReasonPolicyConsole, "policy failed"},
 		{"snp with --amd-crl offline is undecided", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--vm-id", "26f8bc30-774e-4290-8e7a-535f3b672aee", "--amd-crl"}, 1, events.VerdictNone, evidence.ReasonSNPCRLUnavailable, evidence.ReasonSNPCRLUnavailable},
-		{"tdx unaffected by --amd-crl", []string{"--bundle", tdxFixture, "--nonce", fixtureNonce, "--vm-id", "6332533D-5649-4D02-8AA7-8F64B7C3EE21", "--amd-crl"}, 0, events.VerdictAffirming, "", ""},
+		{"tdx unaffected by --amd-crl", []string{"--bundle", tdxFixture, "--nonce", fixtureNonce, "--vm-id", "6332533D-5649-4D02-8AA7-8F64B7C3EE21", "--amd-crl"}, 0, events.VerdictWarning, evidence.ReasonPolicyTCBUnknown, ""},
 		{"raw-nonce quote is no answer to a Vigil challenge", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--quote-binding", "challenge"}, 1, events.VerdictContraindicated, evidence.ReasonTPMNonceMismatch, evidence.ReasonTPMNonceMismatch},
 		{"raw-nonce quote named as such", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--vm-id", "26f8bc30-774e-4290-8e7a-535f3b672aee", "--quote-binding", "raw-nonce"}, 0, events.VerdictAffirming, "", "covers the nonce as it is"},
 		{"fixture without its nonce field", []string{"--bundle", withoutNonce(t, snpFixture)}, 1, events.VerdictContraindicated, evidence.ReasonTPMNonceMismatch, "verification failed"},

@@ -57,8 +57,14 @@ type TDXPolicy struct {
 	// TCBStatus classifies Intel's TCB status when collateral was checked.
 	TCBStatus TCBStatusPolicy `yaml:"tcb_status" json:"tcb_status"`
 	// RequireTCBStatus contraindicates evidence whose TCB status is unknown
-	// (collateral not checked).
+	// (collateral not checked); the same as UnknownTCBStatus deny.
 	RequireTCBStatus bool `yaml:"require_tcb_status,omitempty" json:"require_tcb_status,omitempty"`
+	// UnknownTCBStatus says what an unknown TCB status (the verifier runs
+	// without Intel PCS collateral) means: warn (the default policy) makes
+	// the verdict a warning and deny contraindicates it, both with
+	// policy.tcb_status_unknown; allow (or empty, as policies written
+	// before it) passes silently.
+	UnknownTCBStatus string `yaml:"unknown_tcb_status,omitempty" json:"unknown_tcb_status,omitempty"`
 }
 
 // TCBStatusPolicy lists accepted and warned TCB statuses; others contraindicate.
@@ -157,6 +163,7 @@ tdx:
   tcb_status:
     accept: [UpToDate]
     warn: [SWHardeningNeeded, ConfigurationNeeded, ConfigurationAndSWHardeningNeeded]
+  unknown_tcb_status: warn
 runtime:
   require_secure_boot: true
   require_tpm: true
@@ -263,6 +270,11 @@ func (p *Policy) Check() error {
 	case "", Allow, Warn, Deny:
 	default:
 		return fmt.Errorf("policy: identity.unknown_vm_id %q is not allow, warn or deny", p.Identity.UnknownVMID)
+	}
+	switch p.TDX.UnknownTCBStatus {
+	case "", Allow, Warn, Deny:
+	default:
+		return fmt.Errorf("policy: tdx.unknown_tcb_status %q is not allow, warn or deny", p.TDX.UnknownTCBStatus)
 	}
 	if p.Freshness.MaxEvidenceAge < 0 || p.Freshness.MaxClockSkew < 0 {
 		return errors.New("policy: freshness durations must not be negative")
@@ -467,8 +479,9 @@ func (p *Policy) validateTDX(f *findings, t *TDXClaims) {
 	}
 	switch {
 	case t.TCBStatus == "":
-		if tp.RequireTCBStatus {
-			f.add(ClaimHardware, false, arContra, arWarn, ReasonPolicyTCBUnknown, "TCB status unknown: PCS collateral was not checked")
+		if m := tp.UnknownTCBStatus; tp.RequireTCBStatus || m == Warn || m == Deny {
+			f.add(ClaimHardware, m == Warn && !tp.RequireTCBStatus, arContra, arWarn, ReasonPolicyTCBUnknown,
+				"Intel TCB status unknown: the verifier did not check Intel PCS collateral (TCB info, QE identity, PCK CRL), so out-of-date or revoked platforms are not detected")
 		}
 	case slices.Contains(tp.TCBStatus.Accept, t.TCBStatus):
 	case slices.Contains(tp.TCBStatus.Warn, t.TCBStatus):

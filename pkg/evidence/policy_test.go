@@ -1,10 +1,12 @@
 package evidence
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence/hcl"
 )
 
@@ -148,6 +150,44 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// TestTDXUnknownTCBStatusNotSilent: a verifier without Intel PCS
+// collateral cannot tell an out-of-date or revoked TDX platform from a
+// current one. The default policy says so in the verdict (a warning); it
+// used to pass such evidence as affirming without a word.
+func TestTDXUnknownTCBStatusNotSilent(t *testing.T) {
+	r := genuineSNP()
+	r.Platform, r.SNP = PlatformAzureTDX, nil
+	r.TDX = &TDXClaims{TEETCBSVN: make([]byte, 16), MRSEAM: make([]byte, 48), MRTD: make([]byte, 48), TDAttributes: make([]byte, 8)}
+	for _, tc := range []struct {
+		mode    string
+		require bool
+		status  string
+	}{
+		{"", false, events.VerdictAffirming},
+		{Allow, false, events.VerdictAffirming},
+		{Warn, false, events.VerdictWarning},
+		{Deny, false, events.VerdictContraindicated},
+		{Warn, true, events.VerdictContraindicated},
+	} {
+		p := DefaultPolicy()
+		p.TDX.UnknownTCBStatus, p.TDX.RequireTCBStatus = tc.mode, tc.require
+		v, err := Appraise(r, nil, p, Expect{VMID: "abc"}, AppraiseOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		unknown := slices.ContainsFunc(v.Reasons, func(r events.Reason) bool { return r.Code == ReasonPolicyTCBUnknown })
+		if v.Status != tc.status || unknown != (tc.status != events.VerdictAffirming) {
+			t.Errorf("unknown_tcb_status %q require %v: verdict %s %v, want %s", tc.mode, tc.require, v.Status, v.Reasons, tc.status)
+		}
+	}
+	if DefaultPolicy().TDX.UnknownTCBStatus != Warn {
+		t.Fatal("the default policy does not warn about an unknown TDX TCB status")
+	}
+	if _, err := ParsePolicy([]byte(strings.Replace(DefaultPolicyYAML, "unknown_tcb_status: warn", "unknown_tcb_status: shrug", 1))); err == nil {
+		t.Fatal("policy with unknown_tcb_status shrug accepted")
+	}
+}
+
 func TestValidateTDX(t *testing.T) {
 	now := time.Now()
 	base := func() *Result {
@@ -157,7 +197,9 @@ func TestValidateTDX(t *testing.T) {
 		return r
 	}
 	p := DefaultPolicy()
-	if got := p.Validate(base(), Expect{VMID: "abc"}, now); len(got) != 0 {
+	known := base()
+	known.TDX.TCBStatus = "UpToDate"
+	if got := p.Validate(known, Expect{VMID: "abc"}, now); len(got) != 0 {
 		t.Fatalf("clean TDX: %v", findingCodes(got))
 	}
 	r := base()
