@@ -87,6 +87,10 @@ type Config struct {
 	// Ready, when set, is called once keyguard consumes events and serves
 	// releases.
 	Ready func()
+
+	// sealed, when set (by tests, export_test.go), runs after a release's
+	// secret is sealed, before its final checks.
+	sealed func(vm string)
 }
 
 // NonceLimits bounds the release nonces keyguard issues. Nonces are issued

@@ -132,3 +132,41 @@ func TestForgedVMIDDoesNotNarrowKeyVaultRevocation(t *testing.T) {
 		t.Fatal("release policy edited with a vmId nobody verified")
 	}
 }
+
+// A revocation stored while a release is being verified and sealed wins:
+// keyguard checks status and grant again after sealing, the last thing
+// before the release is recorded and answered.
+func TestRevocationDuringSealingWins(t *testing.T) {
+	var h *harness
+	revoke := make(chan string, 1)
+	h = newHarness(t, func(c *keyguard.Config) {
+		keyguard.OnSealed(c, func(vm string) {
+			select {
+			case r := <-revoke:
+				if _, err := keyguard.Revoke(ctxT(t), h.conn, keyguard.ChangeRequest{VM: vm, Reason: r, Actor: "alice"}); err != nil {
+					t.Errorf("revoke: %v", err)
+				}
+			default:
+			}
+		})
+	})
+	vm := h.newVM("revoked-while-sealing")
+	h.setStatus(vm, events.StatusTrusted)
+	h.grant(vm, "disk-key", keyguard.BackendLocal)
+	revoke <- "compromise reported during the release"
+	if got, err := h.release(vm, attester(vm), "disk-key"); refusal(err) != keyrelease.CodeRevoked {
+		t.Fatalf("release across a revocation: released %v, err %v; want %s", got != nil, err, keyrelease.CodeRevoked)
+	}
+	for _, k := range h.keyEvents(vm) {
+		if k.Action == events.KeyReleased {
+			t.Fatalf("release recorded: %+v", k)
+		}
+	}
+	// Restored, the next release goes through (the hook no longer revokes).
+	if _, err := keyguard.Restore(ctxT(t), h.conn, keyguard.ChangeRequest{VM: vm.VMKey(), Reason: "cleared", Actor: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.release(vm, attester(vm), "disk-key"); err != nil {
+		t.Fatalf("release after restore: %v", err)
+	}
+}
