@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -109,9 +110,12 @@ type EntraConfig struct {
 	JWKSURL string
 	// HTTPClient fetches the keys (default: a client with a 10 s timeout).
 	HTTPClient *http.Client
-	// RefreshInterval is how often the keys are re-read (default 1 h); an
-	// unknown key id triggers a refresh at most every MinRefreshInterval
-	// (default 1 min).
+	// RefreshInterval is how old the keys may grow before they are re-read
+	// (default 1 h). Keys are fetched at most once per MinRefreshInterval
+	// (default 1 min), in the background: validation with a known key never
+	// waits for a fetch, and a token with an unknown key id is refused at
+	// once (it triggers at most that one fetch). Only before the first key
+	// set has arrived do requests wait for it.
 	RefreshInterval, MinRefreshInterval time.Duration
 	// Leeway tolerates clock skew on exp/nbf/iat (default 2 min).
 	Leeway time.Duration
@@ -129,11 +133,21 @@ func (c EntraConfig) Enabled() bool { return c.TenantID != "" || len(c.Audiences
 type TokenValidator struct {
 	cfg    EntraConfig
 	parser *jwt.Parser
+	now    func() time.Time
 
-	mu        sync.Mutex
+	// keys is the last key set fetched; validation reads it without a lock.
+	keys atomic.Pointer[keySet]
+
+	mu        sync.Mutex    // guards the fields below, never held during a fetch
+	attempted time.Time     // when the last fetch started
+	inflight  chan struct{} // closed when the fetch in progress ends; nil when none
+	fetchErr  error         // of the last fetch
+}
+
+// keySet is a fetched JWKS.
+type keySet struct {
 	keys      map[string]*rsa.PublicKey
 	fetchedAt time.Time
-	fetchErr  error
 }
 
 // NewTokenValidator checks cfg; keys are fetched on first use.
@@ -184,6 +198,7 @@ func NewTokenValidator(cfg EntraConfig) (*TokenValidator, error) {
 	}
 	return &TokenValidator{
 		cfg: cfg,
+		now: time.Now,
 		parser: jwt.NewParser(
 			jwt.WithValidMethods([]string{"RS256"}),
 			jwt.WithLeeway(cfg.Leeway),
@@ -265,31 +280,73 @@ func isGUID(s string) bool {
 	return true
 }
 
-// key returns the signing key kid, refreshing the key set when it is old or
-// does not know kid (rate limited).
+// key returns the signing key kid from the key set held. A key set older
+// than RefreshInterval, or one without kid, starts a refresh in the
+// background (at most one per MinRefreshInterval) and is answered from what
+// is held: an unknown kid fails at once. Only when no key set has been
+// fetched yet does key wait for the fetch (within ctx).
 func (v *TokenValidator) key(ctx context.Context, kid string) (*rsa.PublicKey, error) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	age := time.Since(v.fetchedAt)
-	k, known := v.keys[kid]
-	if known && age < v.cfg.RefreshInterval {
-		return k, nil
-	}
-	if v.fetchedAt.IsZero() || age >= v.cfg.MinRefreshInterval {
-		keys, err := v.fetch(ctx)
-		v.fetchedAt = time.Now()
-		v.fetchErr = err
-		if err == nil {
-			v.keys = keys
+	set := v.keys.Load()
+	if set == nil {
+		if done := v.refresh(ctx); done != nil {
+			select {
+			case <-done:
+			case <-ctx.Done():
+				return nil, fmt.Errorf("waiting for the signing keys: %w", ctx.Err())
+			}
+		}
+		if set = v.keys.Load(); set == nil {
+			return nil, fmt.Errorf("signing keys unavailable: %w", v.lastErr())
 		}
 	}
-	if k, ok := v.keys[kid]; ok {
-		return k, nil
+	k, ok := set.keys[kid]
+	if !ok || v.now().Sub(set.fetchedAt) >= v.cfg.RefreshInterval {
+		v.refresh(ctx)
 	}
-	if v.fetchErr != nil {
-		return nil, fmt.Errorf("signing keys unavailable: %w", v.fetchErr)
+	if !ok {
+		return nil, fmt.Errorf("unknown signing key %q", kid)
 	}
-	return nil, fmt.Errorf("unknown signing key %q", kid)
+	return k, nil
+}
+
+// refresh starts a fetch of the key set in the background unless one is in
+// progress or the last one started less than MinRefreshInterval ago. It
+// returns a channel closed when the fetch in progress ends, or nil when
+// none is. The fetch outlives ctx's cancellation (not its values): other
+// requests wait for it.
+func (v *TokenValidator) refresh(ctx context.Context) <-chan struct{} {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.inflight != nil {
+		return v.inflight
+	}
+	now := v.now()
+	if !v.attempted.IsZero() && now.Sub(v.attempted) < v.cfg.MinRefreshInterval {
+		return nil
+	}
+	v.attempted = now
+	done := make(chan struct{})
+	v.inflight = done
+	go func() {
+		defer close(done)
+		keys, err := v.fetch(context.WithoutCancel(ctx))
+		if err == nil {
+			v.keys.Store(&keySet{keys: keys, fetchedAt: v.now()})
+		}
+		v.mu.Lock()
+		v.fetchErr, v.inflight = err, nil
+		v.mu.Unlock()
+	}()
+	return done
+}
+
+func (v *TokenValidator) lastErr() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.fetchErr == nil {
+		return errors.New("not fetched yet")
+	}
+	return v.fetchErr
 }
 
 type jwks struct {

@@ -200,8 +200,36 @@ type jwksServer struct {
 	srv     *httptest.Server
 	key     *rsa.PrivateKey
 	kid     string
-	fetches int
 	mu      sync.Mutex
+	fetches int           // requests received
+	hold    chan struct{} // when set, requests wait until it is closed
+}
+
+// block makes JWKS requests wait until the returned release is called (at
+// the latest when the test ends, before the server closes).
+func (j *jwksServer) block(t *testing.T) (release func()) {
+	t.Helper()
+	hold := make(chan struct{})
+	j.mu.Lock()
+	j.hold = hold
+	j.mu.Unlock()
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			j.mu.Lock()
+			j.hold = nil
+			j.mu.Unlock()
+			close(hold)
+		})
+	}
+	t.Cleanup(release)
+	return release
+}
+
+func (j *jwksServer) requests() int {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.fetches
 }
 
 func newJWKS(t *testing.T) *jwksServer {
@@ -214,7 +242,15 @@ func newJWKS(t *testing.T) *jwksServer {
 	j.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		j.mu.Lock()
 		j.fetches++
+		hold := j.hold
 		j.mu.Unlock()
+		if hold != nil {
+			select {
+			case <-hold:
+			case <-r.Context().Done():
+				return
+			}
+		}
 		e := big.NewInt(int64(key.E)).Bytes()
 		_ = json.NewEncoder(w).Encode(map[string]any{"keys": []map[string]string{{
 			"kty": "RSA", "use": "sig", "kid": j.kid,
