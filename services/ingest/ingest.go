@@ -65,9 +65,12 @@ type Config struct {
 	// Topology of the streams and buckets provisioned at start.
 	Topology events.Topology
 
-	// HTTPAddr serves the webhook, /healthz, /readyz and /metrics
-	// (default DefaultHTTPAddr; port 0 picks a free port).
+	// HTTPAddr serves the webhook and nothing else (default
+	// DefaultHTTPAddr; port 0 picks a free port).
 	HTTPAddr string
+	// OpsAddr, when set, serves /healthz, /readyz and /metrics (from
+	// Telemetry), apart from the webhook: they need not face Azure.
+	OpsAddr string
 	// WebhookPath is where Event Grid delivers (default "/eventgrid").
 	WebhookPath string
 	// WebhookSecrets are the accepted shared secrets (at most two, for
@@ -90,8 +93,9 @@ type Config struct {
 	// StoreTimeout bounds how long a delivery waits for JetStream before it
 	// is answered 503 (default 25 s, within Event Grid's 30 s timeout).
 	StoreTimeout time.Duration
-	// OnListen, when set, is called with the bound HTTP address.
-	OnListen func(addr string)
+	// OnListen, when set, is called with the webhook's bound address, and
+	// OnOpsListen with the ops listener's.
+	OnListen, OnOpsListen func(addr string)
 
 	// ARM reaches Azure Resource Manager for enrichment and reconcile.
 	// With a nil ARM.Credential (and no Fetcher/Lister) both are off.
@@ -122,9 +126,9 @@ type Config struct {
 	// in other replicas. For intake tiers scaled apart, and for measuring
 	// intake alone.
 	IntakeOnly bool
-	// Telemetry provides tracers, meters and /metrics (default: otel
-	// globals, no /metrics). Health collects readiness checks (default: a
-	// new one).
+	// Telemetry provides tracers, meters and /metrics on OpsAddr
+	// (default: otel globals, no /metrics). Health collects readiness
+	// checks (default: a new one), served on OpsAddr.
 	Telemetry *telemetry.Telemetry
 	Health    *telemetry.Health
 	// Logger defaults to slog.Default().
@@ -286,16 +290,25 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	health.AddReadiness("nats", telemetry.NATSConnected(conn.NC))
 	health.AddReadiness("jetstream", telemetry.JetStreamReachable(conn.JS))
-	srv, err := telemetry.Listen(cfg.HTTPAddr, cfg.Telemetry, health)
+	srv, err := listenWebhook(cfg.HTTPAddr, cfg.WebhookPath, hook)
 	if err != nil {
 		return err
 	}
-	srv.Handle("POST "+cfg.WebhookPath, hook)
-	srv.Handle("OPTIONS "+cfg.WebhookPath, hook)
-	log.Info("ingest webhook listening", "url", srv.URL()+cfg.WebhookPath, "secret", secrets.Enabled(), "entra", tokens != nil,
+	var ops *telemetry.Server
+	if cfg.OpsAddr != "" {
+		if ops, err = telemetry.Listen(cfg.OpsAddr, cfg.Telemetry, health); err != nil {
+			_ = srv.Close()
+			return err
+		}
+		log.Info("ingest health and metrics listening", "url", ops.URL())
+	}
+	log.Info("ingest webhook listening", "url", "http://"+srv.Addr()+cfg.WebhookPath, "secret", secrets.Enabled(), "entra", tokens != nil,
 		"enrichment", enricher != nil, "subscriptions", len(cfg.Subscriptions), "namespace", cfg.Namespace != nil)
 	if cfg.OnListen != nil {
 		cfg.OnListen(srv.Addr())
+	}
+	if ops != nil && cfg.OnOpsListen != nil {
+		cfg.OnOpsListen(ops.Addr())
 	}
 
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -318,6 +331,9 @@ func Run(ctx context.Context, cfg Config) error {
 		}()
 	}
 	start("http", srv.Serve)
+	if ops != nil {
+		start("ops", ops.Serve)
+	}
 	norm := &normalizer{p: proc, conn: conn, tracer: tracer, workers: cfg.Concurrency,
 		backoff: []time.Duration{250 * time.Millisecond, time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second}}
 	if !cfg.IntakeOnly {

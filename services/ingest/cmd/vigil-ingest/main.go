@@ -30,7 +30,8 @@ func main() { svcmain.Main("vigil-ingest", define) }
 func define(f *svcmain.Flags) svcmain.RunFunc {
 	nats := f.NATS("vigil-ingest")
 	topology := f.Replicas()
-	httpAddr := f.String("http", ":8080", "listen address of the webhook, /healthz, /readyz and /metrics")
+	httpAddr := f.String("http", ":8080", "listen address of the webhook (it serves nothing else)")
+	opsAddr := f.String("ops-http", ":8085", `listen address of /healthz, /readyz and /metrics ("" turns them off)`)
 	path := f.String("webhook-path", ingest.DefaultWebhookPath, "webhook path")
 	secret := f.String("webhook-secret", "", "shared secret Event Grid sends as ?secret=...")
 	secretNext := f.String("webhook-secret-next", "", "second accepted secret, for rotation")
@@ -62,6 +63,7 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 			NATS:               nats(),
 			Topology:           topology(),
 			HTTPAddr:           *httpAddr,
+			OpsAddr:            *opsAddr,
 			WebhookPath:        *path,
 			WebhookSecrets:     []string{*secret, *secretNext},
 			Limits:             eventgrid.Limits{MaxClockSkew: *skew},
