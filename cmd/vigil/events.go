@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 )
 
@@ -133,7 +134,7 @@ func (o *tailOptions) natsOptions(stderr io.Writer) []nats.Option {
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			fmt.Fprintf(stderr, "vigil: reconnected to %s\n", nc.ConnectedUrlRedacted())
+			fmt.Fprintf(stderr, "vigil: reconnected to %s\n", bus.RedactURL(nc.ConnectedUrl()))
 		}),
 	}
 	if o.creds != "" {
@@ -162,7 +163,7 @@ func runTail(ctx context.Context, o *tailOptions, stdout, stderr io.Writer) erro
 	}
 	nc, err := nats.Connect(o.server, o.natsOptions(stderr)...)
 	if err != nil {
-		return fmt.Errorf("cannot connect to NATS at %s: %w (is `vigil dev` running?)", o.server, err)
+		return fmt.Errorf("cannot connect to NATS at %s: %w (is `vigil dev` running?)", bus.RedactURL(o.server), err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)

@@ -296,3 +296,27 @@ func TestTailSurvivesServerRestart(t *testing.T) {
 		t.Fatalf("ids = %v, want [%s %s] (no loss, no repeat)", got, first.ID, second.ID)
 	}
 }
+
+// A NATS URL with credentials (VIGIL_NATS_URL or --server) shows up
+// neither in --help, which prints flag defaults, nor in a connection error.
+func TestNATSURLCredentialsNotShown(t *testing.T) {
+	const secret = "s3cret-pass"
+	t.Setenv("VIGIL_NATS_URL", "nats://alice:"+secret+"@127.0.0.1:1")
+	for _, args := range [][]string{
+		{"events", "tail", "--help"},
+		{"keyguard", "grants", "--help"},
+		{"events", "tail", "--count", "1", "--timeout", "1s"},
+		{"events", "tail", "--count", "1", "--timeout", "1s", "--server", "nats://" + secret + "@127.0.0.1:1"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		stdout, stderr, err := runVigil(ctx, args...)
+		cancel()
+		all := stdout + stderr
+		if err != nil {
+			all += err.Error()
+		}
+		if strings.Contains(all, secret) {
+			t.Errorf("vigil %s shows the credential: %s", strings.Join(args, " "), all)
+		}
+	}
+}

@@ -274,7 +274,7 @@ func runChange(cmd *cobra.Command, o *keyguardConn, what string, send func(conte
 		case errors.As(err, &re):
 			return &exitError{code: 1, msg: fmt.Sprintf("%s refused: %s", what, re.Error())}
 		case errors.Is(err, bus.ErrNoResponders):
-			return &exitError{code: 1, msg: "no keyguard is running on " + o.server}
+			return &exitError{code: 1, msg: "no keyguard is running on " + bus.RedactURL(o.server)}
 		}
 		return &exitError{code: 1, msg: fmt.Sprintf("%s: %v", what, err)}
 	}

@@ -15,10 +15,14 @@ import (
 // VIGIL_NATS_CREDS, VIGIL_NATS_CA, VIGIL_NATS_CERT, VIGIL_NATS_KEY).
 type natsFlags struct {
 	server, creds, tlsCA, tlsCert, tlsKey string
+	fs                                    *pflag.FlagSet
 }
 
 func (n *natsFlags) register(f *pflag.FlagSet) {
-	f.StringVar(&n.server, "server", flagEnv("VIGIL_NATS_URL", defaultNATSURL), "NATS URL, or a comma-separated list [VIGIL_NATS_URL]")
+	n.fs = f
+	// VIGIL_NATS_URL is read in validate, not shown as the flag's default:
+	// a URL may carry credentials, and --help prints defaults.
+	f.StringVar(&n.server, "server", defaultNATSURL, "NATS URL, or a comma-separated list [VIGIL_NATS_URL]")
 	f.StringVar(&n.creds, "creds", os.Getenv("VIGIL_NATS_CREDS"), "NATS credentials file [VIGIL_NATS_CREDS]")
 	f.StringVar(&n.tlsCA, "tls-ca", os.Getenv("VIGIL_NATS_CA"), "CA certificate (PEM) to trust for NATS TLS [VIGIL_NATS_CA]")
 	f.StringVar(&n.tlsCert, "tls-cert", os.Getenv("VIGIL_NATS_CERT"), "client certificate (PEM) for NATS TLS [VIGIL_NATS_CERT]")
@@ -26,6 +30,9 @@ func (n *natsFlags) register(f *pflag.FlagSet) {
 }
 
 func (n *natsFlags) validate() error {
+	if v := os.Getenv("VIGIL_NATS_URL"); v != "" && (n.fs == nil || !n.fs.Changed("server")) {
+		n.server = v
+	}
 	if (n.tlsCert == "") != (n.tlsKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
