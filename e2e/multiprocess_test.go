@@ -190,14 +190,19 @@ func TestMultiProcess(t *testing.T) {
 	}
 	procs := map[string]*proc{}
 	for _, s := range services {
-		addr := ingestAddr
-		if s.name != "ingest" {
-			addr = freeAddr(t)
+		addr := freeAddr(t)
+		args := append(append([]string{}, common...), "-http", addr)
+		health := addr
+		if s.name == "ingest" {
+			// The webhook listener serves the webhook alone; health and
+			// metrics are on the ops listener.
+			health = freeAddr(t)
+			args = append(append(append([]string{}, common...), "-http", ingestAddr), "-ops-http", health)
 		}
-		p := start(t, b(s.bin), s.name, append(append(append([]string{}, common...), "-http", addr), s.args...)...)
+		p := start(t, b(s.bin), s.name, append(args, s.args...)...)
 		procs[s.name] = p
 		if s.name != "auditor" { // the auditor is ready once it writes; it takes the lock at once
-			waitReady(t, p, "http://"+addr+"/readyz")
+			waitReady(t, p, "http://"+health+"/readyz")
 		}
 	}
 
