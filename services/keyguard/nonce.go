@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -173,7 +172,7 @@ func (k *Keyguard) consumeNonce(ctx context.Context, n []byte, vm string) error 
 		return refuse(keyrelease.CodeUnavailable, "read nonce: %v", err)
 	}
 	if err := k.nonces.Purge(ctx, key, jetstream.LastRevision(e.Revision), jetstream.PurgeTTL(noncePurgeMarkerTTL)); err != nil {
-		if isRevisionMismatch(err) {
+		if kvlast.IsRevisionMismatch(err) {
 			return refuse(keyrelease.CodeBadNonce, "nonce already used")
 		}
 		return refuse(keyrelease.CodeUnavailable, "consume nonce: %v", err)
@@ -189,16 +188,4 @@ func (k *Keyguard) consumeNonce(ctx context.Context, n []byte, vm string) error 
 		return refuse(keyrelease.CodeBadNonce, "nonce expired at %s", rec.ExpiresAt.Format(time.RFC3339))
 	}
 	return nil
-}
-
-func isRevisionMismatch(err error) bool {
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		return true
-	}
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) {
-		return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
-	}
-	return strings.Contains(err.Error(), "wrong last sequence")
 }

@@ -239,25 +239,13 @@ func (s *Store) Update(ctx context.Context, key string, fn func(*Grant) (bool, e
 		if err == nil {
 			return Entry{Grant: g, Revision: rev}, true, nil
 		}
-		if !isConflict(err) || attempt >= 50 {
+		if !kvlast.IsRevisionMismatch(err) || attempt >= 50 {
 			return cur, false, fmt.Errorf("grants: update %s: %w", key, err)
 		}
 		if ctx.Err() != nil {
 			return cur, false, ctx.Err()
 		}
 	}
-}
-
-func isConflict(err error) bool {
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		return true
-	}
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) {
-		return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
-	}
-	return strings.Contains(err.Error(), "wrong last sequence")
 }
 
 // Delete removes a grant.
