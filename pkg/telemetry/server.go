@@ -31,29 +31,39 @@ type Server struct {
 // checks when nil) and /metrics from t (left out when t is nil). Serve
 // starts answering.
 func Listen(addr string, t *Telemetry, h *Health) (*Server, error) {
-	ln, err := net.Listen("tcp", addr)
+	s, err := ListenBare(addr)
 	if err != nil {
-		return nil, fmt.Errorf("telemetry: listen on %s: %w", addr, err)
+		return nil, err
 	}
 	if h == nil {
 		h = NewHealth()
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /healthz", h.LivenessHandler())
-	mux.Handle("GET /readyz", h.ReadinessHandler())
+	s.Handle("GET /healthz", h.LivenessHandler())
+	s.Handle("GET /readyz", h.ReadinessHandler())
 	if t != nil {
-		mux.Handle("GET /metrics", t.MetricsHandler())
+		s.Handle("GET /metrics", t.MetricsHandler())
 	}
-	s := &Server{mux: mux, ln: ln}
-	s.srv = &http.Server{
+	return s, nil
+}
+
+// ListenBare binds addr and returns a Server that answers 404 to
+// everything until routes are added with Handle: for an endpoint that faces
+// callers who are not to see a process's health and metrics (ingest's
+// webhook).
+func ListenBare(addr string) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: listen on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	return &Server{mux: mux, ln: ln, srv: &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
-	}
-	return s, nil
+	}}, nil
 }
 
 // Addr is the address the server listens on, with the port filled in.

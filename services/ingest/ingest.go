@@ -290,10 +290,15 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	health.AddReadiness("nats", telemetry.NATSConnected(conn.NC))
 	health.AddReadiness("jetstream", telemetry.JetStreamReachable(conn.JS))
-	srv, err := listenWebhook(cfg.HTTPAddr, cfg.WebhookPath, hook)
+	// The webhook listener serves the webhook alone (404 for the rest, 405
+	// for other methods on its path); health and metrics are on the ops
+	// listener, which need not face Azure.
+	srv, err := telemetry.ListenBare(cfg.HTTPAddr)
 	if err != nil {
 		return err
 	}
+	srv.Handle("POST "+cfg.WebhookPath, hook)
+	srv.Handle("OPTIONS "+cfg.WebhookPath, hook)
 	var ops *telemetry.Server
 	if cfg.OpsAddr != "" {
 		if ops, err = telemetry.Listen(cfg.OpsAddr, cfg.Telemetry, health); err != nil {
