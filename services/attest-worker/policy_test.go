@@ -47,9 +47,10 @@ func TestPolicyVersionTakesEffectWithoutRestart(t *testing.T) {
 	if last := vs[len(vs)-1]; last.PolicyVersion != 2 || last.Status != events.VerdictAffirming {
 		t.Fatalf("last verdict under policy version %d: %s", last.PolicyVersion, last.Status)
 	}
-	if !slices.ContainsFunc(alertsWith(t, ctx, conn.JS, "vm.recovered"), func(a events.Alert) bool { return a.VMKey == v.VMKey() }) {
-		t.Error("no vm.recovered alert")
-	}
+	// The alert follows the status write.
+	waitFor(t, 20*time.Second, "a vm.recovered alert", func() (bool, string) {
+		return slices.ContainsFunc(alertsWith(t, ctx, conn.JS, "vm.recovered"), func(a events.Alert) bool { return a.VMKey == v.VMKey() }), "none yet"
+	})
 
 	// An older version is not applied again.
 	old := testAuthority().Policy()

@@ -3,6 +3,7 @@ package attestworker
 import (
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -111,7 +112,16 @@ func TestEachFailureReasonMakesUntrusted(t *testing.T) {
 		v.SetFaults(tc.faults)
 	}
 	waitStatus(t, ctx, conn.JS, 20*time.Second, events.StatusUntrusted, f.vms...)
-	untrusted := alertsWith(t, ctx, conn.JS, "vm.untrusted")
+	// The alert follows the status write: wait for one per VM.
+	var untrusted []events.Alert
+	waitFor(t, 20*time.Second, "a vm.untrusted alert for every VM", func() (bool, string) {
+		untrusted = alertsWith(t, ctx, conn.JS, "vm.untrusted")
+		seen := map[string]bool{}
+		for _, a := range untrusted {
+			seen[a.VMKey] = true
+		}
+		return len(seen) == len(f.vms), fmt.Sprintf("%d of %d VMs alerted", len(seen), len(f.vms))
+	})
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			v := f.vms[i]
