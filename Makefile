@@ -9,7 +9,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 TEST_TIMEOUT ?= 9m
 STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo $(shell $(GO) env GOPATH)/bin/staticcheck)
 
-.PHONY: all build test test-short run bench lint fmt vet staticcheck standalone tidy clean compose-check
+.PHONY: all build test test-short run bench lint fmt vet staticcheck standalone tidy tidy-check clean compose-check
 
 all: lint test
 
@@ -32,7 +32,7 @@ run:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -timeout 60m $(MODULES)
 
-lint: vet staticcheck standalone
+lint: vet staticcheck standalone tidy-check
 	@out=$$(gofmt -l $(MODULE_DIRS)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 vet:
@@ -46,11 +46,16 @@ staticcheck:
 standalone:
 	@for d in $(MODULE_DIRS); do (cd $$d && GOWORK=off CGO_ENABLED=0 $(GO) build -o /dev/null ./...) || { echo "$$d does not build without the workspace (go mod tidy there)"; exit 1; }; done
 
+# Every module's go.mod and go.sum are as go mod tidy leaves them (direct
+# dependencies not marked indirect, no sum missing), as its Dockerfile needs.
+tidy-check:
+	@for d in $(MODULE_DIRS); do (cd $$d && GOWORK=off GOFLAGS=-mod=mod $(GO) mod tidy -diff >/dev/null) || { echo "$$d is not tidy: run make tidy"; exit 1; }; done
+
 fmt:
 	gofmt -w $(MODULE_DIRS)
 
 tidy:
-	@for d in $(MODULE_DIRS); do (cd $$d && $(GO) mod tidy) || exit 1; done
+	@for d in $(MODULE_DIRS); do (cd $$d && GOWORK=off GOFLAGS=-mod=mod $(GO) mod tidy) || exit 1; done
 
 # Validates deploy/compose/compose.yaml with the compose-spec loader and checks
 # that every environment variable it sets is read by its service.
