@@ -19,6 +19,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/pkg/telemetry"
 )
 
@@ -121,13 +122,14 @@ func (f *Flags) Duration(name string, def time.Duration, u string) *time.Duratio
 
 // NATS defines the connection flags -nats-url, -nats-creds, -nats-ca,
 // -nats-cert and -nats-key; the returned function gives the bus
-// configuration after Parse.
+// configuration after Parse. The vigil CLI has the same flags (with the
+// same usage text), written --nats-url and so on.
 func (f *Flags) NATS(client string) func() bus.Config {
-	url := f.String("nats-url", bus.DefaultURL, "NATS server URL(s), comma separated")
-	creds := f.String("nats-creds", "", "NATS credentials file")
-	ca := f.String("nats-ca", "", "CA file for NATS TLS")
-	cert := f.String("nats-cert", "", "client certificate for NATS TLS")
-	key := f.String("nats-key", "", "client key for NATS TLS")
+	url := f.String("nats-url", bus.DefaultURL, "NATS server URL, or a comma-separated list")
+	creds := f.String("nats-creds", "", "NATS credentials file; only its owner may read it")
+	ca := f.String("nats-ca", "", "CA certificate (PEM) to trust for NATS TLS")
+	cert := f.String("nats-cert", "", "client certificate (PEM) for NATS TLS, with the client key")
+	key := f.String("nats-key", "", "client key (PEM) for NATS TLS, with the client certificate; only its owner may read it")
 	return func() bus.Config {
 		return bus.Config{URL: *url, Name: client, CredsFile: *creds, TLSCAFile: *ca, TLSCertFile: *cert, TLSKeyFile: *key}
 	}
@@ -144,6 +146,20 @@ func (f *Flags) Replicas() func() events.Topology {
 		return nil
 	})
 	return func() events.Topology { return events.Topology{Replicas: *n} }
+}
+
+// Service defines the flags every service shares: the NATS connection
+// flags (see NATS), -replicas and -http, the operational listener's
+// address (/healthz, /readyz, /metrics; "" turns it off) with default
+// httpDefault. The returned function gives the service's Options after
+// Parse, with the runtime's logger and telemetry.
+func (f *Flags) Service(name, httpDefault string) func(Runtime) service.Options {
+	nats := f.NATS(name)
+	topology := f.Replicas()
+	httpAddr := f.String("http", httpDefault, `listen address of /healthz, /readyz and /metrics ("" turns them off)`)
+	return func(rt Runtime) service.Options {
+		return service.Options{NATS: nats(), Topology: topology(), HTTPAddr: *httpAddr, Logger: rt.Logger, Telemetry: rt.Telemetry}
+	}
 }
 
 // Runtime is what Main gives a service: its logger and telemetry.
@@ -200,7 +216,9 @@ func Run(ctx context.Context, name string, args []string, stderr io.Writer, defi
 		defer cancel()
 		_ = tel.Shutdown(sctx)
 	}()
-	if err := runFn(ctx, Runtime{Logger: log, Telemetry: tel}); err != nil {
+	// A service stopped by a signal while it waited (for NATS, say)
+	// stopped cleanly.
+	if err := runFn(ctx, Runtime{Logger: log, Telemetry: tel}); err != nil && !(ctx.Err() != nil && errors.Is(err, context.Canceled)) {
 		return fail(err)
 	}
 	return 0

@@ -4,9 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/service"
 )
 
 func TestFlagsEnvironmentFallback(t *testing.T) {
@@ -93,11 +99,18 @@ func TestRunExitCodes(t *testing.T) {
 		{"bad flag", []string{"-x"}, nil, 2},
 		{"bad log level", []string{"-log-level", "loud"}, nil, 2},
 		{"help", []string{"-h"}, nil, 0},
+		{"stopped while waiting", nil, fmt.Errorf("waiting for NATS: %w", context.Canceled), 0},
+		{"cancelled without a stop", nil, context.Canceled, 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr bytes.Buffer
-			got := Run(context.Background(), "vigil-test", tc.args, &stderr, func(f *Flags) RunFunc {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if tc.name == "stopped while waiting" {
+				cancel() // as SIGTERM does
+			}
+			got := Run(ctx, "vigil-test", tc.args, &stderr, func(f *Flags) RunFunc {
 				return func(ctx context.Context, rt Runtime) error {
 					if rt.Logger == nil || rt.Telemetry == nil {
 						t.Error("no logger or telemetry")
@@ -109,6 +122,39 @@ func TestRunExitCodes(t *testing.T) {
 				t.Fatalf("exit %d, want %d\n%s", got, tc.want, stderr.String())
 			}
 		})
+	}
+}
+
+// TestServiceFlags: every service takes the same connection, replica and
+// listener flags, from the command line or VIGIL_* variables.
+func TestServiceFlags(t *testing.T) {
+	t.Setenv("VIGIL_NATS_URL", "nats://from-env:4222")
+	t.Setenv("VIGIL_REPLICAS", "3")
+	f := NewFlags("vigil-test")
+	f.SetOutput(&bytes.Buffer{})
+	opts := f.Service("vigil-test", ":9999")
+	if err := f.Parse([]string{"-http", "127.0.0.1:0", "-nats-creds", "/c.creds"}); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	got := opts(Runtime{Logger: log})
+	want := service.Options{
+		NATS:     bus.Config{URL: "nats://from-env:4222", Name: "vigil-test", CredsFile: "/c.creds"},
+		Topology: events.Topology{Replicas: 3},
+		HTTPAddr: "127.0.0.1:0",
+		Logger:   log,
+	}
+	if got.NATS != want.NATS {
+		t.Errorf("NATS = %+v, want %+v", got.NATS, want.NATS)
+	}
+	if got.Topology != want.Topology {
+		t.Errorf("Topology = %+v, want %+v", got.Topology, want.Topology)
+	}
+	if got.HTTPAddr != want.HTTPAddr {
+		t.Errorf("HTTPAddr = %q, want %q", got.HTTPAddr, want.HTTPAddr)
+	}
+	if got.Logger != want.Logger {
+		t.Error("Logger is not the runtime's")
 	}
 }
 

@@ -41,19 +41,32 @@ type namedCheck struct {
 // NewHealth returns a Health with no checks: live and ready.
 func NewHealth() *Health { return &Health{} }
 
-// AddLiveness adds a check to /healthz. Keep liveness checks to faults a
-// restart cures (a wedged loop), not to dependencies.
+// AddLiveness adds a check to /healthz, replacing one of the same name.
+// Keep liveness checks to faults a restart cures (a wedged loop), not to
+// dependencies.
 func (h *Health) AddLiveness(name string, c Check) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.live = append(h.live, namedCheck{name, c})
+	h.live = setCheck(h.live, name, c)
 }
 
-// AddReadiness adds a check to /readyz.
+// AddReadiness adds a check to /readyz, replacing one of the same name (so
+// that services sharing a process's Health and its NATS connection, as in
+// vigil dev, add their common checks once).
 func (h *Health) AddReadiness(name string, c Check) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.ready = append(h.ready, namedCheck{name, c})
+	h.ready = setCheck(h.ready, name, c)
+}
+
+func setCheck(checks []namedCheck, name string, c Check) []namedCheck {
+	for i := range checks {
+		if checks[i].name == name {
+			checks[i].check = c
+			return checks
+		}
+	}
+	return append(checks, namedCheck{name, c})
 }
 
 // Report is the outcome of a set of checks, as /healthz and /readyz answer
