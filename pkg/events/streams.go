@@ -51,7 +51,7 @@ func (t Topology) replicas() int {
 	return t.Replicas
 }
 
-// Streams returns every stream definition of DESIGN.md §2.
+// Streams returns every stream definition of docs/design.md §3.
 func Streams(t Topology) []jetstream.StreamConfig {
 	r := t.replicas()
 	return []jetstream.StreamConfig{
@@ -150,7 +150,7 @@ func Streams(t Topology) []jetstream.StreamConfig {
 	}
 }
 
-// Buckets returns every KV bucket definition of DESIGN.md §2.
+// Buckets returns every KV bucket definition of docs/design.md §4.
 func Buckets(t Topology) []jetstream.KeyValueConfig {
 	r := t.replicas()
 	return []jetstream.KeyValueConfig{

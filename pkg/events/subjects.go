@@ -2,7 +2,7 @@ package events
 
 import "strings"
 
-// Subjects and subject builders of DESIGN.md §2.
+// Subjects and subject builders of docs/design.md §2.
 const (
 	SubjectRawAll        = "vigil.ingest.raw.>"
 	SubjectEventsAll     = "vigil.events.>"

@@ -77,7 +77,7 @@ const (
 	SeverityInfo     Severity = "info"
 )
 
-// Finding is one configuration compliance finding (DESIGN.md §5).
+// Finding is one configuration compliance finding (docs/design.md §11).
 type Finding struct {
 	Code     string   `json:"code"` // e.g. "security_type.not_confidential"
 	Severity Severity `json:"severity"`
@@ -173,7 +173,7 @@ type Verdict struct {
 	JWS            string      `json:"jws,omitempty"` // optional ES256 compact JWS over the verdict without this field
 }
 
-// Status is the attestation status of a VM (DESIGN.md §6).
+// Status is the attestation status of a VM (docs/design.md §12).
 type Status string
 
 // Statuses.

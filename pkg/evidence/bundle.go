@@ -15,7 +15,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/events"
 )
 
-// Format is the evidence bundle format identifier (DESIGN.md §3).
+// Format is the evidence bundle format identifier (docs/design.md §8).
 const Format = "vigil.evidence/v1"
 
 // Platforms.

@@ -1,5 +1,5 @@
 // Package keyrelease is the key release protocol between a VM's agent and
-// keyguard's local release service (DESIGN.md §2, §6).
+// keyguard's local release service (docs/design.md §9, §15).
 //
 // The exchange, over NATS request/reply:
 //

@@ -1,5 +1,5 @@
 // Package compliance checks a VM's ARM configuration against what Azure
-// confidential VMs require and support (DESIGN.md §5, from the product
+// confidential VMs require and support (docs/design.md §11, from the product
 // brief): confidential security type and size series, vTPM and secure boot,
 // confidential OS disk encryption and its key, unsupported features (scale
 // sets with confidential disk encryption, Ultra and shared disks,

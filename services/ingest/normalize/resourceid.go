@@ -15,7 +15,7 @@ type VMID struct {
 	Name          string
 }
 
-// Key is the VM key of DESIGN.md §2.
+// Key is the VM key of docs/design.md §6.
 func (v VMID) Key() string { return events.VMKey(v.ResourceID) }
 
 // NewVMID builds the ID of VM name in a resource group.
