@@ -19,6 +19,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
 )
 
@@ -140,13 +141,13 @@ func runEvidenceVerify(cmd *cobra.Command, o *verifyOptions) error {
 	if o.vmKey != "" && !events.ValidVMKey(o.vmKey) {
 		return usageError("--vm-key %q is not a VM key", o.vmKey)
 	}
-	pol := evidence.DefaultPolicy()
+	pol := appraise.DefaultPolicy()
 	if o.policy != "" {
 		doc, err := os.ReadFile(o.policy)
 		if err != nil {
 			return usageError("read policy: %v", err)
 		}
-		if pol, err = evidence.ParsePolicy(doc); err != nil {
+		if pol, err = appraise.ParsePolicy(doc); err != nil {
 			return usageError("%v", err)
 		}
 	}
@@ -160,13 +161,13 @@ func runEvidenceVerify(cmd *cobra.Command, o *verifyOptions) error {
 			return usageError("%v", err)
 		}
 	}
-	opts := evidence.AppraiseOptions{Build: "vigil " + version}
+	opts := appraise.Options{Build: "vigil " + version}
 	if o.signKey != "" {
 		key, err := readECKey(o.signKey)
 		if err != nil {
 			return usageError("%v", err)
 		}
-		opts.Signer = &evidence.VerdictSigner{Key: key, KeyID: o.signKeyID}
+		opts.Signer = &appraise.VerdictSigner{Key: key, KeyID: o.signKeyID}
 	}
 	v, err := evidence.NewVerifier(cfg)
 	if err != nil {
@@ -174,7 +175,7 @@ func runEvidenceVerify(cmd *cobra.Command, o *verifyOptions) error {
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), time.Duration(o.timeoutSec)*time.Second)
 	defer cancel()
-	verdict, res, err := v.Attest(ctx, raw, exp, pol, opts)
+	verdict, res, err := appraise.Evidence(ctx, v, raw, exp, pol, opts)
 	if errors.Is(err, evidence.ErrInvalidBundle) {
 		return usageError("%v", err)
 	}
@@ -239,14 +240,14 @@ func newEvidencePolicyCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if check == "" {
-				fmt.Fprint(cmd.OutOrStdout(), evidence.DefaultPolicyYAML)
+				fmt.Fprint(cmd.OutOrStdout(), appraise.DefaultPolicyYAML)
 				return nil
 			}
 			doc, err := os.ReadFile(check)
 			if err != nil {
 				return usageError("read policy: %v", err)
 			}
-			p, err := evidence.ParsePolicy(doc)
+			p, err := appraise.ParsePolicy(doc)
 			if err != nil {
 				return &exitError{code: 1, msg: err.Error()}
 			}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
 )
 
@@ -75,7 +76,7 @@ func writeFile(t *testing.T, name, content string) string {
 
 func TestEvidenceVerify(t *testing.T) {
 	badPolicy := writeFile(t, "bad.yaml", "id: x\nversion: 1\nsnp:\n  nonsense: true\n")
-	denyConsole := writeFile(t, "console.yaml", strings.Replace(evidence.DefaultPolicyYAML, "console: allow", "console: deny", 1))
+	denyConsole := writeFile(t, "console.yaml", strings.Replace(appraise.DefaultPolicyYAML, "console: allow", "console: deny", 1))
 	garbage := writeFile(t, "garbage.json", `{"format":"vigil.evidence/v1","platform":"azure-sev-snp"`)
 	missingField := writeFile(t, "missing.json", `{"format":"vigil.evidence/v1","platform":"azure-sev-snp","nonce":"AA=="}`)
 	tests := []struct {
@@ -87,15 +88,15 @@ func TestEvidenceVerify(t *testing.T) {
 		stderr     string // text stderr must contain
 	}{
 		{"snp genuine with nonce", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--vm-id", "26f8bc30-774e-4290-8e7a-535f3b672aee"}, 0, events.VerdictAffirming, "", ""},
-		{"tdx genuine with nonce, TCB status unknown", []string{"--bundle", tdxFixture, "--nonce", fixtureNonce, "--vm-id", "6332533D-5649-4D02-8AA7-8F64B7C3EE21"}, 0, events.VerdictWarning, evidence.ReasonPolicyTCBUnknown, evidence.ReasonPolicyTCBUnknown},
-		{"tdx without nonce warns", []string{"--bundle", tdxFixture}, 0, events.VerdictWarning, evidence.ReasonFreshnessNonceUnchecked, ""},
-		{"snp wrong vm-id", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--vm-id", "00000000-774E-4290-8E7A-535F3B672AEE"}, 1, events.VerdictContraindicated, evidence.ReasonIdentityVMIDMismatch, evidence.ReasonIdentityVMIDMismatch},
-		{"tdx wrong vm-id", []string{"--bundle", tdxFixture, "--nonce", fixtureNonce, "--vm-id", "26F8BC30-774E-4290-8E7A-535F3B672AEE"}, 1, events.VerdictContraindicated, evidence.ReasonIdentityVMIDMismatch, ""},
+		{"tdx genuine with nonce, TCB status unknown", []string{"--bundle", tdxFixture, "--nonce", fixtureNonce, "--vm-id", "6332533D-5649-4D02-8AA7-8F64B7C3EE21"}, 0, events.VerdictWarning, appraise.ReasonPolicyTCBUnknown, appraise.ReasonPolicyTCBUnknown},
+		{"tdx without nonce warns", []string{"--bundle", tdxFixture}, 0, events.VerdictWarning, appraise.ReasonFreshnessNonceUnchecked, ""},
+		{"snp wrong vm-id", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--vm-id", "00000000-774E-4290-8E7A-535F3B672AEE"}, 1, events.VerdictContraindicated, appraise.ReasonIdentityVMIDMismatch, appraise.ReasonIdentityVMIDMismatch},
+		{"tdx wrong vm-id", []string{"--bundle", tdxFixture, "--nonce", fixtureNonce, "--vm-id", "26F8BC30-774E-4290-8E7A-535F3B672AEE"}, 1, events.VerdictContraindicated, appraise.ReasonIdentityVMIDMismatch, ""},
 		{"wrong nonce", []string{"--bundle", snpFixture, "--nonce", base64.StdEncoding.EncodeToString([]byte("other"))}, 1, events.VerdictContraindicated, evidence.ReasonTPMNonceMismatch, evidence.ReasonTPMNonceMismatch},
 		{"tampered runtime data", []string{"--bundle", tamperedCopy(t, snpFixture), "--nonce", fixtureNonce}, 1, events.VerdictContraindicated, evidence.ReasonBindingMismatch, "verification failed"},
-		{"policy denies console", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--policy", denyConsole}, 1, events.VerdictContraindicated, evidence.ReasonPolicyConsole, "policy failed"},
+		{"policy denies console", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--policy", denyConsole}, 1, events.VerdictContraindicated, appraise.ReasonPolicyConsole, "policy failed"},
 		{"snp with --amd-crl offline is undecided", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--vm-id", "26f8bc30-774e-4290-8e7a-535f3b672aee", "--amd-crl"}, 1, events.VerdictNone, evidence.ReasonSNPCRLUnavailable, evidence.ReasonSNPCRLUnavailable},
-		{"tdx unaffected by --amd-crl", []string{"--bundle", tdxFixture, "--nonce", fixtureNonce, "--vm-id", "6332533D-5649-4D02-8AA7-8F64B7C3EE21", "--amd-crl"}, 0, events.VerdictWarning, evidence.ReasonPolicyTCBUnknown, ""},
+		{"tdx unaffected by --amd-crl", []string{"--bundle", tdxFixture, "--nonce", fixtureNonce, "--vm-id", "6332533D-5649-4D02-8AA7-8F64B7C3EE21", "--amd-crl"}, 0, events.VerdictWarning, appraise.ReasonPolicyTCBUnknown, ""},
 		{"raw-nonce quote is no answer to a Vigil challenge", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--quote-binding", "challenge"}, 1, events.VerdictContraindicated, evidence.ReasonTPMNonceMismatch, evidence.ReasonTPMNonceMismatch},
 		{"raw-nonce quote named as such", []string{"--bundle", snpFixture, "--nonce", fixtureNonce, "--vm-id", "26f8bc30-774e-4290-8e7a-535f3b672aee", "--quote-binding", "raw-nonce"}, 0, events.VerdictAffirming, "", "covers the nonce as it is"},
 		{"fixture without its nonce field", []string{"--bundle", withoutNonce(t, snpFixture)}, 1, events.VerdictContraindicated, evidence.ReasonTPMNonceMismatch, "verification failed"},
@@ -199,8 +200,8 @@ func TestEvidenceVerifyCaptureWithoutNonce(t *testing.T) {
 			if err := json.Unmarshal([]byte(out), &v); err != nil {
 				t.Fatal(err)
 			}
-			if v.Status != events.VerdictWarning || !slices.ContainsFunc(v.Reasons, func(r events.Reason) bool { return r.Code == evidence.ReasonFreshnessNonceUnchecked }) {
-				t.Fatalf("verdict %s %v, want a warning with %s", v.Status, v.Reasons, evidence.ReasonFreshnessNonceUnchecked)
+			if v.Status != events.VerdictWarning || !slices.ContainsFunc(v.Reasons, func(r events.Reason) bool { return r.Code == appraise.ReasonFreshnessNonceUnchecked }) {
+				t.Fatalf("verdict %s %v, want a warning with %s", v.Status, v.Reasons, appraise.ReasonFreshnessNonceUnchecked)
 			}
 			// An issued nonce is never answered by such a capture.
 			if _, _, err := runVigil(context.Background(), "evidence", "verify", "--offline", "--bundle", bundle, "--test-roots", roots,
@@ -223,7 +224,7 @@ func TestEvidenceSimulateThenVerify(t *testing.T) {
 	}{
 		{evidence.PlatformAzureSNP, "", 0, ""},
 		{evidence.PlatformAzureTDX, "", 0, ""},
-		{evidence.PlatformAzureSNP, "debug", 1, evidence.ReasonPolicyDebug},
+		{evidence.PlatformAzureSNP, "debug", 1, appraise.ReasonPolicyDebug},
 		{evidence.PlatformAzureTDX, "broken-signature", 1, evidence.ReasonTDXSignatureInvalid},
 	} {
 		t.Run(tc.platform+"/"+tc.fault, func(t *testing.T) {
@@ -258,10 +259,10 @@ func TestEvidenceSimulateThenVerify(t *testing.T) {
 
 func TestEvidencePolicy(t *testing.T) {
 	out, _, err := runVigil(context.Background(), "evidence", "policy")
-	if err != nil || out != evidence.DefaultPolicyYAML {
+	if err != nil || out != appraise.DefaultPolicyYAML {
 		t.Fatalf("default policy: %v %q", err, out)
 	}
-	good := writeFile(t, "p.yaml", evidence.DefaultPolicyYAML)
+	good := writeFile(t, "p.yaml", appraise.DefaultPolicyYAML)
 	if out, _, err := runVigil(context.Background(), "evidence", "policy", "--check", good); err != nil || !strings.Contains(out, "azure-cvm-default") {
 		t.Fatalf("check: %v %q", err, out)
 	}

@@ -14,7 +14,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
-	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 )
 
 func newPolicyCmd() *cobra.Command {
@@ -46,7 +46,7 @@ func newPolicyPublishCmd(o *keyguardConn) *cobra.Command {
 			if err != nil {
 				return &exitError{code: 2, msg: err.Error()}
 			}
-			p, err := evidence.ParsePolicy(doc)
+			p, err := appraise.ParsePolicy(doc)
 			if err != nil {
 				return &exitError{code: 2, msg: fmt.Sprintf("%s: %v", args[0], err)}
 			}

@@ -10,13 +10,13 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/natstest"
 )
 
 func writePolicy(t *testing.T, version int) string {
 	t.Helper()
-	p := evidence.DefaultPolicy()
+	p := appraise.DefaultPolicy()
 	p.Version = version
 	doc, err := yaml.Marshal(p)
 	if err != nil {
@@ -34,7 +34,7 @@ func TestPolicyPublishAndShow(t *testing.T) {
 	srv.JetStream()
 	ctx := context.Background()
 	server := []string{"--server", srv.URL()}
-	id := evidence.DefaultPolicy().ID
+	id := appraise.DefaultPolicy().ID
 	code := func(err error) int {
 		var ee *exitError
 		if errors.As(err, &ee) {
@@ -50,7 +50,7 @@ func TestPolicyPublishAndShow(t *testing.T) {
 	if code(err) != 1 {
 		t.Fatalf("show before any publish: %v", err)
 	}
-	v2 := writePolicy(t, evidence.DefaultPolicy().Version+1)
+	v2 := writePolicy(t, appraise.DefaultPolicy().Version+1)
 	if _, _, err := runVigil(ctx, append([]string{"policy", "publish", v2}, server...)...); code(err) != 2 {
 		t.Fatalf("publish without --reason: %v", err)
 	}
@@ -68,7 +68,7 @@ func TestPolicyPublishAndShow(t *testing.T) {
 	if err != nil || !strings.Contains(out, "raise the minimum TCB") || !strings.Contains(out, "sha256:") {
 		t.Fatalf("show: %v %q", err, out)
 	}
-	if _, err := evidence.ParsePolicy([]byte(out)); err != nil {
+	if _, err := appraise.ParsePolicy([]byte(out)); err != nil {
 		t.Fatalf("show does not print a usable policy document: %v", err)
 	}
 	bad := filepath.Join(t.TempDir(), "bad.yaml")

@@ -1,14 +1,15 @@
 // Package evidence verifies Azure Confidential VM evidence (vigil.evidence/v1
-// bundles: SEV-SNP or TDX via the paravisor's HCL report, plus a vTPM quote)
-// and appraises it against a policy into EAR-shaped verdicts.
+// bundles: SEV-SNP or TDX via the paravisor's HCL report, plus a vTPM quote).
 //
 // Verification (Verifier.Verify) answers "is this evidence genuine and
 // fresh": the hardware report chains to pinned AMD or Intel roots, the
 // report data binds the runtime data, the TPM quote verifies with the
 // runtime data's HCLAkPub, its extraData is the issued nonce and its PCR
-// digest matches the PCR values. Validation (Policy.Validate) then asks
-// whether the verified claims satisfy a policy; Appraise combines both into
-// an events.Verdict with machine-readable reason codes.
+// digest matches the PCR values. The Result lists the broken links with
+// reason codes and the claims the evidence makes. Whether those claims are
+// acceptable is a policy's question, answered by package appraise
+// (evidence/appraise), which imports this package; this one knows
+// nothing of policies or verdicts.
 //
 // Revocation is checked when configured: Config.TDXCollateral checks Intel's
 // PCK CRL (with TCB info and QE identity), Config.SNPRevocation AMD's CRL of

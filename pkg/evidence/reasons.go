@@ -1,9 +1,9 @@
 package evidence
 
-// Reason codes. The prefix names the link or rule: bundle, hcl, snp, tdx,
-// binding, tpm, eventlog and verifier come from verification (is the
-// evidence genuine and fresh); policy, identity and freshness from
-// validation against a policy.
+// Reason codes of verification: the prefix names the broken link (bundle,
+// hcl, snp, tdx, binding, tpm, eventlog) or verifier for an internal error.
+// The codes of validation against a policy (policy, identity, freshness)
+// are package appraise's (evidence/appraise), whose verdicts carry both.
 const (
 	ReasonBundleMalformed = "bundle.malformed"
 
@@ -42,31 +42,4 @@ const (
 	ReasonEventLogPCRMismatch = "eventlog.pcr_mismatch"
 
 	ReasonVerifierError = "verifier.error"
-
-	ReasonPolicyPlatform       = "policy.platform_not_allowed"
-	ReasonPolicyProduct        = "policy.product_not_allowed"
-	ReasonPolicyDebug          = "policy.debug_enabled"
-	ReasonPolicyMigrationAgent = "policy.migration_agent_enabled"
-	ReasonPolicySMT            = "policy.smt_enabled"
-	ReasonPolicyVMPL           = "policy.vmpl_mismatch"
-	ReasonPolicyTCB            = "policy.tcb_too_low"
-	ReasonPolicyTCBStatus      = "policy.tcb_status"
-	ReasonPolicyTCBUnknown     = "policy.tcb_status_unknown"
-	ReasonPolicyMeasurement    = "policy.measurement_not_allowed"
-	ReasonPolicyMRSEAM         = "policy.mrseam_not_allowed"
-	ReasonPolicyTDAttributes   = "policy.td_attributes_not_allowed"
-	ReasonPolicyPCR            = "policy.pcr_mismatch"
-	ReasonPolicySecureBoot     = "policy.secure_boot_disabled"
-	ReasonPolicyTPMDisabled    = "policy.tpm_disabled"
-	ReasonPolicyConsole        = "policy.console_enabled"
-	ReasonPolicyEventLog       = "policy.event_log_required"
-	ReasonPolicyEvidenceAge    = "policy.evidence_too_old"
-	ReasonPolicyEvidenceFuture = "policy.evidence_from_future"
-
-	ReasonIdentityVMIDMismatch  = "identity.vmid_mismatch"
-	ReasonIdentityVMIDMissing   = "identity.vmid_missing"
-	ReasonIdentityVMIDUnknown   = "identity.vmid_unknown"
-	ReasonIdentityVMKeyMismatch = "identity.vm_key_mismatch"
-
-	ReasonFreshnessNonceUnchecked = "freshness.nonce_not_checked"
 )

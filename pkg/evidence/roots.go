@@ -12,8 +12,9 @@ import (
 	"github.com/google/go-sev-guest/verify/trust"
 )
 
-// AMD product lines with pinned roots.
-var amdProductLines = []string{"Milan", "Genoa", "Turin"}
+// AMDProductLines returns the AMD product lines with pinned roots: Milan,
+// Genoa and Turin.
+func AMDProductLines() []string { return []string{"Milan", "Genoa", "Turin"} }
 
 //go:embed intel_sgx_root_ca.pem
 var intelRootPEM []byte
@@ -58,7 +59,7 @@ func pinnedIntelRoot() (*x509.Certificate, error) {
 
 func newTrustStore(test *TestRoots) (*trustStore, error) {
 	ts := &trustStore{amd: make(map[string][]*trust.AMDRootCerts)}
-	for _, pl := range amdProductLines {
+	for _, pl := range AMDProductLines() {
 		r, err := trust.GetDefaultRootCerts(pl)
 		if err != nil {
 			return nil, fmt.Errorf("evidence: pinned AMD roots for %s: %w", pl, err)

@@ -83,8 +83,8 @@ type Expect struct {
 	// or without it the bundle's own) when ExtraData is nil. The zero value,
 	// BindChallenge, is what Vigil's agent answers a challenge with.
 	Binding QuoteBinding
-	// VMID is the vmId ARM reports for the VM; validation demands that the
-	// runtime data's vmUniqueId equal it.
+	// VMID is the vmId ARM reports for the VM; validation (package
+	// appraise) demands that the runtime data's vmUniqueId equal it.
 	VMID string
 	// VMKey is the VM key the caller attests; a bundle naming another VM
 	// key fails validation.
@@ -177,6 +177,9 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	v.amdCRLs = newAMDCRLSlots(roots)
 	return v, nil
 }
+
+// Now is the time on the verifier's clock (Config.Now).
+func (v *Verifier) Now() time.Time { return v.now() }
 
 // Result is the outcome of verification: whether every link of the chain
 // holds, and the claims the evidence makes (trustworthy only when Genuine).

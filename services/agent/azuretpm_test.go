@@ -31,6 +31,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/evidence/hcl"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
 	"github.com/vigil-cc/vigil/pkg/natstest"
@@ -255,7 +256,7 @@ func (v *azureVTPM) verify(t *testing.T, bundle, nonce []byte) events.Verdict {
 	if err != nil {
 		t.Fatal(err)
 	}
-	verdict, _, _ := ver.Attest(context.Background(), bundle, evidence.Expect{Nonce: nonce, VMID: v.vmID, VMKey: events.VMKey(v.fake.compute.ResourceID)}, evidence.DefaultPolicy(), evidence.AppraiseOptions{})
+	verdict, _, _ := appraise.Evidence(context.Background(), ver, bundle, evidence.Expect{Nonce: nonce, VMID: v.vmID, VMKey: events.VMKey(v.fake.compute.ResourceID)}, appraise.DefaultPolicy(), appraise.Options{})
 	return verdict
 }
 
@@ -421,7 +422,7 @@ func TestAzureBackendOnSimulatedVTPM(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		verdict, err := challenge(ctx, c, ver, evidence.DefaultPolicy(), vm, v.vmID, 10*time.Second)
+		verdict, err := challenge(ctx, c, ver, appraise.DefaultPolicy(), vm, v.vmID, 10*time.Second)
 		if err != nil || verdict.Status != events.VerdictAffirming {
 			t.Fatalf("challenge over NATS: %v %s %v", err, verdict.Status, verdict.Reasons)
 		}

@@ -10,6 +10,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
 	"github.com/vigil-cc/vigil/pkg/natstest"
 	"github.com/vigil-cc/vigil/services/agent"
@@ -42,7 +43,7 @@ func ctxT(t testing.TB, d time.Duration) context.Context {
 }
 
 // challenge sends a fresh nonce to vm and verifies the answer.
-func challenge(ctx context.Context, c *bus.Conn, v *evidence.Verifier, pol *evidence.Policy, vm, vmID string, timeout time.Duration) (events.Verdict, error) {
+func challenge(ctx context.Context, c *bus.Conn, v *evidence.Verifier, pol *appraise.Policy, vm, vmID string, timeout time.Duration) (events.Verdict, error) {
 	nonce := evidence.NewNonce()
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -50,7 +51,7 @@ func challenge(ctx context.Context, c *bus.Conn, v *evidence.Verifier, pol *evid
 	if err := c.Request(rctx, events.ChallengeSubject(vm), events.Challenge{VMKey: vm, Nonce: nonce, Deadline: time.Now().Add(timeout)}, &raw); err != nil {
 		return events.Verdict{}, err
 	}
-	verdict, _, _ := v.Attest(ctx, raw, evidence.Expect{Nonce: nonce, VMID: vmID, VMKey: vm}, pol, evidence.AppraiseOptions{})
+	verdict, _, _ := appraise.Evidence(ctx, v, raw, evidence.Expect{Nonce: nonce, VMID: vmID, VMKey: vm}, pol, appraise.Options{})
 	return verdict, nil
 }
 
@@ -101,9 +102,9 @@ func TestFleetAnswersAndFaultsSwitchAtRuntime(t *testing.T) {
 		faults agent.Faults
 		reason string
 	}{
-		{"tampered measurement", agent.Faults{TamperedMeasurement: true}, evidence.ReasonPolicyMeasurement},
-		{"debug", agent.Faults{Debug: true}, evidence.ReasonPolicyDebug},
-		{"wrong vmUniqueId", agent.Faults{WrongVMID: true}, evidence.ReasonIdentityVMIDMismatch},
+		{"tampered measurement", agent.Faults{TamperedMeasurement: true}, appraise.ReasonPolicyMeasurement},
+		{"debug", agent.Faults{Debug: true}, appraise.ReasonPolicyDebug},
+		{"wrong vmUniqueId", agent.Faults{WrongVMID: true}, appraise.ReasonIdentityVMIDMismatch},
 		{"replayed evidence", agent.Faults{Replay: true}, evidence.ReasonTPMNonceMismatch},
 	}
 	for _, tc := range tests {

@@ -10,6 +10,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
 	"github.com/vigil-cc/vigil/pkg/natstest"
@@ -21,7 +22,7 @@ import (
 // key (keyrelease.Binding) for the VM's vmId.
 type releaser struct {
 	v      *evidence.Verifier
-	pol    *evidence.Policy
+	pol    *appraise.Policy
 	vmID   atomic.Value // string
 	secret []byte
 	refuse atomic.Value // string: a refusal code, or ""
@@ -59,7 +60,7 @@ func (r *releaser) serve(t *testing.T, ctx context.Context, c *bus.Conn) {
 			return nil, &bus.ReplyError{Code: keyrelease.CodeBadNonce}
 		}
 		exp := evidence.Expect{Nonce: req.Nonce, ExtraData: keyrelease.Binding(req.Nonce, req.Suite, req.PublicKey), VMID: r.vmID.Load().(string), VMKey: req.VMKey}
-		verdict, _, _ := r.v.Attest(ctx, req.Evidence, exp, r.pol, evidence.AppraiseOptions{})
+		verdict, _, _ := appraise.Evidence(ctx, r.v, req.Evidence, exp, r.pol, appraise.Options{})
 		if verdict.Status != events.VerdictAffirming {
 			return nil, &bus.ReplyError{Code: keyrelease.CodeEvidenceRejected, Message: reasonCodes(verdict)}
 		}

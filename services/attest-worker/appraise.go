@@ -6,6 +6,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 )
 
 // appraisal is one agent answer to appraise.
@@ -27,11 +28,11 @@ type appraiser interface {
 // evidenceAppraiser verifies with pkg/evidence and applies the policy.
 type evidenceAppraiser struct {
 	v     *evidence.Verifier
-	pol   func() *evidence.Policy // the policy in force
+	pol   func() *appraise.Policy // the policy in force
 	build string
 }
 
-func newEvidenceAppraiser(cfg evidence.Config, pol func() *evidence.Policy) (*evidenceAppraiser, error) {
+func newEvidenceAppraiser(cfg evidence.Config, pol func() *appraise.Policy) (*evidenceAppraiser, error) {
 	v, err := evidence.NewVerifier(cfg)
 	if err != nil {
 		return nil, err
@@ -43,12 +44,12 @@ func (e *evidenceAppraiser) appraise(ctx context.Context, in appraisal) (*events
 	exp := evidence.Expect{Nonce: in.Nonce, VMID: in.VMID, VMKey: in.VMKey}
 	// A bundle that does not parse is a contraindicated verdict
 	// (bundle.malformed), not an error: the agent answered with garbage.
-	v, _, _ := e.v.Attest(ctx, in.Bundle, exp, e.pol(), evidence.AppraiseOptions{Build: e.build, ResourceID: in.ResourceID})
+	v, _, _ := appraise.Evidence(ctx, e.v, in.Bundle, exp, e.pol(), appraise.Options{Build: e.build, ResourceID: in.ResourceID})
 	return &v, nil
 }
 
 // policyTiming is the schedule a policy asks for.
-func policyTiming(p *evidence.Policy) Timing {
+func policyTiming(p *appraise.Policy) Timing {
 	if p == nil {
 		return Timing{}
 	}

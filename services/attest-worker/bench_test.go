@@ -15,6 +15,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
 	"github.com/vigil-cc/vigil/pkg/natstest"
 )
@@ -189,13 +190,13 @@ func benchmarkPipeline(b *testing.B, platform string) {
 	b.ReportMetric(0, "ns/op") // the rates above are the measure
 }
 
-func verifyBare(b *testing.B, v *evidence.Verifier, pol *evidence.Policy, bundles []benchBundle) time.Duration {
+func verifyBare(b *testing.B, v *evidence.Verifier, pol *appraise.Policy, bundles []benchBundle) time.Duration {
 	b.Helper()
 	ctx := context.Background()
 	// Warm the caches with one bundle per simulated host, as the pipeline's
 	// verifier was warm for all but its first bundles.
 	for _, bb := range bundles[:min(len(bundles), 16)] {
-		_, _, _ = v.Attest(ctx, bb.raw, evidence.Expect{Nonce: bb.nonce, VMID: bb.vm.VMID(), VMKey: bb.vm.VMKey()}, pol, evidence.AppraiseOptions{})
+		_, _, _ = appraise.Evidence(ctx, v, bb.raw, evidence.Expect{Nonce: bb.nonce, VMID: bb.vm.VMID(), VMKey: bb.vm.VMKey()}, pol, appraise.Options{})
 	}
 	workers := runtime.GOMAXPROCS(0)
 	var next atomic.Int64
@@ -212,7 +213,7 @@ func verifyBare(b *testing.B, v *evidence.Verifier, pol *evidence.Policy, bundle
 					return
 				}
 				bb := bundles[i]
-				verdict, _, _ := v.Attest(ctx, bb.raw, evidence.Expect{Nonce: bb.nonce, VMID: bb.vm.VMID(), VMKey: bb.vm.VMKey()}, pol, evidence.AppraiseOptions{})
+				verdict, _, _ := appraise.Evidence(ctx, v, bb.raw, evidence.Expect{Nonce: bb.nonce, VMID: bb.vm.VMID(), VMKey: bb.vm.VMKey()}, pol, appraise.Options{})
 				if verdict.Status != events.VerdictAffirming {
 					failed.Add(1)
 				}

@@ -8,12 +8,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vigil-cc/vigil/pkg/events"
-	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 )
 
 // policyState is the policy in force and the timing that follows from it.
 type policyState struct {
-	policy *evidence.Policy
+	policy *appraise.Policy
 	timing Timing
 }
 
@@ -25,7 +25,7 @@ type policies struct {
 	explicit Timing // timing set in the configuration, which wins over the policy's
 }
 
-func newPolicies(p *evidence.Policy, explicit Timing) (*policies, error) {
+func newPolicies(p *appraise.Policy, explicit Timing) (*policies, error) {
 	ps := &policies{explicit: explicit}
 	if err := ps.set(p); err != nil {
 		return nil, err
@@ -34,7 +34,7 @@ func newPolicies(p *evidence.Policy, explicit Timing) (*policies, error) {
 }
 
 // set puts p in force, unless the timing it leads to is unusable.
-func (ps *policies) set(p *evidence.Policy) error {
+func (ps *policies) set(p *appraise.Policy) error {
 	t := ps.explicit
 	pt := policyTiming(p)
 	if t.Interval <= 0 {
@@ -51,7 +51,7 @@ func (ps *policies) set(p *evidence.Policy) error {
 	return nil
 }
 
-func (ps *policies) policy() *evidence.Policy { return ps.cur.Load().policy }
+func (ps *policies) policy() *appraise.Policy { return ps.cur.Load().policy }
 func (ps *policies) timing() Timing           { return ps.cur.Load().timing }
 
 // followPolicy applies every newer version of the policy published on
@@ -120,7 +120,7 @@ func (w *Worker) applyPolicyEvent(ctx context.Context, data []byte) {
 	if pe.Version <= cur.Version {
 		return
 	}
-	p, err := evidence.ParsePolicy([]byte(pe.Document))
+	p, err := appraise.ParsePolicy([]byte(pe.Document))
 	if err != nil {
 		w.log.ErrorContext(ctx, "policy version rejected; keeping the one in force", "policy", pe.Name, "version", pe.Version, "in_force", cur.Version, "err", err)
 		return

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/vigil-cc/vigil/pkg/events"
-	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
 )
 
@@ -22,7 +22,7 @@ func TestPolicyVersionTakesEffectWithoutRestart(t *testing.T) {
 	f.register(ctx, v)
 	waitFor(t, 20*time.Second, "untrusted for debug", func() (bool, string) {
 		st, _ := statusOf(t, ctx, conn.JS, v.VMKey())
-		return st.Status == events.StatusUntrusted && hasReason(st, evidence.ReasonPolicyDebug), string(st.Status)
+		return st.Status == events.StatusUntrusted && hasReason(st, appraise.ReasonPolicyDebug), string(st.Status)
 	})
 
 	publish := func(version int, doc string) {

@@ -16,6 +16,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/evidence/collateral"
 	"github.com/vigil-cc/vigil/pkg/telemetry"
 )
@@ -69,10 +70,10 @@ type Config struct {
 	// deadlines, stale VMs and unscheduled running VMs (default the
 	// smaller of the interval and 1 min; at least 1 s).
 	SweepEvery time.Duration
-	// Policy is what evidence must satisfy; default evidence.DefaultPolicy().
+	// Policy is what evidence must satisfy; default appraise.DefaultPolicy().
 	// Newer versions published as io.vigil.policy.v1 on
 	// vigil.events.policy.<policy id> take effect as they arrive.
-	Policy *evidence.Policy
+	Policy *appraise.Policy
 	// Verifier configures evidence verification. When its Collateral is
 	// nil, the shared vigil-collateral bucket is used.
 	Verifier evidence.Config
@@ -117,7 +118,7 @@ func (c Config) withDefaults() Config {
 		c.Concurrency = 64
 	}
 	if c.Policy == nil {
-		c.Policy = evidence.DefaultPolicy()
+		c.Policy = appraise.DefaultPolicy()
 	}
 	c.explicitTiming = c.Timing
 	pt := policyTiming(c.Policy)

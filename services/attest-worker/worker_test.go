@@ -10,6 +10,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
 )
 
@@ -83,11 +84,11 @@ func TestEachFailureReasonMakesUntrusted(t *testing.T) {
 		faults sim.Faults
 		reason string
 	}{
-		{"debug", sim.Faults{DebugPolicy: true}, evidence.ReasonPolicyDebug},
-		{"low tcb", sim.Faults{LowTCB: true}, evidence.ReasonPolicyTCB},
-		{"tampered measurement", sim.Faults{WrongMeasurement: true}, evidence.ReasonPolicyMeasurement},
-		{"unexpected boot chain", sim.Faults{UnexpectedBoot: true}, evidence.ReasonPolicyPCR},
-		{"wrong vmUniqueId", sim.Faults{WrongVMID: true}, evidence.ReasonIdentityVMIDMismatch},
+		{"debug", sim.Faults{DebugPolicy: true}, appraise.ReasonPolicyDebug},
+		{"low tcb", sim.Faults{LowTCB: true}, appraise.ReasonPolicyTCB},
+		{"tampered measurement", sim.Faults{WrongMeasurement: true}, appraise.ReasonPolicyMeasurement},
+		{"unexpected boot chain", sim.Faults{UnexpectedBoot: true}, appraise.ReasonPolicyPCR},
+		{"wrong vmUniqueId", sim.Faults{WrongVMID: true}, appraise.ReasonIdentityVMIDMismatch},
 		{"replayed evidence", sim.Faults{StaleNonce: true}, evidence.ReasonTPMNonceMismatch},
 		{"broken binding", sim.Faults{BrokenBinding: true}, evidence.ReasonBindingMismatch},
 		{"broken hardware signature", sim.Faults{BrokenSignature: true}, evidence.ReasonSNPSignatureInvalid},
@@ -170,7 +171,7 @@ func TestInventoryVMIDMismatchIsUntrusted(t *testing.T) {
 	}
 	waitFor(t, 20*time.Second, "vmid mismatch", func() (bool, string) {
 		st, _ := statusOf(t, ctx, conn.JS, v.VMKey())
-		ok := st.Status == events.StatusUntrusted && slices.ContainsFunc(st.Reasons, func(r events.Reason) bool { return r.Code == evidence.ReasonIdentityVMIDMismatch })
+		ok := st.Status == events.StatusUntrusted && slices.ContainsFunc(st.Reasons, func(r events.Reason) bool { return r.Code == appraise.ReasonIdentityVMIDMismatch })
 		return ok, string(st.Status)
 	})
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
 	"github.com/vigil-cc/vigil/services/keyguard/grants"
 	"github.com/vigil-cc/vigil/services/keyguard/internal/kvlast"
@@ -26,12 +27,12 @@ type EvidenceConfig struct {
 	// for a simulated fleet), offline operation, collateral cache (the
 	// shared vigil-collateral bucket when nil).
 	Verifier evidence.Config
-	// Policy is applied to release evidence (evidence.DefaultPolicy when
+	// Policy is applied to release evidence (appraise.DefaultPolicy when
 	// nil).
-	Policy *evidence.Policy
+	Policy *appraise.Policy
 	// PolicyFunc, when set, returns the policy in force at each release
 	// and overrides Policy.
-	PolicyFunc func(ctx context.Context) (*evidence.Policy, error)
+	PolicyFunc func(ctx context.Context) (*appraise.Policy, error)
 	// Build is reported as the verifier build of release appraisals.
 	Build string
 }
@@ -178,7 +179,7 @@ func (k *Keyguard) appraise(ctx context.Context, req keyrelease.ReleaseRequest, 
 		pol = p
 	}
 	if pol == nil {
-		pol = evidence.DefaultPolicy()
+		pol = appraise.DefaultPolicy()
 	}
 	exp := evidence.Expect{
 		Nonce:     req.Nonce,
@@ -186,7 +187,7 @@ func (k *Keyguard) appraise(ctx context.Context, req keyrelease.ReleaseRequest, 
 		VMID:      vmID,
 		VMKey:     req.VMKey,
 	}
-	verdict, res, err := k.verifier.Attest(ctx, req.Evidence, exp, pol, evidence.AppraiseOptions{Build: k.cfg.Evidence.Build})
+	verdict, res, err := appraise.Evidence(ctx, k.verifier, req.Evidence, exp, pol, appraise.Options{Build: k.cfg.Evidence.Build})
 	if err != nil && res == nil {
 		return refuse(keyrelease.CodeEvidenceRejected, "%v", err)
 	}
@@ -215,7 +216,7 @@ func (k *Keyguard) appraise(ctx context.Context, req keyrelease.ReleaseRequest, 
 	switch {
 	case verdict.Status == events.VerdictNone:
 		return refuse(keyrelease.CodeUnavailable, "evidence could not be appraised now%s", reasonCodes(verdict.Reasons))
-	case has(evidence.ReasonIdentityVMIDMismatch) || has(evidence.ReasonIdentityVMKeyMismatch) || has(evidence.ReasonIdentityVMIDMissing):
+	case has(appraise.ReasonIdentityVMIDMismatch) || has(appraise.ReasonIdentityVMKeyMismatch) || has(appraise.ReasonIdentityVMIDMissing):
 		return refuse(keyrelease.CodeWrongVM, "evidence is not from VM %s (vmId %s)%s", req.VMKey, vmID, reasonCodes(verdict.Reasons))
 	case has(evidence.ReasonTPMNonceMismatch):
 		return refuse(keyrelease.CodeBindingMismatch, "the quote does not bind this nonce and public key%s", reasonCodes(verdict.Reasons))

@@ -6,6 +6,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/evidence/tpmquote"
 )
 
@@ -100,7 +101,7 @@ func TestAnswerVerifies(t *testing.T) {
 		if !bytes.Equal(again, raw) {
 			t.Fatalf("%s: answer does not round-trip through ParseBundle and Marshal", platform)
 		}
-		verdict, _, err := v.Attest(t.Context(), raw, evidence.Expect{Nonce: nonce, VMID: vm.VMID(), VMKey: vm.VMKey()}, auth.Policy(), evidence.AppraiseOptions{})
+		verdict, _, err := appraise.Evidence(t.Context(), v, raw, evidence.Expect{Nonce: nonce, VMID: vm.VMID(), VMKey: vm.VMKey()}, auth.Policy(), appraise.Options{})
 		if err != nil || verdict.Status != events.VerdictAffirming {
 			t.Fatalf("%s: verdict %s %v, err %v", platform, verdict.Status, verdict.Reasons, err)
 		}

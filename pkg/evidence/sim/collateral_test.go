@@ -9,6 +9,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/evidence/collateral"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
 )
@@ -46,7 +47,7 @@ func TestVCEKFromKDSIsCached(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	verdict, res, err := off.Attest(ctx, raw, evidence.Expect{Nonce: nonce}, auth.Policy(), evidence.AppraiseOptions{})
+	verdict, res, err := appraise.Evidence(ctx, off, raw, evidence.Expect{Nonce: nonce}, auth.Policy(), appraise.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +104,7 @@ func TestTDXCollateral(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		verdict, res, err := v.Attest(ctx, raw, evidence.Expect{Nonce: nonce, VMID: vm.VMID()}, pol, evidence.AppraiseOptions{})
+		verdict, res, err := appraise.Evidence(ctx, v, raw, evidence.Expect{Nonce: nonce, VMID: vm.VMID()}, pol, appraise.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -129,7 +130,7 @@ func TestTDXCollateral(t *testing.T) {
 		t.Fatal(err)
 	}
 	verdict, res := attest(outdated)
-	if res.TDX.TCBStatus != "OutOfDate" || verdict.Status != events.VerdictContraindicated || !hasReason(verdict, evidence.ReasonPolicyTCBStatus) {
+	if res.TDX.TCBStatus != "OutOfDate" || verdict.Status != events.VerdictContraindicated || !hasReason(verdict, appraise.ReasonPolicyTCBStatus) {
 		t.Fatalf("outdated: status %s tcb %q reasons %v", verdict.Status, res.TDX.TCBStatus, verdict.Reasons)
 	}
 

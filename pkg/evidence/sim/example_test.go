@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
 )
 
@@ -38,7 +39,7 @@ func Example() {
 			panic(err)
 		}
 		exp := evidence.Expect{Nonce: nonce, VMID: vm.VMID(), VMKey: vm.VMKey()}
-		verdict, _, err := v.Attest(context.Background(), bundle, exp, policy, evidence.AppraiseOptions{})
+		verdict, _, err := appraise.Evidence(context.Background(), v, bundle, exp, policy, appraise.Options{})
 		if err != nil {
 			panic(err)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/evidence/collateral"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
 )
@@ -272,7 +273,7 @@ func attestSNP(t *testing.T, v *evidence.Verifier, auth *sim.Authority, host int
 	if err != nil {
 		t.Fatal(err)
 	}
-	verdict, res, err := v.Attest(context.Background(), raw, evidence.Expect{Nonce: nonce, VMID: vm.VMID()}, auth.Policy(), evidence.AppraiseOptions{})
+	verdict, res, err := appraise.Evidence(context.Background(), v, raw, evidence.Expect{Nonce: nonce, VMID: vm.VMID()}, auth.Policy(), appraise.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

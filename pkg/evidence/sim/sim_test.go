@@ -6,6 +6,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
 )
 
@@ -25,11 +26,11 @@ func TestFaults(t *testing.T) {
 		want   string // first reason code; "" means affirming
 	}{
 		{"healthy", sim.Faults{}, ""},
-		{"debug", sim.Faults{DebugPolicy: true}, evidence.ReasonPolicyDebug},
-		{"low TCB", sim.Faults{LowTCB: true}, evidence.ReasonPolicyTCB},
-		{"wrong measurement", sim.Faults{WrongMeasurement: true}, evidence.ReasonPolicyMeasurement},
-		{"unexpected boot", sim.Faults{UnexpectedBoot: true}, evidence.ReasonPolicyPCR},
-		{"wrong vmUniqueId", sim.Faults{WrongVMID: true}, evidence.ReasonIdentityVMIDMismatch},
+		{"debug", sim.Faults{DebugPolicy: true}, appraise.ReasonPolicyDebug},
+		{"low TCB", sim.Faults{LowTCB: true}, appraise.ReasonPolicyTCB},
+		{"wrong measurement", sim.Faults{WrongMeasurement: true}, appraise.ReasonPolicyMeasurement},
+		{"unexpected boot", sim.Faults{UnexpectedBoot: true}, appraise.ReasonPolicyPCR},
+		{"wrong vmUniqueId", sim.Faults{WrongVMID: true}, appraise.ReasonIdentityVMIDMismatch},
 		{"stale nonce", sim.Faults{StaleNonce: true}, evidence.ReasonTPMNonceMismatch},
 		{"broken binding", sim.Faults{BrokenBinding: true}, evidence.ReasonBindingMismatch},
 		{"broken quote", sim.Faults{BrokenQuote: true}, evidence.ReasonTPMSignatureInvalid},
@@ -61,7 +62,7 @@ func TestFaults(t *testing.T) {
 					t.Fatal(err)
 				}
 				exp := evidence.Expect{Nonce: nonce, VMID: vm.VMID(), VMKey: vm.VMKey()}
-				verdict, res, err := v.Attest(context.Background(), raw, exp, pol, evidence.AppraiseOptions{})
+				verdict, res, err := appraise.Evidence(context.Background(), v, raw, exp, pol, appraise.Options{})
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/svcmain"
 	attestworker "github.com/vigil-cc/vigil/services/attest-worker"
 )
@@ -64,7 +65,7 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 			if err != nil {
 				return err
 			}
-			if cfg.Policy, err = evidence.ParsePolicy(doc); err != nil {
+			if cfg.Policy, err = appraise.ParsePolicy(doc); err != nil {
 				return fmt.Errorf("%w: %s: %w", svcmain.ErrUsage, *policyFile, err)
 			}
 		}

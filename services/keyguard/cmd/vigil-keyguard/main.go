@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/svcmain"
 	"github.com/vigil-cc/vigil/services/keyguard"
 	"github.com/vigil-cc/vigil/services/keyguard/secrets"
@@ -82,7 +83,7 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 			if err != nil {
 				return err
 			}
-			if cfg.Evidence.Policy, err = evidence.ParsePolicy(b); err != nil {
+			if cfg.Evidence.Policy, err = appraise.ParsePolicy(b); err != nil {
 				return fmt.Errorf("%w: -policy %s: %w", svcmain.ErrUsage, *policyFile, err)
 			}
 		}

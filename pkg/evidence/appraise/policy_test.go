@@ -1,4 +1,4 @@
-package evidence
+package appraise
 
 import (
 	"slices"
@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/evidence/hcl"
 )
 
@@ -57,14 +58,14 @@ func TestParsePolicyRejects(t *testing.T) {
 }
 
 // genuineSNP is a verified-looking result for validation tests.
-func genuineSNP() *Result {
+func genuineSNP() *evidence.Result {
 	t, f := true, false
-	return &Result{
-		Platform: PlatformAzureSNP, Genuine: true, NonceChecked: true, PCRBank: "sha256",
+	return &evidence.Result{
+		Platform: evidence.PlatformAzureSNP, Genuine: true, NonceChecked: true, PCRBank: "sha256",
 		PCRs:        map[int][]byte{7: make([]byte, 32)},
 		VMUniqueID:  "ABC",
 		RuntimeData: &hcl.RuntimeData{VMConfiguration: hcl.VMConfiguration{SecureBoot: &t, TPMEnabled: &t, ConsoleEnabled: &f, VMUniqueID: "ABC"}},
-		SNP:         &SNPClaims{ProductLine: "Milan", Policy: 0x30000, SMT: true, TCB: SNPTCB{BootLoader: 4, SNP: 20, Microcode: 200}, Measurement: make([]byte, 48)},
+		SNP:         &evidence.SNPClaims{ProductLine: "Milan", Policy: 0x30000, SMT: true, TCB: evidence.SNPTCB{BootLoader: 4, SNP: 20, Microcode: 200}, Measurement: make([]byte, 48)},
 	}
 }
 
@@ -81,48 +82,48 @@ func TestValidate(t *testing.T) {
 	tr, fl := true, false
 	one := uint32(1)
 	// known is what a caller that knows the VM's vmId expects.
-	known := Expect{VMID: "abc"}
+	known := evidence.Expect{VMID: "abc"}
 	tests := []struct {
 		name   string
 		policy func(p *Policy)
-		result func(r *Result)
-		exp    Expect
+		result func(r *evidence.Result)
+		exp    evidence.Expect
 		want   []string
 		warn   bool
 	}{
-		{"clean", nil, nil, Expect{VMID: "abc"}, nil, false},
-		{"debug", nil, func(r *Result) { r.SNP.Debug = true }, known, []string{ReasonPolicyDebug}, false},
-		{"debug allowed", func(p *Policy) { p.SNP.AllowDebug = true }, func(r *Result) { r.SNP.Debug = true }, known, nil, false},
-		{"migration agent", nil, func(r *Result) { r.SNP.MigrationAgent = true }, known, []string{ReasonPolicyMigrationAgent}, false},
+		{"clean", nil, nil, evidence.Expect{VMID: "abc"}, nil, false},
+		{"debug", nil, func(r *evidence.Result) { r.SNP.Debug = true }, known, []string{ReasonPolicyDebug}, false},
+		{"debug allowed", func(p *Policy) { p.SNP.AllowDebug = true }, func(r *evidence.Result) { r.SNP.Debug = true }, known, nil, false},
+		{"migration agent", nil, func(r *evidence.Result) { r.SNP.MigrationAgent = true }, known, []string{ReasonPolicyMigrationAgent}, false},
 		{"smt denied", func(p *Policy) { p.SNP.AllowSMT = false }, nil, known, []string{ReasonPolicySMT}, false},
 		{"vmpl", func(p *Policy) { p.SNP.VMPL = &one }, nil, known, []string{ReasonPolicyVMPL}, false},
-		{"tcb", func(p *Policy) { p.SNP.MinTCB = map[string]SNPTCB{"Milan": {SNP: 21}} }, nil, known, []string{ReasonPolicyTCB}, false},
-		{"tcb other product", func(p *Policy) { p.SNP.MinTCB = map[string]SNPTCB{"Genoa": {SNP: 99}} }, nil, known, nil, false},
+		{"tcb", func(p *Policy) { p.SNP.MinTCB = map[string]evidence.SNPTCB{"Milan": {SNP: 21}} }, nil, known, []string{ReasonPolicyTCB}, false},
+		{"tcb other product", func(p *Policy) { p.SNP.MinTCB = map[string]evidence.SNPTCB{"Genoa": {SNP: 99}} }, nil, known, nil, false},
 		{"measurement", func(p *Policy) { p.SNP.Measurements = []Hex{make([]byte, 47)} }, nil, known, []string{ReasonPolicyMeasurement}, false},
 		{"product", func(p *Policy) { p.SNP.Products = []string{"Genoa"} }, nil, known, []string{ReasonPolicyProduct}, false},
-		{"platform", func(p *Policy) { p.Platforms = []string{PlatformAzureTDX} }, nil, known, []string{ReasonPolicyPlatform}, false},
+		{"platform", func(p *Policy) { p.Platforms = []string{evidence.PlatformAzureTDX} }, nil, known, []string{ReasonPolicyPlatform}, false},
 		{"pcr", func(p *Policy) { p.PCRs = map[int][]Hex{7: {make([]byte, 32)}, 4: {make([]byte, 32)}} }, nil, known, []string{ReasonPolicyPCR}, false},
-		{"secure boot", nil, func(r *Result) { r.RuntimeData.VMConfiguration.SecureBoot = &fl }, known, []string{ReasonPolicySecureBoot}, false},
-		{"secure boot absent", nil, func(r *Result) { r.RuntimeData.VMConfiguration.SecureBoot = nil }, known, []string{ReasonPolicySecureBoot}, false},
-		{"tpm", nil, func(r *Result) { r.RuntimeData.VMConfiguration.TPMEnabled = &fl }, known, []string{ReasonPolicyTPMDisabled}, false},
-		{"console allowed", nil, func(r *Result) { r.RuntimeData.VMConfiguration.ConsoleEnabled = &tr }, known, nil, false},
-		{"console warn", func(p *Policy) { p.Runtime.Console = Warn }, func(r *Result) { r.RuntimeData.VMConfiguration.ConsoleEnabled = &tr }, known, []string{ReasonPolicyConsole}, true},
-		{"console deny", func(p *Policy) { p.Runtime.Console = Deny }, func(r *Result) { r.RuntimeData.VMConfiguration.ConsoleEnabled = &tr }, known, []string{ReasonPolicyConsole}, false},
-		{"vmid mismatch", nil, nil, Expect{VMID: "abd"}, []string{ReasonIdentityVMIDMismatch}, false},
-		{"vmid missing", nil, func(r *Result) { r.VMUniqueID = "" }, Expect{VMID: "abc"}, []string{ReasonIdentityVMIDMissing}, false},
-		{"vmid unchecked", func(p *Policy) { p.Identity.CheckVMID = false }, nil, Expect{VMID: "abd"}, nil, false},
-		{"vmid unknown", nil, nil, Expect{}, []string{ReasonIdentityVMIDUnknown}, true},
-		{"vmid unknown deny", func(p *Policy) { p.Identity.UnknownVMID = Deny }, nil, Expect{}, []string{ReasonIdentityVMIDUnknown}, false},
-		{"vmid unknown allowed", func(p *Policy) { p.Identity.UnknownVMID = Allow }, nil, Expect{}, nil, false},
-		{"vmid unknown unset", func(p *Policy) { p.Identity.UnknownVMID = "" }, nil, Expect{}, nil, false},
-		{"vmid unknown unchecked", func(p *Policy) { p.Identity.CheckVMID = false }, nil, Expect{}, nil, false},
-		{"vm key", nil, func(r *Result) { r.BundleVMKey = "aaaaaaaaaaaaaaaaaaaaaaaaaa" }, Expect{VMID: "abc", VMKey: "bbbbbbbbbbbbbbbbbbbbbbbbbb"}, []string{ReasonIdentityVMKeyMismatch}, false},
-		{"no nonce", nil, func(r *Result) { r.NonceChecked = false }, known, []string{ReasonFreshnessNonceUnchecked}, true},
-		{"old evidence", nil, func(r *Result) { r.CollectedAt = now.Add(-time.Hour) }, known, []string{ReasonPolicyEvidenceAge}, false},
-		{"future evidence", nil, func(r *Result) { r.CollectedAt = now.Add(time.Hour) }, known, []string{ReasonPolicyEvidenceFuture}, false},
-		{"warn list", func(p *Policy) { p.Warn = []string{ReasonPolicyDebug} }, func(r *Result) { r.SNP.Debug = true }, known, []string{ReasonPolicyDebug}, true},
+		{"secure boot", nil, func(r *evidence.Result) { r.RuntimeData.VMConfiguration.SecureBoot = &fl }, known, []string{ReasonPolicySecureBoot}, false},
+		{"secure boot absent", nil, func(r *evidence.Result) { r.RuntimeData.VMConfiguration.SecureBoot = nil }, known, []string{ReasonPolicySecureBoot}, false},
+		{"tpm", nil, func(r *evidence.Result) { r.RuntimeData.VMConfiguration.TPMEnabled = &fl }, known, []string{ReasonPolicyTPMDisabled}, false},
+		{"console allowed", nil, func(r *evidence.Result) { r.RuntimeData.VMConfiguration.ConsoleEnabled = &tr }, known, nil, false},
+		{"console warn", func(p *Policy) { p.Runtime.Console = Warn }, func(r *evidence.Result) { r.RuntimeData.VMConfiguration.ConsoleEnabled = &tr }, known, []string{ReasonPolicyConsole}, true},
+		{"console deny", func(p *Policy) { p.Runtime.Console = Deny }, func(r *evidence.Result) { r.RuntimeData.VMConfiguration.ConsoleEnabled = &tr }, known, []string{ReasonPolicyConsole}, false},
+		{"vmid mismatch", nil, nil, evidence.Expect{VMID: "abd"}, []string{ReasonIdentityVMIDMismatch}, false},
+		{"vmid missing", nil, func(r *evidence.Result) { r.VMUniqueID = "" }, evidence.Expect{VMID: "abc"}, []string{ReasonIdentityVMIDMissing}, false},
+		{"vmid unchecked", func(p *Policy) { p.Identity.CheckVMID = false }, nil, evidence.Expect{VMID: "abd"}, nil, false},
+		{"vmid unknown", nil, nil, evidence.Expect{}, []string{ReasonIdentityVMIDUnknown}, true},
+		{"vmid unknown deny", func(p *Policy) { p.Identity.UnknownVMID = Deny }, nil, evidence.Expect{}, []string{ReasonIdentityVMIDUnknown}, false},
+		{"vmid unknown allowed", func(p *Policy) { p.Identity.UnknownVMID = Allow }, nil, evidence.Expect{}, nil, false},
+		{"vmid unknown unset", func(p *Policy) { p.Identity.UnknownVMID = "" }, nil, evidence.Expect{}, nil, false},
+		{"vmid unknown unchecked", func(p *Policy) { p.Identity.CheckVMID = false }, nil, evidence.Expect{}, nil, false},
+		{"vm key", nil, func(r *evidence.Result) { r.BundleVMKey = "aaaaaaaaaaaaaaaaaaaaaaaaaa" }, evidence.Expect{VMID: "abc", VMKey: "bbbbbbbbbbbbbbbbbbbbbbbbbb"}, []string{ReasonIdentityVMKeyMismatch}, false},
+		{"no nonce", nil, func(r *evidence.Result) { r.NonceChecked = false }, known, []string{ReasonFreshnessNonceUnchecked}, true},
+		{"old evidence", nil, func(r *evidence.Result) { r.CollectedAt = now.Add(-time.Hour) }, known, []string{ReasonPolicyEvidenceAge}, false},
+		{"future evidence", nil, func(r *evidence.Result) { r.CollectedAt = now.Add(time.Hour) }, known, []string{ReasonPolicyEvidenceFuture}, false},
+		{"warn list", func(p *Policy) { p.Warn = []string{ReasonPolicyDebug} }, func(r *evidence.Result) { r.SNP.Debug = true }, known, []string{ReasonPolicyDebug}, true},
 		{"event log required", func(p *Policy) { p.EventLog.Require = true }, nil, known, []string{ReasonPolicyEventLog}, false},
-		{"event log secure boot", func(p *Policy) { p.EventLog.RequireSecureBoot = true }, func(r *Result) { r.EventLog = &EventLogClaims{} }, known, []string{ReasonPolicySecureBoot}, false},
+		{"event log secure boot", func(p *Policy) { p.EventLog.RequireSecureBoot = true }, func(r *evidence.Result) { r.EventLog = &evidence.EventLogClaims{} }, known, []string{ReasonPolicySecureBoot}, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -145,7 +146,7 @@ func TestValidate(t *testing.T) {
 			}
 		})
 	}
-	if got := DefaultPolicy().Validate(&Result{Genuine: false}, Expect{}, now); got != nil {
+	if got := DefaultPolicy().Validate(&evidence.Result{Genuine: false}, evidence.Expect{}, now); got != nil {
 		t.Fatalf("findings for evidence that is not genuine: %v", got)
 	}
 }
@@ -156,8 +157,8 @@ func TestValidate(t *testing.T) {
 // used to pass such evidence as affirming without a word.
 func TestTDXUnknownTCBStatusNotSilent(t *testing.T) {
 	r := genuineSNP()
-	r.Platform, r.SNP = PlatformAzureTDX, nil
-	r.TDX = &TDXClaims{TEETCBSVN: make([]byte, 16), MRSEAM: make([]byte, 48), MRTD: make([]byte, 48), TDAttributes: make([]byte, 8)}
+	r.Platform, r.SNP = evidence.PlatformAzureTDX, nil
+	r.TDX = &evidence.TDXClaims{TEETCBSVN: make([]byte, 16), MRSEAM: make([]byte, 48), MRTD: make([]byte, 48), TDAttributes: make([]byte, 8)}
 	for _, tc := range []struct {
 		mode    string
 		require bool
@@ -171,7 +172,7 @@ func TestTDXUnknownTCBStatusNotSilent(t *testing.T) {
 	} {
 		p := DefaultPolicy()
 		p.TDX.UnknownTCBStatus, p.TDX.RequireTCBStatus = tc.mode, tc.require
-		v, err := Appraise(r, nil, p, Expect{VMID: "abc"}, AppraiseOptions{})
+		v, err := Result(r, nil, p, evidence.Expect{VMID: "abc"}, Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -190,34 +191,34 @@ func TestTDXUnknownTCBStatusNotSilent(t *testing.T) {
 
 func TestValidateTDX(t *testing.T) {
 	now := time.Now()
-	base := func() *Result {
+	base := func() *evidence.Result {
 		r := genuineSNP()
-		r.Platform, r.SNP = PlatformAzureTDX, nil
-		r.TDX = &TDXClaims{TEETCBSVN: make([]byte, 16), MRSEAM: make([]byte, 48), MRTD: make([]byte, 48), TDAttributes: make([]byte, 8)}
+		r.Platform, r.SNP = evidence.PlatformAzureTDX, nil
+		r.TDX = &evidence.TDXClaims{TEETCBSVN: make([]byte, 16), MRSEAM: make([]byte, 48), MRTD: make([]byte, 48), TDAttributes: make([]byte, 8)}
 		return r
 	}
 	p := DefaultPolicy()
 	known := base()
 	known.TDX.TCBStatus = "UpToDate"
-	if got := p.Validate(known, Expect{VMID: "abc"}, now); len(got) != 0 {
+	if got := p.Validate(known, evidence.Expect{VMID: "abc"}, now); len(got) != 0 {
 		t.Fatalf("clean TDX: %v", findingCodes(got))
 	}
 	r := base()
 	r.TDX.Debug = true
 	r.TDX.TCBStatus = "SWHardeningNeeded"
-	got := p.Validate(r, Expect{VMID: "abc"}, now)
+	got := p.Validate(r, evidence.Expect{VMID: "abc"}, now)
 	if strings.Join(findingCodes(got), ",") != ReasonPolicyDebug+","+ReasonPolicyTCBStatus || got[0].Warning || !got[1].Warning {
 		t.Fatalf("findings %+v", got)
 	}
 	r.TDX.Debug, r.TDX.TCBStatus = false, "OutOfDate"
-	if got := p.Validate(r, Expect{VMID: "abc"}, now); len(got) != 1 || got[0].Warning {
+	if got := p.Validate(r, evidence.Expect{VMID: "abc"}, now); len(got) != 1 || got[0].Warning {
 		t.Fatalf("out of date: %+v", got)
 	}
 	p.TDX.RequireTCBStatus = true
 	p.TDX.MinTEETCBSVN = Hex{1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
 	p.TDX.MRSEAM = []Hex{make([]byte, 48)}
 	p.TDX.MRTD = []Hex{append(make([]byte, 47), 1)}
-	if got := p.Validate(base(), Expect{VMID: "abc"}, now); strings.Join(findingCodes(got), ",") != ReasonPolicyMeasurement+","+ReasonPolicyTCB+","+ReasonPolicyTCBUnknown {
+	if got := p.Validate(base(), evidence.Expect{VMID: "abc"}, now); strings.Join(findingCodes(got), ",") != ReasonPolicyMeasurement+","+ReasonPolicyTCB+","+ReasonPolicyTCBUnknown {
 		t.Fatalf("findings %v", findingCodes(got))
 	}
 }

@@ -1,25 +1,18 @@
-package evidence
+package appraise
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"math/big"
-	"strings"
 	"time"
 
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/evidence"
 )
 
-// AppraiseOptions carry verdict metadata.
-type AppraiseOptions struct {
+// Options carry verdict metadata.
+type Options struct {
 	Now        time.Time // default time.Now
 	Build      string    // verifier build, reported as verifier_build
 	ResourceID string
@@ -79,16 +72,17 @@ func (p *Policy) hasReferenceValues(platform string) bool {
 	if len(p.PCRs) > 0 {
 		return true
 	}
-	if platform == PlatformAzureSNP {
+	if platform == evidence.PlatformAzureSNP {
 		return len(p.SNP.Measurements) > 0
 	}
 	return len(p.TDX.MRTD) > 0 || len(p.TDX.MRSEAM) > 0
 }
 
-// Appraise turns a verification Result (nil when the bundle could not be
-// parsed; bundleErr then says why) and the policy findings into an
-// EAR-shaped verdict.
-func Appraise(res *Result, bundleErr error, pol *Policy, exp Expect, opt AppraiseOptions) (events.Verdict, error) {
+// Result appraises a verification Result (nil when the bundle could not
+// be parsed; bundleErr then says why) against pol, turning it and the
+// policy findings into an EAR-shaped verdict, signed when opt.Signer is
+// set.
+func Result(res *evidence.Result, bundleErr error, pol *Policy, exp evidence.Expect, opt Options) (events.Verdict, error) {
 	now := opt.Now
 	if now.IsZero() {
 		now = time.Now()
@@ -114,7 +108,7 @@ func Appraise(res *Result, bundleErr error, pol *Policy, exp Expect, opt Apprais
 		if bundleErr != nil {
 			msg = bundleErr.Error()
 		}
-		v.Reasons = []events.Reason{{Code: ReasonBundleMalformed, Message: msg}}
+		v.Reasons = []events.Reason{{Code: evidence.ReasonBundleMalformed, Message: msg}}
 	default:
 		v.Platform = res.Platform
 		v.EvidenceDigest = res.EvidenceDigest
@@ -146,10 +140,10 @@ func Appraise(res *Result, bundleErr error, pol *Policy, exp Expect, opt Apprais
 	return v, nil
 }
 
-func hasEvidenceFailure(res *Result) bool {
+func hasEvidenceFailure(res *evidence.Result) bool {
 	for _, f := range res.Failures {
 		switch f.Code {
-		case ReasonSNPVCEKUnavailable, ReasonSNPCRLUnavailable, ReasonTDXCollateralUnavailable:
+		case evidence.ReasonSNPVCEKUnavailable, evidence.ReasonSNPCRLUnavailable, evidence.ReasonTDXCollateralUnavailable:
 		default:
 			return true
 		}
@@ -157,7 +151,7 @@ func hasEvidenceFailure(res *Result) bool {
 	return false
 }
 
-func appraiseGenuine(res *Result, pol *Policy, exp Expect, now time.Time, reasons *[]events.Reason) (string, events.TrustVector) {
+func appraiseGenuine(res *evidence.Result, pol *Policy, exp evidence.Expect, now time.Time, reasons *[]events.Reason) (string, events.TrustVector) {
 	tv := events.TrustVector{
 		InstanceIdentity: arAffirm,
 		Configuration:    arAffirm,
@@ -197,97 +191,18 @@ func appraiseGenuine(res *Result, pol *Policy, exp Expect, now time.Time, reason
 	return events.VerdictAffirming, tv
 }
 
-// Attest verifies raw, validates it against pol and returns the verdict
-// with the verification result. err is non-nil when raw is not a valid
+// Evidence verifies raw with v, appraises the result against pol (see
+// Result) and returns the verdict with the verification result. Without opt.Now the verdict is
+// issued at the time of v's clock. err is non-nil when raw is not a valid
 // bundle; the verdict then is contraindicated with reason bundle.malformed.
-func (v *Verifier) Attest(ctx context.Context, raw []byte, exp Expect, pol *Policy, opt AppraiseOptions) (events.Verdict, *Result, error) {
+func Evidence(ctx context.Context, v *evidence.Verifier, raw []byte, exp evidence.Expect, pol *Policy, opt Options) (events.Verdict, *evidence.Result, error) {
 	if opt.Now.IsZero() {
-		opt.Now = v.now()
+		opt.Now = v.Now()
 	}
 	res, err := v.Verify(ctx, raw, exp)
-	verdict, serr := Appraise(res, err, pol, exp, opt)
+	verdict, serr := Result(res, err, pol, exp, opt)
 	if err == nil {
 		err = serr
 	}
 	return verdict, res, err
-}
-
-// VerdictSigner signs verdicts as ES256 compact JWS.
-type VerdictSigner struct {
-	Key   *ecdsa.PrivateKey // P-256
-	KeyID string
-}
-
-type jwsHeader struct {
-	Alg string `json:"alg"`
-	Typ string `json:"typ,omitempty"`
-	Kid string `json:"kid,omitempty"`
-}
-
-const jwsType = "vigil-verdict+jws"
-
-// Sign sets v.JWS to a compact JWS over the verdict without its jws field.
-func (s *VerdictSigner) Sign(v *events.Verdict) error {
-	if s.Key == nil || s.Key.Curve != elliptic.P256() {
-		return errors.New("verdict signer: key must be ECDSA P-256")
-	}
-	c := *v
-	c.JWS = ""
-	payload, err := json.Marshal(c)
-	if err != nil {
-		return err
-	}
-	hdr, err := json.Marshal(jwsHeader{Alg: "ES256", Typ: jwsType, Kid: s.KeyID})
-	if err != nil {
-		return err
-	}
-	enc := base64.RawURLEncoding
-	input := enc.EncodeToString(hdr) + "." + enc.EncodeToString(payload)
-	d := sha256.Sum256([]byte(input))
-	r, ss, err := ecdsa.Sign(rand.Reader, s.Key, d[:])
-	if err != nil {
-		return err
-	}
-	sig := append(r.FillBytes(make([]byte, 32)), ss.FillBytes(make([]byte, 32))...)
-	v.JWS = input + "." + enc.EncodeToString(sig)
-	return nil
-}
-
-// VerifyVerdictJWS checks an ES256 compact JWS made by VerdictSigner and
-// returns the verdict it carries (with JWS set to jws).
-func VerifyVerdictJWS(jws string, pub *ecdsa.PublicKey) (events.Verdict, error) {
-	var v events.Verdict
-	parts := strings.Split(jws, ".")
-	if len(parts) != 3 {
-		return v, errors.New("verdict JWS: not three dot-separated parts")
-	}
-	enc := base64.RawURLEncoding
-	hb, err := enc.DecodeString(parts[0])
-	if err != nil {
-		return v, fmt.Errorf("verdict JWS header: %w", err)
-	}
-	var h jwsHeader
-	if err := json.Unmarshal(hb, &h); err != nil {
-		return v, fmt.Errorf("verdict JWS header: %w", err)
-	}
-	if h.Alg != "ES256" {
-		return v, fmt.Errorf("verdict JWS: alg %q, want ES256", h.Alg)
-	}
-	sig, err := enc.DecodeString(parts[2])
-	if err != nil || len(sig) != 64 {
-		return v, errors.New("verdict JWS: signature is not 64 bytes of base64url")
-	}
-	d := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
-	if !ecdsa.Verify(pub, d[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])) {
-		return v, errors.New("verdict JWS: signature invalid")
-	}
-	payload, err := enc.DecodeString(parts[1])
-	if err != nil {
-		return v, fmt.Errorf("verdict JWS payload: %w", err)
-	}
-	if err := json.Unmarshal(payload, &v); err != nil {
-		return v, fmt.Errorf("verdict JWS payload: %w", err)
-	}
-	v.JWS = jws
-	return v, nil
 }

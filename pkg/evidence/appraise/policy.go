@@ -1,4 +1,4 @@
-package evidence
+package appraise
 
 import (
 	"bytes"
@@ -14,10 +14,12 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/evidence"
 )
 
-// Policy says what verified evidence is acceptable (DESIGN.md §4). It is
-// YAML, versioned, and validated against a Result to produce findings.
+// Policy says what verified evidence is acceptable (docs/design.md
+// §10.3). It is YAML, versioned, and validated against an evidence.Result
+// to produce findings.
 type Policy struct {
 	ID          string         `yaml:"id" json:"id"`
 	Version     int            `yaml:"version" json:"version"`
@@ -37,14 +39,14 @@ type Policy struct {
 
 // SNPPolicy constrains SEV-SNP reports.
 type SNPPolicy struct {
-	AllowDebug          bool              `yaml:"allow_debug" json:"allow_debug"`
-	AllowMigrationAgent bool              `yaml:"allow_migration_agent" json:"allow_migration_agent"`
-	AllowSMT            bool              `yaml:"allow_smt" json:"allow_smt"`
-	VMPL                *uint32           `yaml:"vmpl,omitempty" json:"vmpl,omitempty"` // required VMPL; nil: any
-	Products            []string          `yaml:"products,omitempty" json:"products,omitempty"`
-	MinTCB              map[string]SNPTCB `yaml:"min_tcb,omitempty" json:"min_tcb,omitempty"` // by product line
-	Measurements        []Hex             `yaml:"measurements,omitempty" json:"measurements,omitempty"`
-	MinGuestSVN         uint32            `yaml:"min_guest_svn,omitempty" json:"min_guest_svn,omitempty"`
+	AllowDebug          bool                       `yaml:"allow_debug" json:"allow_debug"`
+	AllowMigrationAgent bool                       `yaml:"allow_migration_agent" json:"allow_migration_agent"`
+	AllowSMT            bool                       `yaml:"allow_smt" json:"allow_smt"`
+	VMPL                *uint32                    `yaml:"vmpl,omitempty" json:"vmpl,omitempty"` // required VMPL; nil: any
+	Products            []string                   `yaml:"products,omitempty" json:"products,omitempty"`
+	MinTCB              map[string]evidence.SNPTCB `yaml:"min_tcb,omitempty" json:"min_tcb,omitempty"` // by product line
+	Measurements        []Hex                      `yaml:"measurements,omitempty" json:"measurements,omitempty"`
+	MinGuestSVN         uint32                     `yaml:"min_guest_svn,omitempty" json:"min_guest_svn,omitempty"`
 }
 
 // TDXPolicy constrains TDX quotes.
@@ -187,7 +189,7 @@ schedule:
 func DefaultPolicy() *Policy {
 	p, err := ParsePolicy([]byte(DefaultPolicyYAML))
 	if err != nil {
-		panic("evidence: default policy: " + err.Error())
+		panic("appraise: default policy: " + err.Error())
 	}
 	return p
 }
@@ -219,17 +221,17 @@ func (p *Policy) Check() error {
 		return errors.New("policy: version must be >= 1")
 	}
 	for _, pl := range p.Platforms {
-		if pl != PlatformAzureSNP && pl != PlatformAzureTDX {
+		if pl != evidence.PlatformAzureSNP && pl != evidence.PlatformAzureTDX {
 			return fmt.Errorf("policy: platform %q is unknown", pl)
 		}
 	}
 	for _, pr := range p.SNP.Products {
-		if !slices.Contains(amdProductLines, pr) {
+		if !slices.Contains(evidence.AMDProductLines(), pr) {
 			return fmt.Errorf("policy: snp.products: %q is not Milan, Genoa or Turin", pr)
 		}
 	}
 	for pr := range p.SNP.MinTCB {
-		if !slices.Contains(amdProductLines, pr) {
+		if !slices.Contains(evidence.AMDProductLines(), pr) {
 			return fmt.Errorf("policy: snp.min_tcb: %q is not Milan, Genoa or Turin", pr)
 		}
 	}
@@ -367,7 +369,7 @@ func hexIn(list []Hex, v []byte) bool {
 // Validate checks a genuine Result against the policy and what the caller
 // expects. It returns nothing for a Result that is not genuine: such
 // evidence is contraindicated by verification already.
-func (p *Policy) Validate(res *Result, exp Expect, now time.Time) []Finding {
+func (p *Policy) Validate(res *evidence.Result, exp evidence.Expect, now time.Time) []Finding {
 	if res == nil || !res.Genuine {
 		return nil
 	}
@@ -430,7 +432,7 @@ func (p *Policy) Validate(res *Result, exp Expect, now time.Time) []Finding {
 	return f.out
 }
 
-func (p *Policy) validateSNP(f *findings, s *SNPClaims) {
+func (p *Policy) validateSNP(f *findings, s *evidence.SNPClaims) {
 	sp := &p.SNP
 	if len(sp.Products) > 0 && !slices.Contains(sp.Products, s.ProductLine) {
 		f.add(ClaimHardware, false, arUnrecognized, arWarn, ReasonPolicyProduct, "product line %s is not allowed", s.ProductLine)
@@ -458,7 +460,7 @@ func (p *Policy) validateSNP(f *findings, s *SNPClaims) {
 	}
 }
 
-func (p *Policy) validateTDX(f *findings, t *TDXClaims) {
+func (p *Policy) validateTDX(f *findings, t *evidence.TDXClaims) {
 	tp := &p.TDX
 	if t.Debug && !tp.AllowDebug {
 		f.add(ClaimRuntimeOpaque, false, arContra, arWarn, ReasonPolicyDebug, "TD attributes %x allow debugging", t.TDAttributes)
@@ -491,7 +493,7 @@ func (p *Policy) validateTDX(f *findings, t *TDXClaims) {
 	}
 }
 
-func (p *Policy) validateRuntime(f *findings, res *Result) {
+func (p *Policy) validateRuntime(f *findings, res *evidence.Result) {
 	if res.RuntimeData == nil {
 		return
 	}
