@@ -23,10 +23,13 @@
 // cache, which in production every worker shares: an answer that does not
 // chain to the pinned roots (or is not what was asked for) fails the
 // evidence and is never stored. Reads from the cache are verified again; a
-// cached copy that does not verify is fetched again and replaced.
-// After a failed fetch the same collateral is not fetched again for a
-// backoff window (5 s, doubling to 5 min, forgotten on success; a 429 or
-// 503 answer's Retry-After, up to an hour, holds back its whole host):
-// verifications needing it meanwhile are Unavailable at once, with a
-// *FetchBackoffError saying until when and why.
+// cached copy that does not verify is fetched again and replaced. That
+// checking is verification and stays here; package collateral holds the
+// cache and the Fetcher, which only transports (bounded GETs, concurrent
+// fetches collapsed, backoff). After a failed fetch the same collateral is
+// not fetched again for a backoff window (5 s, doubling to 5 min,
+// forgotten on success; a 429 or 503 answer's Retry-After, up to an hour,
+// holds back its whole host): verifications needing it meanwhile are
+// Unavailable at once, with a *collateral.BackoffError saying until when
+// and why.
 package evidence

@@ -5,87 +5,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"sync"
-
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
 
 	"github.com/vigil-cc/vigil/pkg/evidence/collateral"
 )
 
 // ErrOffline is returned when collateral is needed but fetching is disabled.
 var ErrOffline = errors.New("not in the collateral cache and fetching is disabled (offline)")
-
-// maxFetchSize bounds bodies read from AMD KDS and Intel PCS.
-const maxFetchSize = 1 << 20
-
-// flightGroup collapses concurrent fetches of the same key into one.
-type flightGroup struct {
-	mu    sync.Mutex
-	calls map[string]*flightCall
-}
-
-type flightCall struct {
-	done chan struct{}
-	val  []byte
-	hdr  http.Header
-	err  error
-}
-
-func (g *flightGroup) do(key string, fn func() ([]byte, http.Header, error)) ([]byte, http.Header, error) {
-	g.mu.Lock()
-	if g.calls == nil {
-		g.calls = make(map[string]*flightCall)
-	}
-	if c, ok := g.calls[key]; ok {
-		g.mu.Unlock()
-		<-c.done
-		return c.val, c.hdr, c.err
-	}
-	c := &flightCall{done: make(chan struct{})}
-	g.calls[key] = c
-	g.mu.Unlock()
-	c.val, c.hdr, c.err = fn()
-	close(c.done)
-	g.mu.Lock()
-	delete(g.calls, key)
-	g.mu.Unlock()
-	return c.val, c.hdr, c.err
-}
-
-// httpGet fetches url, returning the body and headers of a 200 answer.
-func (v *Verifier) httpGet(ctx context.Context, url string) (body []byte, hdr http.Header, err error) {
-	ctx, span := startSpan(ctx, "evidence.fetch", attribute.String("url.full", url))
-	defer func() {
-		if err != nil {
-			span.RecordError(err)
-			span.SetStatus(codes.Error, "fetch failed")
-		}
-		span.End()
-	}()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	resp, err := v.http.Do(req)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer resp.Body.Close()
-	body, err = io.ReadAll(io.LimitReader(resp.Body, maxFetchSize+1))
-	if err != nil {
-		return nil, nil, fmt.Errorf("GET %s: %w", url, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, nil, newHTTPStatusError(url, resp, v.now())
-	}
-	if len(body) > maxFetchSize {
-		return nil, nil, fmt.Errorf("GET %s: body exceeds %d bytes", url, maxFetchSize)
-	}
-	return body, resp.Header, nil
-}
 
 // kdsVCEKURL is AMD KDS's VCEK URL for a chip at a TCB.
 func kdsVCEKURL(base, productLine string, chipID []byte, tcb uint64) string {
@@ -123,22 +49,21 @@ func (v *Verifier) fetchVCEK(ctx context.Context, productLine string, chipID []b
 	if v.cfg.Offline {
 		return nil, cachedCopyRejected(url, cachedErr, fmt.Errorf("VCEK for chip %x…: %w", chipID[:8], ErrOffline))
 	}
-	der, _, err = v.fetchGuarded(ctx, key, url, func() ([]byte, http.Header, error) {
-		body, _, err := v.httpGet(ctx, url)
-		if err != nil {
-			return nil, nil, fmt.Errorf("AMD KDS: %w", err)
-		}
+	der, _, err = v.fetch.Fetch(ctx, key, url, func(body []byte, _ http.Header) ([]byte, http.Header, error) {
 		// Only a VCEK that verifies is stored: the cache is shared, and
 		// keeps it until its NotAfter.
 		e, err := v.checkVCEK(body, productLine, chipID, tcb)
 		if err != nil {
-			return nil, nil, fmt.Errorf("AMD KDS: %s: %w: %w", url, errCollateralRejected, err)
+			return nil, nil, fmt.Errorf("%s: %w: %w", url, errCollateralRejected, err)
 		}
 		if err := v.coll.Put(ctx, key, body, e.cert.NotAfter); err != nil {
 			v.log.WarnContext(ctx, "collateral cache write failed", "key", key, "err", err)
 		}
 		return body, nil, nil
 	})
+	if err != nil {
+		err = fmt.Errorf("AMD KDS: %w", err)
+	}
 	return der, cachedCopyRejected(url, cachedErr, err)
 }
 

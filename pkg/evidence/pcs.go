@@ -470,7 +470,7 @@ var errCollateralRejected = errors.New("rejected")
 // rejection is returned. Concurrent fetches of key are collapsed: check
 // runs in the caller that fetched only, the others get the answer
 // unchecked. After a failed fetch or a rejected answer, key backs off (see
-// fetchGuarded).
+// collateral.Fetcher).
 func (v *Verifier) fetchCollateral(ctx context.Context, key, u string, check func(body []byte, hdr http.Header) (time.Time, error)) ([]byte, http.Header, error) {
 	var cachedErr error
 	if raw, err := v.coll.Get(ctx, key); err == nil {
@@ -487,11 +487,7 @@ func (v *Verifier) fetchCollateral(ctx context.Context, key, u string, check fun
 	if v.cfg.Offline {
 		return nil, nil, cachedCopyRejected(u, cachedErr, fmt.Errorf("%s: %w", u, ErrOffline))
 	}
-	body, hdr, err := v.fetchGuarded(ctx, key, u, func() ([]byte, http.Header, error) {
-		body, hdr, err := v.httpGet(ctx, u)
-		if err != nil {
-			return nil, nil, err
-		}
+	body, hdr, err := v.fetch.Fetch(ctx, key, u, func(body []byte, hdr http.Header) ([]byte, http.Header, error) {
 		keep := http.Header{}
 		for _, h := range pcsHeaders {
 			if val := hdr.Get(h); val != "" {

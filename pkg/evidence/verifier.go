@@ -38,7 +38,7 @@ type Config struct {
 	// timeout. After a failed fetch, the same collateral is not fetched
 	// again for a backoff window (5 s, doubling to 5 min, or what a
 	// Retry-After asks): verifications needing it meanwhile are
-	// Unavailable at once, with a *FetchBackoffError.
+	// Unavailable at once, with a *collateral.BackoffError.
 	HTTPClient *http.Client
 	// KDSURL and PCSURL override the AMD KDS and Intel PCS base URLs
 	// (mirrors, tests).
@@ -129,7 +129,6 @@ type Verifier struct {
 	cfg      Config
 	roots    *trustStore
 	coll     collateral.Cache
-	http     *http.Client
 	now      func() time.Time
 	log      *slog.Logger
 	vceks    *lru.Bytes[*vcekEntry]
@@ -137,8 +136,7 @@ type Verifier struct {
 	runtimes *lru.Bytes[*runtimeEntry]
 	tcbs     *lru.Cache[[32]byte, *tdxTCBEntry]
 	amdCRLs  map[*trust.AMDRootCerts]*amdCRLSlot // fixed at construction
-	flight   flightGroup
-	backoff  fetchBackoff
+	fetch    *collateral.Fetcher
 }
 
 // NewVerifier returns a Verifier for cfg.
@@ -147,16 +145,18 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &Verifier{cfg: cfg, roots: roots, coll: cfg.Collateral, http: cfg.HTTPClient, now: cfg.Now, log: cfg.Logger}
+	v := &Verifier{cfg: cfg, roots: roots, coll: cfg.Collateral, now: cfg.Now, log: cfg.Logger}
 	if v.coll == nil {
 		v.coll = collateral.NewMemory(0)
 	}
-	if v.http == nil {
-		v.http = &http.Client{Timeout: 20 * time.Second}
+	client := cfg.HTTPClient
+	if client == nil {
+		client = &http.Client{Timeout: 20 * time.Second}
 	}
 	if v.now == nil {
 		v.now = time.Now
 	}
+	v.fetch = collateral.NewFetcher(client, v.now)
 	if v.log == nil {
 		v.log = slog.New(slog.DiscardHandler)
 	}

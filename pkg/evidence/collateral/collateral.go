@@ -1,7 +1,14 @@
-// Package collateral caches attestation certificates and collateral (AMD
-// VCEKs, Intel PCS responses) so a fleet does not hammer AMD KDS or Intel
-// PCS: the Cache interface, an in-memory cache and one on the JetStream KV
-// bucket vigil-collateral shared by all workers.
+// Package collateral is where attestation collateral (AMD VCEKs and CRLs,
+// Intel PCS responses) comes from, so that a fleet does not hammer AMD KDS
+// or Intel PCS: the Cache interface, an in-memory cache and one on the
+// JetStream KV bucket vigil-collateral shared by all workers, and the
+// Fetcher that GETs what no cache holds, collapsing concurrent fetches and
+// backing off after failures.
+//
+// It transports and stores bytes and trusts none of them: which answers are
+// genuine is verification's decision (package evidence checks every answer
+// against its pinned roots before it is cached, and again when it is read),
+// so everything that needs the trust anchors stays there.
 package collateral
 
 import (

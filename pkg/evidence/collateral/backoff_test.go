@@ -1,4 +1,4 @@
-package evidence
+package collateral
 
 import (
 	"errors"
@@ -69,7 +69,7 @@ func TestFetchBackoff(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var b fetchBackoff
+			var b backoff
 			t0 := time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC)
 			at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
 			for i, s := range tc.steps {
@@ -80,7 +80,7 @@ func TestFetchBackoff(t *testing.T) {
 					b.succeeded(s.key, s.u)
 				default:
 					err := b.check(s.key, s.u, at(s.at))
-					var be *FetchBackoffError
+					var be *BackoffError
 					if s.checkTo < 0 {
 						if err != nil {
 							t.Fatalf("step %d: %v, want no backoff", i, err)
@@ -96,9 +96,9 @@ func TestFetchBackoff(t *testing.T) {
 	}
 }
 
-func TestFetchBackoffError(t *testing.T) {
+func TestBackoffError(t *testing.T) {
 	last := fmt.Errorf("AMD KDS: %w", &httpStatusError{url: "https://kds.example/x", status: "429 Too Many Requests", code: 429, retryAfter: time.Minute})
-	err := fmt.Errorf("VCEK: %w", &FetchBackoffError{URL: "https://kds.example/x", Until: time.Date(2026, 11, 27, 8, 1, 0, 0, time.UTC), Err: last})
+	err := fmt.Errorf("VCEK: %w", &BackoffError{URL: "https://kds.example/x", Until: time.Date(2026, 11, 27, 8, 1, 0, 0, time.UTC), Err: last})
 	var se *httpStatusError
 	if !errors.As(err, &se) || se.code != 429 {
 		t.Fatalf("%v does not unwrap to the last failure", err)
@@ -135,7 +135,7 @@ func TestRetryAfter(t *testing.T) {
 }
 
 func TestFetchBackoffBounded(t *testing.T) {
-	var b fetchBackoff
+	var b backoff
 	now := time.Now()
 	for i := range 3 * backoffEntries {
 		b.failed(fmt.Sprint("k", i), "https://kds.example/", errors.New("down"), now.Add(time.Duration(i)*time.Millisecond))

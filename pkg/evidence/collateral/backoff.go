@@ -1,7 +1,6 @@
-package evidence
+package collateral
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -15,7 +14,7 @@ import (
 // limiting), verifications needing collateral must not each wait for a
 // fetch nor hammer the service: after a fetch of a collateral key fails,
 // further needs of that key within a window answer at once with a
-// *FetchBackoffError. The window starts at backoffBase and doubles with
+// *BackoffError. The window starts at backoffBase and doubles with
 // every failure in a row up to backoffMax; a success forgets the failures.
 // A Retry-After header on 429 or 503 answers lengthens the window to what
 // the server asks (at most retryAfterMax) and, since such an answer speaks
@@ -24,13 +23,13 @@ const (
 	backoffBase    = 5 * time.Second
 	backoffMax     = 5 * time.Minute
 	retryAfterMax  = time.Hour
-	backoffEntries = 1024 // bound of remembered failures per Verifier
+	backoffEntries = 1024 // bound of remembered failures per Fetcher
 )
 
-// FetchBackoffError is the error of a fetch of collateral not attempted
+// BackoffError is the error of a fetch of collateral not attempted
 // because a recent fetch of it failed (or its server asked to be left
 // alone). It unwraps to the error of that fetch.
-type FetchBackoffError struct {
+type BackoffError struct {
 	// URL is the collateral's URL.
 	URL string
 	// Until is when the next fetch may be tried.
@@ -39,11 +38,11 @@ type FetchBackoffError struct {
 	Err error
 }
 
-func (e *FetchBackoffError) Error() string {
+func (e *BackoffError) Error() string {
 	return fmt.Sprintf("backing off until %s after a failed fetch: %v", e.Until.UTC().Format(time.RFC3339), e.Err)
 }
 
-func (e *FetchBackoffError) Unwrap() error { return e.Err }
+func (e *BackoffError) Unwrap() error { return e.Err }
 
 // httpStatusError is a non-200 answer of AMD KDS or Intel PCS.
 type httpStatusError struct {
@@ -77,9 +76,9 @@ func newHTTPStatusError(u string, resp *http.Response, now time.Time) *httpStatu
 	return e
 }
 
-// fetchBackoff remembers failed fetches per collateral key and per host.
+// backoff remembers failed fetches per collateral key and per host.
 // The zero value is ready; safe for concurrent use.
-type fetchBackoff struct {
+type backoff struct {
 	mu sync.Mutex
 	m  map[string]*backoffEntry // collateral key or hostKey(host)
 }
@@ -98,9 +97,9 @@ func hostKey(u string) string {
 	return ""
 }
 
-// check returns a *FetchBackoffError when key or u's host is backing off
+// check returns a *BackoffError when key or u's host is backing off
 // at now.
-func (b *fetchBackoff) check(key, u string, now time.Time) error {
+func (b *backoff) check(key, u string, now time.Time) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if len(b.m) == 0 {
@@ -115,11 +114,11 @@ func (b *fetchBackoff) check(key, u string, now time.Time) error {
 	if worst == nil {
 		return nil
 	}
-	return &FetchBackoffError{URL: u, Until: worst.until, Err: worst.err}
+	return &BackoffError{URL: u, Until: worst.until, Err: worst.err}
 }
 
 // failed records that fetching key from u failed with err at now.
-func (b *fetchBackoff) failed(key, u string, err error, now time.Time) {
+func (b *backoff) failed(key, u string, err error, now time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.m == nil {
@@ -154,7 +153,7 @@ func (b *fetchBackoff) failed(key, u string, err error, now time.Time) {
 }
 
 // succeeded forgets the failures of key and of u's host.
-func (b *fetchBackoff) succeeded(key, u string) {
+func (b *backoff) succeeded(key, u string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if len(b.m) == 0 {
@@ -166,7 +165,7 @@ func (b *fetchBackoff) succeeded(key, u string) {
 
 // makeRoom makes room for an entry: when backoffEntries are held, it drops
 // those whose window has passed, then the one ending first.
-func (b *fetchBackoff) makeRoom(now time.Time) {
+func (b *backoff) makeRoom(now time.Time) {
 	if len(b.m) < backoffEntries {
 		return
 	}
@@ -184,30 +183,4 @@ func (b *fetchBackoff) makeRoom(now time.Time) {
 		}
 		delete(b.m, first)
 	}
-}
-
-// fetchGuarded runs fetch, which GETs u for collateral key, unless key or
-// u's host is backing off, collapsing concurrent fetches of key into one.
-// A failure of fetch starts or lengthens key's backoff (unless the caller
-// cancelled ctx, which says nothing about the server; a server that does
-// not answer before ctx's deadline is failing); a success ends it.
-func (v *Verifier) fetchGuarded(ctx context.Context, key, u string, fetch func() ([]byte, http.Header, error)) ([]byte, http.Header, error) {
-	if err := v.backoff.check(key, u, v.now()); err != nil {
-		return nil, nil, err
-	}
-	return v.flight.do(key, func() ([]byte, http.Header, error) {
-		// Again: a fetch that just failed may have ended before this one
-		// joined it.
-		if err := v.backoff.check(key, u, v.now()); err != nil {
-			return nil, nil, err
-		}
-		body, hdr, err := fetch()
-		switch {
-		case err == nil:
-			v.backoff.succeeded(key, u)
-		case !errors.Is(ctx.Err(), context.Canceled):
-			v.backoff.failed(key, u, err, v.now())
-		}
-		return body, hdr, err
-	})
 }
