@@ -28,126 +28,227 @@ const maxCASAttempts = 8
 // anywhere before leaves the job to be redelivered, and every event it
 // publishes has an id derived from the job, so a redelivery stores nothing
 // twice.
+//
+// The steps: resolveJob reads what the job is about and decides whether to
+// attest; attemptJob attests and stores the outcome with a compare-and-set;
+// recordOutcome reports it; afterStore publishes what follows from it and
+// schedules the next attestation.
 func (w *Worker) handleJob(ctx context.Context, m *bus.Message) error {
 	ctx, cancel := w.jobContext(ctx)
 	defer cancel()
-	var job events.Job
-	if err := m.Envelope.Decode(events.TypeJob, &job); err != nil {
-		return bus.Permanent(err)
-	}
-	vm := events.VMFromSubject(m.Msg.Subject())
-	if vm == "" || (job.VMKey != "" && job.VMKey != vm) {
-		return bus.Permanent(fmt.Errorf("job for %q on subject %s", job.VMKey, m.Msg.Subject()))
-	}
-	job.VMKey = vm
-	jobID := m.Envelope.ID
-
-	st, rev, exists, err := w.status.get(ctx, vm)
+	p, err := w.resolveJob(ctx, m)
 	if err != nil {
 		return err
 	}
-	if exists && st.LastJobID == jobID {
+	switch p.action {
+	case jobSkip:
+		return nil
+	case jobComplete:
+		return w.afterStore(ctx, p.stored)
+	}
+	o, err := w.attemptJob(ctx, &p)
+	if err != nil {
+		return err
+	}
+	w.recordOutcome(ctx, &p, o, m.Meta.NumDelivered)
+	return w.afterStore(ctx, o)
+}
+
+// jobAction is what a resolved job calls for.
+type jobAction int
+
+const (
+	// jobAttest: challenge the VM and store the outcome.
+	jobAttest jobAction = iota
+	// jobSkip: nothing to do (a scheduled job for a VM that is stopped,
+	// retired or deleted); ack the job.
+	jobSkip
+	// jobComplete: no attempt, only the steps after the store for
+	// jobPlan.stored (a redelivered job whose outcome is stored, or an
+	// obsolete scheduled job whose VM's current schedule is written again).
+	jobComplete
+)
+
+// jobPlan is a resolved job: the VM, its records as read, and what to do.
+type jobPlan struct {
+	action jobAction
+	job    events.Job // VMKey is the VM of the subject
+	id     string     // the job's envelope id, which ids the attempt
+	// scheduled: the job comes from a schedule, a retry or the sweep
+	// (rather than an event or an operator), so it yields to a stop.
+	scheduled bool
+	// st, rev and exists are the VM's status record as read: the base of
+	// the attempt's compare-and-set.
+	st     events.VMStatus
+	rev    uint64
+	exists bool
+	// resourceID and vmID are the identity the evidence must show: the
+	// inventory's, else the job's (the resource ID else the status's).
+	resourceID, vmID string
+	due              time.Time // when the attestation became due (or was requested); may be zero
+	stored           outcome   // for jobComplete
+}
+
+// resolveJob decodes the job, reads the VM's status record and (when it
+// may attest) inventory record, and decides what to do. It writes nothing.
+// A malformed job is a permanent error; a failed read is returned as is,
+// for a redelivery.
+func (w *Worker) resolveJob(ctx context.Context, m *bus.Message) (jobPlan, error) {
+	var job events.Job
+	if err := m.Envelope.Decode(events.TypeJob, &job); err != nil {
+		return jobPlan{}, bus.Permanent(err)
+	}
+	vm := events.VMFromSubject(m.Msg.Subject())
+	if vm == "" || (job.VMKey != "" && job.VMKey != vm) {
+		return jobPlan{}, bus.Permanent(fmt.Errorf("job for %q on subject %s", job.VMKey, m.Msg.Subject()))
+	}
+	job.VMKey = vm
+	p := jobPlan{job: job, id: m.Envelope.ID, scheduled: scheduledReason(job.Reason)}
+	var err error
+	if p.st, p.rev, p.exists, err = w.status.get(ctx, vm); err != nil {
+		return jobPlan{}, err
+	}
+	st := p.st
+	switch {
+	case p.exists && st.LastJobID == p.id:
 		// Redelivered after its outcome was stored: complete the steps
 		// after the status write (all idempotent).
-		w.log.InfoContext(ctx, "job outcome already stored; completing it", "vm", vm, "job", jobID)
-		return w.afterStore(ctx, outcome{Status: st, From: st.PreviousStatus, Changed: st.ChangedBy == jobID}, jobID)
-	}
-	scheduled := scheduledReason(job.Reason)
-	if exists && scheduled && (st.Status == events.StatusSuspended || st.Status == events.StatusRetired) {
-		return nil
-	}
-	if exists && scheduled && !job.DueAt.IsZero() && st.NextDueAt.After(job.DueAt.Add(time.Second)) {
+		w.log.InfoContext(ctx, "job outcome already stored; completing it", "vm", vm, "job", p.id)
+		p.action, p.stored = jobComplete, storedOutcome(st, p.id)
+		return p, nil
+	case p.exists && p.scheduled && notRunning(st.Status):
+		p.action = jobSkip
+		return p, nil
+	case p.exists && p.scheduled && !job.DueAt.IsZero() && st.NextDueAt.After(job.DueAt.Add(time.Second)):
 		// Another attempt has set a later due time since this job was
 		// scheduled (a job from ingest attested the VM, or the sweep saw it
 		// overdue just before its own job ran): this one is obsolete. The
 		// firing of an obsolete schedule purges whatever schedule the VM
 		// has by then, so write the current one again (a replacement when
-		// it still exists).
-		w.log.DebugContext(ctx, "obsolete job", "vm", vm, "job", jobID, "reason", job.Reason, "due", job.DueAt, "next_due", st.NextDueAt)
-		if st.Status == events.StatusSuspended || st.Status == events.StatusRetired {
-			return nil
-		}
-		return w.afterStore(ctx, outcome{Status: st}, jobID)
+		// it still exists). A stopped or retired VM was skipped above.
+		w.log.DebugContext(ctx, "obsolete job", "vm", vm, "job", p.id, "reason", job.Reason, "due", job.DueAt, "next_due", st.NextDueAt)
+		p.action, p.stored = jobComplete, outcome{Status: st}
+		return p, nil
 	}
 	inv, known, err := w.inv.get(ctx, vm)
 	if err != nil {
-		return err
+		return jobPlan{}, err
 	}
-	if known && inv.Deleted && scheduled {
-		return nil
+	if known && inv.Deleted && p.scheduled {
+		p.action = jobSkip
+		return p, nil
 	}
-	resourceID, vmID := job.ResourceID, job.VMID
+	p.resourceID, p.vmID = job.ResourceID, job.VMID
 	if known {
 		if inv.ResourceID != "" {
-			resourceID = inv.ResourceID
+			p.resourceID = inv.ResourceID
 		}
 		if inv.VMID != "" {
-			vmID = inv.VMID
+			p.vmID = inv.VMID
 		}
 	}
-	if resourceID == "" {
-		resourceID = st.ResourceID
+	if p.resourceID == "" {
+		p.resourceID = st.ResourceID
 	}
-	due := job.DueAt
-	if due.IsZero() {
-		due = job.RequestedAt
+	p.due = job.DueAt
+	if p.due.IsZero() {
+		p.due = job.RequestedAt
 	}
-	if !due.IsZero() {
-		lag := time.Since(due)
-		w.metrics.lag.Record(ctx, max(lag, 0).Seconds(), w.metrics.attrs.get("reason", job.Reason))
-		if scheduled && lag > w.cfg.MissedAfter {
-			w.metrics.missed.Add(ctx, 1, w.metrics.attrs.get("at", "job"))
-			w.log.WarnContext(ctx, "attestation started after its deadline", "vm", vm, "due", due, "lag", lag.Round(time.Millisecond))
-		}
-	}
+	p.action = jobAttest
+	return p, nil
+}
 
-	a := w.attempt(ctx, vm, jobID, job.Attempt, resourceID, vmID)
-	a.DueAt = due
+// notRunning says whether a VM with status s is not to be attested on
+// schedule: stopped (suspended) or deleted (retired).
+func notRunning(s events.Status) bool {
+	return s == events.StatusSuspended || s == events.StatusRetired
+}
+
+// storedOutcome is the outcome job stored in st (st.LastJobID is job).
+func storedOutcome(st events.VMStatus, job string) outcome {
+	return outcome{Status: st, From: st.PreviousStatus, Changed: st.ChangedBy == job}
+}
+
+// attemptJob attests p's VM (challenge, evidence, verification, appraisal),
+// stores the verdict, and stores the outcome in the VM's status record
+// (storeAttempt). It returns the stored outcome, or an error when a store
+// failed: the job is then redelivered, and the verdict's derived id keeps
+// the next attempt from storing a second one.
+func (w *Worker) attemptJob(ctx context.Context, p *jobPlan) (outcome, error) {
+	w.recordLag(ctx, p)
+	vm := p.job.VMKey
+	a := w.attempt(ctx, vm, p.id, p.job.Attempt, p.resourceID, p.vmID)
+	a.DueAt = p.due
 	w.hook("appraised", vm)
 	if a.Verdict != nil {
 		v, err := w.publishVerdict(ctx, a.Verdict)
 		if err != nil {
-			return err
+			return outcome{}, err
 		}
 		a.Verdict = v
 		w.hook("verdict", vm)
 	}
+	return w.storeAttempt(ctx, p, a)
+}
 
-	var o outcome
+// recordLag records how late the attestation of p starts, and a missed
+// deadline when a scheduled one starts later than MissedAfter.
+func (w *Worker) recordLag(ctx context.Context, p *jobPlan) {
+	if p.due.IsZero() {
+		return
+	}
+	lag := time.Since(p.due)
+	w.metrics.lag.Record(ctx, max(lag, 0).Seconds(), w.metrics.attrs.get("reason", p.job.Reason))
+	if p.scheduled && lag > w.cfg.MissedAfter {
+		w.metrics.missed.Add(ctx, 1, w.metrics.attrs.get("at", "job"))
+		w.log.WarnContext(ctx, "attestation started after its deadline", "vm", p.job.VMKey, "due", p.due, "lag", lag.Round(time.Millisecond))
+	}
+}
+
+// storeAttempt writes the status record that follows attempt a with a
+// compare-and-set on the record p read. After a conflict it reads the
+// record again and applies a to it, up to maxCASAttempts times; when the
+// record read again holds this job's outcome already (a redelivery of the
+// job got there first), that outcome is the result.
+func (w *Worker) storeAttempt(ctx context.Context, p *jobPlan, a attempt) (outcome, error) {
+	st, rev, exists := p.st, p.rev, p.exists
 	for i := 0; ; i++ {
-		cur := st.Status
-		if exists && (cur == events.StatusSuspended || cur == events.StatusRetired) && (scheduled || a.Verdict == nil) {
+		if exists && notRunning(st.Status) && (p.scheduled || a.Verdict == nil) {
 			// Stopped or deleted while the attempt ran: record it, but
 			// neither change the status nor schedule again.
 			a.KeepStatus = true
 		}
-		o = applyAttempt(st, exists, a, w.policies.timing())
+		o := applyAttempt(st, exists, a, w.policies.timing())
 		_, err := w.status.put(ctx, o.Status, rev, exists)
 		if err == nil {
-			break
+			return o, nil
 		}
 		if !errors.Is(err, errConflict) || i >= maxCASAttempts {
-			return err
+			return outcome{}, err
 		}
-		if st, rev, exists, err = w.status.get(ctx, vm); err != nil {
-			return err
+		if st, rev, exists, err = w.status.get(ctx, p.job.VMKey); err != nil {
+			return outcome{}, err
 		}
-		if exists && st.LastJobID == jobID {
-			o = outcome{Status: st, From: st.PreviousStatus, Changed: st.ChangedBy == jobID}
-			break
+		if exists && st.LastJobID == p.id {
+			return storedOutcome(st, p.id), nil
 		}
 	}
+}
+
+// recordOutcome reports the outcome an attempt stored: the transition
+// metrics, a debug line, and the tests' hooks.
+func (w *Worker) recordOutcome(ctx context.Context, p *jobPlan, o outcome, delivered uint64) {
 	w.metrics.transition(ctx, o)
 	if w.log.Enabled(ctx, slog.LevelDebug) {
-		w.log.DebugContext(ctx, "attempt recorded", "vm", vm, "job", jobID, "reason", job.Reason, "due", due,
-			"delivered", m.Meta.NumDelivered, "status", o.Status.Status, "next_due", o.Status.NextDueAt)
+		w.log.DebugContext(ctx, "attempt recorded", "vm", p.job.VMKey, "job", p.id, "reason", p.job.Reason, "due", p.due,
+			"delivered", delivered, "status", o.Status.Status, "next_due", o.Status.NextDueAt)
 	}
-	w.hook("status", vm)
+	w.hook("status", p.job.VMKey)
 	if w.cfg.testRecord != nil {
-		job.DueAt = due
+		job := p.job
+		job.DueAt = p.due
 		w.cfg.testRecord(job, o.Status)
 	}
-	return w.afterStore(ctx, o, jobID)
 }
 
 // jobContext bounds the handling of one job or fired schedule by the
@@ -168,8 +269,9 @@ func (w *Worker) hook(point, vm string) {
 }
 
 // afterStore publishes the state change and alerts of a stored outcome
-// and schedules the VM's next attestation. Every step is idempotent.
-func (w *Worker) afterStore(ctx context.Context, o outcome, jobID string) error {
+// and schedules the VM's next attestation (none for a VM that is not
+// running). Every step is idempotent, so a redelivered job repeats them.
+func (w *Worker) afterStore(ctx context.Context, o outcome) error {
 	st := o.Status
 	if o.Changed {
 		if err := w.publishState(ctx, o); err != nil {
@@ -181,7 +283,7 @@ func (w *Worker) afterStore(ctx context.Context, o outcome, jobID string) error 
 			}
 		}
 	}
-	if st.Status == events.StatusSuspended || st.Status == events.StatusRetired || st.NextDueAt.IsZero() {
+	if notRunning(st.Status) || st.NextDueAt.IsZero() {
 		return nil
 	}
 	reason := reasonSchedule

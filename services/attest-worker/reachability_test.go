@@ -3,6 +3,7 @@ package attestworker
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"slices"
@@ -65,8 +66,14 @@ func TestUnreachableThenStaleThenRecovery(t *testing.T) {
 	})
 	never := alertsWith(t, ctx, conn.JS, "vm.never_attested")
 	stale := alertsWith(t, ctx, conn.JS, "vm.stale")
-	if len(never) != 1 || never[0].VMKey != neverAnswers.VMKey() || never[0].Severity != events.SeverityCritical {
-		t.Errorf("never-attested alerts %+v", never)
+	type alert struct {
+		VMKey    string
+		Severity events.Severity
+	}
+	if len(never) != 1 {
+		t.Errorf("%d vm.never_attested alerts, want 1: %+v", len(never), never)
+	} else if d := diffFields(alert{never[0].VMKey, never[0].Severity}, alert{neverAnswers.VMKey(), events.SeverityCritical}); d != "" {
+		t.Errorf("vm.never_attested alert:%s", d)
 	}
 	if len(stale) != 2 {
 		t.Errorf("%d vm.stale alerts, want 2 (silent and slow VM)", len(stale))
@@ -89,19 +96,24 @@ func TestUnreachableThenStaleThenRecovery(t *testing.T) {
 	slow.delay = 0
 	slow.mu.Unlock()
 	waitStatus(t, ctx, conn.JS, 15*time.Second, events.StatusTrusted, f.vms...)
-	// The alerts follow the status write: wait for them, then make sure no
-	// more arrive.
+	// The alerts follow the status write: wait for them, then for every job
+	// and fired schedule stored so far to be handled, and make sure no more
+	// arrived.
 	waitFor(t, 5*time.Second, "three vm.recovered alerts", func() (bool, string) {
 		n := len(alertsWith(t, ctx, conn.JS, "vm.recovered"))
 		return n >= 3, strconv.Itoa(n)
 	})
-	time.Sleep(200 * time.Millisecond)
+	waitIdle(t, ctx, conn.JS, 10*time.Second, jobsConsumer, scheduleConsumer)
 	if n := len(alertsWith(t, ctx, conn.JS, "vm.recovered")); n != 3 {
 		t.Errorf("%d vm.recovered alerts, want 3", n)
 	}
 	st, _ = statusOf(t, ctx, conn.JS, neverAnswers.VMKey())
-	if st.ConsecutiveFailures != 0 || !st.OverdueSince.IsZero() {
-		t.Errorf("after recovery: %+v", st)
+	type recovered struct {
+		ConsecutiveFailures int
+		OverdueSince        time.Time
+	}
+	if d := diffFields(recovered{st.ConsecutiveFailures, st.OverdueSince}, recovered{}); d != "" {
+		t.Errorf("never-answering VM after recovery:%s", d)
 	}
 }
 
@@ -152,10 +164,22 @@ func TestLifecycleSuspendsRetiresAndResumes(t *testing.T) {
 	waitStatus(t, ctx, conn.JS, 10*time.Second, events.StatusRetired, deleted)
 
 	// No schedule and no further challenges while suspended or retired.
+	// First the jobs and fired schedules stored so far are handled, and a
+	// schedule written by an attempt that ended just after the stop has
+	// fired; from then on only the sweep could enqueue a job, and it runs
+	// once without doing so.
 	sched := &scheduler{stream: mustStream(t, conn.JS, events.StreamSchedule)}
-	time.Sleep(500 * time.Millisecond) // a job already running may finish
+	waitFor(t, 10*time.Second, "no schedule and nothing in flight", func() (bool, string) {
+		for _, v := range []*testVM{stopped, deleted} {
+			if _, ok, err := sched.pending(ctx, v.VMKey()); ok || err != nil {
+				return false, fmt.Sprintf("%s has a schedule (%v)", v.VMKey(), err)
+			}
+		}
+		return idle(ctx, conn.JS, jobsConsumer, scheduleConsumer)
+	})
 	before := []int{len(stopped.challenges()), len(deleted.challenges())}
-	time.Sleep(3 * time.Second)
+	waitSweep(t, ctx, conn.JS, 10*time.Second)
+	waitIdle(t, ctx, conn.JS, 10*time.Second, jobsConsumer, scheduleConsumer)
 	for i, v := range []*testVM{stopped, deleted} {
 		if _, ok, _ := sched.pending(ctx, v.VMKey()); ok {
 			t.Errorf("%s still has a schedule", v.VMKey())

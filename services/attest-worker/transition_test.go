@@ -50,20 +50,29 @@ func TestApplyAttempt(t *testing.T) {
 			tc.a.VMKey, tc.a.JobID = vm, "job-1"
 			o := applyAttempt(tc.prev, tc.exists, tc.a, tm)
 			st := o.Status
-			if st.Status != tc.want || o.Changed != tc.changed || o.Retry != tc.retry {
-				t.Fatalf("status %s changed=%v retry=%v, want %s %v %v (reasons %v)", st.Status, o.Changed, o.Retry, tc.want, tc.changed, tc.retry, st.Reasons)
+			type result struct {
+				Status              events.Status
+				Changed, Retry      bool
+				OverdueSince        time.Time
+				ConsecutiveFailures int
+				LastJobID           string
+				LastAttemptAt       time.Time
 			}
-			if !st.OverdueSince.Equal(tc.overdue) {
-				t.Errorf("overdue since %s, want %s", st.OverdueSince, tc.overdue)
+			if d := diffFields(
+				result{st.Status, o.Changed, o.Retry, st.OverdueSince, st.ConsecutiveFailures, st.LastJobID, st.LastAttemptAt},
+				result{tc.want, tc.changed, tc.retry, tc.overdue, tc.failures, "job-1", tc.a.At},
+			); d != "" {
+				t.Fatalf("outcome (reasons %v):%s", st.Reasons, d)
 			}
-			if st.ConsecutiveFailures != tc.failures {
-				t.Errorf("failures %d, want %d", st.ConsecutiveFailures, tc.failures)
-			}
-			if st.LastJobID != "job-1" || st.LastAttemptAt != tc.a.At {
-				t.Errorf("attempt not recorded: %+v", st)
-			}
-			if o.Changed && (st.ChangedBy != "job-1" || !st.Since.Equal(tc.a.At) || st.PreviousStatus != o.From) {
-				t.Errorf("transition not recorded: %+v", st)
+			if o.Changed {
+				type transition struct {
+					ChangedBy      string
+					Since          time.Time
+					PreviousStatus events.Status
+				}
+				if d := diffFields(transition{st.ChangedBy, st.Since, st.PreviousStatus}, transition{"job-1", tc.a.At, o.From}); d != "" {
+					t.Errorf("transition not recorded:%s", d)
+				}
 			}
 			next := st.NextDueAt.Sub(tc.a.At)
 			if tc.retry {

@@ -25,10 +25,25 @@ func TestTrustedPathAndReattestation(t *testing.T) {
 	f.register(ctx, vms...)
 	waitStatus(t, ctx, conn.JS, 20*time.Second, events.StatusTrusted, vms...)
 
+	type statusFields struct {
+		VMID, ResourceID, Platform  string
+		HasLastGoodAt, HasLastJobID bool
+	}
+	type verdictFields struct {
+		Status, Platform, VMID, PolicyID string
+		HasJobID, HasEvidenceDigest      bool
+	}
+	type stateFields struct {
+		From, To  events.Status
+		VerdictID string
+	}
 	for _, v := range vms {
 		st, _ := statusOf(t, ctx, conn.JS, v.VMKey())
-		if st.VMID != v.VMID() || st.ResourceID != v.ResourceID() || st.LastGoodAt.IsZero() || st.LastJobID == "" || st.Platform != v.Platform() {
-			t.Errorf("status record %+v", st)
+		if d := diffFields(
+			statusFields{st.VMID, st.ResourceID, st.Platform, !st.LastGoodAt.IsZero(), st.LastJobID != ""},
+			statusFields{v.VMID(), v.ResourceID(), v.Platform(), true, true},
+		); d != "" {
+			t.Errorf("%s: status record:%s", v.VMKey(), d)
 		}
 		// The next due time is 2s ±10% after this one's due time, which was
 		// a moment before the attestation.
@@ -40,15 +55,23 @@ func TestTrustedPathAndReattestation(t *testing.T) {
 			t.Fatalf("%s: no verdict", v.VMKey())
 		}
 		vd := vs[0]
-		if vd.Status != events.VerdictAffirming || vd.JobID == "" || vd.Platform != v.Platform() || vd.VMID != v.VMID() || vd.EvidenceDigest == "" || vd.PolicyID != "vigil-sim" {
-			t.Errorf("verdict %+v", vd)
+		if d := diffFields(
+			verdictFields{vd.Status, vd.Platform, vd.VMID, vd.PolicyID, vd.JobID != "", vd.EvidenceDigest != ""},
+			verdictFields{events.VerdictAffirming, v.Platform(), v.VMID(), "vigil-sim", true, true},
+		); d != "" {
+			t.Errorf("%s: verdict:%s", v.VMKey(), d)
 		}
 		if n, err := base64.StdEncoding.DecodeString(vd.Nonce); err != nil || len(n) != NonceSize {
 			t.Errorf("verdict nonce %q: want %d fresh bytes", vd.Nonce, NonceSize)
 		}
 		states := statesOf(t, ctx, conn.JS, v.VMKey())
-		if len(states) != 1 || states[0].From != events.StatusPending || states[0].To != events.StatusTrusted || states[0].VerdictID != vd.ID {
-			t.Errorf("state changes %+v, want one pending -> trusted naming the verdict", states)
+		if len(states) != 1 {
+			t.Errorf("%s: %d state changes %+v, want one pending -> trusted naming the verdict", v.VMKey(), len(states), states)
+		} else if d := diffFields(
+			stateFields{states[0].From, states[0].To, states[0].VerdictID},
+			stateFields{events.StatusPending, events.StatusTrusted, vd.ID},
+		); d != "" {
+			t.Errorf("%s: state change:%s", v.VMKey(), d)
 		}
 	}
 	// Re-attested on schedule, with a fresh nonce each time, and the state
