@@ -58,12 +58,17 @@ func TestAzureKeyVaultRevokeAndRestore(t *testing.T) {
 	})
 	h.setStatus(vmA, events.StatusTrusted)
 	h.setStatus(vmB, events.StatusTrusted)
+	type grantState struct {
+		State   grants.State
+		Applied bool
+	}
 	for _, g := range []struct {
 		vm  *sim.VM
 		key string
 	}{{vmA, "disk"}, {vmA, "sealed"}, {vmB, "disk"}} {
-		if e := h.getGrant(g.vm, "akv", g.key); e.State != grants.Active || !e.Applied {
-			t.Fatalf("configured grant %s/%s: %+v", g.vm.VMKey(), g.key, e.Grant)
+		e := h.getGrant(g.vm, "akv", g.key)
+		if d := diffFields(grantState{e.State, e.Applied}, grantState{grants.Active, true}); d != "" {
+			t.Fatalf("configured grant %s/%s (apply error %q):%s", g.vm.VMKey(), g.key, e.ApplyError, d)
 		}
 	}
 	vault.TakeCalls()
@@ -132,8 +137,9 @@ func TestAzureKeyVaultRevokeAndRestore(t *testing.T) {
 		}
 	}
 	k := h.waitKeyEvent(vmA, events.KeyRestored, "akv")
-	if k.Actor != "alice" || k.Reason != "re-imaged" {
-		t.Fatalf("restore event %+v", k)
+	type recorded struct{ Actor, Reason string }
+	if d := diffFields(recorded{k.Actor, k.Reason}, recorded{"alice", "re-imaged"}); d != "" {
+		t.Fatalf("restore event:%s", d)
 	}
 }
 
@@ -160,8 +166,9 @@ func TestAzureFailureRetriedByReconciliation(t *testing.T) {
 	if !vault.Policy(t, "disk", "v1").Excludes(azurekv.DefaultVMIDClaim, vm.VMID()) {
 		t.Fatal("not revoked in the vault")
 	}
-	if g.RevokedFor != grants.CauseRetired || g.ApplyError != "" {
-		t.Fatalf("grant %+v", g.Grant)
+	type revocation struct{ RevokedFor, ApplyError string }
+	if d := diffFields(revocation{g.RevokedFor, g.ApplyError}, revocation{grants.CauseRetired, ""}); d != "" {
+		t.Fatalf("grant after reconciliation:%s", d)
 	}
 	if n := len(azurekvtest.Patches(vault.TakeCalls())); n < 2 {
 		t.Fatalf("%d PATCH calls: the injected failure was not retried", n)

@@ -27,8 +27,12 @@ func TestReleaseToTrustedVM(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", suite, err)
 		}
-		if string(got.Secret) != testSecret || got.KeyName != "disk-key" || got.Version == 0 {
-			t.Fatalf("released %+v", got)
+		type released struct {
+			Secret, KeyName string
+			HasVersion      bool
+		}
+		if d := diffFields(released{string(got.Secret), got.KeyName, got.Version != 0}, released{testSecret, "disk-key", true}); d != "" {
+			t.Fatalf("%s: released:%s", suite, d)
 		}
 	}
 	// A warning status still releases.
@@ -37,8 +41,12 @@ func TestReleaseToTrustedVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := h.waitKeyEvent(vm, events.KeyReleased, keyguard.BackendLocal)
-	if k.KeyName != "disk-key" || k.VMID != vm.VMID() || k.CauseID == "" {
-		t.Fatalf("release event %+v", k)
+	type releaseEvent struct {
+		KeyName, VMID string
+		HasCauseID    bool
+	}
+	if d := diffFields(releaseEvent{k.KeyName, k.VMID, k.CauseID != ""}, releaseEvent{"disk-key", vm.VMID(), true}); d != "" {
+		t.Fatalf("release event:%s", d)
 	}
 	n := 0
 	for _, k := range h.keyEvents(vm) {
@@ -143,8 +151,12 @@ func TestReplayedNonceRefusedAcrossReplicas(t *testing.T) {
 	if err := h.conn.Request(ctx, keyrelease.SubjectNonce, keyrelease.NonceRequest{VMKey: vm.VMKey()}, &nr); err != nil {
 		t.Fatal(err)
 	}
-	if time.Until(nr.ExpiresAt) <= 0 || len(nr.Nonce) != keyrelease.NonceSize {
-		t.Fatalf("nonce response %+v", nr)
+	type nonceFields struct {
+		Expired bool
+		Size    int
+	}
+	if d := diffFields(nonceFields{time.Until(nr.ExpiresAt) <= 0, len(nr.Nonce)}, nonceFields{false, keyrelease.NonceSize}); d != "" {
+		t.Fatalf("nonce response:%s", d)
 	}
 	priv, pub, err := keyrelease.DefaultSuite.GenerateKey()
 	if err != nil {

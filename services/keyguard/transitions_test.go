@@ -91,8 +91,15 @@ func TestTransitions(t *testing.T) {
 			}
 			k := keys[len(keys)-1]
 			if tc.action != events.KeyGranted {
-				if k.Backend != keyguard.BackendLocal || k.Actor != "keyguard" || k.KeyName != "disk-key" || k.CauseID == "" || k.Reason == "" {
-					t.Fatalf("key event %+v", k)
+				type keyEvent struct {
+					Backend, Actor, KeyName string
+					HasCauseID, HasReason   bool
+				}
+				if d := diffFields(
+					keyEvent{k.Backend, k.Actor, k.KeyName, k.CauseID != "", k.Reason != ""},
+					keyEvent{keyguard.BackendLocal, "keyguard", "disk-key", true, true},
+				); d != "" {
+					t.Fatalf("%s key event:%s", k.Action, d)
 				}
 			}
 			if tc.action == events.KeyRevoked && len(tc.steps) == 1 && (k.CauseID != last.ID || k.LatencyMS <= 0) {
@@ -178,12 +185,20 @@ func TestOperatorRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(resp.Changed) != 1 || resp.Changed[0].State != grants.Active || resp.VMKey != vm.VMKey() {
-		t.Fatalf("restore response %+v", resp)
+	if len(resp.Changed) != 1 {
+		t.Fatalf("restore response %+v: want one grant changed", resp)
 	}
+	type restored struct {
+		VMKey string
+		State grants.State
+	}
+	if d := diffFields(restored{resp.VMKey, resp.Changed[0].State}, restored{vm.VMKey(), grants.Active}); d != "" {
+		t.Fatalf("restore response:%s", d)
+	}
+	type recorded struct{ Actor, Reason string }
 	k := h.waitKeyEvent(vm, events.KeyRestored, keyguard.BackendLocal)
-	if k.Actor != "alice" || k.Reason != "debug policy fixed, INC-42" {
-		t.Fatalf("restore event %+v: want actor and reason recorded", k)
+	if d := diffFields(recorded{k.Actor, k.Reason}, recorded{"alice", "debug policy fixed, INC-42"}); d != "" {
+		t.Fatalf("restore event, want actor and reason recorded:%s", d)
 	}
 	if _, err := h.release(vm, attester(vm), "disk-key"); err != nil {
 		t.Fatalf("release after restore: %v", err)
@@ -199,8 +214,13 @@ func TestOperatorRestore(t *testing.T) {
 	if err != nil || len(resp.Changed) != 1 {
 		t.Fatalf("revoke: %+v %v", resp, err)
 	}
-	if g := h.getGrant(vm, keyguard.BackendLocal, "disk-key"); g.State != grants.Revoked || g.RevokedFor != grants.CauseOperator || g.Actor != "bob" {
-		t.Fatalf("operator revocation %+v", g)
+	type revocation struct {
+		State             grants.State
+		RevokedFor, Actor string
+	}
+	g := h.getGrant(vm, keyguard.BackendLocal, "disk-key")
+	if d := diffFields(revocation{g.State, g.RevokedFor, g.Actor}, revocation{grants.Revoked, grants.CauseOperator, "bob"}); d != "" {
+		t.Fatalf("operator revocation:%s", d)
 	}
 	if _, err := h.release(vm, attester(vm), "disk-key"); refusal(err) != keyrelease.CodeRevoked {
 		t.Fatalf("release after operator revoke: %v", err)
