@@ -197,7 +197,7 @@ func TestMultiProcess(t *testing.T) {
 			// The webhook listener serves the webhook alone; health and
 			// metrics are on the ops listener.
 			health = freeAddr(t)
-			args = append(append(append([]string{}, common...), "-http", ingestAddr), "-ops-http", health)
+			args = append(append(append([]string{}, common...), "-webhook-http", ingestAddr), "-http", health)
 		}
 		p := start(t, b(s.bin), s.name, append(args, s.args...)...)
 		procs[s.name] = p

@@ -16,6 +16,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
 	"github.com/vigil-cc/vigil/pkg/natstest"
+	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/agent"
 	"github.com/vigil-cc/vigil/services/keyguard"
 )
@@ -86,14 +87,12 @@ func TestChallengeOracleCannotObtainReleaseBinding(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- keyguard.Run(kctx, keyguard.Config{
-			Conn:              connect("keyguard"),
+			Options:           service.Options{Conn: connect("keyguard"), Logger: quiet, Ready: func() { close(ready) }},
 			MasterKey:         []byte("0123456789abcdef0123456789abcdef"),
 			ImportSecrets:     map[string][]byte{"disk-key": []byte(secret)},
 			Grants:            []keyguard.GrantSpec{{VM: vm.ResourceID(), Key: "disk-key"}},
 			Evidence:          keyguard.EvidenceConfig{Verifier: evidence.Config{TestRoots: auth.TrustRoots(), Offline: true}, Policy: auth.Policy()},
 			ReconcileInterval: time.Hour,
-			Logger:            quiet,
-			Ready:             func() { close(ready) },
 		})
 	}()
 	t.Cleanup(func() {

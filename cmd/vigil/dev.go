@@ -19,6 +19,7 @@ import (
 	"github.com/vigil-cc/vigil/cmd/vigil/internal/fleet"
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/pkg/telemetry"
 	attestworker "github.com/vigil-cc/vigil/services/attest-worker"
 	"github.com/vigil-cc/vigil/services/auditor"
@@ -255,10 +256,7 @@ func (d *devRun) components() []devenv.Component {
 				SignerKeyFile:   filepath.Join(d.auditDir, "signer.key"),
 				VerifierKeyFile: filepath.Join(d.auditDir, "signer.pub"),
 				GenerateKeys:    true,
-				JetStream:       env.JS,
-				SkipProvision:   true,
-				Telemetry:       env.Telemetry,
-				Logger:          logger("auditor"),
+				Options:         service.Options{Conn: d.conn, SkipProvision: true, Telemetry: env.Telemetry, Logger: logger("auditor")},
 			})
 		}},
 		{Name: "keyguard", Run: func(ctx context.Context, env *devenv.Env) error {
@@ -270,26 +268,21 @@ func (d *devRun) components() []devenv.Component {
 				return err
 			}
 			return keyguard.Run(ctx, keyguard.Config{
-				Conn:          d.conn,
+				Options: service.Options{Conn: d.conn, Telemetry: env.Telemetry, Logger: logger("keyguard"),
+					Ready: sync.OnceFunc(func() { close(d.keyguardReady) })},
 				MasterKey:     master,
 				ImportSecrets: map[string][]byte{fleetKey: []byte("the fleet's disk encryption key (demo)")},
 				Grants:        grants,
 				Evidence:      keyguard.EvidenceConfig{Verifier: verifier, Policy: auth.Policy(), Build: "vigil " + version},
-				Ready:         sync.OnceFunc(func() { close(d.keyguardReady) }),
-				Telemetry:     env.Telemetry,
-				Logger:        logger("keyguard"),
 			})
 		}},
 		{Name: "attest-worker", Run: func(ctx context.Context, env *devenv.Env) error {
 			return attestworker.Run(ctx, attestworker.Config{
-				Conn:      d.conn,
-				Name:      "dev-worker",
-				Timing:    attestworker.Timing{Interval: o.interval, Grace: o.grace, RetryBase: time.Second, RetryMax: o.interval / 2},
-				Policy:    auth.Policy(),
-				Verifier:  verifier,
-				Telemetry: env.Telemetry,
-				Health:    env.Health,
-				Logger:    logger("attest-worker"),
+				Options:  service.Options{Conn: d.conn, Telemetry: env.Telemetry, Health: env.Health, Logger: logger("attest-worker")},
+				Name:     "dev-worker",
+				Timing:   attestworker.Timing{Interval: o.interval, Grace: o.grace, RetryBase: time.Second, RetryMax: o.interval / 2},
+				Policy:   auth.Policy(),
+				Verifier: verifier,
 			})
 		}},
 		{Name: "ingest", Run: func(ctx context.Context, env *devenv.Env) error {
@@ -298,9 +291,9 @@ func (d *devRun) components() []devenv.Component {
 				secrets = []string{o.webhookSecret}
 			}
 			return ingest.Run(ctx, ingest.Config{
-				Conn:     d.conn,
-				HTTPAddr: o.httpAddr,
-				OnListen: func(addr string) {
+				Options:     service.Options{Conn: d.conn, Telemetry: env.Telemetry, Health: env.Health, Logger: logger("ingest")},
+				WebhookAddr: o.httpAddr,
+				OnWebhookListen: func(addr string) {
 					u := url.URL{Scheme: "http", Host: addr, Path: "/eventgrid"}
 					if o.webhookSecret != "" {
 						u.RawQuery = url.Values{"secret": {o.webhookSecret}}.Encode()
@@ -311,9 +304,6 @@ func (d *devRun) components() []devenv.Component {
 				ARM:               ingestarm.Config{Credential: fleet.StaticCredential{}, Endpoint: d.fleet.ARMEndpoint()},
 				Subscriptions:     d.fleet.Subscriptions(),
 				ReconcileInterval: time.Minute,
-				Telemetry:         env.Telemetry,
-				Health:            env.Health,
-				Logger:            logger("ingest"),
 			})
 		}},
 		{Name: "fleet", Run: func(ctx context.Context, env *devenv.Env) error {

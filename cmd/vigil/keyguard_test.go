@@ -18,6 +18,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
 	"github.com/vigil-cc/vigil/pkg/natstest"
+	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/keyguard"
 	"github.com/vigil-cc/vigil/services/keyguard/grants"
 )
@@ -64,12 +65,10 @@ func TestKeyguardCommands(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- keyguard.Run(kctx, keyguard.Config{
-			Conn:              conn,
+			Options:           service.Options{Conn: conn, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Ready: func() { close(ready) }},
 			MasterKeyFile:     masterFile,
 			Evidence:          keyguard.EvidenceConfig{Verifier: evidence.Config{TestRoots: auth.TrustRoots(), Offline: true}, Policy: auth.Policy()},
 			ReconcileInterval: time.Hour,
-			Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
-			Ready:             func() { close(ready) },
 		})
 	}()
 	defer func() {

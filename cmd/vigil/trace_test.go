@@ -19,10 +19,10 @@ import (
 	"github.com/vigil-cc/vigil/pkg/telemetry"
 )
 
-// service names the Vigil service a span belongs to, from its
+// spanService names the Vigil service a span belongs to, from its
 // instrumentation scope or, for the shared bus runner, from the consumer
 // group that handled the message.
-func service(s sdktrace.ReadOnlySpan) string {
+func spanService(s sdktrace.ReadOnlySpan) string {
 	scope := s.InstrumentationScope().Name
 	for _, svc := range []string{"ingest", "attest-worker", "keyguard", "auditor"} {
 		if strings.Contains(scope, "/services/"+svc) {
@@ -84,10 +84,10 @@ func TestOneTracePerVMStory(t *testing.T) {
 		story = storyOf(exp.GetSpans().Snapshots(), vm)
 		seen := map[string]bool{}
 		for _, s := range story {
-			seen[service(s)] = true
+			seen[spanService(s)] = true
 			for _, a := range s.Attributes() {
 				if a.Key == "messaging.destination.name" || a.Key == "vigil.subject" {
-					seen[service(s)+" "+s.Name()+" "+a.Value.AsString()] = true
+					seen[spanService(s)+" "+s.Name()+" "+a.Value.AsString()] = true
 				}
 			}
 		}
@@ -110,7 +110,7 @@ func TestOneTracePerVMStory(t *testing.T) {
 		if time.Now().After(deadline) {
 			var all strings.Builder
 			for _, s := range exp.GetSpans().Snapshots() {
-				fmt.Fprintf(&all, "%s %s parent=%v %s\n", s.SpanContext().TraceID().String()[:8], s.Name(), s.Parent().IsValid(), service(s))
+				fmt.Fprintf(&all, "%s %s parent=%v %s\n", s.SpanContext().TraceID().String()[:8], s.Name(), s.Parent().IsValid(), spanService(s))
 			}
 			t.Fatalf("the trace begun by ingest does not reach every service (seen %v):\n%s\nall spans:\n%s", seen, describeSpans(story), all.String())
 		}
@@ -134,7 +134,7 @@ func storyOf(spans []sdktrace.ReadOnlySpan, vm string) []sdktrace.ReadOnlySpan {
 	for _, ss := range byTrace {
 		rootIsIngest, mentionsVM := false, false
 		for _, s := range ss {
-			if !s.Parent().IsValid() && service(s) == "ingest" {
+			if !s.Parent().IsValid() && spanService(s) == "ingest" {
 				rootIsIngest = true
 			}
 			for _, a := range s.Attributes() {
@@ -158,7 +158,7 @@ func storyOf(spans []sdktrace.ReadOnlySpan, vm string) []sdktrace.ReadOnlySpan {
 // the story.
 func auditedVerdict(story []sdktrace.ReadOnlySpan, vm string) bool {
 	for _, s := range story {
-		if service(s) != "auditor" {
+		if spanService(s) != "auditor" {
 			continue
 		}
 		for _, a := range s.Attributes() {
@@ -173,7 +173,7 @@ func auditedVerdict(story []sdktrace.ReadOnlySpan, vm string) bool {
 func describeSpans(spans []sdktrace.ReadOnlySpan) string {
 	var b strings.Builder
 	for _, s := range spans {
-		fmt.Fprintf(&b, "  %-14s %-60s %s %v\n", service(s), s.Name(), s.InstrumentationScope().Name, s.Attributes())
+		fmt.Fprintf(&b, "  %-14s %-60s %s %v\n", spanService(s), s.Name(), s.InstrumentationScope().Name, s.Attributes())
 	}
 	return b.String()
 }

@@ -169,6 +169,12 @@ func (c *Conn) Serve(ctx context.Context, subject, queue string, h ServeHandler,
 	if err != nil {
 		return nil, fmt.Errorf("bus: serve %s: %w", subject, err)
 	}
+	// Once Serve returns, requests reach the handler: the server has the
+	// subscription (a service says it is ready right after).
+	if err := c.NC.FlushWithContext(ctx); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("bus: serve %s: %w", subject, err)
+	}
 	go func() {
 		<-ctx.Done()
 		_ = sub.Drain()

@@ -53,6 +53,10 @@ type Options struct {
 	// process provisioned them).
 	Topology      events.Topology
 	SkipProvision bool
+	// CoreOnly says that the service uses core NATS alone (the in-guest
+	// agent, whose credentials give it no JetStream): nothing is
+	// provisioned and there is no "jetstream" readiness check.
+	CoreOnly bool
 
 	// HTTPAddr, when set, serves /healthz, /readyz and /metrics (with
 	// Telemetry) there; port 0 picks a free port. OnListen, when set, is
@@ -85,7 +89,7 @@ type Service struct {
 	TracerProvider trace.TracerProvider
 	MeterProvider  metric.MeterProvider
 	// Health holds the service's checks: readiness "nats" (connected),
-	// "jetstream" (its API answers) and one named for the service that
+	// "jetstream" (its API answers; not with CoreOnly) and one named for the service that
 	// passes once MarkReady was called. Services add their own.
 	Health *telemetry.Health
 
@@ -112,8 +116,11 @@ func Start(ctx context.Context, name string, o Options) (*Service, error) {
 		s.Health = telemetry.NewHealth()
 	}
 	s.TracerProvider, s.MeterProvider = otel.GetTracerProvider(), otel.GetMeterProvider()
-	if o.Telemetry != nil {
-		s.TracerProvider, s.MeterProvider = o.Telemetry.TracerProvider, o.Telemetry.MeterProvider
+	if t := o.Telemetry; t != nil && t.TracerProvider != nil {
+		s.TracerProvider = t.TracerProvider
+	}
+	if t := o.Telemetry; t != nil && t.MeterProvider != nil {
+		s.MeterProvider = t.MeterProvider
 	}
 	if err := s.connect(ctx); err != nil {
 		return nil, err
@@ -148,13 +155,15 @@ func (s *Service) connect(ctx context.Context) error {
 }
 
 func (s *Service) start(ctx context.Context) error {
-	if !s.opts.SkipProvision {
+	if !s.opts.SkipProvision && !s.opts.CoreOnly {
 		if err := events.Provision(ctx, s.Conn.JS, s.opts.Topology); err != nil {
 			return fmt.Errorf("%s: provision: %w", s.Name, err)
 		}
 	}
 	s.Health.AddReadiness("nats", telemetry.NATSConnected(s.Conn.NC))
-	s.Health.AddReadiness("jetstream", telemetry.JetStreamReachable(s.Conn.JS))
+	if !s.opts.CoreOnly {
+		s.Health.AddReadiness("jetstream", telemetry.JetStreamReachable(s.Conn.JS))
+	}
 	s.Health.AddReadiness(s.Name, func(context.Context) error {
 		if !s.ready.Load() {
 			return errors.New("starting")
@@ -223,10 +232,12 @@ func (s *Service) MarkUnready() { s.ready.Store(false) }
 // Stop ends the service's context, as a failure of a task would.
 func (s *Service) Stop() { s.cancel() }
 
-// Wait waits for every task to return, then closes the connection if the
-// service opened it. It returns the first task's error, or nil after a
-// clean shutdown.
+// Wait waits until the service's context ends (the context given to
+// Start ends, a task fails or Stop is called) and every task has returned,
+// then closes the connection if the service opened it. It returns the
+// first task's error, or nil after a clean shutdown.
 func (s *Service) Wait() error {
+	<-s.ctx.Done()
 	err := s.group.Wait()
 	s.cancel()
 	s.ready.Store(false)

@@ -99,6 +99,29 @@ func TestSharedConnIsNotClosedAndNotProvisioned(t *testing.T) {
 	}
 }
 
+// A service without tasks (its work done by subscriptions) runs until its
+// context ends.
+func TestWaitWithoutTasksRunsUntilStopped(t *testing.T) {
+	ns := natstest.Start(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	svc := start(t, ctx, service.Options{NATS: bus.Config{URL: ns.URL()}})
+	done := make(chan error, 1)
+	go func() { done <- svc.Wait() }()
+	// Wait must still be waiting once a request has made the round trip.
+	if err := svc.Conn.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Wait returned %v before the context ended", err)
+	default:
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Wait = %v, want nil", err)
+	}
+}
+
 func TestFailingTaskStopsTheOthers(t *testing.T) {
 	ns := natstest.Start(t)
 	svc := start(t, t.Context(), service.Options{NATS: bus.Config{URL: ns.URL()}})

@@ -16,7 +16,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
-	"github.com/vigil-cc/vigil/pkg/telemetry"
+	"github.com/vigil-cc/vigil/pkg/service"
 )
 
 // Service is the service name in logs, traces and the NATS connection.
@@ -34,12 +34,11 @@ type Source interface {
 
 // Config configures the in-guest agent.
 type Config struct {
-	// Conn is an open connection to use; Run does not close it. When nil,
-	// Run connects with NATS (the agent's own credentials), its URL
-	// overridden by NATSURL when set.
-	Conn    *bus.Conn
-	NATSURL string
-	NATS    bus.Config
+	// Options are the bus connection (the agent's own credentials),
+	// operational listener, health, telemetry, logger and readiness hook
+	// every service shares. The agent uses core NATS alone: CoreOnly is
+	// set by Run. Ready is called once the agent serves challenges.
+	service.Options
 	// ResourceID and VMID identify the VM. When ResourceID is empty they
 	// come from the instance metadata service.
 	ResourceID, VMID string
@@ -58,15 +57,6 @@ type Config struct {
 	// challenges cannot monopolise the TPM.
 	RatePerSecond float64
 	Burst         int
-	// Logger defaults to slog.Default().
-	Logger *slog.Logger
-	// Telemetry provides the tracer and meter providers and /metrics; the
-	// OpenTelemetry globals are used when nil.
-	Telemetry *telemetry.Telemetry
-	// HTTPAddr, when set, serves /healthz, /readyz and /metrics there.
-	HTTPAddr string
-	// Ready, when set, is closed once the agent serves challenges.
-	Ready chan<- struct{}
 }
 
 // Agent answers challenges for one VM.
@@ -122,65 +112,23 @@ func Run(ctx context.Context, cfg Config) error {
 		defer func() { _ = tpm.Close() }()
 		src = tpm
 	}
-	conn := cfg.Conn
-	if conn == nil {
-		bc := cfg.NATS
-		if cfg.NATSURL != "" {
-			bc.URL = cfg.NATSURL
-		}
-		bc.WaitForServer = true
-		if bc.Name == "" {
-			bc.Name = "vigil-agent " + vm
-		}
-		if bc.Logger == nil {
-			bc.Logger = log
-		}
-		if cfg.Telemetry != nil {
-			bc.TracerProvider, bc.MeterProvider = cfg.Telemetry.TracerProvider, cfg.Telemetry.MeterProvider
-		}
-		c, err := bus.Connect(ctx, bc)
-		if err != nil {
-			return err
-		}
-		defer func() { _ = c.Close() }()
-		conn = c
+	cfg.CoreOnly = true
+	if cfg.NATS.Name == "" {
+		cfg.NATS.Name = "vigil-agent " + vm
 	}
-	var mp metric.MeterProvider = otel.GetMeterProvider()
-	if cfg.Telemetry != nil {
-		mp = cfg.Telemetry.MeterProvider
-	}
-	a := New(vm, src, cfg.ChallengeTimeout, cfg.RatePerSecond, cfg.Burst, log, mp)
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	if _, err := a.Serve(ctx, conn); err != nil {
+	cfg.Logger = log
+	svc, err := service.Start(ctx, Service, cfg.Options)
+	if err != nil {
 		return err
 	}
-	errc := make(chan error, 1)
-	if cfg.HTTPAddr != "" {
-		h := telemetry.NewHealth()
-		h.AddReadiness("nats", func(context.Context) error {
-			if !conn.NC.IsConnected() {
-				return errors.New("not connected to NATS")
-			}
-			return nil
-		})
-		srv, err := telemetry.Listen(cfg.HTTPAddr, cfg.Telemetry, h)
-		if err != nil {
-			return err
-		}
-		go func() { errc <- srv.Serve(ctx) }()
+	a := New(vm, src, cfg.ChallengeTimeout, cfg.RatePerSecond, cfg.Burst, log, svc.MeterProvider)
+	if _, err := a.Serve(svc.Context(), svc.Conn); err != nil {
+		svc.Stop()
+		return errors.Join(err, svc.Wait())
 	}
-	log.InfoContext(ctx, "agent serving challenges", "subject", events.ChallengeSubject(vm))
-	if cfg.Ready != nil {
-		close(cfg.Ready)
-	}
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-errc:
-		return err
-	}
+	log.Info("agent serving challenges", "subject", events.ChallengeSubject(vm))
+	svc.MarkReady()
+	return svc.Wait()
 }
 
 // New returns an agent for VM key vm that answers with src. Zero values

@@ -35,6 +35,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/evidence/hcl"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
 	"github.com/vigil-cc/vigil/pkg/natstest"
+	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/agent"
 )
 
@@ -410,7 +411,7 @@ func TestAzureBackendOnSimulatedVTPM(t *testing.T) {
 		ready := make(chan struct{})
 		done := make(chan error, 1)
 		go func() {
-			done <- agent.Run(actx, agent.Config{Conn: c, IMDS: agent.NewIMDS(v.imds.URL), Source: src, Ready: ready})
+			done <- agent.Run(actx, agent.Config{Options: service.Options{Conn: c, Ready: sync.OnceFunc(func() { close(ready) })}, IMDS: agent.NewIMDS(v.imds.URL), Source: src})
 		}()
 		select {
 		case <-ready:

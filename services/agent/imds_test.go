@@ -10,16 +10,19 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
 	"github.com/vigil-cc/vigil/pkg/natstest"
+	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/agent"
 )
 
@@ -146,7 +149,7 @@ func TestRunLearnsIdentityFromIMDSAndServesOnlyItsSubject(t *testing.T) {
 	ready := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		done <- agent.Run(ctx, agent.Config{NATSURL: srv.URL(), IMDS: agent.NewIMDS(imds.URL), Source: vmSource{vm}, HTTPAddr: "127.0.0.1:0", Ready: ready})
+		done <- agent.Run(ctx, agent.Config{Options: service.Options{NATS: bus.Config{URL: srv.URL()}, HTTPAddr: "127.0.0.1:0", Ready: sync.OnceFunc(func() { close(ready) })}, IMDS: agent.NewIMDS(imds.URL), Source: vmSource{vm}})
 	}()
 	select {
 	case <-ready:

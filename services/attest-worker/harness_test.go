@@ -18,6 +18,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
 	"github.com/vigil-cc/vigil/pkg/natstest"
+	"github.com/vigil-cc/vigil/pkg/service"
 )
 
 // The attest-worker may not import the agent service, so the tests answer
@@ -160,7 +161,7 @@ func testLogger() *slog.Logger {
 func testConfig(conn *bus.Conn, name string) Config {
 	auth := testAuthority()
 	return Config{
-		Conn:             conn,
+		Options:          service.Options{Conn: conn, Logger: testLogger()},
 		Name:             name,
 		Concurrency:      64,
 		Timing:           Timing{Interval: 2 * time.Second, Jitter: 0.1, Grace: 3 * time.Second, RetryBase: 200 * time.Millisecond, RetryMax: time.Second},
@@ -169,7 +170,6 @@ func testConfig(conn *bus.Conn, name string) Config {
 		SweepEvery:       time.Second,
 		Policy:           auth.Policy(),
 		Verifier:         evidence.Config{TestRoots: auth.TrustRoots(), Offline: true},
-		Logger:           testLogger(),
 	}
 }
 
@@ -178,7 +178,7 @@ func runWorker(t testing.TB, cfg Config) (stop func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan struct{})
-	cfg.Ready = ready
+	cfg.Ready = sync.OnceFunc(func() { close(ready) })
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, cfg) }()
 	select {

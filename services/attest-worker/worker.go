@@ -6,19 +6,16 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/metric"
 
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/evidence/collateral"
-	"github.com/vigil-cc/vigil/pkg/telemetry"
+	"github.com/vigil-cc/vigil/pkg/service"
 )
 
 // Service is the service name in events, logs and traces.
@@ -35,18 +32,12 @@ const (
 // Config configures one attest-worker. Several workers with the same
 // configuration share the fleet.
 type Config struct {
-	// Conn is an open connection to use; Run does not close it. When nil,
-	// Run connects with NATS (its URL overridden by NATSURL; it closes that connection on return).
-	Conn *bus.Conn
-	// NATS says how to reach NATS when Conn is nil; NATSURL, when set,
-	// overrides its URL.
-	NATSURL string
-	NATS    bus.Config
+	// Options are the bus connection, provisioning, operational listener,
+	// health, telemetry, logger and readiness hook every service shares.
+	service.Options
 	// Name identifies this worker instance in logs and status records
 	// (default: host name and process id).
 	Name string
-	// Topology is used to provision streams and buckets at start.
-	Topology events.Topology
 	// Concurrency bounds the jobs this worker handles at once
 	// (backpressure: it never holds more unacknowledged jobs than this);
 	// default 64.
@@ -77,21 +68,6 @@ type Config struct {
 	// Verifier configures evidence verification. When its Collateral is
 	// nil, the shared vigil-collateral bucket is used.
 	Verifier evidence.Config
-	// Logger defaults to slog.Default().
-	Logger *slog.Logger
-	// Telemetry provides the tracer and meter providers and /metrics; the
-	// OpenTelemetry globals are used when nil.
-	Telemetry *telemetry.Telemetry
-	// HTTPAddr, when set, serves /healthz, /readyz and /metrics there
-	// (port 0 picks a free port); OnListen, when set, is called with the
-	// bound address.
-	HTTPAddr string
-	OnListen func(addr string)
-	// Health, when set, receives this worker's readiness checks (for a
-	// process that serves several services' checks itself).
-	Health *telemetry.Health
-	// Ready, when set, is closed once the worker consumes.
-	Ready chan<- struct{}
 
 	// explicitTiming is Timing as configured, before the policy's and the
 	// default values filled it in.
@@ -145,9 +121,6 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	if c.NATS.Name == "" {
-		c.NATS.Name = "vigil-" + Service
-	}
 	return c
 }
 
@@ -176,37 +149,24 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Timing.validate(); err != nil {
 		return err
 	}
-	conn := cfg.Conn
-	if conn == nil {
-		bc := cfg.NATS
-		if cfg.NATSURL != "" {
-			bc.URL = cfg.NATSURL
-		}
-		bc.WaitForServer = true
-		if bc.Logger == nil {
-			bc.Logger = cfg.Logger
-		}
-		if cfg.Telemetry != nil {
-			bc.TracerProvider, bc.MeterProvider = cfg.Telemetry.TracerProvider, cfg.Telemetry.MeterProvider
-		}
-		c, err := bus.Connect(ctx, bc)
-		if err != nil {
-			return err
-		}
-		defer func() { _ = c.Close() }()
-		conn = c
-	}
-	w, err := newWorker(ctx, cfg, conn)
+	svc, err := service.Start(ctx, Service, cfg.Options)
 	if err != nil {
 		return err
 	}
-	return w.run(ctx)
+	w, err := newWorker(svc.Context(), cfg, svc)
+	if err != nil {
+		svc.Stop()
+		return errors.Join(err, svc.Wait())
+	}
+	if err := w.start(svc); err != nil {
+		svc.Stop()
+		return errors.Join(err, svc.Wait())
+	}
+	return svc.Wait()
 }
 
-func newWorker(ctx context.Context, cfg Config, conn *bus.Conn) (*Worker, error) {
-	if err := events.Provision(ctx, conn.JS, cfg.Topology); err != nil {
-		return nil, err
-	}
+func newWorker(ctx context.Context, cfg Config, svc *service.Service) (*Worker, error) {
+	conn := svc.Conn
 	statusKV, err := conn.JS.KeyValue(ctx, events.BucketStatus)
 	if err != nil {
 		return nil, fmt.Errorf("attest-worker: open %s: %w", events.BucketStatus, err)
@@ -246,10 +206,6 @@ func newWorker(ctx context.Context, cfg Config, conn *bus.Conn) (*Worker, error)
 	if cfg.testAppraiser != nil {
 		ap = cfg.testAppraiser
 	}
-	var mp metric.MeterProvider = otel.GetMeterProvider()
-	if cfg.Telemetry != nil {
-		mp = cfg.Telemetry.MeterProvider
-	}
 	source := "vigil/" + Service + "/" + cfg.Name
 	return &Worker{
 		cfg:       cfg,
@@ -263,84 +219,39 @@ func newWorker(ctx context.Context, cfg Config, conn *bus.Conn) (*Worker, error)
 		events:    evStream,
 		sched:     &scheduler{conn: conn, stream: schedStream, source: source},
 		appraiser: ap,
-		metrics:   newWorkerMetrics(mp),
+		metrics:   newWorkerMetrics(svc.MeterProvider),
 		policies:  pols,
 	}, nil
 }
 
-func (w *Worker) run(ctx context.Context) error {
-	if err := w.sched.ensureSweep(ctx, w.cfg.SweepEvery); err != nil {
+// start starts the worker's consumers and its policy follower as the
+// service's tasks and marks the service ready.
+func (w *Worker) start(svc *service.Service) error {
+	if err := w.sched.ensureSweep(svc.Context(), w.cfg.SweepEvery); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-
-	health := w.cfg.Health
-	if health == nil && w.cfg.HTTPAddr != "" {
-		health = telemetry.NewHealth()
-	}
-	if health != nil {
-		health.AddReadiness("nats", func(context.Context) error {
-			if !w.conn.NC.IsConnected() {
-				return errors.New("not connected to NATS")
-			}
-			return nil
-		})
-		health.AddReadiness("jetstream", func(ctx context.Context) error {
-			_, err := w.conn.JS.AccountInfo(ctx)
-			return err
+	consume := func(name, stream string, cc jetstream.ConsumerConfig, h bus.Handler, opts ...bus.ConsumeOption) {
+		svc.Go(name, func(ctx context.Context) error {
+			return w.conn.Consume(ctx, stream, cc, h, append(opts, bus.WithAlertSource(Service))...)
 		})
 	}
-	errc := make(chan error, 4)
-	var wg sync.WaitGroup
-	if w.cfg.HTTPAddr != "" {
-		srv, err := telemetry.Listen(w.cfg.HTTPAddr, w.cfg.Telemetry, health)
-		if err != nil {
-			return err
-		}
-		w.log.InfoContext(ctx, "serving health and metrics", "addr", srv.Addr())
-		if w.cfg.OnListen != nil {
-			w.cfg.OnListen(srv.Addr())
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := srv.Serve(ctx); err != nil {
-				errc <- err
-			}
-		}()
-	}
-	consume := func(stream string, cc jetstream.ConsumerConfig, h bus.Handler, opts ...bus.ConsumeOption) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			opts = append(opts, bus.WithAlertSource(Service))
-			if err := w.conn.Consume(ctx, stream, cc, h, opts...); err != nil {
-				errc <- err
-			}
-		}()
-	}
+	svc.Go("policy", w.followPolicy)
 	ackWait := w.cfg.AckWait
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		_ = w.followPolicy(ctx)
-	}()
-	consume(events.StreamJobs, jetstream.ConsumerConfig{
+	consume("jobs", events.StreamJobs, jetstream.ConsumerConfig{
 		Durable:       ConsumerJobs,
 		Description:   "attest-worker: attestation jobs",
 		FilterSubject: events.SubjectAttestJobsAll,
 		AckWait:       ackWait,
 		MaxAckPending: -1,
 	}, w.handleJob, bus.WithConcurrency(w.cfg.Concurrency), bus.WithAckNoWait())
-	consume(events.StreamSchedule, jetstream.ConsumerConfig{
+	consume("schedule", events.StreamSchedule, jetstream.ConsumerConfig{
 		Durable:       ConsumerSchedule,
 		Description:   "attest-worker: fired schedules into jobs, and the fleet sweep",
 		FilterSubject: events.SubjectScheduleDue,
 		AckWait:       ackWait,
 		MaxAckPending: -1,
 	}, w.handleDue, bus.WithConcurrency(max(8, w.cfg.Concurrency/4)), bus.WithAckNoWait())
-	consume(events.StreamEvents, jetstream.ConsumerConfig{
+	consume("lifecycle", events.StreamEvents, jetstream.ConsumerConfig{
 		Durable:       ConsumerLifecycle,
 		Description:   "attest-worker: lifecycle events into suspended, retired and pending",
 		FilterSubject: events.VMEventSubject("*", events.KindLifecycle),
@@ -348,17 +259,8 @@ func (w *Worker) run(ctx context.Context) error {
 		MaxAckPending: -1,
 	}, w.handleLifecycle, bus.WithConcurrency(8))
 	t := w.policies.timing()
-	w.log.InfoContext(ctx, "attest-worker running", "policy", w.policies.policy().ID, "policy_version", w.policies.policy().Version,
+	w.log.Info("attest-worker running", "policy", w.policies.policy().ID, "policy_version", w.policies.policy().Version,
 		"interval", t.Interval, "grace", t.Grace, "jitter", t.Jitter, "concurrency", w.cfg.Concurrency, "sweep_every", w.cfg.SweepEvery, "missed_after", w.cfg.MissedAfter)
-	if w.cfg.Ready != nil {
-		close(w.cfg.Ready)
-	}
-	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-		cancel()
-	}
-	wg.Wait()
-	return err
+	svc.MarkReady()
+	return nil
 }

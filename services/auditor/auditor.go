@@ -8,15 +8,11 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync/atomic"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/mod/sumdb/note"
 	"k8s.io/klog/v2"
 
-	"github.com/vigil-cc/vigil/pkg/bus"
-	"github.com/vigil-cc/vigil/pkg/events"
-	"github.com/vigil-cc/vigil/pkg/telemetry"
+	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/auditor/auditlog"
 )
 
@@ -49,58 +45,29 @@ func Run(ctx context.Context, c Config) error {
 		return fmt.Errorf("auditor: log directory: %w", err)
 	}
 
-	nc, js, closeNATS, err := connect(ctx, cfg)
+	svc, err := service.Start(ctx, "auditor", cfg.Options)
 	if err != nil {
-		return ignoreCancel(ctx, err)
+		return err
 	}
-	defer closeNATS()
+	svc.Handle("GET /log/", logHandler(cfg.LogDir))
+	svc.Go("log", func(ctx context.Context) error { return writeWhileLocked(ctx, cfg, svc, log, signer) })
+	return svc.Wait()
+}
 
-	var role atomic.Value // Role
+// writeWhileLocked waits for the log's writer lock, as a standby while
+// another auditor holds it, then writes the log. The service is ready
+// while it writes.
+func writeWhileLocked(ctx context.Context, cfg Config, svc *service.Service, log *slog.Logger, signer note.Signer) error {
 	setRole := func(r Role) {
-		role.Store(r)
+		if r == RoleWriter {
+			svc.MarkReady()
+		} else {
+			svc.MarkUnready()
+		}
 		if cfg.OnRole != nil {
 			cfg.OnRole(r)
 		}
 	}
-	if cfg.HTTPAddr != "" {
-		health := cfg.Health
-		if health == nil {
-			health = telemetry.NewHealth()
-		}
-		health.AddReadiness("nats", telemetry.NATSConnected(nc))
-		health.AddReadiness("audit-log-writer", func(context.Context) error {
-			if r, _ := role.Load().(Role); r != RoleWriter {
-				return errors.New("not writing the log (standby or starting)")
-			}
-			return nil
-		})
-		srv, err := telemetry.Listen(cfg.HTTPAddr, cfg.Telemetry, health)
-		if err != nil {
-			return err
-		}
-		srv.Handle("GET /log/", logHandler(cfg.LogDir))
-		if cfg.OnListen != nil {
-			cfg.OnListen(srv.Addr())
-		}
-		srvCtx, stopSrv := context.WithCancel(context.WithoutCancel(ctx))
-		srvDone := make(chan struct{})
-		go func() {
-			defer close(srvDone)
-			if err := srv.Serve(srvCtx); err != nil {
-				log.Error("http server", "error", err)
-			}
-		}()
-		defer func() {
-			stopSrv()
-			<-srvDone
-		}()
-	}
-	if !cfg.SkipProvision {
-		if err := events.Provision(ctx, js, cfg.Topology); err != nil && !errors.Is(err, context.Canceled) {
-			return fmt.Errorf("auditor: provision: %w", err)
-		}
-	}
-
 	lock, err := acquireLock(ctx, cfg.LogDir, cfg.LockPollInterval, func(holder string) {
 		log.Info("another auditor writes this log; waiting as standby", "holder", strings.TrimSpace(holder))
 		setRole(RoleStandby)
@@ -114,42 +81,14 @@ func Run(ctx context.Context, c Config) error {
 	defer lock.release()
 	log.Info("writing the audit log", "origin", signer.Name())
 	setRole(RoleWriter)
-	err = runWriter(ctx, cfg, log, js, signer)
-	role.Store(Role(""))
-	return err
+	defer svc.MarkUnready()
+	return runWriter(ctx, cfg, svc, log, signer)
 }
 
 // RouteTesseraLogs sends the log output of Tessera (which logs through
 // klog) to log. klog is process-wide, so this affects the whole process;
 // commands call it once at start.
 func RouteTesseraLogs(log *slog.Logger) { klog.SetSlogLogger(log) }
-
-func connect(ctx context.Context, cfg Config) (*nats.Conn, jetstream.JetStream, func(), error) {
-	if cfg.JetStream != nil {
-		return cfg.JetStream.Conn(), cfg.JetStream, func() {}, nil
-	}
-	if cfg.Conn != nil {
-		js, err := jetstream.New(cfg.Conn)
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("auditor: jetstream: %w", err)
-		}
-		return cfg.Conn, js, func() {}, nil
-	}
-	nc := cfg.NATS
-	if nc.Name == "" {
-		nc.Name = "vigil-auditor"
-	}
-	if nc.Logger == nil {
-		nc.Logger = cfg.Logger
-	}
-	nc.WaitForServer = true
-	nc.TracerProvider, nc.MeterProvider = cfg.TracerProvider, cfg.MeterProvider
-	conn, err := bus.Connect(ctx, nc)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("auditor: %w", err)
-	}
-	return conn.NC, conn.JS, func() { _ = conn.Close() }, nil
-}
 
 // logHandler serves the log read-only in the C2SP tlog-tiles layout:
 // /log/checkpoint, /log/tile/..., /log/tile/entries/... Nothing else in the

@@ -18,9 +18,10 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
-	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/natstest"
+	"github.com/vigil-cc/vigil/pkg/service"
+	"github.com/vigil-cc/vigil/pkg/telemetry"
 	"github.com/vigil-cc/vigil/services/auditor/auditlog"
 )
 
@@ -68,8 +69,10 @@ func TestAuditorLogsEveryEventAndPublishesCheckpoints(t *testing.T) {
 
 	// Events published before the auditor starts and while it runs.
 	publishEvents(ctx, t, js, 0, 300)
-	stop := startAuditor(t, Config{LogDir: logDir, SignerKeyFile: skey, VerifierKeyFile: vkey, Conn: nc,
-		CheckpointInterval: 100 * time.Millisecond, Logger: quietLogger()})
+	stop := startAuditor(t, Config{
+		Options: service.Options{NATS: natsConfig(nc), Logger: quietLogger()}, LogDir: logDir, SignerKeyFile: skey, VerifierKeyFile: vkey,
+		CheckpointInterval: 100 * time.Millisecond,
+	})
 	publishEvents(ctx, t, js, 300, 700)
 	waitFor(t, 30*time.Second, "checkpoint covering 1000 entries", func() bool { return checkpointSize(logDir) >= 1000 })
 
@@ -110,7 +113,7 @@ func TestAuditorLogsEveryEventAndPublishesCheckpoints(t *testing.T) {
 
 	// A restart resumes without duplicates.
 	publishEvents(ctx, t, js, 1000, 50)
-	stop = startAuditor(t, Config{LogDir: logDir, SignerKeyFile: skey, Conn: nc, CheckpointInterval: 100 * time.Millisecond, Logger: quietLogger()})
+	stop = startAuditor(t, Config{Options: service.Options{NATS: natsConfig(nc), Logger: quietLogger()}, LogDir: logDir, SignerKeyFile: skey, CheckpointInterval: 100 * time.Millisecond})
 	waitFor(t, 30*time.Second, "checkpoint covering 1050 entries", func() bool { return checkpointSize(logDir) >= 1050 })
 	if err := stop(); err != nil {
 		t.Fatalf("Run: %v", err)
@@ -139,7 +142,7 @@ func TestAuditorLogsGapsForMissingSequences(t *testing.T) {
 	// subject), then 1..3 (15 messages).
 	editStream(ctx, t, js, events.StreamEvents, func(c *jetstream.StreamConfig) { c.MaxMsgsPerSubject = 1 })
 	editStream(ctx, t, js, events.StreamEvents, func(c *jetstream.StreamConfig) { c.MaxMsgs = 15 })
-	stop := startAuditor(t, Config{LogDir: logDir, SignerKeyFile: skey, Conn: nc, CheckpointInterval: 100 * time.Millisecond, Logger: quietLogger()})
+	stop := startAuditor(t, Config{Options: service.Options{NATS: natsConfig(nc), Logger: quietLogger()}, LogDir: logDir, SignerKeyFile: skey, CheckpointInterval: 100 * time.Millisecond})
 	waitFor(t, 30*time.Second, "checkpoint", func() bool { return checkpointSize(logDir) >= 17 })
 	if err := stop(); err != nil {
 		t.Fatal(err)
@@ -157,11 +160,10 @@ func TestRunRejectsBadConfig(t *testing.T) {
 	for _, cfg := range []Config{
 		{},
 		{LogDir: "x"},
-		{LogDir: "x", SignerKeyFile: "k"},
-		{LogDir: "x", SignerKeyFile: "k", NATS: bus.Config{URL: "nats://127.0.0.1:1"}, CheckpointInterval: time.Millisecond},
-		{LogDir: "x", SignerKeyFile: "k", NATS: bus.Config{URL: "nats://127.0.0.1:1"}, BatchSize: -1},
-		{LogDir: "x", SignerKeyFile: "k", NATS: bus.Config{URL: "nats://127.0.0.1:1"}, StreamCheckInterval: time.Millisecond},
-		{LogDir: "x", SignerKeyFile: "k", NATS: bus.Config{URL: "nats://127.0.0.1:1"}, GenerateKeys: true},
+		{LogDir: "x", SignerKeyFile: "k", CheckpointInterval: time.Millisecond},
+		{LogDir: "x", SignerKeyFile: "k", BatchSize: -1},
+		{LogDir: "x", SignerKeyFile: "k", StreamCheckInterval: time.Millisecond},
+		{LogDir: "x", SignerKeyFile: "k", GenerateKeys: true},
 	} {
 		if err := Run(context.Background(), cfg); !errors.Is(err, ErrConfig) {
 			t.Errorf("Run(%+v) = %v, want ErrConfig", cfg, err)
@@ -178,8 +180,10 @@ func TestAuditorServesHealthAndLog(t *testing.T) {
 	skey, vkey := filepath.Join(dir, "keys", "signer.key"), filepath.Join(dir, "keys", "signer.pub")
 	logDir := filepath.Join(dir, "log")
 	addr := make(chan string, 1)
-	stop := startAuditor(t, Config{LogDir: logDir, SignerKeyFile: skey, VerifierKeyFile: vkey, GenerateKeys: true, Conn: nc,
-		CheckpointInterval: 100 * time.Millisecond, HTTPAddr: "127.0.0.1:0", OnListen: func(a string) { addr <- a }, Logger: quietLogger()})
+	stop := startAuditor(t, Config{
+		Options: service.Options{NATS: natsConfig(nc), HTTPAddr: "127.0.0.1:0", OnListen: func(a string) { addr <- a }, Logger: quietLogger()}, LogDir: logDir, SignerKeyFile: skey, VerifierKeyFile: vkey, GenerateKeys: true,
+		CheckpointInterval: 100 * time.Millisecond,
+	})
 	base := "http://" + <-addr
 	publishEvents(ctx, t, js, 0, 10)
 	waitFor(t, 20*time.Second, "checkpoint", func() bool { return checkpointSize(logDir) >= 10 })
@@ -222,7 +226,7 @@ func TestAuditorRefusesLogAheadOfStream(t *testing.T) {
 	skey, _ := testKeys(t, dir)
 	logDir := filepath.Join(dir, "log")
 	publishEvents(ctx, t, js, 0, 20)
-	stop := startAuditor(t, Config{LogDir: logDir, SignerKeyFile: skey, Conn: nc, CheckpointInterval: 100 * time.Millisecond, Logger: quietLogger()})
+	stop := startAuditor(t, Config{Options: service.Options{NATS: natsConfig(nc), Logger: quietLogger()}, LogDir: logDir, SignerKeyFile: skey, CheckpointInterval: 100 * time.Millisecond})
 	waitFor(t, 20*time.Second, "checkpoint", func() bool { return checkpointSize(logDir) >= 20 })
 	if err := stop(); err != nil {
 		t.Fatal(err)
@@ -233,7 +237,7 @@ func TestAuditorRefusesLogAheadOfStream(t *testing.T) {
 	}
 	natstest.Provision(t, nc, events.Topology{})
 	publishEvents(ctx, t, js, 100, 5)
-	err := Run(ctx, Config{LogDir: logDir, SignerKeyFile: skey, Conn: nc, Logger: quietLogger()})
+	err := Run(ctx, Config{Options: service.Options{NATS: natsConfig(nc), Logger: quietLogger()}, LogDir: logDir, SignerKeyFile: skey})
 	if !errors.Is(err, ErrStreamMismatch) {
 		t.Fatalf("Run = %v, want ErrStreamMismatch", err)
 	}
@@ -252,7 +256,7 @@ func TestAuditorRepairsHoleAfterWriteFailure(t *testing.T) {
 	skey, vkey := testKeys(t, dir)
 	logDir := filepath.Join(dir, "log")
 	publishEvents(ctx, t, js, 0, 300)
-	cfg := Config{LogDir: logDir, SignerKeyFile: skey, Conn: nc, CheckpointInterval: 100 * time.Millisecond, Logger: quietLogger()}
+	cfg := Config{Options: service.Options{NATS: natsConfig(nc), Logger: quietLogger()}, LogDir: logDir, SignerKeyFile: skey, CheckpointInterval: 100 * time.Millisecond}
 	failing := cfg
 	failing.failAdd = func(seq uint64) bool { return seq == 120 }
 	err := Run(ctx, failing)
@@ -301,8 +305,10 @@ func TestAuditorContinuesTraces(t *testing.T) {
 	if _, err := js.PublishMsg(ctx, msg); err != nil {
 		t.Fatal(err)
 	}
-	stop := startAuditor(t, Config{LogDir: logDir, SignerKeyFile: skey, Conn: nc, CheckpointInterval: 100 * time.Millisecond,
-		TracerProvider: tp, Logger: quietLogger()})
+	stop := startAuditor(t, Config{
+		Options: service.Options{NATS: natsConfig(nc), Logger: quietLogger(), Telemetry: &telemetry.Telemetry{TracerProvider: tp}},
+		LogDir:  logDir, SignerKeyFile: skey, CheckpointInterval: 100 * time.Millisecond,
+	})
 	waitFor(t, 20*time.Second, "checkpoint", func() bool { return checkpointSize(logDir) >= 1 })
 	if err := stop(); err != nil {
 		t.Fatal(err)

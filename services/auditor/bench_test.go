@@ -15,6 +15,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/natstest"
+	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/auditor/auditlog"
 )
 
@@ -83,7 +84,7 @@ func runAuditBench(ctx context.Context, b *testing.B, nc *nats.Conn, js jetstrea
 	b.Helper()
 	b.StartTimer()
 	start := time.Now()
-	stop := startAuditor(b, Config{LogDir: logDir, SignerKeyFile: skey, Conn: nc, Consumer: cons, SkipProvision: true, Logger: quietLogger()})
+	stop := startAuditor(b, Config{Options: service.Options{NATS: natsConfig(nc), SkipProvision: true, Logger: quietLogger()}, LogDir: logDir, SignerKeyFile: skey, Consumer: cons})
 	waitAcked(ctx, b, js, cons, benchEntries)
 	d := time.Since(start)
 	b.StopTimer()

@@ -6,15 +6,8 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/metric"
-	"go.opentelemetry.io/otel/trace"
-
-	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
-	"github.com/vigil-cc/vigil/pkg/telemetry"
+	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/auditor/auditlog"
 )
 
@@ -44,13 +37,12 @@ type Config struct {
 	// Default auditlog.DefaultOrigin.
 	Origin string
 
-	// JetStream, Conn or NATS say how to reach NATS, in that order of
-	// preference. A JetStream or Conn passed in is not closed by Run;
-	// with neither, Run connects with NATS (URL, credentials, TLS), waiting
-	// for a server.
-	JetStream jetstream.JetStream
-	Conn      *nats.Conn
-	NATS      bus.Config
+	// Options are the bus connection, provisioning, operational listener,
+	// health, telemetry, logger and readiness hook every service shares.
+	// The operational listener also serves the log itself, read-only in
+	// the tlog-tiles layout, under /log/; the auditor is ready while it
+	// writes the log.
+	service.Options
 
 	// Stream is the stream logged. Default events.StreamEvents.
 	Stream string
@@ -74,28 +66,6 @@ type Config struct {
 	// Stream did not drop messages the auditor has not logged (see
 	// AlertCheckpointsLost, AlertEventsLost). Default 10 s, minimum 100 ms.
 	StreamCheckInterval time.Duration
-	// SkipProvision skips provisioning the Vigil streams at start;
-	// otherwise they are provisioned with Topology.
-	SkipProvision bool
-	Topology      events.Topology
-
-	// HTTPAddr, when set, serves /healthz, /readyz (ready while this
-	// auditor writes the log), /metrics (with Telemetry) and the log
-	// itself, read-only in the tlog-tiles layout, under /log/.
-	HTTPAddr string
-	// OnListen, when set, is called with the bound HTTP address.
-	OnListen func(addr string)
-
-	// Logger receives the auditor's logs. Default slog.Default().
-	Logger *slog.Logger
-	// Telemetry provides the tracer and meter providers and /metrics;
-	// without it the OpenTelemetry globals are used. TracerProvider and
-	// MeterProvider, when set, take precedence.
-	Telemetry      *telemetry.Telemetry
-	TracerProvider trace.TracerProvider
-	MeterProvider  metric.MeterProvider
-	// Health collects readiness checks; default a new one.
-	Health *telemetry.Health
 
 	// OnRole, if set, is called when the auditor's role changes:
 	// RoleStandby while another auditor holds the log, RoleWriter once it
@@ -144,9 +114,6 @@ func (c *Config) withDefaults() (Config, error) {
 	if cfg.GenerateKeys && cfg.VerifierKeyFile == "" {
 		return cfg, fmt.Errorf("%w: GenerateKeys needs VerifierKeyFile", ErrConfig)
 	}
-	if cfg.JetStream == nil && cfg.Conn == nil && cfg.NATS.URL == "" {
-		return cfg, fmt.Errorf("%w: one of JetStream, Conn or NATS.URL is required", ErrConfig)
-	}
 	if cfg.Origin == "" {
 		cfg.Origin = auditlog.DefaultOrigin
 	}
@@ -182,18 +149,6 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
-	}
-	if cfg.TracerProvider == nil && cfg.Telemetry != nil {
-		cfg.TracerProvider = cfg.Telemetry.TracerProvider
-	}
-	if cfg.MeterProvider == nil && cfg.Telemetry != nil {
-		cfg.MeterProvider = cfg.Telemetry.MeterProvider
-	}
-	if cfg.TracerProvider == nil {
-		cfg.TracerProvider = otel.GetTracerProvider()
-	}
-	if cfg.MeterProvider == nil {
-		cfg.MeterProvider = otel.GetMeterProvider()
 	}
 	return cfg, nil
 }

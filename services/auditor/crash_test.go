@@ -22,6 +22,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/natstest"
+	"github.com/vigil-cc/vigil/pkg/service"
 )
 
 // Environment of an auditor child process (the test binary re-executed).
@@ -51,11 +52,10 @@ func runChild() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	cfg := Config{
+		Options:            service.Options{NATS: bus.Config{URL: os.Getenv(envNATS)}, Logger: quietLogger()},
 		LogDir:             os.Getenv(envLogDir),
 		SignerKeyFile:      os.Getenv(envSigner),
-		NATS:               bus.Config{URL: os.Getenv(envNATS)},
 		CheckpointInterval: 100 * time.Millisecond,
-		Logger:             quietLogger(),
 		OnRole:             func(r Role) { fmt.Println("role", r) },
 	}
 	if n, err := strconv.Atoi(os.Getenv(envBatchSize)); err == nil {
@@ -240,8 +240,10 @@ func TestStandbyTakesOverWhenWriterDies(t *testing.T) {
 	waitFor(t, 30*time.Second, "the child writing the log", func() bool { return checkpointSize(logDir) >= 500 })
 
 	roles := make(chan Role, 4)
-	stop := startAuditor(t, Config{LogDir: logDir, SignerKeyFile: skey, Conn: nc, CheckpointInterval: 100 * time.Millisecond,
-		LockPollInterval: 20 * time.Millisecond, Logger: quietLogger(), OnRole: func(r Role) { roles <- r }})
+	stop := startAuditor(t, Config{
+		Options: service.Options{NATS: natsConfig(nc), Logger: quietLogger()}, LogDir: logDir, SignerKeyFile: skey, CheckpointInterval: 100 * time.Millisecond,
+		LockPollInterval: 20 * time.Millisecond, OnRole: func(r Role) { roles <- r },
+	})
 	select {
 	case r := <-roles:
 		if r != RoleStandby {

@@ -12,9 +12,16 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/services/auditor/auditlog"
 )
+
+// natsConfig is how an auditor under test reaches the server nc is
+// connected to: on a connection of its own, as in production.
+func natsConfig(nc *nats.Conn) bus.Config {
+	return bus.Config{URL: nc.ConnectedUrl(), ReconnectWait: 50 * time.Millisecond, MaxReconnectWait: 250 * time.Millisecond}
+}
 
 // testKeys writes a key pair into dir and returns the signer and verifier
 // key paths.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/natstest"
+	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/auditor/auditlog"
 )
 
@@ -86,8 +87,10 @@ func TestAuditorAlertsWhenHistoryIsLost(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cfg := Config{LogDir: logDir, SignerKeyFile: skey, Conn: nc, CheckpointInterval: 100 * time.Millisecond,
-				StreamCheckInterval: 100 * time.Millisecond, Logger: quietLogger()}
+			cfg := Config{
+				Options: service.Options{NATS: natsConfig(nc), Logger: quietLogger()}, LogDir: logDir, SignerKeyFile: skey, CheckpointInterval: 100 * time.Millisecond,
+				StreamCheckInterval: 100 * time.Millisecond,
+			}
 
 			stop := startAuditor(t, cfg)
 			for i := range 5 { // five checkpoints

@@ -29,6 +29,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/auditor/auditlog"
 )
 
@@ -118,8 +119,8 @@ func newMetrics(mp metric.MeterProvider) *metrics {
 }
 
 // runWriter writes the log while this process holds the writer lock.
-func runWriter(ctx context.Context, cfg Config, log *slog.Logger, js jetstream.JetStream, signer note.Signer) (err error) {
-	tp, mp := cfg.TracerProvider, cfg.MeterProvider
+func runWriter(ctx context.Context, cfg Config, svc *service.Service, log *slog.Logger, signer note.Signer) (err error) {
+	js, tp, mp := svc.Conn.JS, svc.TracerProvider, svc.MeterProvider
 	// Tessera's background work must outlive ctx until it is shut down,
 	// so that everything handed to it is integrated and checkpointed.
 	appCtx, cancelApp := context.WithCancel(context.WithoutCancel(ctx))

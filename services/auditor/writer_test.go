@@ -12,6 +12,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/natstest"
+	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/auditor/auditlog"
 )
 
@@ -84,7 +85,7 @@ func TestAuditorCatchesUpBacklog(t *testing.T) {
 	logDir := filepath.Join(dir, "log")
 	const n = 5000
 	publishEvents(ctx, t, js, 0, n)
-	stop := startAuditor(t, Config{LogDir: logDir, SignerKeyFile: skey, Conn: nc, CheckpointInterval: 100 * time.Millisecond, Logger: quietLogger()})
+	stop := startAuditor(t, Config{Options: service.Options{NATS: natsConfig(nc), Logger: quietLogger()}, LogDir: logDir, SignerKeyFile: skey, CheckpointInterval: 100 * time.Millisecond})
 	waitFor(t, 30*time.Second, "checkpoint covering the backlog", func() bool { return checkpointSize(logDir) >= n })
 	if err := stop(); err != nil {
 		t.Fatal(err)

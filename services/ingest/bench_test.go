@@ -18,6 +18,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/natstest"
+	"github.com/vigil-cc/vigil/pkg/service"
 )
 
 const (
@@ -86,8 +87,8 @@ func BenchmarkWebhookIngest(b *testing.B) {
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(rctx, Config{Conn: conn, HTTPAddr: "127.0.0.1:0", WebhookSecrets: []string{testSecret},
-			IntakeOnly: true, Logger: testLogger(), OnListen: func(a string) { addr <- a }})
+		done <- Run(rctx, Config{Options: service.Options{Conn: conn, Logger: testLogger()}, WebhookAddr: "127.0.0.1:0", WebhookSecrets: []string{testSecret},
+			IntakeOnly: true, OnWebhookListen: func(a string) { addr <- a }})
 	}()
 	defer func() { cancel(); <-done }()
 	url := "http://" + <-addr + "/eventgrid?secret=" + testSecret

@@ -17,6 +17,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/natstest"
+	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/ingest/arm"
 	"github.com/vigil-cc/vigil/services/ingest/internal/armfake"
 	"github.com/vigil-cc/vigil/services/ingest/normalize"
@@ -61,8 +62,8 @@ func (h *harness) run(mod func(*Config)) {
 	h.t.Helper()
 	addr := make(chan string, 1)
 	cfg := Config{
-		Conn:           h.conn,
-		HTTPAddr:       "127.0.0.1:0",
+		Options:        service.Options{Conn: h.conn, Logger: testLogger()},
+		WebhookAddr:    "127.0.0.1:0",
 		WebhookSecrets: []string{testSecret},
 		ARM:            arm.Config{Credential: h.arm.Credential(), ClientOptions: h.arm.ClientOptions()},
 		Enrichment: arm.EnricherConfig{Debounce: 200 * time.Millisecond, NotFoundConfirm: 200 * time.Millisecond,
@@ -70,8 +71,7 @@ func (h *harness) run(mod func(*Config)) {
 		ReconcileInterval: -1,
 		ReconcileGrace:    time.Millisecond,
 		Concurrency:       8,
-		Logger:            testLogger(),
-		OnListen:          func(a string) { addr <- a },
+		OnWebhookListen:   func(a string) { addr <- a },
 	}
 	if mod != nil {
 		mod(&cfg)

@@ -1,17 +1,3 @@
-// Package ingest turns Azure VM lifecycle events (Event Grid push, Event Grid
-// namespace pull, ARM reconcile) into Vigil lifecycle events, configuration
-// findings and attestation jobs (DESIGN.md §2, §5, §7).
-//
-// Inbound events are stored untouched on VIGIL_RAW before they are
-// acknowledged to Azure (a webhook answers 200 only when every event of the
-// delivery is stored; a namespace batch is acknowledged only then). A
-// durable consumer of VIGIL_RAW normalises them into lifecycle events on
-// vigil.events.vm.<vm>.lifecycle, enqueues attestation jobs, and keeps the
-// inventory in the vigil-vms bucket by compare and set, so that an event
-// older than what is known never rolls a VM back. Enrichment reads each VM
-// from ARM within its throttling budgets and publishes configuration
-// findings; reconciliation lists every VM of the configured subscriptions
-// and heals what events missed.
 package ingest
 
 import (
@@ -20,17 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"sync"
 	"time"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/pkg/telemetry"
 	"github.com/vigil-cc/vigil/services/ingest/arm"
 	"github.com/vigil-cc/vigil/services/ingest/compliance"
@@ -40,7 +23,7 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultHTTPAddr          = "127.0.0.1:8080"
+	DefaultWebhookAddr       = "127.0.0.1:8080"
 	DefaultWebhookPath       = "/eventgrid"
 	DefaultReconcileInterval = 15 * time.Minute
 	DefaultReconcileGrace    = 2 * time.Minute
@@ -57,20 +40,17 @@ const (
 // webhook is always served, enrichment and reconcile run when ARM is
 // configured, the namespace pull when Namespace is set.
 type Config struct {
-	// Conn is an existing connection (vigil dev); Run does not close it.
-	// Without it Run connects with NATS (its URL overridden by NATSURL).
-	Conn    *bus.Conn
-	NATSURL string
-	NATS    bus.Config
-	// Topology of the streams and buckets provisioned at start.
-	Topology events.Topology
+	// Options are the bus connection, provisioning, operational listener,
+	// health, telemetry, logger and readiness hook every service shares.
+	// The operational listener (HTTPAddr) is apart from the webhook's: it
+	// need not face Azure.
+	service.Options
 
-	// HTTPAddr serves the webhook and nothing else (default
-	// DefaultHTTPAddr; port 0 picks a free port).
-	HTTPAddr string
-	// OpsAddr, when set, serves /healthz, /readyz and /metrics (from
-	// Telemetry), apart from the webhook: they need not face Azure.
-	OpsAddr string
+	// WebhookAddr serves the webhook and nothing else (default
+	// DefaultWebhookAddr; port 0 picks a free port). OnWebhookListen, when
+	// set, is called with its bound address.
+	WebhookAddr     string
+	OnWebhookListen func(addr string)
 	// WebhookPath is where Event Grid delivers (default "/eventgrid").
 	WebhookPath string
 	// WebhookSecrets are the accepted shared secrets (at most two, for
@@ -93,9 +73,6 @@ type Config struct {
 	// StoreTimeout bounds how long a delivery waits for JetStream before it
 	// is answered 503 (default 25 s, within Event Grid's 30 s timeout).
 	StoreTimeout time.Duration
-	// OnListen, when set, is called with the webhook's bound address, and
-	// OnOpsListen with the ops listener's.
-	OnListen, OnOpsListen func(addr string)
 
 	// ARM reaches Azure Resource Manager for enrichment and reconcile.
 	// With a nil ARM.Credential (and no Fetcher/Lister) both are off.
@@ -126,13 +103,6 @@ type Config struct {
 	// in other replicas. For intake tiers scaled apart, and for measuring
 	// intake alone.
 	IntakeOnly bool
-	// Telemetry provides tracers, meters and /metrics on OpsAddr
-	// (default: otel globals, no /metrics). Health collects readiness
-	// checks (default: a new one), served on OpsAddr.
-	Telemetry *telemetry.Telemetry
-	Health    *telemetry.Health
-	// Logger defaults to slog.Default().
-	Logger *slog.Logger
 
 	// afterStore is a test hook between storing a delivery and answering.
 	afterStore func(*http.Request)
@@ -143,76 +113,95 @@ var ErrConfig = errors.New("ingest: invalid configuration")
 
 // Run runs ingest until ctx ends; it returns nil after a clean shutdown.
 func Run(ctx context.Context, cfg Config) error {
-	log := cfg.Logger
-	if log == nil {
-		log = slog.Default()
-	}
-	secrets, err := eventgrid.NewSecrets(cfg.WebhookSecrets...)
+	c, err := cfg.withDefaults()
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
+		return err
 	}
-	var tokens *eventgrid.TokenValidator
-	if cfg.Entra.Enabled() {
-		if tokens, err = eventgrid.NewTokenValidator(cfg.Entra); err != nil {
-			return fmt.Errorf("%w: %w", ErrConfig, err)
-		}
+	svc, err := service.Start(ctx, "ingest", c.Options)
+	if err != nil {
+		return err
 	}
-	if cfg.RequireWebhookAuth && !secrets.Enabled() && tokens == nil {
-		return fmt.Errorf("%w: the webhook needs a shared secret (or Entra ID validation)", ErrConfig)
+	if err := c.wire(svc); err != nil {
+		svc.Stop()
+		return errors.Join(err, svc.Wait())
 	}
-	limits := cfg.Limits
-	switch {
-	case limits.MaxClockSkew == 0:
-		limits.MaxClockSkew = eventgrid.DefaultMaxClockSkew
-	case limits.MaxClockSkew < 0 || limits.MaxClockSkew > MaxEventClockSkew:
-		return fmt.Errorf("%w: the clock skew allowed for event times is %s, want more than 0 and at most %s", ErrConfig, limits.MaxClockSkew, MaxEventClockSkew)
-	}
-	if cfg.HTTPAddr == "" {
-		cfg.HTTPAddr = DefaultHTTPAddr
-	}
-	if cfg.WebhookPath == "" {
-		cfg.WebhookPath = DefaultWebhookPath
-	}
-	if cfg.ReconcileInterval == 0 {
-		cfg.ReconcileInterval = DefaultReconcileInterval
-	}
-	if cfg.ReconcileGrace <= 0 {
-		cfg.ReconcileGrace = DefaultReconcileGrace
-	}
-	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = DefaultConcurrency
-	}
-	policy := compliance.DefaultPolicy()
-	if cfg.Compliance != nil {
-		policy = *cfg.Compliance
-	}
-	var mp metric.MeterProvider = otel.GetMeterProvider()
-	var tp trace.TracerProvider = otel.GetTracerProvider()
-	if cfg.Telemetry != nil {
-		mp, tp = cfg.Telemetry.MeterProvider, cfg.Telemetry.TracerProvider
-	}
-	tracer := tp.Tracer("github.com/vigil-cc/vigil/services/ingest")
+	svc.MarkReady()
+	return svc.Wait()
+}
 
-	conn := cfg.Conn
-	if conn == nil {
-		nc := cfg.NATS
-		if cfg.NATSURL != "" {
-			nc.URL = cfg.NATSURL
-		}
-		if nc.Name == "" {
-			nc.Name = ServiceName
-		}
-		nc.WaitForServer = true
-		nc.Logger = log
-		nc.TracerProvider, nc.MeterProvider = tp, mp
-		if conn, err = bus.Connect(ctx, nc); err != nil {
-			return err
-		}
-		defer func() { _ = conn.Close() }()
+// settings is a Config with its defaults applied and what they make.
+type settings struct {
+	Config
+	secrets *eventgrid.Secrets
+	tokens  *eventgrid.TokenValidator
+	policy  compliance.Policy
+}
+
+func (cfg Config) withDefaults() (settings, error) {
+	c := settings{Config: cfg, policy: compliance.DefaultPolicy()}
+	var err error
+	if c.secrets, err = eventgrid.NewSecrets(cfg.WebhookSecrets...); err != nil {
+		return c, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	if err := events.Provision(ctx, conn.JS, cfg.Topology); err != nil {
-		return fmt.Errorf("ingest: provision: %w", err)
+	if cfg.Entra.Enabled() {
+		if c.tokens, err = eventgrid.NewTokenValidator(cfg.Entra); err != nil {
+			return c, fmt.Errorf("%w: %w", ErrConfig, err)
+		}
 	}
+	if cfg.RequireWebhookAuth && !c.secrets.Enabled() && c.tokens == nil {
+		return c, fmt.Errorf("%w: the webhook needs a shared secret (or Entra ID validation)", ErrConfig)
+	}
+	switch {
+	case c.Limits.MaxClockSkew == 0:
+		c.Limits.MaxClockSkew = eventgrid.DefaultMaxClockSkew
+	case c.Limits.MaxClockSkew < 0 || c.Limits.MaxClockSkew > MaxEventClockSkew:
+		return c, fmt.Errorf("%w: the clock skew allowed for event times is %s, want more than 0 and at most %s", ErrConfig, c.Limits.MaxClockSkew, MaxEventClockSkew)
+	}
+	if c.Limits.MaxEventBytes <= 0 {
+		c.Limits.MaxEventBytes = eventgrid.DefaultMaxEventBytes
+	}
+	if c.WebhookAddr == "" {
+		c.WebhookAddr = DefaultWebhookAddr
+	}
+	if c.WebhookPath == "" {
+		c.WebhookPath = DefaultWebhookPath
+	}
+	if c.ReconcileInterval == 0 {
+		c.ReconcileInterval = DefaultReconcileInterval
+	}
+	if c.ReconcileGrace <= 0 {
+		c.ReconcileGrace = DefaultReconcileGrace
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if cfg.Compliance != nil {
+		c.policy = *cfg.Compliance
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.ARM.Credential != nil && (c.Fetcher == nil || c.Lister == nil) {
+		client, err := arm.NewClient(c.ARM)
+		if err != nil {
+			return c, fmt.Errorf("%w: %w", ErrConfig, err)
+		}
+		if c.Fetcher == nil {
+			c.Fetcher = client
+		}
+		if c.Lister == nil {
+			c.Lister = client
+		}
+	}
+	return c, nil
+}
+
+// wire builds ingest's parts on svc's connection and starts them as its
+// tasks: the webhook, the normaliser, enrichment, reconcile and the
+// namespace pull, as configured.
+func (c *settings) wire(svc *service.Service) error {
+	ctx, conn, log := svc.Context(), svc.Conn, svc.Log
+	tracer := svc.TracerProvider.Tracer("github.com/vigil-cc/vigil/services/ingest")
 	kv, err := conn.JS.KeyValue(ctx, events.BucketVMs)
 	if err != nil {
 		return fmt.Errorf("ingest: bucket %s: %w", events.BucketVMs, err)
@@ -221,47 +210,20 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	if limits.MaxEventBytes <= 0 {
-		limits.MaxEventBytes = eventgrid.DefaultMaxEventBytes
-	}
-	if fit := raw.maxEventBytes(); limits.MaxEventBytes > fit {
+	if fit := raw.maxEventBytes(); c.Limits.MaxEventBytes > fit {
 		log.Warn("NATS max_payload limits the event size below Event Grid's 1 MB; raise max_payload to accept every event",
 			"max_event_bytes", fit, "max_payload", conn.NC.MaxPayload())
-		limits.MaxEventBytes = fit
+		c.Limits.MaxEventBytes = fit
 	}
-
-	m := newMetrics(mp)
-	proc := &processor{conn: conn, inv: &inventory{kv: kv, now: time.Now, skew: limits.MaxClockSkew},
-		policy: policy, log: log, m: m, now: time.Now, skew: limits.MaxClockSkew}
-
-	fetcher, lister := cfg.Fetcher, cfg.Lister
-	if cfg.ARM.Credential != nil && (fetcher == nil || lister == nil) {
-		client, err := arm.NewClient(cfg.ARM)
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrConfig, err)
-		}
-		if fetcher == nil {
-			fetcher = client
-		}
-		if lister == nil {
-			lister = client
-		}
-	}
+	m := newMetrics(svc.MeterProvider)
+	skew := c.Limits.MaxClockSkew
+	proc := &processor{conn: conn, inv: &inventory{kv: kv, now: time.Now, skew: skew},
+		policy: c.policy, log: log, m: m, now: time.Now, skew: skew}
 	var enricher *arm.Enricher
-	if fetcher != nil {
-		ec := cfg.Enrichment
-		ec.Logger = log
-		observe := ec.Observe
-		ec.Observe = func(outcome string) {
-			m.armRead(outcome)
-			if observe != nil {
-				observe(outcome)
-			}
-		}
-		enricher = arm.NewEnricher(ec, fetcher, proc.applyEnrichment)
+	if c.Fetcher != nil {
+		enricher = c.enricher(proc, m, log)
 		proc.enrich = enricher.Request
 	}
-
 	storeFor := func(origin string) eventgrid.StoreFunc {
 		return func(ctx context.Context, evs []eventgrid.Event) error {
 			ctx, span := tracer.Start(ctx, "ingest.store "+origin, trace.WithAttributes(
@@ -276,118 +238,102 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 	}
+	if err := c.serveWebhook(svc, storeFor(OriginEventGrid), m); err != nil {
+		return err
+	}
+	log.Info("ingest running", "secret", c.secrets.Enabled(), "entra", c.tokens != nil,
+		"enrichment", enricher != nil, "subscriptions", len(c.Subscriptions), "namespace", c.Namespace != nil, "intake_only", c.IntakeOnly)
+	if c.Namespace != nil {
+		puller, err := namespace.New(c.namespaceConfig(storeFor(OriginNamespace), m, log))
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrConfig, err)
+		}
+		svc.Go("namespace", puller.Run)
+	}
+	if c.IntakeOnly {
+		return nil
+	}
+	norm := &normalizer{p: proc, conn: conn, tracer: tracer, workers: c.Concurrency,
+		backoff: []time.Duration{250 * time.Millisecond, time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second}}
+	svc.Go("normalize", norm.run)
+	if enricher != nil {
+		svc.Go("enrich", enricher.Run)
+	}
+	if c.Lister != nil && len(c.Subscriptions) > 0 && c.ReconcileInterval > 0 {
+		rec := &reconciler{p: proc, list: c.Lister, subs: c.Subscriptions, grace: c.ReconcileGrace, log: log.With("component", "reconcile")}
+		svc.Go("reconcile", func(ctx context.Context) error { rec.loop(ctx, c.ReconcileInterval); return nil })
+	}
+	return nil
+}
+
+func (c *settings) enricher(proc *processor, m *metrics, log *slog.Logger) *arm.Enricher {
+	ec := c.Enrichment
+	ec.Logger = log
+	observe := ec.Observe
+	ec.Observe = func(outcome string) {
+		m.armRead(outcome)
+		if observe != nil {
+			observe(outcome)
+		}
+	}
+	return arm.NewEnricher(ec, c.Fetcher, proc.applyEnrichment)
+}
+
+// serveWebhook starts the webhook's listener, which serves the webhook
+// alone (404 for the rest, 405 for other methods on its path); health and
+// metrics are on the operational listener, which need not face Azure.
+func (c *settings) serveWebhook(svc *service.Service, store eventgrid.StoreFunc, m *metrics) error {
 	hook, err := eventgrid.NewHandler(eventgrid.HandlerConfig{
-		Store: storeFor(OriginEventGrid), Secrets: secrets, Tokens: tokens, Limits: limits,
-		MaxBodyBytes: cfg.MaxBodyBytes, StoreTimeout: cfg.StoreTimeout, Logger: log, Observe: m.webhook, AfterStore: cfg.afterStore,
+		Store: store, Secrets: c.secrets, Tokens: c.tokens, Limits: c.Limits,
+		MaxBodyBytes: c.MaxBodyBytes, StoreTimeout: c.StoreTimeout, Logger: svc.Log, Observe: m.webhook, AfterStore: c.afterStore,
 	})
 	if err != nil {
 		return err
 	}
-
-	health := cfg.Health
-	if health == nil {
-		health = telemetry.NewHealth()
-	}
-	health.AddReadiness("nats", telemetry.NATSConnected(conn.NC))
-	health.AddReadiness("jetstream", telemetry.JetStreamReachable(conn.JS))
-	// The webhook listener serves the webhook alone (404 for the rest, 405
-	// for other methods on its path); health and metrics are on the ops
-	// listener, which need not face Azure.
-	srv, err := telemetry.ListenBare(cfg.HTTPAddr)
+	srv, err := telemetry.ListenBare(c.WebhookAddr)
 	if err != nil {
 		return err
 	}
-	srv.Handle("POST "+cfg.WebhookPath, hook)
-	srv.Handle("OPTIONS "+cfg.WebhookPath, hook)
-	var ops *telemetry.Server
-	if cfg.OpsAddr != "" {
-		if ops, err = telemetry.Listen(cfg.OpsAddr, cfg.Telemetry, health); err != nil {
-			_ = srv.Close()
-			return err
-		}
-		log.Info("ingest health and metrics listening", "url", ops.URL())
+	srv.Handle("POST "+c.WebhookPath, hook)
+	srv.Handle("OPTIONS "+c.WebhookPath, hook)
+	svc.Log.Info("ingest webhook listening", "url", "http://"+srv.Addr()+c.WebhookPath)
+	if c.OnWebhookListen != nil {
+		c.OnWebhookListen(srv.Addr())
 	}
-	log.Info("ingest webhook listening", "url", "http://"+srv.Addr()+cfg.WebhookPath, "secret", secrets.Enabled(), "entra", tokens != nil,
-		"enrichment", enricher != nil, "subscriptions", len(cfg.Subscriptions), "namespace", cfg.Namespace != nil)
-	if cfg.OnListen != nil {
-		cfg.OnListen(srv.Addr())
-	}
-	if ops != nil && cfg.OnOpsListen != nil {
-		cfg.OnOpsListen(ops.Addr())
-	}
+	svc.Go("webhook", srv.Serve)
+	return nil
+}
 
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var wg sync.WaitGroup
-	var errMu sync.Mutex
-	var firstErr error
-	start := func(name string, f func(context.Context) error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(ctx); err != nil && ctx.Err() == nil {
-				errMu.Lock()
-				if firstErr == nil {
-					firstErr = fmt.Errorf("ingest: %s: %w", name, err)
-				}
-				errMu.Unlock()
-				cancel(err)
-			}
-		}()
+// namespaceConfig is the namespace puller's configuration: its limits at
+// most the webhook's, its operations counted.
+func (c *settings) namespaceConfig(store eventgrid.StoreFunc, m *metrics, log *slog.Logger) namespace.Config {
+	nsCfg := *c.Namespace
+	nsCfg.Store = store
+	if nsCfg.Limits.MaxEventBytes <= 0 || nsCfg.Limits.MaxEventBytes > c.Limits.MaxEventBytes {
+		nsCfg.Limits.MaxEventBytes = c.Limits.MaxEventBytes
 	}
-	start("http", srv.Serve)
-	if ops != nil {
-		start("ops", ops.Serve)
+	if nsCfg.Limits.MaxClockSkew <= 0 || nsCfg.Limits.MaxClockSkew > c.Limits.MaxClockSkew {
+		nsCfg.Limits.MaxClockSkew = c.Limits.MaxClockSkew
 	}
-	norm := &normalizer{p: proc, conn: conn, tracer: tracer, workers: cfg.Concurrency,
-		backoff: []time.Duration{250 * time.Millisecond, time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second}}
-	if !cfg.IntakeOnly {
-		start("normalize", norm.run)
+	if nsCfg.Logger == nil {
+		nsCfg.Logger = log
 	}
-	if enricher != nil && !cfg.IntakeOnly {
-		start("enrich", enricher.Run)
-	}
-	if lister != nil && len(cfg.Subscriptions) > 0 && cfg.ReconcileInterval > 0 && !cfg.IntakeOnly {
-		rec := &reconciler{p: proc, list: lister, subs: cfg.Subscriptions, grace: cfg.ReconcileGrace, log: log.With("component", "reconcile")}
-		start("reconcile", func(ctx context.Context) error { rec.loop(ctx, cfg.ReconcileInterval); return nil })
-	}
-	if cfg.Namespace != nil {
-		nsCfg := *cfg.Namespace
-		nsCfg.Store = storeFor(OriginNamespace)
-		if nsCfg.Limits.MaxEventBytes <= 0 || nsCfg.Limits.MaxEventBytes > limits.MaxEventBytes {
-			nsCfg.Limits.MaxEventBytes = limits.MaxEventBytes
-		}
-		if nsCfg.Limits.MaxClockSkew <= 0 || nsCfg.Limits.MaxClockSkew > limits.MaxClockSkew {
-			nsCfg.Limits.MaxClockSkew = limits.MaxClockSkew
-		}
-		if nsCfg.Logger == nil {
-			nsCfg.Logger = log
-		}
-		observe := nsCfg.Observe
-		nsCfg.Observe = func(op string, n int, err error) {
-			outcome := "ok"
-			if err != nil {
-				outcome = "error"
-			}
-			m.namespaceOp(op, outcome)
-			if op == "acknowledge" && err == nil {
-				m.namespaceEvents("stored", n)
-			}
-			if op == "reject" && err == nil {
-				m.namespaceEvents("rejected", n)
-			}
-			if observe != nil {
-				observe(op, n, err)
-			}
-		}
-		puller, err := namespace.New(nsCfg)
+	observe := nsCfg.Observe
+	nsCfg.Observe = func(op string, n int, err error) {
+		outcome := "ok"
 		if err != nil {
-			cancel(err)
-			wg.Wait()
-			return fmt.Errorf("%w: %w", ErrConfig, err)
+			outcome = "error"
 		}
-		start("namespace", puller.Run)
+		m.namespaceOp(op, outcome)
+		if op == "acknowledge" && err == nil {
+			m.namespaceEvents("stored", n)
+		}
+		if op == "reject" && err == nil {
+			m.namespaceEvents("rejected", n)
+		}
+		if observe != nil {
+			observe(op, n, err)
+		}
 	}
-	wg.Wait()
-	return firstErr
+	return nsCfg
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/eventgrid/aznamespaces"
 
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/ingest/internal/armfake"
 	"github.com/vigil-cc/vigil/services/ingest/internal/nsfake"
 	"github.com/vigil-cc/vigil/services/ingest/namespace"
@@ -343,7 +344,7 @@ func TestKillBetweenStoreAndAnswer(t *testing.T) {
 
 func TestRequireWebhookAuth(t *testing.T) {
 	h := newHarness(t)
-	err := Run(t.Context(), Config{Conn: h.conn, HTTPAddr: "127.0.0.1:0", RequireWebhookAuth: true})
+	err := Run(t.Context(), Config{Options: service.Options{Conn: h.conn}, WebhookAddr: "127.0.0.1:0", RequireWebhookAuth: true})
 	if !errors.Is(err, ErrConfig) {
 		t.Fatalf("err = %v", err)
 	}

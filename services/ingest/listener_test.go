@@ -45,8 +45,8 @@ func TestMetricsNotOnWebhookListener(t *testing.T) {
 	h.run(func(c *Config) {
 		c.ARM.Credential = nil
 		c.Telemetry = tel
-		c.OpsAddr = "127.0.0.1:0"
-		c.OnOpsListen = func(a string) { opsAddr <- a }
+		c.HTTPAddr = "127.0.0.1:0"
+		c.OnListen = func(a string) { opsAddr <- a }
 	})
 	ops := "http://" + <-opsAddr
 	webhook := strings.TrimSuffix(h.url[:strings.Index(h.url, "?")], DefaultWebhookPath)

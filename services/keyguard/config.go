@@ -7,10 +7,9 @@ import (
 	"math"
 	"time"
 
-	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
-	"github.com/vigil-cc/vigil/pkg/telemetry"
+	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/keyguard/azurekv"
 	"github.com/vigil-cc/vigil/services/keyguard/grants"
 	"github.com/vigil-cc/vigil/services/keyguard/secrets"
@@ -27,13 +26,10 @@ const DefaultSource = "keyguard"
 
 // Config configures keyguard.
 type Config struct {
-	// Conn is an existing bus connection (vigil dev passes one). When nil,
-	// Run connects with Bus and closes the connection on return.
-	Conn *bus.Conn
-	// Bus says how to connect when Conn is nil (URL, credentials, TLS).
-	Bus bus.Config
-	// Topology is used to provision streams and buckets at start.
-	Topology events.Topology
+	// Options are the bus connection, provisioning, operational listener,
+	// health, telemetry, logger and readiness hook every service shares.
+	// Ready is called once keyguard consumes events and serves releases.
+	service.Options
 
 	// MasterKey (32 bytes) encrypts the local release service's secrets at
 	// rest; MasterKeyFile is read when MasterKey is nil (see
@@ -76,17 +72,6 @@ type Config struct {
 	Consumer string
 	// Source is the CloudEvents source of keyguard's events.
 	Source string
-
-	// HTTPAddr, when set, serves /healthz, /readyz and /metrics there.
-	HTTPAddr string
-	// Telemetry provides tracer and meter providers and the /metrics
-	// registry; the otel globals are used when nil.
-	Telemetry *telemetry.Telemetry
-	// Logger defaults to slog.Default().
-	Logger *slog.Logger
-	// Ready, when set, is called once keyguard consumes events and serves
-	// releases.
-	Ready func()
 
 	// sealed, when set (by tests, export_test.go), runs after a release's
 	// secret is sealed, before its final checks.

@@ -78,8 +78,8 @@ func newHarnessOn(t testing.TB, srv *natstest.Server, opts ...option) *harness {
 			Policy:   a.Policy(),
 		},
 		ReconcileInterval: time.Hour,
-		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
+	h.cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	for _, o := range opts {
 		o(&h.cfg)
 	}

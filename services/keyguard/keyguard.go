@@ -6,19 +6,16 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/metric"
 
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/evidence/collateral"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
-	"github.com/vigil-cc/vigil/pkg/telemetry"
+	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/keyguard/grants"
 	"github.com/vigil-cc/vigil/services/keyguard/secrets"
 )
@@ -53,81 +50,59 @@ type Keyguard struct {
 // backend; it serves the key release API (vigil.keyguard.nonce,
 // vigil.keyguard.release) and the operator API (vigil.keyguard.admin.*).
 func Run(ctx context.Context, cfg Config) error {
-	k, closeConn, err := open(ctx, cfg)
+	cfg.defaults()
+	if err := cfg.validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	master, err := masterKey(cfg)
 	if err != nil {
 		return err
 	}
-	defer closeConn()
-	return k.run(ctx)
+	defer clear(master)
+	svc, err := service.Start(ctx, "keyguard", cfg.Options)
+	if err != nil {
+		return err
+	}
+	k, err := open(svc.Context(), cfg, svc, master)
+	if err == nil {
+		err = k.start(svc)
+	}
+	if err != nil {
+		svc.Stop()
+		return errors.Join(err, svc.Wait())
+	}
+	return svc.Wait()
 }
 
-// open validates cfg, connects, provisions and opens every store and
-// backend; closeConn closes a connection it opened.
-func open(ctx context.Context, cfg Config) (k *Keyguard, closeConn func(), err error) {
-	closeConn = func() {}
-	cfg.defaults()
-	if err := cfg.validate(); err != nil {
-		return nil, closeConn, fmt.Errorf("%w: %w", ErrConfig, err)
+// masterKey returns a copy of the configured master key, or reads it.
+func masterKey(cfg Config) ([]byte, error) {
+	if cfg.MasterKey != nil {
+		return append([]byte(nil), cfg.MasterKey...), nil
 	}
-	master := cfg.MasterKey
-	if master == nil {
-		mk, err := secrets.LoadMasterKey(cfg.MasterKeyFile)
-		if err != nil {
-			return nil, closeConn, fmt.Errorf("%w: %w", ErrConfig, err)
-		}
-		master = mk
-	} else {
-		master = append([]byte(nil), master...)
+	mk, err := secrets.LoadMasterKey(cfg.MasterKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	log := cfg.Logger.With("service", "keyguard")
+	return mk, nil
+}
 
-	conn := cfg.Conn
-	if conn == nil {
-		bc := cfg.Bus
-		if bc.Name == "" {
-			bc.Name = "vigil-keyguard"
-		}
-		bc.WaitForServer = true
-		if bc.Logger == nil {
-			bc.Logger = log
-		}
-		if cfg.Telemetry != nil {
-			bc.TracerProvider, bc.MeterProvider = cfg.Telemetry.TracerProvider, cfg.Telemetry.MeterProvider
-		}
-		c, err := bus.Connect(ctx, bc)
-		if err != nil {
-			return nil, closeConn, fmt.Errorf("keyguard: %w", err)
-		}
-		conn = c
-		closeConn = func() { _ = c.Close() }
-	}
-	defer func() {
-		if err != nil {
-			closeConn()
-		}
-	}()
-	if err := events.Provision(ctx, conn.JS, cfg.Topology); err != nil {
-		return nil, closeConn, fmt.Errorf("keyguard: %w", err)
-	}
-
-	var mp metric.MeterProvider = otel.GetMeterProvider()
-	if cfg.Telemetry != nil {
-		mp = cfg.Telemetry.MeterProvider
-	}
-	k = &Keyguard{cfg: cfg, conn: conn, log: log, metrics: newMetrics(mp),
+// open opens every store and backend and seeds the configured secrets and
+// grants.
+func open(ctx context.Context, cfg Config, svc *service.Service, master []byte) (k *Keyguard, err error) {
+	conn, log := svc.Conn, svc.Log.With("service", "keyguard")
+	k = &Keyguard{cfg: cfg, conn: conn, log: log, metrics: newMetrics(svc.MeterProvider),
 		work: make(chan string, 1024), pending: map[string]applyState{}, backends: map[string]backend{BackendLocal: localBackend{}}}
 	if k.grants, err = grants.Open(ctx, conn.NC, conn.JS); err != nil {
-		return nil, closeConn, fmt.Errorf("keyguard: %w", err)
+		return nil, fmt.Errorf("keyguard: %w", err)
 	}
 	if k.secrets, err = secrets.Open(ctx, conn.NC, conn.JS, master); err != nil {
-		return nil, closeConn, fmt.Errorf("keyguard: %w", err)
+		return nil, fmt.Errorf("keyguard: %w", err)
 	}
-	clear(master)
 	if k.nonces, err = conn.JS.KeyValue(ctx, events.BucketKeyguardNonces); err != nil {
-		return nil, closeConn, fmt.Errorf("keyguard: nonce bucket: %w", err)
+		return nil, fmt.Errorf("keyguard: nonce bucket: %w", err)
 	}
 	if k.nonceStream, err = conn.JS.Stream(ctx, "KV_"+events.BucketKeyguardNonces); err != nil {
-		return nil, closeConn, fmt.Errorf("keyguard: nonce bucket stream: %w", err)
+		return nil, fmt.Errorf("keyguard: nonce bucket stream: %w", err)
 	}
 	nl := cfg.Nonces
 	k.vmNonces = newLimiter(nl.VMRate, nl.VMBurst, nl.Tracked)
@@ -136,7 +111,7 @@ func open(ctx context.Context, cfg Config) (k *Keyguard, closeConn func(), err e
 	if vc.Collateral == nil {
 		kv, err := collateral.OpenKV(ctx, conn.JS)
 		if err != nil {
-			return nil, closeConn, fmt.Errorf("keyguard: collateral cache: %w", err)
+			return nil, fmt.Errorf("keyguard: collateral cache: %w", err)
 		}
 		vc.Collateral = kv
 	}
@@ -144,55 +119,27 @@ func open(ctx context.Context, cfg Config) (k *Keyguard, closeConn func(), err e
 		vc.Logger = log.With("component", "evidence")
 	}
 	if k.verifier, err = evidence.NewVerifier(vc); err != nil {
-		return nil, closeConn, fmt.Errorf("keyguard: evidence verifier: %w", err)
+		return nil, fmt.Errorf("keyguard: evidence verifier: %w", err)
 	}
 	for _, ac := range cfg.AzureKeyVaults {
 		ab, err := newAzureBackend(k, ac)
 		if err != nil {
-			return nil, closeConn, err
+			return nil, err
 		}
 		k.backends[ab.b.Name()] = ab
 	}
 	if err := k.seed(ctx); err != nil {
-		return nil, closeConn, err
+		return nil, err
 	}
-	return k, closeConn, nil
+	return k, nil
 }
 
-// run serves until ctx ends.
-func (k *Keyguard) run(ctx context.Context) error {
-	cfg, conn, log := k.cfg, k.conn, k.log
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	errc := make(chan error, 2)
-
-	health := telemetry.NewHealth()
-	health.AddLiveness("nats", telemetry.NATSConnected(conn.NC))
-	health.AddReadiness("jetstream", telemetry.JetStreamReachable(conn.JS))
-	var ready atomic.Bool
-	health.AddReadiness("keyguard", func(context.Context) error {
-		if !ready.Load() {
-			return errors.New("starting: consumer and release service not up yet")
-		}
-		return nil
-	})
-	if cfg.HTTPAddr != "" {
-		srv, err := telemetry.Listen(cfg.HTTPAddr, cfg.Telemetry, health)
-		if err != nil {
-			return fmt.Errorf("keyguard: %w", err)
-		}
-		log.Info("serving health and metrics", "addr", srv.Addr())
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := srv.Serve(runCtx); err != nil {
-				errc <- fmt.Errorf("keyguard: http: %w", err)
-			}
-		}()
-	}
-
+// start serves the release and operator APIs and starts the event
+// consumer, the apply workers and the reconcile loop as the service's
+// tasks; it marks the service ready once the consumer exists, so that
+// events published from then on are seen.
+func (k *Keyguard) start(svc *service.Service) error {
+	ctx, cfg, conn := svc.Context(), k.cfg, k.conn
 	serves := []struct {
 		subject string
 		h       bus.ServeHandler
@@ -204,58 +151,37 @@ func (k *Keyguard) run(ctx context.Context) error {
 		{SubjectAdminGrant, k.handleGrant},
 	}
 	for _, s := range serves {
-		if _, err := conn.Serve(runCtx, s.subject, Queue, s.h); err != nil {
+		if _, err := conn.Serve(ctx, s.subject, Queue, s.h); err != nil {
 			return fmt.Errorf("keyguard: %w", err)
 		}
 	}
 	for range cfg.ApplyWorkers {
-		wg.Add(1)
-		go func() { defer wg.Done(); k.applyWorker(runCtx) }()
+		svc.Go("apply", func(ctx context.Context) error { k.applyWorker(ctx); return nil })
 	}
-	wg.Add(1)
-	go func() { defer wg.Done(); k.reconcileLoop(runCtx) }()
-
-	consuming := make(chan struct{})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		err := conn.Consume(runCtx, events.StreamEvents, consumerConfig(cfg.Consumer), k.handle,
+	svc.Go("reconcile", func(ctx context.Context) error { k.reconcileLoop(ctx); return nil })
+	svc.Go("consume", func(ctx context.Context) error {
+		return conn.Consume(ctx, events.StreamEvents, consumerConfig(cfg.Consumer), k.handle,
 			bus.WithConcurrency(cfg.Concurrency), bus.WithAlertSource(cfg.Source),
 			bus.WithBackoff(50*time.Millisecond, 250*time.Millisecond, time.Second, 5*time.Second, 15*time.Second))
-		if err != nil {
-			errc <- err
-		}
-	}()
-	// Consume creates the consumer before it fetches; wait until it exists
-	// so that Ready means events published from now on are seen.
-	go func() {
-		defer close(consuming)
-		for runCtx.Err() == nil {
-			if _, err := conn.JS.Consumer(runCtx, events.StreamEvents, cfg.Consumer); err == nil {
-				return
+	})
+	svc.Go("ready", func(ctx context.Context) error {
+		// Consume creates the consumer before it fetches.
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if _, err := conn.JS.Consumer(ctx, events.StreamEvents, cfg.Consumer); err == nil {
+				k.log.Info("keyguard running", "backends", len(k.backends), "consumer", cfg.Consumer, "master_key_id", k.secrets.KeyID())
+				svc.MarkReady()
+				return nil
 			}
-			time.Sleep(10 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+			}
 		}
-	}()
-	select {
-	case <-consuming:
-	case err := <-errc:
-		return err
-	}
-	if err := runCtx.Err(); err != nil {
-		return nil
-	}
-	ready.Store(true)
-	log.Info("keyguard running", "backends", len(k.backends), "consumer", cfg.Consumer, "master_key_id", k.secrets.KeyID())
-	if cfg.Ready != nil {
-		cfg.Ready()
-	}
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-errc:
-		return err
-	}
+	})
+	return nil
 }
 
 // seed imports configured secrets and creates configured grants that do

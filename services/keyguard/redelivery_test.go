@@ -12,6 +12,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/natstest"
+	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/keyguard/grants"
 )
 
@@ -29,7 +30,16 @@ func openTest(t *testing.T, cfg Config) (*Keyguard, context.Context) {
 	cfg.Conn = conn
 	cfg.MasterKey = make([]byte, 32)
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	k, _, err := open(ctx, cfg)
+	cfg.defaults()
+	svc, err := service.Start(ctx, "keyguard", cfg.Options)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		svc.Stop()
+		_ = svc.Wait()
+	})
+	k, err := open(ctx, cfg, svc, cfg.MasterKey)
 	if err != nil {
 		t.Fatal(err)
 	}

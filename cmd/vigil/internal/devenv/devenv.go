@@ -8,7 +8,7 @@
 //	env, err := devenv.Start(ctx, devenv.Config{Listen: "127.0.0.1:4222", DataDir: ".vigil/dev"})
 //	if err != nil { ... }
 //	err = env.Run(ctx, devenv.Component{Name: "ingest", Run: func(ctx context.Context, env *devenv.Env) error {
-//		return ingest.Run(ctx, ingest.Config{NATSURL: env.URL, Logger: env.Logger.With("component", "ingest")})
+//		return ingest.Run(ctx, ingest.Config{Options: service.Options{NATS: bus.Config{URL: env.URL}, Logger: env.Logger.With("component", "ingest")}})
 //	}})
 package devenv
 

@@ -19,6 +19,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
+	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/pkg/svcmain"
 	"github.com/vigil-cc/vigil/services/agent"
 )
@@ -59,16 +60,13 @@ func defineServe(f *svcmain.Flags) svcmain.RunFunc {
 	})
 	return func(ctx context.Context, rt svcmain.Runtime) error {
 		return agent.Run(ctx, agent.Config{
-			NATS:             vm.nats(),
+			Options:          service.Options{NATS: vm.nats(), HTTPAddr: *httpAddr, Logger: rt.Logger, Telemetry: rt.Telemetry},
 			ResourceID:       *vm.resourceID,
 			VMID:             *vm.vmID,
 			IMDS:             agent.NewIMDS(*vm.imdsURL),
 			TPMPath:          *vm.tpmPath,
 			EventLogPath:     *vm.eventLog,
 			ChallengeTimeout: *timeout,
-			Logger:           rt.Logger,
-			Telemetry:        rt.Telemetry,
-			HTTPAddr:         *httpAddr,
 		})
 	}
 }

@@ -22,9 +22,7 @@ import (
 func main() { svcmain.Main("vigil-attest-worker", define) }
 
 func define(f *svcmain.Flags) svcmain.RunFunc {
-	nats := f.NATS("vigil-attest-worker")
-	topology := f.Replicas()
-	httpAddr := f.String("http", ":8082", `listen address of /healthz, /readyz and /metrics ("" turns them off)`)
+	options := f.Service("vigil-attest-worker", ":8082")
 	name := f.String("name", "", "this worker's name in logs and status records (default host-pid)")
 	concurrency := f.Int("concurrency", 64, "jobs handled at once by this worker")
 	policyFile := f.String("policy", "", "policy YAML (default: the built-in Azure CVM policy)")
@@ -48,17 +46,13 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 	})
 	return func(ctx context.Context, rt svcmain.Runtime) error {
 		cfg := attestworker.Config{
-			NATS:             nats(),
-			Topology:         topology(),
+			Options:          options(rt),
 			Name:             *name,
-			HTTPAddr:         *httpAddr,
 			Concurrency:      *concurrency,
 			Timing:           attestworker.Timing{Interval: *interval, Grace: *grace, Jitter: *jitter},
 			ChallengeTimeout: *timeout,
 			SweepEvery:       *sweep,
 			Verifier:         evidence.Config{Offline: *offline, TDXCollateral: *tdxColl, SNPRevocation: *amdCRL},
-			Logger:           rt.Logger,
-			Telemetry:        rt.Telemetry,
 		}
 		if *policyFile != "" {
 			doc, err := svcmain.ReadFile("policy", *policyFile)

@@ -19,8 +19,7 @@ import (
 func main() { svcmain.Main("vigil-auditor", define) }
 
 func define(f *svcmain.Flags) svcmain.RunFunc {
-	nats := f.NATS("vigil-auditor")
-	topology := f.Replicas()
+	options := f.Service("vigil-auditor", ":8083")
 	logDir := f.String("log-dir", "", "audit log directory (required)")
 	signer := f.String("signer-key", "", "checkpoint signer key file (required)")
 	verifier := f.String("verifier-key", "", "the signer's public key file (checked to match; written when missing)")
@@ -29,7 +28,6 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 	interval := f.Duration("checkpoint-interval", auditor.DefaultCheckpointInterval, "how often checkpoints are signed and published")
 	batch := f.Int("batch-size", auditor.DefaultBatchSize, "most messages written in one durable batch")
 	consumer := f.String("consumer", auditor.DefaultConsumer, "durable consumer name (one per log)")
-	httpAddr := f.String("http", ":8083", "listen address of /healthz, /readyz, /metrics and the read-only log under /log/")
 	f.Check(func() error {
 		if *batch < 1 {
 			return fmt.Errorf("-batch-size %d: must be at least 1", *batch)
@@ -44,14 +42,10 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 			VerifierKeyFile:    *verifier,
 			GenerateKeys:       *genKeys,
 			Origin:             *origin,
-			NATS:               nats(),
-			Topology:           topology(),
+			Options:            options(rt),
 			Consumer:           *consumer,
 			CheckpointInterval: *interval,
 			BatchSize:          *batch,
-			HTTPAddr:           *httpAddr,
-			Logger:             rt.Logger,
-			Telemetry:          rt.Telemetry,
 		})
 		if errors.Is(err, auditor.ErrConfig) {
 			return fmt.Errorf("%w: %w", svcmain.ErrUsage, err)

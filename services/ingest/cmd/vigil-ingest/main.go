@@ -28,10 +28,8 @@ import (
 func main() { svcmain.Main("vigil-ingest", define) }
 
 func define(f *svcmain.Flags) svcmain.RunFunc {
-	nats := f.NATS("vigil-ingest")
-	topology := f.Replicas()
-	httpAddr := f.String("http", ":8080", "listen address of the webhook (it serves nothing else)")
-	opsAddr := f.String("ops-http", ":8085", `listen address of /healthz, /readyz and /metrics ("" turns them off)`)
+	options := f.Service("vigil-ingest", ":8085")
+	webhookAddr := f.String("webhook-http", ":8080", "listen address of the webhook (it serves nothing else)")
 	path := f.String("webhook-path", ingest.DefaultWebhookPath, "webhook path")
 	secret := f.String("webhook-secret", "", "shared secret Event Grid sends as ?secret=...")
 	secretNext := f.String("webhook-secret-next", "", "second accepted secret, for rotation")
@@ -60,18 +58,14 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 			reconcileEvery = -1
 		}
 		cfg := ingest.Config{
-			NATS:               nats(),
-			Topology:           topology(),
-			HTTPAddr:           *httpAddr,
-			OpsAddr:            *opsAddr,
+			Options:            options(rt),
+			WebhookAddr:        *webhookAddr,
 			WebhookPath:        *path,
 			WebhookSecrets:     []string{*secret, *secretNext},
 			Limits:             eventgrid.Limits{MaxClockSkew: *skew},
 			RequireWebhookAuth: true,
 			Subscriptions:      list(*subs),
 			ReconcileInterval:  reconcileEvery,
-			Telemetry:          rt.Telemetry,
-			Logger:             rt.Logger,
 		}
 		switch {
 		case *tenant != "" || *audience != "":

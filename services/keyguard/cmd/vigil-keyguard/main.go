@@ -24,9 +24,7 @@ import (
 func main() { svcmain.Main("vigil-keyguard", define) }
 
 func define(f *svcmain.Flags) svcmain.RunFunc {
-	nats := f.NATS("vigil-keyguard")
-	topology := f.Replicas()
-	httpAddr := f.String("http", ":8084", "listen address of /healthz, /readyz and /metrics")
+	options := f.Service("vigil-keyguard", ":8084")
 	masterKey := f.String("master-key-file", "", "file holding the 32-byte master key that encrypts secrets at rest (raw, hex or base64)")
 	createKey := f.Bool("create-master-key", false, "generate the master key file when it does not exist yet (first start)")
 	configFile := f.String("config", "", "YAML file with grants, Azure Key Vault backends and the restore policy")
@@ -52,15 +50,11 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 			}
 		}
 		cfg := keyguard.Config{
-			Bus:               nats(),
-			Topology:          topology(),
+			Options:           options(rt),
 			MasterKeyFile:     *masterKey,
-			HTTPAddr:          *httpAddr,
 			NonceTTL:          *nonceTTL,
 			Nonces:            keyguard.NonceLimits{PerVM: *noncesPerVM},
 			ReconcileInterval: *reconcile,
-			Telemetry:         rt.Telemetry,
-			Logger:            rt.Logger,
 			Evidence: keyguard.EvidenceConfig{
 				Verifier: evidence.Config{Offline: *offline, TDXCollateral: *tdxColl, SNPRevocation: *amdCRL},
 				Build:    "vigil-keyguard",
