@@ -104,6 +104,10 @@ func TestFastPathMatchesEncodingJSON(t *testing.T) {
 		append(bytes.Clone(raw), 'x'),
 		[]byte(`{}`),
 		[]byte(`{"format":"\u00e9"}`),
+		[]byte(`{"format":"\ud83d\ude00","platform":"\ud83d","vm_key":"\ude00\ud83d"}`), // surrogates, paired or not
+		[]byte("{\"format\":\"a\xffb\",\"platform\":\"\xed\xa0\x80\"}"),                 // invalid UTF-8
+		[]byte(`{"form\u0061t":"x"}`),                                                   // escaped key
+		[]byte(`{"format":"\x"}`),
 		[]byte("{\"format\":\"a\tb\"}"),
 		[]byte(`{"format":"vigil.evidence/v1","platform":"azure-sev-snp","tpm_quote":{"pcrs":{"0":"x","0":"y"}}}`),
 		[]byte(`{"tpm_quote":null}`),
@@ -111,6 +115,13 @@ func TestFastPathMatchesEncodingJSON(t *testing.T) {
 	}
 	for i, in := range variants {
 		checkDifferential(t, i, in)
+	}
+	// Escapes, unpaired surrogates and invalid UTF-8 stay on the fast
+	// path, which decodes them as encoding/json does (checked above).
+	for _, i := range []int{3, 9, 10, 11} {
+		if err := decodeFast(variants[i], &f); err != nil {
+			t.Errorf("variant %d %q: not on the fast path: %v", i, variants[i][:min(len(variants[i]), 40)], err)
+		}
 	}
 }
 

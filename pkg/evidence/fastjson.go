@@ -1,34 +1,21 @@
 package evidence
 
 import (
-	"encoding/binary"
 	"errors"
-	"math/bits"
+
+	"github.com/vigil-cc/vigil/pkg/jsonstr"
 )
 
 // The bundle decoder has a fast path for the shape agents produce: an
-// object of known keys whose values are ASCII strings (single-character
-// escapes allowed),
-// with tpm_quote and its pcrs as nested objects. Anything else (unknown
-// keys, escapes, non-ASCII, duplicate keys, other JSON types) makes the
-// fast path give up, and encoding/json decodes the input instead, so the
-// accepted language and its meaning are exactly encoding/json's.
+// object of known keys whose values are strings, with tpm_quote and its
+// pcrs as nested objects. Anything else (unknown keys, duplicate keys,
+// other JSON types, invalid string literals) makes the fast path give up,
+// and encoding/json decodes the input instead. Strings are decoded by
+// jsonstr.Unquote in Replace mode, which decodes exactly as encoding/json
+// does (escapes, invalid UTF-8, unpaired surrogates), so the accepted
+// language and its meaning are exactly encoding/json's.
 
 var errSlowPath = errors.New("bundle needs the general JSON decoder")
-
-const (
-	lsb = 0x0101010101010101
-	msb = 0x8080808080808080
-)
-
-// special flags, in each byte lane, bytes that end or complicate a JSON
-// string: '"', '\\', control characters and non-ASCII. The lowest flagged
-// lane is exact; higher lanes may be false positives.
-func special(x uint64) uint64 {
-	q := x ^ (lsb * '"')
-	bs := x ^ (lsb * '\\')
-	return ((q-lsb) & ^q | (bs-lsb) & ^bs | (x-lsb*0x20) & ^x | x) & msb
-}
 
 type fastScanner struct {
 	b   []byte
@@ -55,81 +42,19 @@ func (s *fastScanner) expect(c byte) bool {
 	return false
 }
 
-// str reads an ASCII string without \u escapes. Without escapes the
-// result aliases the input.
+// str reads a string: a slice of the input when the literal needs no
+// decoding, else a new copy.
 func (s *fastScanner) str() ([]byte, error) {
 	s.ws()
 	if s.off >= len(s.b) || s.b[s.off] != '"' {
 		return nil, errSlowPath
 	}
-	start := s.off + 1
-	i := start
-	for ; i+8 <= len(s.b); i += 8 {
-		if m := special(binary.LittleEndian.Uint64(s.b[i:])); m != 0 {
-			i += bits.TrailingZeros64(m) / 8
-			goto found
-		}
-	}
-	for ; i < len(s.b); i++ {
-		if c := s.b[i]; c == '"' || c == '\\' || c < 0x20 || c >= 0x80 {
-			goto found
-		}
-	}
-	return nil, errSlowPath
-found:
-	if i >= len(s.b) {
+	v, end, _, err := jsonstr.Unquote(nil, s.b, s.off, jsonstr.Replace)
+	if err != nil {
 		return nil, errSlowPath
 	}
-	if s.b[i] == '\\' {
-		return s.escaped(start, i)
-	}
-	if s.b[i] != '"' {
-		return nil, errSlowPath
-	}
-	s.off = i + 1
-	return s.b[start:i:i], nil
-}
-
-// escaped continues a string from its first backslash at i, handling the
-// single-character escapes (\n in PEM, mostly); \u escapes give up.
-func (s *fastScanner) escaped(start, i int) ([]byte, error) {
-	buf := make([]byte, 0, 2*(i-start)+64)
-	buf = append(buf, s.b[start:i]...)
-	for i < len(s.b) {
-		c := s.b[i]
-		switch {
-		case c == '"':
-			s.off = i + 1
-			return buf, nil
-		case c == '\\':
-			if i+1 >= len(s.b) {
-				return nil, errSlowPath
-			}
-			switch e := s.b[i+1]; e {
-			case '"', '\\', '/':
-				buf = append(buf, e)
-			case 'n':
-				buf = append(buf, '\n')
-			case 'r':
-				buf = append(buf, '\r')
-			case 't':
-				buf = append(buf, '\t')
-			case 'b':
-				buf = append(buf, '\b')
-			case 'f':
-				buf = append(buf, '\f')
-			default:
-				return nil, errSlowPath
-			}
-			i += 2
-		case c < 0x20 || c >= 0x80:
-			return nil, errSlowPath
-		default:
-			buf = append(buf, c)
-			i++
-		}
-	}
-	return nil, errSlowPath
+	s.off = end
+	return v, nil
 }
 
 // object reads an object, calling field for each key; field must consume

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/vigil-cc/vigil/pkg/jsonstr"
 )
 
 // MaxDepth bounds the nesting of arrays and objects.
@@ -68,8 +70,6 @@ type parser struct {
 	strBuf  []byte
 	// strShared says the last str result is in strBuf, not the input.
 	strShared bool
-	// strASCII says the last str result, when not shared, is ASCII.
-	strASCII bool
 }
 
 func (p *parser) errorf(format string, args ...any) error {
@@ -103,11 +103,10 @@ func (p *parser) value(dst []byte, depth int) ([]byte, error) {
 			return dst, err
 		}
 		if !p.strShared {
-			// No escapes, no control characters: the input is already
-			// in canonical form.
+			// No escapes: the input is already in canonical form.
 			return append(dst, p.in[start:p.pos]...), nil
 		}
-		return appendStr(dst, s), nil
+		return jsonstr.AppendQuote(dst, s), nil
 	case c == 't':
 		return p.literal(dst, "true")
 	case c == 'f':
@@ -169,14 +168,13 @@ func (p *parser) object(dst []byte, depth int) ([]byte, error) {
 		if err != nil {
 			return dst, err
 		}
-		m := member{nameStart: raw, nameEnd: raw + len(name), ascii: p.strASCII}
+		m := member{nameStart: raw, nameEnd: raw + len(name), ascii: isASCII(name)}
 		if p.strShared { // decoded from escapes into the shared buffer
 			m.escaped, m.nameStart = true, len(names)
 			names = append(names, name...)
 			m.nameEnd = len(names)
 			// The shared buffer is reused for the value's strings.
 			name = names[m.nameStart:m.nameEnd]
-			m.ascii = isASCII(name)
 		}
 		if m.ascii {
 			if len(name) >= 8 {
@@ -254,7 +252,7 @@ func (p *parser) object(dst []byte, depth int) ([]byte, error) {
 			dst = append(dst, ',')
 		}
 		if m.escaped {
-			dst = appendStr(dst, nameOf(&m))
+			dst = jsonstr.AppendQuote(dst, nameOf(&m))
 		} else {
 			dst = append(dst, p.in[m.nameStart-1:m.nameEnd+1]...) // with its quotes
 		}
@@ -305,126 +303,18 @@ func (p *parser) array(dst []byte, depth int) ([]byte, error) {
 
 // str parses a JSON string at p.pos and returns its decoded value: a
 // slice of the input when the string has no escapes, else of a buffer
-// reused by the next call.
+// reused by the next call. Strings must be valid Unicode (RFC 8785 3.2.2:
+// no invalid UTF-8, no unpaired surrogate escapes).
 func (p *parser) str() ([]byte, error) {
-	p.pos++ // opening quote
-	start := p.pos
-	ascii := true
-	p.strShared = false
-	// Fast path: no escapes, eight bytes at a time, then byte by byte.
-	for p.pos+8 <= len(p.in) && plain8(binary.LittleEndian.Uint64(p.in[p.pos:])) {
-		p.pos += 8
+	s, end, copied, err := jsonstr.Unquote(p.strBuf, p.in, p.pos, jsonstr.Strict)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	for p.pos < len(p.in) && plain[p.in[p.pos]] {
-		p.pos++
+	p.pos, p.strShared = end, copied
+	if copied {
+		p.strBuf = s[:0]
 	}
-	for p.pos < len(p.in) {
-		c := p.in[p.pos]
-		if c == '"' {
-			s := p.in[start:p.pos]
-			if !ascii && !utf8.Valid(s) {
-				return nil, p.errorf("invalid UTF-8 in string")
-			}
-			p.pos++
-			p.strASCII = ascii
-			return s, nil
-		}
-		if c == '\\' {
-			break
-		}
-		if c < 0x20 {
-			return nil, p.errorf("control character in string")
-		}
-		if c >= utf8.RuneSelf {
-			ascii = false
-		}
-		p.pos++
-	}
-	buf := append(p.strBuf[:0], p.in[start:p.pos]...)
-	p.strShared = true
-	defer func() { p.strBuf = buf[:0] }()
-	for p.pos < len(p.in) {
-		c := p.in[p.pos]
-		switch {
-		case c == '"':
-			if !utf8.Valid(buf) {
-				return nil, p.errorf("invalid UTF-8 in string")
-			}
-			p.pos++
-			return buf, nil
-		case c < 0x20:
-			return nil, p.errorf("control character in string")
-		case c != '\\':
-			buf = append(buf, c)
-			p.pos++
-			continue
-		}
-		p.pos++
-		if p.pos >= len(p.in) {
-			break
-		}
-		e := p.in[p.pos]
-		p.pos++
-		switch e {
-		case '"', '\\', '/':
-			buf = append(buf, e)
-		case 'b':
-			buf = append(buf, '\b')
-		case 'f':
-			buf = append(buf, '\f')
-		case 'n':
-			buf = append(buf, '\n')
-		case 'r':
-			buf = append(buf, '\r')
-		case 't':
-			buf = append(buf, '\t')
-		case 'u':
-			r, err := p.hex4()
-			if err != nil {
-				return nil, err
-			}
-			if utf16.IsSurrogate(r) {
-				if r >= 0xdc00 || !bytes.HasPrefix(p.in[p.pos:], []byte(`\u`)) {
-					return nil, p.errorf("unpaired surrogate")
-				}
-				p.pos += 2
-				r2, err := p.hex4()
-				if err != nil {
-					return nil, err
-				}
-				if r2 < 0xdc00 || r2 > 0xdfff {
-					return nil, p.errorf("unpaired surrogate")
-				}
-				r = utf16.DecodeRune(r, r2)
-			}
-			buf = utf8.AppendRune(buf, r)
-		default:
-			return nil, p.errorf("invalid escape \\%c", e)
-		}
-	}
-	return nil, p.errorf("unterminated string")
-}
-
-func (p *parser) hex4() (rune, error) {
-	if p.pos+4 > len(p.in) {
-		return 0, p.errorf("short \\u escape")
-	}
-	var r rune
-	for _, c := range p.in[p.pos : p.pos+4] {
-		r <<= 4
-		switch {
-		case c >= '0' && c <= '9':
-			r |= rune(c - '0')
-		case c >= 'a' && c <= 'f':
-			r |= rune(c - 'a' + 10)
-		case c >= 'A' && c <= 'F':
-			r |= rune(c - 'A' + 10)
-		default:
-			return 0, p.errorf("invalid \\u escape")
-		}
-	}
-	p.pos += 4
-	return r, nil
+	return s, nil
 }
 
 func (p *parser) number(dst []byte) ([]byte, error) {
@@ -515,61 +405,9 @@ func AppendNumber(dst []byte, f float64) []byte {
 	return append(dst, exp...)
 }
 
-const hexDigits = "0123456789abcdef"
-
-// plain marks the ASCII bytes a string can hold as they are: not a quote,
-// backslash or control character, and not the start of a multi-byte
-// sequence (those need UTF-8 validation).
-var plain = func() (t [256]bool) {
-	for c := 0x20; c < 0x80; c++ {
-		t[c] = c != '"' && c != '\\'
-	}
-	return t
-}()
-
-// plain8 reports whether all eight bytes of x are plain (see plain): none
-// is below 0x20, a quote, a backslash or at least 0x80.
-func plain8(x uint64) bool {
-	const ones, highs = 0x0101010101010101, 0x8080808080808080
-	hasZero := func(v uint64) uint64 { return (v - ones) & ^v & highs }
-	below20 := (x - 0x20*ones) & ^x & highs
-	return (x&highs)|below20|hasZero(x^('"'*ones))|hasZero(x^('\\'*ones)) == 0
-}
-
 // AppendString appends s, which must be valid UTF-8, as a JSON string with
 // the escaping of RFC 8785 section 3.2.2.2.
-func AppendString(dst []byte, s string) []byte { return appendStr(dst, s) }
-
-func appendStr[S string | []byte](dst []byte, s S) []byte {
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' {
-			continue
-		}
-		dst = append(dst, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			dst = append(dst, '\\', c)
-		case '\b':
-			dst = append(dst, '\\', 'b')
-		case '\f':
-			dst = append(dst, '\\', 'f')
-		case '\n':
-			dst = append(dst, '\\', 'n')
-		case '\r':
-			dst = append(dst, '\\', 'r')
-		case '\t':
-			dst = append(dst, '\\', 't')
-		default:
-			dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-		}
-		start = i + 1
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
-}
+func AppendString(dst []byte, s string) []byte { return jsonstr.AppendQuote(dst, s) }
 
 // compareUTF16 orders names by their UTF-16 code units (RFC 8785 3.2.3).
 func compareUTF16(a, b []byte) int {
@@ -581,8 +419,13 @@ func compareUTF16(a, b []byte) int {
 }
 
 func isASCII(s []byte) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= utf8.RuneSelf {
+	for ; len(s) >= 8; s = s[8:] {
+		if binary.LittleEndian.Uint64(s)&0x8080808080808080 != 0 {
+			return false
+		}
+	}
+	for _, c := range s {
+		if c >= utf8.RuneSelf {
 			return false
 		}
 	}

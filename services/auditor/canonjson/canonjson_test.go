@@ -1,7 +1,6 @@
 package canonjson
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -145,22 +144,5 @@ func TestEscapedNameBeforeEscapedValue(t *testing.T) {
 	}
 	if want := `[zZ="YYY" aé="è" b=1]`; fmt.Sprint(got) != want {
 		t.Fatalf("visited %v, want %s", got, want)
-	}
-}
-
-// TestPlain8 checks the eight-byte test against the byte table for every
-// byte value in every position.
-func TestPlain8(t *testing.T) {
-	for pos := range 8 {
-		for c := range 256 {
-			var b [8]byte
-			for i := range b {
-				b[i] = 'a'
-			}
-			b[pos] = byte(c)
-			if got, want := plain8(binary.LittleEndian.Uint64(b[:])), plain[c]; got != want {
-				t.Fatalf("plain8 with %#x at %d = %v, want %v", c, pos, got, want)
-			}
-		}
 	}
 }

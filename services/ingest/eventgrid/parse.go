@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/vigil-cc/vigil/pkg/jsonstr"
 )
 
 // Schema is the wire schema an event arrived in.
@@ -247,7 +249,7 @@ func decodeWire(b []byte, w *wireEvent) error {
 		if i >= len(b) || b[i] != '"' {
 			return syntaxErr(b, i, "expected a string key")
 		}
-		end, err := validString(b, i)
+		end, err := jsonstr.Scan(b, i)
 		if err != nil {
 			return err
 		}
@@ -338,15 +340,15 @@ func setString(dst **string, key string, val []byte) error {
 	return fmt.Errorf("attribute %q must be a string", key)
 }
 
-// unquote decodes a JSON string literal that validString accepted.
+// unquote decodes a JSON string literal that jsonstr.Scan accepted, as
+// encoding/json does.
 func unquote(lit []byte) (string, error) {
 	inner := lit[1 : len(lit)-1]
 	if bytes.IndexByte(inner, '\\') < 0 {
 		return string(inner), nil
 	}
-	var s string
-	err := json.Unmarshal(lit, &s)
-	return s, err
+	s, _, _, err := jsonstr.Unquote(nil, lit, 0, jsonstr.Replace)
+	return string(s), err
 }
 
 // ParseEvent parses one event object in either schema.

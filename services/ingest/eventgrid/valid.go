@@ -1,6 +1,10 @@
 package eventgrid
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/vigil-cc/vigil/pkg/jsonstr"
+)
 
 // maxDepth bounds nesting, as encoding/json does.
 const maxDepth = 10000
@@ -38,7 +42,7 @@ func validValue(b []byte, i, depth int) (int, error) {
 	case c == '[':
 		return validArray(b, i, depth+1)
 	case c == '"':
-		return validString(b, i)
+		return jsonstr.Scan(b, i)
 	case c == '-' || (c >= '0' && c <= '9'):
 		return validNumber(b, i)
 	case c == 't':
@@ -63,7 +67,7 @@ func validObject(b []byte, i, depth int) (int, error) {
 		if i >= len(b) || b[i] != '"' {
 			return 0, syntaxErr(b, i, "expected a string key")
 		}
-		end, err := validString(b, i)
+		end, err := jsonstr.Scan(b, i)
 		if err != nil {
 			return 0, err
 		}
@@ -116,42 +120,6 @@ func validArray(b []byte, i, depth int) (int, error) {
 			return 0, syntaxErr(b, i, "expected ',' or ']'")
 		}
 	}
-}
-
-func validString(b []byte, i int) (int, error) {
-	for j := i + 1; j < len(b); j++ {
-		switch c := b[j]; {
-		case c == '"':
-			return j + 1, nil
-		case c == '\\':
-			j++
-			if j >= len(b) {
-				return 0, syntaxErr(b, j, "unterminated escape")
-			}
-			switch b[j] {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-			case 'u':
-				if j+4 >= len(b) {
-					return 0, syntaxErr(b, len(b), "short \\u escape")
-				}
-				for k := j + 1; k <= j+4; k++ {
-					if !isHex(b[k]) {
-						return 0, syntaxErr(b, k, "in \\u escape")
-					}
-				}
-				j += 4
-			default:
-				return 0, syntaxErr(b, j, "in string escape")
-			}
-		case c < 0x20:
-			return 0, syntaxErr(b, j, "control character in string")
-		}
-	}
-	return 0, syntaxErr(b, len(b), "unterminated string")
-}
-
-func isHex(c byte) bool {
-	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
 }
 
 func validNumber(b []byte, i int) (int, error) {
