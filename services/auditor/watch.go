@@ -170,7 +170,7 @@ func (w *writer) checkStreams(ctx context.Context, st *checkState) {
 	}
 	info, err := w.stream.Info(cctx)
 	if err != nil {
-		w.log.Warn("check logged stream", "stream", w.cfg.Stream, "error", err)
+		w.log.Warn("check logged stream", "stream", w.cfg.Stream, "err", err)
 	} else if seen := w.seen.Load(); info.State.FirstSeq > seen+1 {
 		// Read after the stream's state: a sequence below its first that
 		// was not delivered by now never will be. (Messages delivered to
@@ -224,7 +224,7 @@ func (w *writer) checkCheckpoints(ctx context.Context, st *checkState) {
 		return
 	}
 	if err != nil {
-		w.log.Warn("check checkpoints stream", "error", err)
+		w.log.Warn("check checkpoints stream", "err", err)
 		return
 	}
 	state := s.CachedInfo().State
@@ -253,7 +253,7 @@ func (w *writer) alert(ctx context.Context, a events.Alert) bool {
 	subject := events.AlertSubject(a.Severity, "")
 	env, err := events.New(events.TypeAlert, alertSource, subject, a)
 	if err != nil {
-		w.log.Error("encode alert", "code", a.Code, "error", err)
+		w.log.Error("encode alert", "code", a.Code, "err", err)
 		return false
 	}
 	sum := sha256.Sum256([]byte(a.Code + "\x00" + a.CauseID))
@@ -263,7 +263,7 @@ func (w *writer) alert(ctx context.Context, a events.Alert) bool {
 		_, err = w.js.PublishMsg(ctx, msg)
 	}
 	if err != nil {
-		w.log.Error("publish alert; retrying at the next check", "code", a.Code, "error", err)
+		w.log.Error("publish alert; retrying at the next check", "code", a.Code, "err", err)
 		return false
 	}
 	w.m.alerts.Add(ctx, 1)
