@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/attribute"
@@ -171,7 +172,9 @@ func (c *Conn) Serve(ctx context.Context, subject, queue string, h ServeHandler,
 	}
 	// Once Serve returns, requests reach the handler: the server has the
 	// subscription (a service says it is ready right after).
-	if err := c.NC.FlushWithContext(ctx); err != nil {
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := c.NC.FlushWithContext(fctx); err != nil {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("bus: serve %s: %w", subject, err)
 	}
