@@ -6,23 +6,6 @@ import (
 	"testing"
 )
 
-// stdEvent is what decodeWire reads, as encoding/json reads it: the
-// attributes of both schemas (nil: absent or null) and data as it is.
-type stdEvent struct {
-	ID          *string         `json:"id"`
-	Subject     *string         `json:"subject"`
-	Data        json.RawMessage `json:"data"`
-	SpecVersion *string         `json:"specversion"`
-	Type        *string         `json:"type"`
-	Source      *string         `json:"source"`
-	Time        *string         `json:"time"`
-	DataBase64  *string         `json:"data_base64"`
-	EventType   *string         `json:"eventType"`
-	EventTime   *string         `json:"eventTime"`
-	Topic       *string         `json:"topic"`
-	DataVersion *string         `json:"dataVersion"`
-}
-
 // batch is an Event Grid delivery of 20 events in both schemas.
 var batch = []byte("[" + strings.Repeat(egEvent+","+ceEvent+",", 9) + egEvent + "," + ceEvent + "]")
 

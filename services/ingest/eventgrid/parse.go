@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/vigil-cc/vigil/pkg/jsonstr"
 )
@@ -234,8 +236,9 @@ type wireEvent struct {
 // decodeWire validates a JSON object (the grammar encoding/json accepts)
 // and reads its attributes in the same single pass: the value of "data" is
 // kept as it is, nested values are only validated, other attributes must
-// be strings or null. Keys match case-insensitively and the last
-// occurrence wins, as with encoding/json.
+// be strings or null. As with encoding/json (FuzzDecodeWire compares
+// them), keys match case-insensitively with Unicode simple folding, the
+// last occurrence wins, and strings decode as jsonstr.Replace decodes them.
 func decodeWire(b []byte, w *wireEvent) error {
 	i := skipSpace(b, 0)
 	if i >= len(b) || b[i] != '{' {
@@ -267,11 +270,12 @@ func decodeWire(b []byte, w *wireEvent) error {
 			return err
 		}
 		val := b[i:vend]
-		if dst := w.field(key); dst != nil {
+		name := foldName(key)
+		if dst := w.field(name); dst != nil {
 			if err := setString(dst, key, val); err != nil {
 				return err
 			}
-		} else if strings.EqualFold(key, "data") {
+		} else if name == "data" {
 			w.Data = val
 		}
 		i = skipSpace(b, vend)
@@ -296,8 +300,36 @@ func trailing(b []byte, i int) error {
 	return nil
 }
 
-func (w *wireEvent) field(key string) **string {
-	switch strings.ToLower(key) {
+// foldName maps a key to the lower-case ASCII name it matches as
+// encoding/json matches keys to fields: each character to the lower-case
+// ASCII letter of its simple case folding orbit when it has one ("ſ", the
+// long s, to "s"; the Kelvin sign to "k"), otherwise to itself, so that
+// names without ASCII letters in their orbits ("İ", dotted capital I,
+// whose lower case is "i" but whose orbit has no "i") match nothing.
+func foldName(key string) string {
+	for i := 0; i < len(key); i++ {
+		if key[i] >= utf8.RuneSelf {
+			return strings.Map(foldRune, key)
+		}
+	}
+	return strings.ToLower(key)
+}
+
+func foldRune(r rune) rune {
+	if r < utf8.RuneSelf {
+		return unicode.ToLower(r)
+	}
+	for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+		if f < utf8.RuneSelf {
+			return unicode.ToLower(f)
+		}
+	}
+	return r
+}
+
+// field returns the attribute of name, a key folded by foldName.
+func (w *wireEvent) field(name string) **string {
+	switch name {
 	case "id":
 		return &w.ID
 	case "subject":
@@ -341,12 +373,8 @@ func setString(dst **string, key string, val []byte) error {
 }
 
 // unquote decodes a JSON string literal that jsonstr.Scan accepted, as
-// encoding/json does.
+// encoding/json does (invalid UTF-8 and unpaired surrogates become U+FFFD).
 func unquote(lit []byte) (string, error) {
-	inner := lit[1 : len(lit)-1]
-	if bytes.IndexByte(inner, '\\') < 0 {
-		return string(inner), nil
-	}
 	s, _, _, err := jsonstr.Unquote(nil, lit, 0, jsonstr.Replace)
 	return string(s), err
 }

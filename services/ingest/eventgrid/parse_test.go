@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -214,6 +215,76 @@ func FuzzValidJSON(f *testing.F) {
 			t.Fatalf("validJSON(%q) = %v, json.Valid = %v", b, got, want)
 		}
 	})
+}
+
+// stdEvent is what decodeWire reads, as encoding/json reads it: the
+// attributes of both schemas (nil: absent or null) and data as it is.
+type stdEvent struct {
+	ID          *string         `json:"id"`
+	Subject     *string         `json:"subject"`
+	Data        json.RawMessage `json:"data"`
+	SpecVersion *string         `json:"specversion"`
+	Type        *string         `json:"type"`
+	Source      *string         `json:"source"`
+	Time        *string         `json:"time"`
+	DataBase64  *string         `json:"data_base64"`
+	EventType   *string         `json:"eventType"`
+	EventTime   *string         `json:"eventTime"`
+	Topic       *string         `json:"topic"`
+	DataVersion *string         `json:"dataVersion"`
+}
+
+// FuzzDecodeWire checks decodeWire, the single pass that reads an event's
+// attributes, against encoding/json reading the same object into stdEvent:
+// both accept the same objects and read the same attributes.
+func FuzzDecodeWire(f *testing.F) {
+	for _, s := range []string{
+		egEvent, ceEvent, `{}`, `{"id":null,"ID":"x","iD":"y"}`, `{"Data":1,"data":[2]}`, `{"data":null}`,
+		`{"id":"a\u0041\ud83d\ude00\ud83d"}`, "{\"id\":\"a\xffb\"}", "{\"subject\":\"\xed\xa0\x80\"}",
+		"{\"\xc5\xbfource\":\"long s\",\"\u017fubject\":\"s\"}", "{\"\u212aey\":1,\"data_base64\":\"\u212a\"}", `{"\u0130d":"dotted I"}`,
+		`{"id":1}`, `{"id":"x",}`, `{"id":"x"} x`, `{"type":{"a":[1,2]}}`, `{"topic":"\/x"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		b = bytes.TrimSpace(b)
+		if len(b) == 0 || b[0] != '{' {
+			return // parseEvent hands decodeWire objects only
+		}
+		var w wireEvent
+		err := decodeWire(b, &w)
+		var std stdEvent
+		stdErr := json.Unmarshal(b, &std)
+		if (err == nil) != (stdErr == nil) {
+			t.Fatalf("decodeWire(%q): %v; encoding/json: %v", b, err, stdErr)
+		}
+		if err != nil {
+			return
+		}
+		for _, a := range []struct {
+			name      string
+			got, want *string
+		}{
+			{"id", w.ID, std.ID}, {"subject", w.Subject, std.Subject}, {"specversion", w.SpecVersion, std.SpecVersion},
+			{"type", w.Type, std.Type}, {"source", w.Source, std.Source}, {"time", w.Time, std.Time},
+			{"data_base64", w.DataBase64, std.DataBase64}, {"eventType", w.EventType, std.EventType},
+			{"eventTime", w.EventTime, std.EventTime}, {"topic", w.Topic, std.Topic}, {"dataVersion", w.DataVersion, std.DataVersion},
+		} {
+			if (a.got == nil) != (a.want == nil) || a.got != nil && *a.got != *a.want {
+				t.Fatalf("decodeWire(%q): %s %s, encoding/json %s", b, a.name, show(a.got), show(a.want))
+			}
+		}
+		if !bytes.Equal(w.Data, std.Data) || (w.Data == nil) != (std.Data == nil) {
+			t.Fatalf("decodeWire(%q): data %q, encoding/json %q", b, w.Data, std.Data)
+		}
+	})
+}
+
+func show(s *string) string {
+	if s == nil {
+		return "absent"
+	}
+	return strconv.Quote(*s)
 }
 
 // TestFutureDatedEventRefused: an event dated beyond the receiver's clock
