@@ -112,7 +112,8 @@ func benchmarkPipeline(b *testing.B, platform string) {
 	cfg.ChallengeTimeout = 30 * time.Second
 	cfg.AckWait = time.Minute
 	// cfg.Concurrency stays at its default, as a deployed worker runs.
-	cfg.testRecord = func(_ events.Job, st events.VMStatus) {
+	var h hooks
+	h.record = func(_ events.Job, st events.VMStatus) {
 		if st.Status != events.StatusTrusted {
 			b.Errorf("%s: %s %v", st.VMKey, st.Status, st.Reasons)
 		}
@@ -121,9 +122,9 @@ func benchmarkPipeline(b *testing.B, platform string) {
 		}
 	}
 	if platform == "noop" {
-		cfg.testAppraiser = noopAppraiser{}
+		h.appraiser = noopAppraiser{}
 	}
-	runWorker(b, cfg)
+	runWorkerWith(b, cfg, h)
 	sched := &scheduler{conn: conn, stream: mustStream(b, conn.JS, events.StreamSchedule), source: "bench"}
 
 	// Every VM's schedule fires at the same moment. The schedules are

@@ -174,13 +174,17 @@ func testConfig(conn *bus.Conn, name string) Config {
 }
 
 // runWorker runs a worker until the test ends or stop is called.
-func runWorker(t testing.TB, cfg Config) (stop func() error) {
+func runWorker(t testing.TB, cfg Config) (stop func() error) { return runWorkerWith(t, cfg, hooks{}) }
+
+// runWorkerWith runs a worker with test hooks until the test ends or stop
+// is called.
+func runWorkerWith(t testing.TB, cfg Config, h hooks) (stop func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan struct{})
 	cfg.Ready = sync.OnceFunc(func() { close(ready) })
 	done := make(chan error, 1)
-	go func() { done <- Run(ctx, cfg) }()
+	go func() { done <- run(ctx, cfg, h) }()
 	select {
 	case <-ready:
 	case err := <-done:

@@ -244,10 +244,10 @@ func (w *Worker) recordOutcome(ctx context.Context, p *jobPlan, o outcome, deliv
 			"delivered", delivered, "status", o.Status.Status, "next_due", o.Status.NextDueAt)
 	}
 	w.hook("status", p.job.VMKey)
-	if w.cfg.testRecord != nil {
+	if w.hooks.record != nil {
 		job := p.job
 		job.DueAt = p.due
-		w.cfg.testRecord(job, o.Status)
+		w.hooks.record(job, o.Status)
 	}
 }
 
@@ -263,8 +263,8 @@ func (w *Worker) jobContext(ctx context.Context) (context.Context, context.Cance
 }
 
 func (w *Worker) hook(point, vm string) {
-	if w.cfg.testHook != nil {
-		w.cfg.testHook(point, vm)
+	if w.hooks.point != nil {
+		w.hooks.point(point, vm)
 	}
 }
 

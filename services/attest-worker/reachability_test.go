@@ -238,9 +238,15 @@ func TestSweepHealsLostScheduleAndAdoptsUnscheduledVM(t *testing.T) {
 	}
 	n := len(lost.challenges())
 	waitFor(t, 15*time.Second, "lost VM attested again", func() (bool, string) { return len(lost.challenges()) > n, "" })
-	missed := alertsWith(t, ctx, conn.JS, "schedule.deadline_missed")
-	if len(missed) == 0 || missed[0].Severity != events.SeverityWarning {
-		t.Fatalf("missed-deadline alerts %+v", missed)
+	// The sweep raises its alert after enqueuing the job, which may be
+	// done first: wait for the alert.
+	var missed []events.Alert
+	waitFor(t, 10*time.Second, "a missed-deadline alert", func() (bool, string) {
+		missed = alertsWith(t, ctx, conn.JS, "schedule.deadline_missed")
+		return len(missed) > 0, "none yet"
+	})
+	if missed[0].Severity != events.SeverityWarning {
+		t.Fatalf("missed-deadline alert of severity %s, want %s: %+v", missed[0].Severity, events.SeverityWarning, missed[0])
 	}
 	st, _ := statusOf(t, ctx, conn.JS, lost.VMKey())
 	if st.Status != events.StatusTrusted {

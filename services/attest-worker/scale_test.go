@@ -40,13 +40,13 @@ func TestTwoWorkersShareTheFleetWithNoDoubleAndNoGap(t *testing.T) {
 		cfg.ChallengeTimeout = 3 * time.Second // a loaded machine answers slowly
 		cfg.AckWait = 10 * time.Second
 		cfg.Concurrency = 32
-		cfg.testRecord = func(job events.Job, st events.VMStatus) {
+		record := func(job events.Job, st events.VMStatus) {
 			mu.Lock()
 			defer mu.Unlock()
 			records[job.VMKey] = append(records[job.VMKey], record{worker: i, job: job, st: st, recorded: time.Now()})
 			perWorker[i]++
 		}
-		runWorker(t, cfg)
+		runWorkerWith(t, cfg, hooks{record: record})
 	}
 	// VMs come up over one interval, as a fleet does (a fleet registered
 	// all at once spreads out over a few intervals: TestNextDueSpreadsABunchedFleet).
@@ -134,7 +134,7 @@ func startKillable(t *testing.T, url, name, point string) *killable {
 	cfg := testConfig(c, name)
 	cfg.Timing.Grace = 15 * time.Second // longer than the takeover (AckWait)
 	var once sync.Once
-	cfg.testHook = func(p, vm string) {
+	freeze := func(p, vm string) {
 		if p != point {
 			return
 		}
@@ -144,7 +144,7 @@ func startKillable(t *testing.T, url, name, point string) *killable {
 		})
 	}
 	k.conn = c.NC
-	k.stop = runWorker(t, cfg)
+	k.stop = runWorkerWith(t, cfg, hooks{point: freeze})
 	return k
 }
 

@@ -72,17 +72,6 @@ type Config struct {
 	// explicitTiming is Timing as configured, before the policy's and the
 	// default values filled it in.
 	explicitTiming Timing
-
-	// testHook, when set, is called at named points of a job (tests only):
-	// "appraised" before the verdict is stored, "verdict" after it,
-	// "status" after the status write.
-	testHook func(point, vm string)
-	// testRecord, when set, receives every job with the status record it
-	// produced (tests only).
-	testRecord func(job events.Job, st events.VMStatus)
-	// testAppraiser, when set, replaces evidence verification (the
-	// benchmark's measure of the pipeline without verification).
-	testAppraiser appraiser
 }
 
 func (c Config) withDefaults() Config {
@@ -139,12 +128,29 @@ type Worker struct {
 	appraiser appraiser
 	metrics   *workerMetrics
 	policies  *policies
+	hooks     hooks
 }
 
 // Run attests the fleet until ctx ends. It provisions the streams and
 // buckets, consumes jobs, fired schedules and lifecycle events, and returns
 // nil after a clean shutdown (handlers in flight finish first).
-func Run(ctx context.Context, cfg Config) error {
+func Run(ctx context.Context, cfg Config) error { return run(ctx, cfg, hooks{}) }
+
+// hooks are where tests observe a worker or replace part of it; a
+// production worker has none.
+type hooks struct {
+	// point is called at named points of a job: "appraised" before the
+	// verdict is stored, "verdict" after it, "status" after the status
+	// write.
+	point func(point, vm string)
+	// record receives every job with the status record it produced.
+	record func(job events.Job, st events.VMStatus)
+	// appraiser replaces evidence verification (the benchmark's measure
+	// of the pipeline without verification).
+	appraiser appraiser
+}
+
+func run(ctx context.Context, cfg Config, h hooks) error {
 	cfg = cfg.withDefaults()
 	if err := cfg.Timing.validate(); err != nil {
 		return err
@@ -153,7 +159,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	w, err := newWorker(svc.Context(), cfg, svc)
+	w, err := newWorker(svc.Context(), cfg, svc, h)
 	if err != nil {
 		svc.Stop()
 		return errors.Join(err, svc.Wait())
@@ -165,7 +171,7 @@ func Run(ctx context.Context, cfg Config) error {
 	return svc.Wait()
 }
 
-func newWorker(ctx context.Context, cfg Config, svc *service.Service) (*Worker, error) {
+func newWorker(ctx context.Context, cfg Config, svc *service.Service, h hooks) (*Worker, error) {
 	conn := svc.Conn
 	statusKV, err := conn.JS.KeyValue(ctx, events.BucketStatus)
 	if err != nil {
@@ -203,8 +209,8 @@ func newWorker(ctx context.Context, cfg Config, svc *service.Service) (*Worker, 
 	if err != nil {
 		return nil, err
 	}
-	if cfg.testAppraiser != nil {
-		ap = cfg.testAppraiser
+	if h.appraiser != nil {
+		ap = h.appraiser
 	}
 	source := "vigil/" + Service + "/" + cfg.Name
 	return &Worker{
@@ -221,6 +227,7 @@ func newWorker(ctx context.Context, cfg Config, svc *service.Service) (*Worker, 
 		appraiser: ap,
 		metrics:   newWorkerMetrics(svc.MeterProvider),
 		policies:  pols,
+		hooks:     h,
 	}, nil
 }
 

@@ -72,10 +72,6 @@ type Config struct {
 	Consumer string
 	// Source is the CloudEvents source of keyguard's events.
 	Source string
-
-	// sealed, when set (by tests, export_test.go), runs after a release's
-	// secret is sealed, before its final checks.
-	sealed func(vm string)
 }
 
 // NonceLimits bounds the release nonces keyguard issues. Nonces are issued

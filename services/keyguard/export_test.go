@@ -1,5 +1,15 @@
 package keyguard
 
-// OnSealed makes cfg's keyguard call f after a release's secret is sealed
-// and before its final checks.
-func OnSealed(cfg *Config, f func(vm string)) { cfg.sealed = f }
+import "context"
+
+// Hooks are the points where tests act inside a running keyguard.
+type Hooks struct {
+	// Sealed is called after a release's secret is sealed and before its
+	// final checks.
+	Sealed func(vm string)
+}
+
+// RunWithHooks is Run with test hooks.
+func RunWithHooks(ctx context.Context, cfg Config, h Hooks) error {
+	return run(ctx, cfg, hooks{sealed: h.Sealed})
+}

@@ -44,12 +44,13 @@ const testSecret = "0123456789abcdef0123456789abcdef"
 
 // harness runs keyguard against an embedded NATS server.
 type harness struct {
-	t    testing.TB
-	srv  *natstest.Server
-	conn *bus.Conn
-	js   jetstream.JetStream
-	cfg  keyguard.Config
-	stop func()
+	t     testing.TB
+	srv   *natstest.Server
+	conn  *bus.Conn
+	js    jetstream.JetStream
+	cfg   keyguard.Config
+	hooks keyguard.Hooks
+	stop  func()
 }
 
 type option func(*keyguard.Config)
@@ -62,6 +63,15 @@ func newHarness(t testing.TB, opts ...option) *harness {
 // newHarnessOn runs keyguard against srv, whose default user (when it has
 // accounts) may do what keyguard does.
 func newHarnessOn(t testing.TB, srv *natstest.Server, opts ...option) *harness {
+	t.Helper()
+	h := prepareHarness(t, srv, opts...)
+	h.start()
+	return h
+}
+
+// prepareHarness is newHarnessOn without starting keyguard: set h.hooks,
+// then h.start().
+func prepareHarness(t testing.TB, srv *natstest.Server, opts ...option) *harness {
 	t.Helper()
 	h := &harness{t: t, srv: srv}
 	h.conn = h.connect()
@@ -83,7 +93,6 @@ func newHarnessOn(t testing.TB, srv *natstest.Server, opts ...option) *harness {
 	for _, o := range opts {
 		o(&h.cfg)
 	}
-	h.start()
 	return h
 }
 
@@ -113,7 +122,7 @@ func (h *harness) start() {
 	cfg.Ready = func() { close(ready) }
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- keyguard.Run(ctx, cfg) }()
+	go func() { done <- keyguard.RunWithHooks(ctx, cfg, h.hooks) }()
 	select {
 	case <-ready:
 	case err := <-done:

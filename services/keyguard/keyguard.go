@@ -34,6 +34,7 @@ type Keyguard struct {
 	verifier *evidence.Verifier
 	backends map[string]backend
 	metrics  *kgMetrics
+	hooks    hooks
 
 	// nonceStream is the nonce bucket's stream; vmNonces and
 	// requesterNonces limit the rate of nonces per VM and per requester.
@@ -49,7 +50,17 @@ type Keyguard struct {
 // lifecycle events and revokes, suspends and restores grants on every
 // backend; it serves the key release API (vigil.keyguard.nonce,
 // vigil.keyguard.release) and the operator API (vigil.keyguard.admin.*).
-func Run(ctx context.Context, cfg Config) error {
+func Run(ctx context.Context, cfg Config) error { return run(ctx, cfg, hooks{}) }
+
+// hooks are where tests act inside a running keyguard (export_test.go);
+// a production keyguard has none.
+type hooks struct {
+	// sealed runs after a release's secret is sealed, before its final
+	// checks.
+	sealed func(vm string)
+}
+
+func run(ctx context.Context, cfg Config, h hooks) error {
 	cfg.defaults()
 	if err := cfg.validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
@@ -65,6 +76,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	k, err := open(svc.Context(), cfg, svc, master)
 	if err == nil {
+		k.hooks = h
 		err = k.start(svc)
 	}
 	if err != nil {

@@ -129,8 +129,8 @@ func (k *Keyguard) handleRelease(ctx context.Context, data []byte) (out []byte, 
 	if err != nil {
 		return nil, refuse(keyrelease.CodeBadRequest, "seal: %v", err)
 	}
-	if k.cfg.sealed != nil {
-		k.cfg.sealed(req.VMKey)
+	if k.hooks.sealed != nil {
+		k.hooks.sealed(req.VMKey)
 	}
 	// Verification and sealing took time: decide on the status, grant and
 	// vmId as they are now, the last thing before the answer is recorded

@@ -10,6 +10,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
+	"github.com/vigil-cc/vigil/pkg/natstest"
 	"github.com/vigil-cc/vigil/services/keyguard"
 	"github.com/vigil-cc/vigil/services/keyguard/azurekv"
 	"github.com/vigil-cc/vigil/services/keyguard/azurekv/azurekvtest"
@@ -139,17 +140,17 @@ func TestForgedVMIDDoesNotNarrowKeyVaultRevocation(t *testing.T) {
 func TestRevocationDuringSealingWins(t *testing.T) {
 	var h *harness
 	revoke := make(chan string, 1)
-	h = newHarness(t, func(c *keyguard.Config) {
-		keyguard.OnSealed(c, func(vm string) {
-			select {
-			case r := <-revoke:
-				if _, err := keyguard.Revoke(ctxT(t), h.conn, keyguard.ChangeRequest{VM: vm, Reason: r, Actor: "alice"}); err != nil {
-					t.Errorf("revoke: %v", err)
-				}
-			default:
+	h = prepareHarness(t, natstest.Start(t))
+	h.hooks.Sealed = func(vm string) {
+		select {
+		case r := <-revoke:
+			if _, err := keyguard.Revoke(ctxT(t), h.conn, keyguard.ChangeRequest{VM: vm, Reason: r, Actor: "alice"}); err != nil {
+				t.Errorf("revoke: %v", err)
 			}
-		})
-	})
+		default:
+		}
+	}
+	h.start()
 	vm := h.newVM("revoked-while-sealing")
 	h.setStatus(vm, events.StatusTrusted)
 	h.grant(vm, "disk-key", keyguard.BackendLocal)
