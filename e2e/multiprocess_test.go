@@ -209,7 +209,7 @@ func TestMultiProcess(t *testing.T) {
 	sumFile := filepath.Join(dir, "summary.json")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	simCmd := exec.CommandContext(ctx, b("vigil"), "sim", "run", "--server", natsURL,
+	simCmd := exec.CommandContext(ctx, b("vigil"), "sim", "run", "--nats-url", natsURL,
 		"--webhook", "http://"+ingestAddr+"/eventgrid?secret="+secret, "--arm-listen", armAddr,
 		"--vms", "12", "--tamper-after", "6s", "--for", "35s", "--summary", sumFile, "--check")
 	simOut, err := simCmd.CombinedOutput()

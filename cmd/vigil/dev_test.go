@@ -38,7 +38,7 @@ func startDev(t *testing.T, extra ...string) (url, data string, stop func() erro
 	done := make(chan error, 1)
 	go func() { done <- cmd.ExecuteContext(ctx) }()
 
-	re := regexp.MustCompile(`(?m)^  vigil events tail --server (nats://\S+)$`)
+	re := regexp.MustCompile(`(?m)^  vigil events tail --nats-url (nats://\S+)$`)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if m := re.FindStringSubmatch(out.String()); m != nil {
@@ -103,7 +103,7 @@ func TestDevThenTail(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, stderr, err := runVigil(ctx, "events", "tail", "--server", url, "--count", "3")
+	out, stderr, err := runVigil(ctx, "events", "tail", "--nats-url", url, "--count", "3")
 	if err != nil {
 		t.Fatalf("tail: %v (%s)", err, stderr)
 	}

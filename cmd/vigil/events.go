@@ -20,9 +20,6 @@ import (
 	"github.com/vigil-cc/vigil/pkg/events"
 )
 
-// defaultNATSURL is where `vigil dev` listens by default.
-const defaultNATSURL = "nats://127.0.0.1:4222"
-
 // flagEnv returns the value of the environment variable key, or def when it
 // is unset or empty: the default of a flag with an environment fallback.
 func flagEnv(key, def string) string {
@@ -67,7 +64,7 @@ It ends with exit status 0 once --count events were printed or --timeout has pas
 and with a non-zero status at once when NATS cannot be reached.`,
 		Example: `  vigil events tail --count 10
   vigil events tail --subject 'vigil.events.vm.*.verdict' --timeout 30s
-  vigil events tail --server nats://nats.example:4222 --creds ops.creds --subject 'vigil.alert.>'`,
+  vigil events tail --nats-url nats://nats.example:4222 --nats-creds ops.creds --subject 'vigil.alert.>'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runTail(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -140,11 +137,11 @@ func (o *tailOptions) natsOptions(stderr io.Writer) []nats.Option {
 	if o.creds != "" {
 		opts = append(opts, nats.UserCredentials(o.creds))
 	}
-	if o.tlsCA != "" {
-		opts = append(opts, nats.RootCAs(o.tlsCA))
+	if o.ca != "" {
+		opts = append(opts, nats.RootCAs(o.ca))
 	}
-	if o.tlsCert != "" {
-		opts = append(opts, nats.ClientCert(o.tlsCert, o.tlsKey))
+	if o.cert != "" {
+		opts = append(opts, nats.ClientCert(o.cert, o.key))
 	}
 	return opts
 }
@@ -161,9 +158,9 @@ func runTail(ctx context.Context, o *tailOptions, stdout, stderr io.Writer) erro
 	if err := o.validate(); err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
-	nc, err := nats.Connect(o.server, o.natsOptions(stderr)...)
+	nc, err := nats.Connect(o.url, o.natsOptions(stderr)...)
 	if err != nil {
-		return fmt.Errorf("cannot connect to NATS at %s: %w (is `vigil dev` running?)", bus.RedactURL(o.server), err)
+		return fmt.Errorf("cannot connect to NATS at %s: %w (is `vigil dev` running?)", bus.RedactURL(o.url), err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)

@@ -104,7 +104,7 @@ func TestTailPrintsStoredEventsInOrder(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, stderr, err := runVigil(ctx, "events", "tail", "--server", ns.URL(), "--count", "3")
+	out, stderr, err := runVigil(ctx, "events", "tail", "--nats-url", ns.URL(), "--count", "3")
 	if err != nil {
 		t.Fatalf("tail: %v (%s)", err, stderr)
 	}
@@ -117,7 +117,7 @@ func TestTailPrintsStoredEventsInOrder(t *testing.T) {
 
 	// No count: everything stored, then the timeout ends it with status 0.
 	start := time.Now()
-	out, _, err = runVigil(ctx, "events", "tail", "--server", ns.URL(), "--timeout", "500ms")
+	out, _, err = runVigil(ctx, "events", "tail", "--nats-url", ns.URL(), "--timeout", "500ms")
 	if err != nil {
 		t.Fatalf("tail --timeout: %v", err)
 	}
@@ -143,7 +143,7 @@ func TestTailFollowsNewEvents(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		out, _, err := runVigil(ctx, "events", "tail", "--server", ns.URL(), "--count", "2", "--subject", "vigil.events.vm."+vm+".>")
+		out, _, err := runVigil(ctx, "events", "tail", "--nats-url", ns.URL(), "--count", "2", "--subject", "vigil.events.vm."+vm+".>")
 		done <- result{out, err}
 	}()
 	time.Sleep(200 * time.Millisecond)
@@ -177,7 +177,7 @@ func TestTailOtherStreams(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.subject, func(t *testing.T) {
-			out, stderr, err := runVigil(ctx, "events", "tail", "--server", ns.URL(), "--subject", tc.subject, "--count", fmt.Sprint(len(tc.want)), "--timeout", "10s")
+			out, stderr, err := runVigil(ctx, "events", "tail", "--nats-url", ns.URL(), "--subject", tc.subject, "--count", fmt.Sprint(len(tc.want)), "--timeout", "10s")
 			if err != nil {
 				t.Fatalf("tail: %v (%s)", err, stderr)
 			}
@@ -211,7 +211,7 @@ func TestTailSkipsNonCloudEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	good := publish(t, js, events.PolicySubject("default"), events.TypePolicy, map[string]any{"name": "default"})
-	out, stderr, err := runVigil(ctx, "events", "tail", "--server", ns.URL(), "--count", "1")
+	out, stderr, err := runVigil(ctx, "events", "tail", "--nats-url", ns.URL(), "--count", "1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +230,7 @@ func TestTailCannotConnect(t *testing.T) {
 	}
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	start := time.Now()
-	_, _, err = runVigil(context.Background(), "events", "tail", "--server", url, "--timeout", "1m")
+	_, _, err = runVigil(context.Background(), "events", "tail", "--nats-url", url, "--timeout", "1m")
 	if err == nil {
 		t.Fatal("tail succeeded without a server")
 	}
@@ -244,7 +244,7 @@ func TestTailCannotConnect(t *testing.T) {
 
 func TestTailUnprovisioned(t *testing.T) {
 	ns := natstest.Start(t) // no streams
-	_, _, err := runVigil(context.Background(), "events", "tail", "--server", ns.URL(), "--timeout", "1m")
+	_, _, err := runVigil(context.Background(), "events", "tail", "--nats-url", ns.URL(), "--timeout", "1m")
 	if err == nil || !strings.Contains(err.Error(), `no stream stores subject "vigil.events.>"`) {
 		t.Fatalf("err = %v", err)
 	}
@@ -257,10 +257,10 @@ func TestTailBadFlags(t *testing.T) {
 		{"--subject", "vigil..events"},
 		{"--subject", "vigil.>.x"},
 		{"--subject", "vigil.ev*"},
-		{"--tls-cert", "c.pem"},
+		{"--nats-cert", "c.pem"},
 	}
 	for _, args := range tests {
-		_, _, err := runVigil(context.Background(), append([]string{"events", "tail", "--server", "nats://127.0.0.1:1"}, args...)...)
+		_, _, err := runVigil(context.Background(), append([]string{"events", "tail", "--nats-url", "nats://127.0.0.1:1"}, args...)...)
 		var ee *exitError
 		if !errors.As(err, &ee) || ee.code != 2 {
 			t.Errorf("%v: err = %v, want exit status 2", args, err)
@@ -281,7 +281,7 @@ func TestTailSurvivesServerRestart(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		out, stderr, err := runVigil(ctx, "events", "tail", "--server", ns.URL(), "--count", "2")
+		out, stderr, err := runVigil(ctx, "events", "tail", "--nats-url", ns.URL(), "--count", "2")
 		done <- result{out, stderr, err}
 	}()
 	time.Sleep(300 * time.Millisecond)
@@ -297,7 +297,7 @@ func TestTailSurvivesServerRestart(t *testing.T) {
 	}
 }
 
-// A NATS URL with credentials (VIGIL_NATS_URL or --server) shows up
+// A NATS URL with credentials (VIGIL_NATS_URL or --nats-url) shows up
 // neither in --help, which prints flag defaults, nor in a connection error.
 func TestNATSURLCredentialsNotShown(t *testing.T) {
 	const secret = "s3cret-pass"
@@ -306,7 +306,7 @@ func TestNATSURLCredentialsNotShown(t *testing.T) {
 		{"events", "tail", "--help"},
 		{"keyguard", "grants", "--help"},
 		{"events", "tail", "--count", "1", "--timeout", "1s"},
-		{"events", "tail", "--count", "1", "--timeout", "1s", "--server", "nats://" + secret + "@127.0.0.1:1"},
+		{"events", "tail", "--count", "1", "--timeout", "1s", "--nats-url", "nats://" + secret + "@127.0.0.1:1"},
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		stdout, stderr, err := runVigil(ctx, args...)

@@ -29,15 +29,15 @@ func TestKeyFilesReadableByOthersRefused(t *testing.T) {
 	cert := file("client.crt", 0o644, "certificate\n")
 	master := file("master.key", 0o644, strings.Repeat("ab", 32)+"\n")
 	secret := file("secret", 0o600, "s3cret")
-	server := []string{"--server", "nats://127.0.0.1:1"}
+	server := []string{"--nats-url", "nats://127.0.0.1:1"}
 	cases := []struct {
 		name    string
 		args    []string
 		refused string
 	}{
-		{"events tail --creds", append([]string{"events", "tail", "--creds", creds}, server...), creds},
-		{"events tail --tls-key", append([]string{"events", "tail", "--tls-cert", cert, "--tls-key", tlsKey}, server...), tlsKey},
-		{"keyguard revoke --creds", append([]string{"keyguard", "revoke", "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm", "--reason", "r", "--actor", "a", "--creds", creds}, server...), creds},
+		{"events tail --nats-creds", append([]string{"events", "tail", "--nats-creds", creds}, server...), creds},
+		{"events tail --nats-key", append([]string{"events", "tail", "--nats-cert", cert, "--nats-key", tlsKey}, server...), tlsKey},
+		{"keyguard revoke --nats-creds", append([]string{"keyguard", "revoke", "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm", "--reason", "r", "--actor", "a", "--nats-creds", creds}, server...), creds},
 		{"keyguard secret put --master-key-file", append([]string{"keyguard", "secret", "put", "disk-key", "--file", secret, "--master-key-file", master}, server...), master},
 	}
 	for _, tc := range cases {

@@ -39,8 +39,9 @@ func (o *keyguardConn) connect(ctx context.Context) (*bus.Conn, error) {
 	if o.timeout <= 0 {
 		return nil, usageError("--timeout %s: must be positive", o.timeout)
 	}
-	c, err := bus.Connect(ctx, bus.Config{URL: o.server, Name: "vigil keyguard", CredsFile: o.creds,
-		TLSCAFile: o.tlsCA, TLSCertFile: o.tlsCert, TLSKeyFile: o.tlsKey, DrainTimeout: 2 * time.Second})
+	cfg := o.busConfig("vigil keyguard")
+	cfg.DrainTimeout = 2 * time.Second
+	c, err := bus.Connect(ctx, cfg)
 	if err != nil {
 		return nil, &exitError{code: 1, msg: err.Error()}
 	}
@@ -274,7 +275,7 @@ func runChange(cmd *cobra.Command, o *keyguardConn, what string, send func(conte
 		case errors.As(err, &re):
 			return &exitError{code: 1, msg: fmt.Sprintf("%s refused: %s", what, re.Error())}
 		case errors.Is(err, bus.ErrNoResponders):
-			return &exitError{code: 1, msg: "no keyguard is running on " + bus.RedactURL(o.server)}
+			return &exitError{code: 1, msg: "no keyguard is running on " + bus.RedactURL(o.url)}
 		}
 		return &exitError{code: 1, msg: fmt.Sprintf("%s: %v", what, err)}
 	}

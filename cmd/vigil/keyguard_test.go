@@ -50,7 +50,7 @@ func TestKeyguardCommands(t *testing.T) {
 
 	// No keyguard yet: operator requests fail clearly.
 	vmKey := events.VMKey("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/x")
-	out, code, err := runKeyguardCLI(t, "", "keyguard", "restore", vmKey, "--reason", "r", "--server", srv.URL())
+	out, code, err := runKeyguardCLI(t, "", "keyguard", "restore", vmKey, "--reason", "r", "--nats-url", srv.URL())
 	if code != 1 || !strings.Contains(err.Error(), "no keyguard is running") {
 		t.Fatalf("restore without keyguard: code %d, %v, %q", code, err, out)
 	}
@@ -108,7 +108,7 @@ func TestKeyguardCommands(t *testing.T) {
 	if _, err := inv.Put(ctx, vm.VMKey(), rec); err != nil {
 		t.Fatal(err)
 	}
-	srvFlag := []string{"--server", srv.URL()}
+	srvFlag := []string{"--nats-url", srv.URL()}
 
 	// Secrets: put from stdin, list.
 	out, code, err = runKeyguardCLI(t, "s3cret-disk-key", append([]string{"keyguard", "secret", "put", "disk-key", "--file", "-", "--master-key-file", masterFile}, srvFlag...)...)

@@ -33,7 +33,7 @@ func TestPolicyPublishAndShow(t *testing.T) {
 	srv := natstest.Start(t)
 	srv.JetStream()
 	ctx := context.Background()
-	server := []string{"--server", srv.URL()}
+	server := []string{"--nats-url", srv.URL()}
 	id := appraise.DefaultPolicy().ID
 	code := func(err error) int {
 		var ee *exitError

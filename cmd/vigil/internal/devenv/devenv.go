@@ -345,7 +345,7 @@ func (e *Env) Banner(w io.Writer) {
 		fmt.Fprintf(w, "  health and metrics: %[1]s/healthz %[1]s/readyz %[1]s/metrics\n", e.Ops.URL())
 	}
 	fmt.Fprintf(w, "Watch the bus from another shell:\n")
-	fmt.Fprintf(w, "  vigil events tail --server %s\n", e.URL)
-	fmt.Fprintf(w, "  (from the repository: go run ./cmd/vigil events tail --server %s)\n", e.URL)
+	fmt.Fprintf(w, "  vigil events tail --nats-url %s\n", e.URL)
+	fmt.Fprintf(w, "  (from the repository: go run ./cmd/vigil events tail --nats-url %s)\n", e.URL)
 	fmt.Fprintf(w, "Stop with Ctrl-C.\n")
 }

@@ -82,7 +82,7 @@ func TestStartProvisionsEverything(t *testing.T) {
 	}
 	var banner bytes.Buffer
 	env.Banner(&banner)
-	if !strings.Contains(banner.String(), "vigil events tail --server "+env.URL+"\n") {
+	if !strings.Contains(banner.String(), "vigil events tail --nats-url "+env.URL+"\n") {
 		t.Errorf("banner lacks the tail command:\n%s", banner.String())
 	}
 }
