@@ -22,8 +22,8 @@ const (
 // Raw is an inbound Azure event stored on VIGIL_RAW before anything else
 // happens to it. Event is the event exactly as received.
 type Raw struct {
-	Source     string          `json:"source"`      // "eventgrid", "namespace", "reconcile"
-	Schema     string          `json:"schema"`      // "eventgrid", "cloudevents", "arm"
+	Source     string          `json:"source"`      // "eventgrid", "namespace"
+	Schema     string          `json:"schema"`      // "eventgrid", "cloudevents"
 	EventID    string          `json:"event_id"`    // Azure's id, the de-duplication key
 	ReceivedAt time.Time       `json:"received_at"` //
 	Event      json.RawMessage `json:"event"`       // untouched
@@ -263,7 +263,7 @@ type Job struct {
 	VMKey       string    `json:"vm_key"`
 	ResourceID  string    `json:"resource_id,omitempty"`
 	VMID        string    `json:"vm_id,omitempty"`
-	Reason      string    `json:"reason"` // "created", "started", "restarted", "schedule", "retry", "operator", "reconcile"
+	Reason      string    `json:"reason"` // "created", "started", "restarted", "reconcile" (ingest); "schedule", "retry", "sweep" (attest-worker)
 	Attempt     int       `json:"attempt,omitempty"`
 	RequestedAt time.Time `json:"requested_at"`
 	DueAt       time.Time `json:"due_at,omitzero"`

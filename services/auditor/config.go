@@ -54,7 +54,7 @@ type Config struct {
 	// minimum 100 ms.
 	CheckpointInterval time.Duration
 	// BatchSize is the most messages written to the log in one durable
-	// batch. Default 4096.
+	// batch. Default DefaultBatchSize (8192).
 	BatchSize int
 	// AckWait is the consumer's ack wait. Default 1 min.
 	AckWait time.Duration
