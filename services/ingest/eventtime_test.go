@@ -106,8 +106,14 @@ func TestFutureDatedEventCannotPinVM(t *testing.T) {
 				return ok && rec.EventID == tt.vm+"-start"
 			})
 			rec, _ := h.record(key)
-			if rec.Deleted || rec.PowerState != "running" || rec.Lifecycle != events.LifecycleStarted || rec.EventTime.After(time.Now()) {
-				t.Fatalf("record %+v: want the VM present and running as of the genuine start", rec)
+			type present struct {
+				Deleted     bool
+				PowerState  string
+				Lifecycle   events.LifecycleKind
+				FutureDated bool
+			}
+			if d := diffFields(present{rec.Deleted, rec.PowerState, rec.Lifecycle, rec.EventTime.After(time.Now())}, present{false, "running", events.LifecycleStarted, false}); d != "" {
+				t.Fatalf("record, want the VM present and running as of the genuine start:%s", d)
 			}
 			for _, lc := range h.lifecycles(key) {
 				if lc.Superseded || lc.Kind == events.LifecycleDeleted {
@@ -147,8 +153,13 @@ func TestReconcileHealsFutureDatedRecord(t *testing.T) {
 			key := vmKey(tt.vm)
 			eventually(t, 15*time.Second, "the record healed", func() bool { return len(h.lifecycles(key)) == 1 })
 			lc := h.lifecycles(key)[0]
-			if lc.Kind != tt.kind || lc.Origin != OriginReconcile || lc.OccurredAt.After(time.Now()) {
-				t.Fatalf("lifecycle %+v: want %s from reconcile, dated now", lc, tt.kind)
+			type healed struct {
+				Kind        events.LifecycleKind
+				Origin      string
+				FutureDated bool
+			}
+			if d := diffFields(healed{lc.Kind, lc.Origin, lc.OccurredAt.After(time.Now())}, healed{tt.kind, OriginReconcile, false}); d != "" {
+				t.Fatalf("lifecycle, want %s from reconcile, dated now:%s", tt.kind, d)
 			}
 			eventually(t, 10*time.Second, "the healed record", func() bool {
 				rec, _ := h.record(key)
