@@ -163,8 +163,16 @@ func (w *Worker) sweepStale(ctx context.Context, vm, causeID string) (bool, erro
 }
 
 // adopt gives a running VM that has no status record a pending one and a
-// job. Its grace period counts from the newest event ingest saw for it.
+// job. Its grace period counts from the newest event ingest saw for it. A
+// VM with a job still on VIGIL_JOBS (a work queue: a job leaves it when
+// acknowledged, after its status is stored) is left to that job: a
+// creation job that runs slowly is not an unscheduled VM.
 func (w *Worker) adopt(ctx context.Context, vm string, rec events.VM, causeID string, now time.Time) (bool, error) {
+	if _, err := w.jobs.GetLastMsgForSubject(ctx, events.AttestJobSubject(vm)); err == nil {
+		return false, nil
+	} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, fmt.Errorf("attest-worker: pending job of %s: %w", vm, err)
+	}
 	since := rec.EventTime
 	if since.IsZero() || since.After(now) {
 		since = now

@@ -124,6 +124,7 @@ type Worker struct {
 	statusKV  jetstream.KeyValue
 	vmsKV     jetstream.KeyValue
 	events    streamGetter
+	jobs      jetstream.Stream
 	sched     *scheduler
 	appraiser appraiser
 	metrics   *workerMetrics
@@ -185,6 +186,10 @@ func newWorker(ctx context.Context, cfg Config, svc *service.Service, h hooks) (
 	if err != nil {
 		return nil, fmt.Errorf("attest-worker: open %s: %w", events.StreamEvents, err)
 	}
+	jobsStream, err := conn.JS.Stream(ctx, events.StreamJobs)
+	if err != nil {
+		return nil, fmt.Errorf("attest-worker: open %s: %w", events.StreamJobs, err)
+	}
 	schedStream, err := conn.JS.Stream(ctx, events.StreamSchedule)
 	if err != nil {
 		return nil, fmt.Errorf("attest-worker: open %s: %w", events.StreamSchedule, err)
@@ -223,6 +228,7 @@ func newWorker(ctx context.Context, cfg Config, svc *service.Service, h hooks) (
 		statusKV:  statusKV,
 		vmsKV:     vmsKV,
 		events:    evStream,
+		jobs:      jobsStream,
 		sched:     &scheduler{conn: conn, stream: schedStream, source: source},
 		appraiser: ap,
 		metrics:   newWorkerMetrics(svc.MeterProvider),
