@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -22,6 +22,9 @@ type Message struct {
 	Envelope events.Envelope
 	Msg      jetstream.Msg
 	Meta     *jetstream.MsgMetadata
+	// Value is what the WithOrderingKey function left for the handler,
+	// such as the payload it decoded to find the key; nil otherwise.
+	Value any
 }
 
 // Handler processes one message. Returning nil acks it; an error naks it
@@ -49,114 +52,44 @@ func IsPermanent(err error) bool {
 	return errors.As(err, &p)
 }
 
-// ConsumeOption configures Consume.
-type ConsumeOption func(*consumeOptions)
-
-type consumeOptions struct {
-	concurrency int
-	backoff     []time.Duration
-	inProgress  time.Duration
-	alertSource string
-	ackNoWait   bool
-}
-
-// WithConcurrency bounds the number of messages handled at once (default 16).
-// It is also the number of messages buffered from the server.
-func WithConcurrency(n int) ConsumeOption {
-	return func(o *consumeOptions) {
-		if n > 0 {
-			o.concurrency = n
-		}
-	}
-}
-
-// WithBackoff sets the redelivery delays after a handler error: the n-th
-// failed delivery waits ds[n-1], the last value repeating. The default is
-// 250 ms, 1 s, 5 s, 15 s, 30 s.
-func WithBackoff(ds ...time.Duration) ConsumeOption {
-	return func(o *consumeOptions) {
-		if len(ds) > 0 {
-			o.backoff = ds
-		}
-	}
-}
-
-// WithInProgress sets how often a running handler's message is marked in
-// progress so that the server does not redeliver it (default a third of the
-// consumer's AckWait).
-func WithInProgress(interval time.Duration) ConsumeOption {
-	return func(o *consumeOptions) { o.inProgress = interval }
-}
-
-// WithAckNoWait sends a handler's acknowledgement without waiting for the
-// server to confirm it (the default waits). The ack still goes out only
-// after the handler returned nil, that is after its durable work; what is
-// given up is learning that the ack was lost (a connection dropped at that
-// moment), which leads to a redelivery after AckWait. Use it for handlers
-// that treat a redelivery of a completed message as cheap and harmless: it
-// saves the confirmation's round trip on every message.
-func WithAckNoWait() ConsumeOption {
-	return func(o *consumeOptions) { o.ackNoWait = true }
-}
-
-// WithAlertSource names the service in poison-message alerts.
-func WithAlertSource(name string) ConsumeOption {
-	return func(o *consumeOptions) { o.alertSource = name }
-}
-
-// pullRecheck bounds how long the runner waits in the pull iterator's Next
-// after a message, and pullIdle is how long it keeps doing so when no
-// message comes. It works around a race in nats.go's jetstream pull
-// iterator (Messages; seen in v1.55.0): Next decides whether to send the
-// next pull request (checkPending) only when it is entered and when
-// something arrives on the subscription, and it skips the request while
-// the previous one is still being published (fetchInProgress, set by the
-// pullMessages goroutine from before PublishRequest until after it
-// returns). When that goroutine is held up after publishing and before it
-// clears the flag (it has to run again, for instance after handing the
-// contended connection lock over), the server can deliver every message
-// asked for and the runner consume them all in the meantime: each
-// checkPending skips the pull, nothing is outstanding any more, and Next
-// blocks with no pull request on the server (NumWaiting 0, NumPending > 0,
-// NumAckPending 0) until its missing-heartbeat timer fires after twice the
-// heartbeat (30 s with the client's default; seen as 30 s stalls of the
-// attest-worker's schedule consumer in BenchmarkAttestPipeline). Entering
-// Next again runs checkPending, which then sends the skipped pull: so the
-// runner leaves Next after pullRecheck without a message and enters it
-// again. This is inferred from the iterator's code and the consumer's
-// state during a stall; the skipped pull itself was not traced.
-//
-// pullHeartbeat is the idle heartbeat asked of the server (the client's
-// default is half the 30 s expiry): the iterator gives up on a pull request
-// that the server no longer holds after two missed heartbeats, which is
-// the fallback for a pull lost otherwise.
-const (
-	pullRecheck   = 100 * time.Millisecond
-	pullIdle      = time.Second
-	pullHeartbeat = 5 * time.Second
-)
-
 // DefaultMaxDeliver is the consumer's MaxDeliver when the config leaves it 0.
 // A message that failed this many deliveries is terminated as poison.
 const DefaultMaxDeliver = 20
 
+// shardQueue is how many messages wait for each handler with an ordering
+// key (WithOrderingKey) before the pull loop waits for room: enough that
+// one busy key rarely holds up the others.
+const shardQueue = 16
+
 // Consume creates or updates the durable pull consumer cfg on stream and
-// handles its messages with bounded concurrency until ctx ends. On return,
-// every handler has finished; messages buffered but not handled are
-// redelivered by the server after AckWait.
+// handles its messages with bounded concurrency until ctx ends; it returns
+// nil then. On return, every handler has finished; messages buffered but
+// not handled are given back to the server at once.
 func (c *Conn) Consume(ctx context.Context, stream string, cfg jetstream.ConsumerConfig, h Handler, opts ...ConsumeOption) error {
-	o := consumeOptions{
-		concurrency: 16,
-		backoff:     []time.Duration{250 * time.Millisecond, time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second},
-		alertSource: c.cfg.Name,
-	}
-	for _, opt := range opts {
-		opt(&o)
-	}
-	if cfg.AckPolicy == jetstream.AckNonePolicy || cfg.AckPolicy == jetstream.AckAllPolicy {
+	o := newConsumeOptions(c, opts)
+	if cfg.AckPolicy != jetstream.AckExplicitPolicy {
 		return fmt.Errorf("bus: consumer %s: the runner needs AckExplicit", cfg.Durable)
 	}
-	cfg.AckPolicy = jetstream.AckExplicitPolicy
+	cfg = o.consumeDefaults(cfg)
+	cons, err := c.consumer(ctx, stream, cfg, o)
+	if cons == nil {
+		return err
+	}
+	p, err := c.pull(ctx, cons, stream, cfg.Durable, jetstream.PullMaxMessages(o.concurrency))
+	if err != nil {
+		return err
+	}
+	defer p.stop()
+	r := newRunner(c, h, o, cfg.MaxDeliver, cfg.Durable)
+	r.start(ctx)
+	defer r.wait()
+	p.run(ctx, r.dispatch)
+	return nil
+}
+
+// consumeDefaults fills in what cfg leaves unset, and the in-progress
+// interval from its AckWait.
+func (o *consumeOptions) consumeDefaults(cfg jetstream.ConsumerConfig) jetstream.ConsumerConfig {
 	if cfg.MaxDeliver == 0 {
 		cfg.MaxDeliver = DefaultMaxDeliver
 	}
@@ -169,118 +102,11 @@ func (c *Conn) Consume(ctx context.Context, stream string, cfg jetstream.Consume
 	if o.inProgress <= 0 {
 		o.inProgress = cfg.AckWait / 3
 	}
-	if o.alertSource == "" {
-		o.alertSource = "vigil"
-	}
-	cons, err := c.JS.CreateOrUpdateConsumer(ctx, stream, cfg)
-	if err != nil {
-		return fmt.Errorf("bus: consumer %s on %s: %w", cfg.Durable, stream, err)
-	}
-	iter, err := cons.Messages(jetstream.PullMaxMessages(o.concurrency), jetstream.PullHeartbeat(pullHeartbeat))
-	if err != nil {
-		return fmt.Errorf("bus: consume %s on %s: %w", cfg.Durable, stream, err)
-	}
-	stopped := make(chan struct{})
-	go func() {
-		select {
-		case <-ctx.Done():
-			// Stop pulling, but hand out what is buffered so that it can
-			// be given back at once (below) instead of after AckWait.
-			iter.Drain()
-		case <-stopped:
-			iter.Stop()
-		}
-	}()
-	defer close(stopped)
-
-	r := newRunner(c, h, o, cfg.MaxDeliver, cfg.Durable)
-	// A fixed pool of handler goroutines rather than one per message: a
-	// goroutine keeps the stack it has grown, so handlers do not pay for
-	// growing a fresh one message after message. The unbuffered channel
-	// hands a message over only to an idle handler, so at most
-	// o.concurrency messages are in hand.
-	msgs := make(chan jetstream.Msg)
-	slots := make([]inHand, o.concurrency)
-	var handlers sync.WaitGroup
-	for i := range o.concurrency {
-		handlers.Add(1)
-		go func() {
-			defer handlers.Done()
-			for msg := range msgs {
-				r.handle(ctx, msg, &slots[i])
-			}
-		}()
-	}
-	// One ticker keeps every message in hand in progress, rather than a
-	// timer per message: most handlers finish long before the first mark
-	// is due. A message is marked at least every o.inProgress, until its
-	// handler returns, also while shutting down.
-	idle, tickerDone := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(tickerDone)
-		t := time.NewTicker(r.o.inProgress)
-		defer t.Stop()
-		for {
-			select {
-			case <-idle:
-				return
-			case <-t.C:
-				for i := range slots {
-					slots[i].markInProgress()
-				}
-			}
-		}
-	}()
-	defer func() {
-		close(msgs)
-		handlers.Wait()
-		close(idle)
-		<-tickerDone
-	}()
-	// While messages come, Next waits at most pullRecheck, so that a pull
-	// the iterator skipped is sent at once (see pullRecheck); after
-	// pullIdle without one it waits without limit again, so that the
-	// iterator's own check for missing heartbeats (a pull request the
-	// server lost) can run: it only fires inside one Next call.
-	var idleFor time.Duration
-	for {
-		var msg jetstream.Msg
-		var err error
-		if idleFor < pullIdle {
-			msg, err = iter.Next(jetstream.NextMaxWait(pullRecheck))
-			if errors.Is(err, nats.ErrTimeout) {
-				idleFor += pullRecheck
-				continue
-			}
-		} else {
-			msg, err = iter.Next()
-		}
-		idleFor = 0
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return nil
-			}
-			if ctx.Err() != nil {
-				iter.Stop()
-				return nil
-			}
-			c.log.WarnContext(ctx, "consumer error", "consumer", cfg.Durable, "stream", stream, "err", err)
-			continue
-		}
-		if ctx.Err() != nil {
-			// Shutting down: give the message back for another consumer
-			// (or the next start) without waiting for AckWait.
-			_ = msg.Nak()
-			continue
-		}
-		select {
-		case msgs <- msg:
-		case <-ctx.Done():
-			_ = msg.Nak()
-		}
-	}
+	return cfg
 }
 
+// runner hands messages to a fixed pool of handler goroutines and settles
+// each (ack, nak or terminate) by its handler's result.
 type runner struct {
 	c          *Conn
 	h          Handler
@@ -290,6 +116,23 @@ type runner struct {
 	// outcomes holds the metric attributes of each outcome, built once
 	// instead of per message.
 	outcomes map[string]metric.MeasurementOption
+	// lanes lead to the handlers: one shared by all of them, or with an
+	// ordering key one per handler (its shard).
+	lanes    []chan delivery
+	seed     maphash.Seed
+	held     held
+	handlers sync.WaitGroup
+	idle     chan struct{} // closed when the handlers are done
+	ticker   chan struct{} // closed when the in-progress ticker is done
+}
+
+// delivery is a message on its way to a handler. With an ordering key it
+// is decoded on the pull loop (the key needs it), otherwise by the handler.
+type delivery struct {
+	msg     jetstream.Msg
+	decoded bool
+	m       *Message // nil without metadata
+	err     error    // why it could not be decoded
 }
 
 // Outcomes of handling a message, as recorded in the bus metrics.
@@ -301,58 +144,130 @@ const (
 )
 
 func newRunner(c *Conn, h Handler, o consumeOptions, maxDeliver int, consumer string) *runner {
-	r := &runner{c: c, h: h, o: o, maxDeliver: maxDeliver, consumer: consumer, outcomes: map[string]metric.MeasurementOption{}}
-	for _, oc := range []string{outcomeAck, outcomeAckFailed, outcomeNak, outcomeTerm} {
-		r.outcomes[oc] = metric.WithAttributeSet(attribute.NewSet(attribute.String("consumer", consumer), attribute.String("outcome", oc)))
+	r := &runner{c: c, h: h, o: o, maxDeliver: maxDeliver, consumer: consumer, outcomes: outcomeAttrs(consumer),
+		seed: maphash.MakeSeed(), held: held{msgs: map[jetstream.Msg]struct{}{}}}
+	if o.key == nil {
+		r.lanes = []chan delivery{make(chan delivery)}
+	} else {
+		r.lanes = make([]chan delivery, o.concurrency)
+		for i := range r.lanes {
+			r.lanes[i] = make(chan delivery, shardQueue)
+		}
 	}
 	return r
 }
 
-// inHand is the message one handler goroutine is working on.
-type inHand struct {
-	mu  sync.Mutex
-	msg jetstream.Msg // nil while idle
+func outcomeAttrs(consumer string) map[string]metric.MeasurementOption {
+	m := map[string]metric.MeasurementOption{}
+	for _, oc := range []string{outcomeAck, outcomeAckFailed, outcomeNak, outcomeTerm} {
+		m[oc] = metric.WithAttributeSet(attribute.NewSet(attribute.String("consumer", consumer), attribute.String("outcome", oc)))
+	}
+	return m
 }
 
-func (h *inHand) set(msg jetstream.Msg) {
-	h.mu.Lock()
-	h.msg = msg
-	h.mu.Unlock()
+// start starts the handlers and the in-progress ticker. A fixed pool of
+// goroutines rather than one per message: a goroutine keeps the stack it
+// has grown, so handlers do not pay for growing a fresh one message after
+// message.
+func (r *runner) start(ctx context.Context) {
+	for i := range r.o.concurrency {
+		lane := r.lanes[i%len(r.lanes)]
+		r.handlers.Add(1)
+		go func() {
+			defer r.handlers.Done()
+			for d := range lane {
+				r.handle(ctx, d)
+			}
+		}()
+	}
+	r.idle, r.ticker = make(chan struct{}), make(chan struct{})
+	go r.tick()
 }
 
-// markInProgress marks the message in hand, if any, in progress. It holds
-// the lock while doing so, so a message is never marked after set(nil),
-// which comes before its ack.
-func (h *inHand) markInProgress() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.msg != nil {
-		_ = h.msg.InProgress()
+// wait closes the lanes and waits for the handlers and the ticker.
+func (r *runner) wait() {
+	for _, l := range r.lanes {
+		close(l)
+	}
+	r.handlers.Wait()
+	close(r.idle)
+	<-r.ticker
+}
+
+// tick keeps every message the runner holds in progress: one ticker rather
+// than a timer per message, as most handlers finish long before the first
+// mark is due. A message is marked at least every o.inProgress until its
+// handler returns, also while shutting down.
+func (r *runner) tick() {
+	defer close(r.ticker)
+	t := time.NewTicker(r.o.inProgress)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.idle:
+			return
+		case <-t.C:
+			r.held.markInProgress()
+		}
 	}
 }
 
-func (r *runner) handle(ctx context.Context, msg jetstream.Msg, slot *inHand) {
-	start := time.Now()
-	meta, err := msg.Metadata()
-	if err != nil {
-		r.c.log.ErrorContext(ctx, "message without metadata", "subject", msg.Subject(), "err", err)
-		_ = msg.Term()
+// dispatch hands msg to a handler: to any idle one, or with an ordering
+// key to its key's shard, where it waits behind the messages of that shard
+// delivered before it. While shutting down, msg is given back at once, for
+// another consumer or the next start, instead of after AckWait.
+func (r *runner) dispatch(ctx context.Context, msg jetstream.Msg) {
+	if ctx.Err() != nil {
+		_ = msg.Nak()
 		return
 	}
-	ctx = ExtractTrace(ctx, msg.Headers())
-	ctx, span := r.c.tracer.Start(ctx, "process "+msg.Subject(), trace.WithSpanKind(trace.SpanKindConsumer))
-	defer span.End()
-	recording := span.IsRecording()
-	if recording {
-		span.SetAttributes(
-			attribute.String("messaging.system", "nats"),
-			attribute.String("messaging.destination.name", msg.Subject()),
-			attribute.String("messaging.consumer.group.name", r.consumer),
-			attribute.Int64("messaging.nats.stream_sequence", int64(meta.Sequence.Stream)),
-			attribute.Int64("messaging.nats.num_delivered", int64(meta.NumDelivered)),
-		)
+	d := delivery{msg: msg}
+	lane := r.lanes[0]
+	if r.o.key != nil {
+		d.decoded = true
+		d.m, d.err = decode(msg)
+		if d.err == nil {
+			lane = r.lanes[maphash.String(r.seed, r.o.key(d.m))%uint64(len(r.lanes))]
+		}
 	}
+	r.held.add(msg)
+	select {
+	case lane <- d:
+	case <-ctx.Done():
+		r.held.remove(msg)
+		_ = msg.Nak()
+	}
+}
 
+// decode reads msg's metadata and envelope. Without metadata it returns a
+// nil Message.
+func decode(msg jetstream.Msg) (*Message, error) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return nil, fmt.Errorf("message without metadata: %w", err)
+	}
+	m := &Message{Msg: msg, Meta: meta}
+	if m.Envelope, err = events.Parse(msg.Data()); err != nil {
+		return m, fmt.Errorf("unreadable envelope: %w", err)
+	}
+	return m, nil
+}
+
+// handle runs the handler on one delivery and settles the message.
+func (r *runner) handle(ctx context.Context, d delivery) {
+	start := time.Now()
+	if !d.decoded {
+		d.m, d.err = decode(d.msg)
+	}
+	if d.m == nil {
+		r.held.remove(d.msg)
+		r.c.log.ErrorContext(ctx, "message without metadata", "subject", d.msg.Subject(), "err", d.err)
+		_ = d.msg.Term()
+		return
+	}
+	m := d.m
+	ctx, span := r.startSpan(ctx, m)
+	defer span.End()
 	outcome := outcomeAck
 	defer func() {
 		attrs := r.outcomes[outcome]
@@ -360,44 +275,67 @@ func (r *runner) handle(ctx context.Context, msg jetstream.Msg, slot *inHand) {
 		r.c.metrics.handleSeconds.Record(ctx, time.Since(start).Seconds(), attrs)
 	}()
 
-	env, err := events.Parse(msg.Data())
-	if err != nil {
-		outcome = outcomeTerm
-		r.poison(ctx, span, msg, meta, fmt.Errorf("unreadable envelope: %w", err))
-		return
+	err := d.err
+	switch {
+	case err != nil:
+		err = Permanent(err)
+	case ctx.Err() != nil:
+		// Taken after shutdown began: not handled, given back below.
+		err = ctx.Err()
+	default:
+		if span.IsRecording() {
+			span.SetAttributes(attribute.String("messaging.message.id", m.Envelope.ID), attribute.String("cloudevents.event_type", m.Envelope.Type))
+		}
+		err = r.h(ctx, m)
 	}
-	if recording {
-		span.SetAttributes(attribute.String("messaging.message.id", env.ID), attribute.String("cloudevents.event_type", env.Type))
+	r.held.remove(m.Msg)
+	outcome = r.settle(ctx, span, m, err)
+}
+
+func (r *runner) startSpan(ctx context.Context, m *Message) (context.Context, trace.Span) {
+	ctx = ExtractTrace(ctx, m.Msg.Headers())
+	ctx, span := r.c.tracer.Start(ctx, "process "+m.Msg.Subject(), trace.WithSpanKind(trace.SpanKindConsumer))
+	if span.IsRecording() {
+		span.SetAttributes(
+			attribute.String("messaging.system", "nats"),
+			attribute.String("messaging.destination.name", m.Msg.Subject()),
+			attribute.String("messaging.consumer.group.name", r.consumer),
+			attribute.Int64("messaging.nats.stream_sequence", int64(m.Meta.Sequence.Stream)),
+			attribute.Int64("messaging.nats.num_delivered", int64(m.Meta.NumDelivered)),
+		)
 	}
+	return ctx, span
+}
 
-	slot.set(msg)
-	err = r.h(ctx, &Message{Envelope: env, Msg: msg, Meta: meta})
-	slot.set(nil)
-
+// settle acks, terminates or naks a handled message by its handler's
+// result, and returns the outcome.
+func (r *runner) settle(ctx context.Context, span trace.Span, m *Message, err error) string {
+	msg, meta := m.Msg, m.Meta
 	switch {
 	case err == nil:
 		if aerr := r.ack(ctx, msg); aerr != nil {
-			outcome = outcomeAckFailed
 			r.c.log.WarnContext(ctx, "ack failed; the message will be redelivered", "subject", msg.Subject(), "seq", meta.Sequence.Stream, "err", aerr)
+			return outcomeAckFailed
 		}
+		return outcomeAck
+	case !IsPermanent(err) && ctx.Err() != nil:
+		// Shutting down is not the message's fault: give it back at once,
+		// like the buffered ones, so that redelivery keeps stream order.
+		_ = msg.Nak()
+		return outcomeNak
 	case IsPermanent(err) || (r.maxDeliver > 0 && int(meta.NumDelivered) >= r.maxDeliver):
-		outcome = outcomeTerm
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		r.poison(actx, span, msg, meta, err)
-	case ctx.Err() != nil:
-		// Shutting down is not the message's fault: give it back at once,
-		// like the buffered ones, so that redelivery keeps stream order.
-		outcome = outcomeNak
-		_ = msg.Nak()
+		return outcomeTerm
 	default:
-		outcome = outcomeNak
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
 		delay := r.delay(meta.NumDelivered)
 		r.c.log.WarnContext(ctx, "handler failed; redelivering", "subject", msg.Subject(), "seq", meta.Sequence.Stream,
 			"delivered", meta.NumDelivered, "retry_in", delay, "err", err)
 		_ = msg.NakWithDelay(delay)
+		return outcomeNak
 	}
 }
 
@@ -448,5 +386,34 @@ func (r *runner) poison(ctx context.Context, span trace.Span, msg jetstream.Msg,
 	}
 	if err := r.c.PublishAlert(ctx, r.o.alertSource, alert); err != nil {
 		r.c.log.ErrorContext(ctx, "publish poison alert", "err", err)
+	}
+}
+
+// held is the set of messages the runner holds, queued for or in a
+// handler, which the ticker keeps in progress.
+type held struct {
+	mu   sync.Mutex
+	msgs map[jetstream.Msg]struct{}
+}
+
+func (h *held) add(msg jetstream.Msg) {
+	h.mu.Lock()
+	h.msgs[msg] = struct{}{}
+	h.mu.Unlock()
+}
+
+// remove comes before the message is settled: markInProgress holds the
+// lock while marking, so no message is marked after its ack.
+func (h *held) remove(msg jetstream.Msg) {
+	h.mu.Lock()
+	delete(h.msgs, msg)
+	h.mu.Unlock()
+}
+
+func (h *held) markInProgress() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for msg := range h.msgs {
+		_ = msg.InProgress()
 	}
 }
