@@ -14,8 +14,6 @@ import (
 	"github.com/transparency-dev/tessera/storage/posix"
 
 	"github.com/vigil-cc/vigil/pkg/events"
-	"github.com/vigil-cc/vigil/pkg/natstest"
-	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/auditor/auditlog"
 )
 
@@ -36,16 +34,17 @@ func BenchmarkAuditAppend(b *testing.B) {
 	var auditTime, bareTime time.Duration
 	for range b.N {
 		b.StopTimer()
-		srv := natstest.Start(b)
-		nc, js := srv.JetStream()
-		dir := b.TempDir()
-		skey, vkey := testKeys(b, dir)
-		signer, err := auditlog.LoadSigner(skey)
+		h := newHarness(b, func(c *Config) {
+			// Every run of the same events has its own consumer and log,
+			// checkpoints every second as by default.
+			c.SkipProvision, c.CheckpointInterval = true, 0
+		})
+		signer, err := auditlog.LoadSigner(h.cfg.SignerKeyFile)
 		if err != nil {
 			b.Fatal(err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		msgs := publishBench(ctx, b, js, benchEntries)
+		msgs := publishBench(ctx, b, h.js, benchEntries)
 		entries := make([][]byte, len(msgs))
 		for i, m := range msgs {
 			entries[i] = auditlog.EncodeMessage(m)
@@ -55,10 +54,10 @@ func BenchmarkAuditAppend(b *testing.B) {
 		// the same machine: it is shared and its load comes and goes.
 		for r := range benchPairs {
 			bare := func() {
-				bareTime += bareTessera(ctx, b, filepath.Join(dir, fmt.Sprintf("bare-%d", r)), signer, entries)
+				bareTime += bareTessera(ctx, b, filepath.Join(h.dir, fmt.Sprintf("bare-%d", r)), signer, entries)
 			}
 			audit := func() {
-				auditTime += runAuditBench(ctx, b, nc, js, filepath.Join(dir, fmt.Sprintf("log-%d", r)), fmt.Sprintf("bench-%d", r), skey, vkey)
+				auditTime += runAuditBench(b, h, filepath.Join(h.dir, fmt.Sprintf("log-%d", r)), fmt.Sprintf("bench-%d", r))
 			}
 			if r%2 == 0 {
 				bare()
@@ -80,19 +79,23 @@ func BenchmarkAuditAppend(b *testing.B) {
 
 // runAuditBench runs an auditor over the pre-published events and returns
 // the time until every one is durable and acknowledged.
-func runAuditBench(ctx context.Context, b *testing.B, nc *nats.Conn, js jetstream.JetStream, logDir, cons, skey, vkey string) time.Duration {
+func runAuditBench(b *testing.B, h *harness, logDir, cons string) time.Duration {
 	b.Helper()
 	b.StartTimer()
 	start := time.Now()
-	stop := startAuditor(b, Config{Options: service.Options{NATS: natsConfig(nc), SkipProvision: true, Logger: quietLogger()}, LogDir: logDir, SignerKeyFile: skey, Consumer: cons})
-	waitAcked(ctx, b, js, cons, benchEntries)
+	stop := h.start(func(c *Config) { c.LogDir, c.Consumer = logDir, cons })
+	h.waitConsumer(cons, "every event acknowledged", 10*time.Minute, func(i *jetstream.ConsumerInfo) bool {
+		return i.AckFloor.Stream >= benchEntries
+	})
 	d := time.Since(start)
 	b.StopTimer()
 	if err := stop(); err != nil {
 		b.Fatal(err)
 	}
 	// The log is complete and verifies.
-	if _, rep := logRecords(b, logDir, vkey); rep.Events != benchEntries {
+	l := h.log()
+	l.dir = logDir
+	if _, rep := l.records(b); rep.Events != benchEntries {
 		b.Fatalf("log has %d events, want %d", rep.Events, benchEntries)
 	}
 	return d
@@ -131,22 +134,6 @@ func publishBench(ctx context.Context, b *testing.B, js jetstream.JetStream, n i
 	}
 	waitAcks(ctx, b, futures)
 	return msgs
-}
-
-func waitAcked(ctx context.Context, b *testing.B, js jetstream.JetStream, consumer string, n uint64) {
-	b.Helper()
-	for {
-		if c, err := js.Consumer(ctx, events.StreamEvents, consumer); err == nil {
-			if info, err := c.Info(ctx); err == nil && info.AckFloor.Stream >= n {
-				return
-			}
-		}
-		select {
-		case <-ctx.Done():
-			b.Fatal(ctx.Err())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
 }
 
 // bareTessera appends entries to a new log as fast as Tessera can, with the

@@ -16,13 +16,12 @@ import (
 )
 
 func TestRemoveUncommitted(t *testing.T) {
-	dir := t.TempDir()
-	skey, vkey := testKeys(t, dir)
-	signer, err := auditlog.LoadSigner(skey)
+	l := newTestLog(t, t.TempDir())
+	logDir := l.dir
+	signer, err := auditlog.LoadSigner(l.signer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	logDir := filepath.Join(dir, "log")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	driver, err := posix.New(ctx, posix.Config{Path: logDir})
@@ -62,7 +61,7 @@ func TestRemoveUncommitted(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := verifyErr(t, logDir, vkey); err == nil {
+	if _, err := l.verify(t); err == nil {
 		t.Fatal("stale files should fail verification before the cleanup")
 	}
 	n, err := removeUncommitted(logDir, size)
@@ -82,22 +81,7 @@ func TestRemoveUncommitted(t *testing.T) {
 			t.Errorf("committed file %s: %v", p, err)
 		}
 	}
-	if err := verifyErr(t, logDir, vkey); err != nil {
+	if _, err := l.verify(t); err != nil {
 		t.Fatalf("after cleanup: %v", err)
 	}
-}
-
-// verifyErr verifies the log and returns the verification error.
-func verifyErr(t *testing.T, logDir, pub string) error {
-	t.Helper()
-	v, err := auditlog.LoadVerifier(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := auditlog.OpenDir(logDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = auditlog.Verify(context.Background(), d, v, auditlog.VerifyOptions{})
-	return err
 }

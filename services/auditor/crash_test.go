@@ -21,7 +21,6 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
-	"github.com/vigil-cc/vigil/pkg/natstest"
 	"github.com/vigil-cc/vigil/pkg/service"
 )
 
@@ -83,10 +82,13 @@ type child struct {
 	writer chan struct{} // closed when it reports being the writer
 }
 
-func startChild(t *testing.T, logDir, signer, natsURL string, extraEnv ...string) *child {
+// startChild runs an auditor child process on h's server, log and signer
+// key, with extraEnv added to its environment.
+func (h *harness) startChild(extraEnv ...string) *child {
+	t := h.t
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), envChild+"=1", envLogDir+"="+logDir, envSigner+"="+signer, envNATS+"="+natsURL)
+	cmd.Env = append(os.Environ(), envChild+"=1", envLogDir+"="+h.cfg.LogDir, envSigner+"="+h.cfg.SignerKeyFile, envNATS+"="+h.srv.URL())
 	cmd.Env = append(cmd.Env, extraEnv...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
@@ -140,13 +142,7 @@ func TestExactlyOnceAcrossKill9(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	rng := rand.New(rand.NewPCG(seed, 0))
 	t.Logf("seed %d", seed)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	srv := natstest.Start(t)
-	_, js := srv.JetStream()
-	dir := t.TempDir()
-	skey, vkey := testKeys(t, dir)
-	logDir := filepath.Join(dir, "log")
+	h := newHarness(t)
 
 	const total = 6000
 	var pubWG sync.WaitGroup
@@ -154,7 +150,9 @@ func TestExactlyOnceAcrossKill9(t *testing.T) {
 	go func() {
 		defer pubWG.Done()
 		for i := 0; i < total; i += 150 {
-			publishEvents(ctx, t, js, i, 150)
+			h.publish(i, 150)
+			// Spread the publishing over the rounds below, so that
+			// auditors are killed while events keep arriving.
 			time.Sleep(15 * time.Millisecond)
 		}
 	}()
@@ -169,7 +167,7 @@ func TestExactlyOnceAcrossKill9(t *testing.T) {
 		if inWindow {
 			env = append(env, envCrashAfter+"="+strconv.Itoa(1+rng.IntN(3)))
 		}
-		c := startChild(t, logDir, skey, srv.URL(), env...)
+		c := h.startChild(env...)
 		if inWindow {
 			// It kills itself after a durable batch, unless it has nothing
 			// to write; then it is killed like the others.
@@ -184,32 +182,27 @@ func TestExactlyOnceAcrossKill9(t *testing.T) {
 				c.kill9(t)
 			}
 		} else {
+			// The kill lands at a random moment of its work.
 			time.Sleep(time.Duration(20+rng.IntN(350)) * time.Millisecond)
 			c.kill9(t)
 		}
 		if round == 5 {
-			trusted, _ = os.ReadFile(filepath.Join(logDir, "checkpoint"))
+			trusted, _ = os.ReadFile(filepath.Join(h.cfg.LogDir, "checkpoint"))
 		}
 	}
 	pubWG.Wait()
 	if killsInWindow == 0 {
 		t.Fatal("no auditor was killed between a durable write and its acknowledgement")
 	}
-	c := startChild(t, logDir, skey, srv.URL())
+	c := h.startChild()
 	select {
 	case <-c.writer:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the last auditor did not become the writer")
 	}
-	waitFor(t, 60*time.Second, "checkpoint covering every event", func() bool { return checkpointSize(logDir) >= total })
-	cons, err := js.Consumer(ctx, events.StreamEvents, DefaultConsumer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "every event acknowledged", func() bool {
-		info, err := cons.Info(ctx)
-		return err == nil && info.AckFloor.Stream == total
-	})
+	l := h.log()
+	waitFor(t, 60*time.Second, "checkpoint covering every event", func() bool { return l.size() >= total })
+	h.waitAcked(total)
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
 	if err := c.wait(t); err != nil {
 		t.Fatalf("auditor exit after SIGTERM: %v", err)
@@ -218,7 +211,7 @@ func TestExactlyOnceAcrossKill9(t *testing.T) {
 	if len(trusted) > 0 {
 		opts = append(opts, trusted)
 	}
-	recs, rep := logRecords(t, logDir, vkey, opts...)
+	recs, rep := h.records(opts...)
 	checkExactlyOnce(t, recs, total)
 	t.Logf("%d kills in the durable-to-ack window; %s", killsInWindow, rep)
 }
@@ -227,22 +220,15 @@ func TestExactlyOnceAcrossKill9(t *testing.T) {
 // a standby in this one; when the writer is killed the standby takes over
 // and the log still holds every event exactly once.
 func TestStandbyTakesOverWhenWriterDies(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	srv := natstest.Start(t)
-	nc, js := srv.JetStream()
-	dir := t.TempDir()
-	skey, vkey := testKeys(t, dir)
-	logDir := filepath.Join(dir, "log")
+	h := newHarness(t)
 
-	writer := startChild(t, logDir, skey, srv.URL())
-	publishEvents(ctx, t, js, 0, 500)
-	waitFor(t, 30*time.Second, "the child writing the log", func() bool { return checkpointSize(logDir) >= 500 })
+	writer := h.startChild()
+	h.publish(0, 500)
+	h.waitCheckpoint(500)
 
 	roles := make(chan Role, 4)
-	stop := startAuditor(t, Config{
-		Options: service.Options{NATS: natsConfig(nc), Logger: quietLogger()}, LogDir: logDir, SignerKeyFile: skey, CheckpointInterval: 100 * time.Millisecond,
-		LockPollInterval: 20 * time.Millisecond, OnRole: func(r Role) { roles <- r },
+	stop := h.start(func(c *Config) {
+		c.LockPollInterval, c.OnRole = 20*time.Millisecond, func(r Role) { roles <- r }
 	})
 	select {
 	case r := <-roles:
@@ -252,11 +238,33 @@ func TestStandbyTakesOverWhenWriterDies(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("second auditor reported no role")
 	}
-	publishEvents(ctx, t, js, 500, 500)
+	// While the child logs 500 more events and publishes their checkpoint
+	// (the standby polling the lock every 20 ms meanwhile), it keeps the
+	// lock and the standby stays a standby.
+	standbySince := time.Now()
+	h.publish(500, 500)
+	h.waitCheckpoint(1000)
+	h.waitIdle()
+	waitFor(t, 10*time.Second, "the checkpoint of 1000 entries published", func() bool {
+		s, err := h.js.Stream(h.ctx, events.StreamCheckpoints)
+		if err != nil {
+			return false
+		}
+		m, err := s.GetLastMsgForSubject(h.ctx, events.SubjectCheckpoint)
+		return err == nil && m.Header.Get("Vigil-Log-Size") == "1000"
+	})
 	select {
 	case r := <-roles:
 		t.Fatalf("standby became %s while the writer lives", r)
-	case <-time.After(300 * time.Millisecond):
+	default:
+		t.Logf("the standby stayed one for %v while the writer logged 500 events", time.Since(standbySince))
+	}
+	holder, err := os.ReadFile(filepath.Join(h.cfg.LogDir, LockFileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "pid " + strconv.Itoa(writer.cmd.Process.Pid) + " "; !strings.HasPrefix(string(holder), want) {
+		t.Fatalf("lock file %q, want the child (%s...) holding it", holder, want)
 	}
 
 	writer.kill9(t)
@@ -270,11 +278,11 @@ func TestStandbyTakesOverWhenWriterDies(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("standby did not take over")
 	}
-	publishEvents(ctx, t, js, 1000, 500)
-	waitFor(t, 30*time.Second, "checkpoint covering every event", func() bool { return checkpointSize(logDir) >= 1500 })
+	h.publish(1000, 500)
+	h.waitCheckpoint(1500)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	recs, _ := logRecords(t, logDir, vkey)
+	recs, _ := h.records()
 	checkExactlyOnce(t, recs, 1500)
 }

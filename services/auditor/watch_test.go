@@ -1,10 +1,9 @@
 package auditor
 
 import (
-	"context"
 	"fmt"
-	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -13,8 +12,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vigil-cc/vigil/pkg/events"
-	"github.com/vigil-cc/vigil/pkg/natstest"
-	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/auditor/auditlog"
 )
 
@@ -37,99 +34,92 @@ func TestAuditorAlertsWhenHistoryIsLost(t *testing.T) {
 		// lose runs with the auditor writing (running true) or stopped
 		// after logging sequences 1..5.
 		running bool
-		lose    func(ctx context.Context, t *testing.T, js jetstream.JetStream)
+		lose    func(h *harness)
 		code    string
 		says    string // in the alert's message
 		gap     bool   // a gap record for the lost events is logged
 	}{
 		{
 			name: "checkpoints trimmed to one", running: true, code: AlertCheckpointsLost, says: "starts at sequence",
-			lose: func(ctx context.Context, t *testing.T, js jetstream.JetStream) {
-				editStream(ctx, t, js, events.StreamCheckpoints, func(c *jetstream.StreamConfig) { c.MaxMsgs = 1 })
+			lose: func(h *harness) {
+				h.editStream(events.StreamCheckpoints, func(c *jetstream.StreamConfig) { c.MaxMsgs = 1 })
 			},
 		},
 		{
 			name: "unlogged events expired, nothing after them", code: AlertEventsLost, says: ": 6..10;",
-			lose: func(ctx context.Context, t *testing.T, js jetstream.JetStream) {
-				publishOn(ctx, t, js, unique(6, 10)...)
-				editStream(ctx, t, js, events.StreamEvents, func(c *jetstream.StreamConfig) { c.MaxAge, c.Duplicates = time.Second, time.Second })
-				waitFor(t, 20*time.Second, "events expired", func() bool { return streamState(ctx, t, js, events.StreamEvents).Msgs == 0 })
+			lose: func(h *harness) {
+				h.publishOn(unique(6, 10)...)
+				h.editStream(events.StreamEvents, func(c *jetstream.StreamConfig) { c.MaxAge, c.Duplicates = time.Second, time.Second })
+				waitFor(h.t, 20*time.Second, "events expired", func() bool { return h.streamState(events.StreamEvents).Msgs == 0 })
 			},
 		},
 		{
 			name: "unlogged events dropped from the head, later ones logged", code: AlertEventsLost, says: ": 6..8;", gap: true,
-			lose: func(ctx context.Context, t *testing.T, js jetstream.JetStream) {
-				publishOn(ctx, t, js, unique(6, 10)...)
-				editStream(ctx, t, js, events.StreamEvents, func(c *jetstream.StreamConfig) { c.MaxMsgs = 2 })
+			lose: func(h *harness) {
+				h.publishOn(unique(6, 10)...)
+				h.editStream(events.StreamEvents, func(c *jetstream.StreamConfig) { c.MaxMsgs = 2 })
 			},
 		},
 		{
 			name: "unlogged events dropped from the middle", code: AlertEventsLost, says: ": 6..7;", gap: true,
-			lose: func(ctx context.Context, t *testing.T, js jetstream.JetStream) {
+			lose: func(h *harness) {
 				s := events.PolicySubject("shared")
-				publishOn(ctx, t, js, s, s, s, events.PolicySubject("p9"))
-				editStream(ctx, t, js, events.StreamEvents, func(c *jetstream.StreamConfig) { c.MaxMsgsPerSubject = 1 })
-				if first := streamState(ctx, t, js, events.StreamEvents).FirstSeq; first != 1 {
-					t.Fatalf("first sequence %d: the test wants a hole in the middle", first)
+				h.publishOn(s, s, s, events.PolicySubject("p9"))
+				h.editStream(events.StreamEvents, func(c *jetstream.StreamConfig) { c.MaxMsgsPerSubject = 1 })
+				if first := h.streamState(events.StreamEvents).FirstSeq; first != 1 {
+					h.t.Fatalf("first sequence %d: the test wants a hole in the middle", first)
 				}
 			},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			srv := natstest.Start(t)
-			nc, js := srv.JetStream()
-			dir := t.TempDir()
-			skey, vkey := testKeys(t, dir)
-			logDir := filepath.Join(dir, "log")
-			alerts, err := nc.SubscribeSync(events.AlertSubject(events.SeverityCritical, ""))
+			h := newHarness(t, func(c *Config) { c.StreamCheckInterval = 100 * time.Millisecond })
+			alerts, err := h.nc.SubscribeSync(events.AlertSubject(events.SeverityCritical, ""))
 			if err != nil {
 				t.Fatal(err)
 			}
-			cfg := Config{
-				Options: service.Options{NATS: natsConfig(nc), Logger: quietLogger()}, LogDir: logDir, SignerKeyFile: skey, CheckpointInterval: 100 * time.Millisecond,
-				StreamCheckInterval: 100 * time.Millisecond,
-			}
 
-			stop := startAuditor(t, cfg)
+			stop := h.start()
 			for i := range 5 { // five checkpoints
-				publishOn(ctx, t, js, unique(i+1, i+1)...)
-				waitFor(t, 20*time.Second, "checkpoint", func() bool { return checkpointSize(logDir) >= uint64(i+1) })
+				h.publishOn(unique(i+1, i+1)...)
+				h.waitCheckpoint(uint64(i + 1))
 			}
 			waitFor(t, 20*time.Second, "published checkpoints", func() bool {
-				return streamState(ctx, t, js, events.StreamCheckpoints).LastSeq >= 5
+				return h.streamState(events.StreamCheckpoints).LastSeq >= 5
 			})
 			if !tc.running {
 				if err := stop(); err != nil {
 					t.Fatal(err)
 				}
 			}
+			if n := h.streamState(events.StreamAlerts).Msgs; n > 0 {
+				t.Fatalf("%d alerts stored before anything was lost", n)
+			}
 			if n, _, _ := alerts.Pending(); n > 0 {
 				m, _ := alerts.NextMsg(0)
 				t.Fatalf("alert before anything was lost: %s", m.Data)
 			}
-			tc.lose(ctx, t, js)
+			tc.lose(h)
 			if !tc.running {
-				stop = startAuditor(t, cfg)
+				stop = h.start()
 			}
 
 			a := waitAlert(t, alerts, tc.code, 20*time.Second)
-			if a.Severity != events.SeverityCritical || a.Source != "vigil-auditor" || !strings.Contains(a.Message, tc.says) {
-				t.Errorf("alert %+v, want its message to say %q", a, tc.says)
-			}
+			fieldsMatch(t, "alert", a,
+				eq("Severity", a.Severity, events.SeverityCritical), eq("Source", a.Source, "vigil-auditor"),
+				holds("Message", strings.Contains(a.Message, tc.says), strconv.Quote(a.Message), "to say "+strconv.Quote(tc.says)))
 			if tc.gap {
-				waitFor(t, 20*time.Second, "the gap and the event after it logged", func() bool { return checkpointSize(logDir) >= 5+3 })
+				waitFor(t, 20*time.Second, "the gap and the event after it logged", func() bool { return h.log().size() >= 5+3 })
 			}
 			if err := stop(); err != nil {
 				t.Fatal(err)
 			}
 			// Reported once, though both the gap record and the stream's
 			// first sequence can reveal a loss.
-			if n := streamState(ctx, t, js, events.StreamAlerts).Msgs; n != 1 {
+			if n := h.streamState(events.StreamAlerts).Msgs; n != 1 {
 				t.Errorf("%d alerts stored, want 1", n)
 			}
-			recs, _ := logRecords(t, logDir, vkey)
+			recs, _ := h.records()
 			gaps := slices.IndexFunc(recs, func(r auditlog.Record) bool { return r.Kind == auditlog.KindGap }) >= 0
 			if gaps != tc.gap {
 				t.Errorf("gap record logged: %v, want %v", gaps, tc.gap)
@@ -162,16 +152,6 @@ func waitAlert(t *testing.T, sub *nats.Subscription, code string, timeout time.D
 	}
 }
 
-// streamState returns a stream's current state.
-func streamState(ctx context.Context, t testing.TB, js jetstream.JetStream, name string) jetstream.StreamState {
-	t.Helper()
-	s, err := js.Stream(ctx, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s.CachedInfo().State
-}
-
 func TestSeqSet(t *testing.T) {
 	r := func(a, b uint64) seqRange { return seqRange{a, b} }
 	for _, tc := range []struct {
@@ -192,7 +172,7 @@ func TestSeqSet(t *testing.T) {
 			for _, a := range tc.add {
 				s.add(a)
 			}
-			if !slices.Equal(s, tc.set) && !(len(s) == 0 && len(tc.set) == 0) {
+			if !slices.Equal(s, tc.set) { // nil and empty are equal
 				t.Errorf("set %v, want %v", s, tc.set)
 			}
 			if got := s.missing(tc.query); !slices.Equal(got, tc.missing) {

@@ -2,8 +2,6 @@ package auditor
 
 import (
 	"bytes"
-	"context"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,8 +9,6 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/vigil-cc/vigil/pkg/events"
-	"github.com/vigil-cc/vigil/pkg/natstest"
-	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/auditor/auditlog"
 )
 
@@ -76,20 +72,14 @@ func TestMayCarryTrace(t *testing.T) {
 // for the messages the stream still holds, and the log gets every one
 // exactly once, in order.
 func TestAuditorCatchesUpBacklog(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	srv := natstest.Start(t)
-	nc, js := srv.JetStream()
-	dir := t.TempDir()
-	skey, vkey := testKeys(t, dir)
-	logDir := filepath.Join(dir, "log")
+	h := newHarness(t)
 	const n = 5000
-	publishEvents(ctx, t, js, 0, n)
-	stop := startAuditor(t, Config{Options: service.Options{NATS: natsConfig(nc), Logger: quietLogger()}, LogDir: logDir, SignerKeyFile: skey, CheckpointInterval: 100 * time.Millisecond})
-	waitFor(t, 30*time.Second, "checkpoint covering the backlog", func() bool { return checkpointSize(logDir) >= n })
+	h.publish(0, n)
+	stop := h.start()
+	h.waitCheckpoint(n)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	recs, _ := logRecords(t, logDir, vkey)
+	recs, _ := h.records()
 	checkExactlyOnce(t, recs, n)
 }
