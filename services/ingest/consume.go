@@ -27,8 +27,6 @@ type normalizer struct {
 	conn    *bus.Conn
 	tracer  trace.Tracer
 	workers int
-	// backoff are the redelivery delays after a failed apply.
-	backoff []time.Duration
 }
 
 // rawItem is a raw event as normalisation left it.
@@ -53,8 +51,7 @@ func (n *normalizer) consumerConfig() jetstream.ConsumerConfig {
 // run consumes until ctx ends. NATS being unreachable only delays it.
 func (n *normalizer) run(ctx context.Context) error {
 	return n.conn.Consume(ctx, events.StreamRaw, n.consumerConfig(), n.handle,
-		bus.WithConcurrency(n.workers), bus.WithOrderingKey(n.key), bus.WithBackoff(n.backoff...),
-		bus.WithRetryCreate(), bus.WithAlertSource(ServiceName))
+		bus.WithConcurrency(n.workers), bus.WithOrderingKey(n.key), bus.WithRetryCreate(), bus.WithAlertSource(ServiceName))
 }
 
 // key normalises m, in delivery order, and returns its VM key; the

@@ -28,8 +28,7 @@ func runNormalizer(ctx context.Context, tb testing.TB, conn *bus.Conn, workers i
 	}
 	p := &processor{conn: conn, inv: &inventory{kv: kv, now: time.Now, skew: time.Minute}, policy: compliance.DefaultPolicy(),
 		log: testLogger(), m: newMetrics(noop.NewMeterProvider()), now: time.Now, skew: time.Minute}
-	n := &normalizer{p: p, conn: conn, tracer: tnoop.NewTracerProvider().Tracer(""), workers: workers,
-		backoff: []time.Duration{250 * time.Millisecond, time.Second}}
+	n := &normalizer{p: p, conn: conn, tracer: tnoop.NewTracerProvider().Tracer(""), workers: workers}
 	return n.run(ctx)
 }
 

@@ -253,8 +253,7 @@ func (c *settings) wire(svc *service.Service) error {
 	if c.IntakeOnly {
 		return nil
 	}
-	norm := &normalizer{p: proc, conn: conn, tracer: tracer, workers: c.Concurrency,
-		backoff: []time.Duration{250 * time.Millisecond, time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second}}
+	norm := &normalizer{p: proc, conn: conn, tracer: tracer, workers: c.Concurrency}
 	svc.Go("normalize", norm.run)
 	if enricher != nil {
 		svc.Go("enrich", enricher.Run)
