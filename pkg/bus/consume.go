@@ -384,7 +384,8 @@ func (r *runner) poison(ctx context.Context, span trace.Span, msg jetstream.Msg,
 			r.consumer, meta.Stream, meta.Sequence.Stream, msg.Subject(), meta.NumDelivered, cause),
 		CauseID: msg.Headers().Get(HeaderMsgID),
 	}
-	if err := r.c.PublishAlert(ctx, r.o.alertSource, alert); err != nil {
+	id := fmt.Sprintf("poison-%s-%d", meta.Stream, meta.Sequence.Stream)
+	if err := r.c.PublishAlert(ctx, r.o.alertSource, id, alert); err != nil {
 		r.c.log.ErrorContext(ctx, "publish poison alert", "err", err)
 	}
 }

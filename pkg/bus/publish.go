@@ -120,8 +120,12 @@ func isPerSubjectLimit(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "maximum messages per subject exceeded")
 }
 
-// PublishAlert publishes an alert on vigil.alert.<severity>.<vm>.
-func (c *Conn) PublishAlert(ctx context.Context, source string, a events.Alert) error {
+// PublishAlert publishes alert a from source on
+// vigil.alert.<severity>.<vm> (severity warning and time now when unset).
+// id is the event's id: derived from the alert's cause, so that a
+// retried publish (a redelivered message handled again) is stored once;
+// "" gives a fresh one.
+func (c *Conn) PublishAlert(ctx context.Context, source, id string, a events.Alert) error {
 	if a.Severity == "" {
 		a.Severity = events.SeverityWarning
 	}
@@ -131,6 +135,16 @@ func (c *Conn) PublishAlert(ctx context.Context, source string, a events.Alert) 
 	if a.Source == "" {
 		a.Source = source
 	}
-	_, err := c.PublishEvent(ctx, events.AlertSubject(a.Severity, a.VMKey), events.TypeAlert, source, a)
-	return err
+	subject := events.AlertSubject(a.Severity, a.VMKey)
+	env, err := events.New(events.TypeAlert, source, subject, a)
+	if err != nil {
+		return fmt.Errorf("bus: alert %s: %w", a.Code, err)
+	}
+	if id != "" {
+		env.ID = id
+	}
+	if _, err := c.Publish(ctx, subject, env); err != nil {
+		return fmt.Errorf("bus: publish alert %s: %w", a.Code, err)
+	}
+	return nil
 }

@@ -416,12 +416,7 @@ func (w *Worker) publishState(ctx context.Context, o outcome) error {
 
 // publishAlert publishes a under an id derived from its cause.
 func (w *Worker) publishAlert(ctx context.Context, a events.Alert) error {
-	env, err := events.New(events.TypeAlert, w.source, events.AlertSubject(a.Severity, a.VMKey), a)
-	if err != nil {
-		return err
-	}
-	env.ID = derivedID("alert", a.CauseID, a.Code, a.VMKey)
-	if _, err := w.conn.Publish(ctx, events.AlertSubject(a.Severity, a.VMKey), env); err != nil {
+	if err := w.conn.PublishAlert(ctx, w.source, derivedID("alert", a.CauseID, a.Code, a.VMKey), a); err != nil {
 		return err
 	}
 	w.metrics.alerts.Add(ctx, 1, w.metrics.attrs.get("code", a.Code))

@@ -223,7 +223,7 @@ func (k *Keyguard) alertRevoked(ctx context.Context, c cause, revoked []grants.G
 		Source:     k.cfg.Source,
 		At:         time.Now().UTC(),
 	}
-	return k.publishAlert(ctx, a, eventID("alert", "revoked", c.vm, c.id))
+	return k.conn.PublishAlert(ctx, k.cfg.Source, eventID("alert", "revoked", c.vm, c.id), a)
 }
 
 // alertRestoreRequired tells operators that a VM is trusted again while
@@ -256,20 +256,7 @@ func (k *Keyguard) alertRestoreRequired(ctx context.Context, c cause, keys []str
 		Source:  k.cfg.Source,
 		At:      time.Now().UTC(),
 	}
-	return k.publishAlert(ctx, a, eventID("alert", "restore_required", c.vm, c.id))
-}
-
-func (k *Keyguard) publishAlert(ctx context.Context, a events.Alert, id string) error {
-	subject := events.AlertSubject(a.Severity, a.VMKey)
-	env, err := events.New(events.TypeAlert, k.cfg.Source, subject, a)
-	if err != nil {
-		return err
-	}
-	env.ID = id
-	if _, err := k.conn.Publish(ctx, subject, env); err != nil {
-		return fmt.Errorf("keyguard: publish alert %s: %w", a.Code, err)
-	}
-	return nil
+	return k.conn.PublishAlert(ctx, k.cfg.Source, eventID("alert", "restore_required", c.vm, c.id), a)
 }
 
 // applyState is where a grant stands with the apply workers.
@@ -428,7 +415,7 @@ func (k *Keyguard) alertApplyFailed(ctx context.Context, g grants.Grant, cause e
 		Source:  k.cfg.Source,
 		At:      time.Now().UTC(),
 	}
-	if err := k.publishAlert(ctx, a, eventID("alert", code, g.Key(), g.CauseID)); err != nil {
+	if err := k.conn.PublishAlert(ctx, k.cfg.Source, eventID("alert", code, g.Key(), g.CauseID), a); err != nil {
 		k.log.ErrorContext(ctx, "publish alert", "code", code, "err", err)
 	}
 }
