@@ -36,6 +36,8 @@ type harness struct {
 	js   jetstream.JetStream
 	arm  *armfake.ARM
 	url  string // webhook URL with the secret
+	// hooks are given to the ingest that run starts.
+	hooks hooks
 
 	stop func()
 }
@@ -78,7 +80,7 @@ func (h *harness) run(mod func(*Config)) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Run(ctx, cfg) }()
+	go func() { done <- run(ctx, cfg, h.hooks) }()
 	select {
 	case a := <-addr:
 		h.url = "http://" + a + "/eventgrid?secret=" + testSecret

@@ -103,20 +103,26 @@ type Config struct {
 	// in other replicas. For intake tiers scaled apart, and for measuring
 	// intake alone.
 	IntakeOnly bool
-
-	// afterStore is a test hook between storing a delivery and answering.
-	afterStore func(*http.Request)
 }
 
 // ErrConfig is returned for an unusable configuration.
 var ErrConfig = errors.New("ingest: invalid configuration")
 
 // Run runs ingest until ctx ends; it returns nil after a clean shutdown.
-func Run(ctx context.Context, cfg Config) error {
+func Run(ctx context.Context, cfg Config) error { return run(ctx, cfg, hooks{}) }
+
+// hooks are where tests act inside a running ingest; production has none.
+type hooks struct {
+	// afterStore runs between storing a webhook delivery and answering.
+	afterStore func(*http.Request)
+}
+
+func run(ctx context.Context, cfg Config, h hooks) error {
 	c, err := cfg.withDefaults()
 	if err != nil {
 		return err
 	}
+	c.hooks = h
 	svc, err := service.Start(ctx, "ingest", c.Options)
 	if err != nil {
 		return err
@@ -135,6 +141,7 @@ type settings struct {
 	secrets *eventgrid.Secrets
 	tokens  *eventgrid.TokenValidator
 	policy  compliance.Policy
+	hooks   hooks
 }
 
 func (cfg Config) withDefaults() (settings, error) {
@@ -284,7 +291,7 @@ func (c *settings) enricher(proc *processor, m *metrics, log *slog.Logger) *arm.
 func (c *settings) serveWebhook(svc *service.Service, store eventgrid.StoreFunc, m *metrics) error {
 	hook, err := eventgrid.NewHandler(eventgrid.HandlerConfig{
 		Store: store, Secrets: c.secrets, Tokens: c.tokens, Limits: c.Limits,
-		MaxBodyBytes: c.MaxBodyBytes, StoreTimeout: c.StoreTimeout, Logger: svc.Log, Observe: m.webhook, AfterStore: c.afterStore,
+		MaxBodyBytes: c.MaxBodyBytes, StoreTimeout: c.StoreTimeout, Logger: svc.Log, Observe: m.webhook, AfterStore: c.hooks.afterStore,
 	})
 	if err != nil {
 		return err

@@ -336,15 +336,13 @@ func TestKillBetweenStoreAndAnswer(t *testing.T) {
 	h := newHarness(t)
 	var once sync.Once
 	killed := make(chan struct{})
-	h.run(func(c *Config) {
-		c.ARM.Credential = nil
-		c.afterStore = func(*http.Request) {
-			once.Do(func() {
-				close(killed)
-				panic(http.ErrAbortHandler) // the connection drops, no answer
-			})
-		}
-	})
+	h.hooks.afterStore = func(*http.Request) {
+		once.Do(func() {
+			close(killed)
+			panic(http.ErrAbortHandler) // the connection drops, no answer
+		})
+	}
+	h.run(func(c *Config) { c.ARM.Credential = nil })
 	t0 := time.Now().Add(-time.Minute)
 	body := batch(armEG("kill-1", "vm-x", "write", t0), armEG("kill-2", "vm-x", "start/action", t0.Add(time.Second)),
 		healthCE("kill-3", "vm-x", "Available", t0.Add(2*time.Second)))
