@@ -188,44 +188,36 @@ func (f *changeFlags) request(vm string) (keyguard.ChangeRequest, error) {
 }
 
 func newKeyguardRestoreCmd(o *keyguardConn) *cobra.Command {
-	f := &changeFlags{}
-	cmd := &cobra.Command{
+	return newKeyguardChangeCmd(o, "restore", keyguard.Restore, &cobra.Command{
 		Use:   "restore VM --reason TEXT",
 		Short: "Restore the revoked grants of a VM that is trusted again (audited)",
 		Long: `Restore makes the revoked grants of a VM active again, on every backend. The VM's
 attestation status must be trusted or warning. The operator (--actor) and the reason are
 recorded in the io.vigil.vm.key.v1 events and so in the audit log.`,
 		Example: `  vigil keyguard restore 4kq3x2... --reason "re-imaged after INC-1234"`,
-		Args:    kgArgs(1, "VM"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			req, err := f.request(args[0])
-			if err != nil {
-				return err
-			}
-			return runChange(cmd, o, "restore", func(ctx context.Context, c *bus.Conn) (keyguard.ChangeResponse, error) {
-				return keyguard.Restore(ctx, c, req)
-			})
-		},
-	}
-	f.add(cmd)
-	return cmd
+	})
 }
 
 func newKeyguardRevokeCmd(o *keyguardConn) *cobra.Command {
-	f := &changeFlags{}
-	cmd := &cobra.Command{
+	return newKeyguardChangeCmd(o, "revoke", keyguard.Revoke, &cobra.Command{
 		Use:   "revoke VM --reason TEXT",
 		Short: "Revoke grants of a VM by hand (audited; only an operator restores them)",
-		Args:  kgArgs(1, "VM"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			req, err := f.request(args[0])
-			if err != nil {
-				return err
-			}
-			return runChange(cmd, o, "revoke", func(ctx context.Context, c *bus.Conn) (keyguard.ChangeResponse, error) {
-				return keyguard.Revoke(ctx, c, req)
-			})
-		},
+	})
+}
+
+// newKeyguardChangeCmd completes cmd as the command that asks keyguard to
+// make change (restore or revoke) to the grants of one VM.
+func newKeyguardChangeCmd(o *keyguardConn, action string, change func(context.Context, *bus.Conn, keyguard.ChangeRequest) (keyguard.ChangeResponse, error), cmd *cobra.Command) *cobra.Command {
+	f := &changeFlags{}
+	cmd.Args = kgArgs(1, "VM")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		req, err := f.request(args[0])
+		if err != nil {
+			return err
+		}
+		return runChange(cmd, o, action, func(ctx context.Context, c *bus.Conn) (keyguard.ChangeResponse, error) {
+			return change(ctx, c, req)
+		})
 	}
 	f.add(cmd)
 	return cmd

@@ -110,16 +110,26 @@ func decodeAdmin(data []byte, v any) error {
 	return nil
 }
 
-// handleRestore serves vigil.keyguard.admin.restore: revoked (or suspended)
-// grants of a VM whose status is trusted or warning become active again.
-func (k *Keyguard) handleRestore(ctx context.Context, data []byte) ([]byte, error) {
+// decodeChange decodes and validates a restore or revoke request and
+// returns it with the VM key it names.
+func decodeChange(data []byte) (ChangeRequest, string, error) {
 	var req ChangeRequest
 	if err := decodeAdmin(data, &req); err != nil {
-		return nil, err
+		return req, "", err
 	}
 	vm, err := req.validate()
 	if err != nil {
-		return nil, refuse(keyrelease.CodeBadRequest, "%v", err)
+		return req, "", refuse(keyrelease.CodeBadRequest, "%v", err)
+	}
+	return req, vm, nil
+}
+
+// handleRestore serves vigil.keyguard.admin.restore: revoked (or suspended)
+// grants of a VM whose status is trusted or warning become active again.
+func (k *Keyguard) handleRestore(ctx context.Context, data []byte) ([]byte, error) {
+	req, vm, err := decodeChange(data)
+	if err != nil {
+		return nil, err
 	}
 	st, err := k.status(ctx, vm)
 	switch {
@@ -144,13 +154,9 @@ func (k *Keyguard) handleRestore(ctx context.Context, data []byte) ([]byte, erro
 // handleRevoke serves vigil.keyguard.admin.revoke: an operator revokes
 // grants of a VM.
 func (k *Keyguard) handleRevoke(ctx context.Context, data []byte) ([]byte, error) {
-	var req ChangeRequest
-	if err := decodeAdmin(data, &req); err != nil {
-		return nil, err
-	}
-	vm, err := req.validate()
+	req, vm, err := decodeChange(data)
 	if err != nil {
-		return nil, refuse(keyrelease.CodeBadRequest, "%v", err)
+		return nil, err
 	}
 	c := cause{trigger: triggerRevoke, vm: vm, id: events.NewID(), at: time.Now().UTC(),
 		actor: req.Actor, reason: clipReason(req.Reason), status: grants.CauseOperator}
