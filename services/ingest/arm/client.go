@@ -218,71 +218,65 @@ func (c *Client) Facts(ctx context.Context, id normalize.VMID) (compliance.Facts
 }
 
 func (c *Client) nicAccelerated(ctx context.Context, nicID string) (bool, error) {
-	key := strings.ToLower(nicID)
-	c.mu.Lock()
-	v, ok := c.nics[key]
-	c.mu.Unlock()
-	if ok && time.Since(v.at) < c.ttl {
-		return v.v, nil
-	}
-	rid, err := arm.ParseResourceID(nicID)
-	if err != nil {
-		return false, fmt.Errorf("arm: NIC id %q: %w", nicID, err)
-	}
-	s, err := c.clients(rid.SubscriptionID)
-	if err != nil {
-		return false, err
-	}
-	accel := false
-	resp, err := s.nics.Get(ctx, rid.ResourceGroupName, rid.Name, nil)
-	switch {
-	case err == nil:
-		accel = resp.Properties != nil && resp.Properties.EnableAcceleratedNetworking != nil && *resp.Properties.EnableAcceleratedNetworking
-	case errors.Is(classify(err, ""), ErrNotFound):
-		// A NIC that is gone has no accelerated networking.
-	default:
-		return false, classify(err, "get NIC "+nicID)
-	}
-	c.mu.Lock()
-	c.nics[key] = cached[bool]{v: accel, at: time.Now()}
-	c.mu.Unlock()
-	return accel, nil
+	return lookup(ctx, c, c.nics, "NIC", nicID, func(ctx context.Context, s *subClients, rid *arm.ResourceID) (bool, error) {
+		resp, err := s.nics.Get(ctx, rid.ResourceGroupName, rid.Name, nil)
+		if err != nil {
+			return false, err
+		}
+		return resp.Properties != nil && resp.Properties.EnableAcceleratedNetworking != nil && *resp.Properties.EnableAcceleratedNetworking, nil
+	})
 }
 
 func (c *Client) disk(ctx context.Context, diskID string) (diskFacts, error) {
-	key := strings.ToLower(diskID)
-	c.mu.Lock()
-	v, ok := c.disks[key]
-	c.mu.Unlock()
-	if ok && time.Since(v.at) < c.ttl {
-		return v.v, nil
-	}
-	rid, err := arm.ParseResourceID(diskID)
-	if err != nil {
-		return diskFacts{}, fmt.Errorf("arm: disk id %q: %w", diskID, err)
-	}
-	s, err := c.clients(rid.SubscriptionID)
-	if err != nil {
-		return diskFacts{}, err
-	}
-	var df diskFacts
-	resp, err := s.disks.Get(ctx, rid.ResourceGroupName, rid.Name, nil)
-	switch {
-	case err == nil:
+	return lookup(ctx, c, c.disks, "disk", diskID, func(ctx context.Context, s *subClients, rid *arm.ResourceID) (diskFacts, error) {
+		var df diskFacts
+		resp, err := s.disks.Get(ctx, rid.ResourceGroupName, rid.Name, nil)
+		if err != nil {
+			return df, err
+		}
 		if p := resp.Properties; p != nil && p.MaxShares != nil && *p.MaxShares > 1 {
 			df.shared = true
 		}
 		if resp.SKU != nil && resp.SKU.Name != nil && *resp.SKU.Name == armcompute.DiskStorageAccountTypesUltraSSDLRS {
 			df.ultra = true
 		}
+		return df, nil
+	})
+}
+
+// lookup reads the resource id (of kind) with get, through the cache: a
+// value read less than the cache's TTL ago is used as it is. A resource
+// that is gone has the zero value (no accelerated networking, a disk
+// neither shared nor ultra).
+func lookup[T any](ctx context.Context, c *Client, cache map[string]cached[T], kind, id string, get func(context.Context, *subClients, *arm.ResourceID) (T, error)) (T, error) {
+	var zero T
+	key := strings.ToLower(id)
+	c.mu.Lock()
+	v, ok := cache[key]
+	c.mu.Unlock()
+	if ok && time.Since(v.at) < c.ttl {
+		return v.v, nil
+	}
+	rid, err := arm.ParseResourceID(id)
+	if err != nil {
+		return zero, fmt.Errorf("arm: %s id %q: %w", kind, id, err)
+	}
+	s, err := c.clients(rid.SubscriptionID)
+	if err != nil {
+		return zero, err
+	}
+	val, err := get(ctx, s, rid)
+	switch {
+	case err == nil:
 	case errors.Is(classify(err, ""), ErrNotFound):
+		val = zero
 	default:
-		return diskFacts{}, classify(err, "get disk "+diskID)
+		return zero, classify(err, "get "+kind+" "+id)
 	}
 	c.mu.Lock()
-	c.disks[key] = cached[diskFacts]{v: df, at: time.Now()}
+	cache[key] = cached[T]{v: val, at: time.Now()}
 	c.mu.Unlock()
-	return df, nil
+	return val, nil
 }
 
 // ListAll returns every VM of a subscription, with power state
