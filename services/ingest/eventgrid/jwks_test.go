@@ -60,15 +60,19 @@ func TestEntraKnownKeyValidatedDuringSlowJWKSFetch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The validator's clock moves only when a case says so: a key set
+	// that ages on the wall clock would start refreshes of its own (with
+	// a refresh interval short enough to age during the test, the first
+	// token already started one, which made a third fetch under load).
 	tests := []struct {
 		name    string
-		refresh time.Duration // RefreshInterval
+		age     time.Duration // how far the clock moves before the trigger
 		trigger func(j *jwksServer) (token string, wantErr error)
 	}{
-		{"unknown kid", time.Hour, func(j *jwksServer) (string, error) {
+		{"unknown kid", time.Second, func(j *jwksServer) (string, error) {
 			return j.token(t, stranger, "random-kid-0", validClaims()), ErrUnauthenticated
 		}},
-		{"key set older than the refresh interval", time.Nanosecond, func(j *jwksServer) (string, error) {
+		{"key set older than the refresh interval", 2 * time.Hour, func(j *jwksServer) (string, error) {
 			return j.token(t, j.key, j.kid, validClaims()), nil
 		}},
 	}
@@ -76,15 +80,18 @@ func TestEntraKnownKeyValidatedDuringSlowJWKSFetch(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			j := newJWKS(t)
 			v, err := NewTokenValidator(EntraConfig{TenantID: "t", Audiences: []string{"api://vigil-ingest"}, JWKSURL: j.srv.URL,
-				RefreshInterval: tt.refresh, MinRefreshInterval: time.Nanosecond})
+				RefreshInterval: time.Hour, MinRefreshInterval: time.Nanosecond})
 			if err != nil {
 				t.Fatal(err)
 			}
+			clk := &clock{t: time.Now()}
+			v.now = clk.Now
 			valid := j.token(t, j.key, j.kid, validClaims())
 			if err := result(t, checkAsync(v, valid), 10*time.Second, "first token"); err != nil {
 				t.Fatalf("first token: %v", err)
 			}
 			release := j.block(t)
+			clk.Advance(tt.age)
 			token, wantErr := tt.trigger(j)
 			trig := checkAsync(v, token)
 			waitFor(t, 10*time.Second, "the second JWKS fetch to start", func() bool { return j.requests() == 2 })
