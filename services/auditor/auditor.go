@@ -21,7 +21,19 @@ import (
 // the stream. It returns nil after a clean shutdown on ctx cancellation and
 // an error when the log cannot be written (the process should exit, and a
 // standby takes over).
-func Run(ctx context.Context, c Config) error {
+func Run(ctx context.Context, c Config) error { return run(ctx, c, hooks{}) }
+
+// hooks are where tests act inside a running auditor; production has none.
+type hooks struct {
+	// afterDurable is called after each batch is durable, with the number
+	// of batches made durable so far (crash tests).
+	afterDurable func(batch int)
+	// failAdd makes the write of the message with this stream sequence
+	// fail as a failed Tessera flush would, while later ones succeed.
+	failAdd func(seq uint64) bool
+}
+
+func run(ctx context.Context, c Config, h hooks) error {
 	cfg, err := c.withDefaults()
 	if err != nil {
 		return err
@@ -50,14 +62,14 @@ func Run(ctx context.Context, c Config) error {
 		return err
 	}
 	svc.Handle("GET /log/", logHandler(cfg.LogDir))
-	svc.Go("log", func(ctx context.Context) error { return writeWhileLocked(ctx, cfg, svc, log, signer) })
+	svc.Go("log", func(ctx context.Context) error { return writeWhileLocked(ctx, cfg, h, svc, log, signer) })
 	return svc.Wait()
 }
 
 // writeWhileLocked waits for the log's writer lock, as a standby while
 // another auditor holds it, then writes the log. The service is ready
 // while it writes.
-func writeWhileLocked(ctx context.Context, cfg Config, svc *service.Service, log *slog.Logger, signer note.Signer) error {
+func writeWhileLocked(ctx context.Context, cfg Config, h hooks, svc *service.Service, log *slog.Logger, signer note.Signer) error {
 	setRole := func(r Role) {
 		if r == RoleWriter {
 			svc.MarkReady()
@@ -82,7 +94,7 @@ func writeWhileLocked(ctx context.Context, cfg Config, svc *service.Service, log
 	log.Info("writing the audit log", "origin", signer.Name())
 	setRole(RoleWriter)
 	defer svc.MarkUnready()
-	return runWriter(ctx, cfg, svc, log, signer)
+	return runWriter(ctx, cfg, h, svc, log, signer)
 }
 
 // RouteTesseraLogs sends the log output of Tessera (which logs through

@@ -184,7 +184,7 @@ func TestAuditorRefusesLogAheadOfStream(t *testing.T) {
 func TestAuditorRepairsHoleAfterWriteFailure(t *testing.T) {
 	h := newHarness(t)
 	h.publish(0, 300)
-	err := h.run(func(c *Config) { c.failAdd = func(seq uint64) bool { return seq == 120 } })
+	err := h.runWith(hooks{failAdd: func(seq uint64) bool { return seq == 120 }})
 	if err == nil || !strings.Contains(err.Error(), "log write failed") {
 		t.Fatalf("Run = %v, want a write failure", err)
 	}

@@ -119,7 +119,7 @@ func (b *batcher) flush(ctx context.Context, batch []item) (*pending, error) {
 			}
 			p.futures = append(p.futures, f)
 		}
-		if b.cfg.failAdd != nil && b.cfg.failAdd(it.seq) {
+		if b.hooks.failAdd != nil && b.hooks.failAdd(it.seq) {
 			p.futures = append(p.futures, func() (tessera.Index, error) { return tessera.Index{}, errors.New("injected write failure") })
 		} else {
 			p.futures = append(p.futures, b.app.Add(ctx, it.entry))
@@ -154,8 +154,8 @@ func (b *batcher) complete(ctx context.Context, p *pending) error {
 		lastIdx = idx.Index
 	}
 	b.durable++
-	if b.cfg.afterDurable != nil {
-		b.cfg.afterDurable(b.durable)
+	if b.hooks.afterDurable != nil {
+		b.hooks.afterDurable(b.durable)
 	}
 	p.span.SetAttributes(attribute.Int("vigil.audit.batch.entries", len(p.futures)))
 	b.m.entries.Add(ctx, int64(len(p.futures)))

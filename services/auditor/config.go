@@ -71,12 +71,6 @@ type Config struct {
 	// RoleStandby while another auditor holds the log, RoleWriter once it
 	// writes the log.
 	OnRole func(Role)
-
-	// hooks for crash tests.
-	afterDurable func(batch int)
-	// failAdd makes the write of the message with this stream sequence
-	// fail as a failed Tessera flush would, while later ones succeed.
-	failAdd func(seq uint64) bool
 }
 
 // Role is what an auditor currently does.

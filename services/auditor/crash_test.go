@@ -60,15 +60,16 @@ func runChild() int {
 	if n, err := strconv.Atoi(os.Getenv(envBatchSize)); err == nil {
 		cfg.BatchSize = n
 	}
+	var hk hooks
 	if n, err := strconv.Atoi(os.Getenv(envCrashAfter)); err == nil && n > 0 {
-		cfg.afterDurable = func(batch int) {
+		hk.afterDurable = func(batch int) {
 			if batch == n {
 				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 				select {}
 			}
 		}
 	}
-	if err := Run(ctx, cfg); err != nil {
+	if err := run(ctx, cfg, hk); err != nil {
 		fmt.Fprintln(os.Stderr, "auditor child:", err)
 		return 1
 	}

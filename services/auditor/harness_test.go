@@ -122,8 +122,11 @@ func (h *harness) start(opts ...option) (stop func() error) {
 
 // run runs an auditor with h.config(opts...) until it returns (h.ctx
 // bounds it) and returns its error.
-func (h *harness) run(opts ...option) error {
-	return Run(h.ctx, h.config(opts...))
+func (h *harness) run(opts ...option) error { return h.runWith(hooks{}, opts...) }
+
+// runWith is run with test hooks.
+func (h *harness) runWith(hk hooks, opts ...option) error {
+	return run(h.ctx, h.config(opts...), hk)
 }
 
 // log is the log the auditor with h.cfg writes.

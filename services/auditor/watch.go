@@ -13,7 +13,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 )
 
@@ -250,19 +249,8 @@ func (w *writer) alert(ctx context.Context, a events.Alert) bool {
 	a.Source = alertSource
 	a.At = time.Now().UTC()
 	w.log.Error("critical: "+a.Message, "code", a.Code)
-	subject := events.AlertSubject(a.Severity, "")
-	env, err := events.New(events.TypeAlert, alertSource, subject, a)
-	if err != nil {
-		w.log.Error("encode alert", "code", a.Code, "err", err)
-		return false
-	}
 	sum := sha256.Sum256([]byte(a.Code + "\x00" + a.CauseID))
-	env.ID = "auditor-" + hex.EncodeToString(sum[:16])
-	msg, err := bus.Msg(ctx, subject, env)
-	if err == nil {
-		_, err = w.js.PublishMsg(ctx, msg)
-	}
-	if err != nil {
+	if err := w.conn.PublishAlert(ctx, alertSource, "auditor-"+hex.EncodeToString(sum[:16]), a); err != nil {
 		w.log.Error("publish alert; retrying at the next check", "code", a.Code, "err", err)
 		return false
 	}

@@ -57,7 +57,9 @@ const (
 
 type writer struct {
 	cfg    Config
+	hooks  hooks
 	log    *slog.Logger
+	conn   *bus.Conn
 	js     jetstream.JetStream
 	stream jetstream.Stream
 	app    *tessera.Appender
@@ -102,7 +104,7 @@ func newMetrics(mp metric.MeterProvider) *metrics {
 // runWriter writes the log while this process holds the writer lock: it
 // opens the log, resumes after what it holds, and logs the stream's
 // messages in batches until ctx ends or a write fails.
-func runWriter(ctx context.Context, cfg Config, svc *service.Service, log *slog.Logger, signer note.Signer) (err error) {
+func runWriter(ctx context.Context, cfg Config, h hooks, svc *service.Service, log *slog.Logger, signer note.Signer) (err error) {
 	// Tessera's background work must outlive ctx until it is shut down,
 	// so that everything handed to it is integrated and checkpointed.
 	appCtx, cancelApp := context.WithCancel(context.WithoutCancel(ctx))
@@ -111,6 +113,7 @@ func runWriter(ctx context.Context, cfg Config, svc *service.Service, log *slog.
 	if err != nil {
 		return err
 	}
+	w.hooks = h
 	defer func() {
 		if serr := w.close(ctx, shutdown); err == nil {
 			err = serr
@@ -144,7 +147,7 @@ func openWriter(appCtx context.Context, cfg Config, svc *service.Service, log *s
 	if err != nil {
 		return nil, nil, fmt.Errorf("auditor: tessera appender: %w", err)
 	}
-	w := &writer{cfg: cfg, log: log, js: svc.Conn.JS, app: app, lr: lr, tracer: svc.TracerProvider.Tracer(instrumentation),
+	w := &writer{cfg: cfg, log: log, conn: svc.Conn, js: svc.Conn.JS, app: app, lr: lr, tracer: svc.TracerProvider.Tracer(instrumentation),
 		m: newMetrics(svc.MeterProvider), traceFields: otel.GetTextMapPropagator().Fields(), losses: newLossQueue()}
 	if len(w.traceFields) == 0 {
 		// bus.ExtractTrace then uses W3C trace context and baggage.
