@@ -16,6 +16,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
+	"github.com/vigil-cc/vigil/pkg/fielddiff"
 	"github.com/vigil-cc/vigil/pkg/telemetry"
 )
 
@@ -72,7 +73,7 @@ func TestUnreachableThenStaleThenRecovery(t *testing.T) {
 	}
 	if len(never) != 1 {
 		t.Errorf("%d vm.never_attested alerts, want 1: %+v", len(never), never)
-	} else if d := diffFields(alert{never[0].VMKey, never[0].Severity}, alert{neverAnswers.VMKey(), events.SeverityCritical}); d != "" {
+	} else if d := fielddiff.Fields(alert{never[0].VMKey, never[0].Severity}, alert{neverAnswers.VMKey(), events.SeverityCritical}); d != "" {
 		t.Errorf("vm.never_attested alert:%s", d)
 	}
 	if len(stale) != 2 {
@@ -112,7 +113,7 @@ func TestUnreachableThenStaleThenRecovery(t *testing.T) {
 		ConsecutiveFailures int
 		OverdueSince        time.Time
 	}
-	if d := diffFields(recovered{st.ConsecutiveFailures, st.OverdueSince}, recovered{}); d != "" {
+	if d := fielddiff.Fields(recovered{st.ConsecutiveFailures, st.OverdueSince}, recovered{}); d != "" {
 		t.Errorf("never-answering VM after recovery:%s", d)
 	}
 }

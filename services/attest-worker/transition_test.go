@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/fielddiff"
 )
 
 func TestApplyAttempt(t *testing.T) {
@@ -58,7 +59,7 @@ func TestApplyAttempt(t *testing.T) {
 				LastJobID           string
 				LastAttemptAt       time.Time
 			}
-			if d := diffFields(
+			if d := fielddiff.Fields(
 				result{st.Status, o.Changed, o.Retry, st.OverdueSince, st.ConsecutiveFailures, st.LastJobID, st.LastAttemptAt},
 				result{tc.want, tc.changed, tc.retry, tc.overdue, tc.failures, "job-1", tc.a.At},
 			); d != "" {
@@ -70,7 +71,7 @@ func TestApplyAttempt(t *testing.T) {
 					Since          time.Time
 					PreviousStatus events.Status
 				}
-				if d := diffFields(transition{st.ChangedBy, st.Since, st.PreviousStatus}, transition{"job-1", tc.a.At, o.From}); d != "" {
+				if d := fielddiff.Fields(transition{st.ChangedBy, st.Since, st.PreviousStatus}, transition{"job-1", tc.a.At, o.From}); d != "" {
 					t.Errorf("transition not recorded:%s", d)
 				}
 			}

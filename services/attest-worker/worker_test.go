@@ -12,6 +12,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
+	"github.com/vigil-cc/vigil/pkg/fielddiff"
 )
 
 func TestTrustedPathAndReattestation(t *testing.T) {
@@ -39,7 +40,7 @@ func TestTrustedPathAndReattestation(t *testing.T) {
 	}
 	for _, v := range vms {
 		st, _ := statusOf(t, ctx, conn.JS, v.VMKey())
-		if d := diffFields(
+		if d := fielddiff.Fields(
 			statusFields{st.VMID, st.ResourceID, st.Platform, !st.LastGoodAt.IsZero(), st.LastJobID != ""},
 			statusFields{v.VMID(), v.ResourceID(), v.Platform(), true, true},
 		); d != "" {
@@ -55,7 +56,7 @@ func TestTrustedPathAndReattestation(t *testing.T) {
 			t.Fatalf("%s: no verdict", v.VMKey())
 		}
 		vd := vs[0]
-		if d := diffFields(
+		if d := fielddiff.Fields(
 			verdictFields{vd.Status, vd.Platform, vd.VMID, vd.PolicyID, vd.JobID != "", vd.EvidenceDigest != ""},
 			verdictFields{events.VerdictAffirming, v.Platform(), v.VMID(), "vigil-sim", true, true},
 		); d != "" {
@@ -67,7 +68,7 @@ func TestTrustedPathAndReattestation(t *testing.T) {
 		states := statesOf(t, ctx, conn.JS, v.VMKey())
 		if len(states) != 1 {
 			t.Errorf("%s: %d state changes %+v, want one pending -> trusted naming the verdict", v.VMKey(), len(states), states)
-		} else if d := diffFields(
+		} else if d := fielddiff.Fields(
 			stateFields{states[0].From, states[0].To, states[0].VerdictID},
 			stateFields{events.StatusPending, events.StatusTrusted, vd.ID},
 		); d != "" {

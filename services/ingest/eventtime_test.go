@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/fielddiff"
 	"github.com/vigil-cc/vigil/services/ingest/internal/armfake"
 	"github.com/vigil-cc/vigil/services/ingest/normalize"
 )
@@ -112,7 +113,7 @@ func TestFutureDatedEventCannotPinVM(t *testing.T) {
 				Lifecycle   events.LifecycleKind
 				FutureDated bool
 			}
-			if d := diffFields(present{rec.Deleted, rec.PowerState, rec.Lifecycle, rec.EventTime.After(time.Now())}, present{false, "running", events.LifecycleStarted, false}); d != "" {
+			if d := fielddiff.Fields(present{rec.Deleted, rec.PowerState, rec.Lifecycle, rec.EventTime.After(time.Now())}, present{false, "running", events.LifecycleStarted, false}); d != "" {
 				t.Fatalf("record, want the VM present and running as of the genuine start:%s", d)
 			}
 			for _, lc := range h.lifecycles(key) {
@@ -158,7 +159,7 @@ func TestReconcileHealsFutureDatedRecord(t *testing.T) {
 				Origin      string
 				FutureDated bool
 			}
-			if d := diffFields(healed{lc.Kind, lc.Origin, lc.OccurredAt.After(time.Now())}, healed{tt.kind, OriginReconcile, false}); d != "" {
+			if d := fielddiff.Fields(healed{lc.Kind, lc.Origin, lc.OccurredAt.After(time.Now())}, healed{tt.kind, OriginReconcile, false}); d != "" {
 				t.Fatalf("lifecycle, want %s from reconcile, dated now:%s", tt.kind, d)
 			}
 			eventually(t, 10*time.Second, "the healed record", func() bool {

@@ -14,6 +14,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/eventgrid/aznamespaces"
 
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/fielddiff"
 	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/ingest/internal/armfake"
 	"github.com/vigil-cc/vigil/services/ingest/internal/nsfake"
@@ -45,7 +46,7 @@ func TestWebhookToLifecycleJobInventoryAndFindings(t *testing.T) {
 		HasAzureEventID           bool
 	}
 	for _, lc := range lcs {
-		if d := diffFields(lifecycleFields{lc.Origin, lc.ResourceID, lc.VMKey, lc.AzureEventID != ""}, lifecycleFields{OriginEventGrid, vmResourceID("cvm-01"), key, true}); d != "" {
+		if d := fielddiff.Fields(lifecycleFields{lc.Origin, lc.ResourceID, lc.VMKey, lc.AzureEventID != ""}, lifecycleFields{OriginEventGrid, vmResourceID("cvm-01"), key, true}); d != "" {
 			t.Errorf("%s lifecycle:%s", lc.Kind, d)
 		}
 	}
@@ -65,7 +66,7 @@ func TestWebhookToLifecycleJobInventoryAndFindings(t *testing.T) {
 		Findings  int
 		VMID      string
 	}
-	if d := diffFields(configFields{cfg.Compliant, len(cfg.Findings), cfg.VMID}, configFields{true, 0, "26f8bc30-774e-4290-8e7a-535f3b672aee"}); d != "" {
+	if d := fielddiff.Fields(configFields{cfg.Compliant, len(cfg.Findings), cfg.VMID}, configFields{true, 0, "26f8bc30-774e-4290-8e7a-535f3b672aee"}); d != "" {
 		t.Fatalf("config findings (%+v):%s", cfg.Findings, d)
 	}
 	eventually(t, 5*time.Second, "enriched record", func() bool { r, _ := h.record(key); return !r.EnrichedAt.IsZero() })
@@ -76,7 +77,7 @@ func TestWebhookToLifecycleJobInventoryAndFindings(t *testing.T) {
 		EventTime                                      time.Time
 		EventID                                        string
 	}
-	if d := diffFields(
+	if d := fielddiff.Fields(
 		recordFields{rec.VMID, rec.Size, rec.SecurityType, rec.PowerState, rec.Platform, rec.Lifecycle, rec.EventTime, rec.EventID},
 		recordFields{"26f8bc30-774e-4290-8e7a-535f3b672aee", "Standard_DC4as_v5", "ConfidentialVM", "running", "azure-sev-snp", events.LifecycleStarted, t0.Add(time.Second), "ev-2"},
 	); d != "" {
@@ -144,7 +145,7 @@ func TestOutOfOrderNeverRollsBack(t *testing.T) {
 		Lifecycle  events.LifecycleKind
 		EventID    string
 	}
-	if d := diffFields(state{rec.PowerState, rec.Lifecycle, rec.EventID}, state{"deallocated", events.LifecycleDeallocated, "o-3"}); d != "" {
+	if d := fielddiff.Fields(state{rec.PowerState, rec.Lifecycle, rec.EventID}, state{"deallocated", events.LifecycleDeallocated, "o-3"}); d != "" {
 		t.Fatalf("record rolled back:%s", d)
 	}
 }
@@ -191,7 +192,7 @@ func TestEveryLifecycleKind(t *testing.T) {
 		Deleted   bool
 		Lifecycle events.LifecycleKind
 	}
-	if d := diffFields(deleted{rec.Deleted, rec.Lifecycle}, deleted{true, events.LifecycleDeleted}); d != "" {
+	if d := fielddiff.Fields(deleted{rec.Deleted, rec.Lifecycle}, deleted{true, events.LifecycleDeleted}); d != "" {
 		t.Fatalf("record after the deletion:%s", d)
 	}
 }
@@ -294,10 +295,10 @@ func TestReconcileHealsMissedCreateAndDelete(t *testing.T) {
 		Kind         events.LifecycleKind
 		Origin, VMID string
 	}
-	if d := diffFields(healed{created.Kind, created.Origin, created.VMID}, healed{events.LifecycleCreated, OriginReconcile, "vmid-missed"}); d != "" {
+	if d := fielddiff.Fields(healed{created.Kind, created.Origin, created.VMID}, healed{events.LifecycleCreated, OriginReconcile, "vmid-missed"}); d != "" {
 		t.Errorf("healed create:%s", d)
 	}
-	if d := diffFields(healed{deleted.Kind, deleted.Origin, ""}, healed{events.LifecycleDeleted, OriginReconcile, ""}); d != "" {
+	if d := fielddiff.Fields(healed{deleted.Kind, deleted.Origin, ""}, healed{events.LifecycleDeleted, OriginReconcile, ""}); d != "" {
 		t.Errorf("healed delete:%s", d)
 	}
 	for _, key := range []string{missed, gone} {
@@ -405,7 +406,7 @@ func TestNamespacePullToLifecycle(t *testing.T) {
 		Kind                 events.LifecycleKind
 		Origin, AzureEventID string
 	}
-	if d := diffFields(fromNamespace{lc.Kind, lc.Origin, lc.AzureEventID}, fromNamespace{events.LifecycleCreated, OriginNamespace, "ns-1"}); d != "" {
+	if d := fielddiff.Fields(fromNamespace{lc.Kind, lc.Origin, lc.AzureEventID}, fromNamespace{events.LifecycleCreated, OriginNamespace, "ns-1"}); d != "" {
 		t.Fatalf("lifecycle:%s", d)
 	}
 	eventually(t, 5*time.Second, "acknowledged", func() bool { return ns.Count("acked") == 1 })

@@ -11,6 +11,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
+	"github.com/vigil-cc/vigil/pkg/fielddiff"
 	"github.com/vigil-cc/vigil/services/keyguard"
 	"github.com/vigil-cc/vigil/services/keyguard/azurekv"
 	"github.com/vigil-cc/vigil/services/keyguard/azurekv/azurekvtest"
@@ -67,7 +68,7 @@ func TestAzureKeyVaultRevokeAndRestore(t *testing.T) {
 		key string
 	}{{vmA, "disk"}, {vmA, "sealed"}, {vmB, "disk"}} {
 		e := h.getGrant(g.vm, "akv", g.key)
-		if d := diffFields(grantState{e.State, e.Applied}, grantState{grants.Active, true}); d != "" {
+		if d := fielddiff.Fields(grantState{e.State, e.Applied}, grantState{grants.Active, true}); d != "" {
 			t.Fatalf("configured grant %s/%s (apply error %q):%s", g.vm.VMKey(), g.key, e.ApplyError, d)
 		}
 	}
@@ -138,7 +139,7 @@ func TestAzureKeyVaultRevokeAndRestore(t *testing.T) {
 	}
 	k := h.waitKeyEvent(vmA, events.KeyRestored, "akv")
 	type recorded struct{ Actor, Reason string }
-	if d := diffFields(recorded{k.Actor, k.Reason}, recorded{"alice", "re-imaged"}); d != "" {
+	if d := fielddiff.Fields(recorded{k.Actor, k.Reason}, recorded{"alice", "re-imaged"}); d != "" {
 		t.Fatalf("restore event:%s", d)
 	}
 }
@@ -167,7 +168,7 @@ func TestAzureFailureRetriedByReconciliation(t *testing.T) {
 		t.Fatal("not revoked in the vault")
 	}
 	type revocation struct{ RevokedFor, ApplyError string }
-	if d := diffFields(revocation{g.RevokedFor, g.ApplyError}, revocation{grants.CauseRetired, ""}); d != "" {
+	if d := fielddiff.Fields(revocation{g.RevokedFor, g.ApplyError}, revocation{grants.CauseRetired, ""}); d != "" {
 		t.Fatalf("grant after reconciliation:%s", d)
 	}
 	if n := len(azurekvtest.Patches(vault.TakeCalls())); n < 2 {

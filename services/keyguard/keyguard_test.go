@@ -10,6 +10,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
+	"github.com/vigil-cc/vigil/pkg/fielddiff"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
 	"github.com/vigil-cc/vigil/services/keyguard"
 	"github.com/vigil-cc/vigil/services/keyguard/grants"
@@ -31,7 +32,7 @@ func TestReleaseToTrustedVM(t *testing.T) {
 			Secret, KeyName string
 			HasVersion      bool
 		}
-		if d := diffFields(released{string(got.Secret), got.KeyName, got.Version != 0}, released{testSecret, "disk-key", true}); d != "" {
+		if d := fielddiff.Fields(released{string(got.Secret), got.KeyName, got.Version != 0}, released{testSecret, "disk-key", true}); d != "" {
 			t.Fatalf("%s: released:%s", suite, d)
 		}
 	}
@@ -45,7 +46,7 @@ func TestReleaseToTrustedVM(t *testing.T) {
 		KeyName, VMID string
 		HasCauseID    bool
 	}
-	if d := diffFields(releaseEvent{k.KeyName, k.VMID, k.CauseID != ""}, releaseEvent{"disk-key", vm.VMID(), true}); d != "" {
+	if d := fielddiff.Fields(releaseEvent{k.KeyName, k.VMID, k.CauseID != ""}, releaseEvent{"disk-key", vm.VMID(), true}); d != "" {
 		t.Fatalf("release event:%s", d)
 	}
 	n := 0
@@ -155,7 +156,7 @@ func TestReplayedNonceRefusedAcrossReplicas(t *testing.T) {
 		Expired bool
 		Size    int
 	}
-	if d := diffFields(nonceFields{time.Until(nr.ExpiresAt) <= 0, len(nr.Nonce)}, nonceFields{false, keyrelease.NonceSize}); d != "" {
+	if d := fielddiff.Fields(nonceFields{time.Until(nr.ExpiresAt) <= 0, len(nr.Nonce)}, nonceFields{false, keyrelease.NonceSize}); d != "" {
 		t.Fatalf("nonce response:%s", d)
 	}
 	priv, pub, err := keyrelease.DefaultSuite.GenerateKey()

@@ -8,6 +8,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
+	"github.com/vigil-cc/vigil/pkg/fielddiff"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
 	"github.com/vigil-cc/vigil/services/keyguard"
 	"github.com/vigil-cc/vigil/services/keyguard/grants"
@@ -95,7 +96,7 @@ func TestTransitions(t *testing.T) {
 					Backend, Actor, KeyName string
 					HasCauseID, HasReason   bool
 				}
-				if d := diffFields(
+				if d := fielddiff.Fields(
 					keyEvent{k.Backend, k.Actor, k.KeyName, k.CauseID != "", k.Reason != ""},
 					keyEvent{keyguard.BackendLocal, "keyguard", "disk-key", true, true},
 				); d != "" {
@@ -192,12 +193,12 @@ func TestOperatorRestore(t *testing.T) {
 		VMKey string
 		State grants.State
 	}
-	if d := diffFields(restored{resp.VMKey, resp.Changed[0].State}, restored{vm.VMKey(), grants.Active}); d != "" {
+	if d := fielddiff.Fields(restored{resp.VMKey, resp.Changed[0].State}, restored{vm.VMKey(), grants.Active}); d != "" {
 		t.Fatalf("restore response:%s", d)
 	}
 	type recorded struct{ Actor, Reason string }
 	k := h.waitKeyEvent(vm, events.KeyRestored, keyguard.BackendLocal)
-	if d := diffFields(recorded{k.Actor, k.Reason}, recorded{"alice", "debug policy fixed, INC-42"}); d != "" {
+	if d := fielddiff.Fields(recorded{k.Actor, k.Reason}, recorded{"alice", "debug policy fixed, INC-42"}); d != "" {
 		t.Fatalf("restore event, want actor and reason recorded:%s", d)
 	}
 	if _, err := h.release(vm, attester(vm), "disk-key"); err != nil {
@@ -219,7 +220,7 @@ func TestOperatorRestore(t *testing.T) {
 		RevokedFor, Actor string
 	}
 	g := h.getGrant(vm, keyguard.BackendLocal, "disk-key")
-	if d := diffFields(revocation{g.State, g.RevokedFor, g.Actor}, revocation{grants.Revoked, grants.CauseOperator, "bob"}); d != "" {
+	if d := fielddiff.Fields(revocation{g.State, g.RevokedFor, g.Actor}, revocation{grants.Revoked, grants.CauseOperator, "bob"}); d != "" {
 		t.Fatalf("operator revocation:%s", d)
 	}
 	if _, err := h.release(vm, attester(vm), "disk-key"); refusal(err) != keyrelease.CodeRevoked {
