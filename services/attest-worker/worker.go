@@ -205,7 +205,8 @@ func newWorker(ctx context.Context, cfg Config, svc *service.Service, h hooks) (
 	if vcfg.Logger == nil {
 		vcfg.Logger = cfg.Logger
 	}
-	pols, err := newPolicies(cfg.Policy, cfg.explicitTiming)
+	log := cfg.Logger.With("worker", cfg.Name)
+	pols, err := newPolicies(conn.JS, cfg.Policy, cfg.explicitTiming, log)
 	if err != nil {
 		return nil, err
 	}
@@ -221,7 +222,7 @@ func newWorker(ctx context.Context, cfg Config, svc *service.Service, h hooks) (
 	return &Worker{
 		cfg:       cfg,
 		conn:      conn,
-		log:       cfg.Logger.With("worker", cfg.Name),
+		log:       log,
 		source:    source,
 		status:    statusStore{kv: statusKV},
 		inv:       inventory{kv: vmsKV},
@@ -248,7 +249,7 @@ func (w *Worker) start(svc *service.Service) error {
 			return w.conn.Consume(ctx, stream, cc, h, append(opts, bus.WithAlertSource(Service))...)
 		})
 	}
-	svc.Go("policy", w.followPolicy)
+	svc.Go("policy", w.policies.feed.Follow)
 	ackWait := w.cfg.AckWait
 	consume("jobs", events.StreamJobs, jetstream.ConsumerConfig{
 		Durable:       ConsumerJobs,
