@@ -15,6 +15,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/evidence/collateral"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
+	"github.com/vigil-cc/vigil/pkg/policyfeed"
 	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/keyguard/grants"
 	"github.com/vigil-cc/vigil/services/keyguard/secrets"
@@ -32,6 +33,7 @@ type Keyguard struct {
 	secrets  *secrets.Store
 	nonces   jetstream.KeyValue
 	verifier *evidence.Verifier
+	policy   *policyfeed.Feed // release policy in force
 	backends map[string]backend
 	metrics  *kgMetrics
 	hooks    hooks
@@ -133,6 +135,9 @@ func open(ctx context.Context, cfg Config, svc *service.Service, master []byte) 
 	if k.verifier, err = evidence.NewVerifier(vc); err != nil {
 		return nil, fmt.Errorf("keyguard: evidence verifier: %w", err)
 	}
+	if k.policy, err = newPolicyFeed(conn.JS, cfg.Evidence, log); err != nil {
+		return nil, err
+	}
 	for _, ac := range cfg.AzureKeyVaults {
 		ab, err := newAzureBackend(k, ac)
 		if err != nil {
@@ -147,9 +152,10 @@ func open(ctx context.Context, cfg Config, svc *service.Service, master []byte) 
 }
 
 // start serves the release and operator APIs and starts the event
-// consumer, the apply workers and the reconcile loop as the service's
-// tasks; it marks the service ready once the consumer exists, so that
-// events published from then on are seen.
+// consumer, the apply workers, the reconcile loop and the policy follower
+// as the service's tasks; it marks the service ready once the consumer
+// exists, so that events published from then on are seen, and the stored
+// policy versions are read.
 func (k *Keyguard) start(svc *service.Service) error {
 	ctx, cfg, conn := svc.Context(), k.cfg, k.conn
 	serves := []struct {
@@ -171,12 +177,19 @@ func (k *Keyguard) start(svc *service.Service) error {
 		svc.Go("apply", func(ctx context.Context) error { k.applyWorker(ctx); return nil })
 	}
 	svc.Go("reconcile", func(ctx context.Context) error { k.reconcileLoop(ctx); return nil })
+	svc.Go("policy", k.policy.Follow)
 	svc.Go("consume", func(ctx context.Context) error {
 		return conn.Consume(ctx, events.StreamEvents, consumerConfig(cfg.Consumer), k.handle,
 			bus.WithConcurrency(cfg.Concurrency), bus.WithAlertSource(cfg.Source),
 			bus.WithBackoff(50*time.Millisecond, 250*time.Millisecond, time.Second, 5*time.Second, 15*time.Second))
 	})
 	svc.Go("ready", func(ctx context.Context) error {
+		// Releases wait for the policy versions stored (appraise).
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-k.policy.Synced():
+		}
 		// Consume creates the consumer before it fetches.
 		t := time.NewTicker(10 * time.Millisecond)
 		defer t.Stop()

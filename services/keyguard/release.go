@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
+	"github.com/vigil-cc/vigil/pkg/policyfeed"
 	"github.com/vigil-cc/vigil/services/keyguard/grants"
 	"github.com/vigil-cc/vigil/services/keyguard/internal/kvlast"
 	"github.com/vigil-cc/vigil/services/keyguard/secrets"
@@ -28,11 +31,10 @@ type EvidenceConfig struct {
 	// shared vigil-collateral bucket when nil).
 	Verifier evidence.Config
 	// Policy is applied to release evidence (appraise.DefaultPolicy when
-	// nil).
+	// nil) until a newer version of it is published as io.vigil.policy.v1
+	// on vigil.events.policy.<policy id>: keyguard follows those versions
+	// as the attest-workers do.
 	Policy *appraise.Policy
-	// PolicyFunc, when set, returns the policy in force at each release
-	// and overrides Policy.
-	PolicyFunc func(ctx context.Context) (*appraise.Policy, error)
 	// Build is reported as the verifier build of release appraisals.
 	Build string
 }
@@ -170,17 +172,14 @@ func (k *Keyguard) handleRelease(ctx context.Context, data []byte) (out []byte, 
 // nonce and the ephemeral key, from the VM with vmID, and acceptable under
 // policy.
 func (k *Keyguard) appraise(ctx context.Context, req keyrelease.ReleaseRequest, vmID string) error {
-	pol := k.cfg.Evidence.Policy
-	if k.cfg.Evidence.PolicyFunc != nil {
-		p, err := k.cfg.Evidence.PolicyFunc(ctx)
-		if err != nil {
-			return refuse(keyrelease.CodeUnavailable, "policy: %v", err)
-		}
-		pol = p
+	// Until the stored versions are read, the configured policy may be
+	// one the bus has superseded.
+	select {
+	case <-k.policy.Synced():
+	default:
+		return refuse(keyrelease.CodeUnavailable, "the published versions of policy %s are not read yet", k.policy.Policy().ID)
 	}
-	if pol == nil {
-		pol = appraise.DefaultPolicy()
-	}
+	pol := k.policy.Policy()
 	exp := evidence.Expect{
 		Nonce:     req.Nonce,
 		ExtraData: keyrelease.Binding(req.Nonce, req.Suite, req.PublicKey),
@@ -221,5 +220,19 @@ func (k *Keyguard) appraise(ctx context.Context, req keyrelease.ReleaseRequest, 
 	case has(evidence.ReasonTPMNonceMismatch):
 		return refuse(keyrelease.CodeBindingMismatch, "the quote does not bind this nonce and public key%s", reasonCodes(verdict.Reasons))
 	}
-	return refuse(keyrelease.CodeEvidenceRejected, "verdict %s%s", verdict.Status, reasonCodes(verdict.Reasons))
+	return refuse(keyrelease.CodeEvidenceRejected, "verdict %s under policy %s version %d%s", verdict.Status, pol.ID, pol.Version, reasonCodes(verdict.Reasons))
+}
+
+// newPolicyFeed returns the release policy in force: the configured one,
+// then the newer versions published on the bus once it follows them.
+func newPolicyFeed(js jetstream.JetStream, cfg EvidenceConfig, log *slog.Logger) (*policyfeed.Feed, error) {
+	p := cfg.Policy
+	if p == nil {
+		p = appraise.DefaultPolicy()
+	}
+	f, err := policyfeed.New(js, p, policyfeed.WithLogger(log))
+	if err != nil {
+		return nil, fmt.Errorf("keyguard: %w", err)
+	}
+	return f, nil
 }
