@@ -24,7 +24,8 @@ func newPolicyCmd() *cobra.Command {
 		Short: "Publish and show attestation policy versions",
 		Long: `An attestation policy (YAML, see "vigil evidence policy") is versioned. Publishing a new
 version stores it on the bus as io.vigil.policy.v1 on vigil.events.policy.<id>: every
-attest-worker that runs a policy with that id puts it in force without a restart, and the
+attest-worker and keyguard that runs a policy with that id puts it in force without a
+restart (keyguard for the evidence of key releases), and the
 auditor logs the change (who, why, the document and its digest).`,
 	}
 	o.flags(cmd)
