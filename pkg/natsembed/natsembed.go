@@ -1,5 +1,8 @@
 // Package natsembed runs a nats-server with JetStream inside the current
 // process: the embedded default of `vigil dev` and the base of natstest.
+// Given an operator and its accounts (pkg/busauth), it runs in operator
+// mode: every client authenticates with a user JWT of one of the accounts,
+// and account updates (revocations) are pushed with UpdateAccount.
 package natsembed
 
 import (
@@ -7,9 +10,12 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
+	"sync"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 )
 
@@ -34,12 +40,24 @@ type Config struct {
 	// ConfigText is nats-server configuration applied before the fields
 	// above, which take precedence: accounts, users, exports and imports.
 	ConfigText string
+
+	// OperatorJWT, when set, runs the server in operator mode: it trusts
+	// this operator, SystemAccount (a public key) is the system account,
+	// and AccountJWTs, signed by the operator, are served from memory
+	// (every account clients use, the system account's included).
+	OperatorJWT   string
+	SystemAccount string
+	AccountJWTs   []string
 }
 
 // Server is a running embedded nats-server.
 type Server struct {
 	*server.Server
-	cfg Config
+
+	mu       sync.Mutex
+	cfg      Config
+	operator *jwt.OperatorClaims
+	resolver *server.MemAccResolver
 }
 
 // ErrNotReady is returned when the server does not accept connections in time.
@@ -82,6 +100,17 @@ func Start(cfg Config) (*Server, error) {
 	opts.NoSigs = true
 	opts.NoLog = !cfg.Logging
 	opts.MaxPayload = cfg.MaxPayload
+	var op *jwt.OperatorClaims
+	var resolver *server.MemAccResolver
+	if cfg.OperatorJWT != "" {
+		var err error
+		if op, resolver, err = operatorMode(cfg); err != nil {
+			return nil, err
+		}
+		opts.TrustedOperators = []*jwt.OperatorClaims{op}
+		opts.SystemAccount = cfg.SystemAccount
+		opts.AccountResolver = resolver
+	}
 	if cfg.ClusterPort != 0 {
 		opts.Cluster = server.ClusterOpts{Name: cfg.ClusterName, Host: cfg.Host, Port: cfg.ClusterPort}
 		for _, r := range cfg.Routes {
@@ -104,15 +133,111 @@ func Start(cfg Config) (*Server, error) {
 		s.Shutdown()
 		return nil, fmt.Errorf("%w after %s on %s:%d", ErrNotReady, cfg.ReadyTimeout, cfg.Host, cfg.Port)
 	}
-	return &Server{Server: s, cfg: cfg}, nil
+	return &Server{Server: s, cfg: cfg, operator: op, resolver: resolver}, nil
 }
 
-// Config returns the configuration the server runs with, its port filled in.
-func (s *Server) Config() Config { return s.cfg }
+// operatorMode checks the operator and the accounts of cfg and preloads
+// the accounts into a memory resolver.
+func operatorMode(cfg Config) (*jwt.OperatorClaims, *server.MemAccResolver, error) {
+	op, err := jwt.DecodeOperatorClaims(cfg.OperatorJWT)
+	if err != nil {
+		return nil, nil, fmt.Errorf("natsembed: operator JWT: %w", err)
+	}
+	if cfg.SystemAccount == "" {
+		return nil, nil, errors.New("natsembed: operator mode needs the system account")
+	}
+	resolver := &server.MemAccResolver{}
+	for _, token := range cfg.AccountJWTs {
+		ac, err := verifyAccount(op, token)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := resolver.Store(ac.Subject, token); err != nil {
+			return nil, nil, fmt.Errorf("natsembed: account %s: %w", ac.Subject, err)
+		}
+	}
+	if _, err := resolver.Fetch(cfg.SystemAccount); err != nil {
+		return nil, nil, fmt.Errorf("natsembed: the system account %s is not among the accounts", cfg.SystemAccount)
+	}
+	return op, resolver, nil
+}
+
+// ErrUntrustedAccount is matched by errors.Is for an account JWT the
+// server's operator did not sign.
+var ErrUntrustedAccount = errors.New("natsembed: account JWT not signed by the trusted operator")
+
+// verifyAccount decodes an account JWT (which checks its signature) and
+// checks that op signed it and that it is valid.
+func verifyAccount(op *jwt.OperatorClaims, token string) (*jwt.AccountClaims, error) {
+	ac, err := jwt.DecodeAccountClaims(token)
+	if err != nil {
+		return nil, fmt.Errorf("natsembed: account JWT: %w", err)
+	}
+	if !op.DidSign(ac) {
+		return nil, fmt.Errorf("%w: account %s (%s) issued by %s", ErrUntrustedAccount, ac.Subject, ac.Name, ac.Issuer)
+	}
+	vr := jwt.CreateValidationResults()
+	ac.Validate(vr)
+	if vr.IsBlocking(true) {
+		return nil, fmt.Errorf("natsembed: account %s (%s): %w", ac.Subject, ac.Name, errors.Join(vr.Errors()...))
+	}
+	return ac, nil
+}
+
+// ErrNotOperatorMode is returned by UpdateAccount on a server that does
+// not run in operator mode.
+var ErrNotOperatorMode = errors.New("natsembed: the server does not run in operator mode")
+
+// UpdateAccount replaces an account's JWT, as a resolver update does: the
+// server applies it at once (a revoked user's connections are closed, a
+// changed permission template closes the connections of the users of its
+// signing key) and Config returns it from then on, so that a server
+// started again from Config has it. The JWT must be signed by the trusted
+// operator.
+func (s *Server) UpdateAccount(token string) error {
+	if s.resolver == nil {
+		return ErrNotOperatorMode
+	}
+	ac, err := verifyAccount(s.operator, token)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.resolver.Store(ac.Subject, token); err != nil {
+		return fmt.Errorf("natsembed: account %s: %w", ac.Subject, err)
+	}
+	jwts := slices.Clone(s.cfg.AccountJWTs)
+	replaced := false
+	for i, t := range jwts {
+		if old, err := jwt.DecodeAccountClaims(t); err == nil && old.Subject == ac.Subject {
+			jwts[i], replaced = token, true
+		}
+	}
+	if !replaced {
+		jwts = append(jwts, token)
+	}
+	s.cfg.AccountJWTs = jwts
+	acc, err := s.LookupAccount(ac.Subject)
+	if err != nil {
+		return fmt.Errorf("natsembed: account %s: %w", ac.Subject, err)
+	}
+	s.UpdateAccountClaims(acc, ac)
+	return nil
+}
+
+// Config returns the configuration the server runs with, its port filled
+// in (and its accounts as last updated).
+func (s *Server) Config() Config {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cfg
+}
 
 // URL is the client URL of the server.
 func (s *Server) URL() string {
-	return "nats://" + net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.Port))
+	cfg := s.Config()
+	return "nats://" + net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))
 }
 
 // Stop shuts the server down and waits for it to finish.

@@ -1,6 +1,7 @@
 // Package natstest runs real nats-servers with JetStream for tests: a single
-// node, or an in-process three-node cluster with helpers to find and stop a
-// stream's leader.
+// node, open or in operator mode with Vigil's identity (StartOperator,
+// ConnectAs), or an in-process three-node cluster with helpers to find and
+// stop a stream's leader.
 package natstest
 
 import (
@@ -13,15 +14,17 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/natsembed"
 )
 
 // Server is one embedded nats-server owned by a test.
 type Server struct {
-	t   testing.TB
-	cfg natsembed.Config
-	srv *natsembed.Server
+	t    testing.TB
+	cfg  natsembed.Config
+	srv  *natsembed.Server
+	auth *busauth.Set // operator mode
 }
 
 // Start runs a single JetStream server in a temporary directory; it stops
@@ -37,6 +40,19 @@ func Start(t testing.TB) *Server {
 func StartConfigured(t testing.TB, configText string) *Server {
 	t.Helper()
 	return start(t, natsembed.Config{Name: "test", StoreDir: t.TempDir(), ConfigText: configText})
+}
+
+// StartOperator runs a single JetStream server in operator mode in a
+// temporary directory: it trusts auth's operator and serves its accounts
+// from memory. Clients connect as principals (ConnectAs, ConnectAgent);
+// JetStream provisions as the first administrator. It stops when the test
+// ends.
+func StartOperator(t testing.TB, auth *busauth.Set) *Server {
+	t.Helper()
+	s := start(t, natsembed.Config{Name: "test", StoreDir: t.TempDir(),
+		OperatorJWT: auth.OperatorJWT(), SystemAccount: auth.SystemAccount(), AccountJWTs: auth.AccountJWTs()})
+	s.auth = auth
+	return s
 }
 
 func start(t testing.TB, cfg natsembed.Config) *Server {
@@ -62,6 +78,7 @@ func (s *Server) Running() bool { return s.srv != nil }
 // Stop shuts the server down (a no-op when it is already stopped).
 func (s *Server) Stop() {
 	if s.srv != nil {
+		s.cfg = s.srv.Config() // accounts updated since the start
 		s.srv.Stop()
 		s.srv = nil
 	}
@@ -89,11 +106,68 @@ func (s *Server) Connect(opts ...nats.Option) *nats.Conn {
 	return connect(s.t, s.URL(), opts...)
 }
 
+// ConnectCreds opens a client connection with c's JWT and seed and its
+// inbox prefix, as Connect does.
+func (s *Server) ConnectCreds(c busauth.Credentials, opts ...nats.Option) *nats.Conn {
+	s.t.Helper()
+	base := []nats.Option{nats.UserJWTAndSeed(c.JWT, c.Seed), nats.Name(c.Name)}
+	if c.InboxPrefix != "" {
+		base = append(base, nats.CustomInboxPrefix(c.InboxPrefix))
+	}
+	return s.Connect(append(base, opts...)...)
+}
+
+// ConnectAs connects as the user StartOperator's identity made for p (for
+// busauth.Admin the first administrator).
+func (s *Server) ConnectAs(p busauth.Principal, opts ...nats.Option) *nats.Conn {
+	s.t.Helper()
+	c, err := s.Auth().Creds(p)
+	if err != nil {
+		s.t.Fatalf("natstest: %v", err)
+	}
+	return s.ConnectCreds(c, opts...)
+}
+
+// ConnectAgent connects as the agent of the VM with key vm, with
+// credentials minted for it.
+func (s *Server) ConnectAgent(vm string, opts ...nats.Option) *nats.Conn {
+	s.t.Helper()
+	c, err := s.Auth().AgentCreds(vm, 0)
+	if err != nil {
+		s.t.Fatalf("natstest: %v", err)
+	}
+	return s.ConnectCreds(c, opts...)
+}
+
+// Auth is the identity of a server started with StartOperator.
+func (s *Server) Auth() *busauth.Set {
+	s.t.Helper()
+	if s.auth == nil {
+		s.t.Fatal("natstest: the server does not run in operator mode (StartOperator)")
+	}
+	return s.auth
+}
+
+// UpdateAccount gives the server the Vigil account's JWT as it stands now
+// (after busauth.Set.Revoke), which it applies at once and keeps across
+// Restart.
+func (s *Server) UpdateAccount() {
+	s.t.Helper()
+	if err := s.srv.UpdateAccount(s.Auth().AccountJWT()); err != nil {
+		s.t.Fatalf("natstest: %v", err)
+	}
+}
+
 // JetStream connects and returns a JetStream context with every Vigil stream
-// and bucket provisioned.
+// and bucket provisioned; in operator mode as the first administrator.
 func (s *Server) JetStream() (*nats.Conn, jetstream.JetStream) {
 	s.t.Helper()
-	nc := s.Connect()
+	var nc *nats.Conn
+	if s.auth != nil {
+		nc = s.ConnectAs(busauth.Admin)
+	} else {
+		nc = s.Connect()
+	}
 	js := Provision(s.t, nc, events.Topology{})
 	return nc, js
 }

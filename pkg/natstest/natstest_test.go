@@ -5,8 +5,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/natstest"
 )
@@ -55,4 +57,37 @@ func TestClusterHasStreamLeader(t *testing.T) {
 	if err != nil {
 		t.Fatalf("publish after leader loss: %v", err)
 	}
+}
+
+// TestOperatorModeRestartKeepsRevocation: a server in operator mode
+// restarted after a revocation still refuses the revoked agent, and lets
+// the principals in.
+func TestOperatorModeRestartKeepsRevocation(t *testing.T) {
+	set, err := busauth.Init(busauth.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := natstest.StartOperator(t, set)
+	s.JetStream()
+	agent, err := set.AgentCreds("aaaaaaaaaaaaaaaaaaaaaaaaaa", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := set.Revoke(agent.PublicKey()); err != nil {
+		t.Fatal(err)
+	}
+	s.UpdateAccount()
+	s.Restart()
+	if nc, err := nats.Connect(s.URL(), nats.UserJWTAndSeed(agent.JWT, agent.Seed), nats.NoReconnect()); err == nil {
+		nc.Close()
+		t.Fatal("the revoked agent connected after a restart")
+	}
+	nc := s.ConnectAs(busauth.Ingest)
+	if err := nc.Publish(events.RawSubject("eventgrid"), []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil || nc.LastError() != nil {
+		t.Fatalf("ingest after the restart: %v, %v", err, nc.LastError())
+	}
+	s.ConnectAgent("bbbbbbbbbbbbbbbbbbbbbbbbbb").Close()
 }
