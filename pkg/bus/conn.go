@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
@@ -32,6 +33,23 @@ type Config struct {
 	Name string
 	// CredsFile is a NATS credentials file (JWT and nkey seed).
 	CredsFile string
+	// UserJWT and NKeySeed authenticate as a user of an operator-mode
+	// account without a file (pkg/busauth's Credentials): the user's JWT
+	// and the seed of the nkey that signs the server's nonce. JWTSource,
+	// when set instead of UserJWT, supplies the JWT at each connect and
+	// reconnect, for credentials renewed while connected.
+	UserJWT   string
+	JWTSource JWTSource
+	NKeySeed  string
+	// User and Password, or Token, authenticate with users configured in
+	// the server. Credentials in URL are refused along with these.
+	User, Password string
+	Token          string
+	// InboxPrefix replaces "_INBOX" in the connection's reply subjects
+	// (nats.CustomInboxPrefix): in operator mode a principal may hear only
+	// its own prefix (busauth.InboxPrefix), so requests, JetStream API
+	// calls and pull consumers need it.
+	InboxPrefix string
 	// TLSCAFile, TLSCertFile and TLSKeyFile configure TLS: a CA to trust and
 	// an optional client certificate.
 	TLSCAFile, TLSCertFile, TLSKeyFile string
@@ -51,6 +69,11 @@ type Config struct {
 	// TracerProvider and MeterProvider default to the otel globals.
 	TracerProvider trace.TracerProvider
 	MeterProvider  metric.MeterProvider
+}
+
+// JWTSource supplies a user JWT each time the connection authenticates.
+type JWTSource interface {
+	UserJWT() (string, error)
 }
 
 // Conn is a connection to NATS with its JetStream context.
@@ -90,14 +113,18 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 	}
 	log = log.With("component", "bus")
 	servers := strings.Join(strings.Fields(strings.ReplaceAll(cfg.URL, ",", " ")), ",")
-	// The URL can carry credentials (user:password@, token@): only its
-	// redacted form, and errors with them removed, reach logs and errors.
-	c := &Conn{cfg: cfg, log: log, closed: make(chan struct{}), secrets: urlSecrets(servers)}
+	// The URL can carry credentials (user:password@, token@), and so can
+	// the configuration: only the URL's redacted form, and errors with
+	// every credential removed, reach logs and errors.
+	c := &Conn{cfg: cfg, log: log, closed: make(chan struct{}), secrets: secrets(servers, cfg)}
 	shown := RedactURL(servers)
 	for _, u := range strings.Split(servers, ",") {
 		if err := checkURL(u); err != nil {
 			return nil, err
 		}
+	}
+	if err := checkAuth(servers, cfg); err != nil {
+		return nil, err
 	}
 	opts, err := c.options()
 	if err != nil {
@@ -173,6 +200,26 @@ func (c *Conn) options() ([]nats.Option, error) {
 		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
 	}
 	switch {
+	case cfg.JWTSource != nil:
+		kp, err := userKey(cfg.NKeySeed)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.UserJWT(cfg.JWTSource.UserJWT, kp.Sign))
+	case cfg.UserJWT != "":
+		if _, err := userKey(cfg.NKeySeed); err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.UserJWTAndSeed(cfg.UserJWT, cfg.NKeySeed))
+	case cfg.User != "":
+		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
+	case cfg.Token != "":
+		opts = append(opts, nats.Token(cfg.Token))
+	}
+	if cfg.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(cfg.InboxPrefix))
+	}
+	switch {
 	case cfg.TLSConfig != nil:
 		opts = append(opts, nats.Secure(cfg.TLSConfig))
 	default:
@@ -191,6 +238,94 @@ func (c *Conn) options() ([]nats.Option, error) {
 	}
 	return opts, nil
 }
+
+// ErrConflictingCredentials is returned when Config names more than one
+// way to authenticate, or an incomplete one.
+var ErrConflictingCredentials = errors.New("bus: conflicting NATS credentials")
+
+// checkAuth checks that cfg authenticates one way at most, completely.
+// Its errors never quote a credential.
+func checkAuth(servers string, cfg Config) error {
+	ways := 0
+	var named []string
+	add := func(set bool, name string) {
+		if set {
+			ways++
+			named = append(named, name)
+		}
+	}
+	add(cfg.CredsFile != "", "a credentials file")
+	add(cfg.UserJWT != "" || cfg.JWTSource != nil, "a user JWT")
+	add(cfg.User != "" || cfg.Password != "", "a user and password")
+	add(cfg.Token != "", "a token")
+	add(len(urlSecrets(servers)) > 0, "credentials in the URL")
+	switch {
+	case ways > 1:
+		return fmt.Errorf("%w: %s; give one", ErrConflictingCredentials, strings.Join(named, ", "))
+	case cfg.UserJWT != "" && cfg.JWTSource != nil:
+		return fmt.Errorf("%w: UserJWT and JWTSource; give one", ErrConflictingCredentials)
+	case (cfg.UserJWT != "" || cfg.JWTSource != nil) != (cfg.NKeySeed != ""):
+		return fmt.Errorf("%w: a user JWT and its nkey seed go together", ErrConflictingCredentials)
+	case (cfg.User == "") != (cfg.Password == ""):
+		return fmt.Errorf("%w: a user and its password go together", ErrConflictingCredentials)
+	}
+	return nil
+}
+
+// userKey is the user nkey of seed; the error says what is wrong without
+// quoting it.
+func userKey(seed string) (nkeys.KeyPair, error) {
+	kp, err := nkeys.FromSeed([]byte(seed))
+	if err != nil {
+		return nil, errors.New("bus: the nkey seed does not parse")
+	}
+	if pub, err := kp.PublicKey(); err != nil || !nkeys.IsValidPublicUserKey(pub) {
+		return nil, errors.New("bus: the nkey seed is not a user's")
+	}
+	return kp, nil
+}
+
+// secrets returns the credentials of the URL list and of cfg, longest
+// first, to be removed from errors.
+func secrets(servers string, cfg Config) []string {
+	out := urlSecrets(servers)
+	for _, s := range []string{cfg.Password, cfg.Token, cfg.NKeySeed, cfg.UserJWT} {
+		if s != "" && !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	slices.SortFunc(out, func(a, b string) int { return len(b) - len(a) })
+	return out
+}
+
+// String describes the configuration without its credentials, whatever
+// verb prints it.
+func (c Config) String() string {
+	var auth []string
+	for _, a := range []struct {
+		set  bool
+		name string
+	}{
+		{c.CredsFile != "", "creds file " + c.CredsFile},
+		{c.UserJWT != "" || c.JWTSource != nil, "user JWT"},
+		{c.User != "", "user " + c.User},
+		{c.Token != "", "token"},
+	} {
+		if a.set {
+			auth = append(auth, a.name)
+		}
+	}
+	if len(auth) == 0 {
+		auth = append(auth, "none")
+	}
+	return fmt.Sprintf("bus.Config{URL: %s, Name: %s, auth: %s, InboxPrefix: %s}", RedactURL(c.URL), c.Name, strings.Join(auth, ", "), c.InboxPrefix)
+}
+
+// GoString is String, for %#v.
+func (c Config) GoString() string { return c.String() }
+
+// LogValue logs the configuration as String does.
+func (c Config) LogValue() slog.Value { return slog.StringValue(c.String()) }
 
 // redactedText replaces credentials in URLs, logs and errors.
 const redactedText = "redacted"
