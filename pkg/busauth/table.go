@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 // PermissionsMarkdown renders every principal's permissions as Markdown:
@@ -19,7 +20,7 @@ func PermissionsMarkdown() string {
 		a, f := bl.done(), bl.f
 		sub := codes(f.subscribe)
 		if a.Responses {
-			sub += fmt.Sprintf("; answers what it receives (`allow_responses`: one reply each, within %s)", ResponseTTL)
+			sub += fmt.Sprintf("; answers what it receives (`allow_responses`: one reply each, within %d s)", ResponseTTL/time.Second)
 		}
 		var durables []string
 		for _, c := range f.durables {
