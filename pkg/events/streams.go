@@ -342,3 +342,123 @@ func streamConfigDiff(have, want jetstream.StreamConfig) []configDiff {
 	check("subject_transform", have.SubjectTransform, want.SubjectTransform, false)
 	return ds
 }
+
+// ErrTopology is returned by CheckTopology when a stream or bucket is
+// missing or configured otherwise than Provision would configure it.
+var ErrTopology = errors.New("streams and buckets are not provisioned as required")
+
+// CheckTopology checks, with stream lookups alone ($JS.API.STREAM.INFO,
+// which every service may use for its own streams), that every stream and
+// bucket exists with the configuration Provision would give it: the same
+// subjects, retention, limits, discard policy and flags, and at least the
+// topology's replicas (Provision never lowers them). Descriptions are not
+// compared. only, when given, names the streams (by stream name, buckets by
+// bucket name or their KV_ stream) to check; a service checks the ones it
+// uses. The error matches ErrTopology and names each missing or different
+// stream or bucket and how it differs (have/want); a failed lookup is
+// returned as it is.
+func CheckTopology(ctx context.Context, js jetstream.JetStream, t Topology, only ...string) error {
+	want := func(names ...string) bool {
+		if len(only) == 0 {
+			return true
+		}
+		for _, n := range names {
+			if slices.Contains(only, n) {
+				return true
+			}
+		}
+		return false
+	}
+	var problems []string
+	for _, cfg := range Streams(t) {
+		if !want(cfg.Name) {
+			continue
+		}
+		p, err := checkStream(ctx, js, cfg)
+		if err != nil {
+			return err
+		}
+		if p != "" {
+			problems = append(problems, "stream "+cfg.Name+" "+p)
+		}
+	}
+	for _, cfg := range Buckets(t) {
+		if !want(cfg.Bucket, "KV_"+cfg.Bucket) {
+			continue
+		}
+		p, err := checkBucket(ctx, js, cfg)
+		if err != nil {
+			return err
+		}
+		if p != "" {
+			problems = append(problems, "bucket "+cfg.Bucket+" "+p)
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("events: %w: %s; provision them (vigil provision)", ErrTopology, strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// checkStream says how the stream cfg.Name differs from cfg ("" when it
+// does not).
+func checkStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (string, error) {
+	s, err := js.Stream(ctx, cfg.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return "is missing", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("events: look up stream %s: %w", cfg.Name, err)
+	}
+	return describeDiffs(s.CachedInfo().Config, cfg), nil
+}
+
+func describeDiffs(have, want jetstream.StreamConfig) string {
+	want.Replicas = max(want.Replicas, have.Replicas)
+	want.Description = have.Description
+	ds := streamConfigDiff(have, want)
+	if len(ds) == 0 {
+		return ""
+	}
+	return "differs (have/want): " + joinDiffs(ds)
+}
+
+// checkBucket says how the bucket cfg.Bucket differs from cfg ("" when it
+// does not): its stream is compared with the one the server makes of cfg.
+func checkBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (string, error) {
+	name := "KV_" + cfg.Bucket
+	s, err := js.Stream(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return "is missing", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("events: look up bucket %s: %w", cfg.Bucket, err)
+	}
+	have := s.CachedInfo().Config
+	var ds []configDiff
+	check := func(field string, h, w any) {
+		if !reflect.DeepEqual(h, w) {
+			ds = append(ds, configDiff{field: field, have: h, want: w})
+		}
+	}
+	limit := func(v int64) int64 {
+		if v <= 0 {
+			return -1
+		}
+		return v
+	}
+	history := int64(max(cfg.History, 1))
+	check("storage", have.Storage, cfg.Storage)
+	check("history", have.MaxMsgsPerSubject, history)
+	check("ttl", have.MaxAge, cfg.TTL)
+	check("max_value_size", limit(int64(have.MaxMsgSize)), limit(int64(cfg.MaxValueSize)))
+	check("max_bytes", limit(have.MaxBytes), limit(cfg.MaxBytes))
+	check("limit_marker_ttl", have.SubjectDeleteMarkerTTL, cfg.LimitMarkerTTL)
+	if have.Replicas < max(cfg.Replicas, 1) {
+		check("num_replicas", have.Replicas, cfg.Replicas)
+	}
+	if len(ds) == 0 {
+		return "", nil
+	}
+	return "differs (have/want): " + joinDiffs(ds), nil
+}

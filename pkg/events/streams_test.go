@@ -297,3 +297,102 @@ func TestProvisionNeverLowersReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestCheckTopology: a service that may not provision checks the topology
+// with stream lookups; each missing or different stream or bucket is
+// named with how it differs, and Provision makes the check pass.
+func TestCheckTopology(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		provision bool
+		edit      func(t *testing.T, ctx context.Context, js jetstream.JetStream)
+		only      []string
+		want      []string // substrings of the error; none: no error
+	}{
+		{name: "provisioned", provision: true},
+		{name: "nothing provisioned", want: []string{"stream VIGIL_RAW is missing", "stream VIGIL_SCHEDULE is missing", "bucket vigil-vms is missing", "bucket vigil-keyguard-nonces is missing"}},
+		{name: "only the streams asked for", only: []string{events.StreamEvents, events.BucketVMs}, want: []string{"stream VIGIL_EVENTS is missing", "bucket vigil-vms is missing"}},
+		{name: "others not asked for", provision: true, only: []string{events.StreamEvents},
+			edit: editStream(events.StreamAlerts, func(c *jetstream.StreamConfig) { c.MaxAge = time.Hour })},
+		{name: "shorter age", provision: true, want: []string{"stream VIGIL_EVENTS differs (have/want): max_age 1h0m0s/720h0m0s"},
+			edit: editStream(events.StreamEvents, func(c *jetstream.StreamConfig) { c.MaxAge = time.Hour })},
+		{name: "other subjects", provision: true, want: []string{"stream VIGIL_ALERTS differs (have/want): subjects [vigil.alert.*.*]/[vigil.alert.>]"},
+			edit: editStream(events.StreamAlerts, func(c *jetstream.StreamConfig) { c.Subjects = []string{"vigil.alert.*.*"} })},
+		{name: "description ignored", provision: true,
+			edit: editStream(events.StreamRaw, func(c *jetstream.StreamConfig) { c.Description = "edited" })},
+		{name: "bucket history", provision: true, want: []string{"bucket vigil-status differs (have/want): history 1/5"},
+			edit: func(t *testing.T, ctx context.Context, js jetstream.JetStream) {
+				for _, b := range events.Buckets(events.Topology{}) {
+					if b.Bucket == events.BucketStatus {
+						b.History = 1
+						if _, err := js.UpdateKeyValue(ctx, b); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
+			}},
+		{name: "stream deleted", provision: true, want: []string{"stream VIGIL_JOBS is missing"},
+			edit: func(t *testing.T, ctx context.Context, js jetstream.JetStream) {
+				if err := js.DeleteStream(ctx, events.StreamJobs); err != nil {
+					t.Fatal(err)
+				}
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := natstest.Start(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			var js jetstream.JetStream
+			if tc.provision {
+				_, js = srv.JetStream()
+			} else {
+				var err error
+				if js, err = jetstream.New(srv.Connect()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.edit != nil {
+				tc.edit(t, ctx, js)
+			}
+			err := events.CheckTopology(ctx, js, events.Topology{}, tc.only...)
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Fatalf("CheckTopology = %v, want nil", err)
+				}
+				return
+			}
+			if !errors.Is(err, events.ErrTopology) {
+				t.Fatalf("CheckTopology = %v, want ErrTopology", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("CheckTopology = %v\nwant it to say %q", err, w)
+				}
+			}
+			if len(tc.only) > 0 && strings.Count(err.Error(), "missing") != len(tc.only) {
+				t.Errorf("CheckTopology = %v, want only %v", err, tc.only)
+			}
+			if err := events.Provision(ctx, js, events.Topology{}); err != nil {
+				t.Fatal(err)
+			}
+			if err := events.CheckTopology(ctx, js, events.Topology{}, tc.only...); err != nil {
+				t.Fatalf("after Provision CheckTopology = %v", err)
+			}
+		})
+	}
+}
+
+func editStream(name string, edit func(*jetstream.StreamConfig)) func(*testing.T, context.Context, jetstream.JetStream) {
+	return func(t *testing.T, ctx context.Context, js jetstream.JetStream) {
+		t.Helper()
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := s.CachedInfo().Config
+		edit(&cfg)
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			t.Fatalf("edit %s: %v", name, err)
+		}
+	}
+}
