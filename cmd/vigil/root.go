@@ -21,6 +21,8 @@ func newRootCmd() *cobra.Command {
 		newAuditCmd(),
 		newKeyguardCmd(),
 		newPolicyCmd(),
+		newAuthCmd(),
+		newProvisionCmd(),
 	)
 	return root
 }
