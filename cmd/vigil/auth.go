@@ -1,10 +1,18 @@
 package main
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -59,6 +67,8 @@ func newAuthInitCmd() *cobra.Command {
 		dir, admin string
 		agentTTL   time.Duration
 		force      bool
+		withTLS    bool
+		tlsHosts   []string
 	)
 	cmd := &cobra.Command{
 		Use:   "init --dir DIR",
@@ -66,11 +76,14 @@ func newAuthInitCmd() *cobra.Command {
 		Long: `init makes Vigil's NATS identity and writes it to DIR: the operator JWT and keys, the
 system and Vigil account JWTs, one scoped signing key per principal, one credentials file per
 service, reader and the first administrator (secrets mode 0600 in directories of mode 0700),
-and server.conf, the nats-server configuration that trusts the operator. It refuses to
+and server.conf, the nats-server configuration that trusts the operator. With --tls it also
+makes a CA (ECDSA P-256) with a server certificate for --tls-host and a client certificate
+per principal, in DIR/tls, for tests and compose. It refuses to
 replace an existing identity unless --force is given: every credential made with the old
 one stops working.`,
 		Example: `  vigil auth init --dir /etc/vigil/nats-auth
-  vigil auth init --dir ./auth --admin alice --agent-ttl 12h`,
+  vigil auth init --dir ./auth --admin alice --agent-ttl 12h
+  vigil auth init --dir ./auth --tls --tls-host nats,localhost,127.0.0.1`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dir == "" {
@@ -81,6 +94,9 @@ one stops working.`,
 			}
 			if agentTTL <= 0 {
 				return usageError("--agent-ttl %s: must be positive", agentTTL)
+			}
+			if withTLS && len(tlsHosts) == 0 {
+				return usageError("--tls-host: give the servers' host names or addresses")
 			}
 			exists, err := identityExists(dir)
 			if err != nil {
@@ -115,7 +131,16 @@ one stops working.`,
 			if err != nil {
 				return &exitError{code: 1, msg: err.Error()}
 			}
-			return printInit(cmd.OutOrStdout(), dir, set, agentTTL)
+			if err := printInit(cmd.OutOrStdout(), dir, set, agentTTL); err != nil {
+				return err
+			}
+			if withTLS {
+				if err := writeTLS(dir, tlsHosts, time.Now()); err != nil {
+					return &exitError{code: 1, msg: err.Error()}
+				}
+				printTLS(cmd.OutOrStdout(), dir)
+			}
+			return nil
 		},
 	}
 	f := cmd.Flags()
@@ -123,6 +148,8 @@ one stops working.`,
 	f.StringVar(&admin, "admin", busauth.DefaultAdminName, "name of the first administrator (what its actions are attributed to)")
 	f.DurationVar(&agentTTL, "agent-ttl", busauth.DefaultAgentTTL, `default lifetime of agent credentials ("vigil auth agent")`)
 	f.BoolVar(&force, "force", false, "replace an existing identity (every credential made with it stops working)")
+	f.BoolVar(&withTLS, "tls", false, "also make a CA, a server certificate and a client certificate per principal in DIR/tls (for tests and compose)")
+	f.StringSliceVar(&tlsHosts, "tls-host", []string{"localhost", "127.0.0.1"}, "host names and IP addresses of the server certificate (repeatable)")
 	return cmd
 }
 
@@ -439,4 +466,138 @@ func writeCreds(path string, c busauth.Credentials) error {
 		return fmt.Errorf("credentials: %w", err)
 	}
 	return nil
+}
+
+// Files of DIR/tls written by `vigil auth init --tls`.
+const (
+	dirTLS        = "tls"
+	fileCACert    = "ca.pem"
+	fileCAKey     = "ca-key.pem"
+	fileServerPEM = "server.pem"
+	fileServerKey = "server-key.pem"
+	// Validity of the CA and of the certificates it signs.
+	tlsCAValidity   = 5 * 365 * 24 * time.Hour
+	tlsLeafValidity = 365 * 24 * time.Hour
+)
+
+// clientCertFiles are the certificate and key files of p's client
+// certificate in DIR/tls.
+func clientCertFiles(p busauth.Principal) (cert, key string) {
+	return "client-" + string(p) + ".pem", "client-" + string(p) + "-key.pem"
+}
+
+// writeTLS makes a CA, a server certificate for hosts and a client
+// certificate per principal (ECDSA P-256), and writes them to dir/tls:
+// keys mode 0600, atomically; certificates 0644.
+func writeTLS(dir string, hosts []string, now time.Time) error {
+	d := filepath.Join(dir, dirTLS)
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		return fmt.Errorf("tls: %w", err)
+	}
+	if err := os.Chmod(d, 0o700); err != nil {
+		return fmt.Errorf("tls: %w", err)
+	}
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("tls: CA key: %w", err)
+	}
+	caTmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: "Vigil NATS CA", Organization: []string{"Vigil"}},
+		NotBefore:             now.Add(-time.Minute),
+		NotAfter:              now.Add(tlsCAValidity),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	caDER, err := signCert(caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return fmt.Errorf("tls: CA: %w", err)
+	}
+	if err := writePEM(d, fileCACert, fileCAKey, caDER, caKey); err != nil {
+		return err
+	}
+	leaf := func(cn string, usage x509.ExtKeyUsage, certFile, keyFile string, hosts []string) error {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return fmt.Errorf("tls: key of %s: %w", cn, err)
+		}
+		tmpl := &x509.Certificate{
+			Subject:     pkix.Name{CommonName: cn, Organization: []string{"Vigil"}},
+			NotBefore:   now.Add(-time.Minute),
+			NotAfter:    now.Add(tlsLeafValidity),
+			KeyUsage:    x509.KeyUsageDigitalSignature,
+			ExtKeyUsage: []x509.ExtKeyUsage{usage},
+		}
+		for _, h := range hosts {
+			if ip := net.ParseIP(h); ip != nil {
+				tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+			} else {
+				tmpl.DNSNames = append(tmpl.DNSNames, h)
+			}
+		}
+		der, err := signCert(tmpl, ca, &key.PublicKey, caKey)
+		if err != nil {
+			return err
+		}
+		return writePEM(d, certFile, keyFile, der, key)
+	}
+	if err := leaf("vigil-nats", x509.ExtKeyUsageServerAuth, fileServerPEM, fileServerKey, hosts); err != nil {
+		return err
+	}
+	for _, p := range append(busauth.Principals(), busauth.Agent) {
+		cert, key := clientCertFiles(p)
+		if err := leaf("vigil-"+string(p), x509.ExtKeyUsageClientAuth, cert, key, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// signCert signs tmpl (with a random serial number) with signer as parent.
+func signCert(tmpl, parent *x509.Certificate, pub *ecdsa.PublicKey, signer *ecdsa.PrivateKey) ([]byte, error) {
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, fmt.Errorf("tls: serial number: %w", err)
+	}
+	tmpl.SerialNumber = serial
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
+	if err != nil {
+		return nil, fmt.Errorf("tls: certificate %s: %w", tmpl.Subject.CommonName, err)
+	}
+	return der, nil
+}
+
+// writePEM writes a certificate (0644) and its key (PKCS#8, 0600,
+// atomically) to dir.
+func writePEM(dir, certFile, keyFile string, der []byte, key *ecdsa.PrivateKey) error {
+	pk, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return fmt.Errorf("tls: key %s: %w", keyFile, err)
+	}
+	if err := agent.WriteSecretFile(filepath.Join(dir, keyFile), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk})); err != nil {
+		return fmt.Errorf("tls: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, certFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return fmt.Errorf("tls: %w", err)
+	}
+	return nil
+}
+
+func printTLS(w io.Writer, dir string) {
+	d := filepath.Join(dir, dirTLS)
+	fmt.Fprintf(w, "\nTLS (for tests and compose): a CA, a server certificate and a client certificate per principal in %s.\nAdd to the nats-server configuration:\n\n", d)
+	fmt.Fprintf(w, "    tls {\n      cert_file: %q\n      key_file: %q\n      ca_file: %q\n    }\n\n",
+		filepath.Join(d, fileServerPEM), filepath.Join(d, fileServerKey), filepath.Join(d, fileCACert))
+	fmt.Fprintln(w, "and give each service -nats-ca/-nats-cert/-nats-key (VIGIL_NATS_CA/CERT/KEY):")
+	for _, s := range serviceCreds {
+		cert, key := clientCertFiles(s.p)
+		fmt.Fprintf(w, "  %-64s %s %s %s\n", s.program, filepath.Join(d, fileCACert), filepath.Join(d, cert), filepath.Join(d, key))
+	}
+	cert, key := clientCertFiles(busauth.Agent)
+	fmt.Fprintf(w, "  %-64s %s %s %s\n", "agents", filepath.Join(d, fileCACert), filepath.Join(d, cert), filepath.Join(d, key))
 }

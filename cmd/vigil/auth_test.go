@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -400,6 +403,90 @@ func TestAuthAdminMintsAnotherAdministrator(t *testing.T) {
 			conn := connectCredsFile(t, srv, path)
 			if _, err := conn.JS.AccountInfo(context.Background()); err != nil {
 				t.Fatalf("administrator %s: %v", tc.admin, err)
+			}
+		})
+	}
+}
+
+// TestAuthInitTLS: --tls makes a CA whose server certificate is valid for
+// the given hosts and whose client certificates authenticate each
+// principal in a TLS handshake; keys are mode 0600.
+func TestAuthInitTLS(t *testing.T) {
+	dir, out := authInit(t, "--tls", "--tls-host", "nats.example,127.0.0.1")
+	d := filepath.Join(dir, dirTLS)
+	if !strings.Contains(out, "cert_file: ") || !strings.Contains(out, filepath.Join(d, fileCACert)) {
+		t.Errorf("init --tls output lacks the TLS configuration:\n%s", out)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(d, fileCACert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatal("no CA certificate")
+	}
+	load := func(cert, key string) tls.Certificate {
+		t.Helper()
+		mustMode0600(t, filepath.Join(d, key))
+		c, err := tls.LoadX509KeyPair(filepath.Join(d, cert), filepath.Join(d, key))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	server := load(fileServerPEM, fileServerKey)
+	mustMode0600(t, filepath.Join(d, fileCAKey))
+
+	tests := []struct {
+		name       string
+		serverName string
+		p          busauth.Principal
+		ok         bool
+	}{
+		{"ingest by host name", "nats.example", busauth.Ingest, true},
+		{"agent by address", "127.0.0.1", busauth.Agent, true},
+		{"admin", "nats.example", busauth.Admin, true},
+		{"another host", "evil.example", busauth.Keyguard, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cert, key := clientCertFiles(tc.p)
+			client := load(cert, key)
+			// Over TCP, whose buffers let a refused handshake end at once
+			// (net.Pipe would block both ends on the alert).
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			cc, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			sc, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := tls.Server(sc, &tls.Config{Certificates: []tls.Certificate{server}, ClientCAs: pool,
+				ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12})
+			cli := tls.Client(cc, &tls.Config{RootCAs: pool, ServerName: tc.serverName,
+				Certificates: []tls.Certificate{client}, MinVersion: tls.VersionTLS12})
+			errs := make(chan error, 1)
+			go func() { errs <- srv.Handshake(); _ = srv.Close() }()
+			err = cli.Handshake()
+			_ = cli.Close()
+			serr := <-errs
+			if (err == nil) != tc.ok {
+				t.Fatalf("client handshake: %v, want ok %v", err, tc.ok)
+			}
+			if !tc.ok {
+				return
+			}
+			if serr != nil {
+				t.Fatalf("server handshake: %v", serr)
+			}
+			if cn := srv.ConnectionState().PeerCertificates[0].Subject.CommonName; cn != "vigil-"+string(tc.p) {
+				t.Errorf("client certificate of %s names %q", tc.p, cn)
 			}
 		})
 	}
