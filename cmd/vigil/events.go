@@ -137,6 +137,9 @@ func (o *tailOptions) natsOptions(stderr io.Writer) []nats.Option {
 	if o.creds != "" {
 		opts = append(opts, nats.UserCredentials(o.creds))
 	}
+	if p := o.inboxPrefix(); p != "" {
+		opts = append(opts, nats.CustomInboxPrefix(p))
+	}
 	if o.ca != "" {
 		opts = append(opts, nats.RootCAs(o.ca))
 	}

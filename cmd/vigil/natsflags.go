@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/keyfile"
 )
 
@@ -54,5 +55,21 @@ func (n *natsFlags) validate() error {
 // busConfig is the connection the flags describe, after validate, for the
 // client name.
 func (n *natsFlags) busConfig(client string) bus.Config {
-	return bus.Config{URL: n.url, Name: client, CredsFile: n.creds, TLSCAFile: n.ca, TLSCertFile: n.cert, TLSKeyFile: n.key}
+	return bus.Config{URL: n.url, Name: client, CredsFile: n.creds, TLSCAFile: n.ca, TLSCertFile: n.cert, TLSKeyFile: n.key,
+		InboxPrefix: n.inboxPrefix()}
+}
+
+// inboxPrefix is the inbox prefix of the user of the credentials file, ""
+// without one: in operator mode a principal hears replies, JetStream's
+// answers included, on its own prefix only (busauth). A file that cannot
+// be read gives "" here; connecting reports why.
+func (n *natsFlags) inboxPrefix() string {
+	if n.creds == "" {
+		return ""
+	}
+	c, err := busauth.ReadCreds(n.creds)
+	if err != nil {
+		return ""
+	}
+	return c.InboxPrefix
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/svcmain"
 )
 
@@ -135,5 +136,40 @@ func TestNATSEnvMatchesServices(t *testing.T) {
 	}
 	if got, want := n.busConfig("client"), svcConfig(); got != want || !strings.HasPrefix(got.URL, "nats://c.") {
 		t.Errorf("with --nats-url\n vigil    %+v\n services %+v", got, want)
+	}
+}
+
+// A command connecting with a principal's credentials file listens for
+// replies on that principal's inbox prefix: in operator mode it may
+// subscribe to nothing else of the kind (busauth), so JetStream's answers
+// and request replies would never reach it otherwise.
+func TestNATSFlagsTakeTheInboxPrefixOfTheCredentials(t *testing.T) {
+	set, err := busauth.Init(busauth.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := set.WriteDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(t.TempDir(), "other.creds")
+	if err := os.WriteFile(other, []byte("not a creds file"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, creds, want string
+	}{
+		{"no credentials", "", ""},
+		{"administrator", filepath.Join(dir, busauth.CredsFile(busauth.Admin)), busauth.AdminInboxPrefix(busauth.DefaultAdminName)},
+		{"a service", filepath.Join(dir, busauth.CredsFile(busauth.Keyguard)), busauth.InboxPrefix(busauth.Keyguard)},
+		{"unreadable: connecting says why", other, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := natsFlags{creds: tt.creds}
+			if got := n.busConfig("test").InboxPrefix; got != tt.want {
+				t.Errorf("InboxPrefix = %q, want %q", got, tt.want)
+			}
+		})
 	}
 }

@@ -84,7 +84,6 @@ func provisionConfig(nf *natsFlags) (bus.Config, error) {
 	if c.Principal != "" && c.Principal != busauth.Admin {
 		return bus.Config{}, usageError(`--nats-creds: these are the credentials of %s %s; provisioning takes an administrator's ("vigil auth admin")`, c.Principal, c.Name)
 	}
-	cfg.InboxPrefix = c.InboxPrefix
 	return cfg, nil
 }
 
