@@ -16,7 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/natsembed"
+	"github.com/vigil-cc/vigil/pkg/natstest"
 )
 
 // binaries are built once per test run.
@@ -162,6 +165,13 @@ func TestMultiProcess(t *testing.T) {
 	natsProc := start(t, b("nats-server"), "nats-server", "-c", conf)
 	natsURL := "nats://" + natsAddr
 	waitTCP(t, natsProc, natsAddr)
+	// The operator's step (vigil provision): the services do not provision.
+	provisioner, err := bus.Connect(t.Context(), bus.Config{URL: natsURL, Name: "vigil-provision"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	natstest.Provision(t, provisioner.NC, events.Topology{})
+	_ = provisioner.Close()
 
 	simDir := filepath.Join(dir, "sim")
 	if out, err := exec.Command(b("vigil"), "sim", "export", "--dir", simDir).CombinedOutput(); err != nil {

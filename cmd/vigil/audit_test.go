@@ -58,7 +58,7 @@ func auditLog(t *testing.T, lost int) (logDir, pub string, vms []string) {
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- auditor.Run(runCtx, auditor.Config{LogDir: logDir, SignerKeyFile: skey, VerifierKeyFile: pub, Options: service.Options{NATS: bus.Config{URL: nc.ConnectedUrl()}}, CheckpointInterval: 100 * time.Millisecond})
+		done <- auditor.Run(runCtx, auditor.Config{LogDir: logDir, SignerKeyFile: skey, VerifierKeyFile: pub, Options: service.Options{NATS: bus.Config{URL: nc.ConnectedUrl()}, Provision: true}, CheckpointInterval: 100 * time.Millisecond})
 	}()
 	for !strings.Contains(readFile(t, filepath.Join(logDir, "checkpoint")), fmt.Sprintf("\n%d\n", entries)) {
 		select {

@@ -256,7 +256,7 @@ func (d *devRun) components() []devenv.Component {
 				SignerKeyFile:   filepath.Join(d.auditDir, "signer.key"),
 				VerifierKeyFile: filepath.Join(d.auditDir, "signer.pub"),
 				GenerateKeys:    true,
-				Options:         service.Options{Conn: d.conn, SkipProvision: true, Telemetry: env.Telemetry, Logger: logger("auditor")},
+				Options:         service.Options{Conn: d.conn, Telemetry: env.Telemetry, Logger: logger("auditor")},
 			})
 		}},
 		{Name: "keyguard", Run: func(ctx context.Context, env *devenv.Env) error {

@@ -65,7 +65,7 @@ func TestKeyguardCommands(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- keyguard.Run(kctx, keyguard.Config{
-			Options:           service.Options{Conn: conn, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Ready: func() { close(ready) }},
+			Options:           service.Options{Conn: conn, Provision: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Ready: func() { close(ready) }},
 			MasterKeyFile:     masterFile,
 			Evidence:          keyguard.EvidenceConfig{Verifier: evidence.Config{TestRoots: auth.TrustRoots(), Offline: true}, Policy: auth.Policy()},
 			ReconcileInterval: time.Hour,

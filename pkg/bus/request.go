@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -125,7 +126,29 @@ func RequestHeader(ctx context.Context) nats.Header {
 // ServeOption configures Serve.
 type ServeOption func(*serveOptions)
 
-type serveOptions struct{ concurrency int }
+type serveOptions struct {
+	concurrency int
+	replyOK     func(subject, reply string) bool
+}
+
+// WithReplyCheck makes Serve answer a request only when allowed(subject,
+// reply) holds for the subject it came on and its reply subject: in
+// operator mode, when the reply lies under an inbox prefix of a principal
+// allowed to make that request (busauth.ReplyAllowed), so that a
+// requester cannot have the answer published elsewhere with the
+// responder's permissions. Any other request is not handled: it gets no
+// answer (the requester times out), and the refusal is logged with the
+// subject and reply subject, never the payload, and counted
+// (vigil.bus.replies_refused).
+func WithReplyCheck(allowed func(subject, reply string) bool) ServeOption {
+	return func(o *serveOptions) { o.replyOK = allowed }
+}
+
+// OperatorMode reports whether the connection authenticates with a user
+// JWT, as every Vigil principal does in operator mode (pkg/busauth): each
+// requester then listens on its own inbox prefix, and responders answer
+// under it only (WithReplyCheck).
+func (c *Conn) OperatorMode() bool { return c.NC != nil && c.NC.Opts.UserJWT != nil }
 
 // WithServeConcurrency bounds the requests handled at once (default 64);
 // further requests wait in the subscription's buffer.
@@ -157,7 +180,7 @@ func (c *Conn) Serve(ctx context.Context, subject, queue string, h ServeHandler,
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			c.serveOne(ctx, subject, h, m)
+			c.serveOne(ctx, subject, h, m, o.replyOK)
 		}()
 	}
 	var sub *nats.Subscription
@@ -186,7 +209,7 @@ func (c *Conn) Serve(ctx context.Context, subject, queue string, h ServeHandler,
 	return sub, nil
 }
 
-func (c *Conn) serveOne(ctx context.Context, subject string, h ServeHandler, m *nats.Msg) {
+func (c *Conn) serveOne(ctx context.Context, subject string, h ServeHandler, m *nats.Msg, replyOK func(subject, reply string) bool) {
 	ctx = ExtractTrace(ctx, m.Header)
 	if m.Header != nil {
 		ctx = context.WithValue(ctx, requestHeaderKey{}, m.Header)
@@ -197,6 +220,12 @@ func (c *Conn) serveOne(ctx context.Context, subject string, h ServeHandler, m *
 		span.SetAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", m.Subject))
 	}
 	if m.Reply == "" {
+		return
+	}
+	if replyOK != nil && !replyOK(m.Subject, m.Reply) {
+		span.SetStatus(codes.Error, "reply subject refused")
+		c.metrics.repliesRefused.Add(ctx, 1, metric.WithAttributes(attribute.String("subject", subject)))
+		c.log.WarnContext(ctx, "request refused: its reply subject is outside the requester's inbox", "subject", m.Subject, "reply", m.Reply)
 		return
 	}
 	reply := nats.NewMsg(m.Reply)

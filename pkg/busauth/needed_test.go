@@ -46,6 +46,12 @@ func TestEachPrincipalCanDoItsWork(t *testing.T) {
 				if _, err := c.js.AccountInfo(ctxT(t)); err != nil {
 					t.Fatalf("account info (readiness): %v", err)
 				}
+				// The topology check a service runs at start.
+				if err := events.CheckTopology(ctxT(t), c.js, events.Topology{}, busauth.Streams(tc.p)...); err != nil {
+					t.Fatalf("topology check on %v: %v", busauth.Streams(tc.p), err)
+				}
+			} else if s := busauth.Streams(tc.p); s != nil {
+				t.Fatalf("Streams(agent) = %v, want none", s)
 			}
 			tc.run(t, e, c)
 			c.noErrors()

@@ -85,6 +85,20 @@ const (
 // signing key, so every user of p gets exactly this.
 func Permissions(p Principal) Access { return build(p).done() }
 
+// Streams returns the streams and buckets (by bucket name) p may look up
+// ($JS.API.STREAM.INFO): those it uses, which a service checks at start
+// (events.CheckTopology). It is nil for a principal without JetStream.
+func Streams(p Principal) []string {
+	f := build(p).f
+	var out []string
+	for _, s := range slices.Concat(f.info, f.provision, f.kvRead, f.kvWrite) {
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 func build(p Principal) *builder {
 	if !p.valid() {
 		return &builder{}

@@ -1,8 +1,13 @@
 // Package service is the skeleton every Vigil service runs on: its bus
-// connection (shared or its own), the provisioning of the streams and
-// buckets, the operational listener (/healthz, /readyz, /metrics) with the
-// same readiness checks everywhere, its telemetry and logger, and errgroup
+// connection (shared or its own, with its principal's inbox prefix), the
+// check or provisioning of the streams and buckets, the operational
+// listener (/healthz, /readyz, /metrics) with the same readiness checks
+// everywhere, its telemetry and logger, and errgroup
 // supervision of its tasks.
+//
+// A service does not provision the streams and buckets unless told to
+// (Options.Provision): it checks them, and a missing or different one
+// stops it with ErrTopology.
 //
 // A service's Config embeds Options; its Run reads as defaults, Start,
 // wiring (Go for each long-running task), MarkReady and Wait:
@@ -32,6 +37,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/telemetry"
 )
@@ -45,17 +51,25 @@ type Options struct {
 	// stops.
 	Conn *bus.Conn
 	// NATS says how to connect when Conn is nil (URL, credentials, TLS).
-	// Its Name defaults to "vigil-" and the service's name.
+	// Its Name defaults to "vigil-" and the service's name. With user
+	// credentials (a creds file, a user JWT or a JWT source: operator
+	// mode) its InboxPrefix defaults to the inbox prefix of the service's
+	// principal (busauth.InboxPrefix), the only one its permissions let
+	// it hear; the agent, whose prefix names its VM, sets its own.
 	NATS bus.Config
 
-	// Topology is what the streams and buckets are provisioned with at
-	// start, unless SkipProvision is set (another component of the same
-	// process provisioned them).
-	Topology      events.Topology
-	SkipProvision bool
+	// Topology is the layout of the streams and buckets. At start the
+	// service checks that the ones it uses exist as events.Provision
+	// would configure them (events.CheckTopology, with stream lookups
+	// alone: in operator mode services may not create or update
+	// streams), and fails with ErrTopology otherwise; with Provision it
+	// provisions them itself instead. Provisioning is an administrator's
+	// act (vigil provision); vigil dev and test harnesses set Provision.
+	Topology  events.Topology
+	Provision bool
 	// CoreOnly says that the service uses core NATS alone (the in-guest
 	// agent, whose credentials give it no JetStream): nothing is
-	// provisioned and there is no "jetstream" readiness check.
+	// provisioned or checked and there is no "jetstream" readiness check.
 	CoreOnly bool
 
 	// HTTPAddr, when set, serves /healthz, /readyz and /metrics (with
@@ -103,8 +117,8 @@ type Service struct {
 	cancel    context.CancelFunc
 }
 
-// Start connects to the bus (or takes Options.Conn), provisions the
-// streams and buckets unless told not to, registers the readiness checks
+// Start connects to the bus (or takes Options.Conn), checks or provisions
+// the streams and buckets (Options.Topology), registers the readiness checks
 // and opens the operational listener. Tasks started with Go run until ctx
 // ends or one of them fails. An error from Start leaves nothing open.
 func Start(ctx context.Context, name string, o Options) (*Service, error) {
@@ -144,6 +158,9 @@ func (s *Service) connect(ctx context.Context) error {
 	if bc.Logger == nil {
 		bc.Logger = s.Log
 	}
+	if p, ok := principal(s.Name); ok && bc.InboxPrefix == "" && userAuth(bc) {
+		bc.InboxPrefix = busauth.InboxPrefix(p)
+	}
 	bc.WaitForServer = true
 	bc.TracerProvider, bc.MeterProvider = s.TracerProvider, s.MeterProvider
 	c, err := bus.Connect(ctx, bc)
@@ -155,10 +172,8 @@ func (s *Service) connect(ctx context.Context) error {
 }
 
 func (s *Service) start(ctx context.Context) error {
-	if !s.opts.SkipProvision && !s.opts.CoreOnly {
-		if err := events.Provision(ctx, s.Conn.JS, s.opts.Topology); err != nil {
-			return fmt.Errorf("%s: provision: %w", s.Name, err)
-		}
+	if err := s.topology(ctx); err != nil {
+		return err
 	}
 	s.Health.AddReadiness("nats", telemetry.NATSConnected(s.Conn.NC))
 	if !s.opts.CoreOnly {
@@ -188,6 +203,51 @@ func (s *Service) start(ctx context.Context) error {
 		s.Go("http", s.ops.Serve)
 	}
 	return nil
+}
+
+// ErrTopology is returned by Start when a stream or bucket the service
+// uses is missing or configured otherwise than events.Provision would
+// configure it (it is events.ErrTopology); service binaries exit with
+// status 2 on it (svcmain).
+var ErrTopology = events.ErrTopology
+
+// topology provisions the streams and buckets (Options.Provision) or
+// checks the ones the service uses: those its principal may look up
+// (busauth.Streams), every one for a service that has no principal.
+func (s *Service) topology(ctx context.Context) error {
+	switch {
+	case s.opts.CoreOnly:
+		return nil
+	case s.opts.Provision:
+		if err := events.Provision(ctx, s.Conn.JS, s.opts.Topology); err != nil {
+			return fmt.Errorf("%s: provision: %w", s.Name, err)
+		}
+		return nil
+	}
+	var only []string
+	if p, ok := principal(s.Name); ok {
+		only = busauth.Streams(p)
+	}
+	if err := events.CheckTopology(ctx, s.Conn.JS, s.opts.Topology, only...); err != nil {
+		return fmt.Errorf("%s: %w", s.Name, err)
+	}
+	return nil
+}
+
+// principal is the bus principal of the service named name.
+func principal(name string) (busauth.Principal, bool) {
+	for _, p := range busauth.Principals() {
+		if string(p) == name && p != busauth.Admin {
+			return p, true
+		}
+	}
+	return "", false
+}
+
+// userAuth reports whether c authenticates as a user of an operator's
+// account (a user JWT), where every principal has its own inbox prefix.
+func userAuth(c bus.Config) bool {
+	return c.CredsFile != "" || c.UserJWT != "" || c.JWTSource != nil
 }
 
 // Context is the context of the service's tasks: it ends when the

@@ -175,7 +175,9 @@ type RunFunc func(ctx context.Context, rt Runtime) error
 // service's flags and returns what runs it. Main adds -log-level, parses
 // the command line and environment, sets up a JSON logger on stderr and
 // telemetry (OTEL_* variables), runs the service and exits: 0 after a clean
-// stop, 2 on a usage error (ErrUsage), 1 on any other error.
+// stop, 2 on a usage error (ErrUsage) or streams and buckets not provisioned
+// as the service needs them (service.ErrTopology: run vigil provision), 1 on
+// any other error. Services never provision.
 func Main(name string, define func(*Flags) RunFunc) {
 	os.Exit(Run(context.Background(), name, os.Args[1:], os.Stderr, define))
 }
@@ -189,7 +191,7 @@ func Run(ctx context.Context, name string, args []string, stderr io.Writer, defi
 	runFn := define(f)
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
-		if errors.Is(err, ErrUsage) {
+		if errors.Is(err, ErrUsage) || errors.Is(err, service.ErrTopology) {
 			return 2
 		}
 		return 1

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/natstest"
 	"github.com/vigil-cc/vigil/pkg/service"
 )
 
@@ -96,6 +97,7 @@ func TestRunExitCodes(t *testing.T) {
 		{"clean stop", nil, nil, 0},
 		{"failure", nil, errors.New("boom"), 1},
 		{"config error", nil, ErrUsage, 2},
+		{"topology not provisioned", nil, fmt.Errorf("keyguard: %w: stream VIGIL_EVENTS is missing", service.ErrTopology), 2},
 		{"bad flag", []string{"-x"}, nil, 2},
 		{"bad log level", []string{"-log-level", "loud"}, nil, 2},
 		{"help", []string{"-h"}, nil, 0},
@@ -155,6 +157,34 @@ func TestServiceFlags(t *testing.T) {
 	}
 	if got.Logger != want.Logger {
 		t.Error("Logger is not the runtime's")
+	}
+	if got.Provision {
+		t.Error("a service binary provisions")
+	}
+}
+
+// TestUnprovisionedTopologyExits2: a service binary started against a
+// server whose streams and buckets were not provisioned stops at once with
+// status 2, naming what is missing.
+func TestUnprovisionedTopologyExits2(t *testing.T) {
+	ns := natstest.Start(t)
+	var stderr bytes.Buffer
+	got := Run(t.Context(), "vigil-auditor", []string{"-nats-url", ns.URL(), "-http", ""}, &stderr, func(f *Flags) RunFunc {
+		opts := f.Service("vigil-auditor", "")
+		return func(ctx context.Context, rt Runtime) error {
+			svc, err := service.Start(ctx, "auditor", opts(rt))
+			if err != nil {
+				return err
+			}
+			svc.Stop()
+			return svc.Wait()
+		}
+	})
+	if got != 2 {
+		t.Fatalf("exit %d, want 2\n%s", got, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "stream VIGIL_EVENTS is missing") {
+		t.Fatalf("stderr does not name the missing stream:\n%s", stderr.String())
 	}
 }
 

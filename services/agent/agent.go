@@ -14,6 +14,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/service"
@@ -116,6 +117,10 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.NATS.Name == "" {
 		cfg.NATS.Name = "vigil-agent " + vm
 	}
+	// The one inbox prefix the agent's permissions let it hear.
+	if cfg.NATS.InboxPrefix == "" {
+		cfg.NATS.InboxPrefix = busauth.AgentInboxPrefix(vm)
+	}
 	cfg.Logger = log
 	svc, err := service.Start(ctx, Service, cfg.Options)
 	if err != nil {
@@ -156,13 +161,26 @@ func New(vm string, src Source, timeout time.Duration, perSecond float64, burst 
 func (a *Agent) VMKey() string { return a.vm }
 
 // Serve subscribes to the VM's challenge subject, and nothing else, until
-// ctx ends.
+// ctx ends. In operator mode it answers only challenges whose reply
+// subject lies under the attest-worker's inbox, the one principal that
+// challenges agents.
 func (a *Agent) Serve(ctx context.Context, conn *bus.Conn) (unsubscribe func() error, err error) {
-	sub, err := conn.Serve(ctx, events.ChallengeSubject(a.vm), "", a.Answer, bus.WithServeConcurrency(4))
+	opts := []bus.ServeOption{bus.WithServeConcurrency(4)}
+	if conn.OperatorMode() {
+		opts = append(opts, bus.WithReplyCheck(challengerReply))
+	}
+	sub, err := conn.Serve(ctx, events.ChallengeSubject(a.vm), "", a.Answer, opts...)
 	if err != nil {
 		return nil, err
 	}
 	return sub.Unsubscribe, nil
+}
+
+// challengerReply reports whether the agent, in operator mode, answers a
+// challenge whose reply subject is reply: only under the attest-worker's
+// inbox prefix.
+func challengerReply(_, reply string) bool {
+	return busauth.ReplyAllowed(busauth.InboxPrefix(busauth.AttestWorker), reply)
 }
 
 // Answer handles one challenge request and returns the evidence bundle.

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 
 	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
 )
@@ -66,6 +67,10 @@ func Release(ctx context.Context, cfg ReleaseConfig, keyName string) (*keyreleas
 		nc := cfg.NATS
 		if nc.Name == "" {
 			nc.Name = "vigil-agent release " + vm
+		}
+		// Keyguard answers an agent under its own inbox only.
+		if nc.InboxPrefix == "" {
+			nc.InboxPrefix = busauth.AgentInboxPrefix(vm)
 		}
 		if nc.Logger == nil {
 			nc.Logger = cfg.Logger

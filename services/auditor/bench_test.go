@@ -37,7 +37,7 @@ func BenchmarkAuditAppend(b *testing.B) {
 		h := newHarness(b, func(c *Config) {
 			// Every run of the same events has its own consumer and log,
 			// checkpoints every second as by default.
-			c.SkipProvision, c.CheckpointInterval = true, 0
+			c.CheckpointInterval = 0
 		})
 		signer, err := auditlog.LoadSigner(h.cfg.SignerKeyFile)
 		if err != nil {

@@ -59,7 +59,9 @@ func newHarness(t testing.TB, opts ...option) *harness {
 	h := &harness{t: t, ctx: ctx, srv: srv, nc: nc, js: js, dir: t.TempDir()}
 	l := newTestLog(t, h.dir)
 	h.cfg = Config{
-		Options:            service.Options{NATS: natsConfig(nc), Logger: quietLogger()},
+		// Provision: the tests edit streams as an operator might, and
+		// the auditor's restart puts the definitions back.
+		Options:            service.Options{NATS: natsConfig(nc), Provision: true, Logger: quietLogger()},
 		LogDir:             l.dir,
 		SignerKeyFile:      l.signer,
 		VerifierKeyFile:    l.verifier,

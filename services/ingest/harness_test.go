@@ -64,7 +64,7 @@ func (h *harness) run(mod func(*Config)) {
 	h.t.Helper()
 	addr := make(chan string, 1)
 	cfg := Config{
-		Options:        service.Options{Conn: h.conn, Logger: testLogger()},
+		Options:        service.Options{Conn: h.conn, Provision: true, Logger: testLogger()},
 		WebhookAddr:    "127.0.0.1:0",
 		WebhookSecrets: []string{testSecret},
 		ARM:            arm.Config{Credential: h.arm.Credential(), ClientOptions: h.arm.ClientOptions()},

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/evidence/collateral"
@@ -168,8 +170,12 @@ func (k *Keyguard) start(svc *service.Service) error {
 		{SubjectAdminRevoke, k.handleRevoke},
 		{SubjectAdminGrant, k.handleGrant},
 	}
+	var opts []bus.ServeOption
+	if conn.OperatorMode() {
+		opts = append(opts, bus.WithReplyCheck(requesterReply))
+	}
 	for _, s := range serves {
-		if _, err := conn.Serve(ctx, s.subject, Queue, s.h); err != nil {
+		if _, err := conn.Serve(ctx, s.subject, Queue, s.h, opts...); err != nil {
 			return fmt.Errorf("keyguard: %w", err)
 		}
 	}
@@ -261,4 +267,35 @@ func (k *Keyguard) seed(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// requesterReply reports whether keyguard, in operator mode, answers a
+// request on subject whose reply subject is reply: nonce and release
+// requests only under an agent's inbox (_INBOX_agent.<vm>), operator
+// requests only under an administrator's (_INBOX_admin.<name>), the only
+// principals allowed to make them. Keyguard may publish to every agent's
+// and administrator's inbox; without this check a requester could have an
+// answer published under another's.
+func requesterReply(subject, reply string) bool {
+	switch {
+	case subject == keyrelease.SubjectNonce || subject == keyrelease.SubjectRelease:
+		return underInbox(reply, busauth.AgentInboxPrefix, events.ValidVMKey)
+	case strings.HasPrefix(subject, subjectAdminPrefix):
+		return underInbox(reply, busauth.AdminInboxPrefix, busauth.ValidAdminName)
+	}
+	return false
+}
+
+// subjectAdminPrefix prefixes the operator API subjects.
+const subjectAdminPrefix = "vigil.keyguard.admin."
+
+// underInbox reports whether reply lies under the inbox prefix(name) of
+// some valid name.
+func underInbox(reply string, prefix func(name string) string, valid func(string) bool) bool {
+	rest, ok := strings.CutPrefix(reply, prefix(""))
+	if !ok {
+		return false
+	}
+	name, _, ok := strings.Cut(rest, ".")
+	return ok && valid(name) && busauth.ReplyAllowed(prefix(name), reply)
 }

@@ -27,7 +27,7 @@ func openTest(t *testing.T, cfg Config) (*Keyguard, context.Context) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
-	cfg.Conn = conn
+	cfg.Conn, cfg.Provision = conn, true
 	cfg.MasterKey = make([]byte, 32)
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	cfg.defaults()

@@ -1,5 +1,6 @@
 // Package devenv runs Vigil's development environment in one process: an
-// embedded nats-server with JetStream, every stream and bucket provisioned,
+// embedded nats-server with JetStream, every stream and bucket provisioned
+// once (the services, which do not provision, find them as they need them),
 // a shared telemetry setup with /healthz, /readyz and /metrics, and a list
 // of components (the services, a simulated Azure, a simulated fleet) under a
 // supervisor that stops them all when one fails, when the run's duration is

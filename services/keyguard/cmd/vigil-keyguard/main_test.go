@@ -89,10 +89,16 @@ func TestRunServesHealth(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	// The binary never provisions: before the operator has, it exits 2.
+	args := []string{"-nats-url", srv.URL(), "-master-key-file", key, "-http", addr, "-evidence-offline", "-log-level", "warn"}
+	if code := svcmain.Run(t.Context(), "vigil-keyguard", args, io.Discard, define); code != 2 {
+		t.Fatalf("exit %d without provisioned streams, want 2", code)
+	}
+	srv.JetStream() // vigil provision
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	go func() {
-		done <- svcmain.Run(ctx, "vigil-keyguard", []string{"-nats-url", srv.URL(), "-master-key-file", key, "-http", addr, "-evidence-offline", "-log-level", "warn"}, io.Discard, define)
+		done <- svcmain.Run(ctx, "vigil-keyguard", args, io.Discard, define)
 	}()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
