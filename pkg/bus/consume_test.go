@@ -243,6 +243,12 @@ func (b *batcher) Add(_ jetstream.Msg, meta *jetstream.MsgMetadata) {
 	b.cur = append(b.cur, meta.Sequence.Stream)
 }
 
+func (b *batcher) count() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.added)
+}
+
 func (b *batcher) Flush(context.Context) (func() error, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -332,5 +338,41 @@ func TestConsumeBatch(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestConsumeBatchRecreateStartsAtOptStartSeq: WithRecreate replaces the
+// durable consumer, so that a start sequence an update could not change
+// takes effect; the batcher then gets the stream from there on.
+func TestConsumeBatchRecreateStartsAtOptStartSeq(t *testing.T) {
+	c, js, ctx, cancel := startConsuming(t)
+	defer cancel()
+	vm := testVMs(1)[0]
+	seqs := publishLifecycles(ctx, t, c, []string{vm}, 10)[vm]
+	for _, start := range []uint64{seqs[0], seqs[5]} {
+		b := &batcher{}
+		cfg := jetstream.ConsumerConfig{Durable: "recreated", AckPolicy: jetstream.AckAllPolicy,
+			DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: start}
+		rctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- c.ConsumeBatch(rctx, events.StreamEvents, cfg, b, bus.WithRecreate()) }()
+		want := seqs[slices.Index(seqs, start):]
+		// The consumer of the round before looks settled until it is
+		// replaced: wait for the batcher first.
+		for deadline := time.Now().Add(10 * time.Second); b.count() < len(want); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("start %d: %d messages added, want %d", start, b.count(), len(want))
+			}
+		}
+		waitSettled(ctx, t, js, events.StreamEvents, "recreated", 10*time.Second)
+		stop()
+		if err := <-done; err != nil {
+			t.Fatalf("start %d: ConsumeBatch: %v", start, err)
+		}
+		b.mu.Lock()
+		if !slices.Equal(b.added, want) {
+			t.Errorf("start %d: added %v, want %v", start, b.added, want)
+		}
+		b.mu.Unlock()
 	}
 }
