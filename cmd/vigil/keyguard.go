@@ -11,10 +11,13 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
 	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/busauth"
+	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/services/keyguard"
 	"github.com/vigil-cc/vigil/services/keyguard/grants"
 	"github.com/vigil-cc/vigil/services/keyguard/secrets"
@@ -147,7 +150,9 @@ func kgOneLine(s string) string {
 	return s
 }
 
-// operatorName names the operator in audited changes: $VIGIL_ACTOR, else user@host.
+// operatorName names the operator in audited changes: $VIGIL_ACTOR, else
+// user@host with every character that cannot be in a subject token ('.',
+// '*', '>', white space) replaced by '_': the actor is a subject token.
 func operatorName() string {
 	if a := os.Getenv("VIGIL_ACTOR"); a != "" {
 		return a
@@ -159,7 +164,44 @@ func operatorName() string {
 	if h, err := os.Hostname(); err == nil && h != "" {
 		name += "@" + h
 	}
-	return name
+	return strings.Map(func(r rune) rune {
+		if strings.ContainsRune(".*>", r) || unicode.IsSpace(r) {
+			return '_'
+		}
+		return r
+	}, name)
+}
+
+// attributedActor is the actor of a policy version or operator request,
+// which names it in the subject (vigil.events.policy.<id>.<actor>,
+// vigil.keyguard.admin.<action>.<actor>): with an administrator's
+// credentials file (--nats-creds) its name, which the server pins, and a
+// differing --actor (or $VIGIL_ACTOR) is refused; without one, actor
+// (--actor), which must be a subject token.
+func (n *natsFlags) attributedActor(cmd *cobra.Command, actor string) (string, error) {
+	explicit := os.Getenv("VIGIL_ACTOR") != ""
+	if f := cmd.Flags().Lookup("actor"); f != nil && f.Changed {
+		explicit = true
+	}
+	if n.creds != "" {
+		if err := n.validate(); err != nil {
+			return "", usageError("%v", err)
+		}
+		c, err := busauth.ReadCreds(n.creds)
+		if err != nil {
+			return "", usageError("--nats-creds: %v", err)
+		}
+		if c.Principal == busauth.Admin {
+			if explicit && actor != c.Name {
+				return "", usageError("--actor %q differs from the administrator %q of the credentials file; the actor recorded is the credentials'", actor, c.Name)
+			}
+			return c.Name, nil
+		}
+	}
+	if !events.ValidSubjectToken(actor) {
+		return "", usageError("--actor %q must be one subject token: not empty, without '.', '*', '>' or white space", actor)
+	}
+	return actor, nil
 }
 
 type changeFlags struct {
@@ -174,7 +216,7 @@ func (f *changeFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringSliceVar(&f.keys, "key", nil, "only these key names (repeatable; default: every grant of the VM)")
 }
 
-func (f *changeFlags) request(vm string) (keyguard.ChangeRequest, error) {
+func (f *changeFlags) request(cmd *cobra.Command, o *keyguardConn, vm string) (keyguard.ChangeRequest, error) {
 	if _, err := keyguard.ResolveVM(vm); err != nil {
 		return keyguard.ChangeRequest{}, usageError("%v", err)
 	}
@@ -184,7 +226,11 @@ func (f *changeFlags) request(vm string) (keyguard.ChangeRequest, error) {
 	if f.actor == "" {
 		return keyguard.ChangeRequest{}, usageError("--actor must not be empty")
 	}
-	return keyguard.ChangeRequest{VM: vm, Keys: f.keys, Reason: f.reason, Actor: f.actor}, nil
+	actor, err := o.attributedActor(cmd, f.actor)
+	if err != nil {
+		return keyguard.ChangeRequest{}, err
+	}
+	return keyguard.ChangeRequest{VM: vm, Keys: f.keys, Reason: f.reason, Actor: actor}, nil
 }
 
 func newKeyguardRestoreCmd(o *keyguardConn) *cobra.Command {
@@ -211,7 +257,7 @@ func newKeyguardChangeCmd(o *keyguardConn, action string, change func(context.Co
 	f := &changeFlags{}
 	cmd.Args = kgArgs(1, "VM")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		req, err := f.request(args[0])
+		req, err := f.request(cmd, o, args[0])
 		if err != nil {
 			return err
 		}
@@ -239,6 +285,11 @@ func newKeyguardGrantCmd(o *keyguardConn) *cobra.Command {
 			if req.Actor == "" {
 				return usageError("--actor must not be empty")
 			}
+			actor, err := o.attributedActor(cmd, req.Actor)
+			if err != nil {
+				return err
+			}
+			req.Actor = actor
 			return runChange(cmd, o, "grant", func(ctx context.Context, c *bus.Conn) (keyguard.ChangeResponse, error) {
 				return keyguard.Grant(ctx, c, req)
 			})

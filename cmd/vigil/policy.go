@@ -23,7 +23,9 @@ func newPolicyCmd() *cobra.Command {
 		Use:   "policy",
 		Short: "Publish and show attestation policy versions",
 		Long: `An attestation policy (YAML, see "vigil evidence policy") is versioned. Publishing a new
-version stores it on the bus as io.vigil.policy.v1 on vigil.events.policy.<id>: every
+version stores it on the bus as io.vigil.policy.v1 on vigil.events.policy.<id>.<actor>,
+where the actor is the administrator named in --nats-creds (the server lets no one else
+publish there) or, without credentials, --actor: every
 attest-worker and keyguard that runs a policy with that id puts it in force without a
 restart (keyguard for the evidence of key releases), and the
 auditor logs the change (who, why, the document and its digest).`,
@@ -34,7 +36,7 @@ auditor logs the change (who, why, the document and its digest).`,
 }
 
 func newPolicyPublishCmd(o *keyguardConn) *cobra.Command {
-	var reason string
+	var reason, actorFlag string
 	cmd := &cobra.Command{
 		Use:   "publish FILE",
 		Short: "Publish a new version of a policy (its version must be higher than the one stored)",
@@ -54,6 +56,11 @@ func newPolicyPublishCmd(o *keyguardConn) *cobra.Command {
 			if p.ID == "" || p.Version <= 0 {
 				return &exitError{code: 2, msg: fmt.Sprintf("%s: a published policy needs an id and a positive version", args[0])}
 			}
+			actor, err := o.attributedActor(cmd, actorFlag)
+			if err != nil {
+				return err
+			}
+			subject := events.PolicySubject(p.ID, actor)
 			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
 			defer cancel()
 			c, err := o.connect(ctx)
@@ -70,22 +77,23 @@ func newPolicyPublishCmd(o *keyguardConn) *cobra.Command {
 			}
 			sum := sha256.Sum256(doc)
 			ev := events.Policy{Name: p.ID, Version: p.Version, Digest: "sha256:" + hex.EncodeToString(sum[:]),
-				Document: string(doc), Actor: operatorName(), Reason: reason, At: time.Now().UTC()}
-			env, err := events.New(events.TypePolicy, "vigil-cli", events.PolicySubject(p.ID), ev)
+				Document: string(doc), Actor: actor, Reason: reason, At: time.Now().UTC()}
+			env, err := events.New(events.TypePolicy, "vigil-cli", subject, ev)
 			if err != nil {
 				return err
 			}
 			// One id per policy version: publishing the same version twice
 			// stores it once.
 			env.ID = fmt.Sprintf("policy-%s-v%d", p.ID, p.Version)
-			if _, err := c.Publish(ctx, events.PolicySubject(p.ID), env); err != nil {
+			if _, err := c.Publish(ctx, subject, env); err != nil {
 				return &exitError{code: 1, msg: err.Error()}
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "published policy %s version %d (%s) on %s\n", p.ID, p.Version, ev.Digest, events.PolicySubject(p.ID))
+			fmt.Fprintf(cmd.OutOrStdout(), "published policy %s version %d (%s) on %s\n", p.ID, p.Version, ev.Digest, subject)
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why the policy changes (required; audited)")
+	cmd.Flags().StringVar(&actorFlag, "actor", operatorName(), "who publishes, without an administrator's --nats-creds (whose name it must otherwise be); a subject token [VIGIL_ACTOR]")
 	return cmd
 }
 
@@ -116,13 +124,15 @@ func newPolicyShowCmd(o *keyguardConn) *cobra.Command {
 	}
 }
 
-// latestPolicy reads the newest stored version of policy id.
+// latestPolicy reads the newest stored version of policy id, whoever
+// published it (vigil.events.policy.<id>.*). The actor of the result is
+// the subject's, not the payload's.
 func latestPolicy(ctx context.Context, c *bus.Conn, id string) (events.Policy, error) {
 	s, err := c.JS.Stream(ctx, events.StreamEvents)
 	if err != nil {
 		return events.Policy{}, err
 	}
-	m, err := s.GetLastMsgForSubject(ctx, events.PolicySubject(id))
+	m, err := s.GetLastMsgForSubject(ctx, events.PolicyVersionsFilter(id))
 	if err != nil {
 		return events.Policy{}, err
 	}
@@ -134,5 +144,6 @@ func latestPolicy(ctx context.Context, c *bus.Conn, id string) (events.Policy, e
 	if err := env.Decode(events.TypePolicy, &p); err != nil {
 		return events.Policy{}, err
 	}
+	p.Actor = events.PolicyActorFromSubject(m.Subject)
 	return p, nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/natstest"
 )
@@ -77,5 +78,51 @@ func TestPolicyPublishAndShow(t *testing.T) {
 	}
 	if _, _, err := runVigil(ctx, append([]string{"policy", "publish", bad, "--reason", "x"}, server...)...); code(err) != 2 {
 		t.Fatalf("invalid policy: %v", err)
+	}
+}
+
+// Under auth an administrator publishes on its own subject: the actor is
+// the credentials' name, and an --actor naming someone else is refused.
+func TestPolicyPublishUnderAuth(t *testing.T) {
+	set, err := busauth.Init(busauth.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := natstest.StartOperator(t, set)
+	srv.JetStream()
+	dir := t.TempDir()
+	if err := set.WriteDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	creds := filepath.Join(dir, busauth.CredsFile(busauth.Admin))
+	ctx := context.Background()
+	server := []string{"--nats-url", srv.URL(), "--nats-creds", creds}
+	id := appraise.DefaultPolicy().ID
+	v2 := writePolicy(t, appraise.DefaultPolicy().Version+1)
+	if _, _, err := runVigil(ctx, append([]string{"policy", "publish", v2, "--reason", "r", "--actor", "mallory"}, server...)...); exitCode(err) != 2 {
+		t.Fatalf("publish with an --actor other than the credentials': %v", err)
+	}
+	out, _, err := runVigil(ctx, append([]string{"policy", "publish", v2, "--reason", "raise the minimum TCB"}, server...)...)
+	want := busauth.AdminPolicySubject(id, busauth.DefaultAdminName)
+	if err != nil || !strings.Contains(out, want) {
+		t.Fatalf("publish: %v %q, want it on %s", err, out, want)
+	}
+	out, _, err = runVigil(ctx, append([]string{"policy", "show", id}, server...)...)
+	if err != nil || !strings.Contains(out, "by "+busauth.DefaultAdminName+":") {
+		t.Fatalf("show: %v %q", err, out)
+	}
+	// Keyguard's operator API likewise.
+	_, code, _ := runKeyguardCLI(t, "", append([]string{"keyguard", "revoke", "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm", "--reason", "r", "--actor", "mallory"}, server...)...)
+	if code != 2 {
+		t.Fatalf("revoke with an --actor other than the credentials': exit %d", code)
+	}
+}
+
+func TestActorMustBeASubjectToken(t *testing.T) {
+	v2 := writePolicy(t, appraise.DefaultPolicy().Version+1)
+	for _, a := range []string{"", "a.b", "a*", "a b"} {
+		if _, _, err := runVigil(context.Background(), "policy", "publish", v2, "--reason", "r", "--actor", a, "--nats-url", "nats://127.0.0.1:1"); exitCode(err) != 2 {
+			t.Errorf("--actor %q: %v, want exit 2", a, err)
+		}
 	}
 }

@@ -114,6 +114,17 @@ type ServeHandler func(ctx context.Context, data []byte) ([]byte, error)
 
 type requestHeaderKey struct{}
 
+type requestSubjectKey struct{}
+
+// RequestSubject returns the subject of the request a ServeHandler is
+// answering ("" outside a handler): with a wildcard subscription, the
+// tokens the server let the requester publish on (for example a name its
+// permissions pin).
+func RequestSubject(ctx context.Context) string {
+	s, _ := ctx.Value(requestSubjectKey{}).(string)
+	return s
+}
+
 // RequestHeader returns the headers of the request a ServeHandler is
 // answering (nil outside a handler or when the request had none). Only
 // what the NATS server sets itself can be relied on: within one account a
@@ -211,6 +222,7 @@ func (c *Conn) Serve(ctx context.Context, subject, queue string, h ServeHandler,
 
 func (c *Conn) serveOne(ctx context.Context, subject string, h ServeHandler, m *nats.Msg, replyOK func(subject, reply string) bool) {
 	ctx = ExtractTrace(ctx, m.Header)
+	ctx = context.WithValue(ctx, requestSubjectKey{}, m.Subject)
 	if m.Header != nil {
 		ctx = context.WithValue(ctx, requestHeaderKey{}, m.Header)
 	}

@@ -21,7 +21,17 @@ const (
 
 	SubjectKeyguardNonce   = "vigil.keyguard.nonce"
 	SubjectKeyguardRelease = "vigil.keyguard.release"
+	// SubjectKeyguardNonceAll and SubjectKeyguardReleaseAll are the pinned
+	// vigil.keyguard.{nonce,release}.<vm> an agent may use for its own VM.
+	SubjectKeyguardNonceAll   = "vigil.keyguard.nonce.*"
+	SubjectKeyguardReleaseAll = "vigil.keyguard.release.*"
 )
+
+// KeyguardNonceSubject is vigil.keyguard.nonce.<vm>.
+func KeyguardNonceSubject(vm string) string { return SubjectKeyguardNonce + "." + vm }
+
+// KeyguardReleaseSubject is vigil.keyguard.release.<vm>.
+func KeyguardReleaseSubject(vm string) string { return SubjectKeyguardRelease + "." + vm }
 
 // Kinds of per-VM event subjects: vigil.events.vm.<vm>.<kind>.
 const (
@@ -54,8 +64,40 @@ func StateSubject(vm string) string { return VMEventSubject(vm, KindState) }
 // KeySubject is vigil.events.vm.<vm>.key.
 func KeySubject(vm string) string { return VMEventSubject(vm, KindKey) }
 
-// PolicySubject is vigil.events.policy.<name>.
-func PolicySubject(name string) string { return "vigil.events.policy." + Token(name) }
+// PolicySubject is vigil.events.policy.<id>.<actor>, where a version of
+// policy id is published by actor (in operator mode the administrator's
+// name, which the server pins: busauth.AdminPolicySubject). Followers learn
+// the actor from this token, never from the payload. Without an actor it
+// is the unpinned vigil.events.policy.<id> of earlier releases, which
+// followers no longer read (kept for tools and tests that only store
+// events).
+func PolicySubject(id string, actor ...string) string {
+	s := "vigil.events.policy." + Token(id)
+	if len(actor) > 0 {
+		s += "." + actor[0]
+	}
+	return s
+}
+
+// PolicyVersionsFilter is vigil.events.policy.<id>.*: every version of
+// policy id, whoever published it.
+func PolicyVersionsFilter(id string) string { return "vigil.events.policy." + Token(id) + ".*" }
+
+// PolicyActorFromSubject returns the actor token of a
+// vigil.events.policy.<id>.<actor> subject, or "".
+func PolicyActorFromSubject(subject string) string {
+	parts := strings.Split(subject, ".")
+	if len(parts) == 5 && parts[0] == "vigil" && parts[1] == "events" && parts[2] == "policy" {
+		return parts[4]
+	}
+	return ""
+}
+
+// ValidSubjectToken reports whether s can be a single subject token: not
+// empty, and without '.', '*', '>' or white space.
+func ValidSubjectToken(s string) bool {
+	return s != "" && !strings.ContainsAny(s, ".*> \t\r\n")
+}
 
 // AttestJobSubject is vigil.jobs.attest.<vm>.
 func AttestJobSubject(vm string) string { return "vigil.jobs.attest." + vm }

@@ -87,7 +87,7 @@ func (c *Client) Release(ctx context.Context, keyName string) (*Released, error)
 	}
 
 	var nr NonceResponse
-	if err := c.Requester.Request(ctx, SubjectNonce, NonceRequest{VMKey: c.VMKey}, &nr); err != nil {
+	if err := c.Requester.Request(ctx, NonceSubject(c.VMKey), NonceRequest{VMKey: c.VMKey}, &nr); err != nil {
 		return nil, fmt.Errorf("keyrelease: nonce: %w", err)
 	}
 	if len(nr.Nonce) != NonceSize {
@@ -110,7 +110,7 @@ func (c *Client) Release(ctx context.Context, keyName string) (*Released, error)
 		return nil, err
 	}
 	var resp ReleaseResponse
-	if err := c.Requester.Request(ctx, SubjectRelease, req, &resp); err != nil {
+	if err := c.Requester.Request(ctx, ReleaseSubject(c.VMKey), req, &resp); err != nil {
 		return nil, fmt.Errorf("keyrelease: release %s: %w", keyName, err)
 	}
 	if resp.VMKey != c.VMKey || resp.KeyName != keyName || resp.Suite != suite {

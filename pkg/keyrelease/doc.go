@@ -4,12 +4,12 @@
 // The exchange, over NATS request/reply:
 //
 //  1. The agent generates an ephemeral HPKE key pair and asks
-//     vigil.keyguard.nonce for a nonce (NonceRequest -> NonceResponse).
+//     vigil.keyguard.nonce.<vm> for a nonce (NonceRequest -> NonceResponse).
 //     keyguard stores the nonce, bound to the VM, for a short time.
 //  2. The agent has its vTPM quote over Binding(nonce, suite, public key) as
 //     extraData and sends the resulting vigil.evidence/v1 bundle (whose
 //     "nonce" is the issued nonce) with the public key to
-//     vigil.keyguard.release (ReleaseRequest). The verifier checks it with
+//     vigil.keyguard.release.<vm> (ReleaseRequest). The verifier checks it with
 //     evidence.Expect{Nonce: nonce, ExtraData: Binding(...)}.
 //  3. keyguard consumes the nonce (once, on every replica), verifies the
 //     bundle against that binding and the VM's vmId, checks that the VM's

@@ -10,11 +10,21 @@ import (
 	"github.com/vigil-cc/vigil/pkg/events"
 )
 
-// Subjects of the release API (request/reply, no stream).
+// Subjects of the release API (request/reply, no stream). A client asks
+// on its VM's pinned NonceSubject and ReleaseSubject, which in operator
+// mode only that VM's agent may publish on; keyguard refuses (CodeWrongVM)
+// a request there for another VM. SubjectNonce and SubjectRelease are the
+// unpinned subjects of earlier releases.
 const (
 	SubjectNonce   = events.SubjectKeyguardNonce
 	SubjectRelease = events.SubjectKeyguardRelease
 )
+
+// NonceSubject is vigil.keyguard.nonce.<vm>.
+func NonceSubject(vm string) string { return events.KeyguardNonceSubject(vm) }
+
+// ReleaseSubject is vigil.keyguard.release.<vm>.
+func ReleaseSubject(vm string) string { return events.KeyguardReleaseSubject(vm) }
 
 // Limits of the protocol.
 const (

@@ -2,9 +2,15 @@
 // the versions published on the bus.
 //
 // A policy version is published as io.vigil.policy.v1 on
-// vigil.events.policy.<policy id> (vigil policy publish). A Feed starts
-// with the policy a service is configured with and follows that subject
-// with an ordered consumer, from the newest stored version on: a version
+// vigil.events.policy.<policy id>.<actor> (vigil policy publish), where
+// actor is the publisher; in operator mode the server pins it to the
+// administrator's name (busauth.AdminPolicySubject). A Feed starts with the
+// policy a service is configured with and follows
+// vigil.events.policy.<policy id>.* with an ordered consumer, from the
+// newest stored version on. The actor recorded for a version (the log
+// line's and Change.Event.Actor) is the subject's last token, never the
+// payload's. Versions stored on the unpinned vigil.events.policy.<policy id>
+// of earlier releases are not read. A version
 // takes effect when it is newer than the one in force, its document
 // parses, and the document's id and version are the feed's id and the
 // version its event names (and the optional check accepts it). Anything
@@ -55,7 +61,8 @@ type Change struct {
 	Previous *appraise.Policy
 	// Policy is the one in force now.
 	Policy *appraise.Policy
-	// Event is the published version: who published it, why, when.
+	// Event is the published version: who published it, why, when. Its
+	// Actor is the subject's actor token, whatever the payload said.
 	Event events.Policy
 }
 
@@ -133,7 +140,7 @@ func (f *Feed) Synced() <-chan struct{} { return f.synced }
 func (f *Feed) markSynced() { f.syncOne.Do(func() { close(f.synced) }) }
 
 // Follow puts every newer valid version published on
-// vigil.events.policy.<id> in force until ctx ends, starting with the
+// vigil.events.policy.<id>.* in force until ctx ends, starting with the
 // newest one stored. Bus errors are logged and retried. It returns nil
 // when ctx ends, and at once when the policy has no id. Run one Follow per
 // Feed.
@@ -142,7 +149,7 @@ func (f *Feed) Follow(ctx context.Context) error {
 	if id == "" {
 		return nil
 	}
-	subject := events.PolicySubject(id)
+	subject := events.PolicyVersionsFilter(id)
 	log := f.opts.log.With("subject", subject)
 	for ctx.Err() == nil {
 		if err := f.follow(ctx, subject); err != nil && ctx.Err() == nil {
@@ -181,16 +188,16 @@ func (f *Feed) follow(ctx context.Context, subject string) error {
 		if err != nil {
 			return err
 		}
-		f.apply(ctx, m.Data())
+		f.apply(ctx, m.Subject(), m.Data())
 		if md, err := m.Metadata(); err == nil && md.NumPending == 0 {
 			f.markSynced()
 		}
 	}
 }
 
-// apply puts the version in data in force if it is newer than the one in
-// force and valid.
-func (f *Feed) apply(ctx context.Context, data []byte) {
+// apply puts the version in data, published on subject, in force if it is
+// newer than the one in force and valid.
+func (f *Feed) apply(ctx context.Context, subject string, data []byte) {
 	log := f.opts.log
 	env, err := events.Parse(data)
 	if err != nil {
@@ -202,6 +209,16 @@ func (f *Feed) apply(ctx context.Context, data []byte) {
 		log.WarnContext(ctx, "unreadable policy event", "id", env.ID, "err", err)
 		return
 	}
+	actor := events.PolicyActorFromSubject(subject)
+	if actor == "" {
+		log.WarnContext(ctx, "policy event without an actor token; ignored", "id", env.ID, "subject", subject)
+		return
+	}
+	if pe.Actor != "" && pe.Actor != actor {
+		log.WarnContext(ctx, "policy event's payload names another actor than its subject; recording the subject's",
+			"id", env.ID, "actor", actor, "payload_actor", pe.Actor)
+	}
+	pe.Actor = actor
 	cur := f.Policy()
 	if pe.Version <= cur.Version {
 		return

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/natstest"
@@ -56,7 +57,7 @@ func publish(t *testing.T, js jetstream.JetStream, ps ...published) {
 	for _, p := range ps {
 		data := []byte(p.raw)
 		if p.raw == "" {
-			env, err := events.New(events.TypePolicy, "test", events.PolicySubject(policyID), events.Policy{
+			env, err := events.New(events.TypePolicy, "test", events.PolicySubject(policyID, "test"), events.Policy{
 				Name: p.name, Version: p.version, Document: p.doc, Actor: "test", Reason: "test", At: time.Now().UTC()})
 			if err != nil {
 				t.Fatal(err)
@@ -65,7 +66,7 @@ func publish(t *testing.T, js jetstream.JetStream, ps ...published) {
 				t.Fatal(err)
 			}
 		}
-		if _, err := js.Publish(t.Context(), events.PolicySubject(policyID), data); err != nil {
+		if _, err := js.Publish(t.Context(), events.PolicySubject(policyID, "test"), data); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -249,4 +250,84 @@ func TestNew(t *testing.T) {
 	default:
 		t.Fatal("a policy without an id is not synced")
 	}
+}
+
+// Under auth an administrator publishes on its own pinned subject; the
+// actor the feed records is that administrator's name, not the one the
+// payload claims, and the unpinned subject of earlier releases is not read.
+func TestActorIsTheSubjects(t *testing.T) {
+	t.Parallel()
+	set, err := busauth.Init(busauth.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := natstest.StartOperator(t, set)
+	srv.JetStream() // provisions as the first administrator
+	alice, err := set.AdminCreds("alice", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ajs, err := jetstream.New(srv.ConnectCreds(alice))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kjs, err := jetstream.New(srv.ConnectAs(busauth.Keyguard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var actors []string
+	f := follow(t, kjs, 2, policyfeed.WithLogger(slog.New(slog.DiscardHandler)), policyfeed.WithOnChange(func(_ context.Context, c policyfeed.Change) {
+		mu.Lock()
+		defer mu.Unlock()
+		actors = append(actors, c.Event.Actor)
+	}))
+	subject := busauth.AdminPolicySubject(policyID, "alice")
+	env, err := events.New(events.TypePolicy, "test", subject, events.Policy{
+		Name: policyID, Version: 3, Document: document(policy(policyID, 3, "")), Actor: "bob", At: time.Now().UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := env.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Alice may not publish as bob.
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	if _, err := ajs.Publish(ctx, busauth.AdminPolicySubject(policyID, "bob"), data); err == nil {
+		t.Fatal("alice published on bob's policy subject")
+	}
+	if _, err := ajs.Publish(t.Context(), subject, data); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "alice's version in force", func() bool { return f.Policy().Version == 3 })
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(actors, []string{"alice"}) {
+		t.Fatalf("recorded actors %q, want [alice]", actors)
+	}
+}
+
+// A version on the unpinned subject of earlier releases is not read.
+func TestUnpinnedSubjectIgnored(t *testing.T) {
+	t.Parallel()
+	_, js := natstest.Start(t).JetStream()
+	env, err := events.New(events.TypePolicy, "test", events.PolicySubject(policyID), events.Policy{
+		Name: policyID, Version: 5, Document: document(policy(policyID, 5, "")), Actor: "test", At: time.Now().UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := env.Marshal()
+	if _, err := js.Publish(t.Context(), events.PolicySubject(policyID), data); err != nil {
+		t.Fatal(err)
+	}
+	f := follow(t, js, 2, policyfeed.WithLogger(slog.New(slog.DiscardHandler)))
+	select {
+	case <-f.Synced():
+	case <-time.After(20 * time.Second):
+		t.Fatal("not synced after 20s")
+	}
+	publish(t, js, valid(3, ""))
+	waitFor(t, 20*time.Second, "version 3 in force", func() bool { return f.Policy().Version == 3 })
 }

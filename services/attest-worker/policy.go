@@ -12,7 +12,7 @@ import (
 
 // policies holds the policy in force and the timing that follows from it.
 // Policy changes are events (io.vigil.policy.v1 on
-// vigil.events.policy.<id>); every worker follows them (policyfeed), so a
+// vigil.events.policy.<id>.<actor>); every worker follows them (policyfeed), so a
 // new version takes effect everywhere without a restart.
 type policies struct {
 	feed     *policyfeed.Feed
@@ -28,7 +28,7 @@ func newPolicies(js jetstream.JetStream, p *appraise.Policy, explicit Timing, lo
 		policyfeed.WithOnChange(func(ctx context.Context, c policyfeed.Change) {
 			t := ps.timing()
 			log.InfoContext(ctx, "re-attestation timing", "policy", c.Policy.ID, "version", c.Policy.Version,
-				"interval", t.Interval, "grace", t.Grace)
+				"interval", t.Interval, "grace", t.Grace, "actor", c.Event.Actor)
 		}))
 	if err != nil {
 		return nil, err

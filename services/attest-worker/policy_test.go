@@ -27,7 +27,7 @@ func TestPolicyVersionTakesEffectWithoutRestart(t *testing.T) {
 
 	publish := func(version int, doc string) {
 		t.Helper()
-		if _, err := conn.PublishEvent(ctx, events.PolicySubject("vigil-sim"), events.TypePolicy, "test",
+		if _, err := conn.PublishEvent(ctx, events.PolicySubject("vigil-sim", "test"), events.TypePolicy, "test",
 			events.Policy{Name: "vigil-sim", Version: version, Document: doc, Actor: "test", Reason: "allow debug", At: time.Now().UTC()}); err != nil {
 			t.Fatal(err)
 		}

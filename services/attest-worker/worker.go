@@ -63,7 +63,7 @@ type Config struct {
 	SweepEvery time.Duration
 	// Policy is what evidence must satisfy; default appraise.DefaultPolicy().
 	// Newer versions published as io.vigil.policy.v1 on
-	// vigil.events.policy.<policy id> take effect as they arrive.
+	// vigil.events.policy.<policy id>.<actor> take effect as they arrive.
 	Policy *appraise.Policy
 	// Verifier configures evidence verification. When its Collateral is
 	// nil, the shared vigil-collateral bucket is used.

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
 	"github.com/vigil-cc/vigil/services/keyguard/grants"
@@ -15,13 +17,59 @@ import (
 	"github.com/vigil-cc/vigil/services/keyguard/secrets"
 )
 
-// Operator API subjects (request/reply; restrict them to operators with
-// NATS permissions).
+// Operator API actions. An operator named NAME requests action on
+// vigil.keyguard.admin.<action>.NAME (busauth.AdminRequestSubject), which
+// in operator mode the server lets only the administrator NAME publish on;
+// keyguard serves vigil.keyguard.admin.<action>.* and records the
+// subject's NAME as the actor, refusing a payload that names another.
 const (
-	SubjectAdminRestore = "vigil.keyguard.admin.restore"
-	SubjectAdminRevoke  = "vigil.keyguard.admin.revoke"
-	SubjectAdminGrant   = "vigil.keyguard.admin.grant"
+	ActionRestore = "restore"
+	ActionRevoke  = "revoke"
+	ActionGrant   = "grant"
 )
+
+// Operator API subject prefixes: vigil.keyguard.admin.<action>; a request
+// adds the actor token (AdminSubject).
+const (
+	SubjectAdminRestore = subjectAdminPrefix + ActionRestore
+	SubjectAdminRevoke  = subjectAdminPrefix + ActionRevoke
+	SubjectAdminGrant   = subjectAdminPrefix + ActionGrant
+)
+
+// AdminSubject is where actor requests action:
+// vigil.keyguard.admin.<action>.<actor> (busauth.AdminRequestSubject).
+func AdminSubject(action, actor string) string { return busauth.AdminRequestSubject(action, actor) }
+
+// subjectActor returns the actor token of the operator request being
+// served (vigil.keyguard.admin.<action>.<actor>), and refuses a payload
+// actor other than it: the actor recorded is the one the server let
+// publish there, never the payload's.
+func subjectActor(ctx context.Context, payloadActor string) (string, error) {
+	subject := bus.RequestSubject(ctx)
+	rest, ok := strings.CutPrefix(subject, subjectAdminPrefix)
+	_, actor, ok2 := strings.Cut(rest, ".")
+	if !ok || !ok2 || actor == "" || strings.Contains(actor, ".") || len(actor) > maxActor {
+		return "", refuse(keyrelease.CodeBadRequest, "operator requests name their actor in the subject (vigil.keyguard.admin.<action>.<actor>), not %q", subject)
+	}
+	if payloadActor != "" && payloadActor != actor {
+		return "", refuse(keyrelease.CodeBadRequest, "the request names actor %q but was sent by %q", payloadActor, actor)
+	}
+	return actor, nil
+}
+
+// pinnedVM refuses (wrong_vm) a nonce or release request on the pinned
+// vigil.keyguard.{nonce,release}.<vm> for another VM than vm; the
+// unpinned subjects carry no VM to check.
+func pinnedVM(ctx context.Context, vm string) error {
+	parts := strings.Split(bus.RequestSubject(ctx), ".")
+	if len(parts) != 4 {
+		return nil
+	}
+	if parts[3] != vm {
+		return refuse(keyrelease.CodeWrongVM, "request for VM %s on the subject of VM %s", vm, parts[3])
+	}
+	return nil
+}
 
 // Refusal codes of the operator API (besides keyrelease.CodeBadRequest,
 // CodeNotTrusted and CodeUnavailable).
@@ -112,11 +160,16 @@ func decodeAdmin(data []byte, v any) error {
 
 // decodeChange decodes and validates a restore or revoke request and
 // returns it with the VM key it names.
-func decodeChange(data []byte) (ChangeRequest, string, error) {
+func decodeChange(ctx context.Context, data []byte) (ChangeRequest, string, error) {
 	var req ChangeRequest
 	if err := decodeAdmin(data, &req); err != nil {
 		return req, "", err
 	}
+	actor, err := subjectActor(ctx, req.Actor)
+	if err != nil {
+		return req, "", err
+	}
+	req.Actor = actor
 	vm, err := req.validate()
 	if err != nil {
 		return req, "", refuse(keyrelease.CodeBadRequest, "%v", err)
@@ -124,10 +177,10 @@ func decodeChange(data []byte) (ChangeRequest, string, error) {
 	return req, vm, nil
 }
 
-// handleRestore serves vigil.keyguard.admin.restore: revoked (or suspended)
+// handleRestore serves vigil.keyguard.admin.restore.<actor>: revoked (or suspended)
 // grants of a VM whose status is trusted or warning become active again.
 func (k *Keyguard) handleRestore(ctx context.Context, data []byte) ([]byte, error) {
-	req, vm, err := decodeChange(data)
+	req, vm, err := decodeChange(ctx, data)
 	if err != nil {
 		return nil, err
 	}
@@ -151,10 +204,10 @@ func (k *Keyguard) handleRestore(ctx context.Context, data []byte) ([]byte, erro
 	})
 }
 
-// handleRevoke serves vigil.keyguard.admin.revoke: an operator revokes
+// handleRevoke serves vigil.keyguard.admin.revoke.<actor>: an operator revokes
 // grants of a VM.
 func (k *Keyguard) handleRevoke(ctx context.Context, data []byte) ([]byte, error) {
-	req, vm, err := decodeChange(data)
+	req, vm, err := decodeChange(ctx, data)
 	if err != nil {
 		return nil, err
 	}
@@ -238,12 +291,17 @@ func keyList(keys []string) string {
 	return fmt.Sprintf(" for keys %v", keys)
 }
 
-// handleGrant serves vigil.keyguard.admin.grant.
+// handleGrant serves vigil.keyguard.admin.grant.<actor>.
 func (k *Keyguard) handleGrant(ctx context.Context, data []byte) ([]byte, error) {
 	var req GrantRequest
 	if err := decodeAdmin(data, &req); err != nil {
 		return nil, err
 	}
+	actor, err := subjectActor(ctx, req.Actor)
+	if err != nil {
+		return nil, err
+	}
+	req.Actor = actor
 	vm, err := resolveVM(req.VM)
 	if err != nil {
 		return nil, refuse(keyrelease.CodeBadRequest, "%v", err)
@@ -333,23 +391,28 @@ func (k *Keyguard) createGrant(ctx context.Context, vm, resourceID, vmID, keyNam
 
 // Client helpers for the operator API (used by `vigil keyguard`).
 
-// Restore asks keyguard to restore grants of a VM.
+// Restore asks keyguard to restore grants of a VM, on the subject of
+// req.Actor (in operator mode the administrator's name).
 func Restore(ctx context.Context, conn *bus.Conn, req ChangeRequest) (ChangeResponse, error) {
-	var resp ChangeResponse
-	err := conn.Request(ctx, SubjectAdminRestore, req, &resp)
-	return resp, err
+	return adminRequest(ctx, conn, ActionRestore, req.Actor, req)
 }
 
-// Revoke asks keyguard to revoke grants of a VM.
+// Revoke asks keyguard to revoke grants of a VM, on the subject of
+// req.Actor.
 func Revoke(ctx context.Context, conn *bus.Conn, req ChangeRequest) (ChangeResponse, error) {
-	var resp ChangeResponse
-	err := conn.Request(ctx, SubjectAdminRevoke, req, &resp)
-	return resp, err
+	return adminRequest(ctx, conn, ActionRevoke, req.Actor, req)
 }
 
-// Grant asks keyguard to create a grant.
+// Grant asks keyguard to create a grant, on the subject of req.Actor.
 func Grant(ctx context.Context, conn *bus.Conn, req GrantRequest) (ChangeResponse, error) {
+	return adminRequest(ctx, conn, ActionGrant, req.Actor, req)
+}
+
+func adminRequest(ctx context.Context, conn *bus.Conn, action, actor string, req any) (ChangeResponse, error) {
 	var resp ChangeResponse
-	err := conn.Request(ctx, SubjectAdminGrant, req, &resp)
+	if !events.ValidSubjectToken(actor) || len(actor) > maxActor {
+		return resp, &bus.ReplyError{Code: keyrelease.CodeBadRequest, Message: fmt.Sprintf("actor %q is not a subject token of 1 to %d characters", actor, maxActor)}
+	}
+	err := conn.Request(ctx, AdminSubject(action, actor), req, &resp)
 	return resp, err
 }

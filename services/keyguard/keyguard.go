@@ -52,8 +52,10 @@ type Keyguard struct {
 
 // Run runs keyguard until ctx ends: it consumes verdicts, status changes and
 // lifecycle events and revokes, suspends and restores grants on every
-// backend; it serves the key release API (vigil.keyguard.nonce,
-// vigil.keyguard.release) and the operator API (vigil.keyguard.admin.*).
+// backend; it serves the key release API (vigil.keyguard.nonce.<vm>,
+// vigil.keyguard.release.<vm>, and the unpinned vigil.keyguard.nonce and
+// vigil.keyguard.release) and the operator API
+// (vigil.keyguard.admin.<action>.<actor>).
 func Run(ctx context.Context, cfg Config) error { return run(ctx, cfg, hooks{}) }
 
 // hooks are where tests act inside a running keyguard (export_test.go);
@@ -164,11 +166,14 @@ func (k *Keyguard) start(svc *service.Service) error {
 		subject string
 		h       bus.ServeHandler
 	}{
+		// Agents of earlier releases use the unpinned subjects.
 		{keyrelease.SubjectNonce, k.handleNonce},
 		{keyrelease.SubjectRelease, k.handleRelease},
-		{SubjectAdminRestore, k.handleRestore},
-		{SubjectAdminRevoke, k.handleRevoke},
-		{SubjectAdminGrant, k.handleGrant},
+		{events.SubjectKeyguardNonceAll, k.handleNonce},
+		{events.SubjectKeyguardReleaseAll, k.handleRelease},
+		{SubjectAdminRestore + ".*", k.handleRestore},
+		{SubjectAdminRevoke + ".*", k.handleRevoke},
+		{SubjectAdminGrant + ".*", k.handleGrant},
 	}
 	var opts []bus.ServeOption
 	if conn.OperatorMode() {
@@ -271,17 +276,23 @@ func (k *Keyguard) seed(ctx context.Context) error {
 
 // requesterReply reports whether keyguard, in operator mode, answers a
 // request on subject whose reply subject is reply: nonce and release
-// requests only under an agent's inbox (_INBOX_agent.<vm>), operator
-// requests only under an administrator's (_INBOX_admin.<name>), the only
-// principals allowed to make them. Keyguard may publish to every agent's
-// and administrator's inbox; without this check a requester could have an
-// answer published under another's.
+// requests only under an agent's inbox (_INBOX_agent.<vm>; on the pinned
+// vigil.keyguard.{nonce,release}.<vm> that VM's), operator requests on
+// vigil.keyguard.admin.<action>.<name> only under that administrator's
+// (_INBOX_admin.<name>), the only principals allowed to make them.
+// Keyguard may publish to every agent's and administrator's inbox; without
+// this check a requester could have an answer published under another's.
 func requesterReply(subject, reply string) bool {
 	switch {
 	case subject == keyrelease.SubjectNonce || subject == keyrelease.SubjectRelease:
 		return underInbox(reply, busauth.AgentInboxPrefix, events.ValidVMKey)
+	case strings.HasPrefix(subject, keyrelease.SubjectNonce+".") || strings.HasPrefix(subject, keyrelease.SubjectRelease+"."):
+		vm := subject[strings.LastIndexByte(subject, '.')+1:]
+		return events.ValidVMKey(vm) && strings.Count(subject, ".") == 3 && busauth.ReplyAllowed(busauth.AgentInboxPrefix(vm), reply)
 	case strings.HasPrefix(subject, subjectAdminPrefix):
-		return underInbox(reply, busauth.AdminInboxPrefix, busauth.ValidAdminName)
+		rest := strings.TrimPrefix(subject, subjectAdminPrefix)
+		_, name, ok := strings.Cut(rest, ".")
+		return ok && busauth.ValidAdminName(name) && busauth.ReplyAllowed(busauth.AdminInboxPrefix(name), reply)
 	}
 	return false
 }

@@ -55,6 +55,9 @@ func (k *Keyguard) handleNonce(ctx context.Context, data []byte) (_ []byte, err 
 	if err != nil {
 		return nil, refuse(keyrelease.CodeBadRequest, "%v", err)
 	}
+	if err := pinnedVM(ctx, req.VMKey); err != nil {
+		return nil, err
+	}
 	now := time.Now()
 	// The requester's rate is checked first: it bounds the grant lookups a
 	// requester can cause, for VMs that exist or not.

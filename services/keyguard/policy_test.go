@@ -86,7 +86,7 @@ func forbidSimulatedBoot(h *harness, version int) *appraise.Policy {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	h.publish(events.PolicySubject(p.ID), events.TypePolicy, events.Policy{Name: p.ID, Version: p.Version, Document: string(doc),
+	h.publish(events.PolicySubject(p.ID, "test"), events.TypePolicy, events.Policy{Name: p.ID, Version: p.Version, Document: string(doc),
 		Actor: "test", Reason: "forbid the simulated boot", At: time.Now().UTC()})
 	return p
 }

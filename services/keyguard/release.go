@@ -32,7 +32,7 @@ type EvidenceConfig struct {
 	Verifier evidence.Config
 	// Policy is applied to release evidence (appraise.DefaultPolicy when
 	// nil) until a newer version of it is published as io.vigil.policy.v1
-	// on vigil.events.policy.<policy id>: keyguard follows those versions
+	// on vigil.events.policy.<policy id>.<actor>: keyguard follows those versions
 	// as the attest-workers do.
 	Policy *appraise.Policy
 	// Build is reported as the verifier build of release appraisals.
@@ -97,6 +97,9 @@ func (k *Keyguard) handleRelease(ctx context.Context, data []byte) (out []byte, 
 	req, err := keyrelease.ParseReleaseRequest(data)
 	if err != nil {
 		return nil, refuse(keyrelease.CodeBadRequest, "%v", err)
+	}
+	if err := pinnedVM(ctx, req.VMKey); err != nil {
+		return nil, err
 	}
 	log := k.log.With("vm", req.VMKey, "key", req.KeyName)
 	if err := k.consumeNonce(ctx, req.Nonce, req.VMKey); err != nil {

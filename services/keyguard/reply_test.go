@@ -13,6 +13,7 @@ import (
 // an administrator's, never elsewhere where its permissions reach.
 func TestRequesterReply(t *testing.T) {
 	vm := events.VMKey("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1")
+	other := events.VMKey("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm2")
 	agent := busauth.AgentInboxPrefix(vm) + ".abc"
 	admin := busauth.AdminInboxPrefix("alice") + ".abc"
 	for _, tc := range []struct {
@@ -29,12 +30,19 @@ func TestRequesterReply(t *testing.T) {
 		{keyrelease.SubjectNonce, busauth.AgentInboxPrefix(vm) + ".", false},
 		{keyrelease.SubjectNonce, "$KV." + events.BucketGrants + "." + vm, false},
 		{keyrelease.SubjectNonce, "vigil.events.vm." + vm + ".key", false},
-		{SubjectAdminRestore, admin, true},
-		{SubjectAdminRevoke, admin, true},
-		{SubjectAdminGrant, admin, true},
-		{SubjectAdminGrant, agent, false},
-		{SubjectAdminGrant, busauth.AdminInboxPrefix("Bad*") + ".abc", false},
-		{SubjectAdminGrant, "_INBOX.abc", false},
+		{events.KeyguardNonceSubject(vm), agent, true},
+		{events.KeyguardReleaseSubject(vm), agent, true},
+		{events.KeyguardReleaseSubject(other), agent, false},
+		{events.KeyguardReleaseSubject(vm), busauth.AgentInboxPrefix(other) + ".abc", false},
+		{events.KeyguardReleaseSubject(vm), admin, false},
+		{AdminSubject(ActionRestore, "alice"), admin, true},
+		{AdminSubject(ActionRevoke, "alice"), admin, true},
+		{AdminSubject(ActionGrant, "alice"), admin, true},
+		{AdminSubject(ActionGrant, "bob"), admin, false},
+		{SubjectAdminGrant, admin, false},
+		{AdminSubject(ActionGrant, "alice"), agent, false},
+		{AdminSubject(ActionGrant, "Bad*"), busauth.AdminInboxPrefix("Bad*") + ".abc", false},
+		{AdminSubject(ActionGrant, "alice"), "_INBOX.abc", false},
 		{"vigil.other", agent, false},
 	} {
 		if got := requesterReply(tc.subject, tc.reply); got != tc.want {
