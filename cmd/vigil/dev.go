@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -18,6 +18,7 @@ import (
 	"github.com/vigil-cc/vigil/cmd/vigil/internal/devview"
 	"github.com/vigil-cc/vigil/cmd/vigil/internal/fleet"
 	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/pkg/telemetry"
@@ -40,6 +41,7 @@ type devOptions struct {
 	natsLogging bool
 	keep        bool
 	busOnly     bool
+	noAuth      bool
 
 	httpAddr      string
 	webhookSecret string
@@ -64,6 +66,12 @@ keyguard and auditor, a simulated Azure (ARM API and Event Grid) and a simulated
 Confidential VMs (SEV-SNP and TDX). With --scenario tamper (the default) a few VMs go bad
 partway: watch detection, revocation, alert and audit entry happen.
 
+Auth is on: NATS runs in operator mode with an identity kept in <data>/auth, and each
+service and each simulated agent connects with its own credentials (the agents' are minted
+directly until enrollment lands); the administrator's credentials file is
+<data>/auth/creds/admin.creds. --no-auth runs an open server for debugging, and only when
+every listener is loopback.
+
 Each run starts from a clean state unless --keep is given; the audit signer key and the
 keyguard master key in --data are kept across runs.`,
 		Args: cobra.NoArgs,
@@ -79,6 +87,7 @@ keyguard master key in --data are kept across runs.`,
 	f.BoolVar(&o.natsLogging, "nats-log", false, "show the NATS server's own log")
 	f.BoolVar(&o.keep, "keep", false, "keep the previous run's NATS state and audit log instead of starting clean")
 	f.BoolVar(&o.busOnly, "bus-only", false, "run only NATS (streams and buckets provisioned), for services started on their own")
+	f.BoolVar(&o.noAuth, "no-auth", false, "run NATS without auth, every component on one connection (debugging; refused unless every listener is loopback)")
 	f.StringVar(&o.httpAddr, "http", "127.0.0.1:8080", "ingest's HTTP address (Event Grid webhook at /eventgrid)")
 	f.StringVar(&o.webhookSecret, "webhook-secret", "", "require this shared secret on the webhook (off by default in dev)")
 	f.IntVar(&o.vms, "vms", 20, "number of simulated Confidential VMs (every third is TDX)")
@@ -100,6 +109,11 @@ func runDev(cmd *cobra.Command, o *devOptions) error {
 	if o.scenario != fleet.ScenarioTamper && o.scenario != fleet.ScenarioNone {
 		return &exitError{code: 2, msg: fmt.Sprintf("--scenario %q: want tamper or none", o.scenario)}
 	}
+	if o.noAuth {
+		if err := checkLoopback(map[string]string{"--listen": o.listen, "--http": o.httpAddr, "--ops-listen": o.opsListen}); err != nil {
+			return &exitError{code: 2, msg: "--no-auth: " + err.Error()}
+		}
+	}
 	level, err := telemetry.ParseLevel(o.logLevel)
 	if err != nil {
 		return &exitError{code: 2, msg: "--log-level: " + err.Error()}
@@ -118,7 +132,8 @@ func runDev(cmd *cobra.Command, o *devOptions) error {
 	if !o.keep {
 		// A clean pipeline: the NATS state and the audit log that indexes
 		// it go together. Keys survive.
-		for _, d := range []string{filepath.Join(dataDir, "nats"), filepath.Join(dataDir, "audit", "log")} {
+		// So does the NATS identity, which owns the JetStream store.
+		for _, d := range []string{filepath.Join(dataDir, "nats"), filepath.Join(dataDir, "audit", "log"), filepath.Join(dataDir, "auth")} {
 			if err := os.RemoveAll(d); err != nil {
 				return fmt.Errorf("clean %s: %w", d, err)
 			}
@@ -143,6 +158,7 @@ func runDev(cmd *cobra.Command, o *devOptions) error {
 		Logger:      log,
 		NATSLogging: o.natsLogging,
 		Version:     version,
+		Auth:        !o.noAuth,
 	})
 	if err != nil {
 		if errors.Is(err, devenv.ErrListen) {
@@ -152,6 +168,12 @@ func runDev(cmd *cobra.Command, o *devOptions) error {
 	}
 	if o.busOnly {
 		env.Banner(out)
+		return env.Run(ctx)
+	}
+	if o.busOnly && env.Auth != nil {
+		env.Banner(out)
+		fmt.Fprintf(out, "Credentials for services started on their own: %s (one file per principal; give each its own with --nats-creds)\n",
+			filepath.Join(env.AuthDir, "creds"))
 		return env.Run(ctx)
 	}
 	d, err := newDevRun(ctx, env, o, dataDir, out)
@@ -188,19 +210,37 @@ type devRun struct {
 }
 
 func newDevRun(ctx context.Context, env *devenv.Env, o *devOptions, dataDir string, out io.Writer) (*devRun, error) {
-	conn, err := bus.Connect(ctx, bus.Config{URL: env.URL, Name: "vigil-dev", Logger: env.Logger})
-	if err != nil {
-		return nil, err
+	// Without auth every component shares one connection; under auth each
+	// has its own.
+	var conn *bus.Conn
+	if env.Auth == nil {
+		var err error
+		if conn, err = bus.Connect(ctx, bus.Config{URL: env.URL, Name: "vigil-dev", Logger: env.Logger}); err != nil {
+			return nil, err
+		}
+	}
+	var connect func(context.Context, string) (*bus.Conn, error)
+	if env.Auth != nil {
+		connect = func(ctx context.Context, vm string) (*bus.Conn, error) {
+			cfg, err := env.AgentBusConfig(vm, agentCredsTTL)
+			if err != nil {
+				return nil, err
+			}
+			cfg.Logger = env.Logger.With("component", "agents", "vm", vm)
+			return bus.Connect(ctx, cfg)
+		}
 	}
 	d := &devRun{env: env, o: o, dataDir: dataDir, conn: conn, started: time.Now(), auditDir: filepath.Join(dataDir, "audit"), out: out, webhook: make(chan string, 1), keyguardReady: make(chan struct{})}
 	onFault, onLifecycle := scenarioNotes(&d.collector)
+	var err error
 	d.fleet, err = fleet.New(fleet.Config{
 		VMs: o.vms, Scenario: o.scenario, TamperAfter: o.tamperAfter,
 		Logger:  env.Logger.With("component", "fleet"),
 		OnFault: onFault, OnLifecycle: onLifecycle,
+		Connect: connect,
 	})
 	if err != nil {
-		conn.Close()
+		d.closeConn()
 		return nil, err
 	}
 	names := map[string]string{}
@@ -215,6 +255,55 @@ func newDevRun(ctx context.Context, env *devenv.Env, o *devOptions, dataDir stri
 		return vm
 	})
 	return d, nil
+}
+
+// agentCredsTTL is how long the simulated agents' credentials are valid:
+// longer than any dev run (until enrollment lands they are not renewed).
+const agentCredsTTL = 7 * 24 * time.Hour
+
+func (d *devRun) closeConn() {
+	if d.conn != nil {
+		d.conn.Close()
+	}
+}
+
+// checkLoopback refuses any listener (flag name to host:port; "" is off)
+// that is not bound to a loopback address.
+func checkLoopback(listeners map[string]string) error {
+	for _, flag := range []string{"--listen", "--http", "--ops-listen"} {
+		addr, ok := listeners[flag]
+		if !ok || addr == "" {
+			continue
+		}
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return fmt.Errorf("%s %q: %w", flag, addr, err)
+		}
+		if host == "localhost" {
+			continue
+		}
+		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+			return fmt.Errorf("%s %s is not a loopback address: without auth anyone who reaches it could use the bus; drop --no-auth or listen on 127.0.0.1", flag, addr)
+		}
+	}
+	return nil
+}
+
+// options are the service options of a component running as principal
+// p: under auth a connection of its own with p's credentials, otherwise
+// the shared connection.
+func (d *devRun) options(env *devenv.Env, name string, p busauth.Principal) (service.Options, error) {
+	o := service.Options{Telemetry: env.Telemetry, Logger: env.Logger.With("component", name)}
+	if d.conn != nil {
+		o.Conn = d.conn
+		return o, nil
+	}
+	cfg, err := env.BusConfig(name, p)
+	if err != nil {
+		return o, err
+	}
+	o.NATS = cfg
+	return o, nil
 }
 
 func (d *devRun) logPath(flag string) string {
@@ -244,19 +333,22 @@ func openDevLog(stderr io.Writer, flag, dataDir string) (io.Writer, func(), erro
 func (d *devRun) components() []devenv.Component {
 	o, auth := d.o, d.fleet.Authority()
 	verifier := evidence.Config{Offline: true, TestRoots: auth.TrustRoots()}
-	logger := func(name string) *slog.Logger { return d.env.Logger.With("component", name) }
 	var grants []keyguard.GrantSpec
 	for _, v := range d.fleet.VMs() {
 		grants = append(grants, keyguard.GrantSpec{VM: v.Key, VMID: v.VMID, Key: fleetKey})
 	}
 	return []devenv.Component{
 		{Name: "auditor", Run: func(ctx context.Context, env *devenv.Env) error {
+			opts, err := d.options(env, "auditor", busauth.Auditor)
+			if err != nil {
+				return err
+			}
 			return auditor.Run(ctx, auditor.Config{
 				LogDir:          filepath.Join(d.auditDir, "log"),
 				SignerKeyFile:   filepath.Join(d.auditDir, "signer.key"),
 				VerifierKeyFile: filepath.Join(d.auditDir, "signer.pub"),
 				GenerateKeys:    true,
-				Options:         service.Options{Conn: d.conn, Telemetry: env.Telemetry, Logger: logger("auditor")},
+				Options:         opts,
 			})
 		}},
 		{Name: "keyguard", Run: func(ctx context.Context, env *devenv.Env) error {
@@ -267,9 +359,13 @@ func (d *devRun) components() []devenv.Component {
 			if err != nil {
 				return err
 			}
+			opts, err := d.options(env, "keyguard", busauth.Keyguard)
+			if err != nil {
+				return err
+			}
+			opts.Ready = sync.OnceFunc(func() { close(d.keyguardReady) })
 			return keyguard.Run(ctx, keyguard.Config{
-				Options: service.Options{Conn: d.conn, Telemetry: env.Telemetry, Logger: logger("keyguard"),
-					Ready: sync.OnceFunc(func() { close(d.keyguardReady) })},
+				Options:       opts,
 				MasterKey:     master,
 				ImportSecrets: map[string][]byte{fleetKey: []byte("the fleet's disk encryption key (demo)")},
 				Grants:        grants,
@@ -277,8 +373,13 @@ func (d *devRun) components() []devenv.Component {
 			})
 		}},
 		{Name: "attest-worker", Run: func(ctx context.Context, env *devenv.Env) error {
+			opts, err := d.options(env, "attest-worker", busauth.AttestWorker)
+			if err != nil {
+				return err
+			}
+			opts.Health = env.Health
 			return attestworker.Run(ctx, attestworker.Config{
-				Options:  service.Options{Conn: d.conn, Telemetry: env.Telemetry, Health: env.Health, Logger: logger("attest-worker")},
+				Options:  opts,
 				Name:     "dev-worker",
 				Timing:   attestworker.Timing{Interval: o.interval, Grace: o.grace, RetryBase: time.Second, RetryMax: o.interval / 2},
 				Policy:   auth.Policy(),
@@ -290,8 +391,13 @@ func (d *devRun) components() []devenv.Component {
 			if o.webhookSecret != "" {
 				secrets = []string{o.webhookSecret}
 			}
+			opts, err := d.options(env, "ingest", busauth.Ingest)
+			if err != nil {
+				return err
+			}
+			opts.Health = env.Health
 			return ingest.Run(ctx, ingest.Config{
-				Options:     service.Options{Conn: d.conn, Telemetry: env.Telemetry, Health: env.Health, Logger: logger("ingest")},
+				Options:     opts,
 				WebhookAddr: o.httpAddr,
 				OnWebhookListen: func(addr string) {
 					u := url.URL{Scheme: "http", Host: addr, Path: "/eventgrid"}
@@ -326,7 +432,21 @@ func (d *devRun) components() []devenv.Component {
 				defer close(shown)
 				devview.Show(ctx, d.out, d.collector, devview.IsTerminal(d.out), 5*time.Second)
 			}()
-			err := d.collector.Run(ctx, env.JS)
+			js := env.JS
+			if env.Auth != nil {
+				// The view reads as the console does.
+				cfg, err := env.BusConfig("view", busauth.Console)
+				if err != nil {
+					return err
+				}
+				conn, err := bus.Connect(ctx, cfg)
+				if err != nil {
+					return err
+				}
+				defer conn.Close()
+				js = conn.JS
+			}
+			err := d.collector.Run(ctx, js)
 			<-shown
 			return err
 		}},
@@ -334,7 +454,7 @@ func (d *devRun) components() []devenv.Component {
 }
 
 func (d *devRun) finish(out io.Writer, runErr error) error {
-	defer d.conn.Close()
+	defer d.closeConn()
 	s := summarizeRun(d.collector, d.fleet, d.started)
 	s.DataDir = d.dataDir
 	s.Audit.Log = filepath.Join(d.auditDir, "log")

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/natsembed"
 )
@@ -38,11 +40,14 @@ func startDev(t *testing.T, extra ...string) (url, data string, stop func() erro
 	done := make(chan error, 1)
 	go func() { done <- cmd.ExecuteContext(ctx) }()
 
-	re := regexp.MustCompile(`(?m)^  vigil events tail --nats-url (nats://\S+)$`)
+	re := regexp.MustCompile(`(?m)^  vigil events tail --nats-url (nats://\S+)(?: --nats-creds (\S+))?$`)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if m := re.FindStringSubmatch(out.String()); m != nil {
 			url = m[1]
+			if auth := !slices.Contains(extra, "--no-auth"); auth != (m[2] != "") {
+				t.Errorf("banner's tail command %q: auth %v", m[0], auth)
+			}
 			break
 		}
 		select {
@@ -77,24 +82,50 @@ func startDev(t *testing.T, extra ...string) (url, data string, stop func() erro
 	return url, data, stop
 }
 
-func TestDevThenTail(t *testing.T) {
-	url, data, stop := startDev(t, "--bus-only")
-
-	// A producer on the dev bus.
-	nc, err := nats.Connect(url)
+// credsConn connects to the dev bus as principal p with its credentials
+// file under <data>/auth/creds.
+func credsConn(t *testing.T, url, data string, p busauth.Principal) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.UserCredentials(filepath.Join(data, "auth", busauth.CredsFile(p))), nats.CustomInboxPrefix(busauth.InboxPrefix(p)))
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("connect as %s: %v", p, err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return nc, js
+}
+
+// TestDevThenTail runs the bus alone under auth (the default): a
+// connection without credentials is refused, the administrator sees every
+// stream, a producer with ingest's credentials publishes and the banner's
+// tail command, with the administrator's credentials, prints it.
+func TestDevThenTail(t *testing.T) {
+	url, data, stop := startDev(t, "--bus-only")
+
+	if nc, err := nats.Connect(url, nats.Timeout(5*time.Second)); err == nil {
+		nc.Close()
+		t.Fatal("the dev server accepts a connection without credentials")
+	}
+	for _, f := range []string{"auth", filepath.Join("auth", "creds"), filepath.Join("auth", busauth.CredsFile(busauth.Admin))} {
+		fi, err := os.Stat(filepath.Join(data, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s: mode %v, want no access for others", f, fi.Mode().Perm())
+		}
+	}
+	_, admin := credsConn(t, url, data, busauth.Admin)
 	for _, s := range events.Streams(events.Topology{}) {
-		if _, err := js.Stream(context.Background(), s.Name); err != nil {
+		if _, err := admin.Stream(context.Background(), s.Name); err != nil {
 			t.Errorf("vigil dev did not provision %s: %v", s.Name, err)
 		}
 	}
+	// A producer on the dev bus.
+	nc, js := credsConn(t, url, data, busauth.Ingest)
 	var want []string
 	for i := range 3 {
 		vm := events.VMKey(fmt.Sprintf("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/dev%d", i))
@@ -103,7 +134,7 @@ func TestDevThenTail(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, stderr, err := runVigil(ctx, "events", "tail", "--nats-url", url, "--count", "3")
+	out, stderr, err := runVigil(ctx, "events", "tail", "--nats-url", url, "--nats-creds", filepath.Join(data, "auth", busauth.CredsFile(busauth.Admin)), "--count", "3")
 	if err != nil {
 		t.Fatalf("tail: %v (%s)", err, stderr)
 	}
@@ -143,6 +174,32 @@ func TestDevDuration(t *testing.T) {
 	}
 	if !strings.Contains(stderr, `"msg":"nats stopped"`) {
 		t.Errorf("no clean stop in the log:\n%s", stderr)
+	}
+}
+
+// TestDevNoAuth: --no-auth runs an open bus, and only when every listener
+// is loopback.
+func TestDevNoAuth(t *testing.T) {
+	for _, args := range [][]string{
+		{"--listen", "0.0.0.0:0"},
+		{"--listen", ":0"},
+		{"--http", "0.0.0.0:0"},
+		{"--ops-listen", "192.0.2.1:9464"},
+	} {
+		_, _, err := runVigil(context.Background(), append([]string{"dev", "--no-auth", "--data", t.TempDir(), "--ops-listen", "", "--http", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--bus-only"}, args...)...)
+		var ee *exitError
+		if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(ee.msg, "loopback") {
+			t.Errorf("--no-auth %v: err = %v, want exit status 2 naming loopback", args, err)
+		}
+	}
+	url, _, stop := startDev(t, "--bus-only", "--no-auth")
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatalf("--no-auth: %v", err)
+	}
+	nc.Close()
+	if err := stop(); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -30,6 +30,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/natsembed"
 	"github.com/vigil-cc/vigil/pkg/telemetry"
@@ -69,6 +71,12 @@ type Config struct {
 	NATSLogging bool
 	// Version is reported as service.version of the default telemetry.
 	Version string
+	// Auth runs NATS in operator mode with the identity (pkg/busauth) kept
+	// in <DataDir>/auth, made there when missing: the environment's own
+	// connection is the first administrator's, and components connect
+	// with their own credentials (Env.BusConfig). Without it the server
+	// is open.
+	Auth bool
 }
 
 // Env is a running development environment; components read what they need
@@ -92,6 +100,10 @@ type Env struct {
 	// Health collects readiness checks; components add theirs with
 	// Health.AddReadiness before they start their work.
 	Health *telemetry.Health
+	// Auth is the identity when Config.Auth is set (nil otherwise);
+	// AuthDir is where it is kept, <DataDir>/auth.
+	Auth    *busauth.Set
+	AuthDir string
 	// Ops serves /healthz, /readyz and /metrics when Config.OpsListen is
 	// set (nil otherwise); components may add routes to it.
 	Ops *telemetry.Server
@@ -159,20 +171,36 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 		e.Telemetry, e.ownTelemetry = t, true
 	}
 
-	srv, err := natsembed.Start(natsembed.Config{
+	ncfg := natsembed.Config{
 		Name:     "vigil-dev",
 		Host:     host,
 		Port:     port,
 		StoreDir: storeDir,
 		Logging:  cfg.NATSLogging,
-	})
+	}
+	connOpts := []nats.Option{nats.Name("vigil-dev"), nats.MaxReconnects(-1)}
+	if cfg.Auth {
+		e.AuthDir = filepath.Join(dataDir, "auth")
+		if e.Auth, err = loadOrInitAuth(e.AuthDir); err != nil {
+			e.Close()
+			return nil, err
+		}
+		ncfg.OperatorJWT, ncfg.SystemAccount, ncfg.AccountJWTs = e.Auth.OperatorJWT(), e.Auth.SystemAccount(), e.Auth.AccountJWTs()
+		admin, err := e.Auth.Creds(busauth.Admin)
+		if err != nil {
+			e.Close()
+			return nil, fmt.Errorf("devenv: %w", err)
+		}
+		connOpts = append(connOpts, nats.UserJWTAndSeed(admin.JWT, admin.Seed), nats.CustomInboxPrefix(busauth.InboxPrefix(busauth.Admin)))
+	}
+	srv, err := natsembed.Start(ncfg)
 	if err != nil {
 		e.Close()
 		return nil, fmt.Errorf("devenv: start NATS on %s with store %s: %w", cfg.Listen, storeDir, err)
 	}
 	e.NATS, e.URL = srv, srv.URL()
 
-	e.NC, err = nats.Connect(e.URL, nats.Name("vigil-dev"), nats.MaxReconnects(-1))
+	e.NC, err = nats.Connect(e.URL, connOpts...)
 	if err != nil {
 		e.Close()
 		return nil, fmt.Errorf("devenv: connect to the embedded NATS at %s: %w", e.URL, err)
@@ -201,6 +229,74 @@ func Start(ctx context.Context, cfg Config) (*Env, error) {
 	}
 	cfg.Logger.Info("nats ready", "url", e.URL, "store", storeDir)
 	return e, nil
+}
+
+// loadOrInitAuth loads the identity kept in dir, or makes one there when
+// dir holds none. dir is private (0700, its secrets 0600).
+func loadOrInitAuth(dir string) (*busauth.Set, error) {
+	if _, err := os.Stat(filepath.Join(dir, busauth.FileOperatorJWT)); err == nil {
+		set, err := busauth.LoadDir(dir)
+		if err != nil {
+			return nil, fmt.Errorf("devenv: the NATS identity in %s (remove the directory, or run without --keep, for a fresh one): %w", dir, err)
+		}
+		return set, nil
+	}
+	set, err := busauth.Init(busauth.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("devenv: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("devenv: %w", err)
+	}
+	if err := set.WriteDir(dir); err != nil {
+		return nil, fmt.Errorf("devenv: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("devenv: %w", err)
+	}
+	return set, nil
+}
+
+// BusConfig is how a component named name connects as principal p: the
+// server's URL and, under auth, p's credentials and inbox prefix. Without
+// auth it is the URL alone.
+func (e *Env) BusConfig(name string, p busauth.Principal) (bus.Config, error) {
+	cfg := bus.Config{URL: e.URL, Name: name, Logger: e.Logger.With("component", name)}
+	if e.Auth == nil {
+		return cfg, nil
+	}
+	c, err := e.Auth.Creds(p)
+	if err != nil {
+		return bus.Config{}, fmt.Errorf("devenv: credentials of %s: %w", p, err)
+	}
+	cfg.UserJWT, cfg.NKeySeed, cfg.InboxPrefix = c.JWT, c.Seed, busauth.InboxPrefix(p)
+	return cfg, nil
+}
+
+// AgentBusConfig is how the simulated agent of the VM with key vm
+// connects: under auth with agent credentials minted for it (valid for
+// ttl) and its inbox prefix. Until enrollment lands, these are minted
+// directly rather than earned by attestation.
+func (e *Env) AgentBusConfig(vm string, ttl time.Duration) (bus.Config, error) {
+	cfg := bus.Config{URL: e.URL, Name: "agent " + vm}
+	if e.Auth == nil {
+		return cfg, nil
+	}
+	c, err := e.Auth.AgentCreds(vm, ttl)
+	if err != nil {
+		return bus.Config{}, fmt.Errorf("devenv: agent credentials of %s: %w", vm, err)
+	}
+	cfg.UserJWT, cfg.NKeySeed, cfg.InboxPrefix = c.JWT, c.Seed, busauth.AgentInboxPrefix(vm)
+	return cfg, nil
+}
+
+// AdminCredsFile is the first administrator's credentials file under auth
+// ("" without).
+func (e *Env) AdminCredsFile() string {
+	if e.Auth == nil {
+		return ""
+	}
+	return filepath.Join(e.AuthDir, busauth.CredsFile(busauth.Admin))
 }
 
 func splitListen(listen string) (string, int, error) {
@@ -345,8 +441,16 @@ func (e *Env) Banner(w io.Writer) {
 	if e.Ops != nil {
 		fmt.Fprintf(w, "  health and metrics: %[1]s/healthz %[1]s/readyz %[1]s/metrics\n", e.Ops.URL())
 	}
+	tail := "--nats-url " + e.URL
+	if e.Auth != nil {
+		fmt.Fprintf(w, "  auth on: every service and simulated agent has its own credentials (agents' minted directly until enrollment lands); identity in %s, administrator's credentials %s\n",
+			e.AuthDir, e.AdminCredsFile())
+		tail += " --nats-creds " + e.AdminCredsFile()
+	} else {
+		fmt.Fprintf(w, "  auth off (--no-auth): the server is open to anyone who reaches it\n")
+	}
 	fmt.Fprintf(w, "Watch the bus from another shell:\n")
-	fmt.Fprintf(w, "  vigil events tail --nats-url %s\n", e.URL)
-	fmt.Fprintf(w, "  (from the repository: go run ./cmd/vigil events tail --nats-url %s)\n", e.URL)
+	fmt.Fprintf(w, "  vigil events tail %s\n", tail)
+	fmt.Fprintf(w, "  (from the repository: go run ./cmd/vigil events tail %s)\n", tail)
 	fmt.Fprintf(w, "Stop with Ctrl-C.\n")
 }

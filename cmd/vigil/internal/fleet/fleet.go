@@ -65,6 +65,14 @@ type Config struct {
 	// OnLifecycle is called when the scenario deallocates, starts or
 	// deletes a VM.
 	OnLifecycle func(vmKey, name, op string)
+	// Connect, when set, gives each VM's agent a connection of its own
+	// (under auth: the VM's agent credentials, which may serve its own
+	// challenge subject only); Run's conn is then unused. Without it
+	// every agent is served on Run's conn.
+	Connect func(ctx context.Context, vmKey string) (*bus.Conn, error)
+	// ConnectConcurrency bounds how many agents connect at once (default
+	// 32).
+	ConnectConcurrency int
 }
 
 // VM is one simulated VM as the fleet knows it.
@@ -92,6 +100,9 @@ type Fleet struct {
 
 	mu  sync.Mutex
 	vms map[string]*VM
+	// own are the agents on connections of their own (Config.Connect), by
+	// VM key; nil otherwise.
+	own map[string]*ownAgent
 }
 
 // New creates the fleet's VMs and starts listening for ARM requests.
@@ -222,7 +233,11 @@ func (f *Fleet) Run(ctx context.Context, conn *bus.Conn) error {
 	}()
 
 	agentErr := make(chan error, 1)
-	go func() { agentErr <- f.agents.Serve(ctx, conn) }()
+	if f.cfg.Connect != nil {
+		go func() { agentErr <- f.serveOwn(ctx) }()
+	} else {
+		go func() { agentErr <- f.agents.Serve(ctx, conn) }()
+	}
 
 	if err := f.waitForWebhook(ctx); err != nil {
 		return err
@@ -311,7 +326,7 @@ func (f *Fleet) tamper() {
 		case FaultSilent:
 			fl.Silent = true
 		}
-		if err := f.agents.SetFaults(v.Key, fl); err != nil {
+		if err := f.setFaults(v.Key, fl); err != nil {
 			f.log.Error("inject fault", "vm", v.Key, "fault", kind, "err", err)
 			continue
 		}
@@ -366,7 +381,7 @@ func (f *Fleet) churn(ctx context.Context) {
 		}
 		f.mu.Unlock()
 		if st.op == azuresim.OpDelete {
-			_ = f.agents.SetFaults(st.vm.Key, agent.Faults{Silent: true}) // a deleted VM answers nothing
+			_ = f.setFaults(st.vm.Key, agent.Faults{Silent: true}) // a deleted VM answers nothing
 		}
 		if err := f.Lifecycle(ctx, st.vm.Key, st.op); err != nil {
 			f.log.Error("scenario lifecycle", "vm", st.vm.Key, "op", st.op, "err", err)

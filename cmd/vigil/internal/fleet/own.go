@@ -1,0 +1,129 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/evidence/sim"
+	"github.com/vigil-cc/vigil/services/agent"
+)
+
+// ownAgent is a simulated VM's agent on a connection of its own
+// (Config.Connect), as a real agent runs with its VM's credentials.
+type ownAgent struct {
+	vm    *agent.SimVM
+	agent *agent.Agent
+	conn  *bus.Conn
+	ctx   context.Context
+
+	mu    sync.Mutex
+	unsub func() error // nil when not subscribed
+}
+
+// ownSource answers with the simulated VM's evidence, spoiled by its
+// current faults (agent.Fleet.SetFaults sets them on the VM).
+type ownSource struct{ vm *agent.SimVM }
+
+func (s ownSource) Evidence(_ context.Context, nonce, extraData []byte) ([]byte, error) {
+	return s.vm.VM.Answer(sim.Challenge{Nonce: nonce, ExtraData: extraData})
+}
+
+// serveOwn connects every VM's agent on its own connection, at most
+// ConnectConcurrency at a time, and serves those that are not silent
+// until ctx ends; then it closes the connections.
+func (f *Fleet) serveOwn(ctx context.Context) error {
+	n := f.cfg.ConnectConcurrency
+	if n <= 0 {
+		n = 32
+	}
+	vms := f.agents.VMs()
+	own := make([]*ownAgent, len(vms))
+	start := time.Now()
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		err   error
+		slots = make(chan struct{}, n)
+	)
+	for i, v := range vms {
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			conn, cerr := f.cfg.Connect(cctx, v.VMKey())
+			if cerr != nil {
+				once.Do(func() { err = fmt.Errorf("connect the agent of %s: %w", v.VMKey(), cerr); cancel() })
+				return
+			}
+			own[i] = &ownAgent{vm: v, conn: conn, ctx: ctx,
+				agent: agent.New(v.VMKey(), ownSource{v}, 0, 100, 100, f.log.With("component", "agents", "vm", v.VMKey(), "simulated", true), nil)}
+		}()
+	}
+	wg.Wait()
+	defer func() {
+		for _, a := range own {
+			if a != nil {
+				_ = a.conn.Close()
+			}
+		}
+	}()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	f.mu.Lock()
+	f.own = make(map[string]*ownAgent, len(own))
+	for _, a := range own {
+		f.own[a.vm.VMKey()] = a
+	}
+	f.mu.Unlock()
+	for _, a := range own {
+		if err := a.apply(); err != nil {
+			return err
+		}
+	}
+	f.log.InfoContext(ctx, "agents connected, each with its own connection", "vms", len(own), "took", time.Since(start))
+	<-ctx.Done()
+	return nil
+}
+
+// apply makes the agent's subscription match its VM's Silent fault.
+func (a *ownAgent) apply() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	silent := a.vm.Faults().Silent
+	switch {
+	case silent && a.unsub != nil:
+		_ = a.unsub()
+		a.unsub = nil
+	case !silent && a.unsub == nil && a.ctx.Err() == nil:
+		unsub, err := a.agent.Serve(a.ctx, a.conn)
+		if err != nil {
+			return err
+		}
+		a.unsub = unsub
+	}
+	return nil
+}
+
+// setFaults switches a VM's faults, whether its agent is served on the
+// fleet's shared connection or on its own.
+func (f *Fleet) setFaults(vm string, fl agent.Faults) error {
+	if err := f.agents.SetFaults(vm, fl); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	a := f.own[vm]
+	f.mu.Unlock()
+	if a == nil {
+		return nil
+	}
+	return a.apply()
+}
