@@ -187,9 +187,9 @@ func (n *natsFlags) attributedActor(cmd *cobra.Command, actor string) (string, e
 		if err := n.validate(); err != nil {
 			return "", usageError("%v", err)
 		}
-		c, err := busauth.ReadCreds(n.creds)
+		c, err := n.credentials()
 		if err != nil {
-			return "", usageError("--nats-creds: %v", err)
+			return "", err
 		}
 		if c.Principal == busauth.Admin {
 			if explicit && actor != c.Name {

@@ -59,17 +59,24 @@ func (n *natsFlags) busConfig(client string) bus.Config {
 		InboxPrefix: n.inboxPrefix()}
 }
 
+// credentials reads the credentials file (--nats-creds): the principal,
+// name and inbox prefix of its user. Without a file they are empty.
+func (n *natsFlags) credentials() (busauth.Credentials, error) {
+	if n.creds == "" {
+		return busauth.Credentials{}, nil
+	}
+	c, err := busauth.ReadCreds(n.creds)
+	if err != nil {
+		return busauth.Credentials{}, usageError("--nats-creds: %v", err)
+	}
+	return c, nil
+}
+
 // inboxPrefix is the inbox prefix of the user of the credentials file, ""
 // without one: in operator mode a principal hears replies, JetStream's
 // answers included, on its own prefix only (busauth). A file that cannot
 // be read gives "" here; connecting reports why.
 func (n *natsFlags) inboxPrefix() string {
-	if n.creds == "" {
-		return ""
-	}
-	c, err := busauth.ReadCreds(n.creds)
-	if err != nil {
-		return ""
-	}
+	c, _ := n.credentials()
 	return c.InboxPrefix
 }

@@ -74,12 +74,9 @@ in place (a storage type, a retention policy) fails, naming the stream.`,
 func provisionConfig(nf *natsFlags) (bus.Config, error) {
 	cfg := nf.busConfig("vigil provision")
 	cfg.DrainTimeout = 2 * time.Second
-	if nf.creds == "" {
-		return cfg, nil
-	}
-	c, err := busauth.ReadCreds(nf.creds)
+	c, err := nf.credentials()
 	if err != nil {
-		return bus.Config{}, usageError("--nats-creds: %v", err)
+		return bus.Config{}, err
 	}
 	if c.Principal != "" && c.Principal != busauth.Admin {
 		return bus.Config{}, usageError(`--nats-creds: these are the credentials of %s %s; provisioning takes an administrator's ("vigil auth admin")`, c.Principal, c.Name)
