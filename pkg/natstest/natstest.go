@@ -218,12 +218,35 @@ type Cluster struct {
 // until it has a meta leader.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
+	// Ports are picked free and bound later, so another process (test
+	// packages run in parallel) can take one in between, and that node
+	// never gets ready: start the whole cluster again on fresh ports.
+	const attempts = 3
+	var err error
+	for range attempts {
+		var c *Cluster
+		if c, err = startCluster(t, n); err == nil {
+			for _, s := range c.Servers {
+				t.Cleanup(s.Stop)
+			}
+			c.WaitForMetaLeader(30 * time.Second)
+			return c
+		}
+		t.Logf("natstest: cluster: %v; starting it again on other ports", err)
+	}
+	t.Fatalf("natstest: cluster not started in %d attempts: %v", attempts, err)
+	return nil
+}
+
+// startCluster starts n clustered servers on free ports; on an error it
+// stops those that started.
+func startCluster(t testing.TB, n int) (*Cluster, error) {
 	ports := make([]int, n)
 	routes := make([]string, n)
 	for i := range ports {
 		p, err := natsembed.FreePort("127.0.0.1")
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		ports[i] = p
 		routes[i] = fmt.Sprintf("127.0.0.1:%d", p)
@@ -250,16 +273,21 @@ func StartCluster(t testing.TB, n int) *Cluster {
 			errs <- nil
 		}()
 	}
+	var first error
 	for range n {
-		if err := <-errs; err != nil {
-			t.Fatalf("natstest: cluster: %v", err)
+		if err := <-errs; err != nil && first == nil {
+			first = err
 		}
 	}
-	for _, s := range c.Servers {
-		t.Cleanup(s.Stop)
+	if first != nil {
+		for _, s := range c.Servers {
+			if s != nil {
+				s.Stop()
+			}
+		}
+		return nil, first
 	}
-	c.WaitForMetaLeader(30 * time.Second)
-	return c
+	return c, nil
 }
 
 // URLs is the comma-separated list of every server's client URL.
