@@ -148,9 +148,11 @@ func TestUpdateCompareAndSet(t *testing.T) {
 // to any node: the release path reads from the stream leader.
 func TestLeaderReadSeesLatestWriteOnEveryNode(t *testing.T) {
 	c := natstest.StartCluster(t, 3)
-	ctx := ctxT(t)
 	nc := c.Connect()
 	natstest.Provision(t, nc, events.Topology{Replicas: 3})
+	// The deadline starts once the cluster is provisioned: placing R3
+	// streams on a loaded machine can take most of it.
+	ctx := ctxT(t)
 	js, _ := jetstream.New(nc)
 	kv, err := js.KeyValue(ctx, events.BucketGrants)
 	if err != nil {
