@@ -117,7 +117,7 @@ func newCredentials(token string, seed []byte) (Credentials, error) {
 			c.Principal = Principal(p)
 		}
 	}
-	if c.Principal.valid() {
+	if c.Principal.valid() || c.Principal == SysRevoker {
 		c.InboxPrefix = userInboxPrefix(c.Principal, c.Name)
 	}
 	return c, nil

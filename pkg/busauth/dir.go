@@ -3,6 +3,7 @@ package busauth
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,6 +21,8 @@ const (
 	FileOperatorJWT    = "operator.jwt"
 	FileOperatorSeed   = "operator.nk"         // the operator's own key: keep it offline
 	FileOperatorSigner = "operator-signing.nk" // signs account JWTs (Revoke)
+	FileRevocationKey  = "revoker.nk"          // operator signing key of Revoker: revocation updates only
+	FileSystemSigner   = "signing/system.nk"   // the system account's scoped signing key of the revoker user
 	FileSystemAccount  = "accounts/system.jwt"
 	FileVigilAccount   = "accounts/vigil.jwt"
 	FileServerConfig   = "server.conf"
@@ -87,6 +90,14 @@ func (s *Set) WriteDir(dir string) error {
 		s.mu.Unlock()
 		return fmt.Errorf("busauth: operator signing seed: %w", err)
 	}
+	if secrets[FileRevocationKey], err = s.revocationKey.Seed(); err != nil {
+		s.mu.Unlock()
+		return fmt.Errorf("busauth: revocation seed: %w", err)
+	}
+	if secrets[FileSystemSigner], err = s.systemSigner.Seed(); err != nil {
+		s.mu.Unlock()
+		return fmt.Errorf("busauth: system signing seed: %w", err)
+	}
 	for p, kp := range s.signers {
 		if secrets[SigningKeyFile(p)], err = kp.Seed(); err != nil {
 			s.mu.Unlock()
@@ -153,36 +164,21 @@ var ErrInconsistent = errors.New("busauth: inconsistent identity")
 // together.
 func LoadDir(dir string) (*Set, error) {
 	s := &Set{signers: map[Principal]nkeys.KeyPair{}, users: map[Principal]Credentials{}}
-	readJWT := func(name string) (string, error) {
-		b, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			return "", fmt.Errorf("busauth: %w", err)
-		}
-		return strings.TrimSpace(string(b)), nil
-	}
-	readSeed := func(name string) (nkeys.KeyPair, error) {
-		b, err := keyfile.Read(filepath.Join(dir, name), 0)
-		if err != nil {
-			return nil, fmt.Errorf("busauth: %w", err)
-		}
-		kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(b))))
-		if err != nil {
-			return nil, fmt.Errorf("busauth: %s: %w", name, err)
-		}
-		return kp, nil
-	}
 	var err error
-	if s.operatorJWT, err = readJWT(FileOperatorJWT); err != nil {
+	if err := checkCurrent(dir); err != nil {
+		return nil, err
+	}
+	if s.operatorJWT, err = readJWT(dir, FileOperatorJWT); err != nil {
 		return nil, err
 	}
 	oc, err := jwt.DecodeOperatorClaims(s.operatorJWT)
 	if err != nil {
 		return nil, fmt.Errorf("busauth: %s: %w", FileOperatorJWT, err)
 	}
-	if s.operator, err = readSeed(FileOperatorSeed); err != nil {
+	if s.operator, err = readSeed(dir, FileOperatorSeed); err != nil {
 		return nil, err
 	}
-	if s.operatorSigner, err = readSeed(FileOperatorSigner); err != nil {
+	if s.operatorSigner, err = readSeed(dir, FileOperatorSigner); err != nil {
 		return nil, err
 	}
 	if pub, _ := s.operator.PublicKey(); pub != oc.Subject {
@@ -191,41 +187,39 @@ func LoadDir(dir string) (*Set, error) {
 	if pub, _ := s.operatorSigner.PublicKey(); !oc.SigningKeys.Contains(pub) {
 		return nil, fmt.Errorf("%w: %s is not an operator signing key", ErrInconsistent, FileOperatorSigner)
 	}
-	loadAccount := func(name string) (account, error) {
-		token, err := readJWT(name)
-		if err != nil {
-			return account{}, err
-		}
-		ac, err := jwt.DecodeAccountClaims(token)
-		if err != nil {
-			return account{}, fmt.Errorf("busauth: %s: %w", name, err)
-		}
-		if !oc.DidSign(ac) {
-			return account{}, fmt.Errorf("%w: %s is not signed by the operator", ErrInconsistent, name)
-		}
-		return account{claims: ac, jwt: token}, nil
-	}
-	if s.system, err = loadAccount(FileSystemAccount); err != nil {
+	if s.revocationKey, err = readRevocationKey(dir, oc); err != nil {
 		return nil, err
 	}
-	if s.vigil, err = loadAccount(FileVigilAccount); err != nil {
+	if s.system, err = loadAccount(dir, FileSystemAccount, oc); err != nil {
+		return nil, err
+	}
+	if s.vigil, err = loadAccount(dir, FileVigilAccount, oc); err != nil {
 		return nil, err
 	}
 	if s.system.claims.Subject != oc.SystemAccount {
 		return nil, fmt.Errorf("%w: %s is not the operator's system account", ErrInconsistent, FileSystemAccount)
 	}
+	if s.systemSigner, err = readSeed(dir, FileSystemSigner); err != nil {
+		return nil, err
+	}
+	if err := checkScopedSigner(s.system.claims, SysRevoker, s.systemSigner); err != nil {
+		return nil, err
+	}
 	for _, p := range all() {
-		kp, err := readSeed(SigningKeyFile(p))
+		kp, err := readSeed(dir, SigningKeyFile(p))
 		if err != nil {
 			return nil, err
 		}
-		pub, _ := kp.PublicKey()
-		sc, ok := s.vigil.claims.SigningKeys.GetScope(pub)
-		if us, isUser := sc.(*jwt.UserScope); !ok || !isUser || us.Role != string(p) {
-			return nil, fmt.Errorf("%w: %s is not the account's scoped signing key of %s", ErrInconsistent, SigningKeyFile(p), p)
+		if err := checkScopedSigner(s.vigil.claims, p, kp); err != nil {
+			return nil, err
 		}
 		s.signers[p] = kp
 	}
+	rc, err := readRevokerCreds(dir, s.system.claims)
+	if err != nil {
+		return nil, err
+	}
+	s.users[SysRevoker] = rc
 	for _, p := range Principals() {
 		c, err := ReadCreds(filepath.Join(dir, CredsFile(p)))
 		if err != nil {
@@ -238,4 +232,107 @@ func LoadDir(dir string) (*Set, error) {
 		s.users[p] = c
 	}
 	return s, nil
+}
+
+// readJWT reads the JWT in the file name of dir.
+func readJWT(dir, name string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		return "", fmt.Errorf("busauth: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// readSeed reads the seed in the file name of dir, refusing a file that
+// users other than its owner may access.
+func readSeed(dir, name string) (nkeys.KeyPair, error) {
+	b, err := keyfile.Read(filepath.Join(dir, name), 0)
+	if err != nil {
+		return nil, fmt.Errorf("busauth: %w", err)
+	}
+	kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(b))))
+	if err != nil {
+		return nil, fmt.Errorf("busauth: %s: %w", name, err)
+	}
+	return kp, nil
+}
+
+// loadAccount reads the account JWT in the file name of dir, which the
+// operator oc must have signed.
+func loadAccount(dir, name string, oc *jwt.OperatorClaims) (account, error) {
+	token, err := readJWT(dir, name)
+	if err != nil {
+		return account{}, err
+	}
+	ac, err := jwt.DecodeAccountClaims(token)
+	if err != nil {
+		return account{}, fmt.Errorf("busauth: %s: %w", name, err)
+	}
+	if !oc.DidSign(ac) {
+		return account{}, fmt.Errorf("%w: %s is not signed by the operator", ErrInconsistent, name)
+	}
+	return account{claims: ac, jwt: token}, nil
+}
+
+// checkScopedSigner checks that kp is the scoped signing key of p in the
+// account ac.
+func checkScopedSigner(ac *jwt.AccountClaims, p Principal, kp nkeys.KeyPair) error {
+	file := SigningKeyFile(p)
+	if p == SysRevoker {
+		file = FileSystemSigner
+	}
+	pub, _ := kp.PublicKey()
+	sc, ok := ac.SigningKeys.GetScope(pub)
+	if us, isUser := sc.(*jwt.UserScope); !ok || !isUser || us.Role != string(p) {
+		return fmt.Errorf("%w: %s is not the scoped signing key of %s in account %s", ErrInconsistent, file, p, ac.Name)
+	}
+	return nil
+}
+
+// readRevocationKey reads FileRevocationKey, which must be a signing key
+// of the operator oc.
+func readRevocationKey(dir string, oc *jwt.OperatorClaims) (nkeys.KeyPair, error) {
+	kp, err := readSeed(dir, FileRevocationKey)
+	if err != nil {
+		return nil, err
+	}
+	if pub, _ := kp.PublicKey(); !oc.SigningKeys.Contains(pub) || pub == oc.Subject {
+		kp.Wipe()
+		return nil, fmt.Errorf("%w: %s is not an operator signing key", ErrInconsistent, FileRevocationKey)
+	}
+	return kp, nil
+}
+
+// readRevokerCreds reads the revoker user's credentials, which the
+// revoker's signing key of the system account sc must have issued.
+func readRevokerCreds(dir string, sc *jwt.AccountClaims) (Credentials, error) {
+	name := CredsFile(SysRevoker)
+	c, err := ReadCreds(filepath.Join(dir, name))
+	if err != nil {
+		return Credentials{}, err
+	}
+	uc, err := jwt.DecodeUserClaims(c.JWT)
+	if err != nil {
+		return Credentials{}, fmt.Errorf("busauth: %s: %w", name, err)
+	}
+	scope, ok := sc.SigningKeys.GetScope(uc.Issuer)
+	if us, isUser := scope.(*jwt.UserScope); !ok || !isUser || us.Role != string(SysRevoker) ||
+		uc.IssuerAccount != sc.Subject || c.Principal != SysRevoker {
+		return Credentials{}, fmt.Errorf("%w: %s is not the revoker user of the system account", ErrInconsistent, name)
+	}
+	return c, nil
+}
+
+// checkCurrent refuses a directory written before revocation keys and
+// the revoker user were part of the identity, saying so.
+func checkCurrent(dir string) error {
+	if _, err := os.Stat(filepath.Join(dir, FileOperatorJWT)); err != nil {
+		return fmt.Errorf("busauth: %w", err)
+	}
+	for _, name := range []string{FileRevocationKey, FileSystemSigner, CredsFile(SysRevoker)} {
+		if _, err := os.Stat(filepath.Join(dir, name)); errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: %s has no %s: the identity was made before revocation keys and the revoker user; make it again", ErrInconsistent, dir, name)
+		}
+	}
+	return nil
 }

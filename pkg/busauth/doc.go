@@ -5,6 +5,26 @@
 // are minted on demand with their scoped key, named by their VM key or admin name, which
 // the templates turn into subjects only they may use ({{name()}}).
 //
+// # Issuing and revoking agents
+//
+// What enrolls VMs issues their agents' user JWTs with an AgentIssuer, which holds the
+// agents' scoped signing key and the account's public key only (LoadAgentIssuer reads
+// those two files of a directory written by WriteDir): it can make agents and nothing
+// else, and its JWTs carry the claims Set.IssueUser gives agents (one implementation).
+//
+// What revokes them holds a Revoker: a revocation key, an operator signing key used for
+// nothing but re-signing the Vigil account with revocations (FileRevocationKey), the
+// account's claims as they stand, and the credentials of the system account's revoker
+// user (SysRevoker, CredsFile(SysRevoker)), issued by a scoped signing key of the system
+// account whose template allows publishing ClaimsUpdateSubject of the Vigil account and
+// subscribing to _INBOX_revoker.> only. Revoker.Push signs the account with exactly the
+// revocations given (each revokes the key's JWTs issued at or before its time, to the
+// second; later ones connect) besides the base's own, and requests
+// $SYS.REQ.ACCOUNT.<account>.CLAIMS.UPDATE, which every server of a cluster applies at
+// once if it has the account loaded: the revoked users' connections are closed. A
+// server's resolver keeps what it was given, so a memory resolver's server that loads
+// the account later (a restart) needs the revocations pushed again.
+//
 // # Principals and inboxes
 //
 // The principals are the services (ingest, attest-worker, keyguard, auditor), the

@@ -56,11 +56,17 @@ type Set struct {
 	mu sync.Mutex
 
 	operator, operatorSigner nkeys.KeyPair
-	operatorJWT              string
-	system                   account
-	vigil                    account
-	signers                  map[Principal]nkeys.KeyPair
-	users                    map[Principal]Credentials
+	// revocationKey is the operator signing key of Revoker: it signs
+	// only the Vigil account's revocation updates.
+	revocationKey nkeys.KeyPair
+	operatorJWT   string
+	system        account
+	// systemSigner is the system account's scoped signing key of the
+	// revoker user (SysRevoker).
+	systemSigner nkeys.KeyPair
+	vigil        account
+	signers      map[Principal]nkeys.KeyPair
+	users        map[Principal]Credentials // SysRevoker's too
 }
 
 // account is an account's claims and their JWT as last signed.
@@ -69,9 +75,11 @@ type account struct {
 	jwt    string
 }
 
-// Init makes a new identity: operator and operator signing key, the
-// system account, the Vigil account with JetStream and one scoped signing
-// key per principal, and a user for every principal of Principals.
+// Init makes a new identity: operator, operator signing key and
+// revocation key (an operator signing key for Revoker), the system
+// account with a scoped signing key for the revoker user, the Vigil
+// account with JetStream and one scoped signing key per principal, a user
+// for every principal of Principals and the revoker user (SysRevoker).
 func Init(opts Options) (*Set, error) {
 	if opts.OperatorName == "" {
 		opts.OperatorName = DefaultOperatorName
@@ -89,6 +97,12 @@ func Init(opts Options) (*Set, error) {
 	}
 	if s.operatorSigner, err = nkeys.CreateOperator(); err != nil {
 		return nil, fmt.Errorf("busauth: operator signing key: %w", err)
+	}
+	if s.revocationKey, err = nkeys.CreateOperator(); err != nil {
+		return nil, fmt.Errorf("busauth: revocation key: %w", err)
+	}
+	if s.systemSigner, err = nkeys.CreateAccount(); err != nil {
+		return nil, fmt.Errorf("busauth: system account signing key: %w", err)
 	}
 	sysKey, err := nkeys.CreateAccount()
 	if err != nil {
@@ -109,7 +123,8 @@ func Init(opts Options) (*Set, error) {
 	signPub, _ := s.operatorSigner.PublicKey()
 	oc := jwt.NewOperatorClaims(opPub)
 	oc.Name = opts.OperatorName
-	oc.SigningKeys.Add(signPub)
+	revPub, _ := s.revocationKey.PublicKey()
+	oc.SigningKeys.Add(signPub, revPub)
 	oc.StrictSigningKeyUsage = true
 	oc.SystemAccount = sysPub
 	if s.operatorJWT, err = oc.Encode(s.operator); err != nil {
@@ -118,6 +133,11 @@ func Init(opts Options) (*Set, error) {
 
 	sc := jwt.NewAccountClaims(sysPub)
 	sc.Name = SystemAccountName
+	// A system user without permissions of its own gets none; the one
+	// user is the revoker, issued by a scoped key.
+	sc.DefaultPermissions.Pub.Deny.Add(">")
+	sc.DefaultPermissions.Sub.Deny.Add(">")
+	sc.SigningKeys.AddScopedSigner(revokerScope(s.systemSigner, vigilPub))
 	s.system.claims = sc
 
 	ac := jwt.NewAccountClaims(vigilPub)
@@ -158,6 +178,11 @@ func Init(opts Options) (*Set, error) {
 		}
 		s.users[p] = c
 	}
+	c, err := mint(s.systemSigner, sysPub, SysRevoker, string(SysRevoker), opts.UserTTL)
+	if err != nil {
+		return nil, err
+	}
+	s.users[SysRevoker] = c
 	return s, nil
 }
 
@@ -210,21 +235,10 @@ func (s *Set) signAccounts() error {
 
 // mint makes a key pair and a user of p named name with it.
 func (s *Set) mint(p Principal, name string, ttl time.Duration) (Credentials, error) {
-	kp, err := nkeys.CreateUser()
-	if err != nil {
-		return Credentials{}, fmt.Errorf("busauth: user key: %w", err)
+	if !p.valid() {
+		return Credentials{}, fmt.Errorf("busauth: unknown principal %q", p)
 	}
-	defer kp.Wipe()
-	pub, _ := kp.PublicKey()
-	token, err := s.issue(p, name, pub, ttl)
-	if err != nil {
-		return Credentials{}, err
-	}
-	seed, err := kp.Seed()
-	if err != nil {
-		return Credentials{}, fmt.Errorf("busauth: user key: %w", err)
-	}
-	return Credentials{Principal: p, Name: name, JWT: token, Seed: string(seed), InboxPrefix: userInboxPrefix(p, name)}, nil
+	return mint(s.signers[p], s.vigil.claims.Subject, p, name, ttl)
 }
 
 // issue signs a user JWT for the key userPub with p's scoped signing key.
@@ -232,30 +246,8 @@ func (s *Set) issue(p Principal, name, userPub string, ttl time.Duration) (strin
 	if !p.valid() {
 		return "", fmt.Errorf("busauth: unknown principal %q", p)
 	}
-	if err := checkName(p, name); err != nil {
-		return "", err
-	}
-	if !nkeys.IsValidPublicUserKey(userPub) {
-		return "", fmt.Errorf("busauth: %q is not a user public key", userPub)
-	}
-	if ttl < 0 {
-		return "", fmt.Errorf("busauth: negative TTL for %s %s", p, name)
-	}
-	uc := jwt.NewUserClaims(userPub)
-	uc.Name = name
-	uc.IssuerAccount = s.vigil.claims.Subject
-	uc.Tags.Add(principalTag + string(p))
-	// Scoped users carry no permissions or limits: the key's template is
-	// theirs.
-	uc.SetScoped(true)
-	if ttl > 0 {
-		uc.Expires = time.Now().Add(ttl).Unix()
-	}
-	token, err := uc.Encode(s.signers[p])
-	if err != nil {
-		return "", fmt.Errorf("busauth: sign user %s (%s): %w", name, p, err)
-	}
-	return token, nil
+	token, _, err := issueUser(s.signers[p], s.vigil.claims.Subject, p, name, userPub, ttl)
+	return token, err
 }
 
 // OperatorJWT is the operator's JWT, which servers trust.

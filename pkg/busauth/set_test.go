@@ -28,8 +28,9 @@ const (
 )
 
 // TestInitClaims decodes every JWT Init makes and checks the chain of
-// trust and the claims: a self-signed operator with a signing key and
-// strict signing key use, naming the system account; both accounts
+// trust and the claims: a self-signed operator with two signing keys (the
+// second Revoker's) and strict signing key use, naming the system
+// account, which has one scoped signing key, the revoker's; both accounts
 // signed by the operator signing key; the Vigil account with JetStream,
 // no bearer tokens, nothing by default and one scoped signing key per
 // principal whose template is Permissions; one user per principal, issued
@@ -44,7 +45,7 @@ func TestInitClaims(t *testing.T) {
 		t.Fatal(err)
 	}
 	if op.Issuer != op.Subject || op.Name != busauth.DefaultOperatorName || !op.StrictSigningKeyUsage ||
-		len(op.SigningKeys) != 1 || op.SystemAccount != set.SystemAccount() {
+		len(op.SigningKeys) != 2 || op.SystemAccount != set.SystemAccount() {
 		t.Fatalf("operator: %+v", op.Operator)
 	}
 	jwts := set.AccountJWTs()
@@ -64,6 +65,17 @@ func TestInitClaims(t *testing.T) {
 		case set.SystemAccount():
 			if ac.Name != busauth.SystemAccountName {
 				t.Errorf("system account named %s", ac.Name)
+			}
+			keys := ac.SigningKeys.Keys()
+			if len(keys) != 1 {
+				t.Fatalf("system account signing keys: %v", keys)
+			}
+			sc, _ := ac.SigningKeys.GetScope(keys[0])
+			us, ok := sc.(*jwt.UserScope)
+			if !ok || us.Role != string(busauth.SysRevoker) ||
+				!equal(us.Template.Pub.Allow, []string{busauth.ClaimsUpdateSubject(set.Account())}) ||
+				!equal(us.Template.Sub.Allow, []string{"_INBOX_revoker.>"}) || len(us.Template.Pub.Deny)+len(us.Template.Sub.Deny) != 0 {
+				t.Errorf("system account signing keys: %v", ac.SigningKeys)
 			}
 		case set.Account():
 			acc = ac

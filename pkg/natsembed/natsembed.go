@@ -2,7 +2,11 @@
 // process: the embedded default of `vigil dev` and the base of natstest.
 // Given an operator and its accounts (pkg/busauth), it runs in operator
 // mode: every client authenticates with a user JWT of one of the accounts,
-// and account updates (revocations) are pushed with UpdateAccount.
+// and account updates (revocations) are pushed with UpdateAccount, or by a
+// system account user on $SYS.REQ.ACCOUNT.<account>.CLAIMS.UPDATE
+// (busauth.Revoker), which the server applies but its memory resolver
+// and Config do not keep: a Restart serves the accounts as last given to
+// UpdateAccount.
 package natsembed
 
 import (

@@ -1,7 +1,8 @@
 // Package natstest runs real nats-servers with JetStream for tests: a single
 // node, open or in operator mode with Vigil's identity (StartOperator,
-// ConnectAs), or an in-process three-node cluster with helpers to find and
-// stop a stream's leader.
+// ConnectAs), or an in-process three-node cluster, open (StartCluster) or in
+// operator mode (StartOperatorCluster), with helpers to find and stop a
+// stream's leader.
 package natstest
 
 import (
@@ -118,7 +119,8 @@ func (s *Server) ConnectCreds(c busauth.Credentials, opts ...nats.Option) *nats.
 }
 
 // ConnectAs connects as the user StartOperator's identity made for p (for
-// busauth.Admin the first administrator).
+// busauth.Admin the first administrator, for busauth.SysRevoker the
+// system account's revoker user).
 func (s *Server) ConnectAs(p busauth.Principal, opts ...nats.Option) *nats.Conn {
 	s.t.Helper()
 	c, err := s.Auth().Creds(p)
@@ -218,6 +220,23 @@ type Cluster struct {
 // until it has a meta leader.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return runCluster(t, n, nil)
+}
+
+// StartOperatorCluster runs an n-node JetStream cluster in operator mode,
+// as StartOperator does one server: every node trusts auth's operator and
+// serves its accounts from memory, and each Server connects as its
+// principals (ConnectAs, ConnectAgent). It waits until the cluster has a
+// meta leader.
+func StartOperatorCluster(t testing.TB, auth *busauth.Set, n int) *Cluster {
+	t.Helper()
+	return runCluster(t, n, auth)
+}
+
+// runCluster starts an n-node cluster, in operator mode with auth when
+// not nil.
+func runCluster(t testing.TB, n int, auth *busauth.Set) *Cluster {
+	t.Helper()
 	// Ports are picked free and bound later, so another process (test
 	// packages run in parallel) can take one in between, and that node
 	// never gets ready: start the whole cluster again on fresh ports.
@@ -225,7 +244,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	var err error
 	for range attempts {
 		var c *Cluster
-		if c, err = startCluster(t, n); err == nil {
+		if c, err = startCluster(t, n, auth); err == nil {
 			for _, s := range c.Servers {
 				t.Cleanup(s.Stop)
 			}
@@ -238,9 +257,9 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	return nil
 }
 
-// startCluster starts n clustered servers on free ports; on an error it
-// stops those that started.
-func startCluster(t testing.TB, n int) (*Cluster, error) {
+// startCluster starts n clustered servers on free ports, in operator mode
+// with auth when not nil; on an error it stops those that started.
+func startCluster(t testing.TB, n int, auth *busauth.Set) (*Cluster, error) {
 	ports := make([]int, n)
 	routes := make([]string, n)
 	for i := range ports {
@@ -263,13 +282,16 @@ func startCluster(t testing.TB, n int) (*Cluster, error) {
 			Routes:       routes,
 			ReadyTimeout: 30 * time.Second,
 		}
+		if auth != nil {
+			cfg.OperatorJWT, cfg.SystemAccount, cfg.AccountJWTs = auth.OperatorJWT(), auth.SystemAccount(), auth.AccountJWTs()
+		}
 		go func() {
 			srv, err := natsembed.Start(cfg)
 			if err != nil {
 				errs <- err
 				return
 			}
-			c.Servers[i] = &Server{t: t, cfg: srv.Config(), srv: srv}
+			c.Servers[i] = &Server{t: t, cfg: srv.Config(), srv: srv, auth: auth}
 			errs <- nil
 		}()
 	}
