@@ -336,6 +336,7 @@ func TestKVWritesOutsideOwnBuckets(t *testing.T) {
 		events.BucketCollateral:      {W, K},
 		events.BucketKeyguardNonces:  {K},
 		events.BucketKeyguardSecrets: {K, D},
+		events.BucketAgents:          {K},
 	}
 	for _, p := range append(services, G) {
 		var c *client

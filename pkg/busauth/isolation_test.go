@@ -120,6 +120,7 @@ func publishProbes() []probe {
 		events.BucketCollateral:      {W, K},
 		events.BucketKeyguardNonces:  {K},
 		events.BucketKeyguardSecrets: {K, D},
+		events.BucketAgents:          {K},
 	}
 	for _, b := range events.Buckets(events.Topology{}) {
 		p = append(p, probe{"write " + b.Bucket, "$KV." + b.Bucket + ".k", writers[b.Bucket]})

@@ -307,6 +307,22 @@ func keyguardWork(t *testing.T, e *env, c *client) {
 	// Secrets (imports), listed; the status and inventory read; the
 	// collateral cache.
 	kvUse(t, c, events.BucketKeyguardSecrets, "k1", true, true)
+	// Enrolled and revoked agent credentials, listed for the account's
+	// revocation list.
+	kvUse(t, c, events.BucketAgents, "rev."+vmB, true, true)
+	lastFromLeader(t, c, events.BucketAgents, "rev."+vmB)
+	akv, _ := c.js.KeyValue(ctx, events.BucketAgents)
+	revoked, err := akv.ListKeysFiltered(ctx, "rev.*")
+	if err != nil {
+		t.Fatalf("list revoked agents: %v", err)
+	}
+	var keys []string
+	for k := range revoked.Keys() {
+		keys = append(keys, k)
+	}
+	if len(keys) != 1 {
+		t.Fatalf("revoked agents listed: %v", keys)
+	}
 	lastFromLeader(t, c, events.BucketStatus, vmB)
 	lastFromLeader(t, c, events.BucketVMs, vmB)
 	kvUse(t, c, events.BucketStatus, vmB, false, false)

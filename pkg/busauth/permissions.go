@@ -148,10 +148,10 @@ func build(p Principal) *builder {
 		b.streamInfo(events.StreamEvents, events.StreamAlerts)
 		// The release policy's follower (pkg/policyfeed).
 		b.ordered(events.StreamEvents, subjectPolicyAll)
-		b.kvWrite(events.BucketGrants, events.BucketKeyguardNonces, events.BucketKeyguardSecrets, events.BucketCollateral)
+		b.kvWrite(events.BucketGrants, events.BucketKeyguardNonces, events.BucketKeyguardSecrets, events.BucketCollateral, events.BucketAgents)
 		b.kvRead(events.BucketStatus, events.BucketVMs)
-		// Listing secrets.
-		b.watch(events.BucketKeyguardSecrets)
+		// Listing secrets, and the agents' revoked credentials.
+		b.watch(events.BucketKeyguardSecrets, events.BucketAgents)
 
 	case Auditor:
 		b.jetstream()

@@ -36,6 +36,9 @@ const (
 	// BucketKeyguardSecrets holds the local release service's secrets,
 	// encrypted under keyguard's master key.
 	BucketKeyguardSecrets = "vigil-keyguard-secrets"
+	// BucketAgents holds, per VM key, the agent credentials keyguard
+	// issued by enrollment and revoked (docs/design.md §19).
+	BucketAgents = "vigil-agents"
 )
 
 // Topology says how the streams and buckets are laid out on a server or
@@ -163,6 +166,7 @@ func Buckets(t Topology) []jetstream.KeyValueConfig {
 		{Bucket: BucketKeyguardNonces, Description: "Single-use key release nonces", History: 1, TTL: 5 * time.Minute, LimitMarkerTTL: time.Second,
 			Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 1 << 10, MaxBytes: 64 << 20},
 		{Bucket: BucketKeyguardSecrets, Description: "Key release secrets, encrypted under the keyguard master key", History: 5, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 256 << 10},
+		{Bucket: BucketAgents, Description: "Agent bus credentials issued by enrollment, and their revocation", History: 5, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 64 << 10},
 	}
 }
 

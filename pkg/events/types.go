@@ -218,6 +218,12 @@ const (
 	KeyRestored  KeyAction = "restored"
 	KeyReleased  KeyAction = "released"
 	KeySuspended KeyAction = "suspended"
+	// KeyEnrolled: keyguard issued the VM's agent bus credentials
+	// (backend "nats") after verifying its enrollment evidence;
+	// KeyEnrollRefused: it refused to (Reason: the refusal code and why).
+	// A revocation of the credentials is KeyRevoked on backend "nats".
+	KeyEnrolled      KeyAction = "enrolled"
+	KeyEnrollRefused KeyAction = "enroll_refused"
 )
 
 // Key is io.vigil.vm.key.v1.

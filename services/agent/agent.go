@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -53,6 +54,12 @@ type Config struct {
 	// ChallengeTimeout bounds the work on one challenge (default 10 s); a
 	// shorter deadline in the challenge wins.
 	ChallengeTimeout time.Duration
+	// EnrollURL is keyguard's enrollment API: when set, the agent earns
+	// its bus credentials by attestation (pkg/enroll) and renews them,
+	// instead of connecting with configured ones. EnrollHTTP sends its
+	// requests (default: a client with a 30 s timeout).
+	EnrollURL  string
+	EnrollHTTP *http.Client
 	// RatePerSecond and Burst bound the challenges answered (default 5/s,
 	// burst 10): more are refused with "rate_limited", so a flood of
 	// challenges cannot monopolise the TPM.
@@ -122,9 +129,16 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.NATS.InboxPrefix = busauth.AgentInboxPrefix(vm)
 	}
 	cfg.Logger = log
+	en, err := enrolled(ctx, &cfg.NATS, cfg.EnrollURL, cfg.EnrollHTTP, vm, src, log)
+	if err != nil {
+		return err
+	}
 	svc, err := service.Start(ctx, Service, cfg.Options)
 	if err != nil {
 		return err
+	}
+	if en != nil {
+		svc.Go("renew", func(ctx context.Context) error { en.Renew(ctx, svc.Conn); return nil })
 	}
 	a := New(vm, src, cfg.ChallengeTimeout, cfg.RatePerSecond, cfg.Burst, log, svc.MeterProvider)
 	if _, err := a.Serve(svc.Context(), svc.Conn); err != nil {

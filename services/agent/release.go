@@ -30,7 +30,10 @@ type ReleaseConfig struct {
 	// vTPM at TPMPath.
 	Source                Source
 	TPMPath, EventLogPath string
-	Logger                *slog.Logger
+	// EnrollURL, when set, is keyguard's enrollment API: the release
+	// connects with credentials earned by attestation (Config.EnrollURL).
+	EnrollURL string
+	Logger    *slog.Logger
 }
 
 // Release asks keyguard for the secret keyName with the protocol of
@@ -74,6 +77,9 @@ func Release(ctx context.Context, cfg ReleaseConfig, keyName string) (*keyreleas
 		}
 		if nc.Logger == nil {
 			nc.Logger = cfg.Logger
+		}
+		if _, err := enrolled(ctx, &nc, cfg.EnrollURL, nil, vm, src, cfg.Logger); err != nil {
+			return nil, err
 		}
 		c, err := bus.Connect(ctx, nc)
 		if err != nil {

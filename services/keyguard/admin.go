@@ -184,12 +184,23 @@ func (k *Keyguard) handleRestore(ctx context.Context, data []byte) ([]byte, erro
 	if err != nil {
 		return nil, err
 	}
+	// A VM whose agent lost its credentials is never attested trusted
+	// again by itself: the operator's restore lets it enroll (with fresh
+	// evidence under policy); its grants follow once it is trusted.
+	unblocked, err := k.agents.unblock(ctx, vm)
+	if err != nil {
+		return nil, refuse(keyrelease.CodeUnavailable, "read revocations: %v", err)
+	}
 	st, err := k.status(ctx, vm)
 	switch {
-	case kvlast.IsNotFound(err):
-		return nil, refuse(keyrelease.CodeNotTrusted, "VM %s has no attestation status; restore needs it trusted or warning", vm)
-	case err != nil:
+	case err != nil && !kvlast.IsNotFound(err):
 		return nil, refuse(keyrelease.CodeUnavailable, "read status: %v", err)
+	case (err != nil || !st.Status.Releasable()) && unblocked:
+		k.log.InfoContext(ctx, "agent may enroll again", "vm", vm, "actor", req.Actor, "reason", req.Reason)
+		return json.Marshal(ChangeResponse{VMKey: vm, Notes: []string{
+			"the VM's agent may enroll again; its grants are restored once it is attested trusted or warning (restore again then)"}})
+	case err != nil:
+		return nil, refuse(keyrelease.CodeNotTrusted, "VM %s has no attestation status; restore needs it trusted or warning", vm)
 	case !st.Status.Releasable():
 		return nil, refuse(keyrelease.CodeNotTrusted, "VM %s is %s; restore needs it trusted or warning", vm, st.Status)
 	}

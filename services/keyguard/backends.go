@@ -132,20 +132,9 @@ var errVMIDConflict = errors.New("keyguard: vmId conflict")
 // differ the error wraps errVMIDConflict: a recreated VM or a mistaken
 // grant, to be settled by an operator, not guessed.
 func (k *Keyguard) trustedVMID(ctx context.Context, g grants.Grant) (string, error) {
-	e, err := kvlast.Get(ctx, k.conn.NC, events.BucketVMs, g.VMKey)
-	var arm string
-	switch {
-	case kvlast.IsNotFound(err):
-	case err != nil:
-		return "", fmt.Errorf("keyguard: read the inventory record of %s: %w", g.VMKey, err)
-	default:
-		var rec struct {
-			VMID string `json:"vm_id"`
-		}
-		if err := json.Unmarshal(e.Value, &rec); err != nil {
-			return "", fmt.Errorf("keyguard: inventory record of %s: %w", g.VMKey, err)
-		}
-		arm = rec.VMID
+	arm, err := k.inventoryVMID(ctx, g.VMKey)
+	if err != nil {
+		return "", err
 	}
 	switch {
 	case arm == "":
@@ -154,4 +143,23 @@ func (k *Keyguard) trustedVMID(ctx context.Context, g grants.Grant) (string, err
 		return "", fmt.Errorf("%w: grant %s names vmId %s, ARM reports %s", errVMIDConflict, g.Key(), g.VMID, arm)
 	}
 	return arm, nil
+}
+
+// inventoryVMID is the vmId ARM reports for vm, read from the inventory's
+// stream leader: "" when ingest has no record of the VM or no vmId yet.
+func (k *Keyguard) inventoryVMID(ctx context.Context, vm string) (string, error) {
+	e, err := kvlast.Get(ctx, k.conn.NC, events.BucketVMs, vm)
+	switch {
+	case kvlast.IsNotFound(err):
+		return "", nil
+	case err != nil:
+		return "", fmt.Errorf("keyguard: read the inventory record of %s: %w", vm, err)
+	}
+	var rec struct {
+		VMID string `json:"vm_id"`
+	}
+	if err := json.Unmarshal(e.Value, &rec); err != nil {
+		return "", fmt.Errorf("keyguard: inventory record of %s: %w", vm, err)
+	}
+	return rec.VMID, nil
 }

@@ -72,6 +72,9 @@ type Config struct {
 	Consumer string
 	// Source is the CloudEvents source of keyguard's events.
 	Source string
+	// Enroll configures agent enrollment by attestation and the
+	// revocation of agents' bus credentials.
+	Enroll EnrollConfig
 }
 
 // NonceLimits bounds the release nonces keyguard issues. Nonces are issued
@@ -170,6 +173,7 @@ func (c *Config) defaults() {
 		c.NonceTTL = 2 * time.Minute
 	}
 	c.Nonces.defaults()
+	c.Enroll.defaults()
 	if c.Concurrency <= 0 {
 		c.Concurrency = 16
 	}

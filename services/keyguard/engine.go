@@ -104,6 +104,15 @@ func (k *Keyguard) act(ctx context.Context, c cause) error {
 			firstErr = err
 		}
 	}
+	if c.trigger == triggerRevoke {
+		// The VM loses the bus with its keys, grants or none.
+		if err := k.revokeAgent(ctx, c); err != nil {
+			k.log.ErrorContext(ctx, "revoke agent credentials", "vm", c.vm, "cause", c.id, "err", err)
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+	}
 	if c.trigger == triggerResume {
 		if err := k.alertRestoreRequired(ctx, c, keys); err != nil && firstErr == nil {
 			firstErr = err
@@ -423,6 +432,9 @@ func (k *Keyguard) alertApplyFailed(ctx context.Context, g grants.Grant, cause e
 // reconcile compares every grant with the VM's attestation status, revokes
 // or suspends where events were missed, and retries pending backend work.
 func (k *Keyguard) reconcile(ctx context.Context) error {
+	if err := k.pushRevocations(ctx); err != nil {
+		k.log.ErrorContext(ctx, "push revocations", "err", err)
+	}
 	entries, err := k.grants.List(ctx, "")
 	if err != nil {
 		return err

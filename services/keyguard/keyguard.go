@@ -45,6 +45,14 @@ type Keyguard struct {
 	nonceStream               jetstream.Stream
 	vmNonces, requesterNonces *limiter
 
+	// agents records the credentials enrollment issued and revoked;
+	// enrollSources limits enrollment requests per source address;
+	// revoker is the system-account connection revocations are pushed on
+	// (nil without Enroll.Revoker).
+	agents        *agentStore
+	enrollSources *limiter
+	revoker       *bus.Conn
+
 	work      chan string
 	pendingMu sync.Mutex
 	pending   map[string]applyState // grants queued for or in an apply worker
@@ -122,6 +130,14 @@ func open(ctx context.Context, cfg Config, svc *service.Service, master []byte) 
 	if k.nonceStream, err = conn.JS.Stream(ctx, "KV_"+events.BucketKeyguardNonces); err != nil {
 		return nil, fmt.Errorf("keyguard: nonce bucket stream: %w", err)
 	}
+	if k.agents, err = openAgents(ctx, conn.NC, conn.JS); err != nil {
+		return nil, err
+	}
+	if r := cfg.Enroll.Revoker; r != nil {
+		if k.revoker, err = connectRevoker(ctx, cfg, r, log); err != nil {
+			return nil, err
+		}
+	}
 	nl := cfg.Nonces
 	k.vmNonces = newLimiter(nl.VMRate, nl.VMBurst, nl.Tracked)
 	k.requesterNonces = newLimiter(nl.RequesterRate, nl.RequesterBurst, nl.Tracked)
@@ -182,6 +198,21 @@ func (k *Keyguard) start(svc *service.Service) error {
 	for _, s := range serves {
 		if _, err := conn.Serve(ctx, s.subject, Queue, s.h, opts...); err != nil {
 			return fmt.Errorf("keyguard: %w", err)
+		}
+	}
+	if err := k.serveEnroll(svc); err != nil {
+		return err
+	}
+	if k.revoker != nil {
+		svc.Go("revoker", func(ctx context.Context) error {
+			<-ctx.Done()
+			return k.revoker.Close()
+		})
+		// The servers may have been restarted, or given the account
+		// without the revocations: tell them at start and with every
+		// reconciliation.
+		if err := k.pushRevocations(ctx); err != nil {
+			k.log.ErrorContext(ctx, "push revocations", "err", err)
 		}
 	}
 	for range cfg.ApplyWorkers {

@@ -12,6 +12,9 @@ type kgMetrics struct {
 	nonceRefusals     metric.Int64Counter
 	releases          metric.Int64Counter
 	releaseSeconds    metric.Float64Histogram
+	enrollments       metric.Int64Counter
+	enrollSeconds     metric.Float64Histogram
+	revocationsPushed metric.Int64Counter
 }
 
 func newMetrics(mp metric.MeterProvider) *kgMetrics {
@@ -33,5 +36,12 @@ func newMetrics(mp metric.MeterProvider) *kgMetrics {
 	k.releaseSeconds, _ = m.Float64Histogram("vigil_keyguard_release_seconds",
 		metric.WithDescription("Time to answer a release request"), metric.WithUnit("s"),
 		metric.WithExplicitBucketBoundaries(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
+	k.enrollments, _ = m.Int64Counter("vigil_keyguard_enrollment_requests",
+		metric.WithDescription("Enrollment API requests by operation (nonce, enroll) and outcome (ok or the refusal code)"))
+	k.enrollSeconds, _ = m.Float64Histogram("vigil_keyguard_enrollment_seconds",
+		metric.WithDescription("Time to answer an enrollment API request"), metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
+	k.revocationsPushed, _ = m.Int64Counter("vigil_keyguard_revocation_pushes",
+		metric.WithDescription("Account updates pushed with the agents' revocation list"))
 	return &k
 }

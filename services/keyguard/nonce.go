@@ -21,10 +21,19 @@ import (
 
 // nonceRecord is stored per issued nonce in vigil-keyguard-nonces.
 type nonceRecord struct {
-	VMKey     string    `json:"vm_key"`
+	VMKey string `json:"vm_key"`
+	// Purpose is what the nonce may be used for: purposeRelease or
+	// purposeEnroll, so that one exchange's nonce never serves the other.
+	Purpose   string    `json:"purpose,omitempty"`
 	IssuedAt  time.Time `json:"issued_at"`
 	ExpiresAt time.Time `json:"expires_at"`
 }
+
+// Nonce purposes.
+const (
+	purposeRelease = ""
+	purposeEnroll  = "enroll"
+)
 
 // nonceKey names a nonce (in events and logs): its hex encoding.
 func nonceKey(n []byte) string { return hex.EncodeToString(n) }
@@ -67,35 +76,44 @@ func (k *Keyguard) handleNonce(ctx context.Context, data []byte) (_ []byte, err 
 	if err := k.nonceGrant(ctx, req.VMKey); err != nil {
 		return nil, err
 	}
-	if !k.vmNonces.allow(req.VMKey, now) {
-		return nil, refuse(keyrelease.CodeRateLimited, "too many nonces for VM %s; retry later", req.VMKey)
-	}
-	if err := k.underNonceLimit(ctx, req.VMKey, 0); err != nil {
-		return nil, err
-	}
-
-	n := evidence.NewNonce()
-	now = now.UTC()
-	rec := nonceRecord{VMKey: req.VMKey, IssuedAt: now, ExpiresAt: now.Add(k.cfg.NonceTTL)}
-	b, err := json.Marshal(rec)
+	n, expires, err := k.issueNonce(ctx, req.VMKey, purposeRelease, now)
 	if err != nil {
 		return nil, err
 	}
-	key := nonceRecordKey(req.VMKey, n)
+	return json.Marshal(keyrelease.NonceResponse{Nonce: n, ExpiresAt: expires})
+}
+
+// issueNonce stores a fresh nonce for vm, usable for purpose alone, within
+// the VM's rate and its bound on unused nonces (shared by both purposes).
+func (k *Keyguard) issueNonce(ctx context.Context, vm, purpose string, now time.Time) ([]byte, time.Time, error) {
+	if !k.vmNonces.allow(purpose+"/"+vm, now) {
+		return nil, time.Time{}, refuse(keyrelease.CodeRateLimited, "too many nonces for VM %s; retry later", vm)
+	}
+	if err := k.underNonceLimit(ctx, vm, 0); err != nil {
+		return nil, time.Time{}, err
+	}
+	n := evidence.NewNonce()
+	now = now.UTC()
+	rec := nonceRecord{VMKey: vm, Purpose: purpose, IssuedAt: now, ExpiresAt: now.Add(k.cfg.NonceTTL)}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	key := nonceRecordKey(vm, n)
 	if _, err := k.nonces.Create(ctx, key, b, jetstream.KeyTTL(storedNonceTTL(k.cfg.NonceTTL))); err != nil {
-		return nil, refuse(keyrelease.CodeUnavailable, "store nonce: %v", err)
+		return nil, time.Time{}, refuse(keyrelease.CodeUnavailable, "store nonce: %v", err)
 	}
 	// Replicas, and requests on one replica, count at the same time: count
 	// again with this nonce stored, so that at most PerVM are ever handed
 	// out. Racing requests may then all withdraw theirs, which is safe.
-	if err := k.underNonceLimit(ctx, req.VMKey, 1); err != nil {
+	if err := k.underNonceLimit(ctx, vm, 1); err != nil {
 		if perr := k.nonces.Purge(ctx, key, jetstream.PurgeTTL(noncePurgeMarkerTTL)); perr != nil {
-			k.log.WarnContext(ctx, "withdraw nonce", "vm", req.VMKey, "err", perr)
+			k.log.WarnContext(ctx, "withdraw nonce", "vm", vm, "err", perr)
 		}
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	k.metrics.nonces.Add(ctx, 1)
-	return json.Marshal(keyrelease.NonceResponse{Nonce: n, ExpiresAt: rec.ExpiresAt})
+	return n, rec.ExpiresAt, nil
 }
 
 // nonceGrant refuses a nonce to a VM without an active local grant. The
@@ -165,7 +183,7 @@ func requester(ctx context.Context) string {
 // purged with a revision check, so of two releases racing with one nonce
 // exactly one proceeds. A nonce is used up even when the release is then
 // refused.
-func (k *Keyguard) consumeNonce(ctx context.Context, n []byte, vm string) error {
+func (k *Keyguard) consumeNonce(ctx context.Context, n []byte, vm, purpose string) error {
 	key := nonceRecordKey(vm, n)
 	e, err := kvlast.Get(ctx, k.conn.NC, k.nonces.Bucket(), key)
 	if kvlast.IsNotFound(err) {
@@ -186,6 +204,9 @@ func (k *Keyguard) consumeNonce(ctx context.Context, n []byte, vm string) error 
 	}
 	if rec.VMKey != vm {
 		return refuse(keyrelease.CodeBadNonce, "nonce was issued for another VM")
+	}
+	if rec.Purpose != purpose {
+		return refuse(keyrelease.CodeBadNonce, "nonce was issued for another purpose (%q)", rec.Purpose)
 	}
 	if time.Now().After(rec.ExpiresAt) {
 		return refuse(keyrelease.CodeBadNonce, "nonce expired at %s", rec.ExpiresAt.Format(time.RFC3339))

@@ -102,7 +102,7 @@ func (k *Keyguard) handleRelease(ctx context.Context, data []byte) (out []byte, 
 		return nil, err
 	}
 	log := k.log.With("vm", req.VMKey, "key", req.KeyName)
-	if err := k.consumeNonce(ctx, req.Nonce, req.VMKey); err != nil {
+	if err := k.consumeNonce(ctx, req.Nonce, req.VMKey, purposeRelease); err != nil {
 		log.WarnContext(ctx, "release refused", "err", err)
 		return nil, err
 	}
@@ -117,7 +117,7 @@ func (k *Keyguard) handleRelease(ctx context.Context, data []byte) (out []byte, 
 		log.WarnContext(ctx, "release refused", "err", err)
 		return nil, err
 	}
-	if err := k.appraise(ctx, req, vmID); err != nil {
+	if err := k.appraise(ctx, req.VMKey, vmID, req.Nonce, keyrelease.Binding(req.Nonce, req.Suite, req.PublicKey), req.Evidence); err != nil {
 		log.WarnContext(ctx, "release refused", "err", err)
 		return nil, err
 	}
@@ -171,10 +171,12 @@ func (k *Keyguard) handleRelease(ctx context.Context, data []byte) (out []byte, 
 	return out, nil
 }
 
-// appraise verifies the release evidence: genuine, bound to the issued
-// nonce and the ephemeral key, from the VM with vmID, and acceptable under
-// policy.
-func (k *Keyguard) appraise(ctx context.Context, req keyrelease.ReleaseRequest, vmID string) error {
+// appraise verifies the evidence of a release or an enrollment by vm:
+// genuine, carrying the issued nonce and quoting extraData (the binding of
+// the nonce to the requester's key), from the VM with vmID, and acceptable
+// under policy. A refusal carries a keyrelease code (enrollment uses the
+// same strings).
+func (k *Keyguard) appraise(ctx context.Context, vm, vmID string, nonce, extraData []byte, bundle json.RawMessage) error {
 	// Until the stored versions are read, the configured policy may be
 	// one the bus has superseded.
 	select {
@@ -183,13 +185,8 @@ func (k *Keyguard) appraise(ctx context.Context, req keyrelease.ReleaseRequest, 
 		return refuse(keyrelease.CodeUnavailable, "the published versions of policy %s are not read yet", k.policy.Policy().ID)
 	}
 	pol := k.policy.Policy()
-	exp := evidence.Expect{
-		Nonce:     req.Nonce,
-		ExtraData: keyrelease.Binding(req.Nonce, req.Suite, req.PublicKey),
-		VMID:      vmID,
-		VMKey:     req.VMKey,
-	}
-	verdict, res, err := appraise.Evidence(ctx, k.verifier, req.Evidence, exp, pol, appraise.Options{Build: k.cfg.Evidence.Build})
+	exp := evidence.Expect{Nonce: nonce, ExtraData: extraData, VMID: vmID, VMKey: vm}
+	verdict, res, err := appraise.Evidence(ctx, k.verifier, bundle, exp, pol, appraise.Options{Build: k.cfg.Evidence.Build})
 	if err != nil && res == nil {
 		return refuse(keyrelease.CodeEvidenceRejected, "%v", err)
 	}
@@ -198,10 +195,10 @@ func (k *Keyguard) appraise(ctx context.Context, req keyrelease.ReleaseRequest, 
 	// (and the bundle must not name another VM).
 	if res != nil && res.Genuine {
 		if !strings.EqualFold(res.VMUniqueID, vmID) {
-			return refuse(keyrelease.CodeWrongVM, "evidence is from vmUniqueId %q, VM %s is vmId %s", res.VMUniqueID, req.VMKey, vmID)
+			return refuse(keyrelease.CodeWrongVM, "evidence is from vmUniqueId %q, VM %s is vmId %s", res.VMUniqueID, vm, vmID)
 		}
-		if res.BundleVMKey != "" && res.BundleVMKey != req.VMKey {
-			return refuse(keyrelease.CodeWrongVM, "evidence names VM %s, not %s", res.BundleVMKey, req.VMKey)
+		if res.BundleVMKey != "" && res.BundleVMKey != vm {
+			return refuse(keyrelease.CodeWrongVM, "evidence names VM %s, not %s", res.BundleVMKey, vm)
 		}
 	}
 	if verdict.Status == events.VerdictAffirming || verdict.Status == events.VerdictWarning {
@@ -219,7 +216,7 @@ func (k *Keyguard) appraise(ctx context.Context, req keyrelease.ReleaseRequest, 
 	case verdict.Status == events.VerdictNone:
 		return refuse(keyrelease.CodeUnavailable, "evidence could not be appraised now%s", reasonCodes(verdict.Reasons))
 	case has(appraise.ReasonIdentityVMIDMismatch) || has(appraise.ReasonIdentityVMKeyMismatch) || has(appraise.ReasonIdentityVMIDMissing):
-		return refuse(keyrelease.CodeWrongVM, "evidence is not from VM %s (vmId %s)%s", req.VMKey, vmID, reasonCodes(verdict.Reasons))
+		return refuse(keyrelease.CodeWrongVM, "evidence is not from VM %s (vmId %s)%s", vm, vmID, reasonCodes(verdict.Reasons))
 	case has(evidence.ReasonTPMNonceMismatch):
 		return refuse(keyrelease.CodeBindingMismatch, "the quote does not bind this nonce and public key%s", reasonCodes(verdict.Reasons))
 	}

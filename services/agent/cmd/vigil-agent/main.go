@@ -33,8 +33,8 @@ func main() {
 
 // vmFlags are the flags that say which VM this is and where its vTPM is.
 type vmFlags struct {
-	nats                                         func() bus.Config
-	resourceID, vmID, imdsURL, tpmPath, eventLog *string
+	nats                                                    func() bus.Config
+	resourceID, vmID, imdsURL, tpmPath, eventLog, enrollURL *string
 }
 
 func defineVM(f *svcmain.Flags) *vmFlags {
@@ -45,6 +45,7 @@ func defineVM(f *svcmain.Flags) *vmFlags {
 		imdsURL:    f.String("imds-url", agent.DefaultIMDSURL, "instance metadata service"),
 		tpmPath:    f.String("tpm", agent.DefaultTPMPath, "TPM device"),
 		eventLog:   f.String("event-log", agent.DefaultEventLogPath, `TCG event log ("-": leave it out)`),
+		enrollURL:  f.String("enroll-url", "", "keyguard's enrollment API: earn the bus credentials by attestation and renew them (instead of -nats-creds)"),
 	}
 }
 
@@ -66,6 +67,7 @@ func defineServe(f *svcmain.Flags) svcmain.RunFunc {
 			IMDS:             agent.NewIMDS(*vm.imdsURL),
 			TPMPath:          *vm.tpmPath,
 			EventLogPath:     *vm.eventLog,
+			EnrollURL:        *vm.enrollURL,
 			ChallengeTimeout: *timeout,
 		})
 	}
@@ -102,6 +104,7 @@ func defineRelease(stdout io.Writer) func(*svcmain.Flags) svcmain.RunFunc {
 				IMDS:         agent.NewIMDS(*vm.imdsURL),
 				TPMPath:      *vm.tpmPath,
 				EventLogPath: *vm.eventLog,
+				EnrollURL:    *vm.enrollURL,
 				Logger:       rt.Logger,
 			}, keyName)
 			if err != nil {

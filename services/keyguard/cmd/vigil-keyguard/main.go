@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/svcmain"
@@ -37,6 +39,9 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 	nonceTTL := f.Duration("nonce-ttl", 2*time.Minute, "validity of a release nonce (at most 5m)")
 	noncesPerVM := f.Int("nonces-per-vm", 8, "unused release nonces one VM may hold at once")
 	reconcile := f.Duration("reconcile-interval", 30*time.Second, "how often every grant is checked against the attestation status")
+	authDir := f.String("auth-dir", "", "identity directory made by `vigil auth init`: keyguard enrolls agents with the agents' signing key and revokes their credentials with the revoker's key and system-account credentials, the only files it reads there")
+	enrollAddr := f.String("enroll-http", keyguard.DefaultEnrollAddr, "listen address of the agent enrollment API (with -auth-dir); agents reach it before they have bus credentials")
+	agentTTL := f.Duration("agent-ttl", busauth.DefaultAgentTTL, "validity of an enrolled agent's credentials (agents renew at three quarters of it)")
 	f.Check(func() error {
 		if *masterKey == "" {
 			return errors.New("-master-key-file is required")
@@ -59,6 +64,18 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 				Verifier: evidence.Config{Offline: *offline, TDXCollateral: *tdxColl, SNPRevocation: *amdCRL},
 				Build:    "vigil-keyguard",
 			},
+		}
+		if *authDir != "" {
+			iss, err := busauth.LoadAgentIssuer(*authDir)
+			if err != nil {
+				return fmt.Errorf("%w: -auth-dir: %w", svcmain.ErrUsage, err)
+			}
+			rev, err := busauth.LoadRevoker(*authDir)
+			if err != nil {
+				return fmt.Errorf("%w: -auth-dir: %w", svcmain.ErrUsage, err)
+			}
+			cfg.Enroll = keyguard.EnrollConfig{Issuer: iss, Addr: *enrollAddr, TTL: *agentTTL, Revoker: rev,
+				RevokerNATS: bus.Config{URL: cfg.NATS.URL, TLSCAFile: cfg.NATS.TLSCAFile, TLSCertFile: cfg.NATS.TLSCertFile, TLSKeyFile: cfg.NATS.TLSKeyFile, WaitForServer: true}}
 		}
 		if *configFile != "" {
 			file, err := keyguard.LoadFile(*configFile)

@@ -1,0 +1,345 @@
+package keyguard
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/busauth"
+	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/services/keyguard/grants"
+	"github.com/vigil-cc/vigil/services/keyguard/internal/kvlast"
+)
+
+// agentStore keeps, in vigil-agents, the agent credentials keyguard issued
+// (key id.<vm>) and revoked (key rev.<vm>), so that a VM's credentials can
+// be revoked and the account's revocation list rebuilt by any replica.
+type agentStore struct {
+	nc *nats.Conn
+	kv jetstream.KeyValue
+}
+
+// agentRecord is id.<vm>: the public keys the VM's agent enrolled with
+// whose JWTs have not expired.
+type agentRecord struct {
+	VMKey string     `json:"vm_key"`
+	VMID  string     `json:"vm_id,omitempty"`
+	Keys  []agentKey `json:"keys"`
+}
+
+// agentKey is one enrolled public nkey and its latest JWT's life.
+type agentKey struct {
+	PublicKey string    `json:"public_key"`
+	IssuedAt  time.Time `json:"issued_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// revocationRecord is rev.<vm>: the VM's revoked keys, each in the
+// account's revocation list until the last JWT issued before its
+// revocation has expired, and whether the VM may enroll again.
+type revocationRecord struct {
+	VMKey string       `json:"vm_key"`
+	Keys  []revokedKey `json:"keys"`
+	Cause string       `json:"cause"`
+	// Blocked refuses enrollment until an operator restores the VM.
+	Blocked bool      `json:"blocked"`
+	At      time.Time `json:"at"`
+}
+
+// revokedKey is a key whose JWTs issued at or before At are revoked; Until
+// is when the last of them expires.
+type revokedKey struct {
+	PublicKey string    `json:"public_key"`
+	At        time.Time `json:"at"`
+	Until     time.Time `json:"until"`
+}
+
+func idKey(vm string) string  { return "id." + vm }
+func revKey(vm string) string { return "rev." + vm }
+
+// maxAgentKeys bounds the keys kept per VM: an agent that enrolls with a
+// new key on every start leaves at most this many live JWTs to revoke
+// (the oldest is dropped from the record, never from revocation: issued
+// keys beyond it are revoked at once).
+const maxAgentKeys = 16
+
+// update reads key, applies fn and writes the result with a revision
+// check, retrying on a conflict; fn returning nil deletes the key.
+func update[T any](ctx context.Context, kv jetstream.KeyValue, key string, fn func(cur *T) *T) error {
+	for attempt := 0; ; attempt++ {
+		var cur *T
+		var rev uint64
+		e, err := kv.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return err
+		default:
+			cur, rev = new(T), e.Revision()
+			if err := json.Unmarshal(e.Value(), cur); err != nil {
+				return fmt.Errorf("%s: %w", key, err)
+			}
+		}
+		next := fn(cur)
+		switch {
+		case next == nil && cur == nil:
+			return nil
+		case next == nil:
+			err = kv.Delete(ctx, key, jetstream.LastRevision(rev))
+		default:
+			b, merr := json.Marshal(next)
+			if merr != nil {
+				return merr
+			}
+			if cur == nil {
+				_, err = kv.Create(ctx, key, b)
+			} else {
+				_, err = kv.Update(ctx, key, b, rev)
+			}
+		}
+		if err == nil || attempt >= 16 || !(errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err)) {
+			return err
+		}
+	}
+}
+
+// isWrongSequence reports a revision check that failed.
+func isWrongSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}
+
+// issued records that vm's agent holds a JWT for pub from at until
+// expires.
+func (s *agentStore) issued(ctx context.Context, vm, vmID, pub string, at, expires time.Time) error {
+	return update(ctx, s.kv, idKey(vm), func(r *agentRecord) *agentRecord {
+		if r == nil {
+			r = &agentRecord{VMKey: vm}
+		}
+		r.VMID = vmID
+		r.Keys = slices.DeleteFunc(r.Keys, func(k agentKey) bool { return k.PublicKey == pub || !k.ExpiresAt.After(at) })
+		r.Keys = append(r.Keys, agentKey{PublicKey: pub, IssuedAt: at.UTC(), ExpiresAt: expires.UTC()})
+		if len(r.Keys) > maxAgentKeys {
+			r.Keys = r.Keys[len(r.Keys)-maxAgentKeys:]
+		}
+		return r
+	})
+}
+
+// revoke moves vm's live keys to its revocation record at at, blocked
+// unless the cause lets the VM enroll again by itself, and returns whether
+// any key was revoked.
+func (s *agentStore) revoke(ctx context.Context, vm, cause string, blocked bool, at time.Time) (bool, error) {
+	var live []agentKey
+	err := update(ctx, s.kv, idKey(vm), func(r *agentRecord) *agentRecord {
+		live = nil
+		if r == nil {
+			return nil
+		}
+		for _, k := range r.Keys {
+			if k.ExpiresAt.After(at) {
+				live = append(live, k)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	err = update(ctx, s.kv, revKey(vm), func(r *revocationRecord) *revocationRecord {
+		if r == nil {
+			r = &revocationRecord{VMKey: vm}
+		}
+		r.Cause, r.At, r.Blocked = cause, at.UTC(), r.Blocked || blocked
+		for _, k := range live {
+			r.Keys = slices.DeleteFunc(r.Keys, func(o revokedKey) bool { return o.PublicKey == k.PublicKey })
+			r.Keys = append(r.Keys, revokedKey{PublicKey: k.PublicKey, At: at.UTC(), Until: k.ExpiresAt})
+		}
+		return r
+	})
+	return len(live) > 0, err
+}
+
+// unblock lets vm enroll again (an operator restored it).
+func (s *agentStore) unblock(ctx context.Context, vm string) (bool, error) {
+	was := false
+	err := update(ctx, s.kv, revKey(vm), func(r *revocationRecord) *revocationRecord {
+		if r == nil {
+			return nil
+		}
+		was, r.Blocked = r.Blocked, false
+		return r
+	})
+	return was, err
+}
+
+// blocked reports whether vm's enrollment is blocked by a revocation.
+func (s *agentStore) blocked(ctx context.Context, vm string) (*revocationRecord, error) {
+	// From the stream leader: a revocation stored by another replica is
+	// seen at once.
+	e, err := kvlast.Get(ctx, s.nc, events.BucketAgents, revKey(vm))
+	switch {
+	case kvlast.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	}
+	var r revocationRecord
+	if err := json.Unmarshal(e.Value, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", revKey(vm), err)
+	}
+	if !r.Blocked {
+		return nil, nil
+	}
+	return &r, nil
+}
+
+// revocations returns every key whose revoked JWTs may still be alive at
+// now, with its revocation time: the account's revocation list. Records
+// whose keys have all expired and that block nothing are pruned.
+func (s *agentStore) revocations(ctx context.Context, now time.Time) (map[string]time.Time, error) {
+	lister, err := s.kv.ListKeysFiltered(ctx, "rev.*")
+	if err != nil {
+		return nil, err
+	}
+	var keys []string
+	for k := range lister.Keys() {
+		keys = append(keys, k)
+	}
+	out := map[string]time.Time{}
+	for _, key := range keys {
+		e, err := s.kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		var r revocationRecord
+		if err := json.Unmarshal(e.Value(), &r); err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		live := slices.DeleteFunc(slices.Clone(r.Keys), func(k revokedKey) bool { return !k.Until.After(now) })
+		for _, k := range live {
+			if t, ok := out[k.PublicKey]; !ok || k.At.After(t) {
+				out[k.PublicKey] = k.At
+			}
+		}
+		if len(live) < len(r.Keys) {
+			// Prune what the account need not carry any more.
+			vm := r.VMKey
+			if err := update(ctx, s.kv, key, func(c *revocationRecord) *revocationRecord {
+				if c == nil {
+					return nil
+				}
+				c.Keys = slices.DeleteFunc(c.Keys, func(k revokedKey) bool { return !k.Until.After(now) })
+				if len(c.Keys) == 0 && !c.Blocked {
+					return nil
+				}
+				return c
+			}); err != nil {
+				return nil, fmt.Errorf("prune revocations of %s: %w", vm, err)
+			}
+		}
+	}
+	return out, nil
+}
+
+// openAgents opens vigil-agents.
+func openAgents(ctx context.Context, nc *nats.Conn, js jetstream.JetStream) (*agentStore, error) {
+	kv, err := js.KeyValue(ctx, events.BucketAgents)
+	if err != nil {
+		return nil, fmt.Errorf("keyguard: bucket %s: %w", events.BucketAgents, err)
+	}
+	return &agentStore{nc: nc, kv: kv}, nil
+}
+
+// agentRevokes reports whether a revocation for cause also revokes the
+// VM's agent credentials: an untrusted verdict, retirement and an
+// operator's revocation do; staleness does not (an agent that was away
+// comes back by itself).
+func agentRevokes(cause string) bool {
+	return cause == grants.CauseUntrusted || cause == grants.CauseRetired || cause == grants.CauseOperator
+}
+
+// revokeAgent revokes vm's agent credentials for cause: the keys move to
+// its revocation record (blocking enrollment unless the restore policy
+// lets the VM come back by itself), the key event is published, and the
+// account's revocation list is pushed to the servers, which close the
+// agent's connections. Done again, it pushes again. A VM that never
+// enrolled is blocked all the same: it enrolls after an operator's
+// restore only.
+func (k *Keyguard) revokeAgent(ctx context.Context, c cause) error {
+	if k.cfg.Enroll.Issuer == nil || !agentRevokes(c.status) {
+		return nil // no enrollment, no credentials of keyguard's to revoke
+	}
+	blocked := !k.cfg.Restore.Allows(c.status)
+	revoked, err := k.agents.revoke(ctx, c.vm, c.status, blocked, time.Now())
+	if err != nil {
+		return fmt.Errorf("keyguard: revoke the agent credentials of %s: %w", c.vm, err)
+	}
+	if revoked {
+		key := events.Key{VMKey: c.vm, Action: events.KeyRevoked, Backend: BackendNATS, Reason: c.reason, Actor: c.actor,
+			CauseID: c.id, At: time.Now().UTC(), LatencyMS: float64(time.Since(c.at).Microseconds()) / 1000}
+		subject := events.KeySubject(c.vm)
+		env, err := events.New(events.TypeKey, k.cfg.Source, subject, key)
+		if err == nil {
+			env.ID = eventID("revoked", c.vm, BackendNATS, c.id)
+			_, err = k.conn.Publish(ctx, subject, env)
+		}
+		if err != nil {
+			return fmt.Errorf("keyguard: publish the revocation of %s's agent credentials: %w", c.vm, err)
+		}
+		k.log.WarnContext(ctx, "agent credentials revoked", "vm", c.vm, "cause", c.status, "blocked", blocked)
+	}
+	return k.pushRevocations(ctx)
+}
+
+// pushRevocations sends the account, with every revocation in force, to
+// the servers. Without a revoker (no bus identity) there is nothing to
+// push.
+func (k *Keyguard) pushRevocations(ctx context.Context) error {
+	if k.revoker == nil {
+		return nil
+	}
+	set, err := k.agents.revocations(ctx, time.Now())
+	if err != nil {
+		return fmt.Errorf("keyguard: revocation list: %w", err)
+	}
+	if err := k.cfg.Enroll.Revoker.Push(ctx, k.revoker.NC, set); err != nil {
+		return fmt.Errorf("keyguard: push %d revocations: %w", len(set), err)
+	}
+	k.metrics.revocationsPushed.Add(ctx, 1)
+	return nil
+}
+
+// connectRevoker connects as the revoker's system-account user.
+func connectRevoker(ctx context.Context, cfg Config, r *busauth.Revoker, log *slog.Logger) (*bus.Conn, error) {
+	nc := cfg.Enroll.RevokerNATS
+	if nc.URL == "" {
+		nc.URL = cfg.NATS.URL
+	}
+	if nc.CredsFile == "" && nc.UserJWT == "" {
+		c := r.Creds()
+		nc.UserJWT, nc.NKeySeed, nc.InboxPrefix = c.JWT, c.Seed, c.InboxPrefix
+	}
+	if nc.Name == "" {
+		nc.Name = "keyguard revoker"
+	}
+	if nc.Logger == nil {
+		nc.Logger = log.With("component", "revoker")
+	}
+	conn, err := bus.Connect(ctx, nc)
+	if err != nil {
+		return nil, fmt.Errorf("keyguard: connect the revoker: %w", err)
+	}
+	return conn, nil
+}
