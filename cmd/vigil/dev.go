@@ -22,6 +22,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/pkg/telemetry"
+	"github.com/vigil-cc/vigil/services/agent"
 	attestworker "github.com/vigil-cc/vigil/services/attest-worker"
 	"github.com/vigil-cc/vigil/services/auditor"
 	"github.com/vigil-cc/vigil/services/ingest"
@@ -205,8 +206,10 @@ type devRun struct {
 	// webhook receives ingest's webhook URL once it listens.
 	webhook chan string
 	// keyguardReady is closed once keyguard consumes events: its consumer
-	// starts from new events, so the fleet waits for it.
+	// starts from new events, so the fleet waits for it. enrollURL, under
+	// auth, is keyguard's enrollment API, set before keyguardReady closes.
 	keyguardReady chan struct{}
+	enrollURL     string
 }
 
 func newDevRun(ctx context.Context, env *devenv.Env, o *devOptions, dataDir string, out io.Writer) (*devRun, error) {
@@ -219,18 +222,14 @@ func newDevRun(ctx context.Context, env *devenv.Env, o *devOptions, dataDir stri
 			return nil, err
 		}
 	}
-	var connect func(context.Context, string) (*bus.Conn, error)
-	if env.Auth != nil {
-		connect = func(ctx context.Context, vm string) (*bus.Conn, error) {
-			cfg, err := env.AgentBusConfig(vm, agentCredsTTL)
-			if err != nil {
-				return nil, err
-			}
-			cfg.Logger = env.Logger.With("component", "agents", "vm", vm)
-			return bus.Connect(ctx, cfg)
-		}
-	}
 	d := &devRun{env: env, o: o, dataDir: dataDir, conn: conn, started: time.Now(), auditDir: filepath.Join(dataDir, "audit"), out: out, webhook: make(chan string, 1), keyguardReady: make(chan struct{})}
+	var connect func(context.Context, string, agent.Source) (*bus.Conn, error)
+	if env.Auth != nil {
+		// Each simulated agent earns its credentials from keyguard, whose
+		// enrollment API listens before keyguard is ready and the fleet
+		// starts.
+		connect = enrollingAgents(bus.Config{URL: env.URL}, func() string { return d.enrollURL }, env.Logger)
+	}
 	onFault, onLifecycle := scenarioNotes(&d.collector)
 	var err error
 	d.fleet, err = fleet.New(fleet.Config{
@@ -257,14 +256,30 @@ func newDevRun(ctx context.Context, env *devenv.Env, o *devOptions, dataDir stri
 	return d, nil
 }
 
-// agentCredsTTL is how long the simulated agents' credentials are valid:
-// longer than any dev run (until enrollment lands they are not renewed).
-const agentCredsTTL = 7 * 24 * time.Hour
-
 func (d *devRun) closeConn() {
 	if d.conn != nil {
 		d.conn.Close()
 	}
+}
+
+// enrollConfig is keyguard's enrollment under auth: agents enroll on a
+// loopback port of its choosing, every simulated agent from the same
+// address (hence the generous per-source rate), and their credentials
+// are revoked through the identity's revoker. Without auth, none.
+func (d *devRun) enrollConfig(env *devenv.Env) (keyguard.EnrollConfig, error) {
+	if env.Auth == nil {
+		return keyguard.EnrollConfig{}, nil
+	}
+	rev, err := env.Auth.Revoker()
+	if err != nil {
+		return keyguard.EnrollConfig{}, err
+	}
+	return keyguard.EnrollConfig{
+		Issuer: env.Auth.AgentIssuer(), Addr: "127.0.0.1:0",
+		OnListen:   func(addr string) { d.enrollURL = "http://" + addr },
+		SourceRate: 1000, SourceBurst: 1000,
+		Revoker: rev, RevokerNATS: bus.Config{URL: env.URL},
+	}, nil
 }
 
 // checkLoopback refuses any listener (flag name to host:port; "" is off)
@@ -364,12 +379,17 @@ func (d *devRun) components() []devenv.Component {
 				return err
 			}
 			opts.Ready = sync.OnceFunc(func() { close(d.keyguardReady) })
+			enroll, err := d.enrollConfig(env)
+			if err != nil {
+				return err
+			}
 			return keyguard.Run(ctx, keyguard.Config{
 				Options:       opts,
 				MasterKey:     master,
 				ImportSecrets: map[string][]byte{fleetKey: []byte("the fleet's disk encryption key (demo)")},
 				Grants:        grants,
 				Evidence:      keyguard.EvidenceConfig{Verifier: verifier, Policy: auth.Policy(), Build: "vigil " + version},
+				Enroll:        enroll,
 			})
 		}},
 		{Name: "attest-worker", Run: func(ctx context.Context, env *devenv.Env) error {

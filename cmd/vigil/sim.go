@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -45,6 +46,7 @@ type simRunOptions struct {
 	summary     string
 	check       bool
 	grantKey    string
+	enrollURL   string
 }
 
 func newSimRunCmd() *cobra.Command {
@@ -66,6 +68,7 @@ func newSimRunCmd() *cobra.Command {
 	f.StringVar(&o.summary, "summary", "", "write a JSON summary of the run to this file")
 	f.BoolVar(&o.check, "check", false, "exit 1 unless every healthy VM ends trusted, every tampered or deleted VM revoked and no healthy VM revoked")
 	f.StringVar(&o.grantKey, "grant", fleetKey, `grant every VM this key at keyguard ("" to grant nothing)`)
+	f.StringVar(&o.enrollURL, "enroll-url", flagEnv("VIGIL_ENROLL_URL", ""), "keyguard's enrollment API: each simulated agent enrolls there and connects with its own credentials (required when NATS runs with auth) [VIGIL_ENROLL_URL]")
 	return cmd
 }
 
@@ -85,10 +88,17 @@ func runSim(cmd *cobra.Command, o *simRunOptions) error {
 	started := time.Now()
 	var col *devview.Collector
 	onFault, onLifecycle := scenarioNotes(&col)
-	fl, err := fleet.New(fleet.Config{
+	fc := fleet.Config{
 		VMs: o.vms, Scenario: o.scenario, TamperAfter: o.tamperAfter, WebhookURL: o.webhook, ARMListen: o.armListen,
 		OnFault: onFault, OnLifecycle: onLifecycle,
-	})
+	}
+	if o.enrollURL != "" {
+		// The agents connect like the simulator (URL and TLS), with
+		// credentials of their own.
+		base := o.conn.busConfig("agent")
+		fc.Connect = enrollingAgents(base, func() string { return o.enrollURL }, slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn})))
+	}
+	fl, err := fleet.New(fc)
 	if err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}

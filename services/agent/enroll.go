@@ -126,7 +126,7 @@ func (e *Enrollment) Enroll(ctx context.Context) error {
 
 // Enrollment retry backoff bounds.
 const (
-	enrollRetryMin = time.Second
+	enrollRetryMin = 500 * time.Millisecond
 	enrollRetryMax = time.Minute
 )
 

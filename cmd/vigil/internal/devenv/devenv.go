@@ -273,23 +273,6 @@ func (e *Env) BusConfig(name string, p busauth.Principal) (bus.Config, error) {
 	return cfg, nil
 }
 
-// AgentBusConfig is how the simulated agent of the VM with key vm
-// connects: under auth with agent credentials minted for it (valid for
-// ttl) and its inbox prefix. Until enrollment lands, these are minted
-// directly rather than earned by attestation.
-func (e *Env) AgentBusConfig(vm string, ttl time.Duration) (bus.Config, error) {
-	cfg := bus.Config{URL: e.URL, Name: "agent " + vm}
-	if e.Auth == nil {
-		return cfg, nil
-	}
-	c, err := e.Auth.AgentCreds(vm, ttl)
-	if err != nil {
-		return bus.Config{}, fmt.Errorf("devenv: agent credentials of %s: %w", vm, err)
-	}
-	cfg.UserJWT, cfg.NKeySeed, cfg.InboxPrefix = c.JWT, c.Seed, busauth.AgentInboxPrefix(vm)
-	return cfg, nil
-}
-
 // AdminCredsFile is the first administrator's credentials file under auth
 // ("" without).
 func (e *Env) AdminCredsFile() string {

@@ -67,9 +67,11 @@ type Config struct {
 	OnLifecycle func(vmKey, name, op string)
 	// Connect, when set, gives each VM's agent a connection of its own
 	// (under auth: the VM's agent credentials, which may serve its own
-	// challenge subject only); Run's conn is then unused. Without it
-	// every agent is served on Run's conn.
-	Connect func(ctx context.Context, vmKey string) (*bus.Conn, error)
+	// challenge subject only, earned by enrolling with src, the VM's
+	// evidence); Run's conn is then unused for agents. Without it every
+	// agent is served on Run's conn. The connection is the caller's to
+	// keep up until ctx ends.
+	Connect func(ctx context.Context, vmKey string, src agent.Source) (*bus.Conn, error)
 	// ConnectConcurrency bounds how many agents connect at once (default
 	// 32).
 	ConnectConcurrency int
@@ -233,9 +235,14 @@ func (f *Fleet) Run(ctx context.Context, conn *bus.Conn) error {
 	}()
 
 	agentErr := make(chan error, 1)
+	// up is closed once every agent serves: agents of their own connect
+	// (and enroll, which needs ARM to have reported the VM) after the
+	// announcement, and the scenario's clock starts from then.
+	up := make(chan struct{})
 	if f.cfg.Connect != nil {
-		go func() { agentErr <- f.serveOwn(ctx) }()
+		go func() { agentErr <- f.serveOwn(ctx, up) }()
 	} else {
+		close(up)
 		go func() { agentErr <- f.agents.Serve(ctx, conn) }()
 	}
 
@@ -248,6 +255,14 @@ func (f *Fleet) Run(ctx context.Context, conn *bus.Conn) error {
 	if f.cfg.Scenario == ScenarioTamper {
 		select {
 		case <-ctx.Done():
+		case err := <-agentErr:
+			agentErr <- err
+		case <-up:
+		}
+		select {
+		case <-ctx.Done():
+		case err := <-agentErr:
+			agentErr <- err
 		case <-time.After(f.cfg.TamperAfter):
 			f.tamper()
 			go f.churn(ctx)

@@ -33,8 +33,9 @@ func (s ownSource) Evidence(_ context.Context, nonce, extraData []byte) ([]byte,
 
 // serveOwn connects every VM's agent on its own connection, at most
 // ConnectConcurrency at a time, and serves those that are not silent
-// until ctx ends; then it closes the connections.
-func (f *Fleet) serveOwn(ctx context.Context) error {
+// until ctx ends; then it closes the connections. It closes up once every
+// agent serves.
+func (f *Fleet) serveOwn(ctx context.Context, up chan<- struct{}) error {
 	n := f.cfg.ConnectConcurrency
 	if n <= 0 {
 		n = 32
@@ -55,7 +56,7 @@ func (f *Fleet) serveOwn(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer func() { <-slots; wg.Done() }()
-			conn, cerr := f.cfg.Connect(cctx, v.VMKey())
+			conn, cerr := f.cfg.Connect(cctx, v.VMKey(), ownSource{v})
 			if cerr != nil {
 				once.Do(func() { err = fmt.Errorf("connect the agent of %s: %w", v.VMKey(), cerr); cancel() })
 				return
@@ -90,6 +91,7 @@ func (f *Fleet) serveOwn(ctx context.Context) error {
 		}
 	}
 	f.log.InfoContext(ctx, "agents connected, each with its own connection", "vms", len(own), "took", time.Since(start))
+	close(up)
 	<-ctx.Done()
 	return nil
 }
