@@ -324,12 +324,16 @@ func readRevokerCreds(dir string, sc *jwt.AccountClaims) (Credentials, error) {
 }
 
 // checkCurrent refuses a directory written before revocation keys and
-// the revoker user were part of the identity, saying so.
-func checkCurrent(dir string) error {
+// the revoker user were part of the identity, saying so: it must hold
+// names (default: every file they added).
+func checkCurrent(dir string, names ...string) error {
 	if _, err := os.Stat(filepath.Join(dir, FileOperatorJWT)); err != nil {
 		return fmt.Errorf("busauth: %w", err)
 	}
-	for _, name := range []string{FileRevocationKey, FileSystemSigner, CredsFile(SysRevoker)} {
+	if len(names) == 0 {
+		names = []string{FileRevocationKey, FileSystemSigner, CredsFile(SysRevoker)}
+	}
+	for _, name := range names {
 		if _, err := os.Stat(filepath.Join(dir, name)); errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("%w: %s has no %s: the identity was made before revocation keys and the revoker user; make it again", ErrInconsistent, dir, name)
 		}

@@ -563,3 +563,40 @@ func TestRevokerFromDir(t *testing.T) {
 		t.Errorf("LoadAgentIssuer of an old directory: %v", err)
 	}
 }
+
+// TestKeyguardFilesAlone: the files keyguard is given (docs/operations.md,
+// "Let agents enroll") are enough for its agent issuer and revoker; no
+// other secret of the identity is needed.
+func TestKeyguardFilesAlone(t *testing.T) {
+	set, err := busauth.Init(busauth.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := t.TempDir()
+	if err := set.WriteDir(full); err != nil {
+		t.Fatal(err)
+	}
+	only := filepath.Join(t.TempDir(), "keyguard")
+	for _, name := range []string{busauth.FileOperatorJWT, busauth.FileSystemAccount, busauth.FileVigilAccount,
+		busauth.SigningKeyFile(busauth.Agent), busauth.FileRevocationKey, busauth.CredsFile(busauth.SysRevoker)} {
+		b, err := os.ReadFile(filepath.Join(full, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(only, name)), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(only, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := busauth.LoadAgentIssuer(only); err != nil {
+		t.Fatalf("agent issuer: %v", err)
+	}
+	if _, err := busauth.LoadRevoker(only); err != nil {
+		t.Fatalf("revoker: %v", err)
+	}
+	if _, err := busauth.LoadDir(only); err == nil {
+		t.Fatal("the whole identity loaded from keyguard's files")
+	}
+}

@@ -83,7 +83,9 @@ func (s *Set) Revoker() (*Revoker, error) {
 // readable by group or others are refused, and so are files that do not
 // belong together.
 func LoadRevoker(dir string) (*Revoker, error) {
-	if err := checkCurrent(dir); err != nil {
+	// The system account's signing key is not needed here: a service that
+	// revokes holds the revocation key and the revoker's credentials only.
+	if err := checkCurrent(dir, FileRevocationKey, CredsFile(SysRevoker)); err != nil {
 		return nil, err
 	}
 	token, err := readJWT(dir, FileOperatorJWT)
