@@ -189,6 +189,9 @@ func printInit(w io.Writer, dir string, set *busauth.Set, agentTTL time.Duration
 	for _, p := range busauth.Principals() {
 		fmt.Fprintf(w, "  %-32s credentials of %s (secret)\n", busauth.CredsFile(p), credsOwner(set, p))
 	}
+	fmt.Fprintf(w, "  %-32s revocation key (secret: an operator signing key for agents' revocations; keyguard)\n", busauth.FileRevocationKey)
+	fmt.Fprintf(w, "  %-32s system account signing key of the revoker user (secret)\n", busauth.FileSystemSigner)
+	fmt.Fprintf(w, "  %-32s credentials of the system account's revoker user (secret; keyguard)\n", busauth.CredsFile(busauth.SysRevoker))
 	fmt.Fprintf(w, "  %-32s nats-server configuration (public)\n", busauth.FileServerConfig)
 	fmt.Fprintf(w, "  %-32s default lifetime of agent credentials: %s\n", fileAgentTTL, agentTTL)
 
@@ -205,7 +208,9 @@ func printInit(w io.Writer, dir string, set *busauth.Set, agentTTL time.Duration
 	fmt.Fprintln(w, `
 Then provision the streams and buckets as the administrator:
   vigil provision --nats-url URL --nats-creds `+filepath.Join(dir, busauth.CredsFile(busauth.Admin))+`
-Agents: "vigil auth agent VMKEY --dir `+dir+`" mints a VM's credentials by hand.`)
+Agents enroll by attestation at keyguard: give vigil-keyguard -auth-dir with only `+strings.Join(busauth.KeyguardFiles(), ", ")+`
+from this directory, and -enroll-http; each agent -enroll-url. "vigil auth agent VMKEY --dir `+dir+`" mints a
+VM's credentials by hand instead (keyguard cannot revoke those).`)
 	return nil
 }
 

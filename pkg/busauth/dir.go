@@ -323,6 +323,14 @@ func readRevokerCreds(dir string, sc *jwt.AccountClaims) (Credentials, error) {
 	return c, nil
 }
 
+// KeyguardFiles are the files of a directory written by WriteDir that
+// the service enrolling and revoking agents needs (LoadAgentIssuer,
+// LoadRevoker), and the only ones to give it.
+func KeyguardFiles() []string {
+	return []string{FileOperatorJWT, FileSystemAccount, FileVigilAccount,
+		SigningKeyFile(Agent), FileRevocationKey, CredsFile(SysRevoker)}
+}
+
 // checkCurrent refuses a directory written before revocation keys and
 // the revoker user were part of the identity, saying so: it must hold
 // names (default: every file they added).

@@ -564,8 +564,8 @@ func TestRevokerFromDir(t *testing.T) {
 	}
 }
 
-// TestKeyguardFilesAlone: the files keyguard is given (docs/operations.md,
-// "Let agents enroll") are enough for its agent issuer and revoker; no
+// TestKeyguardFilesAlone: the files keyguard is given (KeyguardFiles,
+// docs/operations.md "Let agents enroll") are enough for its agent issuer and revoker; no
 // other secret of the identity is needed.
 func TestKeyguardFilesAlone(t *testing.T) {
 	set, err := busauth.Init(busauth.Options{})
@@ -577,8 +577,7 @@ func TestKeyguardFilesAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	only := filepath.Join(t.TempDir(), "keyguard")
-	for _, name := range []string{busauth.FileOperatorJWT, busauth.FileSystemAccount, busauth.FileVigilAccount,
-		busauth.SigningKeyFile(busauth.Agent), busauth.FileRevocationKey, busauth.CredsFile(busauth.SysRevoker)} {
+	for _, name := range busauth.KeyguardFiles() {
 		b, err := os.ReadFile(filepath.Join(full, name))
 		if err != nil {
 			t.Fatal(err)
