@@ -1,17 +1,27 @@
 package keyguard_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"os"
+	"runtime"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vigil-cc/vigil/pkg/busauth"
+	"github.com/vigil-cc/vigil/pkg/enroll"
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/evidence"
+	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
 	"github.com/vigil-cc/vigil/services/keyguard"
@@ -179,3 +189,198 @@ func percentile(d []time.Duration, p int) time.Duration {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// BenchmarkEnroll enrolls b.N distinct simulated VMs (ECDSA attestation
+// keys, as the harness makes them) through keyguard's HTTP enrollment API,
+// GOMAXPROCS×8 agents at a time, each agent making its own nkey, then does
+// the same evidence work bare in the same run: each VM quotes a fresh
+// nonce and binding (the simulated agent's share of an enrollment) and the
+// bundle is appraised under the same policy by a fresh verifier, on
+// GOMAXPROCS goroutines, without HTTP, NATS or issuance. Reported:
+//
+//	enrollments/s             enrollments answered with a JWT per second
+//	bare/s                    evidence made and appraised per second, bare
+//	x-bare                    enrollments/s ÷ bare/s
+//	cpu-us/enrollment         process CPU per enrollment (keyguard, agents, NATS server)
+//	bare-cpu-us/enrollment    process CPU per bare evidence round
+//	x-bare-cpu                bare CPU ÷ enrollment CPU (what x-bare tends to
+//	                          on a machine the run has to itself)
+//
+// The agents, keyguard and the NATS server share the process, so the
+// simulated VMs' quoting is part of both measures.
+// VIGIL_BENCH_CPUPROFILE=prefix writes a CPU profile of the measured
+// enrollments alone to prefix.enroll.<platform>.
+func BenchmarkEnroll(b *testing.B) {
+	for _, platform := range []string{evidence.PlatformAzureSNP, evidence.PlatformAzureTDX} {
+		b.Run(platform, func(b *testing.B) { benchmarkEnroll(b, platform) })
+	}
+}
+
+func benchmarkEnroll(b *testing.B, platform string) {
+	set, err := busauth.Init(busauth.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	addr := make(chan string, 1)
+	h := newHarness(b, func(c *keyguard.Config) {
+		// Every request comes from 127.0.0.1: lift the per-source bound.
+		c.Enroll = keyguard.EnrollConfig{Issuer: set.AgentIssuer(), Addr: "127.0.0.1:0", OnListen: func(a string) { addr <- a },
+			TTL: time.Hour, SourceRate: 1e9, SourceBurst: 1 << 30}
+	})
+	url := "http://" + <-addr
+	vms, err := authority(b).NewFleet(b.N, sim.VMConfig{Platform: platform, AK: sim.AKECDSAP256})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, vm := range vms {
+		h.setInventory(vm, vm.VMID())
+	}
+	workers := runtime.GOMAXPROCS(0) * 8
+	// One keep-alive connection per concurrent agent, as agents on their
+	// own VMs have.
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
+	defer hc.CloseIdleConnections()
+	ctx := ctxT(b)
+	enrollVM := func(vm *sim.VM) error {
+		_, pub := agentKey(b)
+		c := &enroll.Client{URL: url, HTTP: hc, VMKey: vm.VMKey(), Attester: attester(vm), Timeout: 20 * time.Second}
+		_, err := c.Enroll(ctx, pub)
+		return err
+	}
+	// Warm up the connections, the verifier's chain caches and the
+	// policy on VMs of their own.
+	warm, err := authority(b).NewFleet(workers, sim.VMConfig{Platform: platform, AK: sim.AKECDSAP256})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, vm := range warm {
+		h.setInventory(vm, vm.VMID())
+	}
+	if err := parallel(workers, len(warm), func(i int) error { return enrollVM(warm[i]) }); err != nil {
+		b.Fatalf("warm-up enrollment: %v", err)
+	}
+
+	b.ResetTimer()
+	stopProfile := profileWindow(b, "enroll."+platform)
+	start, cpu0 := time.Now(), cpuTime()
+	err = parallel(workers, len(vms), func(i int) error { return enrollVM(vms[i]) })
+	elapsed, used := time.Since(start), cpuTime()-cpu0
+	stopProfile()
+	b.StopTimer()
+	if err != nil {
+		b.Fatalf("enrollment: %v", err)
+	}
+
+	bare, bareCPU := bareEnrollEvidence(b, vms)
+	rate, bareRate := float64(b.N)/elapsed.Seconds(), float64(b.N)/bare.Seconds()
+	b.ReportMetric(rate, "enrollments/s")
+	b.ReportMetric(bareRate, "bare/s")
+	b.ReportMetric(rate/bareRate, "x-bare")
+	b.ReportMetric(float64(used.Microseconds())/float64(b.N), "cpu-us/enrollment")
+	b.ReportMetric(float64(bareCPU.Microseconds())/float64(b.N), "bare-cpu-us/enrollment")
+	b.ReportMetric(float64(bareCPU)/float64(used), "x-bare-cpu")
+	b.ReportMetric(0, "ns/op") // the rates above are the measure
+}
+
+// bareEnrollEvidence makes and appraises, for each of vms, the evidence an
+// enrollment carries, as keyguard appraises it but without HTTP, NATS or
+// issuance, on GOMAXPROCS goroutines; it returns the wall and process CPU
+// time taken.
+func bareEnrollEvidence(b *testing.B, vms []*sim.VM) (time.Duration, time.Duration) {
+	b.Helper()
+	a := authority(b)
+	v, err := evidence.NewVerifier(evidence.Config{TestRoots: a.TrustRoots(), Offline: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	pol := a.Policy()
+	_, pub := agentKey(b)
+	ctx := context.Background()
+	round := func(vm *sim.VM) error {
+		nonce := evidence.NewNonce()
+		binding := enroll.Binding(vm.VMKey(), nonce, pub)
+		raw, err := attester(vm).Attest(ctx, nonce, binding)
+		if err != nil {
+			return err
+		}
+		exp := evidence.Expect{Nonce: nonce, ExtraData: binding, VMID: vm.VMID(), VMKey: vm.VMKey()}
+		verdict, _, err := appraise.Evidence(ctx, v, raw, exp, pol, appraise.Options{})
+		if verdict.Status != events.VerdictAffirming {
+			return fmt.Errorf("%s: verdict %s %v (%v)", vm.VMKey(), verdict.Status, verdict.Reasons, err)
+		}
+		return nil
+	}
+	// Warm the verifier's caches, as keyguard's were warm.
+	for _, vm := range vms[:min(len(vms), 16)] {
+		if err := round(vm); err != nil {
+			b.Fatal(err)
+		}
+	}
+	start, cpu0 := time.Now(), cpuTime()
+	err = parallel(runtime.GOMAXPROCS(0), len(vms), func(i int) error { return round(vms[i]) })
+	elapsed, used := time.Since(start), cpuTime()-cpu0
+	if err != nil {
+		b.Fatalf("bare: %v", err)
+	}
+	return elapsed, used
+}
+
+// parallel runs fn(0..n-1) on workers goroutines and returns the first
+// error; after an error the remaining indices are skipped.
+func parallel(workers, n int, fn func(i int) error) error {
+	var (
+		next    atomic.Int64
+		wg      sync.WaitGroup
+		errOnce sync.Once
+		first   error
+		failed  atomic.Bool
+	)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !failed.Load() {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				if err := fn(i); err != nil {
+					errOnce.Do(func() { first = err })
+					failed.Store(true)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}
+
+// cpuTime is the CPU time (user and system) this process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// profileWindow starts a CPU profile of a measured window alone when
+// VIGIL_BENCH_CPUPROFILE names a file prefix; the profile goes to
+// <prefix>.<name>. It returns the function that stops it.
+func profileWindow(b *testing.B, name string) func() {
+	prefix := os.Getenv("VIGIL_BENCH_CPUPROFILE")
+	if prefix == "" {
+		return func() {}
+	}
+	f, err := os.Create(prefix + "." + name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			b.Error(err)
+		}
+	}
+}
