@@ -42,9 +42,17 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 	authDir := f.String("auth-dir", "", "identity directory made by `vigil auth init`: keyguard enrolls agents with the agents' signing key and revokes their credentials with the revoker's key and system-account credentials, the only files it reads there")
 	enrollAddr := f.String("enroll-http", keyguard.DefaultEnrollAddr, "listen address of the agent enrollment API (with -auth-dir); agents reach it before they have bus credentials")
 	agentTTL := f.Duration("agent-ttl", busauth.DefaultAgentTTL, "validity of an enrolled agent's credentials (agents renew at three quarters of it)")
+	enrollRate := f.Float("enroll-rate", 2, "enrollment requests per second one source address may make, answered or refused (with -auth-dir)")
+	enrollBurst := f.Int("enroll-burst", 20, "enrollment requests one source address may make in a row before -enroll-rate applies (with -auth-dir)")
 	f.Check(func() error {
 		if *masterKey == "" {
 			return errors.New("-master-key-file is required")
+		}
+		if !(*enrollRate > 0) {
+			return fmt.Errorf("-enroll-rate %v: must be positive", *enrollRate)
+		}
+		if *enrollBurst <= 0 {
+			return fmt.Errorf("-enroll-burst %d: must be positive", *enrollBurst)
 		}
 		return nil
 	})
@@ -75,6 +83,7 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 				return fmt.Errorf("%w: -auth-dir: %w", svcmain.ErrUsage, err)
 			}
 			cfg.Enroll = keyguard.EnrollConfig{Issuer: iss, Addr: *enrollAddr, TTL: *agentTTL, Revoker: rev,
+				SourceRate: *enrollRate, SourceBurst: *enrollBurst,
 				RevokerNATS: bus.Config{URL: cfg.NATS.URL, TLSCAFile: cfg.NATS.TLSCAFile, TLSCertFile: cfg.NATS.TLSCertFile, TLSKeyFile: cfg.NATS.TLSKeyFile, WaitForServer: true}}
 		}
 		if *configFile != "" {

@@ -31,6 +31,10 @@ func TestUsageErrors(t *testing.T) {
 		{}, // no master key
 		{"-master-key-file", key, "-replicas", "2"},
 		{"-master-key-file", key, "-nonce-ttl", "soon"},
+		{"-master-key-file", key, "-enroll-rate", "0"},
+		{"-master-key-file", key, "-enroll-rate", "NaN"},
+		{"-master-key-file", key, "-enroll-burst", "0"},
+		{"-master-key-file", key, "-enroll-burst", "many"},
 		{"-master-key-file", key, "-evidence-offline=maybe"},
 		{"-master-key-file", key, "-config", badCfg},
 		{"-master-key-file", key, "-policy", filepath.Join(dir, "missing.yaml")},
