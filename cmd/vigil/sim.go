@@ -115,7 +115,13 @@ func runSim(cmd *cobra.Command, o *simRunOptions) error {
 	})
 	fmt.Fprintf(out, "vigil sim: %d VMs, scenario %q, ARM API %s, webhook %s\n", o.vms, o.scenario, fl.ARMEndpoint(), o.webhook)
 	if o.grantKey != "" {
-		if err := grantFleet(ctx, conn, fl, o.grantKey); err != nil {
+		// Under bus identity the grants are the administrator's, on its
+		// own subject.
+		actor, err := o.conn.attributedActor(cmd, "vigil-sim")
+		if err != nil {
+			return err
+		}
+		if err := grantFleet(ctx, conn, fl, o.grantKey, actor); err != nil {
 			return err
 		}
 	}
@@ -139,13 +145,13 @@ func runSim(cmd *cobra.Command, o *simRunOptions) error {
 	return finishSim(out, o, fl, col, started, runErr)
 }
 
-// grantFleet asks keyguard to grant every VM the key, waiting for keyguard
-// to answer.
-func grantFleet(ctx context.Context, conn *bus.Conn, fl *fleet.Fleet, key string) error {
+// grantFleet asks keyguard to grant every VM the key as actor, waiting
+// for keyguard to answer.
+func grantFleet(ctx context.Context, conn *bus.Conn, fl *fleet.Fleet, key, actor string) error {
 	for _, v := range fl.VMs() {
 		for attempt := 0; ; attempt++ {
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			_, err := keyguard.Grant(rctx, conn, keyguard.GrantRequest{VM: v.Key, VMID: v.VMID, Key: key, Actor: "vigil-sim", Reason: "simulated fleet"})
+			_, err := keyguard.Grant(rctx, conn, keyguard.GrantRequest{VM: v.Key, VMID: v.VMID, Key: key, Actor: actor, Reason: "simulated fleet"})
 			cancel()
 			if err == nil {
 				break

@@ -21,9 +21,11 @@
 // revocations given (each revokes the key's JWTs issued at or before its time, to the
 // second; later ones connect) besides the base's own, and requests
 // $SYS.REQ.ACCOUNT.<account>.CLAIMS.UPDATE, which every server of a cluster applies at
-// once if it has the account loaded: the revoked users' connections are closed. A
-// server's resolver keeps what it was given, so a memory resolver's server that loads
-// the account later (a restart) needs the revocations pushed again.
+// once if it has the account loaded: the revoked users' connections are closed. A full
+// resolver (nats-server's resolver type full; pkg/natsembed's) stores the pushed
+// account and serves it from then on; a memory resolver's server that loads the
+// account later (a restart) needs the revocations pushed again (keyguard pushes them
+// at start and at every reconciliation).
 //
 // # Principals and inboxes
 //

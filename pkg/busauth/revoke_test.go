@@ -367,8 +367,11 @@ func TestRevokerUserMayOnlyPushTheAccount(t *testing.T) {
 
 // TestPushSignedByAnotherKeyRefused: an account JWT signed by a key that
 // is not an operator signing key (another operator's, the operator's own
-// identity key, which strict signing key use forbids) is refused by the
-// server, and nobody is disconnected.
+// identity key, which strict signing key use forbids) revokes nobody. The
+// operator's identity key is refused outright; another operator's JWT is
+// stored by a full resolver (it checks signers when it loads an account,
+// not when a permitted system user pushes one) but never applied. Either
+// way the next push signed with the revocation key takes effect.
 func TestPushSignedByAnotherKeyRefused(t *testing.T) {
 	set, err := busauth.Init(busauth.Options{})
 	if err != nil {
@@ -396,21 +399,37 @@ func TestPushSignedByAnotherKeyRefused(t *testing.T) {
 	victim := issueAgent(t, set.AgentIssuer(), vmA)
 	vc, _ := watchedAgent(t, srv, victim)
 	for _, tc := range []struct {
-		name string
-		key  nkeys.KeyPair
-	}{{"another operator's key", stranger}, {"the operator's identity key", operatorKey}} {
+		name    string
+		key     nkeys.KeyPair
+		refused bool
+	}{{"another operator's key", stranger, false}, {"the operator's identity key", operatorKey, true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			err := r.WithKey(tc.key).Push(ctx, rc, map[string]time.Time{victim.PublicKey(): time.Now()})
-			if !errors.Is(err, busauth.ErrPushRefused) {
+			switch {
+			case tc.refused && !errors.Is(err, busauth.ErrPushRefused):
+				t.Fatalf("push: %v, want refused", err)
+			case !tc.refused && err != nil && !errors.Is(err, busauth.ErrPushRefused):
 				t.Fatalf("push: %v", err)
 			}
-			t.Logf("refused: %v", err)
+			t.Logf("push: %v", err)
 			if err := vc.FlushTimeout(5 * time.Second); err != nil || !vc.IsConnected() {
-				t.Errorf("the refused push disconnected the agent: %v", err)
+				t.Errorf("the push disconnected the agent: %v", err)
 			}
 		})
+	}
+	// The revocation key's push still takes effect.
+	other := issueAgent(t, set.AgentIssuer(), vmB)
+	_, closed := watchedAgent(t, srv, other)
+	push(t, r, rc, map[string]time.Time{other.PublicKey(): time.Now()})
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a push signed with the revocation key did not take effect after the foreign ones")
+	}
+	if !refused(srv.URL(), other) {
+		t.Error("the revoked agent connects again")
 	}
 }
 

@@ -4,9 +4,9 @@
 // mode: every client authenticates with a user JWT of one of the accounts,
 // and account updates (revocations) are pushed with UpdateAccount, or by a
 // system account user on $SYS.REQ.ACCOUNT.<account>.CLAIMS.UPDATE
-// (busauth.Revoker), which the server applies but its memory resolver
-// and Config do not keep: a Restart serves the accounts as last given to
-// UpdateAccount.
+// (busauth.Revoker), which the server's full resolver stores under
+// StoreDir/jwt: it serves them from then on, across a Restart and to every
+// node of a cluster.
 package natsembed
 
 import (
@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -47,8 +48,8 @@ type Config struct {
 
 	// OperatorJWT, when set, runs the server in operator mode: it trusts
 	// this operator, SystemAccount (a public key) is the system account,
-	// and AccountJWTs, signed by the operator, are served from memory
-	// (every account clients use, the system account's included).
+	// and AccountJWTs, signed by the operator, are preloaded into its full
+	// resolver (every account clients use, the system account's included).
 	OperatorJWT   string
 	SystemAccount string
 	AccountJWTs   []string
@@ -61,7 +62,7 @@ type Server struct {
 	mu       sync.Mutex
 	cfg      Config
 	operator *jwt.OperatorClaims
-	resolver *server.MemAccResolver
+	resolver *server.DirAccResolver
 }
 
 // ErrNotReady is returned when the server does not accept connections in time.
@@ -105,7 +106,7 @@ func Start(cfg Config) (*Server, error) {
 	opts.NoLog = !cfg.Logging
 	opts.MaxPayload = cfg.MaxPayload
 	var op *jwt.OperatorClaims
-	var resolver *server.MemAccResolver
+	var resolver *server.DirAccResolver
 	if cfg.OperatorJWT != "" {
 		var err error
 		if op, resolver, err = operatorMode(cfg); err != nil {
@@ -141,8 +142,13 @@ func Start(cfg Config) (*Server, error) {
 }
 
 // operatorMode checks the operator and the accounts of cfg and preloads
-// the accounts into a memory resolver.
-func operatorMode(cfg Config) (*jwt.OperatorClaims, *server.MemAccResolver, error) {
+// the accounts into a full resolver kept in StoreDir/jwt (nats-server's
+// `resolver: {type: full}`): it stores the account JWTs pushed through
+// the system account (a revocation) and serves them from then on, also to
+// a server that had not loaded the account when the push came, after a
+// restart, and to the other nodes of a cluster. A preloaded JWT never
+// replaces a newer one stored there.
+func operatorMode(cfg Config) (*jwt.OperatorClaims, *server.DirAccResolver, error) {
 	op, err := jwt.DecodeOperatorClaims(cfg.OperatorJWT)
 	if err != nil {
 		return nil, nil, fmt.Errorf("natsembed: operator JWT: %w", err)
@@ -150,13 +156,16 @@ func operatorMode(cfg Config) (*jwt.OperatorClaims, *server.MemAccResolver, erro
 	if cfg.SystemAccount == "" {
 		return nil, nil, errors.New("natsembed: operator mode needs the system account")
 	}
-	resolver := &server.MemAccResolver{}
+	resolver, err := server.NewDirAccResolver(filepath.Join(cfg.StoreDir, "jwt"), 0, time.Minute, server.NoDelete)
+	if err != nil {
+		return nil, nil, fmt.Errorf("natsembed: account resolver: %w", err)
+	}
 	for _, token := range cfg.AccountJWTs {
 		ac, err := verifyAccount(op, token)
 		if err != nil {
 			return nil, nil, err
 		}
-		if err := resolver.Store(ac.Subject, token); err != nil {
+		if err := preload(resolver, ac, token); err != nil {
 			return nil, nil, fmt.Errorf("natsembed: account %s: %w", ac.Subject, err)
 		}
 	}
@@ -164,6 +173,18 @@ func operatorMode(cfg Config) (*jwt.OperatorClaims, *server.MemAccResolver, erro
 		return nil, nil, fmt.Errorf("natsembed: the system account %s is not among the accounts", cfg.SystemAccount)
 	}
 	return op, resolver, nil
+}
+
+// preload stores an account's JWT in the resolver unless the resolver
+// holds one issued in the same second or later (one pushed, a revocation,
+// since the JWT given was made).
+func preload(r *server.DirAccResolver, ac *jwt.AccountClaims, token string) error {
+	if stored, err := r.LoadAcc(ac.Subject); err == nil && stored != "" {
+		if sc, err := jwt.DecodeAccountClaims(stored); err == nil && sc.IssuedAt >= ac.IssuedAt {
+			return nil
+		}
+	}
+	return r.SaveAcc(ac.Subject, token)
 }
 
 // ErrUntrustedAccount is matched by errors.Is for an account JWT the
@@ -208,7 +229,7 @@ func (s *Server) UpdateAccount(token string) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.resolver.Store(ac.Subject, token); err != nil {
+	if err := s.resolver.SaveAcc(ac.Subject, token); err != nil {
 		return fmt.Errorf("natsembed: account %s: %w", ac.Subject, err)
 	}
 	jwts := slices.Clone(s.cfg.AccountJWTs)

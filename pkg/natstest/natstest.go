@@ -45,7 +45,7 @@ func StartConfigured(t testing.TB, configText string) *Server {
 
 // StartOperator runs a single JetStream server in operator mode in a
 // temporary directory: it trusts auth's operator and serves its accounts
-// from memory. Clients connect as principals (ConnectAs, ConnectAgent);
+// from its full resolver (pkg/natsembed). Clients connect as principals (ConnectAs, ConnectAgent);
 // JetStream provisions as the first administrator. It stops when the test
 // ends.
 func StartOperator(t testing.TB, auth *busauth.Set) *Server {
@@ -225,7 +225,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 
 // StartOperatorCluster runs an n-node JetStream cluster in operator mode,
 // as StartOperator does one server: every node trusts auth's operator and
-// serves its accounts from memory, and each Server connects as its
+// serves its accounts from its full resolver, and each Server connects as its
 // principals (ConnectAs, ConnectAgent). It waits until the cluster has a
 // meta leader.
 func StartOperatorCluster(t testing.TB, auth *busauth.Set, n int) *Cluster {

@@ -28,32 +28,54 @@ import (
 )
 
 // enrollEnv is keyguard with its enrollment API on, issuing agents of an
-// identity whose operator-mode server (agentSrv) the agents connect to;
-// keyguard's revoker pushes revocations there.
+// identity whose operator-mode server or cluster the agents connect to
+// (at agentURL); keyguard's revoker pushes revocations to pushURL.
 type enrollEnv struct {
 	*harness
-	set      *busauth.Set
-	agentSrv *natstest.Server
-	url      string
+	set               *busauth.Set
+	agentURL, pushURL string
+	url               string
 }
 
+// newEnrollEnv runs the agents' bus as one operator-mode server.
 func newEnrollEnv(t *testing.T, opts ...option) *enrollEnv {
+	t.Helper()
+	set := newIdentity(t)
+	srv := natstest.StartOperator(t, set)
+	return startEnrollEnv(t, set, srv.URL(), srv.URL(), opts...)
+}
+
+// newEnrollEnvCluster runs the agents' bus as a 3-node operator-mode
+// cluster: agents connect to the third node, revocations are pushed to the
+// first.
+func newEnrollEnvCluster(t *testing.T, opts ...option) *enrollEnv {
+	t.Helper()
+	set := newIdentity(t)
+	c := natstest.StartOperatorCluster(t, set, 3)
+	return startEnrollEnv(t, set, c.Servers[2].URL(), c.Servers[0].URL(), opts...)
+}
+
+func newIdentity(t *testing.T) *busauth.Set {
 	t.Helper()
 	set, err := busauth.Init(busauth.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	agentSrv := natstest.StartOperator(t, set)
+	return set
+}
+
+func startEnrollEnv(t *testing.T, set *busauth.Set, agentURL, pushURL string, opts ...option) *enrollEnv {
+	t.Helper()
 	rev, err := set.Revoker()
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := make(chan string, 1)
-	e := &enrollEnv{set: set, agentSrv: agentSrv}
+	e := &enrollEnv{set: set, agentURL: agentURL, pushURL: pushURL}
 	opts = append([]option{func(c *keyguard.Config) {
 		c.Enroll = keyguard.EnrollConfig{Issuer: set.AgentIssuer(), Addr: "127.0.0.1:0", OnListen: func(a string) { addr <- a },
 			TTL: time.Hour, Revoker: rev, SourceBurst: 1000}
-		c.Enroll.RevokerNATS.URL = agentSrv.URL()
+		c.Enroll.RevokerNATS.URL = pushURL
 	}}, opts...)
 	e.harness = newHarness(t, opts...)
 	e.url = "http://" + <-addr
@@ -81,7 +103,7 @@ func (e *enrollEnv) connectAgent(vm *sim.VM, kp nkeys.KeyPair, token string, opt
 	seed, _ := kp.Seed()
 	opts = append([]nats.Option{nats.UserJWTAndSeed(token, string(seed)), nats.CustomInboxPrefix(busauth.AgentInboxPrefix(vm.VMKey())),
 		nats.NoReconnect(), nats.Timeout(5 * time.Second)}, opts...)
-	return nats.Connect(e.agentSrv.URL(), opts...)
+	return nats.Connect(e.agentURL, opts...)
 }
 
 // post sends body to path and returns the status and the refusal code.
@@ -311,9 +333,22 @@ func TestEnrollRateLimitedPerSource(t *testing.T) {
 // seconds, it cannot connect again with them, and it cannot enroll again
 // until an operator restores it; then it enrolls with fresh evidence and
 // connects. Another VM's agent stays connected throughout. The
-// revocation → disconnect latency is reported (p50, p99 over the VMs).
+// revocation → disconnect latency is reported (p50, p99 over the VMs). On
+// a 3-node cluster the agents are on another node than the one keyguard
+// pushes to.
 func TestContraindicatedVMLosesTheBus(t *testing.T) {
-	e := newEnrollEnv(t)
+	for _, tc := range []struct {
+		name string
+		env  func(*testing.T, ...option) *enrollEnv
+	}{
+		{"one server", newEnrollEnv},
+		{"3-node cluster", newEnrollEnvCluster},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testVMLosesTheBus(t, tc.env(t)) })
+	}
+}
+
+func testVMLosesTheBus(t *testing.T, e *enrollEnv) {
 	const n = 8
 	type agentConn struct {
 		vm     *sim.VM

@@ -234,17 +234,22 @@ func (f *Fleet) Run(ctx context.Context, conn *bus.Conn) error {
 		_ = srv.Shutdown(sctx)
 	}()
 
-	agentErr := make(chan error, 1)
-	// up is closed once every agent serves: agents of their own connect
-	// (and enroll, which needs ARM to have reported the VM) after the
+	// failed receives the agents' error, if they fail; agents served on
+	// conn return nil at once and keep serving until ctx ends. up is
+	// closed once every agent serves: agents of their own connect (and
+	// enroll, which needs ARM to have reported the VM) after the
 	// announcement, and the scenario's clock starts from then.
+	failed := make(chan error, 1)
 	up := make(chan struct{})
+	serve := func() error { close(up); return f.agents.Serve(ctx, conn) }
 	if f.cfg.Connect != nil {
-		go func() { agentErr <- f.serveOwn(ctx, up) }()
-	} else {
-		close(up)
-		go func() { agentErr <- f.agents.Serve(ctx, conn) }()
+		serve = func() error { return f.serveOwn(ctx, up) }
 	}
+	go func() {
+		if err := serve(); err != nil && ctx.Err() == nil {
+			failed <- err
+		}
+	}()
 
 	if err := f.waitForWebhook(ctx); err != nil {
 		return err
@@ -255,29 +260,28 @@ func (f *Fleet) Run(ctx context.Context, conn *bus.Conn) error {
 	if f.cfg.Scenario == ScenarioTamper {
 		select {
 		case <-ctx.Done():
-		case err := <-agentErr:
-			agentErr <- err
+			return nil
+		case err := <-failed:
+			return fmt.Errorf("fleet: agents: %w", err)
 		case <-up:
 		}
 		select {
 		case <-ctx.Done():
-		case err := <-agentErr:
-			agentErr <- err
+			return nil
+		case err := <-failed:
+			return fmt.Errorf("fleet: agents: %w", err)
 		case <-time.After(f.cfg.TamperAfter):
 			f.tamper()
 			go f.churn(ctx)
 		}
 	}
+	// The agents' subscriptions stay until ctx ends.
 	select {
 	case <-ctx.Done():
-	case err := <-agentErr:
-		if err != nil && ctx.Err() == nil {
-			return fmt.Errorf("fleet: agents: %w", err)
-		}
-		// The agents' subscriptions stay until ctx ends.
-		<-ctx.Done()
+		return nil
+	case err := <-failed:
+		return fmt.Errorf("fleet: agents: %w", err)
 	}
-	return nil
 }
 
 // waitForWebhook performs Event Grid's subscription validation handshake,
