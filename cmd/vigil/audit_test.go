@@ -40,7 +40,7 @@ func auditLog(t *testing.T, lost int) (logDir, pub string, vms []string) {
 		vm := events.VMKey(vms[i%2])
 		publish(t, js, events.StateSubject(vm), events.TypeState, events.State{VMKey: vm, From: events.StatusPending, To: events.StatusTrusted})
 	}
-	publish(t, js, events.PolicySubject("default"), events.TypePolicy, events.Policy{Name: "default", Version: 2})
+	publish(t, js, events.PolicySubject("default", "test"), events.TypePolicy, events.Policy{Name: "default", Version: 2})
 	entries := 41
 	if lost > 0 {
 		s, err := js.Stream(ctx, events.StreamEvents)

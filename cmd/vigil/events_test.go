@@ -210,7 +210,7 @@ func TestTailSkipsNonCloudEvents(t *testing.T) {
 	if _, err := js.Publish(ctx, "vigil.events.policy.junk", []byte("not json")); err != nil {
 		t.Fatal(err)
 	}
-	good := publish(t, js, events.PolicySubject("default"), events.TypePolicy, map[string]any{"name": "default"})
+	good := publish(t, js, events.PolicySubject("default", "test"), events.TypePolicy, map[string]any{"name": "default"})
 	out, stderr, err := runVigil(ctx, "events", "tail", "--nats-url", ns.URL(), "--count", "1")
 	if err != nil {
 		t.Fatal(err)

@@ -389,7 +389,7 @@ func TestAdminActionsAttributedByTheServer(t *testing.T) {
 		{busauth.AdminPolicySubject("default", busauth.DefaultAdminName), false},
 		{busauth.AdminRequestSubject("revoke", busauth.DefaultAdminName), false},
 		{busauth.AdminRequestSubject("revoke", "*"), false},
-		{events.PolicySubject("default"), false},
+		{"vigil.events.policy.default", false},
 		{"vigil.keyguard.admin.revoke", false},
 	} {
 		if err := alice.publish(tc.subject); (err == nil) != tc.ok {

@@ -43,7 +43,7 @@ func publishProbes() []probe {
 		{"verdict", events.VerdictSubject(vmB), []busauth.Principal{W}},
 		{"status change", events.StateSubject(vmB), []busauth.Principal{W}},
 		{"key event", events.KeySubject(vmB), []busauth.Principal{K}},
-		{"policy version without actor", events.PolicySubject("default"), nil},
+		{"policy version without actor", "vigil.events.policy.default", nil},
 		{"policy version as itself", busauth.AdminPolicySubject("default", busauth.DefaultAdminName), []busauth.Principal{D}},
 		{"policy version as another admin", busauth.AdminPolicySubject("default", "mallory"), nil},
 		{"attestation job", events.AttestJobSubject(vmB), []busauth.Principal{I, W}},

@@ -246,7 +246,7 @@ func followPolicy(t *testing.T, c *client, id string) {
 	t.Helper()
 	ctx := ctxT(t)
 	cons, err := c.js.OrderedConsumer(ctx, events.StreamEvents, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{events.PolicySubject(id) + ".*"},
+		FilterSubjects: []string{events.PolicyVersionsFilter(id)},
 		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
 	})
 	if err != nil {

@@ -94,7 +94,7 @@ func ReplyAllowed(prefix, reply string) bool {
 // version of the policy id: vigil.events.policy.<id>.<admin>, the
 // PolicySubject of id with the administrator's name, which its
 // permissions pin, as a last token.
-func AdminPolicySubject(id, admin string) string { return events.PolicySubject(id) + "." + admin }
+func AdminPolicySubject(id, admin string) string { return events.PolicySubject(id, admin) }
 
 // AdminRequestSubject is where the administrator named admin requests
 // keyguard's operator action (restore, revoke, grant):

@@ -211,7 +211,7 @@ func TestAuditedStreamsRefuseDeleteAndPurge(t *testing.T) {
 	_, js := srv.JetStream()
 	for _, tc := range []struct{ stream, subject string }{
 		{events.StreamCheckpoints, events.SubjectCheckpoint},
-		{events.StreamEvents, events.PolicySubject("p")},
+		{events.StreamEvents, events.PolicySubject("p", "test")},
 	} {
 		t.Run(tc.stream, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

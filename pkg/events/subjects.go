@@ -67,16 +67,10 @@ func KeySubject(vm string) string { return VMEventSubject(vm, KindKey) }
 // PolicySubject is vigil.events.policy.<id>.<actor>, where a version of
 // policy id is published by actor (in operator mode the administrator's
 // name, which the server pins: busauth.AdminPolicySubject). Followers learn
-// the actor from this token, never from the payload. Without an actor it
-// is the unpinned vigil.events.policy.<id> of earlier releases, which
-// followers no longer read (kept for tools and tests that only store
-// events).
-func PolicySubject(id string, actor ...string) string {
-	s := "vigil.events.policy." + Token(id)
-	if len(actor) > 0 {
-		s += "." + actor[0]
-	}
-	return s
+// the actor from this token, never from the payload. (The unpinned
+// vigil.events.policy.<id> of earlier releases is no longer read.)
+func PolicySubject(id, actor string) string {
+	return "vigil.events.policy." + Token(id) + "." + actor
 }
 
 // PolicyVersionsFilter is vigil.events.policy.<id>.*: every version of

@@ -313,13 +313,13 @@ func TestActorIsTheSubjects(t *testing.T) {
 func TestUnpinnedSubjectIgnored(t *testing.T) {
 	t.Parallel()
 	_, js := natstest.Start(t).JetStream()
-	env, err := events.New(events.TypePolicy, "test", events.PolicySubject(policyID), events.Policy{
+	env, err := events.New(events.TypePolicy, "test", "vigil.events.policy."+policyID, events.Policy{
 		Name: policyID, Version: 5, Document: document(policy(policyID, 5, "")), Actor: "test", At: time.Now().UTC()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	data, _ := env.Marshal()
-	if _, err := js.Publish(t.Context(), events.PolicySubject(policyID), data); err != nil {
+	if _, err := js.Publish(t.Context(), "vigil.events.policy."+policyID, data); err != nil {
 		t.Fatal(err)
 	}
 	f := follow(t, js, 2, policyfeed.WithLogger(slog.New(slog.DiscardHandler)))

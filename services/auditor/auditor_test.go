@@ -76,9 +76,9 @@ func TestAuditorLogsGapsForMissingSequences(t *testing.T) {
 	// Sequences 10, 11 and 20 share a subject, every other one has its own.
 	subjects := make([]string, 20)
 	for i := range subjects {
-		subjects[i] = events.PolicySubject(fmt.Sprintf("p%d", i+1))
+		subjects[i] = events.PolicySubject(fmt.Sprintf("p%d", i+1), "test")
 	}
-	subjects[9], subjects[10], subjects[19] = events.PolicySubject("shared"), events.PolicySubject("shared"), events.PolicySubject("shared")
+	subjects[9], subjects[10], subjects[19] = events.PolicySubject("shared", "test"), events.PolicySubject("shared", "test"), events.PolicySubject("shared", "test")
 	h.publishOn(subjects...)
 	// Before the auditor saw them, limits drop 10 and 11 (one message per
 	// subject), then 1..3 (15 messages).
@@ -219,7 +219,7 @@ func TestAuditorContinuesTraces(t *testing.T) {
 		t.Fatal(err)
 	}
 	body, _ := env.Marshal()
-	msg := &nats.Msg{Subject: events.PolicySubject("p"), Data: body, Header: nats.Header{}}
+	msg := &nats.Msg{Subject: events.PolicySubject("p", "test"), Data: body, Header: nats.Header{}}
 	const traceID, parentID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 	msg.Header["traceparent"] = []string{"00-" + traceID + "-" + parentID + "-01"}
 	if _, err := h.js.PublishMsg(h.ctx, msg); err != nil {

@@ -25,7 +25,7 @@ func TestAuditorAlertsWhenHistoryIsLost(t *testing.T) {
 	unique := func(from, to int) []string {
 		var s []string
 		for i := from; i <= to; i++ {
-			s = append(s, events.PolicySubject(fmt.Sprintf("p%d", i)))
+			s = append(s, events.PolicySubject(fmt.Sprintf("p%d", i), "test"))
 		}
 		return s
 	}
@@ -63,8 +63,8 @@ func TestAuditorAlertsWhenHistoryIsLost(t *testing.T) {
 		{
 			name: "unlogged events dropped from the middle", code: AlertEventsLost, says: ": 6..7;", gap: true,
 			lose: func(h *harness) {
-				s := events.PolicySubject("shared")
-				h.publishOn(s, s, s, events.PolicySubject("p9"))
+				s := events.PolicySubject("shared", "test")
+				h.publishOn(s, s, s, events.PolicySubject("p9", "test"))
 				h.editStream(events.StreamEvents, func(c *jetstream.StreamConfig) { c.MaxMsgsPerSubject = 1 })
 				if first := h.streamState(events.StreamEvents).FirstSeq; first != 1 {
 					h.t.Fatalf("first sequence %d: the test wants a hole in the middle", first)

@@ -95,7 +95,7 @@ func TestDataSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ := e.Marshal()
-	if _, err := env.JS.Publish(context.Background(), events.PolicySubject("p"), b); err != nil {
+	if _, err := env.JS.Publish(context.Background(), events.PolicySubject("p", "test"), b); err != nil {
 		t.Fatal(err)
 	}
 	env.Close()
