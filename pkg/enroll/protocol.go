@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/keyrelease"
 )
 
 // HTTP paths of the enrollment API (POST, JSON in and out).
@@ -40,30 +41,33 @@ const (
 	MaxResponseSize = 64 << 10
 )
 
-// Refusal codes, carried in Refusal.Code.
+// Refusal codes, carried in Refusal.Code. Enrollment is keyguard's other
+// release (of bus credentials instead of a secret): where a refusal means
+// the same it has the key release protocol's code.
 const (
 	// CodeBadRequest: the request is malformed (the message says what).
-	CodeBadRequest = "bad_request"
+	CodeBadRequest = keyrelease.CodeBadRequest
 	// CodeBadNonce: the nonce is unknown, expired, already used, issued for
 	// another VM or for another purpose.
-	CodeBadNonce = "bad_nonce"
+	CodeBadNonce = keyrelease.CodeBadNonce
 	// CodeUnknownVM: ARM does not know the VM (or its vmId) yet: retry.
 	CodeUnknownVM = "unknown_vm"
-	// CodeNotTrusted: the VM is untrusted, suspended or retired.
-	CodeNotTrusted = "not_trusted"
-	// CodeRevoked: a grant of the VM is revoked.
-	CodeRevoked = "revoked"
+	// CodeNotTrusted: the VM is retired.
+	CodeNotTrusted = keyrelease.CodeNotTrusted
+	// CodeRevoked: the VM's credentials were revoked and an operator has
+	// not restored it since.
+	CodeRevoked = keyrelease.CodeRevoked
 	// CodeWrongVM: the evidence comes from another VM than the one named.
-	CodeWrongVM = "wrong_vm"
+	CodeWrongVM = keyrelease.CodeWrongVM
 	// CodeBindingMismatch: the quote does not bind the nonce and key.
-	CodeBindingMismatch = "binding_mismatch"
+	CodeBindingMismatch = keyrelease.CodeBindingMismatch
 	// CodeEvidenceRejected: the evidence is not genuine or fails policy.
-	CodeEvidenceRejected = "evidence_rejected"
+	CodeEvidenceRejected = keyrelease.CodeEvidenceRejected
 	// CodeRateLimited: too many requests from this source or for this VM.
-	CodeRateLimited = "rate_limited"
+	CodeRateLimited = keyrelease.CodeRateLimited
 	// CodeUnavailable: keyguard cannot decide now (storage, policy not
 	// read yet): retry later.
-	CodeUnavailable = "unavailable"
+	CodeUnavailable = keyrelease.CodeUnavailable
 )
 
 // NonceRequest asks for an enrollment nonce for VMKey.
