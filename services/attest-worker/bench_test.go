@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/evidence/appraise"
@@ -44,24 +46,134 @@ type benchBundle struct {
 //	fleet@5m                  VMs sustainable at a 5-minute interval (verifications/s × 300)
 //
 // Sub-benchmarks: SNP and TDX fleets, and "noop", the pipeline with a
-// verifier that affirms without looking (its own cost). The simulated
-// agents and the NATS server run in the same process, so their work is
-// part of the pipeline's cost. On a machine shared with other work the
-// CPU figures are steadier than the rates. The worker runs with its default
-// concurrency. VIGIL_BENCH_CPUPROFILE=prefix writes a CPU profile of the
-// measured pipeline window alone to prefix.<platform>.
+// verifier that affirms without looking (its own cost), their agents
+// sharing one connection; "<platform>-conns", each agent on its own
+// connection as real agents are; and "<platform>-auth", the same in
+// operator mode: the worker connects as the attest-worker principal with
+// its inbox prefix, each agent with agent credentials for its VM and its
+// inbox prefix, answering only challenges whose reply lies under the
+// worker's inbox, as services/agent does. The -auth sub-benchmark also
+// reports, against the -conns run of the same platform and size earlier
+// in the same benchmark run:
+//
+//	x-no-auth                 auth rate / no-auth rate (the goal: ≥ 0.95)
+//	cpu-x-no-auth             auth CPU per attestation / no-auth CPU per attestation
+//
+// The simulated agents and the NATS server run in the same process, so
+// their work is part of the pipeline's cost. On a machine shared with
+// other work the CPU figures are steadier than the rates. The worker runs
+// with its default concurrency. VIGIL_BENCH_CPUPROFILE=prefix writes a CPU
+// profile of the measured pipeline window alone to prefix.<sub-benchmark>.
 func BenchmarkAttestPipeline(b *testing.B) {
-	for _, platform := range []string{evidence.PlatformAzureSNP, evidence.PlatformAzureTDX, "noop"} {
-		b.Run(platform, func(b *testing.B) { benchmarkPipeline(b, platform) })
+	for _, v := range []pipelineVariant{
+		{evidence.PlatformAzureSNP, sharedConn},
+		{evidence.PlatformAzureTDX, sharedConn},
+		{"noop", sharedConn},
+		{evidence.PlatformAzureSNP, ownConn},
+		{evidence.PlatformAzureSNP, ownConnAuth},
+	} {
+		b.Run(v.name(), func(b *testing.B) { benchmarkPipeline(b, v) })
 	}
 }
 
-func benchmarkPipeline(b *testing.B, platform string) {
-	srv := natstest.Start(b)
+// agentConns is how a pipeline benchmark's simulated agents connect.
+type agentConns int
+
+const (
+	// sharedConn serves every VM's challenge subject on one connection.
+	sharedConn agentConns = iota
+	// ownConn gives each agent a connection of its own.
+	ownConn
+	// ownConnAuth runs the bus in operator mode: each agent connects with
+	// its VM's agent credentials, the worker as the attest-worker.
+	ownConnAuth
+)
+
+// pipelineVariant is one sub-benchmark of BenchmarkAttestPipeline.
+type pipelineVariant struct {
+	// platform is the fleet's (evidence.Platform*) or "noop": a TDX fleet
+	// appraised by noopAppraiser.
+	platform string
+	agents   agentConns
+}
+
+func (v pipelineVariant) name() string {
+	switch v.agents {
+	case ownConn:
+		return v.platform + "-conns"
+	case ownConnAuth:
+		return v.platform + "-auth"
+	}
+	return v.platform
+}
+
+// pipelineRun is a pipeline benchmark's result: attestations per second
+// and process CPU per attestation.
+type pipelineRun struct {
+	rate float64
+	cpu  time.Duration
+}
+
+// noAuthRuns keeps the ownConn runs by platform and size, for the
+// ownConnAuth runs that follow them to compare with.
+var noAuthRuns sync.Map // pipelineRunKey → pipelineRun
+
+type pipelineRunKey struct {
+	platform string
+	n        int
+}
+
+// connectBusAs connects to url with c's credentials and inbox prefix, as
+// connectBus does otherwise.
+func connectBusAs(t testing.TB, url string, c busauth.Credentials) *bus.Conn {
+	t.Helper()
+	conn, err := bus.Connect(context.Background(), bus.Config{URL: url, Name: t.Name(), UserJWT: c.JWT, NKeySeed: c.Seed, InboxPrefix: c.InboxPrefix,
+		WaitForServer: true, Logger: testLogger(), ReconnectWait: 50 * time.Millisecond, MaxReconnectWait: 250 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// challengerReply is services/agent's reply check in operator mode: only
+// challenges whose reply lies under the attest-worker's inbox prefix are
+// answered.
+func challengerReply(_, reply string) bool {
+	return busauth.ReplyAllowed(busauth.InboxPrefix(busauth.AttestWorker), reply)
+}
+
+func benchmarkPipeline(b *testing.B, variant pipelineVariant) {
+	platform := variant.platform
+	var (
+		srv *natstest.Server
+		set *busauth.Set
+	)
+	if variant.agents == ownConnAuth {
+		var err error
+		if set, err = busauth.Init(busauth.Options{}); err != nil {
+			b.Fatal(err)
+		}
+		srv = natstest.StartOperator(b, set)
+	} else {
+		srv = natstest.Start(b)
+	}
 	srv.JetStream()
+	// Without auth one connection writes the inventory and the schedules
+	// (and serves the agents when they share one); in operator mode the
+	// principals that write them do, ingest and the attest-worker.
+	var shared *bus.Conn
+	if set == nil {
+		shared = connectBus(b, srv.URL())
+	}
+	connectAs := func(p busauth.Principal) *bus.Conn {
+		if set == nil {
+			return shared
+		}
+		return connectBusAs(b, srv.URL(), mustCreds(b, set, p))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	conn := connectBus(b, srv.URL())
 	auth := testAuthority()
 	p := platform
 	if p == "noop" {
@@ -71,11 +183,30 @@ func benchmarkPipeline(b *testing.B, platform string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	// Agents: one subscription per VM, as real agents have.
+	// Agents: one subscription per VM, as real agents have, on one
+	// connection or each on its own.
 	var mu sync.Mutex
 	answers := make([]benchBundle, 0, b.N)
 	for _, v := range vms {
-		_, err := conn.Serve(ctx, events.ChallengeSubject(v.VMKey()), "", func(_ context.Context, data []byte) ([]byte, error) {
+		agent := shared
+		switch variant.agents {
+		case ownConn:
+			agent = connectBus(b, srv.URL())
+		case ownConnAuth:
+			c, err := set.AgentCreds(v.VMKey(), time.Hour)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if c.InboxPrefix == "" {
+				c.InboxPrefix = busauth.AgentInboxPrefix(v.VMKey())
+			}
+			agent = connectBusAs(b, srv.URL(), c)
+		}
+		var opts []bus.ServeOption
+		if agent.OperatorMode() {
+			opts = append(opts, bus.WithReplyCheck(challengerReply))
+		}
+		_, err := agent.Serve(ctx, events.ChallengeSubject(v.VMKey()), "", func(_ context.Context, data []byte) ([]byte, error) {
 			var ch events.Challenge
 			if err := json.Unmarshal(data, &ch); err != nil {
 				return nil, err
@@ -87,13 +218,13 @@ func benchmarkPipeline(b *testing.B, platform string) {
 				mu.Unlock()
 			}
 			return raw, err
-		})
+		}, opts...)
 		if err != nil {
 			b.Fatal(err)
 		}
 	}
 	// The inventory, as ingest keeps it.
-	kv, err := conn.JS.KeyValue(ctx, events.BucketVMs)
+	kv, err := connectAs(busauth.Ingest).JS.KeyValue(ctx, events.BucketVMs)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -106,7 +237,13 @@ func benchmarkPipeline(b *testing.B, platform string) {
 
 	var done atomic.Int64
 	finished := make(chan struct{})
-	cfg := testConfig(connectBus(b, srv.URL()), "bench")
+	worker := connectBus
+	if set != nil {
+		worker = func(t testing.TB, url string) *bus.Conn {
+			return connectBusAs(t, url, mustCreds(t, set, busauth.AttestWorker))
+		}
+	}
+	cfg := testConfig(worker(b, srv.URL()), "bench")
 	cfg.Timing = Timing{Interval: time.Hour, Grace: time.Hour}
 	cfg.SweepEvery = time.Hour
 	cfg.ChallengeTimeout = 30 * time.Second
@@ -125,7 +262,8 @@ func benchmarkPipeline(b *testing.B, platform string) {
 		h.appraiser = noopAppraiser{}
 	}
 	runWorkerWith(b, cfg, h)
-	sched := &scheduler{conn: conn, stream: mustStream(b, conn.JS, events.StreamSchedule), source: "bench"}
+	schedConn := connectAs(busauth.AttestWorker)
+	sched := &scheduler{conn: schedConn, stream: mustStream(b, schedConn.JS, events.StreamSchedule), source: "bench"}
 
 	// Every VM's schedule fires at the same moment. The schedules are
 	// written beforehand: in steady state each attestation writes one
@@ -150,7 +288,7 @@ func benchmarkPipeline(b *testing.B, platform string) {
 	}
 	b.ReportAllocs() // allocations in the window: worker, agents and server
 	b.ResetTimer()
-	stopProfile := profileWindow(b, platform)
+	stopProfile := profileWindow(b, variant.name())
 	start := time.Now()
 	cpu0 := cpuTime()
 	select {
@@ -188,6 +326,17 @@ func benchmarkPipeline(b *testing.B, platform string) {
 	b.ReportMetric(bareRate, "bare/s")
 	b.ReportMetric(rate/bareRate, "x-bare")
 	b.ReportMetric(rate*300, "fleet@5m")
+	run, key := pipelineRun{rate: rate, cpu: pipelineCPU / time.Duration(b.N)}, pipelineRunKey{platform, b.N}
+	switch variant.agents {
+	case ownConn:
+		noAuthRuns.Store(key, run)
+	case ownConnAuth:
+		if r, ok := noAuthRuns.Load(key); ok {
+			ref := r.(pipelineRun)
+			b.ReportMetric(run.rate/ref.rate, "x-no-auth")
+			b.ReportMetric(float64(run.cpu)/float64(ref.cpu), "cpu-x-no-auth")
+		}
+	}
 	b.ReportMetric(0, "ns/op") // the rates above are the measure
 }
 
@@ -236,16 +385,25 @@ func (noopAppraiser) appraise(context.Context, appraisal) (*events.Verdict, erro
 	return &events.Verdict{Status: events.VerdictAffirming, Platform: "noop"}, nil
 }
 
+func mustCreds(t testing.TB, set *busauth.Set, p busauth.Principal) busauth.Credentials {
+	t.Helper()
+	c, err := set.Creds(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // profileWindow starts a CPU profile of the measured pipeline window alone
 // (not the setup, not the bare verification) when VIGIL_BENCH_CPUPROFILE
 // names a file prefix; the profile goes to <prefix>.<platform>. It returns
 // the function that stops it.
-func profileWindow(b *testing.B, platform string) func() {
+func profileWindow(b *testing.B, name string) func() {
 	prefix := os.Getenv("VIGIL_BENCH_CPUPROFILE")
 	if prefix == "" {
 		return func() {}
 	}
-	f, err := os.Create(prefix + "." + strings.ReplaceAll(platform, "/", "_"))
+	f, err := os.Create(prefix + "." + strings.ReplaceAll(name, "/", "_"))
 	if err != nil {
 		b.Fatal(err)
 	}
