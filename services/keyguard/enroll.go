@@ -184,8 +184,10 @@ func (k *Keyguard) enrollNonce(ctx context.Context, body []byte) (any, error) {
 	return enroll.NonceResponse{Nonce: n, ExpiresAt: expires}, nil
 }
 
-// enroll serves enroll.PathEnroll. Every outcome for a well-formed request
-// is audited as a key event on backend "nats".
+// enroll serves enroll.PathEnroll. Every outcome of a request that used
+// up a nonce is audited as a key event on backend "nats"; those refused
+// before (malformed, no valid nonce), which cost nothing, are counted only,
+// so that the audit records at most what the VM's nonce rate allows.
 func (k *Keyguard) enroll(ctx context.Context, body []byte) (any, error) {
 	start := time.Now()
 	req, err := enroll.ParseRequest(body)
@@ -193,6 +195,10 @@ func (k *Keyguard) enroll(ctx context.Context, body []byte) (any, error) {
 		return nil, enroll.Refuse(enroll.CodeBadRequest, "%v", err)
 	}
 	log := k.log.With("vm", req.VMKey, "nkey", req.PublicKey)
+	if err := k.consumeNonce(ctx, req.Nonce, req.VMKey, purposeEnroll); err != nil {
+		log.WarnContext(ctx, "enrollment refused", "code", asRefusal(err).Code, "err", err)
+		return nil, err
+	}
 	resp, vmID, err := k.enrollVerified(ctx, req)
 	action, reason := events.KeyEnrolled, ""
 	if err != nil {
@@ -226,14 +232,11 @@ func (k *Keyguard) enroll(ctx context.Context, body []byte) (any, error) {
 	return resp, nil
 }
 
-// enrollVerified decides an enrollment: the nonce, the VM's standing, the
-// evidence and its binding, the VM's standing again, then the JWT, recorded
-// in vigil-agents before it is answered so that a revocation finds it. It
-// returns the VM's vmId when known.
+// enrollVerified decides an enrollment whose nonce is used up: the VM's
+// standing, the evidence and its binding, the VM's standing again, then
+// the JWT, recorded in vigil-agents before it is answered so that a
+// revocation finds it. It returns the VM's vmId when known.
 func (k *Keyguard) enrollVerified(ctx context.Context, req enroll.Request) (enroll.Response, string, error) {
-	if err := k.consumeNonce(ctx, req.Nonce, req.VMKey, purposeEnroll); err != nil {
-		return enroll.Response{}, "", err
-	}
 	vmID, err := k.enrollable(ctx, req.VMKey)
 	if err != nil {
 		return enroll.Response{}, vmID, err

@@ -259,6 +259,27 @@ func TestEnrollRefusals(t *testing.T) {
 		}
 	})
 
+	t.Run("made-up nonces are refused and not audited", func(t *testing.T) {
+		h := e.with(t)
+		vm := h.newVM("enroll-made-up")
+		h.setInventory(vm, vm.VMID())
+		for i := range 20 {
+			req, _ := json.Marshal(enroll.Request{VMKey: vm.VMKey(), Nonce: bytes.Repeat([]byte{byte(i)}, enroll.NonceSize), PublicKey: pub, Evidence: json.RawMessage(`{}`)})
+			if status, code := e.post(t, enroll.PathEnroll, req); status != http.StatusForbidden || code != enroll.CodeBadNonce {
+				t.Fatalf("made-up nonce: %d %s", status, code)
+			}
+		}
+		// A real refusal after them is audited, and is the only event.
+		_, err := e.client(vm, spoiled(attester(vm))).Enroll(ctxT(t), pub)
+		if enroll.RefusalCode(err) != enroll.CodeBindingMismatch {
+			t.Fatalf("spoiled quote: %v", err)
+		}
+		h.waitRefusalEvent(vm, enroll.CodeBindingMismatch)
+		if ks := h.keyEvents(vm); len(ks) != 1 {
+			t.Fatalf("%d key events, want the one refusal: %+v", len(ks), ks)
+		}
+	})
+
 	t.Run("release nonce does not enroll", func(t *testing.T) {
 		h := e.with(t)
 		h.setStatus(known, events.StatusTrusted)
