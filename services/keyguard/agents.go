@@ -66,9 +66,8 @@ func idKey(vm string) string  { return "id." + vm }
 func revKey(vm string) string { return "rev." + vm }
 
 // maxAgentKeys bounds the keys kept per VM: an agent that enrolls with a
-// new key on every start leaves at most this many live JWTs to revoke
-// (the oldest is dropped from the record, never from revocation: issued
-// keys beyond it are revoked at once).
+// new key on every start leaves at most this many live JWTs. The oldest
+// beyond them are revoked at once (issued), never just forgotten.
 const maxAgentKeys = 16
 
 // update reads key, applies fn and writes the result with a revision
@@ -118,17 +117,44 @@ func isWrongSequence(err error) bool {
 }
 
 // issued records that vm's agent holds a JWT for pub from at until
-// expires.
-func (s *agentStore) issued(ctx context.Context, vm, vmID, pub string, at, expires time.Time) error {
-	return update(ctx, s.kv, idKey(vm), func(r *agentRecord) *agentRecord {
+// expires. Keys beyond the newest maxAgentKeys are revoked (not blocking
+// the VM), and it reports whether any was, for the caller to push the
+// revocation list.
+func (s *agentStore) issued(ctx context.Context, vm, vmID, pub string, at, expires time.Time) (bool, error) {
+	var dropped []agentKey
+	err := update(ctx, s.kv, idKey(vm), func(r *agentRecord) *agentRecord {
+		dropped = nil
 		if r == nil {
 			r = &agentRecord{VMKey: vm}
 		}
 		r.VMID = vmID
 		r.Keys = slices.DeleteFunc(r.Keys, func(k agentKey) bool { return k.PublicKey == pub || !k.ExpiresAt.After(at) })
 		r.Keys = append(r.Keys, agentKey{PublicKey: pub, IssuedAt: at.UTC(), ExpiresAt: expires.UTC()})
-		if len(r.Keys) > maxAgentKeys {
-			r.Keys = r.Keys[len(r.Keys)-maxAgentKeys:]
+		if n := len(r.Keys) - maxAgentKeys; n > 0 {
+			dropped = slices.Clone(r.Keys[:n])
+			r.Keys = r.Keys[n:]
+		}
+		return r
+	})
+	if err != nil || len(dropped) == 0 {
+		return false, err
+	}
+	return true, s.revokeKeys(ctx, vm, "superseded", false, dropped, at)
+}
+
+// revokeKeys adds keys to vm's revocation record at at (blocking the VM's
+// enrollment when blocked; a block is lifted only by unblock).
+func (s *agentStore) revokeKeys(ctx context.Context, vm, cause string, blocked bool, keys []agentKey, at time.Time) error {
+	return update(ctx, s.kv, revKey(vm), func(r *revocationRecord) *revocationRecord {
+		if r == nil {
+			r = &revocationRecord{VMKey: vm}
+		}
+		if blocked {
+			r.Cause, r.At, r.Blocked = cause, at.UTC(), true
+		}
+		for _, k := range keys {
+			r.Keys = slices.DeleteFunc(r.Keys, func(o revokedKey) bool { return o.PublicKey == k.PublicKey })
+			r.Keys = append(r.Keys, revokedKey{PublicKey: k.PublicKey, At: at.UTC(), Until: k.ExpiresAt})
 		}
 		return r
 	})
@@ -136,36 +162,33 @@ func (s *agentStore) issued(ctx context.Context, vm, vmID, pub string, at, expir
 
 // revoke moves vm's live keys to its revocation record at at, blocked
 // unless the cause lets the VM enroll again by itself, and returns whether
-// any key was revoked.
+// any key was revoked. The keys are in the revocation record before they
+// leave the VM's record, and a key issued meanwhile is revoked too.
 func (s *agentStore) revoke(ctx context.Context, vm, cause string, blocked bool, at time.Time) (bool, error) {
-	var live []agentKey
-	err := update(ctx, s.kv, idKey(vm), func(r *agentRecord) *agentRecord {
-		live = nil
-		if r == nil {
-			return nil
+	revoked := false
+	for attempt := 0; ; attempt++ {
+		e, err := s.kv.Get(ctx, idKey(vm))
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			// Nothing issued (or all moved already): the block still holds.
+			return revoked, s.revokeKeys(ctx, vm, cause, blocked, nil, at)
 		}
-		for _, k := range r.Keys {
-			if k.ExpiresAt.After(at) {
-				live = append(live, k)
-			}
+		if err != nil {
+			return revoked, err
 		}
-		return nil
-	})
-	if err != nil {
-		return false, err
+		var r agentRecord
+		if err := json.Unmarshal(e.Value(), &r); err != nil {
+			return revoked, fmt.Errorf("%s: %w", idKey(vm), err)
+		}
+		live := slices.DeleteFunc(r.Keys, func(k agentKey) bool { return !k.ExpiresAt.After(at) })
+		if err := s.revokeKeys(ctx, vm, cause, blocked, live, at); err != nil {
+			return revoked, err
+		}
+		revoked = revoked || len(live) > 0
+		err = s.kv.Delete(ctx, idKey(vm), jetstream.LastRevision(e.Revision()))
+		if err == nil || attempt >= 16 || !isWrongSequence(err) {
+			return revoked, err
+		}
 	}
-	err = update(ctx, s.kv, revKey(vm), func(r *revocationRecord) *revocationRecord {
-		if r == nil {
-			r = &revocationRecord{VMKey: vm}
-		}
-		r.Cause, r.At, r.Blocked = cause, at.UTC(), r.Blocked || blocked
-		for _, k := range live {
-			r.Keys = slices.DeleteFunc(r.Keys, func(o revokedKey) bool { return o.PublicKey == k.PublicKey })
-			r.Keys = append(r.Keys, revokedKey{PublicKey: k.PublicKey, At: at.UTC(), Until: k.ExpiresAt})
-		}
-		return r
-	})
-	return len(live) > 0, err
 }
 
 // unblock lets vm enroll again (an operator restored it).

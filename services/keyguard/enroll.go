@@ -256,8 +256,16 @@ func (k *Keyguard) enrollVerified(ctx context.Context, req enroll.Request) (enro
 	if err != nil {
 		return enroll.Response{}, vmID, enroll.Refuse(enroll.CodeUnavailable, "issue credentials: %v", err)
 	}
-	if err := k.agents.issued(ctx, req.VMKey, vmID, req.PublicKey, time.Now(), expires); err != nil {
+	superseded, err := k.agents.issued(ctx, req.VMKey, vmID, req.PublicKey, time.Now(), expires)
+	if err != nil {
 		return enroll.Response{}, vmID, enroll.Refuse(enroll.CodeUnavailable, "record credentials: %v", err)
+	}
+	if superseded {
+		// The VM's oldest keys beyond the bound were revoked: tell the
+		// servers (the next reconciliation does if this fails).
+		if err := k.pushRevocations(ctx); err != nil {
+			k.log.ErrorContext(ctx, "push revocations", "vm", req.VMKey, "err", err)
+		}
 	}
 	return enroll.Response{VMKey: req.VMKey, JWT: token, ExpiresAt: expires.UTC()}, vmID, nil
 }

@@ -465,3 +465,47 @@ func testVMLosesTheBus(t *testing.T, e *enrollEnv) {
 		t.Fatal("no enrolled event")
 	}
 }
+
+// TestOldestKeysBeyondTheBoundRevoked: a VM's agent that enrolls with a
+// new key more often than the bound of keys kept has its oldest keys
+// revoked, not forgotten: their connections close, the newest connect.
+func TestOldestKeysBeyondTheBoundRevoked(t *testing.T) {
+	e := newEnrollEnv(t, func(c *keyguard.Config) { c.Nonces.VMRate, c.Nonces.VMBurst, c.Nonces.PerVM = 1000, 1000, 1000 })
+	vm := e.newVM("enroll-restarts")
+	e.setInventory(vm, vm.VMID())
+	type held struct {
+		kp    nkeys.KeyPair
+		token string
+	}
+	var keys []held
+	for range 17 {
+		kp, pub := agentKey(t)
+		cred, err := e.client(vm, attester(vm)).Enroll(ctxT(t), pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, held{kp, cred.JWT})
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		nc, err := e.connectAgent(vm, keys[0].kp, keys[0].token)
+		if err != nil {
+			break
+		}
+		nc.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the oldest key beyond the bound still connects")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	nc, err := e.connectAgent(vm, keys[16].kp, keys[16].token)
+	if err != nil {
+		t.Fatalf("the newest key: %v", err)
+	}
+	nc.Close()
+	// Superseding keys does not block the VM.
+	_, pub := agentKey(t)
+	if _, err := e.client(vm, attester(vm)).Enroll(ctxT(t), pub); err != nil {
+		t.Fatalf("enrollment after superseded keys: %v", err)
+	}
+}
