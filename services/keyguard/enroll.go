@@ -232,20 +232,24 @@ func (k *Keyguard) enroll(ctx context.Context, body []byte) (any, error) {
 	return resp, nil
 }
 
-// enrollVerified decides an enrollment whose nonce is used up: the VM's
-// standing, the evidence and its binding, the VM's standing again, then
-// the JWT, recorded in vigil-agents before it is answered so that a
-// revocation finds it. It returns the VM's vmId when known.
+// enrollVerified decides an enrollment whose nonce is used up: the
+// evidence and its binding against the VM's vmId from ARM, then the VM's
+// standing (read after verification, so that a revocation stored meanwhile
+// wins; the nonce was issued only to a VM in good standing), then the JWT,
+// recorded in vigil-agents before it is answered so that a revocation
+// finds it. It returns the VM's vmId when known.
 func (k *Keyguard) enrollVerified(ctx context.Context, req enroll.Request) (enroll.Response, string, error) {
-	vmID, err := k.enrollable(ctx, req.VMKey)
-	if err != nil {
-		return enroll.Response{}, vmID, err
+	vmID, err := k.inventoryVMID(ctx, req.VMKey)
+	switch {
+	case err != nil:
+		return enroll.Response{}, "", enroll.Refuse(enroll.CodeUnavailable, "%v", err)
+	case vmID == "":
+		return enroll.Response{}, "", enroll.Refuse(enroll.CodeUnknownVM, "ARM has not reported VM %s with its vmId yet", req.VMKey)
 	}
 	binding := enroll.Binding(req.VMKey, req.Nonce, req.PublicKey)
 	if err := k.appraise(ctx, req.VMKey, vmID, req.Nonce, binding, req.Evidence); err != nil {
 		return enroll.Response{}, vmID, err
 	}
-	// Verification took time: a revocation stored meanwhile wins.
 	if again, err := k.enrollable(ctx, req.VMKey); err != nil || again != vmID {
 		if err == nil {
 			err = enroll.Refuse(enroll.CodeWrongVM, "the vmId of VM %s changed during the enrollment (%s, now %s)", req.VMKey, vmID, again)
