@@ -165,28 +165,31 @@ func (s *agentStore) revokeKeys(ctx context.Context, vm, cause string, blocked b
 // any key was revoked. The keys are in the revocation record before they
 // leave the VM's record, and a key issued meanwhile is revoked too.
 func (s *agentStore) revoke(ctx context.Context, vm, cause string, blocked bool, at time.Time) (bool, error) {
-	revoked := false
 	for attempt := 0; ; attempt++ {
 		e, err := s.kv.Get(ctx, idKey(vm))
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			// Nothing issued (or all moved already): the block still holds.
-			return revoked, s.revokeKeys(ctx, vm, cause, blocked, nil, at)
+			return false, s.revokeKeys(ctx, vm, cause, blocked, nil, at)
 		}
 		if err != nil {
-			return revoked, err
+			return false, err
 		}
 		var r agentRecord
 		if err := json.Unmarshal(e.Value(), &r); err != nil {
-			return revoked, fmt.Errorf("%s: %w", idKey(vm), err)
+			return false, fmt.Errorf("%s: %w", idKey(vm), err)
 		}
 		live := slices.DeleteFunc(r.Keys, func(k agentKey) bool { return !k.ExpiresAt.After(at) })
 		if err := s.revokeKeys(ctx, vm, cause, blocked, live, at); err != nil {
-			return revoked, err
+			return false, err
 		}
-		revoked = revoked || len(live) > 0
+		// The replica (or the delivery) that removes the record reports the
+		// revocation; one racing with it finds the record gone.
 		err = s.kv.Delete(ctx, idKey(vm), jetstream.LastRevision(e.Revision()))
-		if err == nil || attempt >= 16 || !isWrongSequence(err) {
-			return revoked, err
+		if err == nil {
+			return len(live) > 0, nil
+		}
+		if attempt >= 16 || !isWrongSequence(err) {
+			return false, err
 		}
 	}
 }

@@ -154,7 +154,11 @@ func (c *Collector) onEvent(m jetstream.Msg) {
 					c.latencies = append(c.latencies, k.LatencyMS)
 				}
 			}
-			c.notice(vm, "%s  key %q revoked on %s (%s) %s", name, k.KeyName, orDefault(k.Backend, "local"), k.Reason, latency(k.LatencyMS))
+			if k.Backend == "nats" {
+				c.notice(vm, "%s  agent's bus credentials revoked (%s) %s", name, k.Reason, latency(k.LatencyMS))
+			} else {
+				c.notice(vm, "%s  key %q revoked on %s (%s) %s", name, k.KeyName, orDefault(k.Backend, "local"), k.Reason, latency(k.LatencyMS))
+			}
 		} else if k.Action == events.KeyRestored {
 			delete(c.revoked, vm)
 			c.notice(vm, "%s  key %q restored by %s", name, k.KeyName, k.Actor)
