@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/keyfile"
 	"github.com/vigil-cc/vigil/pkg/natstest"
@@ -445,11 +446,49 @@ func TestServeHandlerSeesRequestHeader(t *testing.T) {
 	}
 }
 
+// TestClusterLeaderLossLosesNoAckedMessage: on a 3-node cluster, open or
+// in operator mode (the publisher as ingest, the stream read back as the
+// administrator), losing the stream leader loses no acknowledged message
+// and publishing resumes.
 func TestClusterLeaderLossLosesNoAckedMessage(t *testing.T) {
-	cl := natstest.StartCluster(t, 3)
-	nc := cl.Connect()
-	js := natstest.Provision(t, nc, events.Topology{Replicas: 3})
-	c := connect(t, cl.URLs())
+	for _, auth := range []bool{false, true} {
+		name := "open"
+		if auth {
+			name = "operator mode"
+		}
+		t.Run(name, func(t *testing.T) { testClusterLeaderLoss(t, auth) })
+	}
+}
+
+func testClusterLeaderLoss(t *testing.T, auth bool) {
+	var (
+		cl  *natstest.Cluster
+		js  jetstream.JetStream
+		c   *bus.Conn
+		set *busauth.Set
+	)
+	if auth {
+		var err error
+		if set, err = busauth.Init(busauth.Options{}); err != nil {
+			t.Fatal(err)
+		}
+		cl = natstest.StartOperatorCluster(t, set, 3)
+		as := func(p busauth.Principal) func(*bus.Config) {
+			return func(cfg *bus.Config) {
+				cr, err := set.Creds(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg.UserJWT, cfg.NKeySeed, cfg.InboxPrefix = cr.JWT, cr.Seed, cr.InboxPrefix
+			}
+		}
+		js = natstest.Provision(t, connect(t, cl.URLs(), as(busauth.Admin)).NC, events.Topology{Replicas: 3})
+		c = connect(t, cl.URLs(), as(busauth.Ingest))
+	} else {
+		cl = natstest.StartCluster(t, 3)
+		js = natstest.Provision(t, cl.Connect(), events.Topology{Replicas: 3})
+		c = connect(t, cl.URLs())
+	}
 	ctx := ctxT(t)
 
 	acked := map[uint64]bool{}

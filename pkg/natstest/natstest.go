@@ -214,6 +214,9 @@ func Provision(t testing.TB, nc *nats.Conn, topo events.Topology) jetstream.JetS
 type Cluster struct {
 	t       testing.TB
 	Servers []*Server
+	// account holds the streams: the global account, or in operator mode
+	// the Vigil account.
+	account string
 }
 
 // StartCluster runs an n-node JetStream cluster (n is usually 3) and waits
@@ -271,7 +274,10 @@ func startCluster(t testing.TB, n int, auth *busauth.Set) (*Cluster, error) {
 		routes[i] = fmt.Sprintf("127.0.0.1:%d", p)
 	}
 	dir := t.TempDir()
-	c := &Cluster{t: t, Servers: make([]*Server, n)}
+	c := &Cluster{t: t, Servers: make([]*Server, n), account: "$G"}
+	if auth != nil {
+		c.account = auth.Account()
+	}
 	errs := make(chan error, n)
 	for i := range n {
 		cfg := natsembed.Config{
@@ -352,14 +358,15 @@ func (c *Cluster) WaitForMetaLeader(timeout time.Duration) {
 	c.t.Fatalf("natstest: no meta leader with %d online peers after %s", running, timeout)
 }
 
-// StreamLeader returns the server leading stream in the global account,
+// StreamLeader returns the server leading stream in the cluster's account
+// (the global one, or the Vigil account in operator mode),
 // waiting up to timeout for one to be elected.
 func (c *Cluster) StreamLeader(stream string, timeout time.Duration) *Server {
 	c.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		for _, s := range c.Servers {
-			if s.srv != nil && s.srv.JetStreamIsStreamLeader("$G", stream) {
+			if s.srv != nil && s.srv.JetStreamIsStreamLeader(c.account, stream) {
 				return s
 			}
 		}
