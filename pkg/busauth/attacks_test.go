@@ -22,7 +22,7 @@ import (
 func TestAgentCannotEavesdropAnotherVMsNonceReply(t *testing.T) {
 	e := newEnv(t)
 	kg := e.as(K)
-	answers := kg.serve(events.SubjectKeyguardNonce, "keyguard", func(m *nats.Msg) []byte { return []byte("nonce-for-the-victim") })
+	answers := kg.serve(events.SubjectKeyguardNonceAll, "keyguard", func(m *nats.Msg) []byte { return []byte("nonce-for-the-victim") })
 	attacker, victim := e.agent(vmA), e.agent(vmB)
 	for _, s := range []string{"_INBOX.>", ">", "_INBOX_agent.>", "_INBOX_agent.*.>", busauth.AgentInboxPrefix(vmB) + ".>",
 		busauth.InboxPrefix(K) + ".>", busauth.InboxPrefix(W) + ".>", "vigil.keyguard.>"} {
@@ -37,7 +37,7 @@ func TestAgentCannotEavesdropAnotherVMsNonceReply(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := victim.request(events.SubjectKeyguardNonce, []byte(`{"vm_key":"`+vmB+`"}`))
+	got, err := victim.request(events.KeyguardNonceSubject(vmB), []byte(`{"vm_key":"`+vmB+`"}`))
 	if err != nil || string(got) != "nonce-for-the-victim" {
 		t.Fatalf("victim: %q, %v", got, err)
 	}
@@ -202,7 +202,7 @@ func TestRequesterCannotSteerRepliesOutsideTheResponderPermissions(t *testing.T)
 	e := newEnv(t)
 	ctx := ctxT(t)
 	kg := e.as(K)
-	answers := kg.serve(events.SubjectKeyguardNonce, "keyguard", func(*nats.Msg) []byte { return []byte(`{"nonce":"AAAA"}`) })
+	answers := kg.serve(events.SubjectKeyguardNonceAll, "keyguard", func(*nats.Msg) []byte { return []byte(`{"nonce":"AAAA"}`) })
 	attacker := e.agent(vmA)
 	for _, reply := range []string{
 		"$KV." + events.BucketStatus + "." + vmB,
@@ -212,9 +212,9 @@ func TestRequesterCannotSteerRepliesOutsideTheResponderPermissions(t *testing.T)
 		events.AlertSubject(events.SeverityCritical, "") + ".x",
 		events.ChallengeSubject(vmB),
 		busauth.InboxPrefix(W) + ".x",
-		events.SubjectKeyguardRelease,
+		events.KeyguardReleaseSubject(vmB),
 	} {
-		if err := attacker.publishMsg(&nats.Msg{Subject: events.SubjectKeyguardNonce, Reply: reply, Data: []byte("{}")}); err != nil {
+		if err := attacker.publishMsg(&nats.Msg{Subject: events.KeyguardNonceSubject(vmA), Reply: reply, Data: []byte("{}")}); err != nil {
 			t.Fatalf("request with reply %s: %v", reply, err)
 		}
 		select {
@@ -244,7 +244,7 @@ func TestRequesterCannotSteerRepliesOutsideTheResponderPermissions(t *testing.T)
 	}
 	// A reply subject in JetStream's namespace would make the answer an
 	// API request: the server refuses such a request outright.
-	if err := attacker.publishMsg(&nats.Msg{Subject: events.SubjectKeyguardNonce, Reply: "$JS.API.STREAM.PURGE.VIGIL_JOBS", Data: []byte("{}")}); err == nil {
+	if err := attacker.publishMsg(&nats.Msg{Subject: events.KeyguardNonceSubject(vmA), Reply: "$JS.API.STREAM.PURGE.VIGIL_JOBS", Data: []byte("{}")}); err == nil {
 		t.Error("a request with a JetStream reply subject was accepted")
 	}
 }

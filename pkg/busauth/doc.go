@@ -59,10 +59,10 @@
 // server, never from the payload: an administrator named NAME may publish a policy
 // version on vigil.events.policy.<id>.NAME only and request keyguard's operator API
 // on vigil.keyguard.admin.<action>.NAME only (AdminPolicySubject,
-// AdminRequestSubject). Agents are pinned the same way: besides
-// vigil.keyguard.nonce and vigil.keyguard.release they may use
+// AdminRequestSubject). Agents are pinned the same way: they may use
 // vigil.keyguard.nonce.<vm> and vigil.keyguard.release.<vm> for their own VM key
-// only, so that keyguard can learn the requester's VM from the subject.
+// only, so that keyguard can learn the requester's VM from the subject and no
+// agent can ask for (and use up) another VM's nonces.
 //
 // # Replies
 //

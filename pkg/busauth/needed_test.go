@@ -328,8 +328,9 @@ func keyguardWork(t *testing.T, e *env, c *client) {
 	kvUse(t, c, events.BucketStatus, vmB, false, false)
 	kvUse(t, c, events.BucketCollateral, "vcek", true, false)
 	// Requests from an agent and an administrator, answered.
-	answers := c.serve(events.SubjectKeyguardNonce, "keyguard", func(m *nats.Msg) []byte { return []byte("nonce") })
-	pinned := c.serve(events.SubjectKeyguardNonce+".*", "keyguard", func(m *nats.Msg) []byte { return []byte("nonce for " + m.Subject[len(events.SubjectKeyguardNonce)+1:]) })
+	pinned := c.serve(events.SubjectKeyguardNonceAll, "keyguard", func(m *nats.Msg) []byte {
+		return []byte("nonce for " + m.Subject[strings.LastIndexByte(m.Subject, '.')+1:])
+	})
 	admin := c.serve("vigil.keyguard.admin.>", "keyguard", func(m *nats.Msg) []byte {
 		return []byte("revoked by " + m.Subject[strings.LastIndexByte(m.Subject, '.')+1:])
 	})
@@ -340,8 +341,7 @@ func keyguardWork(t *testing.T, e *env, c *client) {
 		want    string
 		answers <-chan error
 	}{
-		{ag, events.SubjectKeyguardNonce, "nonce", answers},
-		{ag, events.SubjectKeyguardNonce + "." + vmA, "nonce for " + vmA, pinned},
+		{ag, events.KeyguardNonceSubject(vmA), "nonce for " + vmA, pinned},
 		{e.admin, busauth.AdminRequestSubject("revoke", busauth.DefaultAdminName), "revoked by " + busauth.DefaultAdminName, admin},
 	} {
 		got, err := tc.who.request(tc.subject, []byte("{}"))
@@ -529,8 +529,7 @@ func agentWork(t *testing.T, e *env, c *client) {
 	}
 	// Key release, as the agent asks for it.
 	kg := e.as(K)
-	for _, s := range []string{events.SubjectKeyguardNonce, events.SubjectKeyguardRelease,
-		events.SubjectKeyguardNonce + "." + vmA, events.SubjectKeyguardRelease + "." + vmA} {
+	for _, s := range []string{events.KeyguardNonceSubject(vmA), events.KeyguardReleaseSubject(vmA)} {
 		kg.serve(s, "keyguard", func(m *nats.Msg) []byte { return []byte("answer to " + m.Subject) })
 		if got, err := c.request(s, []byte("{}")); err != nil || string(got) != "answer to "+s {
 			t.Fatalf("%s: %q, %v", s, got, err)

@@ -140,8 +140,7 @@ func build(p Principal) *builder {
 	case Keyguard:
 		b.jetstream()
 		b.pub(events.VMEventSubject("*", events.KindKey), subjectAlert)
-		b.sub(events.SubjectKeyguardNonce, events.SubjectKeyguardRelease,
-			events.SubjectKeyguardNonce+".*", events.SubjectKeyguardRelease+".*",
+		b.sub(events.SubjectKeyguardNonceAll, events.SubjectKeyguardReleaseAll,
 			subjectKeyguardAdmins)
 		// Answers to agents and administrators, and nowhere else.
 		b.pub(agentInboxPrefix+".*.>", adminInboxPrefix+".*.>")
@@ -193,8 +192,8 @@ func build(p Principal) *builder {
 		b.pub("vigil.events.policy.*."+nameTemplate, subjectKeyguardAdmin+".*."+nameTemplate)
 
 	case Agent:
-		b.pub(events.SubjectKeyguardNonce, events.SubjectKeyguardRelease,
-			events.SubjectKeyguardNonce+"."+nameTemplate, events.SubjectKeyguardRelease+"."+nameTemplate)
+		// Its own VM's key release subjects only.
+		b.pub(events.KeyguardNonceSubject(nameTemplate), events.KeyguardReleaseSubject(nameTemplate))
 		b.sub(events.ChallengeSubject(nameTemplate))
 		b.a.Responses = true
 	default:

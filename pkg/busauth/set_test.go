@@ -199,8 +199,7 @@ func TestAgentCreds(t *testing.T) {
 // TestAgentPermissionsVector: the agent's template, exactly.
 func TestAgentPermissionsVector(t *testing.T) {
 	want := busauth.Access{
-		Publish: busauth.Subjects{Allow: []string{"vigil.keyguard.nonce", "vigil.keyguard.release",
-			"vigil.keyguard.nonce.{{name()}}", "vigil.keyguard.release.{{name()}}"}},
+		Publish:     busauth.Subjects{Allow: []string{"vigil.keyguard.nonce.{{name()}}", "vigil.keyguard.release.{{name()}}"}},
 		Subscribe:   busauth.Subjects{Allow: []string{"vigil.agent.{{name()}}.challenge", "_INBOX_agent.{{name()}}.>"}},
 		Responses:   true,
 		InboxPrefix: "_INBOX_agent.{{name()}}",

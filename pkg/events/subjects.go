@@ -19,19 +19,26 @@ const (
 	SubjectSweepSchedule = "vigil.schedule.fleet.sweep"
 	SubjectSweepDue      = "vigil.schedule.due.sweep"
 
-	SubjectKeyguardNonce   = "vigil.keyguard.nonce"
-	SubjectKeyguardRelease = "vigil.keyguard.release"
-	// SubjectKeyguardNonceAll and SubjectKeyguardReleaseAll are the pinned
-	// vigil.keyguard.{nonce,release}.<vm> an agent may use for its own VM.
-	SubjectKeyguardNonceAll   = "vigil.keyguard.nonce.*"
-	SubjectKeyguardReleaseAll = "vigil.keyguard.release.*"
+	// SubjectKeyguardNonceAll and SubjectKeyguardReleaseAll match every
+	// VM's vigil.keyguard.{nonce,release}.<vm> (KeyguardNonceSubject,
+	// KeyguardReleaseSubject), which keyguard serves; an agent may use its
+	// own VM's only.
+	SubjectKeyguardNonceAll   = subjectKeyguardNoncePrefix + ".*"
+	SubjectKeyguardReleaseAll = subjectKeyguardReleasePrefix + ".*"
+)
+
+// Prefixes of the pinned key release subjects; no one serves or publishes
+// on a prefix itself.
+const (
+	subjectKeyguardNoncePrefix   = "vigil.keyguard.nonce"
+	subjectKeyguardReleasePrefix = "vigil.keyguard.release"
 )
 
 // KeyguardNonceSubject is vigil.keyguard.nonce.<vm>.
-func KeyguardNonceSubject(vm string) string { return SubjectKeyguardNonce + "." + vm }
+func KeyguardNonceSubject(vm string) string { return subjectKeyguardNoncePrefix + "." + vm }
 
 // KeyguardReleaseSubject is vigil.keyguard.release.<vm>.
-func KeyguardReleaseSubject(vm string) string { return SubjectKeyguardRelease + "." + vm }
+func KeyguardReleaseSubject(vm string) string { return subjectKeyguardReleasePrefix + "." + vm }
 
 // Kinds of per-VM event subjects: vigil.events.vm.<vm>.<kind>.
 const (

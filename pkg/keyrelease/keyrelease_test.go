@@ -194,7 +194,7 @@ type server struct {
 
 func (s *server) serve(t *testing.T, ctx context.Context, c *bus.Conn) {
 	t.Helper()
-	if _, err := c.Serve(ctx, keyrelease.SubjectNonce+".*", "", func(_ context.Context, data []byte) ([]byte, error) {
+	if _, err := c.Serve(ctx, events.SubjectKeyguardNonceAll, "", func(_ context.Context, data []byte) ([]byte, error) {
 		if _, err := keyrelease.ParseNonceRequest(data); err != nil {
 			return nil, &bus.ReplyError{Code: keyrelease.CodeBadRequest, Message: err.Error()}
 		}
@@ -204,7 +204,7 @@ func (s *server) serve(t *testing.T, ctx context.Context, c *bus.Conn) {
 	}, bus.WithServeConcurrency(1)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Serve(ctx, keyrelease.SubjectRelease+".*", "", func(_ context.Context, data []byte) ([]byte, error) {
+	if _, err := c.Serve(ctx, events.SubjectKeyguardReleaseAll, "", func(_ context.Context, data []byte) ([]byte, error) {
 		r, err := keyrelease.ParseReleaseRequest(data)
 		if err != nil {
 			return nil, &bus.ReplyError{Code: keyrelease.CodeBadRequest, Message: err.Error()}

@@ -10,15 +10,10 @@ import (
 	"github.com/vigil-cc/vigil/pkg/events"
 )
 
-// Subjects of the release API (request/reply, no stream). A client asks
-// on its VM's pinned NonceSubject and ReleaseSubject, which in operator
-// mode only that VM's agent may publish on; keyguard refuses (CodeWrongVM)
-// a request there for another VM. SubjectNonce and SubjectRelease are the
-// unpinned subjects of earlier releases.
-const (
-	SubjectNonce   = events.SubjectKeyguardNonce
-	SubjectRelease = events.SubjectKeyguardRelease
-)
+// The release API (request/reply, no stream) is served on each VM's own
+// NonceSubject and ReleaseSubject only, which in operator mode only that
+// VM's agent may publish on; keyguard refuses (CodeWrongVM) a request
+// there for another VM.
 
 // NonceSubject is vigil.keyguard.nonce.<vm>.
 func NonceSubject(vm string) string { return events.KeyguardNonceSubject(vm) }

@@ -40,14 +40,14 @@ func reasonCodes(v events.Verdict) string {
 func (r *releaser) serve(t *testing.T, ctx context.Context, c *bus.Conn) {
 	t.Helper()
 	r.nonces = make(chan []byte, 16)
-	if _, err := c.Serve(ctx, keyrelease.SubjectNonce+".*", "", func(context.Context, []byte) ([]byte, error) {
+	if _, err := c.Serve(ctx, events.SubjectKeyguardNonceAll, "", func(context.Context, []byte) ([]byte, error) {
 		n := evidence.NewNonce()
 		r.nonces <- n
 		return json.Marshal(keyrelease.NonceResponse{Nonce: n, ExpiresAt: time.Now().Add(time.Minute)})
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Serve(ctx, keyrelease.SubjectRelease+".*", "", func(ctx context.Context, data []byte) ([]byte, error) {
+	if _, err := c.Serve(ctx, events.SubjectKeyguardReleaseAll, "", func(ctx context.Context, data []byte) ([]byte, error) {
 		if code, _ := r.refuse.Load().(string); code != "" {
 			return nil, &bus.ReplyError{Code: code, Message: "refused by the test"}
 		}

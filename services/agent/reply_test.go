@@ -19,7 +19,7 @@ func TestChallengerReply(t *testing.T) {
 		{busauth.InboxPrefix(busauth.Keyguard) + ".abc", false},
 		{busauth.AgentInboxPrefix("vm") + ".abc", false},
 		{"_INBOX.abc", false},
-		{"vigil.keyguard.release", false},
+		{"vigil.keyguard.release.vm", false},
 	} {
 		if got := challengerReply("vigil.agent.vm.challenge", tc.reply); got != tc.want {
 			t.Errorf("challengerReply(%q) = %v, want %v", tc.reply, got, tc.want)

@@ -57,13 +57,14 @@ func subjectActor(ctx context.Context, payloadActor string) (string, error) {
 	return actor, nil
 }
 
-// pinnedVM refuses (wrong_vm) a nonce or release request on the pinned
-// vigil.keyguard.{nonce,release}.<vm> for another VM than vm; the
-// unpinned subjects carry no VM to check.
+// pinnedVM refuses (wrong_vm) a nonce or release request on
+// vigil.keyguard.{nonce,release}.<vm> for another VM than vm (and one on
+// any other subject, which keyguard does not serve).
 func pinnedVM(ctx context.Context, vm string) error {
-	parts := strings.Split(bus.RequestSubject(ctx), ".")
+	subject := bus.RequestSubject(ctx)
+	parts := strings.Split(subject, ".")
 	if len(parts) != 4 {
-		return nil
+		return refuse(keyrelease.CodeWrongVM, "request for VM %s on %q, not on the subject of a VM", vm, subject)
 	}
 	if parts[3] != vm {
 		return refuse(keyrelease.CodeWrongVM, "request for VM %s on the subject of VM %s", vm, parts[3])

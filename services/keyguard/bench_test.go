@@ -83,7 +83,7 @@ func BenchmarkRevocationLatency(b *testing.B) {
 					if j >= len(reqs) {
 						return
 					}
-					err := poller.Request(ctx, keyrelease.SubjectRelease, reqs[j], nil)
+					err := poller.Request(ctx, keyrelease.ReleaseSubject(vm.VMKey()), reqs[j], nil)
 					switch {
 					case err == nil:
 					case refusal(err) == keyrelease.CodeRevoked:
@@ -125,7 +125,7 @@ func prepareReleases(b *testing.B, h *harness, vm *sim.VM, n int) [][]byte {
 	out := make([][]byte, n)
 	for i := range out {
 		var nr keyrelease.NonceResponse
-		if err := h.conn.Request(ctx, keyrelease.SubjectNonce, keyrelease.NonceRequest{VMKey: vm.VMKey()}, &nr); err != nil {
+		if err := h.conn.Request(ctx, keyrelease.NonceSubject(vm.VMKey()), keyrelease.NonceRequest{VMKey: vm.VMKey()}, &nr); err != nil {
 			b.Fatal(err)
 		}
 		ev, err := attester(vm).Attest(ctx, nr.Nonce, keyrelease.Binding(nr.Nonce, keyrelease.ClassicSuite, pub))

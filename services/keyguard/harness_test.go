@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
@@ -51,6 +52,9 @@ type harness struct {
 	cfg   keyguard.Config
 	hooks keyguard.Hooks
 	stop  func()
+	// auth is the identity of an operator-mode srv (newOperatorHarness):
+	// the test then connects as the administrator, keyguard as itself.
+	auth *busauth.Set
 }
 
 type option func(*keyguard.Config)
@@ -73,7 +77,12 @@ func newHarnessOn(t testing.TB, srv *natstest.Server, opts ...option) *harness {
 // then h.start().
 func prepareHarness(t testing.TB, srv *natstest.Server, opts ...option) *harness {
 	t.Helper()
-	h := &harness{t: t, srv: srv}
+	return prepareHarnessWith(&harness{t: t, srv: srv}, opts...)
+}
+
+// prepareHarnessWith prepares h, whose t, srv and auth are set.
+func prepareHarnessWith(h *harness, opts ...option) *harness {
+	t := h.t
 	h.conn = h.connect()
 	h.js = h.conn.JS
 	if err := events.Provision(ctxT(t), h.js, events.Topology{}); err != nil {
@@ -96,6 +105,20 @@ func prepareHarness(t testing.TB, srv *natstest.Server, opts ...option) *harness
 	return h
 }
 
+// newOperatorHarness runs keyguard as its principal on an operator-mode
+// server of a fresh identity; h.conn is the first administrator's.
+func newOperatorHarness(t testing.TB, opts ...option) *harness {
+	t.Helper()
+	set, err := busauth.Init(busauth.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, srv: natstest.StartOperator(t, set), auth: set}
+	prepareHarnessWith(h, opts...)
+	h.start()
+	return h
+}
+
 // with returns h reporting to t (a subtest).
 func (h *harness) with(t testing.TB) *harness {
 	c := *h
@@ -103,21 +126,47 @@ func (h *harness) with(t testing.TB) *harness {
 	return &c
 }
 
+// connect connects to h's server, in operator mode as the administrator.
 func (h *harness) connect() *bus.Conn {
 	h.t.Helper()
-	c, err := bus.Connect(context.Background(), bus.Config{URL: h.srv.URL(), Name: "test", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if h.auth != nil {
+		return h.connectCreds(h.creds(busauth.Admin))
+	}
+	return h.connectCreds(busauth.Credentials{Name: "test"})
+}
+
+// creds returns the credentials of p in h's operator-mode identity.
+func (h *harness) creds(p busauth.Principal) busauth.Credentials {
+	h.t.Helper()
+	c, err := h.auth.Creds(p)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	h.t.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// connectCreds connects to h's server with c (as c.Name; without a JWT
+// when c has none).
+func (h *harness) connectCreds(c busauth.Credentials) *bus.Conn {
+	h.t.Helper()
+	conn, err := bus.Connect(context.Background(), bus.Config{URL: h.srv.URL(), Name: c.Name, UserJWT: c.JWT, NKeySeed: c.Seed,
+		InboxPrefix: c.InboxPrefix, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { _ = conn.Close() })
+	return conn
 }
 
 // start runs a keyguard replica with h.cfg on its own connection.
 func (h *harness) start() {
 	h.t.Helper()
 	cfg := h.cfg
-	cfg.Conn = h.connect()
+	if h.auth != nil {
+		cfg.Conn = h.connectCreds(h.creds(busauth.Keyguard))
+	} else {
+		cfg.Conn = h.connect()
+	}
 	ready := make(chan struct{})
 	cfg.Ready = func() { close(ready) }
 	ctx, cancel := context.WithCancel(context.Background())

@@ -16,7 +16,6 @@ import (
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/evidence/collateral"
-	"github.com/vigil-cc/vigil/pkg/keyrelease"
 	"github.com/vigil-cc/vigil/pkg/policyfeed"
 	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/services/keyguard/grants"
@@ -60,9 +59,8 @@ type Keyguard struct {
 
 // Run runs keyguard until ctx ends: it consumes verdicts, status changes and
 // lifecycle events and revokes, suspends and restores grants on every
-// backend; it serves the key release API (vigil.keyguard.nonce.<vm>,
-// vigil.keyguard.release.<vm>, and the unpinned vigil.keyguard.nonce and
-// vigil.keyguard.release) and the operator API
+// backend; it serves the key release API (vigil.keyguard.nonce.<vm> and
+// vigil.keyguard.release.<vm>) and the operator API
 // (vigil.keyguard.admin.<action>.<actor>).
 func Run(ctx context.Context, cfg Config) error { return run(ctx, cfg, hooks{}) }
 
@@ -182,9 +180,6 @@ func (k *Keyguard) start(svc *service.Service) error {
 		subject string
 		h       bus.ServeHandler
 	}{
-		// Agents of earlier releases use the unpinned subjects.
-		{keyrelease.SubjectNonce, k.handleNonce},
-		{keyrelease.SubjectRelease, k.handleRelease},
 		{events.SubjectKeyguardNonceAll, k.handleNonce},
 		{events.SubjectKeyguardReleaseAll, k.handleRelease},
 		{SubjectAdminRestore + ".*", k.handleRestore},
@@ -307,17 +302,15 @@ func (k *Keyguard) seed(ctx context.Context) error {
 
 // requesterReply reports whether keyguard, in operator mode, answers a
 // request on subject whose reply subject is reply: nonce and release
-// requests only under an agent's inbox (_INBOX_agent.<vm>; on the pinned
-// vigil.keyguard.{nonce,release}.<vm> that VM's), operator requests on
+// requests on vigil.keyguard.{nonce,release}.<vm> only under that VM's
+// agent's inbox (_INBOX_agent.<vm>), operator requests on
 // vigil.keyguard.admin.<action>.<name> only under that administrator's
 // (_INBOX_admin.<name>), the only principals allowed to make them.
 // Keyguard may publish to every agent's and administrator's inbox; without
 // this check a requester could have an answer published under another's.
 func requesterReply(subject, reply string) bool {
 	switch {
-	case subject == keyrelease.SubjectNonce || subject == keyrelease.SubjectRelease:
-		return underInbox(reply, busauth.AgentInboxPrefix, events.ValidVMKey)
-	case strings.HasPrefix(subject, keyrelease.SubjectNonce+".") || strings.HasPrefix(subject, keyrelease.SubjectRelease+"."):
+	case strings.HasPrefix(subject, subjectNoncePrefix) || strings.HasPrefix(subject, subjectReleasePrefix):
 		vm := subject[strings.LastIndexByte(subject, '.')+1:]
 		return events.ValidVMKey(vm) && strings.Count(subject, ".") == 3 && busauth.ReplyAllowed(busauth.AgentInboxPrefix(vm), reply)
 	case strings.HasPrefix(subject, subjectAdminPrefix):
@@ -328,16 +321,12 @@ func requesterReply(subject, reply string) bool {
 	return false
 }
 
+// subjectNoncePrefix and subjectReleasePrefix prefix the key release API's
+// subjects, vigil.keyguard.{nonce,release}.<vm>.
+var (
+	subjectNoncePrefix   = strings.TrimSuffix(events.SubjectKeyguardNonceAll, "*")
+	subjectReleasePrefix = strings.TrimSuffix(events.SubjectKeyguardReleaseAll, "*")
+)
+
 // subjectAdminPrefix prefixes the operator API subjects.
 const subjectAdminPrefix = "vigil.keyguard.admin."
-
-// underInbox reports whether reply lies under the inbox prefix(name) of
-// some valid name.
-func underInbox(reply string, prefix func(name string) string, valid func(string) bool) bool {
-	rest, ok := strings.CutPrefix(reply, prefix(""))
-	if !ok {
-		return false
-	}
-	name, _, ok := strings.Cut(rest, ".")
-	return ok && valid(name) && busauth.ReplyAllowed(prefix(name), reply)
-}

@@ -149,7 +149,7 @@ func TestReplayedNonceRefusedAcrossReplicas(t *testing.T) {
 	ctx := ctxT(t)
 
 	var nr keyrelease.NonceResponse
-	if err := h.conn.Request(ctx, keyrelease.SubjectNonce, keyrelease.NonceRequest{VMKey: vm.VMKey()}, &nr); err != nil {
+	if err := h.conn.Request(ctx, keyrelease.NonceSubject(vm.VMKey()), keyrelease.NonceRequest{VMKey: vm.VMKey()}, &nr); err != nil {
 		t.Fatal(err)
 	}
 	type nonceFields struct {
@@ -181,7 +181,7 @@ func TestReplayedNonceRefusedAcrossReplicas(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			c := h.connect()
-			results[i] = c.Request(ctx, keyrelease.SubjectRelease, body, &answers[i])
+			results[i] = c.Request(ctx, keyrelease.ReleaseSubject(vm.VMKey()), body, &answers[i])
 		}()
 	}
 	wg.Wait()
@@ -201,7 +201,7 @@ func TestReplayedNonceRefusedAcrossReplicas(t *testing.T) {
 	if ok != 1 {
 		t.Fatalf("%d of %d racing requests with one nonce got the secret, want exactly 1", ok, racers)
 	}
-	if err := h.conn.Request(ctx, keyrelease.SubjectRelease, body, nil); refusal(err) != keyrelease.CodeBadNonce {
+	if err := h.conn.Request(ctx, keyrelease.ReleaseSubject(vm.VMKey()), body, nil); refusal(err) != keyrelease.CodeBadNonce {
 		t.Fatalf("replay: %v", err)
 	}
 
@@ -209,21 +209,21 @@ func TestReplayedNonceRefusedAcrossReplicas(t *testing.T) {
 	other := h.newVM("replay-other")
 	h.setStatus(other, events.StatusTrusted)
 	h.grant(other, "disk-key", keyguard.BackendLocal)
-	if err := h.conn.Request(ctx, keyrelease.SubjectNonce, keyrelease.NonceRequest{VMKey: vm.VMKey()}, &nr); err != nil {
+	if err := h.conn.Request(ctx, keyrelease.NonceSubject(vm.VMKey()), keyrelease.NonceRequest{VMKey: vm.VMKey()}, &nr); err != nil {
 		t.Fatal(err)
 	}
 	bundle, _ = attester(other).Attest(ctx, nr.Nonce, keyrelease.Binding(nr.Nonce, keyrelease.DefaultSuite, pub))
 	req = keyrelease.ReleaseRequest{VMKey: other.VMKey(), KeyName: "disk-key", Nonce: nr.Nonce, Suite: keyrelease.DefaultSuite, PublicKey: pub, Evidence: bundle}
-	if err := h.conn.Request(ctx, keyrelease.SubjectRelease, req, nil); refusal(err) != keyrelease.CodeBadNonce {
+	if err := h.conn.Request(ctx, keyrelease.ReleaseSubject(other.VMKey()), req, nil); refusal(err) != keyrelease.CodeBadNonce {
 		t.Fatalf("nonce of another VM: %v", err)
 	}
 	// A made-up nonce is refused, and a malformed request says what is wrong.
 	req.Nonce = make([]byte, 32)
-	if err := h.conn.Request(ctx, keyrelease.SubjectRelease, req, nil); refusal(err) != keyrelease.CodeBadNonce {
+	if err := h.conn.Request(ctx, keyrelease.ReleaseSubject(other.VMKey()), req, nil); refusal(err) != keyrelease.CodeBadNonce {
 		t.Fatalf("unknown nonce: %v", err)
 	}
 	req.PublicKey = nil
-	err = h.conn.Request(ctx, keyrelease.SubjectRelease, req, nil)
+	err = h.conn.Request(ctx, keyrelease.ReleaseSubject(other.VMKey()), req, nil)
 	if refusal(err) != keyrelease.CodeBadRequest || !strings.Contains(err.Error(), "public_key") {
 		t.Fatalf("malformed request: %v", err)
 	}

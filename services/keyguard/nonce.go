@@ -50,7 +50,7 @@ const noncePurgeMarkerTTL = time.Second
 // requester of a request that reached keyguard through a service import.
 const headerRequestInfo = "Nats-Request-Info"
 
-// handleNonce serves vigil.keyguard.nonce. It issues a nonce only for a VM
+// handleNonce serves vigil.keyguard.nonce.<vm>. It issues a nonce only for a VM
 // that holds an active local grant, at most Nonces.PerVM unused ones per VM,
 // within per-requester and per-VM rates; everything else is refused before
 // anything is stored.

@@ -30,7 +30,7 @@ func askNonce(t testing.TB, c *bus.Conn, vm string) (keyrelease.NonceResponse, e
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var nr keyrelease.NonceResponse
-	err := c.Request(ctx, keyrelease.SubjectNonce, keyrelease.NonceRequest{VMKey: vm}, &nr)
+	err := c.Request(ctx, keyrelease.NonceSubject(vm), keyrelease.NonceRequest{VMKey: vm}, &nr)
 	return nr, err
 }
 
@@ -269,7 +269,7 @@ func useNonce(t *testing.T, h *harness, vm *sim.VM, nonce []byte) {
 		t.Fatal(err)
 	}
 	req := keyrelease.ReleaseRequest{VMKey: vm.VMKey(), KeyName: "disk-key", Nonce: nonce, Suite: keyrelease.DefaultSuite, PublicKey: pub, Evidence: bundle}
-	err = h.conn.Request(ctx, keyrelease.SubjectRelease, req, nil)
+	err = h.conn.Request(ctx, keyrelease.ReleaseSubject(vm.VMKey()), req, nil)
 	switch refusal(err) {
 	case keyrelease.CodeBadNonce, keyrelease.CodeBadRequest, keyrelease.CodeUnavailable:
 		t.Fatalf("release with a held nonce: %v", err)
@@ -314,13 +314,13 @@ accounts {
   VIGIL {
     jetstream: enabled
     users: [{user: keyguard, password: keyguard}]
-    exports: [{service: "vigil.keyguard.nonce"}, {service: "vigil.keyguard.release"}]
+    exports: [{service: "vigil.keyguard.nonce.*"}, {service: "vigil.keyguard.release.*"}]
   }
   AGENTS {
     users: [{user: agent-a, password: a}, {user: agent-b, password: b}]
     imports: [
-      {service: {account: VIGIL, subject: "vigil.keyguard.nonce"}, share: true}
-      {service: {account: VIGIL, subject: "vigil.keyguard.release"}, share: true}
+      {service: {account: VIGIL, subject: "vigil.keyguard.nonce.*"}, share: true}
+      {service: {account: VIGIL, subject: "vigil.keyguard.release.*"}, share: true}
     ]
   }
 }
@@ -406,7 +406,7 @@ func TestNonceRequesterFloodRateLimited(t *testing.T) {
 			if _, err := askNonce(t, flooder, bystander.VMKey()); refusal(err) != keyrelease.CodeRateLimited {
 				t.Fatalf("flooder asking for another VM: %v, want %s", err, keyrelease.CodeRateLimited)
 			}
-			forged := nats.NewMsg(keyrelease.SubjectNonce)
+			forged := nats.NewMsg(keyrelease.NonceSubject(bystander.VMKey()))
 			forged.Header.Set("Nats-Request-Info", `{"acc":"AGENTS","user":"agent-c"}`)
 			forged.Data, _ = json.Marshal(keyrelease.NonceRequest{VMKey: bystander.VMKey()})
 			ctx, cancel := context.WithTimeout(ctxT(t), 10*time.Second)

@@ -79,7 +79,7 @@ func (k *Keyguard) releasable(ctx context.Context, vm, keyName string) (string, 
 	return vmID, nil
 }
 
-// handleRelease serves vigil.keyguard.release.
+// handleRelease serves vigil.keyguard.release.<vm>.
 func (k *Keyguard) handleRelease(ctx context.Context, data []byte) (out []byte, err error) {
 	start := time.Now()
 	defer func() {

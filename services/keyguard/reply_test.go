@@ -5,12 +5,12 @@ import (
 
 	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/events"
-	"github.com/vigil-cc/vigil/pkg/keyrelease"
 )
 
 // TestRequesterReply: in operator mode keyguard answers release and nonce
-// requests only under an agent's inbox and operator requests only under
-// an administrator's, never elsewhere where its permissions reach.
+// requests on vigil.keyguard.{nonce,release}.<vm> only under that VM's
+// agent's inbox and operator requests only under the administrator's,
+// never elsewhere where its permissions reach.
 func TestRequesterReply(t *testing.T) {
 	vm := events.VMKey("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1")
 	other := events.VMKey("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm2")
@@ -20,16 +20,18 @@ func TestRequesterReply(t *testing.T) {
 		subject, reply string
 		want           bool
 	}{
-		{keyrelease.SubjectNonce, agent, true},
-		{keyrelease.SubjectRelease, agent, true},
-		{keyrelease.SubjectRelease, admin, false},
-		{keyrelease.SubjectNonce, "_INBOX.abc", false},
-		{keyrelease.SubjectNonce, busauth.InboxPrefix(busauth.Ingest) + ".abc", false},
-		{keyrelease.SubjectNonce, busauth.AgentInboxPrefix("not-a-vm-key") + ".abc", false},
-		{keyrelease.SubjectNonce, busauth.AgentInboxPrefix(vm), false},
-		{keyrelease.SubjectNonce, busauth.AgentInboxPrefix(vm) + ".", false},
-		{keyrelease.SubjectNonce, "$KV." + events.BucketGrants + "." + vm, false},
-		{keyrelease.SubjectNonce, "vigil.events.vm." + vm + ".key", false},
+		{events.KeyguardNonceSubject(vm), "_INBOX.abc", false},
+		{events.KeyguardNonceSubject(vm), busauth.InboxPrefix(busauth.Ingest) + ".abc", false},
+		{events.KeyguardNonceSubject(vm), busauth.AgentInboxPrefix("not-a-vm-key") + ".abc", false},
+		{events.KeyguardNonceSubject(vm), busauth.AgentInboxPrefix(vm), false},
+		{events.KeyguardNonceSubject(vm), busauth.AgentInboxPrefix(vm) + ".", false},
+		{events.KeyguardNonceSubject(vm), "$KV." + events.BucketGrants + "." + vm, false},
+		{events.KeyguardNonceSubject(vm), "vigil.events.vm." + vm + ".key", false},
+		// The unpinned subjects of earlier releases are no longer served.
+		{"vigil.keyguard.nonce", agent, false},
+		{"vigil.keyguard.release", agent, false},
+		{events.KeyguardNonceSubject("not-a-vm-key"), busauth.AgentInboxPrefix("not-a-vm-key") + ".abc", false},
+		{events.KeyguardNonceSubject(vm) + ".x", agent, false},
 		{events.KeyguardNonceSubject(vm), agent, true},
 		{events.KeyguardReleaseSubject(vm), agent, true},
 		{events.KeyguardReleaseSubject(other), agent, false},
