@@ -123,19 +123,6 @@ type pipelineRunKey struct {
 	n        int
 }
 
-// connectBusAs connects to url with c's credentials and inbox prefix, as
-// connectBus does otherwise.
-func connectBusAs(t testing.TB, url string, c busauth.Credentials) *bus.Conn {
-	t.Helper()
-	conn, err := bus.Connect(context.Background(), bus.Config{URL: url, Name: t.Name(), UserJWT: c.JWT, NKeySeed: c.Seed, InboxPrefix: c.InboxPrefix,
-		WaitForServer: true, Logger: testLogger(), ReconnectWait: 50 * time.Millisecond, MaxReconnectWait: 250 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	return conn
-}
-
 // challengerReply is services/agent's reply check in operator mode: only
 // challenges whose reply lies under the attest-worker's inbox prefix are
 // answered.

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
@@ -49,16 +50,25 @@ func (v *testVM) challenges() []time.Time {
 	return append([]time.Time(nil), v.times...)
 }
 
-// fleet is the simulated VMs of a test, served on one connection.
+// fleet is the simulated VMs of a test, served on one connection, or each
+// on its own (agentConn, under bus identity).
 type fleet struct {
-	t    testing.TB
-	conn *bus.Conn
-	ctx  context.Context
-	vms  []*testVM
-	by   map[string]*testVM
+	t         testing.TB
+	conn      *bus.Conn
+	agentConn func(vm string) *bus.Conn
+	ctx       context.Context
+	vms       []*testVM
+	by        map[string]*testVM
 }
 
 func newFleet(t testing.TB, ctx context.Context, conn *bus.Conn, n int, cfg sim.VMConfig) *fleet {
+	t.Helper()
+	return newFleetOn(t, ctx, conn, nil, n, cfg)
+}
+
+// newFleetOn is newFleet with each VM's agent on agentConn(vm) (conn when
+// nil); conn registers the VMs.
+func newFleetOn(t testing.TB, ctx context.Context, conn *bus.Conn, agentConn func(string) *bus.Conn, n int, cfg sim.VMConfig) *fleet {
 	t.Helper()
 	if cfg.AK == sim.AKRSA2048 {
 		cfg.AK = sim.AKECDSAP256
@@ -67,7 +77,7 @@ func newFleet(t testing.TB, ctx context.Context, conn *bus.Conn, n int, cfg sim.
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fleet{t: t, conn: conn, ctx: ctx, by: map[string]*testVM{}}
+	f := &fleet{t: t, conn: conn, agentConn: agentConn, ctx: ctx, by: map[string]*testVM{}}
 	for _, v := range vms {
 		tv := &testVM{VM: v}
 		f.vms = append(f.vms, tv)
@@ -78,7 +88,11 @@ func newFleet(t testing.TB, ctx context.Context, conn *bus.Conn, n int, cfg sim.
 }
 
 func (f *fleet) subscribe(v *testVM) {
-	sub, err := f.conn.Serve(f.ctx, events.ChallengeSubject(v.VMKey()), "", func(ctx context.Context, data []byte) ([]byte, error) {
+	conn := f.conn
+	if f.agentConn != nil {
+		conn = f.agentConn(v.VMKey())
+	}
+	sub, err := conn.Serve(f.ctx, events.ChallengeSubject(v.VMKey()), "", func(ctx context.Context, data []byte) ([]byte, error) {
 		var ch events.Challenge
 		if err := json.Unmarshal(data, &ch); err != nil {
 			return nil, err
@@ -142,12 +156,20 @@ func (f *fleet) register(ctx context.Context, vms ...*testVM) {
 
 func connectBus(t testing.TB, url string) *bus.Conn {
 	t.Helper()
-	c, err := bus.Connect(context.Background(), bus.Config{URL: url, Name: t.Name(), WaitForServer: true, Logger: testLogger(), ReconnectWait: 50 * time.Millisecond, MaxReconnectWait: 250 * time.Millisecond})
+	return connectBusAs(t, url, busauth.Credentials{})
+}
+
+// connectBusAs connects to url with c's credentials and inbox prefix (none
+// when c is zero), waiting for a server and reconnecting fast.
+func connectBusAs(t testing.TB, url string, c busauth.Credentials) *bus.Conn {
+	t.Helper()
+	conn, err := bus.Connect(context.Background(), bus.Config{URL: url, Name: t.Name(), UserJWT: c.JWT, NKeySeed: c.Seed, InboxPrefix: c.InboxPrefix,
+		WaitForServer: true, Logger: testLogger(), ReconnectWait: 50 * time.Millisecond, MaxReconnectWait: 250 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = c.Close() })
-	return c
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
 }
 
 func testLogger() *slog.Logger {

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
+	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
 	"github.com/vigil-cc/vigil/pkg/natstest"
@@ -235,9 +237,43 @@ func TestNATSRestartMidRun(t *testing.T) {
 	}
 }
 
+// TestClusterNodeLoss: losing the node that leads the schedule stream
+// loses no VM's schedule, on an open cluster and on one in operator mode
+// (the worker, the agents, the registering ingest and the reading
+// administrator each with its own credentials).
 func TestClusterNodeLoss(t *testing.T) {
-	cl := natstest.StartCluster(t, 3)
-	conn := connectBus(t, cl.URLs())
+	for _, auth := range []bool{false, true} {
+		name := "open"
+		if auth {
+			name = "operator mode"
+		}
+		t.Run(name, func(t *testing.T) { testClusterNodeLoss(t, auth) })
+	}
+}
+
+func testClusterNodeLoss(t *testing.T, auth bool) {
+	var cl *natstest.Cluster
+	// as connects as principal p (without auth: an open connection).
+	as := func(busauth.Principal) *bus.Conn { return connectBus(t, cl.URLs()) }
+	var agentConn func(string) *bus.Conn
+	if auth {
+		set, err := busauth.Init(busauth.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl = natstest.StartOperatorCluster(t, set, 3)
+		as = func(p busauth.Principal) *bus.Conn { return connectBusAs(t, cl.URLs(), mustCreds(t, set, p)) }
+		agentConn = func(vm string) *bus.Conn {
+			c, err := set.AgentCreds(vm, time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return connectBusAs(t, cl.URLs(), c)
+		}
+	} else {
+		cl = natstest.StartCluster(t, 3)
+	}
+	conn := as(busauth.Admin) // provisions and reads
 	ctx := t.Context()
 	// Placement of replicated streams can fail while the cluster settles.
 	waitFor(t, 60*time.Second, "provisioning with 3 replicas", func() (bool, string) {
@@ -246,8 +282,8 @@ func TestClusterNodeLoss(t *testing.T) {
 		err := events.Provision(pctx, conn.JS, events.Topology{Replicas: 3})
 		return err == nil, fmt.Sprint(err)
 	})
-	f := newFleet(t, ctx, conn, 10, sim.VMConfig{})
-	cfg := testConfig(connectBus(t, cl.URLs()), "w1")
+	f := newFleetOn(t, ctx, as(busauth.Ingest), agentConn, 10, sim.VMConfig{})
+	cfg := testConfig(as(busauth.AttestWorker), "w1")
 	cfg.Topology = events.Topology{Replicas: 3}
 	// Electing a new leader takes a few seconds; this test is about not
 	// losing the schedule, not about the grace period.
