@@ -188,7 +188,8 @@ func runMultiProcess(t *testing.T, bin string, auth bool) {
 	creds := func(p busauth.Principal) string { return filepath.Join(authDir, busauth.CredsFile(p)) }
 	keyguardAuth := filepath.Join(dir, "keyguard-auth")
 	if auth {
-		if out, err := exec.Command(b("vigil"), "auth", "init", "--dir", authDir).CombinedOutput(); err != nil {
+		// The full resolver, as in production: revocations hold.
+		if out, err := exec.Command(b("vigil"), "auth", "init", "--dir", authDir, "--resolver-dir", filepath.Join(dir, "nats-jwt")).CombinedOutput(); err != nil {
 			t.Fatalf("vigil auth init: %v\n%s", err, out)
 		}
 		// keyguard gets the files it needs and no other secret.

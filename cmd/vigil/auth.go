@@ -64,11 +64,12 @@ service its own credentials file only.`,
 
 func newAuthInitCmd() *cobra.Command {
 	var (
-		dir, admin string
-		agentTTL   time.Duration
-		force      bool
-		withTLS    bool
-		tlsHosts   []string
+		dir, admin  string
+		agentTTL    time.Duration
+		force       bool
+		withTLS     bool
+		tlsHosts    []string
+		resolverDir string
 	)
 	cmd := &cobra.Command{
 		Use:   "init --dir DIR",
@@ -76,13 +77,15 @@ func newAuthInitCmd() *cobra.Command {
 		Long: `init makes Vigil's NATS identity and writes it to DIR: the operator JWT and keys, the
 system and Vigil account JWTs, one scoped signing key per principal, one credentials file per
 service, reader and the first administrator (secrets mode 0600 in directories of mode 0700),
-and server.conf, the nats-server configuration that trusts the operator. With --tls it also
+and server.conf, the nats-server configuration that trusts the operator (with --resolver-dir
+the full resolver, which keeps keyguard's revocations of agents on every node and across
+restarts: use it in production). With --tls it also
 makes a CA (ECDSA P-256) with a server certificate for --tls-host and a client certificate
 per principal, in DIR/tls, for tests and compose. It refuses to
 replace an existing identity unless --force is given: every credential made with the old
 one stops working.`,
 		Example: `  vigil auth init --dir /etc/vigil/nats-auth
-  vigil auth init --dir ./auth --admin alice --agent-ttl 12h
+  vigil auth init --dir ./auth --admin alice --agent-ttl 12h --resolver-dir /data/nats/jwt
   vigil auth init --dir ./auth --tls --tls-host nats,localhost,127.0.0.1`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -105,9 +108,9 @@ one stops working.`,
 			if exists && !force {
 				return &exitError{code: 1, msg: fmt.Sprintf("%s holds an identity already; --force replaces it (every credential made with it stops working)", dir)}
 			}
-			set, err := busauth.Init(busauth.Options{})
+			set, err := busauth.Init(busauth.Options{ResolverDir: resolverDir})
 			if err != nil {
-				return &exitError{code: 1, msg: err.Error()}
+				return usageError("%v", err)
 			}
 			if err := set.WriteDir(dir); err != nil {
 				return &exitError{code: 1, msg: err.Error()}
@@ -148,6 +151,7 @@ one stops working.`,
 	f.StringVar(&admin, "admin", busauth.DefaultAdminName, "name of the first administrator (what its actions are attributed to)")
 	f.DurationVar(&agentTTL, "agent-ttl", busauth.DefaultAgentTTL, `default lifetime of agent credentials ("vigil auth agent")`)
 	f.BoolVar(&force, "force", false, "replace an existing identity (every credential made with it stops working)")
+	f.StringVar(&resolverDir, "resolver-dir", "", "absolute directory where each nats-server keeps the account JWTs (resolver type full): keyguard's revocations of agents then hold on every node and across restarts; empty: the memory resolver")
 	f.BoolVar(&withTLS, "tls", false, "also make a CA, a server certificate and a client certificate per principal in DIR/tls (for tests and compose)")
 	f.StringSliceVar(&tlsHosts, "tls-host", []string{"localhost", "127.0.0.1"}, "host names and IP addresses of the server certificate (repeatable)")
 	return cmd

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -77,11 +78,12 @@ func mustMode0600(t *testing.T, path string) {
 // inbox prefix; every secret is mode 0600; the output names the server
 // configuration and each service's credentials.
 func TestAuthInitWritesAUsableIdentity(t *testing.T) {
-	dir, out := authInit(t, "--admin", "alice", "--agent-ttl", "2h")
+	jwtDir := filepath.Join(t.TempDir(), "jwt")
+	dir, out := authInit(t, "--admin", "alice", "--agent-ttl", "2h", "--resolver-dir", jwtDir)
 	srv := startFromDir(t, dir)
 	set := srv.Auth()
 
-	for _, want := range []string{"operator: ", "system_account: " + set.SystemAccount(), "resolver: MEMORY",
+	for _, want := range []string{"operator: ", "system_account: " + set.SystemAccount(), "type: full", fmt.Sprintf("dir: %q", jwtDir),
 		filepath.Join(dir, busauth.FileServerConfig), "VIGIL_NATS_CREDS", "vigil provision"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("init output lacks %q:\n%s", want, out)

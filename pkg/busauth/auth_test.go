@@ -247,14 +247,59 @@ func TestRevokedAgentDisconnectedWithinSeconds(t *testing.T) {
 }
 
 // TestServerConfigSnippet: a server configured with ServerConfig alone
-// (operator, system account, memory resolver with the accounts
-// preloaded) runs JetStream for the principals and refuses others.
+// (operator, system account, the memory or the full resolver with the
+// accounts preloaded) runs JetStream for the principals and refuses
+// others; with the full resolver a revocation pushed before the account
+// is loaded holds when it loads, and after a restart.
 func TestServerConfigSnippet(t *testing.T) {
-	set, err := busauth.Init(busauth.Options{})
+	for _, full := range []bool{false, true} {
+		name := "memory resolver"
+		if full {
+			name = "full resolver"
+		}
+		t.Run(name, func(t *testing.T) { testServerConfigSnippet(t, full) })
+	}
+}
+
+func testServerConfigSnippet(t *testing.T, full bool) {
+	opts := busauth.Options{}
+	if full {
+		opts.ResolverDir = filepath.Join(t.TempDir(), "jwt")
+	}
+	set, err := busauth.Init(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	var victim busauth.Credentials
+	if full {
+		// Revoked before any user of the account connects.
+		victim = issueAgent(t, set.AgentIssuer(), vmA)
+	}
 	srv := natstest.StartConfigured(t, set.ServerConfig())
+	if full {
+		// JWT times are in seconds, and a server's preload replaces a stored
+		// account JWT issued in the same second: push, as in life, after the
+		// second the identity was made in.
+		ac, err := jwt.DecodeAccountClaims(set.AccountJWT())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for time.Now().Unix() <= ac.IssuedAt {
+			time.Sleep(10 * time.Millisecond)
+		}
+		r, err := set.Revoker()
+		if err != nil {
+			t.Fatal(err)
+		}
+		push(t, r, revokerConn(t, srv, r), map[string]time.Time{victim.PublicKey(): time.Now()})
+		if !refused(srv.URL(), victim) {
+			t.Fatal("a revocation pushed before the account was loaded does not hold")
+		}
+		srv.Restart()
+		if !refused(srv.URL(), victim) {
+			t.Fatal("the revocation does not hold after a restart")
+		}
+	}
 	admin, _ := set.Creds(busauth.Admin)
 	nc := srv.ConnectCreds(admin)
 	natstest.Provision(t, nc, events.Topology{})

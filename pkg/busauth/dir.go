@@ -26,6 +26,7 @@ const (
 	FileSystemAccount  = "accounts/system.jwt"
 	FileVigilAccount   = "accounts/vigil.jwt"
 	FileServerConfig   = "server.conf"
+	FileResolverDir    = "resolver-dir" // Options.ResolverDir, when set
 	dirSigning         = "signing" // <principal>.nk: the scoped signing keys
 	dirCreds           = "creds"   // <principal>.creds
 )
@@ -39,17 +40,24 @@ func SigningKeyFile(p Principal) string { return filepath.Join(dirSigning, strin
 func CredsFile(p Principal) string { return filepath.Join(dirCreds, string(p)+".creds") }
 
 // ServerConfig is a nats-server configuration snippet that trusts the
-// operator and serves the accounts from memory (resolver MEMORY with the
-// account JWTs preloaded). A revocation takes effect when the server has
-// the new account JWT: reload it with the configuration written again.
+// operator and serves the accounts, preloaded, from the full resolver in
+// Options.ResolverDir (which stores the account updates keyguard pushes
+// with its revocations) or, without one, from memory (a revocation then
+// holds while the server has the account loaded; keyguard pushes again
+// at every reconciliation).
 func (s *Set) ServerConfig() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var b strings.Builder
-	b.WriteString("# Vigil's NATS identity (pkg/busauth): operator mode, accounts from memory.\n")
+	fmt.Fprintf(&b, "# Vigil's NATS identity (pkg/busauth): operator mode.\n")
 	fmt.Fprintf(&b, "operator: %s\n", s.operatorJWT)
 	fmt.Fprintf(&b, "system_account: %s\n", s.system.claims.Subject)
-	b.WriteString("resolver: MEMORY\nresolver_preload: {\n")
+	if s.resolverDir != "" {
+		fmt.Fprintf(&b, "resolver: {\n  type: full\n  dir: %q\n  allow_delete: false\n  interval: \"2m\"\n}\n", s.resolverDir)
+	} else {
+		b.WriteString("resolver: MEMORY\n")
+	}
+	b.WriteString("resolver_preload: {\n")
 	fmt.Fprintf(&b, "  # %s\n  %s: %s\n", s.system.claims.Name, s.system.claims.Subject, s.system.jwt)
 	fmt.Fprintf(&b, "  # %s\n  %s: %s\n", s.vigil.claims.Name, s.vigil.claims.Subject, s.vigil.jwt)
 	b.WriteString("}\n")
@@ -79,6 +87,9 @@ func (s *Set) WriteDir(dir string) error {
 		FileSystemAccount: []byte(s.system.jwt + "\n"),
 		FileVigilAccount:  []byte(s.vigil.jwt + "\n"),
 		FileServerConfig:  []byte(conf),
+	}
+	if s.resolverDir != "" {
+		files[FileResolverDir] = []byte(s.resolverDir + "\n")
 	}
 	secrets := map[string][]byte{}
 	var err error
@@ -167,6 +178,12 @@ func LoadDir(dir string) (*Set, error) {
 	var err error
 	if err := checkCurrent(dir); err != nil {
 		return nil, err
+	}
+	switch b, err := os.ReadFile(filepath.Join(dir, FileResolverDir)); {
+	case err == nil:
+		s.resolverDir = strings.TrimSpace(string(b))
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("busauth: %w", err)
 	}
 	if s.operatorJWT, err = readJWT(dir, FileOperatorJWT); err != nil {
 		return nil, err

@@ -3,6 +3,8 @@ package busauth
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,6 +21,13 @@ type Options struct {
 	// UserTTL bounds the life of the users Init makes (the services', the
 	// readers' and the first administrator's); 0: they do not expire.
 	UserTTL time.Duration
+	// ResolverDir, when set, is the directory where each nats-server keeps
+	// the account JWTs: ServerConfig then configures the full resolver,
+	// which stores pushed account updates (keyguard's revocations), shares
+	// them across a cluster and keeps them across restarts. Empty: the
+	// memory resolver, which holds a pushed update only while the server
+	// has the account loaded.
+	ResolverDir string
 	// JetStreamDisk and JetStreamMemory bound the Vigil account's
 	// JetStream storage in bytes: 0 keeps the default (disk: the server's
 	// own bound, memory: 256 MiB), -1 lifts the bound.
@@ -59,6 +68,7 @@ type Set struct {
 	// revocationKey is the operator signing key of Revoker: it signs
 	// only the Vigil account's revocation updates.
 	revocationKey nkeys.KeyPair
+	resolverDir   string // Options.ResolverDir
 	operatorJWT   string
 	system        account
 	// systemSigner is the system account's scoped signing key of the
@@ -90,7 +100,10 @@ func Init(opts Options) (*Set, error) {
 	if opts.UserTTL < 0 {
 		return nil, errors.New("busauth: negative user TTL")
 	}
-	s := &Set{signers: map[Principal]nkeys.KeyPair{}, users: map[Principal]Credentials{}}
+	if opts.ResolverDir != "" && (strings.ContainsAny(opts.ResolverDir, "\"\n\r") || !filepath.IsAbs(opts.ResolverDir)) {
+		return nil, fmt.Errorf("busauth: resolver directory %q: want an absolute path without quotes or line breaks", opts.ResolverDir)
+	}
+	s := &Set{signers: map[Principal]nkeys.KeyPair{}, users: map[Principal]Credentials{}, resolverDir: opts.ResolverDir}
 	var err error
 	if s.operator, err = nkeys.CreateOperator(); err != nil {
 		return nil, fmt.Errorf("busauth: operator key: %w", err)

@@ -3,6 +3,7 @@ package keyguard_test
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -98,13 +99,16 @@ func TestAzureKeyVaultRevokeAndRestore(t *testing.T) {
 	if patchPaths["/keys/disk/v1"] != 1 || patchPaths["/keys/sealed/v1"] != 1 || len(patchPaths) != 2 {
 		t.Fatalf("PATCH calls %v", patchPaths)
 	}
+	// The key event follows the applied grant: wait for it.
 	for _, key := range []string{"disk", "sealed"} {
-		found := false
-		for _, k := range h.keyEvents(vmA) {
-			found = found || (k.Action == events.KeyRevoked && k.Backend == "akv" && k.KeyName == key)
-		}
-		if !found {
-			t.Fatalf("no revoked key event for akv/%s", key)
+		deadline := time.Now().Add(20 * time.Second)
+		for !slices.ContainsFunc(h.keyEvents(vmA), func(k events.Key) bool {
+			return k.Action == events.KeyRevoked && k.Backend == "akv" && k.KeyName == key
+		}) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no revoked key event for akv/%s", key)
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
 	}
 
