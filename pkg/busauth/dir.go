@@ -27,8 +27,8 @@ const (
 	FileVigilAccount   = "accounts/vigil.jwt"
 	FileServerConfig   = "server.conf"
 	FileResolverDir    = "resolver-dir" // Options.ResolverDir, when set
-	dirSigning         = "signing" // <principal>.nk: the scoped signing keys
-	dirCreds           = "creds"   // <principal>.creds
+	dirSigning         = "signing"      // <principal>.nk: the scoped signing keys
+	dirCreds           = "creds"        // <principal>.creds
 )
 
 // SigningKeyFile is the file of p's scoped signing key in a directory
