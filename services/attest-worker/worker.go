@@ -149,6 +149,8 @@ type hooks struct {
 	// appraiser replaces evidence verification (the benchmark's measure
 	// of the pipeline without verification).
 	appraiser appraiser
+	// follow wraps the policy follower (to hold it back).
+	follow func(ctx context.Context, follow func(context.Context) error) error
 }
 
 func run(ctx context.Context, cfg Config, h hooks) error {
@@ -238,18 +240,38 @@ func newWorker(ctx context.Context, cfg Config, svc *service.Service, h hooks) (
 	}, nil
 }
 
-// start starts the worker's consumers and its policy follower as the
-// service's tasks and marks the service ready.
+// start starts the worker's policy follower and, once it has read the
+// published policy versions, its consumers, as the service's tasks, and
+// then marks the service ready: nothing is appraised under a policy the
+// bus has superseded, nor scheduled with its timing.
 func (w *Worker) start(svc *service.Service) error {
 	if err := w.sched.ensureSweep(svc.Context(), w.cfg.SweepEvery); err != nil {
 		return err
 	}
+	follow := w.policies.feed.Follow
+	if h := w.hooks.follow; h != nil {
+		follow = func(ctx context.Context) error { return h(ctx, w.policies.feed.Follow) }
+	}
+	svc.Go("policy", follow)
+	svc.Go("start", func(ctx context.Context) error {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-w.policies.feed.Synced():
+		}
+		w.consume(svc)
+		return nil
+	})
+	return nil
+}
+
+// consume starts the worker's consumers and marks the service ready.
+func (w *Worker) consume(svc *service.Service) {
 	consume := func(name, stream string, cc jetstream.ConsumerConfig, h bus.Handler, opts ...bus.ConsumeOption) {
 		svc.Go(name, func(ctx context.Context) error {
 			return w.conn.Consume(ctx, stream, cc, h, append(opts, bus.WithAlertSource(Service))...)
 		})
 	}
-	svc.Go("policy", w.policies.feed.Follow)
 	ackWait := w.cfg.AckWait
 	consume("jobs", events.StreamJobs, jetstream.ConsumerConfig{
 		Durable:       ConsumerJobs,
@@ -276,5 +298,4 @@ func (w *Worker) start(svc *service.Service) error {
 	w.log.Info("attest-worker running", "policy", w.policies.policy().ID, "policy_version", w.policies.policy().Version,
 		"interval", t.Interval, "grace", t.Grace, "jitter", t.Jitter, "concurrency", w.cfg.Concurrency, "sweep_every", w.cfg.SweepEvery, "missed_after", w.cfg.MissedAfter)
 	svc.MarkReady()
-	return nil
 }
