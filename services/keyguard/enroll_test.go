@@ -317,7 +317,8 @@ func TestEnrollRefusals(t *testing.T) {
 // with 429 and Retry-After once past its burst, while another source
 // still enrolls.
 func TestEnrollRateLimitedPerSource(t *testing.T) {
-	e := newEnrollEnv(t, func(c *keyguard.Config) { c.Enroll.SourceBurst = 20 })
+	// Hardly any refill, however slow the machine: 20 in a row, then 429.
+	e := newEnrollEnv(t, func(c *keyguard.Config) { c.Enroll.SourceBurst, c.Enroll.SourceRate = 20, 0.001 })
 	vm := e.newVM("enroll-flood")
 	e.setInventory(vm, vm.VMID())
 	body, _ := json.Marshal(enroll.NonceRequest{VMKey: "aaaaaaaaaaaaaaaaaaaaaaaaaa"})
@@ -336,8 +337,8 @@ func TestEnrollRateLimitedPerSource(t *testing.T) {
 			}
 		}
 	}
-	if limited < 30 {
-		t.Fatalf("%d of 60 flooding requests limited, want most past the burst of 20", limited)
+	if limited != 40 {
+		t.Fatalf("%d of 60 flooding requests limited, want the 40 past the burst of 20", limited)
 	}
 	// Another source (127.0.0.2 is loopback too) is not affected.
 	other := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}).DialContext}}
