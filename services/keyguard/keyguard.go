@@ -60,8 +60,10 @@ type Keyguard struct {
 // Run runs keyguard until ctx ends: it consumes verdicts, status changes and
 // lifecycle events and revokes, suspends and restores grants on every
 // backend; it serves the key release API (vigil.keyguard.nonce.<vm> and
-// vigil.keyguard.release.<vm>) and the operator API
-// (vigil.keyguard.admin.<action>.<actor>).
+// vigil.keyguard.release.<vm>), the operator API
+// (vigil.keyguard.admin.<action>.<actor>) and, with Enroll.Issuer, the
+// agents' enrollment API over HTTP, revoking agents' credentials with
+// Enroll.Revoker.
 func Run(ctx context.Context, cfg Config) error { return run(ctx, cfg, hooks{}) }
 
 // hooks are where tests act inside a running keyguard (export_test.go);
