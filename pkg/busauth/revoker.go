@@ -181,6 +181,22 @@ type claimsUpdateAnswer struct {
 // when no server answers before ctx ends (nc is not the revoker's, or
 // the server does not run in operator mode).
 func (r *Revoker) Push(ctx context.Context, nc *nats.Conn, revoked map[string]time.Time) error {
+	// JWT times are seconds, and a full resolver keeps, of two JWTs of one
+	// account issued in the same second, whichever it saw last (a
+	// cluster's nodes exchange theirs): issue the push after the second
+	// the account it amends was issued in, which only waits right after
+	// the identity was made.
+	if base, err := jwt.DecodeAccountClaims(r.base); err == nil {
+		if wait := time.Until(time.Unix(base.IssuedAt+1, 0)); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			case <-t.C:
+			}
+		}
+	}
 	token, err := r.AccountJWT(revoked)
 	if err != nil {
 		return err
