@@ -102,6 +102,29 @@ func TestParseRequest(t *testing.T) {
 	}
 }
 
+func TestParseNonceRequest(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		data string
+		ok   bool
+	}{
+		{"valid", `{"vm_key":"` + vm + `"}`, true},
+		{"not a VM key", `{"vm_key":"../x"}`, false},
+		{"unknown field", `{"vm_key":"` + vm + `","x":1}`, false},
+		{"too large", `{"vm_key":"` + strings.Repeat("a", enroll.MaxNonceRequestSize) + `"}`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := enroll.ParseNonceRequest([]byte(tc.data))
+			if (err == nil) != tc.ok {
+				t.Fatalf("err = %v, want ok %t", err, tc.ok)
+			}
+			if err != nil && !errors.Is(err, enroll.ErrInvalidRequest) {
+				t.Fatalf("error %v does not wrap ErrInvalidRequest", err)
+			}
+		})
+	}
+}
+
 // FuzzParseRequest: any input is parsed or refused, never accepted
 // invalid.
 func FuzzParseRequest(f *testing.F) {
