@@ -104,16 +104,10 @@ func update[T any](ctx context.Context, kv jetstream.KeyValue, key string, fn fu
 				_, err = kv.Update(ctx, key, b, rev)
 			}
 		}
-		if err == nil || attempt >= 16 || !(errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err)) {
+		if err == nil || attempt >= 16 || !kvlast.IsRevisionMismatch(err) {
 			return err
 		}
 	}
-}
-
-// isWrongSequence reports a revision check that failed.
-func isWrongSequence(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
 // issued records that vm's agent holds a JWT for pub from at until
@@ -188,7 +182,7 @@ func (s *agentStore) revoke(ctx context.Context, vm, cause string, blocked bool,
 		if err == nil {
 			return len(live) > 0, nil
 		}
-		if attempt >= 16 || !isWrongSequence(err) {
+		if attempt >= 16 || !kvlast.IsRevisionMismatch(err) {
 			return false, err
 		}
 	}
