@@ -1,0 +1,3 @@
+module github.com/vigil-cc/vigil/services/notifier
+
+go 1.26.0
