@@ -330,13 +330,16 @@ func TestKVWritesOutsideOwnBuckets(t *testing.T) {
 	e := newEnv(t)
 	ctx := ctxT(t)
 	writers := map[string][]busauth.Principal{
-		events.BucketVMs:             {I},
-		events.BucketStatus:          {W},
-		events.BucketGrants:          {K},
-		events.BucketCollateral:      {W, K},
-		events.BucketKeyguardNonces:  {K},
-		events.BucketKeyguardSecrets: {K, D},
-		events.BucketAgents:          {K},
+		events.BucketVMs:                {I},
+		events.BucketStatus:             {W},
+		events.BucketGrants:             {K},
+		events.BucketCollateral:         {W, K},
+		events.BucketKeyguardNonces:     {K},
+		events.BucketKeyguardSecrets:    {K, D},
+		events.BucketAgents:             {K},
+		events.BucketAlertSubscriptions: {D},
+		events.BucketAlertState:         {N},
+		events.BucketAlertSilences:      {D},
 	}
 	for _, p := range append(services, G) {
 		var c *client

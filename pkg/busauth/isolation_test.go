@@ -51,7 +51,7 @@ func publishProbes() []probe {
 		{"fired schedule", events.ScheduleDueSubject(vmB), nil},
 		{"sweep schedule", events.SubjectSweepSchedule, []busauth.Principal{W}},
 		{"VM alert", events.AlertSubject(events.SeverityHigh, vmB), []busauth.Principal{I, W, K}},
-		{"fleet alert", events.AlertSubject(events.SeverityCritical, ""), []busauth.Principal{I, W, K, A}},
+		{"fleet alert", events.AlertSubject(events.SeverityCritical, ""), []busauth.Principal{I, W, K, A, N}},
 		{"checkpoint", events.SubjectCheckpoint, []busauth.Principal{A}},
 		{"challenge to another VM", events.ChallengeSubject(vmB), []busauth.Principal{W}},
 		{"unpinned nonce request (earlier releases)", "vigil.keyguard.nonce", nil},
@@ -98,7 +98,16 @@ func publishProbes() []probe {
 		{"answer the attest-worker's jobs", "$JS.ACK.VIGIL_JOBS.attest-worker.1.1.1.1700000000000000000.0", []busauth.Principal{W}},
 		{"pull the attest-worker's fired schedules", "$JS.API.CONSUMER.MSG.NEXT.VIGIL_SCHEDULE.attest-worker-schedule", []busauth.Principal{W}},
 		{"pull ingest's raw events", "$JS.API.CONSUMER.MSG.NEXT.VIGIL_RAW.vigil-ingest-normalize", []busauth.Principal{I}},
-		{"pull the notifier's alerts", "$JS.API.CONSUMER.MSG.NEXT.VIGIL_ALERTS.vigil-notifier", []busauth.Principal{N}},
+		// The notifier's durables on VIGIL_ALERTS are named after the
+		// subscriptions, so the readers' ordered consumers there (any
+		// name) are not kept from them (docs/security.md).
+		{"pull the notifier's alerts", "$JS.API.CONSUMER.MSG.NEXT.VIGIL_ALERTS.vigil-notifier-s1", []busauth.Principal{N, C, D}},
+		{"answer the notifier's alerts", "$JS.ACK.VIGIL_ALERTS.vigil-notifier-s1.1.1.1.1700000000000000000.0", []busauth.Principal{N}},
+		{"pull the notifier's replays", "$JS.API.CONSUMER.MSG.NEXT.VIGIL_ALERTS_DLQ.vigil-notifier-replay", []busauth.Principal{N}},
+		{"dead-letter an alert", events.AlertDLQSubject("s1"), []busauth.Principal{N}},
+		{"replay an alert", events.AlertReplaySubject("s1"), []busauth.Principal{D}},
+		{"record a silence as itself", "vigil.events.silence." + busauth.DefaultAdminName, []busauth.Principal{D}},
+		{"record a silence as another admin", "vigil.events.silence.mallory", nil},
 		{"a consumer of VIGIL_EVENTS", "$JS.API.CONSUMER.CREATE.VIGIL_EVENTS.reader_1", []busauth.Principal{C, D}},
 		{"a consumer of VIGIL_EVENTS's policies", "$JS.API.CONSUMER.CREATE.VIGIL_EVENTS.reader_1.vigil.events.policy.default", []busauth.Principal{W, K, C, D}},
 		{"a consumer of VIGIL_RAW", "$JS.API.CONSUMER.CREATE.VIGIL_RAW.reader_1", []busauth.Principal{D}},
@@ -114,13 +123,16 @@ func publishProbes() []probe {
 		{"list streams", "$JS.API.STREAM.NAMES", []busauth.Principal{D}},
 	}
 	writers := map[string][]busauth.Principal{
-		events.BucketVMs:             {I},
-		events.BucketStatus:          {W},
-		events.BucketGrants:          {K},
-		events.BucketCollateral:      {W, K},
-		events.BucketKeyguardNonces:  {K},
-		events.BucketKeyguardSecrets: {K, D},
-		events.BucketAgents:          {K},
+		events.BucketVMs:                {I},
+		events.BucketStatus:             {W},
+		events.BucketGrants:             {K},
+		events.BucketCollateral:         {W, K},
+		events.BucketKeyguardNonces:     {K},
+		events.BucketKeyguardSecrets:    {K, D},
+		events.BucketAgents:             {K},
+		events.BucketAlertSubscriptions: {D},
+		events.BucketAlertState:         {N},
+		events.BucketAlertSilences:      {D},
 	}
 	for _, b := range events.Buckets(events.Topology{}) {
 		p = append(p, probe{"write " + b.Bucket, "$KV." + b.Bucket + ".k", writers[b.Bucket]})

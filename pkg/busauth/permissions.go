@@ -49,7 +49,14 @@ const (
 	ConsumerAttestLifecycle = "attest-worker-lifecycle"
 	ConsumerKeyguard        = "keyguard"
 	ConsumerAuditor         = "vigil-auditor"
-	ConsumerNotifier        = "vigil-notifier"
+	// ConsumerNotifier is the prefix of the notifier's durables on
+	// VIGIL_ALERTS, one per subscription ("vigil-notifier-<id>"), whose
+	// names the permissions cannot list: the notifier may use any
+	// durable of VIGIL_ALERTS, where no other principal has one.
+	ConsumerNotifier = "vigil-notifier"
+	// ConsumerNotifierReplay delivers the replays and tests an
+	// administrator asks for (vigil alerts dlq replay, vigil alerts test).
+	ConsumerNotifierReplay = "vigil-notifier-replay"
 )
 
 // Consumers returns every durable consumer of docs/design.md §17 with its
@@ -66,13 +73,14 @@ func Consumers() []Consumer {
 			events.VMEventSubject("*", events.KindLifecycle),
 		}},
 		{Auditor, events.StreamEvents, ConsumerAuditor, nil},
-		{Notifier, events.StreamAlerts, ConsumerNotifier, nil},
+		{Notifier, events.StreamAlertsDLQ, ConsumerNotifierReplay, []string{events.SubjectAlertsReplayAll}},
 	}
 }
 
 // Subjects published or served that pkg/events does not name.
 const (
 	subjectAlert          = "vigil.alert.*.*" // events.AlertSubject
+	subjectFleetAlerts    = "vigil.alert.*.fleet"
 	subjectFleetCritical  = "vigil.alert.critical.fleet"
 	subjectChallengeAll   = "vigil.agent.*.challenge"
 	subjectScheduleVMs    = "vigil.schedule.vm.*"
@@ -161,7 +169,18 @@ func build(p Principal) *builder {
 
 	case Notifier:
 		b.jetstream()
-		b.streamInfo(events.StreamAlerts)
+		// Its own fleet alerts (an unhealthy subscription) and dead letters.
+		b.pub(subjectFleetAlerts, events.SubjectAlertsDeadAll)
+		b.streamInfo(events.StreamAlerts, events.StreamAlertsDLQ)
+		// One durable per subscription on VIGIL_ALERTS, named after it:
+		// any consumer name there (no other principal has a durable on
+		// VIGIL_ALERTS; the console's and administrators' read it with
+		// ordered consumers), and their acknowledgements.
+		b.ordered(events.StreamAlerts, "")
+		b.jsAPI("$JS.ACK." + events.StreamAlerts + ".>")
+		b.kvWrite(events.BucketAlertState)
+		b.kvRead(events.BucketAlertSubscriptions, events.BucketAlertSilences, events.BucketVMs)
+		b.watch(events.BucketAlertSubscriptions, events.BucketAlertSilences, events.BucketAlertState)
 
 	case Console:
 		b.jetstream()
@@ -186,10 +205,15 @@ func build(p Principal) *builder {
 		}
 		b.kvRead(bucketNames()...)
 		b.watch(events.BucketGrants, events.BucketKeyguardSecrets)
-		// vigil keyguard secret put / delete.
-		b.kvWrite(events.BucketKeyguardSecrets)
+		// vigil keyguard secret put / delete; vigil alerts subscribe,
+		// delete, pause, resume, silence.
+		b.kvWrite(events.BucketKeyguardSecrets, events.BucketAlertSubscriptions, events.BucketAlertSilences)
+		b.watch(events.BucketAlertSubscriptions, events.BucketAlertSilences, events.BucketAlertState)
+		// vigil alerts dlq replay and test.
+		b.pub(events.SubjectAlertsReplayAll)
 		// Attributed actions.
-		b.pub("vigil.events.policy.*."+nameTemplate, subjectKeyguardAdmin+".*."+nameTemplate)
+		b.pub("vigil.events.policy.*."+nameTemplate, subjectKeyguardAdmin+".*."+nameTemplate,
+			"vigil.events.silence."+nameTemplate)
 
 	case Agent:
 		// Its own VM's key release subjects only.

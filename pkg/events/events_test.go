@@ -176,3 +176,40 @@ func TestParseRejects(t *testing.T) {
 		})
 	}
 }
+
+// TestAlertStateCompatible: an alert stored before keys and states existed
+// reads as firing without a key, and a firing or resolved alert keeps them.
+func TestAlertStateCompatible(t *testing.T) {
+	tests := []struct {
+		name     string
+		json     string
+		key      string
+		resolved bool
+	}{
+		{"old alert", `{"severity":"high","code":"vm.stale","vm_key":"k","message":"m","at":"2026-01-01T00:00:00Z"}`, "", false},
+		{"firing", `{"severity":"high","code":"vm.stale","vm_key":"k","message":"m","at":"2026-01-01T00:00:00Z","key":"k/attestation","state":"firing"}`, "k/attestation", false},
+		{"resolved", `{"severity":"info","code":"vm.recovered","vm_key":"k","message":"m","at":"2026-01-01T00:00:00Z","key":"k/attestation","state":"resolved"}`, "k/attestation", true},
+	}
+	for _, tc := range tests {
+		var a events.Alert
+		if err := json.Unmarshal([]byte(tc.json), &a); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if a.Key != tc.key || a.Resolved() != tc.resolved {
+			t.Errorf("%s: key %q resolved %v, want %q %v", tc.name, a.Key, a.Resolved(), tc.key, tc.resolved)
+		}
+	}
+	b, err := json.Marshal(events.Alert{Code: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "state") || strings.Contains(string(b), `"key"`) {
+		t.Errorf("an alert without key and state encodes them: %s", b)
+	}
+	if got := events.AlertKey("vm1", "attestation"); got != "vm1/attestation" {
+		t.Errorf("AlertKey = %q", got)
+	}
+	if got := events.AlertDLQSubject("Sub-1"); got != "vigil.alertdlq.dead.sub-1" {
+		t.Errorf("AlertDLQSubject = %q", got)
+	}
+}

@@ -20,6 +20,9 @@ const (
 	StreamAlerts      = "VIGIL_ALERTS"
 	StreamCheckpoints = "VIGIL_CHECKPOINTS"
 	StreamSchedule    = "VIGIL_SCHEDULE"
+	// StreamAlertsDLQ holds the alerts the notifier gave up delivering to
+	// a subscription (vigil alerts dlq list|replay).
+	StreamAlertsDLQ = "VIGIL_ALERTS_DLQ"
 )
 
 // KV bucket names.
@@ -39,6 +42,15 @@ const (
 	// BucketAgents holds, per VM key, the agent credentials keyguard
 	// issued by enrollment and revoked (docs/design.md §19).
 	BucketAgents = "vigil-agents"
+	// BucketAlertSubscriptions holds the alert subscriptions by id, their
+	// sink secrets encrypted under the notifier's key (docs/alerts.md).
+	BucketAlertSubscriptions = "vigil-alert-subscriptions"
+	// BucketAlertState holds the notifier's state: the last state of each
+	// alert key (a late firing is never delivered after its resolve) and
+	// each subscription's health.
+	BucketAlertState = "vigil-alert-state"
+	// BucketAlertSilences holds the alert silences by id.
+	BucketAlertSilences = "vigil-alert-silences"
 )
 
 // Topology says how the streams and buckets are laid out on a server or
@@ -150,6 +162,18 @@ func Streams(t Topology) []jetstream.StreamConfig {
 			MaxMsgSize:        64 << 10,
 			Discard:           jetstream.DiscardOld,
 		},
+		{
+			Name:        StreamAlertsDLQ,
+			Description: "Alerts the notifier gave up delivering, by subscription",
+			Subjects:    []string{SubjectAlertsDLQAll},
+			Retention:   jetstream.LimitsPolicy,
+			MaxAge:      30 * 24 * time.Hour,
+			Storage:     jetstream.FileStorage,
+			Replicas:    r,
+			Duplicates:  2 * time.Minute,
+			MaxMsgSize:  512 << 10,
+			Discard:     jetstream.DiscardOld,
+		},
 	}
 }
 
@@ -167,6 +191,9 @@ func Buckets(t Topology) []jetstream.KeyValueConfig {
 			Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 1 << 10, MaxBytes: 64 << 20},
 		{Bucket: BucketKeyguardSecrets, Description: "Key release secrets, encrypted under the keyguard master key", History: 5, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 256 << 10},
 		{Bucket: BucketAgents, Description: "Agent bus credentials issued by enrollment, and their revocation", History: 5, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 64 << 10},
+		{Bucket: BucketAlertSubscriptions, Description: "Alert subscriptions, sink secrets encrypted under the notifier key", History: 10, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 64 << 10},
+		{Bucket: BucketAlertState, Description: "Notifier state: last state per alert key, subscription health", History: 1, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 256 << 10},
+		{Bucket: BucketAlertSilences, Description: "Alert silences", History: 5, Storage: jetstream.FileStorage, Replicas: r, MaxValueSize: 64 << 10},
 	}
 }
 

@@ -10,6 +10,12 @@ const (
 	SubjectJobsAll       = "vigil.jobs.>"
 	SubjectAttestJobsAll = "vigil.jobs.attest.*"
 	SubjectAlertsAll     = "vigil.alert.>"
+	// SubjectAlertsDLQAll is VIGIL_ALERTS_DLQ's: the notifier's dead
+	// letters (vigil.alertdlq.dead.<subscription>) and the deliveries an
+	// administrator asks for again (vigil.alertdlq.replay.<subscription>).
+	SubjectAlertsDLQAll    = "vigil.alertdlq.>"
+	SubjectAlertsDeadAll   = "vigil.alertdlq.dead.*"
+	SubjectAlertsReplayAll = "vigil.alertdlq.replay.*"
 	SubjectCheckpoint    = "vigil.audit.checkpoint"
 	SubjectScheduleAll   = "vigil.schedule.>"
 	SubjectScheduleDue   = "vigil.schedule.due.*"
@@ -99,6 +105,22 @@ func PolicyActorFromSubject(subject string) string {
 func ValidSubjectToken(s string) bool {
 	return s != "" && !strings.ContainsAny(s, ".*> \t\r\n")
 }
+
+// AlertDLQSubject is vigil.alertdlq.dead.<subscription>: an alert the
+// notifier could not deliver to the subscription.
+func AlertDLQSubject(subscription string) string { return "vigil.alertdlq.dead." + Token(subscription) }
+
+// AlertReplaySubject is vigil.alertdlq.replay.<subscription>: an alert
+// an administrator asks the notifier to deliver to the subscription again
+// (vigil alerts dlq replay, vigil alerts test).
+func AlertReplaySubject(subscription string) string {
+	return "vigil.alertdlq.replay." + Token(subscription)
+}
+
+// SilenceSubject is vigil.events.silence.<actor>, where an administrator
+// records the silences it sets and lifts (the server pins actor to the
+// administrator's name: busauth).
+func SilenceSubject(actor string) string { return "vigil.events.silence." + Token(actor) }
 
 // AttestJobSubject is vigil.jobs.attest.<vm>.
 func AttestJobSubject(vm string) string { return "vigil.jobs.attest." + vm }

@@ -17,6 +17,9 @@ const (
 	TypePolicy    = "io.vigil.policy.v1"
 	TypeAlert     = "io.vigil.alert.v1"
 	TypeJob       = "io.vigil.attest.job.v1"
+	// TypeSilence is an alert silence set or lifted by an administrator
+	// (vigil alerts silence), on vigil.events.silence.<actor>.
+	TypeSilence = "io.vigil.alert.silence.v1"
 )
 
 // Raw is an inbound Azure event stored on VIGIL_RAW before anything else
@@ -262,6 +265,42 @@ type Alert struct {
 	CauseID    string    `json:"cause_id,omitempty"`
 	Source     string    `json:"source,omitempty"` // service that raised it
 	At         time.Time `json:"at"`
+	// Key names the condition the alert is about, stable while it lasts
+	// ("<vm>/attestation", "<vm>/config.<code>"): the resolve of a
+	// condition has the key of its firing. Alerts without a key (older
+	// producers, one-off alerts) have no resolve.
+	Key string `json:"key,omitempty"`
+	// State is firing or resolved; empty is firing (alerts published
+	// before states existed).
+	State AlertState `json:"state,omitempty"`
+}
+
+// AlertState is whether an alert's condition holds.
+type AlertState string
+
+// Alert states.
+const (
+	AlertFiring   AlertState = "firing"
+	AlertResolved AlertState = "resolved"
+)
+
+// Resolved reports whether a is the resolve of its condition.
+func (a Alert) Resolved() bool { return a.State == AlertResolved }
+
+// AlertKey is the stable key of condition on vm: "<vm>/<condition>".
+func AlertKey(vm, condition string) string { return vm + "/" + condition }
+
+// Silence is io.vigil.alert.silence.v1: alerts matching Match are not
+// delivered to subscriptions until Until (a lifted silence has Until at
+// or before its Lifted time).
+type Silence struct {
+	ID      string            `json:"id"`
+	Match   map[string]string `json:"match"` // alert attribute -> glob (severity, code, vm, vm_name, resource_group, key, tag.<name>)
+	Reason  string            `json:"reason"`
+	Actor   string            `json:"actor"`
+	Created time.Time         `json:"created"`
+	Until   time.Time         `json:"until"`
+	Lifted  bool              `json:"lifted,omitempty"`
 }
 
 // Job is io.vigil.attest.job.v1: a request to attest one VM.

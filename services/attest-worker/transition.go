@@ -279,13 +279,21 @@ func markStale(st events.VMStatus, now time.Time, t Timing, by, worker string) o
 	return outcome{Status: st, From: from, Changed: true}
 }
 
+// AlertKeyAttestation is the condition of a VM's attestation alerts
+// (events.AlertKey).
+const AlertKeyAttestation = "attestation"
+
 // alertsFor are the alerts a status change raises.
 func alertsFor(o outcome, source string) []events.Alert {
 	if !o.Changed {
 		return nil
 	}
 	st := o.Status
-	base := events.Alert{VMKey: st.VMKey, ResourceID: st.ResourceID, Reasons: st.Reasons, CauseID: st.ChangedBy, Source: source, At: st.Since}
+	// Every attestation alert of a VM is about one condition, its key
+	// AlertKeyAttestation: untrusted, stale and never attested fire it,
+	// attesting again resolves it.
+	base := events.Alert{VMKey: st.VMKey, ResourceID: st.ResourceID, Reasons: st.Reasons, CauseID: st.ChangedBy, Source: source, At: st.Since,
+		Key: events.AlertKey(st.VMKey, AlertKeyAttestation), State: events.AlertFiring}
 	name := st.ResourceID
 	if name == "" {
 		name = st.VMKey
@@ -310,7 +318,7 @@ func alertsFor(o outcome, source string) []events.Alert {
 	case events.StatusTrusted, events.StatusWarning:
 		if o.From == events.StatusUntrusted || o.From == events.StatusStale {
 			a := base
-			a.Severity, a.Code = events.SeverityInfo, "vm.recovered"
+			a.Severity, a.Code, a.State = events.SeverityInfo, "vm.recovered", events.AlertResolved
 			a.Message = fmt.Sprintf("%s attests again (%s after %s)", name, st.Status, o.From)
 			out = append(out, a)
 		}

@@ -124,17 +124,21 @@ func TestStaleByDeadline(t *testing.T) {
 
 func TestAlertsForTransitions(t *testing.T) {
 	at := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	const vm = "aldtmn2tg7p3rh5huznzu5dk3n"
+	key := vm + "/attestation"
 	tests := []struct {
-		name string
-		o    outcome
-		want []string
+		name  string
+		o     outcome
+		want  []string
+		state events.AlertState
 	}{
-		{"untrusted", outcome{Changed: true, From: events.StatusTrusted, Status: events.VMStatus{Status: events.StatusUntrusted, LastGoodAt: at}}, []string{"vm.untrusted"}},
-		{"stale", outcome{Changed: true, From: events.StatusUnreachable, Status: events.VMStatus{Status: events.StatusStale, LastGoodAt: at}}, []string{"vm.stale"}},
-		{"never attested", outcome{Changed: true, From: events.StatusPending, Status: events.VMStatus{Status: events.StatusStale}}, []string{"vm.never_attested"}},
-		{"recovered", outcome{Changed: true, From: events.StatusStale, Status: events.VMStatus{Status: events.StatusTrusted}}, []string{"vm.recovered"}},
-		{"unreachable raises nothing", outcome{Changed: true, From: events.StatusTrusted, Status: events.VMStatus{Status: events.StatusUnreachable}}, nil},
-		{"no change raises nothing", outcome{From: events.StatusUntrusted, Status: events.VMStatus{Status: events.StatusUntrusted}}, nil},
+		{"untrusted", outcome{Changed: true, From: events.StatusTrusted, Status: events.VMStatus{VMKey: vm, Status: events.StatusUntrusted, LastGoodAt: at}}, []string{"vm.untrusted"}, events.AlertFiring},
+		{"stale", outcome{Changed: true, From: events.StatusUnreachable, Status: events.VMStatus{VMKey: vm, Status: events.StatusStale, LastGoodAt: at}}, []string{"vm.stale"}, events.AlertFiring},
+		{"never attested", outcome{Changed: true, From: events.StatusPending, Status: events.VMStatus{VMKey: vm, Status: events.StatusStale}}, []string{"vm.never_attested"}, events.AlertFiring},
+		{"recovered resolves", outcome{Changed: true, From: events.StatusStale, Status: events.VMStatus{VMKey: vm, Status: events.StatusTrusted}}, []string{"vm.recovered"}, events.AlertResolved},
+		{"untrusted to warning resolves", outcome{Changed: true, From: events.StatusUntrusted, Status: events.VMStatus{VMKey: vm, Status: events.StatusWarning}}, []string{"vm.recovered"}, events.AlertResolved},
+		{"unreachable raises nothing", outcome{Changed: true, From: events.StatusTrusted, Status: events.VMStatus{VMKey: vm, Status: events.StatusUnreachable}}, nil, ""},
+		{"no change raises nothing", outcome{From: events.StatusUntrusted, Status: events.VMStatus{VMKey: vm, Status: events.StatusUntrusted}}, nil, ""},
 	}
 	for _, tc := range tests {
 		got := alertsFor(tc.o, "test")
@@ -142,8 +146,8 @@ func TestAlertsForTransitions(t *testing.T) {
 			t.Fatalf("%s: %d alerts %v, want %v", tc.name, len(got), got, tc.want)
 		}
 		for i := range got {
-			if got[i].Code != tc.want[i] {
-				t.Errorf("%s: alert %s, want %s", tc.name, got[i].Code, tc.want[i])
+			if got[i].Code != tc.want[i] || got[i].Key != key || got[i].State != tc.state {
+				t.Errorf("%s: alert %s key %q state %q, want %s key %q state %q", tc.name, got[i].Code, got[i].Key, got[i].State, tc.want[i], key, tc.state)
 			}
 		}
 	}
