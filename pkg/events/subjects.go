@@ -16,9 +16,9 @@ const (
 	SubjectAlertsDLQAll    = "vigil.alertdlq.>"
 	SubjectAlertsDeadAll   = "vigil.alertdlq.dead.*"
 	SubjectAlertsReplayAll = "vigil.alertdlq.replay.*"
-	SubjectCheckpoint    = "vigil.audit.checkpoint"
-	SubjectScheduleAll   = "vigil.schedule.>"
-	SubjectScheduleDue   = "vigil.schedule.due.*"
+	SubjectCheckpoint      = "vigil.audit.checkpoint"
+	SubjectScheduleAll     = "vigil.schedule.>"
+	SubjectScheduleDue     = "vigil.schedule.due.*"
 	// SubjectSweepSchedule holds the fleet-wide repeating schedule that
 	// fires SubjectSweepDue: one attest-worker then checks every VM for a
 	// missed deadline.
