@@ -70,6 +70,8 @@ func newAuthInitCmd() *cobra.Command {
 		withTLS     bool
 		tlsHosts    []string
 		resolverDir string
+		keep        bool
+		exportDir   string
 	)
 	cmd := &cobra.Command{
 		Use:   "init --dir DIR",
@@ -83,10 +85,16 @@ restarts: use it in production). With --tls it also
 makes a CA (ECDSA P-256) with a server certificate for --tls-host and a client certificate
 per principal, in DIR/tls, for tests and compose. It refuses to
 replace an existing identity unless --force is given: every credential made with the old
-one stops working.`,
+one stops working. With --keep an existing identity in DIR is kept and only what is missing
+(the TLS files) is made, so that init can run at every start of a deployment. With --export
+OUT it then copies to OUT/<name>/ only what each program needs: OUT/nats-server/ the server's
+configuration and certificate, OUT/<principal>/ that principal's credentials and client
+certificate (keyguard's also the agents' signing key and the revoker's files); compose mounts
+one volume per program there.`,
 		Example: `  vigil auth init --dir /etc/vigil/nats-auth
   vigil auth init --dir ./auth --admin alice --agent-ttl 12h --resolver-dir /data/nats/jwt
-  vigil auth init --dir ./auth --tls --tls-host nats,localhost,127.0.0.1`,
+  vigil auth init --dir ./auth --tls --tls-host nats,localhost,127.0.0.1
+  vigil auth init --dir /vigil-auth/identity --keep --tls --tls-host nats --resolver-dir /data/jwt --export /vigil-auth`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dir == "" {
@@ -105,8 +113,14 @@ one stops working.`,
 			if err != nil {
 				return &exitError{code: 1, msg: err.Error()}
 			}
+			if keep && force {
+				return usageError("--keep and --force: choose one")
+			}
+			if exists && keep {
+				return keepIdentity(cmd.OutOrStdout(), dir, exportDir, withTLS, tlsHosts)
+			}
 			if exists && !force {
-				return &exitError{code: 1, msg: fmt.Sprintf("%s holds an identity already; --force replaces it (every credential made with it stops working)", dir)}
+				return &exitError{code: 1, msg: fmt.Sprintf("%s holds an identity already; --force replaces it (every credential made with it stops working), --keep keeps it", dir)}
 			}
 			set, err := busauth.Init(busauth.Options{ResolverDir: resolverDir})
 			if err != nil {
@@ -143,6 +157,9 @@ one stops working.`,
 				}
 				printTLS(cmd.OutOrStdout(), dir)
 			}
+			if exportDir != "" {
+				return exportOrFail(cmd.OutOrStdout(), dir, exportDir, withTLS)
+			}
 			return nil
 		},
 	}
@@ -152,6 +169,8 @@ one stops working.`,
 	f.DurationVar(&agentTTL, "agent-ttl", busauth.DefaultAgentTTL, `default lifetime of agent credentials ("vigil auth agent")`)
 	f.BoolVar(&force, "force", false, "replace an existing identity (every credential made with it stops working)")
 	f.StringVar(&resolverDir, "resolver-dir", "", "absolute directory where each nats-server keeps the account JWTs (resolver type full): keyguard's revocations of agents then hold on every node and across restarts; empty: the memory resolver")
+	f.BoolVar(&keep, "keep", false, "keep an identity DIR holds already (make only the TLS files if missing) instead of refusing")
+	f.StringVar(&exportDir, "export", "", "copy to OUT/nats-server/ and OUT/<principal>/ only the files each needs")
 	f.BoolVar(&withTLS, "tls", false, "also make a CA, a server certificate and a client certificate per principal in DIR/tls (for tests and compose)")
 	f.StringSliceVar(&tlsHosts, "tls-host", []string{"localhost", "127.0.0.1"}, "host names and IP addresses of the server certificate (repeatable)")
 	return cmd
