@@ -16,14 +16,11 @@ func ParseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 		return 0, false
 	}
 	if isDigits(v) {
-		if len(v) > 10 { // more than MaxRetryAfter for sure, and no overflow
-			return MaxRetryAfter, true
-		}
 		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			return 0, false
+		if err != nil || n > int64(MaxRetryAfter/time.Second) {
+			return MaxRetryAfter, true // too large for int64 or above the cap
 		}
-		return capRetryAfter(time.Duration(n) * time.Second), true
+		return time.Duration(n) * time.Second, true
 	}
 	t, err := http.ParseTime(v)
 	if err != nil {

@@ -175,7 +175,7 @@ func Verify(secrets []string, header http.Header, body []byte, now time.Time, to
 		if !ok || ver != "v1" {
 			continue // other schemes (v1a, ...) are not ours
 		}
-		got, err := base64.StdEncoding.DecodeString(b64)
+		got, err := base64.StdEncoding.Strict().DecodeString(b64)
 		if err != nil || len(got) != sha256.Size {
 			continue
 		}
