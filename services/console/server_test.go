@@ -1,0 +1,214 @@
+package console
+
+import (
+	"bufio"
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestAccess: without auth only loopback names are answered; with a token
+// or a proxy header only requests carrying them see the pages.
+func TestAccess(t *testing.T) {
+	x := NewIndex()
+	fillIndex(x, 3, time.Now())
+	for _, tc := range []struct {
+		name   string
+		cfg    Config
+		host   string
+		header map[string]string
+		cookie string
+		want   int
+	}{
+		{"loopback open", Config{}, "127.0.0.1:8088", nil, "", http.StatusOK},
+		{"localhost open", Config{}, "localhost:8088", nil, "", http.StatusOK},
+		{"rebinding refused", Config{}, "evil.example:8088", nil, "", http.StatusMisdirectedRequest},
+		{"token missing", Config{Addr: "0.0.0.0:8088", Token: "s3cret"}, "console.example", nil, "", http.StatusSeeOther},
+		{"token wrong", Config{Addr: "0.0.0.0:8088", Token: "s3cret"}, "console.example", map[string]string{"Authorization": "Bearer nope"}, "", http.StatusUnauthorized},
+		{"token bearer", Config{Addr: "0.0.0.0:8088", Token: "s3cret"}, "console.example", map[string]string{"Authorization": "Bearer s3cret"}, "", http.StatusOK},
+		{"token cookie", Config{Addr: "0.0.0.0:8088", Token: "s3cret"}, "console.example", nil, "s3cret", http.StatusOK},
+		{"proxy header", Config{Addr: "0.0.0.0:8088", ProxyHeader: "X-Forwarded-User"}, "console.example", map[string]string{"X-Forwarded-User": "alice"}, "", http.StatusOK},
+		{"proxy header missing", Config{Addr: "0.0.0.0:8088", ProxyHeader: "X-Forwarded-User"}, "console.example", nil, "", http.StatusSeeOther},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, hs := testServer(t, tc.cfg, x)
+			req := httptest.NewRequest(http.MethodGet, "/", nil)
+			req.Host = tc.host
+			for k, v := range tc.header {
+				req.Header.Set(k, v)
+			}
+			if tc.cookie != "" {
+				req.AddCookie(&http.Cookie{Name: tokenCookie, Value: tc.cookie})
+			}
+			w := httptest.NewRecorder()
+			hs.Config.Handler.ServeHTTP(w, req)
+			if w.Code != tc.want {
+				t.Fatalf("status %d, want %d: %s", w.Code, tc.want, w.Body)
+			}
+			if csp := w.Header().Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") {
+				t.Errorf("CSP %q", csp)
+			}
+		})
+	}
+}
+
+// TestAccessConfig: a non-loopback address without a token or proxy
+// header is refused.
+func TestAccessConfig(t *testing.T) {
+	for _, tc := range []struct {
+		cfg Config
+		ok  bool
+	}{
+		{Config{}, true},
+		{Config{Addr: "[::1]:0"}, true},
+		{Config{Addr: "0.0.0.0:8088"}, false},
+		{Config{Addr: "0.0.0.0:8088", Token: "t"}, true},
+		{Config{Addr: ":8088", ProxyHeader: "X-Forwarded-User"}, true},
+		{Config{Addr: ":8088"}, false},
+	} {
+		if _, err := tc.cfg.withDefaults(); (err == nil) != tc.ok {
+			t.Errorf("%+v: %v", tc.cfg, err)
+		}
+	}
+}
+
+// TestTable filters, sorts and pages the VM table.
+func TestTable(t *testing.T) {
+	x := NewIndex()
+	fillIndex(x, 100, time.Now())
+	for _, tc := range []struct {
+		name      string
+		q         Query
+		total     int
+		firstName string
+		rows      int
+	}{
+		{"all", Query{PerPage: 10}, 100, "vm-000000", 10},
+		{"page 3", Query{PerPage: 10, Page: 3}, 100, "vm-000020", 10},
+		{"page past the end", Query{PerPage: 30, Page: 9}, 100, "vm-000090", 10},
+		{"untrusted", Query{Status: "untrusted", PerPage: 50}, 15, "vm-000000", 15},
+		{"tdx", Query{Platform: "azure-tdx", PerPage: 50}, 34, "vm-000000", 34},
+		{"resource group", Query{RG: "RG-3", PerPage: 50}, 10, "vm-000003", 10},
+		{"free text", Query{Text: "vm-00004", PerPage: 50}, 10, "vm-000040", 10},
+		{"reason code", Query{Text: "measurement_not", PerPage: 50}, 15, "vm-000000", 15},
+		{"descending", Query{Sort: "-name", PerPage: 5}, 100, "vm-000099", 5},
+		{"by status", Query{Sort: "status", PerPage: 5}, 100, "vm-000001", 5},
+		{"by status descending", Query{Sort: "-status", PerPage: 5}, 100, "vm-000000", 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tb := x.Table(tc.q)
+			if tb.Total != tc.total || len(tb.Rows) != tc.rows || tb.Rows[0].Name != tc.firstName {
+				t.Fatalf("total %d rows %d first %q, want %d %d %q", tb.Total, len(tb.Rows), tb.Rows[0].Name, tc.total, tc.rows, tc.firstName)
+			}
+		})
+	}
+}
+
+// TestOverview counts the fleet.
+func TestOverview(t *testing.T) {
+	x := NewIndex()
+	now := time.Now()
+	fillIndex(x, 100, now)
+	o := x.Overview(now, 5*time.Minute)
+	got := map[string]int{}
+	for _, c := range o.ByStatus {
+		got[c.Label] = c.N
+	}
+	if o.Total != 100 || got["trusted"] != 85 || got["untrusted"] != 15 || o.Revoked != 15 || o.Attested != 100 {
+		t.Fatalf("overview %+v", o)
+	}
+	verdicts := 0
+	for _, m := range o.Minutes {
+		for _, n := range m.N {
+			verdicts += n
+		}
+	}
+	if len(o.Minutes) != 60 || verdicts != 100 {
+		t.Fatalf("%d minutes, %d verdicts", len(o.Minutes), verdicts)
+	}
+}
+
+// TestBrokerResume: a browser that reconnects with Last-Event-ID gets what
+// it missed; one too far behind (or from another run) is told to reset; a
+// browser that does not read is dropped without slowing the others.
+func TestBrokerResume(t *testing.T) {
+	b := newBroker()
+	for range 10 {
+		b.publish("vm", []byte(`{}`))
+	}
+	_, missed, ok := b.subscribe(7)
+	if !ok || len(missed) != 3 || missed[0].id != 8 {
+		t.Fatalf("resume from 7: ok %v, %d missed", ok, len(missed))
+	}
+	if _, _, ok := b.subscribe(99); ok {
+		t.Fatal("an id from the future resumed")
+	}
+	for range sseBacklog {
+		b.publish("vm", []byte(`{}`))
+	}
+	if _, _, ok := b.subscribe(3); ok {
+		t.Fatal("an id older than the backlog resumed")
+	}
+	slow, _, _ := b.subscribe(0)
+	for range sseSubscriber + 1 {
+		b.publish("vm", []byte(`{}`))
+	}
+	n := 0
+	for range slow {
+		n++
+	}
+	if n != sseSubscriber {
+		t.Fatalf("the slow browser got %d events before being dropped", n)
+	}
+}
+
+// TestFanOut: 50 browsers on the live stream each get every event.
+func TestFanOut(t *testing.T) {
+	const browsers, sent = 50, 20
+	s, hs := testServer(t, Config{}, NewIndex())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	counts := make([]int, browsers)
+	for i := range browsers {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, hs.URL+"/events", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			defer resp.Body.Close()
+			sc := bufio.NewScanner(resp.Body)
+			for sc.Scan() {
+				if strings.HasPrefix(sc.Text(), "event: vm") {
+					if counts[i]++; counts[i] == sent {
+						return
+					}
+				}
+			}
+		})
+	}
+	for s.broker.listeners() < browsers {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%d browsers connected", s.broker.listeners())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	for range sent {
+		s.broker.publish("vm", []byte(`{}`))
+	}
+	wg.Wait()
+	for i, n := range counts {
+		if n != sent {
+			t.Errorf("browser %d got %d of %d events", i, n, sent)
+		}
+	}
+}
