@@ -453,3 +453,12 @@ func checkAlertmanager(bearer string) func(t *testing.T, r request, n sink.Notif
 		}
 	}
 }
+
+// jsonMarshal returns v's JSON without HTML escaping, as a receiver reads it.
+func jsonMarshal(v any) (string, error) {
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	err := enc.Encode(v)
+	return b.String(), err
+}

@@ -89,9 +89,10 @@ func SlackMessageOf(n Notification) SlackMessage {
 	a := n.Alert
 	mark := severityMark(n)
 	head := mark + " " + title(n)
-	msg := SlackMessage{Text: truncate(head+": "+a.Message, slackMaxFallback)}
+	// The fallback text is mrkdwn too (only the header is plain text).
+	msg := SlackMessage{Text: truncate(slackEscape(head+": "+a.Message), slackMaxFallback)}
 	if len(n.Digest) > 0 {
-		msg.Text = truncate(head, slackMaxFallback)
+		msg.Text = truncate(slackEscape(head), slackMaxFallback)
 	}
 	msg.Blocks = append(msg.Blocks, SlackBlock{
 		Type: "header",
