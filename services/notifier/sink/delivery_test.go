@@ -58,9 +58,9 @@ func TestSinkErrors(t *testing.T) {
 		kind       sink.Kind
 		after      time.Duration
 	}{
-		{status: 400, kind: sink.Reject},  // PagerDuty: invalid event
-		{status: 404, kind: sink.Reject},  // Slack: no_service
-		{status: 410, kind: sink.Gone},    // Slack: channel_is_archived
+		{status: 400, kind: sink.Reject}, // PagerDuty: invalid event
+		{status: 404, kind: sink.Reject}, // Slack: no_service
+		{status: 410, kind: sink.Gone},   // Slack: channel_is_archived
 		{status: 429, retryAfter: "3", kind: sink.Retry, after: 3 * time.Second},
 		{status: 500, kind: sink.Retry},
 		{status: 503, retryAfter: "120", kind: sink.Retry, after: 2 * time.Minute},
