@@ -89,7 +89,7 @@ func (m *alertmanager) Deliver(ctx context.Context, n Notification) error {
 		h.Set("Authorization", "Bearer "+m.bearer)
 	}
 	_, err = m.c.Do(ctx, http.MethodPost, m.url, h, body)
-	return err
+	return scrub(err, m.bearer)
 }
 
 // LabelName turns s into a valid Prometheus label name: characters other

@@ -2,6 +2,8 @@ package sink_test
 
 import (
 	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -179,5 +181,42 @@ func TestChatEscapes(t *testing.T) {
 	tb, _ := jsonMarshal(sink.TeamsMessageOf(n))
 	if strings.Contains(tb, "[phish](https") || strings.Contains(tb, "evil.example/x") {
 		t.Errorf("Teams card links: %s", tb)
+	}
+}
+
+// TestErrorsNeverEchoSecrets: a receiver that echoes the request (headers,
+// URL and body) in its error answer does not get a secret into the error.
+func TestErrorsNeverEchoSecrets(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.WriteHeader(http.StatusBadRequest)
+		fmt.Fprintf(w, "%s %s %.60s", r.URL, r.Header.Get("Authorization"), b)
+	}))
+	defer srv.Close()
+	const routingKey, bearer = "ROUTINGKEY0123456789abcdef012345", "BEARERTOKEN0123"
+	specs := []sink.Spec{
+		{Protocol: "pagerduty", URL: srv.URL + "/v2/enqueue", Secrets: sink.Secrets{RoutingKey: routingKey}},
+		{Protocol: "webhook", URL: srv.URL + "/hook", Secrets: sink.Secrets{BearerToken: bearer}},
+		{Protocol: "alertmanager", URL: srv.URL, Secrets: sink.Secrets{BearerToken: bearer}},
+		{Protocol: "slack", URL: srv.URL + "/services/T0/B0/SLACKPATHSECRET"},
+		{Protocol: "teams", URL: srv.URL + "/workflows/x/invoke?api-version=1&sig=TEAMSSIGSECRET"},
+	}
+	for _, spec := range specs {
+		s, err := sink.New(spec, devClient())
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = s.Deliver(t.Context(), firing())
+		if sink.Classify(err) != sink.Reject {
+			t.Errorf("%s: %v, want Reject", spec.Protocol, err)
+		}
+		if err == nil || !strings.Contains(err.Error(), "REDACTED") {
+			t.Errorf("%s: %v: want the echoed secret REDACTED", spec.Protocol, err)
+		}
+		for _, secret := range []string{routingKey, bearer, "SLACKPATHSECRET", "TEAMSSIGSECRET"} {
+			if err != nil && strings.Contains(err.Error(), secret) {
+				t.Errorf("%s: the error shows a secret: %v", spec.Protocol, err)
+			}
+		}
 	}
 }

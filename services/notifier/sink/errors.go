@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
+	"strings"
 	"time"
 )
 
@@ -120,3 +122,43 @@ var (
 	// followed.
 	ErrRedirect = errors.New("sink: redirect not followed")
 )
+
+// scrub removes secrets from err's message: a receiver that echoes the
+// request in its error answer (quoted in the *Error) must not put a routing
+// key, bearer token or webhook URL into logs and subscription health. The
+// classification (Kind, Status, RetryAfter) is kept; err is returned as is
+// when it shows none of them.
+func scrub(err error, secrets ...string) error {
+	if err == nil {
+		return nil
+	}
+	e, ok := errors.AsType[*Error](err)
+	if !ok || e.Err == nil {
+		return err
+	}
+	msg := e.Err.Error()
+	clean := msg
+	for _, s := range secrets {
+		if len(s) >= 4 {
+			clean = strings.ReplaceAll(clean, s, "REDACTED")
+		}
+	}
+	if clean == msg {
+		return err
+	}
+	return &Error{Status: e.Status, RetryAfter: e.RetryAfter, Kind: e.Kind, Err: errors.New(clean)}
+}
+
+// urlSecrets are the parts of a webhook URL that may be its credential:
+// the path and the query.
+func urlSecrets(raw string) []string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return []string{raw}
+	}
+	out := []string{u.RawQuery, u.EscapedPath()}
+	for _, vs := range u.Query() {
+		out = append(out, vs...)
+	}
+	return out
+}

@@ -196,7 +196,7 @@ func (p *pagerDuty) Deliver(ctx context.Context, n Notification) error {
 	h := http.Header{}
 	h.Set("Content-Type", "application/json")
 	_, err = p.c.Do(ctx, http.MethodPost, p.url, h, body)
-	return err
+	return scrub(err, p.routingKey)
 }
 
 // truncate cuts s to at most max bytes on a rune boundary, ending in "…"

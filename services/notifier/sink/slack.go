@@ -70,7 +70,7 @@ func (s *slack) Deliver(ctx context.Context, n Notification) error {
 	h := http.Header{}
 	h.Set("Content-Type", "application/json")
 	_, err = s.c.Do(ctx, http.MethodPost, s.url, h, body)
-	return err
+	return scrub(err, urlSecrets(s.url)...)
 }
 
 // slackEscape escapes the three characters Slack's mrkdwn gives meaning

@@ -75,7 +75,7 @@ func (t *teams) Deliver(ctx context.Context, n Notification) error {
 	h := http.Header{}
 	h.Set("Content-Type", "application/json")
 	_, err = t.c.Do(ctx, http.MethodPost, t.url, h, body) // Workflows answer 202
-	return err
+	return scrub(err, urlSecrets(t.url)...)
 }
 
 // teamsEscape escapes the Markdown Adaptive Cards render in TextBlocks and

@@ -117,5 +117,5 @@ func (w *webhook) Deliver(ctx context.Context, n Notification) error {
 		h.Set("Authorization", "Bearer "+w.bearer)
 	}
 	_, err = w.c.Do(ctx, http.MethodPost, w.url, h, body)
-	return err
+	return scrub(err, w.bearer)
 }
