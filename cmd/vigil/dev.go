@@ -25,6 +25,7 @@ import (
 	"github.com/vigil-cc/vigil/services/agent"
 	attestworker "github.com/vigil-cc/vigil/services/attest-worker"
 	"github.com/vigil-cc/vigil/services/auditor"
+	"github.com/vigil-cc/vigil/services/console"
 	"github.com/vigil-cc/vigil/services/ingest"
 	ingestarm "github.com/vigil-cc/vigil/services/ingest/arm"
 	"github.com/vigil-cc/vigil/services/keyguard"
@@ -52,6 +53,7 @@ type devOptions struct {
 	interval      time.Duration
 	grace         time.Duration
 	summary       string
+	console       string
 }
 
 // fleetKey is the secret every simulated VM is granted in `vigil dev`.
@@ -97,6 +99,7 @@ keyguard master key in --data are kept across runs.`,
 	f.DurationVar(&o.interval, "interval", 10*time.Second, "re-attestation interval per VM (production default 5m)")
 	f.DurationVar(&o.grace, "grace", 15*time.Second, "how long a VM may go without valid evidence before it is stale")
 	f.StringVar(&o.summary, "summary", "", "write a JSON summary of the run to this file")
+	f.StringVar(&o.console, "console", console.DefaultAddr, `the fleet console's address, loopback only ("" turns it off)`)
 	return cmd
 }
 
@@ -109,6 +112,11 @@ func runDev(cmd *cobra.Command, o *devOptions) error {
 	}
 	if o.scenario != fleet.ScenarioTamper && o.scenario != fleet.ScenarioNone {
 		return &exitError{code: 2, msg: fmt.Sprintf("--scenario %q: want tamper or none", o.scenario)}
+	}
+	if o.console != "" {
+		if err := checkLoopback(map[string]string{"--console": o.console}); err != nil {
+			return &exitError{code: 2, msg: err.Error()}
+		}
 	}
 	if o.noAuth {
 		if err := checkLoopback(map[string]string{"--listen": o.listen, "--http": o.httpAddr, "--ops-listen": o.opsListen}); err != nil {
@@ -182,6 +190,7 @@ func runDev(cmd *cobra.Command, o *devOptions) error {
 		env.Close()
 		return err
 	}
+	printConsoleURL(out, o.console)
 	env.Banner(out)
 	fmt.Fprintf(out, "Simulated fleet: %d Confidential VMs (SEV-SNP and TDX), scenario %q; Event Grid webhook on %s\n", o.vms, o.scenario, o.httpAddr)
 	if o.logFile != "-" {
@@ -285,7 +294,7 @@ func (d *devRun) enrollConfig(env *devenv.Env) (keyguard.EnrollConfig, error) {
 // checkLoopback refuses any listener (flag name to host:port; "" is off)
 // that is not bound to a loopback address.
 func checkLoopback(listeners map[string]string) error {
-	for _, flag := range []string{"--listen", "--http", "--ops-listen"} {
+	for _, flag := range []string{"--listen", "--http", "--ops-listen", "--console"} {
 		addr, ok := listeners[flag]
 		if !ok || addr == "" {
 			continue
@@ -446,6 +455,7 @@ func (d *devRun) components() []devenv.Component {
 			}
 			return d.fleet.Run(ctx, d.conn)
 		}},
+		d.consoleComponent(),
 		{Name: "view", Run: func(ctx context.Context, env *devenv.Env) error {
 			shown := make(chan struct{})
 			go func() {

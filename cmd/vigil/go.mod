@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/Azure/azure-sdk-for-go/sdk/azcore v1.24.0
 	github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v7 v7.3.0
+	github.com/chromedp/chromedp v0.23.0
 	github.com/nats-io/nats.go v1.55.0
 	github.com/spf13/cobra v1.10.2
 	github.com/vigil-cc/vigil/pkg v0.0.0
@@ -22,6 +23,8 @@ require (
 	github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys v1.5.0 // indirect
 	github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/internal v1.2.0 // indirect
 	github.com/AzureAD/microsoft-authentication-library-for-go v1.10.1 // indirect
+	github.com/chromedp/cdproto v0.159.0 // indirect
+	github.com/go-json-experiment/json v0.0.0-20260213210345-44df1a37e875 // indirect
 	github.com/golang-jwt/jwt/v5 v5.3.1 // indirect
 	github.com/hashicorp/golang-lru/v2 v2.0.7 // indirect
 	github.com/kylelemons/godebug v1.1.0 // indirect
@@ -63,6 +66,7 @@ require (
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/spf13/pflag v1.0.9
 	github.com/vigil-cc/vigil/services/auditor v0.0.0
+	github.com/vigil-cc/vigil/services/console v0.0.0
 	github.com/vigil-cc/vigil/services/keyguard v0.0.0
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
 	go.opentelemetry.io/otel v1.47.0 // indirect
@@ -93,6 +97,8 @@ replace github.com/vigil-cc/vigil/pkg => ../../pkg
 replace github.com/vigil-cc/vigil/services/keyguard => ../../services/keyguard
 
 replace github.com/vigil-cc/vigil/services/auditor => ../../services/auditor
+
+replace github.com/vigil-cc/vigil/services/console => ../../services/console
 
 replace github.com/vigil-cc/vigil/services/ingest => ../../services/ingest
 

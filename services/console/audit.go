@@ -19,11 +19,12 @@ import (
 // consistent with the checkpoint the previous round verified), and the
 // log index of every VIGIL_EVENTS message for inclusion proofs.
 type auditView struct {
-	dir *auditlog.Dir // nil: no log to read
-	v   note.Verifier // nil: nothing can be verified
+	logDir, keyFile string // both "": no log
 
 	mu       sync.RWMutex
-	latest   Checkpoint // latest on the bus
+	dir      *auditlog.Dir // nil until the log directory exists
+	v        note.Verifier // nil until the key is read
+	latest   Checkpoint    // latest on the bus
 	verified Verification
 	indexOf  map[uint64]uint64 // VIGIL_EVENTS sequence -> log index
 	trusted  []byte            // the last checkpoint verified
@@ -62,29 +63,52 @@ type Proof struct {
 }
 
 func newAuditView(logDir, keyFile string) (*auditView, error) {
-	a := &auditView{indexOf: map[uint64]uint64{}}
-	if keyFile != "" {
-		v, err := auditlog.LoadVerifier(keyFile)
-		if err != nil {
-			return nil, fmt.Errorf("audit key: %w", err)
-		}
-		a.v = v
+	if (logDir == "") != (keyFile == "") {
+		return nil, fmt.Errorf("audit log and key go together (log %q, key %q)", logDir, keyFile)
 	}
-	if logDir != "" {
-		d, err := auditlog.OpenDir(logDir)
-		if err != nil {
-			return nil, fmt.Errorf("audit log: %w", err)
-		}
-		a.dir = d
+	return &auditView{logDir: logDir, keyFile: keyFile, indexOf: map[uint64]uint64{}}, nil
+}
+
+// configured reports whether the console was given a log and a key.
+func (a *auditView) configured() bool { return a.logDir != "" }
+
+// open returns the log and its key, opening them the first time they both
+// exist (the auditor may create them after the console starts).
+func (a *auditView) open() (*auditlog.Dir, note.Verifier, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.dir != nil && a.v != nil {
+		return a.dir, a.v, nil
 	}
-	return a, nil
+	if !a.configured() {
+		return nil, nil, errors.New("no audit log configured")
+	}
+	v, err := auditlog.LoadVerifier(a.keyFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("audit key: %w", err)
+	}
+	d, err := auditlog.OpenDir(a.logDir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("audit log: %w", err)
+	}
+	a.dir, a.v = d, v
+	return d, v, nil
+}
+
+func (a *auditView) verifier() note.Verifier {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.v
 }
 
 // published records a checkpoint from vigil.audit.checkpoint.
 func (a *auditView) published(raw []byte) {
 	c := Checkpoint{Raw: string(raw), Received: time.Now()}
-	if a.v != nil {
-		cp, err := auditlog.OpenCheckpoint(raw, a.v)
+	if a.configured() {
+		_, _, _ = a.open()
+	}
+	if v := a.verifier(); v != nil {
+		cp, err := auditlog.OpenCheckpoint(raw, v)
 		if err != nil {
 			c.Err = err.Error()
 		} else {
@@ -107,7 +131,7 @@ func (a *auditView) state() (Checkpoint, Verification) {
 
 // verifyLoop verifies the log every interval until ctx ends.
 func (a *auditView) verifyLoop(ctx context.Context, every time.Duration) error {
-	if a.dir == nil || a.v == nil {
+	if !a.configured() {
 		<-ctx.Done()
 		return nil
 	}
@@ -127,16 +151,23 @@ func (a *auditView) verifyLoop(ctx context.Context, every time.Duration) error {
 // consistent with the previous round's, then the map from stream sequence
 // to log index.
 func (a *auditView) verifyOnce(ctx context.Context) {
+	d, v, err := a.open()
+	if err != nil {
+		a.mu.Lock()
+		a.verified.Err, a.verified.FailedAt = err.Error(), time.Now()
+		a.mu.Unlock()
+		return
+	}
 	a.mu.RLock()
 	var opts auditlog.VerifyOptions
 	if a.trusted != nil {
 		opts.Trusted = [][]byte{a.trusted}
 	}
 	a.mu.RUnlock()
-	rep, err := auditlog.Verify(ctx, a.dir, a.v, opts)
+	rep, err := auditlog.Verify(ctx, d, v, opts)
 	if err == nil && rep.Size > 0 {
 		idx := map[uint64]uint64{}
-		_, err = auditlog.Search(ctx, a.dir, a.v, func(r *auditlog.Record) bool {
+		_, err = auditlog.Search(ctx, d, v, func(r *auditlog.Record) bool {
 			return r.Kind == auditlog.KindEvent && r.Stream == events.StreamEvents
 		}, func(index uint64, r *auditlog.Record) error {
 			idx[r.Seq] = index
@@ -166,8 +197,9 @@ func (a *auditView) verifyOnce(ctx context.Context) {
 // at seq, whose CloudEvent id is eventID, against the log's latest signed
 // checkpoint.
 func (a *auditView) prove(ctx context.Context, seq uint64, eventID string) Proof {
-	if a.dir == nil || a.v == nil {
-		return Proof{Err: "no audit log configured"}
+	d, v, err := a.open()
+	if err != nil {
+		return Proof{Err: err.Error()}
 	}
 	a.mu.RLock()
 	index, ok := a.indexOf[seq]
@@ -176,11 +208,11 @@ func (a *auditView) prove(ctx context.Context, seq uint64, eventID string) Proof
 	if !ok {
 		return Proof{Err: fmt.Sprintf("not in the verified log yet (verified to %d entries)", size)}
 	}
-	p, err := auditlog.Prove(ctx, a.dir, index, a.v)
+	p, err := auditlog.Prove(ctx, d, index, v)
 	if err != nil {
 		return Proof{Index: index, Err: err.Error()}
 	}
-	cp, err := auditlog.CheckProof(p, a.v, nil)
+	cp, err := auditlog.CheckProof(p, v, nil)
 	if err != nil {
 		return Proof{Index: index, Err: err.Error()}
 	}

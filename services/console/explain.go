@@ -123,11 +123,11 @@ func describeEvent(env events.Envelope) (kind, title string, reasons []Explained
 		if env.Decode(env.Type, &c) != nil {
 			return "", "", nil, nil
 		}
-		if c.Compliant {
-			return events.KindConfig, "configuration compliant", nil, nil
-		}
 		for _, f := range c.Findings {
 			reasons = append(reasons, Explained{Code: f.Code, Words: string(f.Severity) + ": " + f.Message})
+		}
+		if c.Compliant {
+			return events.KindConfig, fmt.Sprintf("configuration compliant (%d informational finding(s))", len(c.Findings)), reasons, nil
 		}
 		return events.KindConfig, fmt.Sprintf("configuration: %d finding(s)", len(c.Findings)), reasons, nil
 	case events.TypeVerdict:

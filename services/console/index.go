@@ -327,6 +327,8 @@ type Query struct {
 	Sort     string // name, rg, platform, status, attested, since; "-" prefix: descending
 	Page     int    // 1-based
 	PerPage  int
+
+	perSet bool // PerPage was asked for (kept in the page links)
 }
 
 // Table is one page of the VM table.

@@ -230,6 +230,7 @@ type fleetView struct {
 	Prev      string
 	Next      string
 	Sorts     []sortLink
+	PerSet    bool
 }
 
 type sortLink struct {
@@ -237,9 +238,15 @@ type sortLink struct {
 	Active     bool
 }
 
+// Bounds of the rows per page a URL may ask for (per=N).
+const minPerPage, maxPerPage = 5, 500
+
 func queryOf(r *http.Request, per int) Query {
 	v := r.URL.Query()
 	page, _ := strconv.Atoi(v.Get("page"))
+	if n, err := strconv.Atoi(v.Get("per")); err == nil {
+		per = min(max(n, minPerPage), maxPerPage)
+	}
 	return Query{Status: v.Get("status"), Platform: v.Get("platform"), RG: v.Get("rg"), Text: v.Get("q"), Sort: v.Get("sort"), Page: page, PerPage: per}
 }
 
@@ -253,6 +260,9 @@ func (q Query) url(page int, sort string) string {
 	if page > 1 {
 		v.Set("page", strconv.Itoa(page))
 	}
+	if q.perSet {
+		v.Set("per", strconv.Itoa(q.PerPage))
+	}
 	if len(v) == 0 {
 		return "/"
 	}
@@ -261,11 +271,12 @@ func (q Query) url(page int, sort string) string {
 
 func (s *server) fleetPage(w http.ResponseWriter, r *http.Request) {
 	q := queryOf(r, s.cfg.PageSize)
+	q.perSet = r.URL.Query().Has("per")
 	if q.Status != "" && !slices.Contains(statuses, events.Status(q.Status)) {
 		q.Status = ""
 	}
 	now := time.Now()
-	v := fleetView{Overview: s.overviewView(now), Q: q, Statuses: statuses, Platforms: s.index.Platforms()}
+	v := fleetView{Overview: s.overviewView(now), Q: q, Statuses: statuses, Platforms: s.index.Platforms(), PerSet: q.perSet}
 	v.Table = s.index.Table(q)
 	v.Q.Page = v.Table.Page
 	for _, row := range v.Table.Rows {
@@ -399,7 +410,7 @@ func (s *server) auditPage(w http.ResponseWriter, r *http.Request) {
 		Verification Verification
 		Configured   bool
 		Every        time.Duration
-	}{cp, ver, s.audit.dir != nil && s.audit.v != nil, s.cfg.VerifyEvery})
+	}{cp, ver, s.audit.configured(), s.cfg.VerifyEvery})
 }
 
 // ago says how long ago t was ("never" for the zero time).
