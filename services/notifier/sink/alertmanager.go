@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strings"
 	"time"
@@ -15,10 +17,13 @@ import (
 // Alertmanager settings.
 const (
 	// SettingTagLabels names Azure tags (comma-separated) that become labels
-	// "tag_<name>". Labels identify an alert in Alertmanager, so only tags
-	// that do not change while an alert fires belong there.
+	// "tag_<name>".
 	SettingTagLabels = "tag_labels"
 )
+
+// LabelKey is the Alertmanager label holding the alert's stable key (VM and
+// condition): how a resolve finds what its condition fired.
+const LabelKey = "vigil_key"
 
 // AlertmanagerAlert is one element of the JSON array POSTed to
 // Alertmanager's /api/v2/alerts (its postableAlert).
@@ -75,21 +80,169 @@ func newAlertmanager(spec Spec, c *Client) (*alertmanager, error) {
 
 func (m *alertmanager) Protocol() string { return ProtocolAlertmanager }
 
+// Deliver posts a firing notification's alerts; a firing alert ends the
+// alerts of its key that carry other labels (the condition's code or
+// severity changed: untrusted, then stale). A resolve looks up the alerts
+// of its key in Alertmanager (GET /api/v2/alerts, filter vigil_key) and
+// posts them back with endsAt: Alertmanager identifies alerts by their
+// labels, and a resolve (e.g. vm.recovered, info) does not carry the code
+// and severity its condition fired with.
 func (m *alertmanager) Deliver(ctx context.Context, n Notification) error {
 	if err := checkNotification(n); err != nil {
 		return err
 	}
-	body, err := json.Marshal(AlertmanagerAlertsOf(n, m.tagLabels, m.now()))
-	if err != nil {
-		return &Error{Kind: Reject, Err: fmt.Errorf("alertmanager: encoding: %w", err)}
+	now := m.now()
+	if n.State == Resolved {
+		return m.resolve(ctx, n, now)
 	}
+	alerts := AlertmanagerAlertsOf(n, m.tagLabels, now)
+	if err := m.post(ctx, alerts); err != nil {
+		return err
+	}
+	if len(n.Digest) == 0 {
+		// Best effort: a superseded alert that stays resolves after
+		// Alertmanager's resolve_timeout anyway.
+		_ = m.supersede(ctx, alerts[0], now)
+	}
+	return nil
+}
+
+func (m *alertmanager) header() http.Header {
 	h := http.Header{}
-	h.Set("Content-Type", "application/json")
 	if m.bearer != "" {
 		h.Set("Authorization", "Bearer "+m.bearer)
 	}
+	return h
+}
+
+func (m *alertmanager) post(ctx context.Context, alerts []AlertmanagerAlert) error {
+	body, err := json.Marshal(alerts)
+	if err != nil {
+		return &Error{Kind: Reject, Err: fmt.Errorf("alertmanager: encoding: %w", err)}
+	}
+	h := m.header()
+	h.Set("Content-Type", "application/json")
 	_, err = m.c.Do(ctx, http.MethodPost, m.url, h, body)
 	return scrub(err, m.bearer)
+}
+
+// gettableAlert is what GET /api/v2/alerts returns, the fields used.
+type gettableAlert struct {
+	Labels       map[string]string `json:"labels"`
+	Annotations  map[string]string `json:"annotations"`
+	StartsAt     time.Time         `json:"startsAt"`
+	GeneratorURL string            `json:"generatorURL"`
+}
+
+// alertsOfKey returns Alertmanager's unresolved alerts labelled with key.
+func (m *alertmanager) alertsOfKey(ctx context.Context, key string) ([]gettableAlert, error) {
+	q := url.Values{
+		"filter": {LabelKey + `="` + matcherValue(key) + `"`},
+		"active": {"true"}, "silenced": {"true"}, "inhibited": {"true"}, "unprocessed": {"true"},
+	}
+	h := m.header()
+	h.Set("Accept", "application/json")
+	resp, err := m.c.Do(ctx, http.MethodGet, m.url+"?"+q.Encode(), h, nil)
+	if err != nil {
+		return nil, scrub(err, m.bearer)
+	}
+	var list []gettableAlert
+	if err := json.Unmarshal(resp.Body, &list); err != nil {
+		return nil, &Error{Kind: Retry, Err: fmt.Errorf("alertmanager: its alerts of %s do not decode: %w", key, err)}
+	}
+	return list, nil
+}
+
+// matcherValue escapes s for a double-quoted label matcher value.
+func matcherValue(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s)
+}
+
+// ended returns g posted back as resolved at end.
+func ended(g gettableAlert, end time.Time, why string) AlertmanagerAlert {
+	if end.Before(g.StartsAt) {
+		end = g.StartsAt
+	}
+	ann := maps.Clone(g.Annotations)
+	if ann == nil {
+		ann = map[string]string{}
+	}
+	if why != "" {
+		ann["resolved"] = why
+	}
+	return AlertmanagerAlert{Labels: g.Labels, Annotations: ann, StartsAt: g.StartsAt.UTC(), EndsAt: end.UTC(), GeneratorURL: linkOrEmpty(g.GeneratorURL)}
+}
+
+func (m *alertmanager) resolve(ctx context.Context, n Notification, now time.Time) error {
+	end := n.Time
+	if end.IsZero() || end.After(now) {
+		end = now // a resolve in the future would leave it firing until then
+	}
+	var out []AlertmanagerAlert
+	for _, key := range notificationKeys(n) {
+		found, err := m.alertsOfKey(ctx, key)
+		if err != nil {
+			return err
+		}
+		for _, g := range found {
+			out = append(out, ended(g, end, n.Alert.Message))
+		}
+	}
+	if len(out) == 0 {
+		return nil // nothing fires in Alertmanager (never did, or it restarted)
+	}
+	return m.post(ctx, out)
+}
+
+// supersede ends the alerts of posted's key that carry other labels.
+func (m *alertmanager) supersede(ctx context.Context, posted AlertmanagerAlert, now time.Time) error {
+	found, err := m.alertsOfKey(ctx, posted.Labels[LabelKey])
+	if err != nil {
+		return err
+	}
+	var out []AlertmanagerAlert
+	for _, g := range found {
+		if !maps.Equal(g.Labels, posted.Labels) {
+			out = append(out, ended(g, now, "superseded by "+posted.Labels["alertname"]))
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return m.post(ctx, out)
+}
+
+// alertKey is an alert's stable key: its own, the notification's for the
+// notification's alert, else "<vm>/<code>".
+func alertKey(n Notification, a events.Alert, first bool) string {
+	switch {
+	case first && n.Key != "":
+		return n.Key
+	case a.Key != "":
+		return a.Key
+	}
+	vm := a.VMKey
+	if vm == "" {
+		vm = "fleet"
+	}
+	return events.AlertKey(vm, a.Code)
+}
+
+// notificationKeys lists the distinct keys of n's alerts.
+func notificationKeys(n Notification) []string {
+	if len(n.Digest) == 0 {
+		return []string{alertKey(n, n.Alert, true)}
+	}
+	var keys []string
+	seen := map[string]bool{}
+	for i, a := range n.Digest {
+		k := alertKey(n, a, i == 0 && n.Alert.Key == a.Key && n.Alert.VMKey == a.VMKey)
+		if !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
+	}
+	return keys
 }
 
 // LabelName turns s into a valid Prometheus label name: characters other
@@ -107,15 +260,17 @@ func LabelName(s string) string {
 	return string(b)
 }
 
-// AlertmanagerAlertsOf returns the alerts an Alertmanager sink posts for n
-// at now: one alert, or one per digest entry (Alertmanager groups them
-// itself). Labels identify an alert in Alertmanager and are the same
-// whether it fires or resolves: alertname (the alert code), severity, vm
-// (the VM key, "fleet" if none), code, source "vigil", and from the
-// inventory vm_name, resource_group, subscription, platform and the tags
-// named in tagLabels. While firing, endsAt is left out (Alertmanager
-// resolves the alert after its resolve_timeout unless it is sent again,
-// which the notifier does); a resolve sets endsAt to the resolve time.
+// AlertmanagerAlertsOf returns the alerts an Alertmanager sink posts for a
+// firing n at now: one alert, or one per digest entry (Alertmanager groups
+// them itself). Labels: alertname and code (the alert code), severity, vm
+// (the VM key, "fleet" if none), vigil_key (the alert's stable key, which a
+// resolve looks up), source "vigil", and from the inventory vm_name,
+// resource_group, subscription, platform and the tags named in tagLabels.
+// endsAt is left out: Alertmanager resolves the alert after its
+// resolve_timeout unless it is sent again, which the notifier does while
+// the condition lasts. For a resolved n, the same alerts with endsAt (the
+// resolve time): what resolving these label sets posts (the sink itself
+// resolves the alerts Alertmanager holds under the key).
 func AlertmanagerAlertsOf(n Notification, tagLabels []string, now time.Time) []AlertmanagerAlert {
 	list := n.Digest
 	if len(list) == 0 {
@@ -127,12 +282,13 @@ func AlertmanagerAlertsOf(n Notification, tagLabels []string, now time.Time) []A
 		if i == 0 || a.VMKey == n.Alert.VMKey {
 			vm = n.VM // inventory context is the first alert's
 		}
-		out = append(out, alertmanagerAlert(n, a, vm, tagLabels, now))
+		first := len(n.Digest) == 0 || i == 0 && n.Alert.Key == a.Key && n.Alert.VMKey == a.VMKey
+		out = append(out, alertmanagerAlert(n, a, alertKey(n, a, first), vm, tagLabels, now))
 	}
 	return out
 }
 
-func alertmanagerAlert(n Notification, a events.Alert, vm *VMInfo, tagLabels []string, now time.Time) AlertmanagerAlert {
+func alertmanagerAlert(n Notification, a events.Alert, key string, vm *VMInfo, tagLabels []string, now time.Time) AlertmanagerAlert {
 	vmKey := a.VMKey
 	if vmKey == "" {
 		vmKey = "fleet"
@@ -142,6 +298,7 @@ func alertmanagerAlert(n Notification, a events.Alert, vm *VMInfo, tagLabels []s
 		"code":      a.Code,
 		"severity":  string(a.Severity),
 		"vm":        vmKey,
+		LabelKey:    key,
 		"source":    "vigil",
 	}
 	if vm != nil {
@@ -174,14 +331,11 @@ func alertmanagerAlert(n Notification, a events.Alert, vm *VMInfo, tagLabels []s
 	if a.ResourceID != "" {
 		ann["resource_id"] = a.ResourceID
 	}
-	if n.Key != "" && len(n.Digest) == 0 {
-		ann["vigil_key"] = n.Key
-	}
 	am := AlertmanagerAlert{Labels: labels, Annotations: ann, StartsAt: a.At.UTC(), GeneratorURL: linkOrEmpty(n.ConsoleURL)}
 	if n.State == Resolved {
 		end := n.Time
 		if end.IsZero() || end.After(now) {
-			end = now // a resolve in the future would leave it firing until then
+			end = now
 		}
 		am.EndsAt = end.UTC()
 		if am.StartsAt.IsZero() || am.StartsAt.After(am.EndsAt) {

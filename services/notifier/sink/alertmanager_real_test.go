@@ -15,15 +15,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/services/notifier/sink"
 )
 
 // TestAlertmanagerReal delivers to a real Alertmanager v0.35 (its API,
 // in-memory store and silences, built from its Go module by
 // startAlertmanager): the alert shows active on /api/v2/alerts with the
-// labels and annotations the sink sent, stays one alert when re-sent while
-// firing, and is gone from the active alerts after the resolve; a digest
-// becomes one Alertmanager alert per entry.
+// labels and annotations the sink sent and stays one alert when re-sent
+// while firing; when its condition fires again with another code and
+// severity (untrusted, then stale) the new alert replaces it; the resolve
+// producers publish (vm.recovered, info, the same key) leaves none of the
+// key's alerts active. A digest becomes one Alertmanager alert per entry,
+// all resolved by the digest's resolve.
 func TestAlertmanagerReal(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs a real Alertmanager")
@@ -38,7 +42,7 @@ func TestAlertmanagerReal(t *testing.T) {
 	n.Alert.At = time.Now().Add(-time.Minute).UTC().Truncate(time.Millisecond)
 	n.Time = time.Now()
 	want := sink.AlertmanagerAlertsOf(n, []string{"env"}, time.Now())[0]
-	filter := `vm="` + n.Alert.VMKey + `"`
+	filter := `vigil_key="` + n.Key + `"`
 	for range 2 { // re-sent while firing: still one alert
 		if err := s.Deliver(t.Context(), n); err != nil {
 			t.Fatalf("Deliver firing: %v", err)
@@ -55,18 +59,35 @@ func TestAlertmanagerReal(t *testing.T) {
 		t.Errorf("startsAt %v endsAt %v generatorURL %q; want startsAt %v, endsAt in the future", got.StartsAt, got.EndsAt, got.GeneratorURL, n.Alert.At)
 	}
 
-	r := resolved()
-	r.Alert.At = n.Alert.At
+	stale := n
+	stale.ID = "alert-stale"
+	stale.Alert.Severity, stale.Alert.Code = events.SeverityHigh, "vm.stale"
+	stale.Alert.At = time.Now().UTC().Truncate(time.Millisecond)
+	if err := s.Deliver(t.Context(), stale); err != nil {
+		t.Fatalf("Deliver stale: %v", err)
+	}
+	waitAlerts(t, base, filter, func(as []amAlert) bool {
+		return len(as) == 1 && as[0].Labels["alertname"] == "vm.stale" && as[0].Labels["severity"] == "high"
+	})
+
+	r := recovered()
 	r.Time = time.Now()
+	r.Alert.At = r.Time
 	if err := s.Deliver(t.Context(), r); err != nil {
 		t.Fatalf("Deliver resolved: %v", err)
 	}
 	waitAlerts(t, base, filter, func(as []amAlert) bool { return len(as) == 0 })
+	// Resolving what is no longer there is no error.
+	if err := s.Deliver(t.Context(), r); err != nil {
+		t.Fatalf("Deliver resolved again: %v", err)
+	}
 
 	d := digest(3)
 	for i := range d.Digest {
 		d.Digest[i].At = time.Now().Add(-time.Minute).UTC().Truncate(time.Millisecond)
 	}
+	d.Alert = d.Digest[0]
+	d.Key = d.Alert.Key
 	if err := s.Deliver(t.Context(), d); err != nil {
 		t.Fatalf("Deliver digest: %v", err)
 	}

@@ -28,11 +28,23 @@ type request struct {
 // with the statuses given, in turn (the last one repeats).
 func receiver(t *testing.T, statuses ...int) (*httptest.Server, <-chan request) {
 	t.Helper()
+	return receiverGET(t, "[]", statuses...)
+}
+
+// receiverGET is receiver answering every GET 200 with getBody (what an
+// Alertmanager answers GET /api/v2/alerts with).
+func receiverGET(t *testing.T, getBody string, statuses ...int) (*httptest.Server, <-chan request) {
+	t.Helper()
 	got := make(chan request, 100)
 	var n int
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		got <- request{Method: r.Method, Path: r.URL.RequestURI(), Header: r.Header.Clone(), Body: b}
+		if r.Method == http.MethodGet {
+			w.Header().Set("Content-Type", "application/json")
+			io.WriteString(w, getBody)
+			return
+		}
 		status := http.StatusOK
 		if len(statuses) > 0 {
 			status = statuses[min(n, len(statuses)-1)]
@@ -42,6 +54,16 @@ func receiver(t *testing.T, statuses ...int) (*httptest.Server, <-chan request) 
 	}))
 	t.Cleanup(srv.Close)
 	return srv, got
+}
+
+// nextPost returns the next POST request, skipping GETs.
+func nextPost(t *testing.T, got <-chan request) request {
+	t.Helper()
+	for {
+		if r := next(t, got); r.Method != http.MethodGet {
+			return r
+		}
+	}
 }
 
 // next returns the next request, failing the test if none came.
@@ -65,7 +87,7 @@ var (
 func firing() sink.Notification {
 	return sink.Notification{
 		ID:    "alert-3f2a9c",
-		Key:   testVM + "/vm.untrusted",
+		Key:   events.AlertKey(testVM, "attestation"),
 		State: sink.Firing,
 		Alert: events.Alert{
 			Severity:   events.SeverityCritical,
@@ -77,6 +99,8 @@ func firing() sink.Notification {
 			CauseID:    "verdict-81",
 			Source:     "attest-worker",
 			At:         testAt,
+			Key:        events.AlertKey(testVM, "attestation"),
+			State:      events.AlertFiring,
 		},
 		VM:         testInfo,
 		Time:       testAt.Add(time.Second),
@@ -89,7 +113,20 @@ func resolved() sink.Notification {
 	n := firing()
 	n.ID = "alert-3f2a9c-resolved"
 	n.State = sink.Resolved
+	n.Alert.State = events.AlertResolved
 	n.Time = testAt.Add(10 * time.Minute)
+	return n
+}
+
+// recovered is the resolve producers publish: another code and severity
+// than the firing, the same key (the attest-worker's vm.recovered).
+func recovered() sink.Notification {
+	n := resolved()
+	n.ID = "alert-recovered"
+	n.Alert.Severity, n.Alert.Code = events.SeverityInfo, "vm.recovered"
+	n.Alert.Message = "web-01 attests again (trusted after untrusted)"
+	n.Alert.Reasons = nil
+	n.Alert.At = n.Time
 	return n
 }
 
@@ -100,6 +137,7 @@ func digest(count int) sink.Notification {
 	for i := range n.Digest {
 		a := n.Alert
 		a.VMKey = events.VMKey(fmt.Sprintf("/subscriptions/0000/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm-%03d", i))
+		a.Key = events.AlertKey(a.VMKey, "attestation")
 		a.Message = fmt.Sprintf("vm-%03d is untrusted: %s", i, strings.Repeat("a measurement does not match ", 4))
 		n.Digest[i] = a
 	}
@@ -116,6 +154,7 @@ func TestSinkPayloads(t *testing.T) {
 		path   string // the path the sink posts to (after the server's URL)
 		status int    // what the receiver answers
 		n      sink.Notification
+		get    string // what GET /api/v2/alerts answers
 		check  func(t *testing.T, r request, n sink.Notification)
 	}{
 		{name: "webhook firing", spec: sink.Spec{Protocol: "webhook", Secrets: sink.Secrets{WebhookSecrets: secrets, BearerToken: bearer}}, path: "/hook", status: 200, n: firing(), check: checkWebhook(secrets, bearer)},
@@ -132,12 +171,17 @@ func TestSinkPayloads(t *testing.T) {
 		{name: "pagerduty resolve", spec: sink.Spec{Protocol: "pagerduty", Secrets: sink.Secrets{RoutingKey: routingKey}}, path: "/v2/enqueue", status: 202, n: resolved(), check: checkPagerDuty(routingKey)},
 		{name: "pagerduty digest", spec: sink.Spec{Protocol: "pagerduty", Secrets: sink.Secrets{RoutingKey: routingKey}}, path: "/v2/enqueue", status: 202, n: digest(37), check: checkPagerDuty(routingKey)},
 		{name: "alertmanager firing", spec: sink.Spec{Protocol: "alertmanager", Secrets: sink.Secrets{BearerToken: bearer}, Settings: map[string]string{"tag_labels": "env,cost-center"}}, path: "/api/v2/alerts", status: 200, n: firing(), check: checkAlertmanager(bearer)},
-		{name: "alertmanager resolved", spec: sink.Spec{Protocol: "alertmanager"}, path: "/api/v2/alerts", status: 200, n: resolved(), check: checkAlertmanager("")},
+		{name: "alertmanager resolved", spec: sink.Spec{Protocol: "alertmanager"}, path: "/api/v2/alerts", status: 200, n: resolved(), get: firingInAlertmanager(), check: checkAlertmanager("")},
+		{name: "alertmanager recovered", spec: sink.Spec{Protocol: "alertmanager"}, path: "/api/v2/alerts", status: 200, n: recovered(), get: firingInAlertmanager(), check: checkAlertmanager("")},
 		{name: "alertmanager digest", spec: sink.Spec{Protocol: "alertmanager"}, path: "/api/v2/alerts", status: 200, n: digest(5), check: checkAlertmanager("")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv, got := receiver(t, tt.status)
+			get := tt.get
+			if get == "" {
+				get = "[]"
+			}
+			srv, got := receiverGET(t, get, tt.status)
 			spec := tt.spec
 			spec.URL = srv.URL + tt.path
 			if spec.Protocol == "alertmanager" {
@@ -150,7 +194,7 @@ func TestSinkPayloads(t *testing.T) {
 			if err := s.Deliver(t.Context(), tt.n); err != nil {
 				t.Fatalf("Deliver: %v", err)
 			}
-			r := next(t, got)
+			r := nextPost(t, got)
 			if r.Method != http.MethodPost || r.Path != tt.path {
 				t.Errorf("%s %s, want POST %s", r.Method, r.Path, tt.path)
 			}
@@ -420,7 +464,7 @@ func checkAlertmanager(bearer string) func(t *testing.T, r request, n sink.Notif
 					t.Errorf("label %s = %v", k, v)
 				}
 			}
-			for _, k := range []string{"alertname", "severity", "vm"} {
+			for _, k := range []string{"alertname", "severity", "vm", "vigil_key"} {
 				if labels[k] == nil {
 					t.Errorf("no label %s: %v", k, labels)
 				}
@@ -447,7 +491,7 @@ func checkAlertmanager(bearer string) func(t *testing.T, r request, n sink.Notif
 		}
 		if len(n.Digest) == 0 {
 			labels := alerts[0]["labels"].(map[string]any)
-			if labels["vm_name"] != "web-01" || labels["resource_group"] != "rg-prod" || labels["alertname"] != "vm.untrusted" || labels["severity"] != "critical" || labels["vm"] != n.Alert.VMKey {
+			if labels["vm_name"] != "web-01" || labels["resource_group"] != "rg-prod" || labels["alertname"] != "vm.untrusted" || labels["severity"] != "critical" || labels["vm"] != n.Alert.VMKey || labels["vigil_key"] != n.Key {
 				t.Errorf("labels %v", labels)
 			}
 		}
@@ -461,4 +505,14 @@ func jsonMarshal(v any) (string, error) {
 	enc.SetEscapeHTML(false)
 	err := enc.Encode(v)
 	return b.String(), err
+}
+
+// firingInAlertmanager is GET /api/v2/alerts's answer while firing() fires.
+func firingInAlertmanager() string {
+	a := sink.AlertmanagerAlertsOf(firing(), nil, time.Now())[0]
+	b, _ := json.Marshal([]map[string]any{{
+		"labels": a.Labels, "annotations": a.Annotations, "startsAt": a.StartsAt, "endsAt": time.Now().Add(5 * time.Minute),
+		"generatorURL": a.GeneratorURL, "fingerprint": "0123456789abcdef", "status": map[string]any{"state": "active"},
+	}})
+	return string(b)
 }
