@@ -26,6 +26,7 @@ test-short:
 run:
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/vigil github.com/vigil-cc/vigil/cmd/vigil
+	@echo "Open the fleet console: http://127.0.0.1:8088 (unless ARGS sets --console)"
 	./$(BIN)/vigil dev $(ARGS)
 
 # Every Benchmark* of every module; tests are skipped.
