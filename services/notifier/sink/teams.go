@@ -78,13 +78,12 @@ func (t *teams) Deliver(ctx context.Context, n Notification) error {
 	return scrub(err, urlSecrets(t.url)...)
 }
 
-// teamsEscape escapes the Markdown Adaptive Cards render in TextBlocks and
-// facts, so text from alerts cannot make links or emphasis.
+// teamsEscape escapes the brackets of Markdown links, so text from alerts
+// cannot make a link with a misleading title in a card (other Markdown,
+// emphasis or lists, can only change how the text looks and is left as is:
+// escaping it would show backslashes in messages).
 func teamsEscape(s string) string {
-	return strings.NewReplacer(
-		`\`, `\\`, "[", `\[`, "]", `\]`, "(", `\(`, ")", `\)`,
-		"*", `\*`, "_", `\_`, "`", "\\`", "<", "&lt;", ">", "&gt;",
-	).Replace(s)
+	return strings.NewReplacer("[", `\[`, "]", `\]`).Replace(s)
 }
 
 func textBlock(text string, opts map[string]any) map[string]any {
