@@ -1,7 +1,6 @@
 package console
 
 import (
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -12,7 +11,9 @@ import (
 
 // BenchmarkConsoleFleetPage renders the fleet page (overview, charts and
 // the first page of the table, sorted by name) with 100,000 VMs in the
-// index, and a filtered, re-sorted later page. It reports the p99 render
+// index: as served (the overview is computed at most once a second), with
+// the overview recomputed for each render, a filtered page sorted by
+// another column, and a free-text search. It reports the p99 render
 // time in ms (the goal is under 100 ms) and the index's memory per VM.
 func BenchmarkConsoleFleetPage(b *testing.B) {
 	const n = 100_000
@@ -25,11 +26,15 @@ func BenchmarkConsoleFleetPage(b *testing.B) {
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	perVM := float64(after.HeapAlloc-before.HeapAlloc) / n
-	_, hs := testServer(b, Config{}, x)
-	for _, bc := range []struct{ name, path string }{
-		{"overview", "/"},
-		{"filtered", "/?status=trusted&platform=azure-sev-snp&sort=-attested&page=40"},
-		{"search", "/?q=vm-0999"},
+	s, hs := testServer(b, Config{}, x)
+	for _, bc := range []struct {
+		name, path string
+		fresh      bool // the overview recomputed for every render, not once a second
+	}{
+		{"overview", "/", false},
+		{"overview-recomputed", "/", true},
+		{"filtered", "/?status=trusted&platform=azure-sev-snp&sort=-attested&page=40", false},
+		{"search", "/?q=vm-0999", false},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			req := httptest.NewRequest(http.MethodGet, bc.path, nil)
@@ -37,6 +42,11 @@ func BenchmarkConsoleFleetPage(b *testing.B) {
 			var times []time.Duration
 			for b.Loop() {
 				w := httptest.NewRecorder()
+				if bc.fresh {
+					s.ovMu.Lock()
+					s.ovAt = time.Time{}
+					s.ovMu.Unlock()
+				}
 				start := time.Now()
 				hs.Config.Handler.ServeHTTP(w, req)
 				times = append(times, time.Since(start))
@@ -50,5 +60,4 @@ func BenchmarkConsoleFleetPage(b *testing.B) {
 			b.ReportMetric(perVM, "B/VM")
 		})
 	}
-	_ = fmt.Sprint()
 }

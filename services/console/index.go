@@ -41,6 +41,7 @@ type vmState struct {
 	lowerName string // the name (else the key) in lower case: the table's order
 	lowerRG   string
 	haystack  string // what free text searches: name, resource ID, key
+	codes     string // and reason codes (setCodes)
 	revoked   int    // grants revoked
 }
 
@@ -136,6 +137,7 @@ func (x *Index) PutStatus(s events.VMStatus) {
 	defer x.mu.Unlock()
 	v := x.vm(s.VMKey)
 	v.st, v.hasStatus = s, true
+	v.setCodes()
 	x.changed(s.VMKey)
 }
 
@@ -186,6 +188,7 @@ func (x *Index) AddEvent(seq uint64, at time.Time, subject string, env events.En
 	if verdict != nil {
 		if v.verdict == nil || !verdict.IssuedAt.Before(v.verdict.IssuedAt) {
 			v.verdict = verdict
+			v.setCodes()
 		}
 		x.countVerdict(verdict.IssuedAt, verdict.Status)
 		x.changed(vm)
@@ -418,22 +421,24 @@ func (x *Index) sortByName() {
 }
 
 func (v *vmState) matches(text string) bool {
-	if strings.Contains(v.haystack, text) || strings.Contains(v.key, text) {
-		return true
-	}
+	return strings.Contains(v.haystack, text) || strings.Contains(v.key, text) || strings.Contains(v.codes, text)
+}
+
+// setCodes notes the reason codes of the status and the last verdict, for
+// free-text search.
+func (v *vmState) setCodes() {
+	var b strings.Builder
 	for _, r := range v.st.Reasons {
-		if strings.Contains(r.Code, text) {
-			return true
-		}
+		b.WriteString(r.Code)
+		b.WriteByte(0)
 	}
 	if v.verdict != nil {
 		for _, r := range v.verdict.Reasons {
-			if strings.Contains(r.Code, text) {
-				return true
-			}
+			b.WriteString(r.Code)
+			b.WriteByte(0)
 		}
 	}
-	return false
+	v.codes = b.String()
 }
 
 // sortBy sorts vms (in name order) by key, ties staying in name order.
