@@ -53,6 +53,22 @@ type TimelineEntry struct {
 	Kind    string // lifecycle, config, verdict, state, key
 	Title   string
 	Reasons []Explained
+	// Repeats counts the identical events before this one that it stands
+	// for (a healthy VM's affirming verdicts): the timeline grows with
+	// changes, not with time.
+	Repeats int
+}
+
+func (e TimelineEntry) same(o TimelineEntry) bool {
+	if e.Kind != o.Kind || e.Title != o.Title || len(e.Reasons) != len(o.Reasons) {
+		return false
+	}
+	for i := range e.Reasons {
+		if e.Reasons[i] != o.Reasons[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // Explained is a reason code with its explanation in words.
@@ -180,6 +196,10 @@ func (x *Index) AddEvent(seq uint64, at time.Time, subject string, env events.En
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	v := x.vm(vm)
+	if n := len(v.timeline); n > 0 && v.timeline[n-1].same(entry) {
+		entry.Repeats = v.timeline[n-1].Repeats + 1
+		v.timeline = v.timeline[:n-1]
+	}
 	if len(v.timeline) == maxTimeline {
 		copy(v.timeline, v.timeline[1:])
 		v.timeline = v.timeline[:maxTimeline-1]

@@ -3,12 +3,16 @@ package console
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vigil-cc/vigil/pkg/events"
 )
 
 // TestAccess: without auth only loopback names are answered; with a token
@@ -210,5 +214,33 @@ func TestFanOut(t *testing.T) {
 		if n != sent {
 			t.Errorf("browser %d got %d of %d events", i, n, sent)
 		}
+	}
+}
+
+// TestTimelineCollapses: identical consecutive events are one entry that
+// counts them, so a healthy VM's timeline does not grow with time.
+func TestTimelineCollapses(t *testing.T) {
+	x := NewIndex()
+	key := events.VMKey("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/a")
+	add := func(seq uint64, status string) {
+		env, err := events.New(events.TypeVerdict, "test", key, events.Verdict{VMKey: key, Status: status, IssuedAt: time.Now()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		x.AddEvent(seq, time.Now(), events.VerdictSubject(key), env)
+	}
+	for seq := range uint64(5) {
+		add(seq+1, events.VerdictAffirming)
+	}
+	add(6, events.VerdictContraindicated)
+	add(7, events.VerdictAffirming)
+	d, _ := x.Detail(key)
+	var got []string
+	for _, e := range d.Timeline {
+		got = append(got, fmt.Sprintf("%d %s ×%d", e.Seq, e.Title, e.Repeats))
+	}
+	want := []string{"7 verdict: affirming ×0", "6 verdict: contraindicated ×0", "5 verdict: affirming ×4"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("timeline %q, want %q", got, want)
 	}
 }
