@@ -139,6 +139,7 @@ func describeEvent(env events.Envelope) (kind, title string, reasons []Explained
 		if v.PolicyID != "" {
 			title += " (policy " + v.PolicyID + " v" + strconv.Itoa(v.PolicyVersion) + ")"
 		}
+		v.JWS = "" // not shown, and the index keeps one verdict per VM
 		return events.KindVerdict, title, explainAll(v.Reasons), &v
 	case events.TypeState:
 		var s events.State

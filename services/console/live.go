@@ -95,20 +95,20 @@ func (l *live) run(ctx context.Context) error {
 			if err != nil {
 				continue
 			}
-			l.send("vm", map[string]string{"key": vm, "status": string(row.Status), "html": html})
+			l.send("vm", vm, map[string]string{"key": vm, "status": string(row.Status), "html": html})
 		}
 		for _, a := range alerts {
 			html, err := l.srv.renderFragment("alert", a)
 			if err != nil {
 				continue
 			}
-			l.send("alert", map[string]string{"severity": string(a.Severity), "code": a.Code, "vm": a.VMKey, "html": html})
+			l.send("alert", "", map[string]string{"severity": string(a.Severity), "code": a.Code, "vm": a.VMKey, "html": html})
 		}
 		if pendingOverview && time.Since(lastOverview) >= overviewEvery {
 			now := time.Now()
 			html, err := l.srv.renderFragment("overview", l.srv.overviewView(now))
 			if err == nil {
-				l.send("overview", map[string]string{"html": html})
+				l.send("overview", "", map[string]string{"html": html})
 			}
 			lastOverview, pendingOverview = now, false
 		}
@@ -121,10 +121,10 @@ func (l *live) run(ctx context.Context) error {
 	}
 }
 
-func (l *live) send(name string, v any) {
+func (l *live) send(name, vm string, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return
 	}
-	l.srv.broker.publish(name, b)
+	l.srv.broker.publish(name, vm, b)
 }

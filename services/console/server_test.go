@@ -142,27 +142,33 @@ func TestOverview(t *testing.T) {
 func TestBrokerResume(t *testing.T) {
 	b := newBroker()
 	for range 10 {
-		b.publish("vm", []byte(`{}`))
+		b.publish("vm", "", []byte(`{}`))
 	}
-	_, missed, ok := b.subscribe(7)
+	_, missed, ok := b.subscribe(7, nil)
 	if !ok || len(missed) != 3 || missed[0].id != 8 {
 		t.Fatalf("resume from 7: ok %v, %d missed", ok, len(missed))
 	}
-	if _, _, ok := b.subscribe(99); ok {
+	if _, _, ok := b.subscribe(99, nil); ok {
 		t.Fatal("an id from the future resumed")
 	}
 	for range sseBacklog {
-		b.publish("vm", []byte(`{}`))
+		b.publish("vm", "", []byte(`{}`))
 	}
-	if _, _, ok := b.subscribe(3); ok {
+	if _, _, ok := b.subscribe(3, nil); ok {
 		t.Fatal("an id older than the backlog resumed")
 	}
-	slow, _, _ := b.subscribe(0)
+	slow, _, _ := b.subscribe(0, nil)
+	picky, _, _ := b.subscribe(0, map[string]bool{"a": true})
 	for range sseSubscriber + 1 {
-		b.publish("vm", []byte(`{}`))
+		b.publish("vm", "b", []byte(`{}`))
+	}
+	b.publish("vm", "a", []byte(`{}`))
+	b.publish("overview", "", []byte(`{}`))
+	if n := len(picky.ch); n != 2 {
+		t.Fatalf("the browser watching VM a got %d events, want 2 (its VM's, the overview)", n)
 	}
 	n := 0
-	for range slow {
+	for range slow.ch {
 		n++
 	}
 	if n != sseSubscriber {
@@ -207,7 +213,7 @@ func TestFanOut(t *testing.T) {
 		}
 	}
 	for range sent {
-		s.broker.publish("vm", []byte(`{}`))
+		s.broker.publish("vm", "", []byte(`{}`))
 	}
 	wg.Wait()
 	for i, n := range counts {
@@ -242,5 +248,32 @@ func TestTimelineCollapses(t *testing.T) {
 	want := []string{"7 verdict: affirming ×0", "6 verdict: contraindicated ×0", "5 verdict: affirming ×4"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("timeline %q, want %q", got, want)
+	}
+}
+
+// TestLogin: the /login form sets the cookie that admits a browser; a wrong
+// token does not.
+func TestLogin(t *testing.T) {
+	_, hs := testServer(t, Config{Addr: "0.0.0.0:8088", Token: "s3cret"}, NewIndex())
+	for _, tc := range []struct {
+		token  string
+		cookie bool
+	}{{"s3cret", true}, {"wrong", false}} {
+		req := httptest.NewRequest(http.MethodPost, "/login", strings.NewReader("token="+tc.token))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		w := httptest.NewRecorder()
+		hs.Config.Handler.ServeHTTP(w, req)
+		var got *http.Cookie
+		for _, c := range w.Result().Cookies() {
+			if c.Name == tokenCookie {
+				got = c
+			}
+		}
+		if (got != nil) != tc.cookie || w.Code != http.StatusSeeOther {
+			t.Fatalf("token %q: status %d, cookie %v", tc.token, w.Code, got)
+		}
+		if got != nil && (!got.HttpOnly || got.SameSite != http.SameSiteStrictMode) {
+			t.Errorf("cookie %+v", got)
+		}
 	}
 }

@@ -18,7 +18,20 @@ const (
 type sseEvent struct {
 	id   uint64
 	name string
+	vm   string // the VM a "vm" event is about
 	data []byte // one line (JSON)
+}
+
+// subscriber is one browser's stream.
+type subscriber struct {
+	ch chan sseEvent
+	// vms, when not nil, are the only VMs whose events the browser wants
+	// (the rows its page shows); nil: every VM.
+	vms map[string]bool
+}
+
+func (s *subscriber) wants(ev sseEvent) bool {
+	return ev.vm == "" || s.vms == nil || s.vms[ev.vm]
 }
 
 // broker fans the console's live events out to every open browser. It
@@ -31,11 +44,11 @@ type broker struct {
 	mu     sync.Mutex
 	nextID uint64
 	ring   []sseEvent // the newest events, oldest first
-	subs   map[chan sseEvent]struct{}
+	subs   map[*subscriber]struct{}
 }
 
 func newBroker() *broker {
-	return &broker{nextID: 1, subs: map[chan sseEvent]struct{}{}}
+	return &broker{nextID: 1, subs: map[*subscriber]struct{}{}}
 }
 
 // listeners is the number of connected browsers.
@@ -45,67 +58,87 @@ func (b *broker) listeners() int {
 	return len(b.subs)
 }
 
-// publish sends an event to every browser.
-func (b *broker) publish(name string, data []byte) {
+// publish sends an event to every browser that wants it; vm names the VM
+// the event is about ("" for one about no VM).
+func (b *broker) publish(name, vm string, data []byte) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	ev := sseEvent{id: b.nextID, name: name, data: data}
+	ev := sseEvent{id: b.nextID, name: name, vm: vm, data: data}
 	b.nextID++
 	if len(b.ring) == sseBacklog {
 		copy(b.ring, b.ring[1:])
 		b.ring = b.ring[:sseBacklog-1]
 	}
 	b.ring = append(b.ring, ev)
-	for ch := range b.subs {
+	for sub := range b.subs {
+		if !sub.wants(ev) {
+			continue
+		}
 		select {
-		case ch <- ev:
+		case sub.ch <- ev:
 		default:
-			delete(b.subs, ch)
-			close(ch)
+			delete(b.subs, sub)
+			close(sub.ch)
 		}
 	}
 }
 
 // subscribe registers a browser that has seen events up to lastID (0:
-// none). It returns the events it missed, and resumed false when they are
-// no longer all kept.
-func (b *broker) subscribe(lastID uint64) (ch chan sseEvent, missed []sseEvent, resumed bool) {
+// none) and wants the events of vms (nil: every VM). It returns the events
+// it missed, and resumed false when they are no longer all kept.
+func (b *broker) subscribe(lastID uint64, vms map[string]bool) (sub *subscriber, missed []sseEvent, resumed bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	ch = make(chan sseEvent, sseSubscriber)
-	b.subs[ch] = struct{}{}
+	sub = &subscriber{ch: make(chan sseEvent, sseSubscriber), vms: vms}
+	b.subs[sub] = struct{}{}
 	if lastID == 0 {
-		return ch, nil, true
+		return sub, nil, true
 	}
 	if lastID >= b.nextID {
-		return ch, nil, false // from another run of the console
+		return sub, nil, false // from another run of the console
 	}
 	if len(b.ring) > 0 && b.ring[0].id > lastID+1 {
-		return ch, nil, false
+		return sub, nil, false
 	}
 	for _, ev := range b.ring {
-		if ev.id > lastID {
+		if ev.id > lastID && sub.wants(ev) {
 			missed = append(missed, ev)
 		}
 	}
-	return ch, missed, true
+	return sub, missed, true
 }
 
-func (b *broker) unsubscribe(ch chan sseEvent) {
+func (b *broker) unsubscribe(sub *subscriber) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if _, ok := b.subs[ch]; ok {
-		delete(b.subs, ch)
-		close(ch)
+	if _, ok := b.subs[sub]; ok {
+		delete(b.subs, sub)
+		close(sub.ch)
 	}
 }
 
+// maxWatched bounds the VMs one stream may ask for (?vm=KEY&vm=KEY...).
+const maxWatched = 1000
+
 // serve streams events to one browser until it goes away, it falls behind
-// or done closes; it sends a comment every heartbeat.
+// or done closes; it sends a comment every heartbeat. Query parameters
+// vm=KEY (repeated) limit the "vm" events to those VMs: the page's rows.
 func (b *broker) serve(w http.ResponseWriter, r *http.Request, heartbeat time.Duration, done <-chan struct{}) {
 	var lastID uint64
 	if s := r.Header.Get("Last-Event-ID"); s != "" {
 		lastID, _ = strconv.ParseUint(s, 10, 64)
+	}
+	var vms map[string]bool
+	if q := r.URL.Query(); q.Has("vm") {
+		keys := q["vm"]
+		if len(keys) > maxWatched {
+			http.Error(w, "too many VMs", http.StatusRequestURITooLong)
+			return
+		}
+		vms = make(map[string]bool, len(keys))
+		for _, k := range keys {
+			vms[k] = true
+		}
 	}
 	rc := http.NewResponseController(w)
 	// The server's write timeout suits pages, not a stream that stays open.
@@ -115,8 +148,9 @@ func (b *broker) serve(w http.ResponseWriter, r *http.Request, heartbeat time.Du
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	ch, missed, resumed := b.subscribe(lastID)
-	defer b.unsubscribe(ch)
+	sub, missed, resumed := b.subscribe(lastID, vms)
+	defer b.unsubscribe(sub)
+	ch := sub.ch
 	var buf bytes.Buffer
 	buf.WriteString("retry: 1000\n\n")
 	if !resumed {

@@ -3,7 +3,14 @@
 "use strict";
 (function () {
   const live = document.getElementById("live");
-  const es = new EventSource("/events");
+  // Ask only for the VMs this page shows (its rows, or the VM of a VM page).
+  const keys = [];
+  document.querySelectorAll("#vms tbody tr[id^='vm-']").forEach(function (tr) { keys.push(tr.id.slice(3)); });
+  document.querySelectorAll("[id^='vm-status-']").forEach(function (el) { keys.push(el.id.slice(10)); });
+  const params = new URLSearchParams();
+  if (keys.length === 0) { params.append("vm", ""); }
+  keys.forEach(function (k) { params.append("vm", k); });
+  const es = new EventSource("/events?" + params.toString());
   es.onopen = function () { live.textContent = "live"; live.className = "live on"; };
   es.onerror = function () { live.textContent = "reconnecting"; live.className = "live off"; };
   es.addEventListener("reset", function () { location.reload(); });
