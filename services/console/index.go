@@ -693,6 +693,7 @@ type AlertQuery struct {
 	Severity string
 	Code     string
 	VM       string
+	State    string // firing or resolved; "" both
 	Limit    int
 }
 
@@ -700,7 +701,16 @@ type AlertQuery struct {
 func (q AlertQuery) Match(a Alert) bool {
 	return (q.Severity == "" || string(a.Severity) == q.Severity) &&
 		(q.Code == "" || a.Code == q.Code) &&
-		(q.VM == "" || a.VMKey == q.VM)
+		(q.VM == "" || a.VMKey == q.VM) &&
+		(q.State == "" || alertState(a.Alert) == q.State)
+}
+
+// alertState is an alert's state, firing when it has none.
+func alertState(a events.Alert) string {
+	if a.State == "" {
+		return string(events.AlertFiring)
+	}
+	return string(a.State)
 }
 
 // Alerts returns the newest alerts that q selects, newest first.

@@ -102,7 +102,7 @@ func (l *live) run(ctx context.Context) error {
 			if err != nil {
 				continue
 			}
-			l.send("alert", "", map[string]string{"severity": string(a.Severity), "code": a.Code, "vm": a.VMKey, "html": html})
+			l.send("alert", "", map[string]string{"severity": string(a.Severity), "code": a.Code, "vm": a.VMKey, "state": alertState(a.Alert), "html": html})
 		}
 		if pendingOverview && time.Since(lastOverview) >= overviewEvery {
 			now := time.Now()

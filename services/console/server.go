@@ -57,6 +57,7 @@ func newServer(cfg Config, index *Index, audit *auditView) (*server, error) {
 		"ago":      ago,
 		"utc":      func(t time.Time) string { return fmtTime(t) },
 		"duration": func(d time.Duration) string { return d.String() },
+		"state":    alertState,
 		"pct": func(n, total int) int {
 			if total == 0 {
 				return 0
@@ -395,7 +396,7 @@ func (s *server) proofPage(w http.ResponseWriter, r *http.Request) {
 
 func (s *server) alertsPage(w http.ResponseWriter, r *http.Request) {
 	v := r.URL.Query()
-	q := AlertQuery{Severity: v.Get("severity"), Code: v.Get("code"), VM: v.Get("vm")}
+	q := AlertQuery{Severity: v.Get("severity"), Code: v.Get("code"), VM: v.Get("vm"), State: v.Get("state")}
 	s.render(w, "alerts", "Alerts", struct {
 		Q          AlertQuery
 		Alerts     []Alert

@@ -277,3 +277,47 @@ func TestLogin(t *testing.T) {
 		}
 	}
 }
+
+// TestAlertsPage filters the alert feed, newest first.
+func TestAlertsPage(t *testing.T) {
+	x := NewIndex()
+	now := time.Now()
+	for i, a := range []events.Alert{
+		{Severity: events.SeverityCritical, Code: "vm.untrusted", VMKey: "vm-a", Message: "first", At: now},
+		{Severity: events.SeverityHigh, Code: "vm.stale", VMKey: "vm-b", Message: "second", At: now},
+		{Severity: events.SeverityInfo, Code: "vm.recovered", VMKey: "vm-a", Message: "third", State: events.AlertResolved, At: now},
+	} {
+		x.AddAlert(uint64(i+1), a)
+	}
+	_, hs := testServer(t, Config{}, x)
+	for _, tc := range []struct {
+		query string
+		want  []string
+	}{
+		{"", []string{"third", "second", "first"}},
+		{"?severity=critical", []string{"first"}},
+		{"?vm=vm-a", []string{"third", "first"}},
+		{"?state=resolved", []string{"third"}},
+		{"?state=firing&code=vm.stale", []string{"second"}},
+	} {
+		req := httptest.NewRequest(http.MethodGet, "/alerts"+tc.query, nil)
+		req.Host = "127.0.0.1:8088"
+		w := httptest.NewRecorder()
+		hs.Config.Handler.ServeHTTP(w, req)
+		body := w.Body.String()
+		last := -1
+		for _, m := range []string{"first", "second", "third"} {
+			i := strings.Index(body, "<td>"+m)
+			if slices.Contains(tc.want, m) != (i >= 0) {
+				t.Errorf("%s: %q shown %v", tc.query, m, i >= 0)
+			}
+		}
+		for _, m := range tc.want {
+			i := strings.Index(body, "<td>"+m)
+			if i < last {
+				t.Errorf("%s: %q out of order", tc.query, m)
+			}
+			last = i
+		}
+	}
+}

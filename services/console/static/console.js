@@ -40,7 +40,7 @@
     const table = document.getElementById("alerts");
     if (!table) { return; }
     const f = table.dataset;
-    if ((f.severity && f.severity !== d.severity) || (f.code && f.code !== d.code) || (f.vm && f.vm !== d.vm)) { return; }
+    if ((f.severity && f.severity !== d.severity) || (f.code && f.code !== d.code) || (f.vm && f.vm !== d.vm) || (f.state && f.state !== d.state)) { return; }
     const tr = fragment("<table><tbody>" + d.html + "</tbody></table>").querySelector("tr");
     table.tBodies[0].prepend(tr);
   });
