@@ -25,7 +25,7 @@ import (
 // env is a nats-server with the streams and buckets, a connection and the
 // notifier's key file.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	srv     *natstest.Server
 	conn    *bus.Conn
 	store   *notifier.Store
@@ -33,7 +33,7 @@ type env struct {
 	client  *sink.Client
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	srv := natstest.Start(t)
 	srv.JetStream() // provisions

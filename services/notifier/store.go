@@ -207,6 +207,7 @@ func (s *Store) putHealth(ctx context.Context, id string, h Health) error {
 
 // keyState is the last state of an alert key for one subscription.
 type keyState struct {
+	Key   string            `json:"key"`
 	State events.AlertState `json:"state"`
 	At    time.Time         `json:"at"`
 	Seq   uint64            `json:"seq"`
@@ -215,30 +216,46 @@ type keyState struct {
 	FiringDelivered bool `json:"firing_delivered,omitempty"`
 }
 
+func keyStatePrefix(sub string) string { return "key." + sub + "." }
+
 func keyStateKey(sub, key string) string {
 	h := sha256.Sum256([]byte(key))
-	return "key." + sub + "." + hex.EncodeToString(h[:16])
+	return keyStatePrefix(sub) + hex.EncodeToString(h[:16])
 }
 
-func (s *Store) keyState(ctx context.Context, sub, key string) (keyState, error) {
-	var ks keyState
-	e, err := s.state.Get(ctx, keyStateKey(sub, key))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return ks, nil
-	}
+// keyStates reads every alert key state of subscription sub.
+func (s *Store) keyStates(ctx context.Context, sub string) (map[string]keyState, error) {
+	w, err := s.state.Watch(ctx, keyStatePrefix(sub)+"*", jetstream.IgnoreDeletes())
 	if err != nil {
-		return ks, err
+		return nil, err
 	}
-	err = json.Unmarshal(e.Value(), &ks)
-	return ks, err
+	defer func() { _ = w.Stop() }()
+	out := map[string]keyState{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, errors.New("notifier: key state watch ended")
+			}
+			if e == nil {
+				return out, nil
+			}
+			var ks keyState
+			if json.Unmarshal(e.Value(), &ks) == nil && ks.Key != "" {
+				out[ks.Key] = ks
+			}
+		}
+	}
 }
 
-func (s *Store) putKeyState(ctx context.Context, sub, key string, ks keyState) error {
+func (s *Store) putKeyState(ctx context.Context, sub string, ks keyState) error {
 	b, err := json.Marshal(ks)
 	if err != nil {
 		return err
 	}
-	_, err = s.state.Put(ctx, keyStateKey(sub, key), b)
+	_, err = s.state.Put(ctx, keyStateKey(sub, ks.Key), b)
 	return err
 }
 

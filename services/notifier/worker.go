@@ -32,13 +32,16 @@ type worker struct {
 	// firing holds the firing notifications by key, re-sent to an
 	// Alertmanager while they fire.
 	firing map[string]sink.Notification
+	// keys caches the subscription's per-key state (the worker is its
+	// only writer), loaded at start: no read per alert.
+	keys map[string]keyState
 
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
 func newWorker(m *manager, sub Subscription, s sink.Sink, h Health) *worker {
-	w := &worker{m: m, sub: sub, sink: s, health: h, firing: map[string]sink.Notification{}}
+	w := &worker{m: m, sub: sub, sink: s, health: h, firing: map[string]sink.Notification{}, keys: map[string]keyState{}}
 	if r := sub.rateLimit(); r > 0 {
 		w.digest = newDigester(w, time.Duration(float64(time.Second)/r))
 	}
@@ -82,9 +85,21 @@ func (w *worker) run(ctx context.Context) {
 		concurrency = max(concurrency, 128)
 	}
 	for ctx.Err() == nil {
-		err := w.m.conn.Consume(ctx, events.StreamAlerts, cfg, w.handle,
+		keys, err := w.m.store.keyStates(ctx, w.sub.ID)
+		if err != nil {
+			w.m.log.ErrorContext(ctx, "read the subscription's alert key states", "subscription", w.sub.ID, "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(5 * time.Second):
+			}
+			continue
+		}
+		w.mu.Lock()
+		w.keys = keys
+		w.mu.Unlock()
+		err = w.m.conn.Consume(ctx, events.StreamAlerts, cfg, w.handle,
 			bus.WithConcurrency(concurrency), bus.WithOrderingKey(alertOrderingKey),
-			bus.WithAlertSource("vigil-notifier"), bus.WithRetryCreate())
+			bus.WithAlertSource("vigil-notifier"), bus.WithRetryCreate(), bus.WithAckNoWait())
 		if err == nil || ctx.Err() != nil {
 			return
 		}
@@ -134,10 +149,9 @@ func (w *worker) handle(ctx context.Context, m *bus.Message) error {
 	}
 	var ks keyState
 	if a.Key != "" {
-		var err error
-		if ks, err = w.m.store.keyState(ctx, w.sub.ID, a.Key); err != nil {
-			return err
-		}
+		w.mu.Lock()
+		ks = w.keys[a.Key]
+		w.mu.Unlock()
 		if stale(ks, a, m.Meta.Sequence.Stream) {
 			w.m.log.InfoContext(ctx, "late alert dropped: its key's newer state was delivered", "subscription", w.sub.ID,
 				"key", a.Key, "state", a.State, "at", a.At, "recorded", ks.State, "recorded_at", ks.At)
@@ -158,8 +172,14 @@ func (w *worker) handle(ctx context.Context, m *bus.Message) error {
 	if a.Key == "" {
 		return nil
 	}
-	next := keyState{State: stateOf(a), At: a.At, Seq: m.Meta.Sequence.Stream, FiringDelivered: deliver && !a.Resolved()}
-	return w.m.store.putKeyState(ctx, w.sub.ID, a.Key, next)
+	next := keyState{Key: a.Key, State: stateOf(a), At: a.At, Seq: m.Meta.Sequence.Stream, FiringDelivered: deliver && !a.Resolved()}
+	if err := w.m.store.putKeyState(ctx, w.sub.ID, next); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	w.keys[a.Key] = next
+	w.mu.Unlock()
+	return nil
 }
 
 // stale reports whether alert a (stream sequence seq) is older than the
