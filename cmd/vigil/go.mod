@@ -12,6 +12,7 @@ require (
 	github.com/vigil-cc/vigil/services/agent v0.0.0-00010101000000-000000000000
 	github.com/vigil-cc/vigil/services/attest-worker v0.0.0-00010101000000-000000000000
 	github.com/vigil-cc/vigil/services/ingest v0.0.0-00010101000000-000000000000
+	github.com/vigil-cc/vigil/services/notifier v0.0.0-00010101000000-000000000000
 	golang.org/x/mod v0.43.0
 )
 
@@ -99,6 +100,8 @@ replace github.com/vigil-cc/vigil/services/keyguard => ../../services/keyguard
 replace github.com/vigil-cc/vigil/services/auditor => ../../services/auditor
 
 replace github.com/vigil-cc/vigil/services/console => ../../services/console
+
+replace github.com/vigil-cc/vigil/services/notifier => ../../services/notifier
 
 replace github.com/vigil-cc/vigil/services/ingest => ../../services/ingest
 

@@ -23,6 +23,7 @@ func newRootCmd() *cobra.Command {
 		newPolicyCmd(),
 		newAuthCmd(),
 		newProvisionCmd(),
+		newAlertsCmd(),
 	)
 	return root
 }
