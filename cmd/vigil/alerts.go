@@ -70,10 +70,10 @@ func keyValues(flag string, vs []string) (map[string]string, error) {
 
 type subscribeFlags struct {
 	id, url, protocol, description, origin, filterJSON, actor string
-	settings, secrets, codes, tags                           []string
-	bearer, routingKey, severity, vm, vmName, rg             string
-	rateLimit                                                float64
-	allowPrivate, noHandshake                                bool
+	settings, secrets, codes, tags                            []string
+	bearer, routingKey, severity, vm, vmName, rg              string
+	rateLimit                                                 float64
+	allowPrivate, noHandshake                                 bool
 }
 
 func (f *subscribeFlags) filters() ([]notifier.Filter, error) {
