@@ -54,6 +54,9 @@ type devOptions struct {
 	grace         time.Duration
 	summary       string
 	console       string
+
+	alertWebhook       string
+	alertWebhookSecret string
 }
 
 // fleetKey is the secret every simulated VM is granted in `vigil dev`.
@@ -100,6 +103,8 @@ keyguard master key in --data are kept across runs.`,
 	f.DurationVar(&o.grace, "grace", 15*time.Second, "how long a VM may go without valid evidence before it is stale")
 	f.StringVar(&o.summary, "summary", "", "write a JSON summary of the run to this file")
 	f.StringVar(&o.console, "console", console.DefaultAddr, `the fleet console's address, loopback only ("" turns it off)`)
+	f.StringVar(&o.alertWebhook, "alert-webhook", "", "subscribe this webhook (CloudEvents, signed) to every alert at start, e.g. the URL of vigil alerts receive")
+	f.StringVar(&o.alertWebhookSecret, "alert-webhook-secret", "", "the --alert-webhook subscription's whsec_ secret (default "+devAlertWebhookSecret+")")
 	return cmd
 }
 
@@ -456,6 +461,7 @@ func (d *devRun) components() []devenv.Component {
 			return d.fleet.Run(ctx, d.conn)
 		}},
 		d.consoleComponent(),
+		d.notifierComponent(),
 		{Name: "view", Run: func(ctx context.Context, env *devenv.Env) error {
 			shown := make(chan struct{})
 			go func() {
