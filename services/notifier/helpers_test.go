@@ -37,8 +37,16 @@ func newEnv(t testing.TB) *env {
 	t.Helper()
 	srv := natstest.Start(t)
 	srv.JetStream() // provisions
+	e := newEnvAt(t, srv.URL())
+	e.srv = srv
+	return e
+}
+
+// newEnvAt is an env on the provisioned server or cluster at url.
+func newEnvAt(t testing.TB, url string) *env {
+	t.Helper()
 	ctx := ctxT(t)
-	conn, err := bus.Connect(ctx, bus.Config{URL: srv.URL(), Name: "test"})
+	conn, err := bus.Connect(ctx, bus.Config{URL: url, Name: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +55,7 @@ func newEnv(t testing.TB) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{t: t, srv: srv, conn: conn, store: store, keyFile: filepath.Join(t.TempDir(), "notifier.key"),
+	return &env{t: t, conn: conn, store: store, keyFile: filepath.Join(t.TempDir(), "notifier.key"),
 		client: sink.NewClient(sink.ClientOptions{AllowPrivate: true, Timeout: 2 * time.Second})}
 }
 
