@@ -351,9 +351,9 @@ func (k *Keyguard) apply(ctx context.Context, key string) error {
 	k.metrics.backendCalls.Record(ctx, time.Since(start).Seconds(), metric.WithAttributes(
 		attribute.String("backend", cur.Backend), attribute.String("state", string(state)), attribute.Bool("ok", opErr == nil)))
 	var done grants.Entry
-	var applied, stale bool
+	var applied, stale, recovered bool
 	e, _, err := k.grants.Update(ctx, key, func(g *grants.Grant) (bool, error) {
-		applied, stale = false, false
+		applied, stale, recovered = false, false, false
 		if data != nil {
 			g.BackendData = data
 		}
@@ -374,6 +374,8 @@ func (k *Keyguard) apply(ctx context.Context, key string) error {
 		if g.Applied {
 			return data != nil, nil
 		}
+		// Failed attempts before this one raised an alert: resolve it.
+		recovered = g.ApplyAttempts > 0
 		g.Applied, g.ApplyError, g.ApplyAttempts = true, "", 0
 		g.AppliedAt = time.Now().UTC()
 		applied = true
@@ -401,7 +403,41 @@ func (k *Keyguard) apply(ctx context.Context, key string) error {
 	if err := k.publishKey(ctx, done.Grant, keyActionOf(done.Grant), done.CauseTime); err != nil {
 		return err
 	}
+	if recovered {
+		k.alertApplied(ctx, done.Grant)
+	}
 	return nil
+}
+
+// applyAlertKey is the alert key (events.AlertKey) of a grant's backend
+// change: key.revocation_not_applied and key.restore_failed fire it, the
+// change's application resolves it.
+func applyAlertKey(g grants.Grant) string {
+	return events.AlertKey(g.VMKey, "key.apply."+g.Backend+"."+g.KeyName)
+}
+
+// alertApplied resolves the alert of a backend change that failed before
+// it was applied.
+func (k *Keyguard) alertApplied(ctx context.Context, g grants.Grant) {
+	what := "restore"
+	if g.State == grants.Revoked {
+		what = "revocation"
+	}
+	a := events.Alert{
+		Severity:   events.SeverityInfo,
+		Code:       "key.applied",
+		VMKey:      g.VMKey,
+		ResourceID: g.ResourceID,
+		Message:    fmt.Sprintf("the %s of %s on backend %s for VM %s is in force", what, g.KeyName, g.Backend, g.VMKey),
+		CauseID:    g.CauseID,
+		Source:     k.cfg.Source,
+		At:         time.Now().UTC(),
+		Key:        applyAlertKey(g),
+		State:      events.AlertResolved,
+	}
+	if err := k.conn.PublishAlert(ctx, k.cfg.Source, eventID("alert", "applied", g.Key(), g.CauseID, string(g.State)), a); err != nil {
+		k.log.ErrorContext(ctx, "publish alert", "code", a.Code, "err", err)
+	}
 }
 
 // alertApplyFailed raises an alert while a backend does not take a change:
@@ -423,6 +459,8 @@ func (k *Keyguard) alertApplyFailed(ctx context.Context, g grants.Grant, cause e
 		CauseID: g.CauseID,
 		Source:  k.cfg.Source,
 		At:      time.Now().UTC(),
+		Key:     applyAlertKey(g),
+		State:   events.AlertFiring,
 	}
 	if err := k.conn.PublishAlert(ctx, k.cfg.Source, eventID("alert", code, g.Key(), g.CauseID), a); err != nil {
 		k.log.ErrorContext(ctx, "publish alert", "code", code, "err", err)
