@@ -25,6 +25,7 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 	allowPrivate := f.Bool("allow-private-sinks", false, "let sinks be http and resolve to loopback, private, link-local or IMDS addresses (dev and tests only)")
 	dlqAfter := f.Duration("dlq-after", notifier.DefaultDLQAfter, "how long an alert is retried on 5xx, 429 and timeouts before it goes to the dead-letter stream")
 	unhealthy := f.Duration("unhealthy-after", notifier.DefaultUnhealthyAfter, "how long a subscription may fail before it is marked unhealthy and an alert says so")
+	ackWait := f.Duration("ack-wait", notifier.DefaultAckWait, "how long after a crash an alert in delivery is delivered again (the consumers' AckWait)")
 	concurrency := f.Int("concurrency", notifier.DefaultConcurrency, "deliveries in flight per subscription")
 	source := f.String("source", notifier.DefaultSource, "the notifications' CloudEvents source")
 	console := f.String("console-url", "", "link to the console, in notifications")
@@ -43,6 +44,7 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 			DLQAfter:          *dlqAfter,
 			UnhealthyAfter:    *unhealthy,
 			Concurrency:       *concurrency,
+			AckWait:           *ackWait,
 			Source:            *source,
 			ConsoleURL:        *console,
 		})
