@@ -9,6 +9,7 @@ require (
 	github.com/vigil-cc/vigil/services/attest-worker v0.0.0
 	github.com/vigil-cc/vigil/services/auditor v0.0.0
 	github.com/vigil-cc/vigil/services/ingest v0.0.0
+	github.com/vigil-cc/vigil/services/notifier v0.0.0-00010101000000-000000000000
 )
 
 require (
@@ -96,3 +97,5 @@ replace github.com/vigil-cc/vigil/services/auditor => ../services/auditor
 replace github.com/vigil-cc/vigil/services/ingest => ../services/ingest
 
 replace github.com/vigil-cc/vigil/services/attest-worker => ../services/attest-worker
+
+replace github.com/vigil-cc/vigil/services/notifier => ../services/notifier

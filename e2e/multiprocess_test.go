@@ -35,13 +35,17 @@ var binaries = map[string]string{
 	"vigil-attest-worker": "github.com/vigil-cc/vigil/services/attest-worker/cmd/vigil-attest-worker",
 	"vigil-keyguard":      "github.com/vigil-cc/vigil/services/keyguard/cmd/vigil-keyguard",
 	"vigil-auditor":       "github.com/vigil-cc/vigil/services/auditor/cmd/vigil-auditor",
+	"vigil-notifier":      "github.com/vigil-cc/vigil/services/notifier/cmd/vigil-notifier",
 }
 
-func build(t *testing.T, dir string) {
+// build builds the binaries named (every one when none is) into dir.
+func build(t *testing.T, dir string, names ...string) {
 	t.Helper()
 	args := []string{"build", "-o", dir + "/"}
-	for _, pkg := range binaries {
-		args = append(args, pkg)
+	for name, pkg := range binaries {
+		if len(names) == 0 || slices.Contains(names, name) {
+			args = append(args, pkg)
+		}
 	}
 	cmd := exec.Command("go", args...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -276,6 +280,7 @@ func runMultiProcess(t *testing.T, bin string, auth bool) {
 			"-offline", "-interval", interval, "-grace", grace}},
 		{"ingest", "vigil-ingest", busauth.Ingest, []string{"-webhook-secret", secret, "-subscriptions", "00000000-0000-0000-0000-000000000000",
 			"-arm-endpoint", "http://" + armAddr, "-arm-static-token", "simulated", "-reconcile-interval", "1m"}},
+		{"notifier", "vigil-notifier", busauth.Notifier, []string{"-key-file", filepath.Join(dir, "notifier.key"), "-generate-key", "-allow-private-sinks"}},
 	}
 	for _, s := range services {
 		common := []string{"-nats-url", natsURL, "-log-level", "info"}
@@ -296,6 +301,15 @@ func runMultiProcess(t *testing.T, bin string, auth bool) {
 		if s.name != "auditor" { // the auditor is ready once it writes; it takes the lock at once
 			waitReady(t, p, "http://"+health+"/readyz")
 		}
+	}
+
+	// Alerts reach `vigil alerts receive`, subscribed by the administrator.
+	receiveAddr := freeAddr(t)
+	procs["receive"] = start(t, b("vigil"), "receive", "alerts", "receive", "--listen", receiveAddr, "--secret", e2eWebhookSecret)
+	waitTCP(t, procs["receive"], receiveAddr)
+	if out, err := exec.Command(b("vigil"), append([]string{"alerts", "subscribe", "--id", "e2e", "--sink", "http://" + receiveAddr + "/",
+		"--secret", e2eWebhookSecret, "--allow-private-sinks"}, adminArgs...)...).CombinedOutput(); err != nil {
+		t.Fatalf("vigil alerts subscribe: %v\n%s", err, out)
 	}
 
 	// The simulated Azure and fleet: it grants keys and reads the streams
@@ -336,9 +350,18 @@ func runMultiProcess(t *testing.T, bin string, auth bool) {
 	if auth {
 		checkAgentCredentials(t, natsURL, creds(busauth.Admin), s, logs)
 	}
+	// The tampered VMs' alerts were delivered, signed (receive verifies).
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(procs["receive"].output(), "vm.untrusted"); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("vigil alerts receive got no vm.untrusted:\n%s%s", tail(procs["receive"].output(), 20), logs())
+		}
+	}
+	if out := procs["receive"].output(); !strings.Contains(out, "firing") {
+		t.Errorf("vigil alerts receive:\n%s", out)
+	}
 
 	// Stop the services (SIGTERM: they drain and exit) and check the log offline.
-	for _, name := range []string{"ingest", "attest-worker-1", "attest-worker-2", "keyguard", "auditor"} {
+	for _, name := range []string{"ingest", "attest-worker-1", "attest-worker-2", "keyguard", "notifier", "receive", "auditor"} {
 		procs[name].stop(t)
 	}
 	out, err := exec.Command(b("vigil"), "audit", "verify", "--log", filepath.Join(auditDir, "log"), "--key", filepath.Join(auditDir, "signer.pub")).CombinedOutput()
@@ -347,6 +370,9 @@ func runMultiProcess(t *testing.T, bin string, auth bool) {
 	}
 	t.Logf("sim:\n%s\naudit: %s", tail(string(simOut), 6), out)
 }
+
+// e2eWebhookSecret signs the deliveries to vigil alerts receive.
+const e2eWebhookSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 // permissionViolations are the lines of outputs (process name to output)
 // that report a NATS permissions violation, as the client library words it
