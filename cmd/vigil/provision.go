@@ -54,6 +54,11 @@ in place (a storage type, a retention policy) fails, naming the stream.`,
 				return &exitError{code: 1, msg: err.Error()}
 			}
 			defer func() { _ = c.Close() }()
+			// A cluster that has just formed answers JetStream requests
+			// only once it has a meta leader.
+			if err := bus.WaitJetStream(ctx, c.JS, 0); err != nil {
+				return &exitError{code: 1, msg: err.Error()}
+			}
 			if err := provision(ctx, cmd.OutOrStdout(), c.JS, events.Topology{Replicas: replicas}); err != nil {
 				return &exitError{code: 1, msg: err.Error()}
 			}

@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -24,6 +25,13 @@ import (
 
 // DefaultURL is the NATS URL used when Config.URL is empty.
 const DefaultURL = "nats://127.0.0.1:4222"
+
+// DefaultPingInterval is Config.PingInterval's default; maxPingsOut pings
+// without an answer make the server dead.
+const (
+	DefaultPingInterval = 5 * time.Second
+	maxPingsOut         = 3
+)
 
 // Config says how to reach NATS.
 type Config struct {
@@ -64,6 +72,12 @@ type Config struct {
 	ReconnectWait, MaxReconnectWait time.Duration
 	// DrainTimeout bounds Close (default 10 s).
 	DrainTimeout time.Duration
+	// PingInterval is how often the client pings its server (default 5 s);
+	// after 3 pings without an answer it takes the server for dead and
+	// reconnects, to another server of a cluster. A server cut off the
+	// network closes no socket: without pings (nats.go's default is every
+	// 2 minutes) a publisher would wait on it for minutes.
+	PingInterval time.Duration
 	// Logger receives connection events; defaults to slog.Default().
 	Logger *slog.Logger
 	// TracerProvider and MeterProvider default to the otel globals.
@@ -175,6 +189,8 @@ func (c *Conn) options() ([]nats.Option, error) {
 			return backoff(cfg.ReconnectWait, cfg.MaxReconnectWait, attempts)
 		}),
 		nats.Timeout(5 * time.Second),
+		nats.PingInterval(cmp.Or(cfg.PingInterval, DefaultPingInterval)),
+		nats.MaxPingsOutstanding(maxPingsOut),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				c.log.Warn("disconnected from NATS", "err", c.redact(err))
