@@ -549,7 +549,7 @@ func writeTLS(dir string, hosts []string, now time.Time) error {
 	if err := writePEM(d, fileCACert, fileCAKey, caDER, caKey); err != nil {
 		return err
 	}
-	leaf := func(cn string, usage x509.ExtKeyUsage, certFile, keyFile string, hosts []string) error {
+	leaf := func(cn string, usage []x509.ExtKeyUsage, certFile, keyFile string, hosts []string) error {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
 			return fmt.Errorf("tls: key of %s: %w", cn, err)
@@ -559,7 +559,7 @@ func writeTLS(dir string, hosts []string, now time.Time) error {
 			NotBefore:   now.Add(-time.Minute),
 			NotAfter:    now.Add(tlsLeafValidity),
 			KeyUsage:    x509.KeyUsageDigitalSignature,
-			ExtKeyUsage: []x509.ExtKeyUsage{usage},
+			ExtKeyUsage: usage,
 		}
 		for _, h := range hosts {
 			if ip := net.ParseIP(h); ip != nil {
@@ -574,12 +574,14 @@ func writeTLS(dir string, hosts []string, now time.Time) error {
 		}
 		return writePEM(d, certFile, keyFile, der, key)
 	}
-	if err := leaf("vigil-nats", x509.ExtKeyUsageServerAuth, fileServerPEM, fileServerKey, hosts); err != nil {
+	// The servers of a cluster present the same certificate on the routes
+	// they open to each other: it is a client certificate there.
+	if err := leaf("vigil-nats", []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, fileServerPEM, fileServerKey, hosts); err != nil {
 		return err
 	}
 	for _, p := range append(busauth.Principals(), busauth.Agent) {
 		cert, key := clientCertFiles(p)
-		if err := leaf("vigil-"+string(p), x509.ExtKeyUsageClientAuth, cert, key, nil); err != nil {
+		if err := leaf("vigil-"+string(p), []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, cert, key, nil); err != nil {
 			return err
 		}
 	}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"os"
@@ -13,6 +15,12 @@ import (
 
 // exportServer names the export of the nats-server's files.
 const exportServer = "nats-server"
+
+// fileConsoleToken is the web console's bearer token (vigil-console
+// -token-file), made by the first export and given to the console only:
+// it is not a bus credential, but the console's listener needs one on any
+// address but loopback, as in a container.
+const fileConsoleToken = "console.token"
 
 // exportTarget is what one program gets from an identity directory: the
 // files it reads, at the same paths relative to its own directory.
@@ -39,8 +47,11 @@ func exportTargets(withTLS bool) []exportTarget {
 			cert, key := clientCertFiles(p)
 			t.files = append(t.files, tlsFile(fileCACert), tlsFile(cert), tlsFile(key))
 		}
-		if p == busauth.Keyguard {
+		switch p {
+		case busauth.Keyguard:
 			t.files = append(t.files, busauth.KeyguardFiles()...)
+		case busauth.Console:
+			t.files = append(t.files, fileConsoleToken)
 		}
 		out = append(out, t)
 	}
@@ -53,6 +64,9 @@ func exportTargets(withTLS bool) []exportTarget {
 // Compose mounts one volume per target there, so that each container
 // holds its own credentials and nothing else.
 func exportIdentity(w io.Writer, dir, out string, withTLS bool) error {
+	if err := ensureConsoleToken(filepath.Join(dir, fileConsoleToken)); err != nil {
+		return err
+	}
 	for _, t := range exportTargets(withTLS) {
 		for _, name := range t.files {
 			src := filepath.Join(dir, name)
@@ -115,6 +129,25 @@ func keepIdentity(w io.Writer, dir, exportDir string, withTLS bool, tlsHosts []s
 func exportOrFail(w io.Writer, dir, out string, withTLS bool) error {
 	if err := exportIdentity(w, dir, out, withTLS); err != nil {
 		return &exitError{code: 1, msg: err.Error()}
+	}
+	return nil
+}
+
+// ensureConsoleToken makes the console's token (32 random bytes, base64url)
+// when path does not hold one yet.
+func ensureConsoleToken(path string) error {
+	switch _, err := os.Lstat(path); {
+	case err == nil:
+		return nil
+	case !os.IsNotExist(err):
+		return fmt.Errorf("console token: %w", err)
+	}
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return fmt.Errorf("console token: %w", err)
+	}
+	if err := agent.WriteSecretFile(path, []byte(base64.RawURLEncoding.EncodeToString(b[:])+"\n")); err != nil {
+		return fmt.Errorf("console token: %w", err)
 	}
 	return nil
 }

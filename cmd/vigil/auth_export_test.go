@@ -46,8 +46,11 @@ func TestAuthInitExport(t *testing.T) {
 	want := func(p busauth.Principal) []string {
 		cert, key := clientCertFiles(p)
 		w := []string{busauth.CredsFile(p), filepath.Join(dirTLS, fileCACert), filepath.Join(dirTLS, cert), filepath.Join(dirTLS, key)}
-		if p == busauth.Keyguard {
+		switch p {
+		case busauth.Keyguard:
 			w = append(w, busauth.KeyguardFiles()...)
+		case busauth.Console:
+			w = append(w, fileConsoleToken)
 		}
 		slices.Sort(w)
 		return slices.Compact(w)
@@ -59,7 +62,11 @@ func TestAuthInitExport(t *testing.T) {
 				t.Fatalf("exported %v, want %v", got, want(p))
 			}
 			cert, key := clientCertFiles(p)
-			for _, secret := range []string{busauth.CredsFile(p), filepath.Join(dirTLS, key)} {
+			secrets := []string{busauth.CredsFile(p), filepath.Join(dirTLS, key)}
+			if p == busauth.Console {
+				secrets = append(secrets, fileConsoleToken)
+			}
+			for _, secret := range secrets {
 				mustMode0600(t, filepath.Join(d, secret))
 			}
 			if fi, err := os.Stat(filepath.Join(d, dirTLS, cert)); err != nil || fi.Mode().Perm() != 0o644 {
@@ -95,7 +102,17 @@ func TestAuthInitExport(t *testing.T) {
 		}
 		return string(b)
 	}
-	before, beforeCreds := opJWT(), creds()
+	token := func() string {
+		b, err := os.ReadFile(filepath.Join(out, string(busauth.Console), fileConsoleToken))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	if len(strings.TrimSpace(token())) < 40 {
+		t.Fatalf("console token %q is short", token())
+	}
+	before, beforeCreds, beforeToken := opJWT(), creds(), token()
 	if err := os.RemoveAll(out); err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +120,7 @@ func TestAuthInitExport(t *testing.T) {
 	if err != nil {
 		t.Fatalf("init --keep: %v", err)
 	}
-	if opJWT() != before || creds() != beforeCreds {
+	if opJWT() != before || creds() != beforeCreds || token() != beforeToken {
 		t.Fatal("init --keep replaced the identity")
 	}
 	if _, _, err := runVigil(context.Background(), "auth", "init", "--dir", dir, "--keep", "--force"); exitCode(err) != 2 {
