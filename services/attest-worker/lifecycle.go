@@ -136,7 +136,14 @@ func (w *Worker) afterLifecycle(ctx context.Context, o outcome) error {
 		}
 	}
 	if o.Changed && o.From != st.Status {
-		return w.publishState(ctx, o)
+		if err := w.publishState(ctx, o); err != nil {
+			return err
+		}
+		for _, a := range alertsFor(o, w.source) {
+			if err := w.publishAlert(ctx, a); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

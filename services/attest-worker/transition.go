@@ -315,6 +315,14 @@ func alertsFor(o outcome, source string) []events.Alert {
 			a.Message = fmt.Sprintf("%s is stale: %s", name, reasonCodes(st.Reasons))
 		}
 		out = append(out, a)
+	case events.StatusRetired:
+		// A deleted VM's condition ends with it.
+		if o.From == events.StatusUntrusted || o.From == events.StatusStale {
+			a := base
+			a.Severity, a.Code, a.State = events.SeverityInfo, "vm.retired", events.AlertResolved
+			a.Message = fmt.Sprintf("%s was deleted while %s", name, o.From)
+			out = append(out, a)
+		}
 	case events.StatusTrusted, events.StatusWarning:
 		if o.From == events.StatusUntrusted || o.From == events.StatusStale {
 			a := base

@@ -137,6 +137,9 @@ func TestAlertsForTransitions(t *testing.T) {
 		{"never attested", outcome{Changed: true, From: events.StatusPending, Status: events.VMStatus{VMKey: vm, Status: events.StatusStale}}, []string{"vm.never_attested"}, events.AlertFiring},
 		{"recovered resolves", outcome{Changed: true, From: events.StatusStale, Status: events.VMStatus{VMKey: vm, Status: events.StatusTrusted}}, []string{"vm.recovered"}, events.AlertResolved},
 		{"untrusted to warning resolves", outcome{Changed: true, From: events.StatusUntrusted, Status: events.VMStatus{VMKey: vm, Status: events.StatusWarning}}, []string{"vm.recovered"}, events.AlertResolved},
+		{"deleted while untrusted resolves", outcome{Changed: true, From: events.StatusUntrusted, Status: events.VMStatus{VMKey: vm, Status: events.StatusRetired}}, []string{"vm.retired"}, events.AlertResolved},
+		{"deleted while trusted raises nothing", outcome{Changed: true, From: events.StatusTrusted, Status: events.VMStatus{VMKey: vm, Status: events.StatusRetired}}, nil, ""},
+		{"deallocated while untrusted raises nothing", outcome{Changed: true, From: events.StatusUntrusted, Status: events.VMStatus{VMKey: vm, Status: events.StatusSuspended}}, nil, ""},
 		{"unreachable raises nothing", outcome{Changed: true, From: events.StatusTrusted, Status: events.VMStatus{VMKey: vm, Status: events.StatusUnreachable}}, nil, ""},
 		{"no change raises nothing", outcome{From: events.StatusUntrusted, Status: events.VMStatus{VMKey: vm, Status: events.StatusUntrusted}}, nil, ""},
 	}
