@@ -207,13 +207,17 @@ func (k *Keyguard) handleRestore(ctx context.Context, data []byte) ([]byte, erro
 	}
 	c := cause{vm: vm, resourceID: st.ResourceID, id: events.NewID(), at: time.Now().UTC(),
 		actor: req.Actor, reason: clipReason(req.Reason)}
-	return k.change(ctx, c, req.Keys, func(g *grants.Grant) bool {
+	out, err := k.change(ctx, c, req.Keys, func(g *grants.Grant) bool {
 		if g.State == grants.Active {
 			return false
 		}
 		g.State, g.RevokedFor, g.Action = grants.Active, "", events.KeyRestored
 		return true
 	})
+	if err == nil {
+		k.resolveRestoreRequired(ctx, c)
+	}
+	return out, err
 }
 
 // handleRevoke serves vigil.keyguard.admin.revoke.<actor>: an operator revokes

@@ -264,8 +264,44 @@ func (k *Keyguard) alertRestoreRequired(ctx context.Context, c cause, keys []str
 		CauseID: c.id,
 		Source:  k.cfg.Source,
 		At:      time.Now().UTC(),
+		Key:     restoreAlertKey(c.vm),
+		State:   events.AlertFiring,
 	}
 	return k.conn.PublishAlert(ctx, k.cfg.Source, eventID("alert", "restore_required", c.vm, c.id), a)
+}
+
+// restoreAlertKey is the alert key of a VM's grants awaiting an
+// operator's restore (key.restore_required).
+func restoreAlertKey(vm string) string { return events.AlertKey(vm, "key.restore") }
+
+// resolveRestoreRequired resolves key.restore_required once an operator's
+// restore leaves none of the VM's grants revoked (key.restored, info).
+func (k *Keyguard) resolveRestoreRequired(ctx context.Context, c cause) {
+	entries, err := k.grants.List(ctx, c.vm)
+	if err != nil {
+		k.log.WarnContext(ctx, "list grants after a restore", "vm", c.vm, "err", err)
+		return
+	}
+	for _, e := range entries {
+		if e.State == grants.Revoked {
+			return
+		}
+	}
+	a := events.Alert{
+		Severity:   events.SeverityInfo,
+		Code:       "key.restored",
+		VMKey:      c.vm,
+		ResourceID: c.resourceID,
+		Message:    fmt.Sprintf("the grants of VM %s are restored (%s: %s)", c.vm, c.actor, c.reason),
+		CauseID:    c.id,
+		Source:     k.cfg.Source,
+		At:         time.Now().UTC(),
+		Key:        restoreAlertKey(c.vm),
+		State:      events.AlertResolved,
+	}
+	if err := k.conn.PublishAlert(ctx, k.cfg.Source, eventID("alert", "restored", c.vm, c.id), a); err != nil {
+		k.log.ErrorContext(ctx, "publish alert", "code", a.Code, "err", err)
+	}
 }
 
 // applyState is where a grant stands with the apply workers.

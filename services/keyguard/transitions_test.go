@@ -204,6 +204,17 @@ func TestOperatorRestore(t *testing.T) {
 	if _, err := h.release(vm, attester(vm), "disk-key"); err != nil {
 		t.Fatalf("release after restore: %v", err)
 	}
+	// Nothing is left revoked: the restore resolves the VM's
+	// key.restore_required (its alert key).
+	var resolve events.Alert
+	for _, a := range h.alerts(vm) {
+		if a.Code == "key.restored" {
+			resolve = a
+		}
+	}
+	if resolve.State != events.AlertResolved || resolve.Key != events.AlertKey(vm.VMKey(), "key.restore") {
+		t.Fatalf("no key.restored resolving %s/key.restore: %+v", vm.VMKey(), h.alerts(vm))
+	}
 	// Restoring again changes nothing.
 	resp, err = keyguard.Restore(ctx, h.conn, keyguard.ChangeRequest{VM: vm.VMKey(), Reason: "again", Actor: "alice"})
 	if err != nil || len(resp.Changed) != 0 || len(resp.Unchanged) != 1 {
