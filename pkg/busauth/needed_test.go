@@ -417,7 +417,18 @@ func notifierWork(t *testing.T, e *env, c *client) {
 	if _, err := c.js.Stream(ctx, events.StreamAlerts); err != nil {
 		t.Fatal(err)
 	}
-	consumeOne(t, c, events.StreamAlerts, jetstream.ConsumerConfig{Durable: busauth.ConsumerNotifier})
+	// A subscription's durable (named after it), its state and health,
+	// the subscriptions and silences it follows, a dead letter, its own
+	// fleet alert, the replays.
+	consumeOne(t, c, events.StreamAlerts, jetstream.ConsumerConfig{Durable: busauth.ConsumerNotifier + "-sub1"})
+	kvUse(t, c, events.BucketAlertState, "health.sub1", true, true)
+	kvUse(t, c, events.BucketAlertSubscriptions, "sub1", false, true)
+	kvUse(t, c, events.BucketAlertSilences, "s1", false, true)
+	kvUse(t, c, events.BucketVMs, vmB, false, false)
+	c.publishEvent(ctx, events.AlertDLQSubject("sub1"), "io.vigil.alert.deadletter.v1", map[string]string{})
+	c.publishEvent(ctx, events.AlertSubject(events.SeverityHigh, ""), events.TypeAlert, events.Alert{})
+	e.as(D).publishEvent(ctx, events.AlertReplaySubject("sub1"), "io.vigil.alert.replay.v1", map[string]string{})
+	consumeOne(t, c, events.StreamAlertsDLQ, jetstream.ConsumerConfig{Durable: busauth.ConsumerNotifierReplay, FilterSubject: events.SubjectAlertsReplayAll})
 }
 
 func consoleWork(t *testing.T, e *env, c *client) {
@@ -492,6 +503,12 @@ func adminWork(t *testing.T, e *env, c *client) {
 	e.as(I).publishEvent(ctx, events.AttestJobSubject(vmB), events.TypeJob, events.Job{VMKey: vmB})
 	readStream(t, c, events.StreamEvents)
 	readStream(t, c, events.StreamJobs)
+	// vigil alerts: subscriptions and silences written, health read, a
+	// silence recorded (audited).
+	kvUse(t, c, events.BucketAlertSubscriptions, "sub2", true, true)
+	kvUse(t, c, events.BucketAlertSilences, "s2", true, true)
+	kvUse(t, c, events.BucketAlertState, "health.sub2", false, true)
+	c.publishEvent(ctx, events.SilenceSubject(busauth.DefaultAdminName), events.TypeSilence, events.Silence{})
 	// Secrets stored, listed and deleted; grants read and listed.
 	kvUse(t, c, events.BucketKeyguardSecrets, "k1", true, true)
 	skv, _ := c.js.KeyValue(ctx, events.BucketKeyguardSecrets)
