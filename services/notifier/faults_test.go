@@ -2,6 +2,7 @@ package notifier_test
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"sync/atomic"
 	"testing"
@@ -229,11 +230,30 @@ func TestSilence(t *testing.T) {
 	if err := e.store.PutSilence(ctxT(t), sl); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the notifier to see the silence", func() (bool, string) {
-		e.alert(events.Alert{Code: "vm.stale", VMKey: vmA})
-		e.alert(events.Alert{Code: "marker", VMKey: vmA, Key: "probe"})
-		got := rc.accepted()
-		return len(got) > 0 && got[len(got)-1].Event.Data.Alert.Code == "marker" && len(got) == 1, "silence not in force yet"
+	// Until the notifier follows the silence: a silenced alert and a
+	// marker of one key (delivered in order) per round; the silence holds
+	// once a round's marker arrives without its alert.
+	round := 0
+	waitFor(t, 10*time.Second, "the notifier to follow the silence", func() (bool, string) {
+		key := fmt.Sprintf("probe-%d", round)
+		round++
+		now := time.Now().UTC()
+		e.alert(events.Alert{Code: "vm.stale", VMKey: vmA, Key: key, At: now})
+		e.alert(events.Alert{Code: "marker", VMKey: vmA, Key: key, At: now.Add(time.Millisecond)})
+		waitFor(t, 10*time.Second, "the marker of "+key, func() (bool, string) {
+			for _, d := range rc.accepted() {
+				if d.Event.Data.Key == key && d.Event.Data.Alert.Code == "marker" {
+					return true, ""
+				}
+			}
+			return false, "not yet"
+		})
+		for _, d := range rc.accepted() {
+			if d.Event.Data.Key == key && d.Event.Data.Alert.Code == "vm.stale" {
+				return false, "a silenced alert was delivered"
+			}
+		}
+		return true, ""
 	})
 	e.alert(events.Alert{Code: "vm.stale", VMKey: vmB})
 	e.alert(events.Alert{Code: "vm.stale", VMKey: vmA})
