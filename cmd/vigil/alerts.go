@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -138,6 +139,17 @@ func newAlertsSubscribeCmd(o *keyguardConn) *cobra.Command {
 			if !notifier.ValidID(f.id) {
 				return usageError("--id %q: lower case letters, digits, - and _, at most 63", f.id)
 			}
+			// Secrets from the environment keep them out of the process
+			// list and the shell's history.
+			if len(f.secrets) == 0 && os.Getenv("VIGIL_WEBHOOK_SECRET") != "" {
+				f.secrets = []string{os.Getenv("VIGIL_WEBHOOK_SECRET")}
+			}
+			if f.bearer == "" {
+				f.bearer = os.Getenv("VIGIL_SINK_BEARER_TOKEN")
+			}
+			if f.routingKey == "" {
+				f.routingKey = os.Getenv("VIGIL_PAGERDUTY_ROUTING_KEY")
+			}
 			settings, err := keyValues("setting", f.settings)
 			if err != nil {
 				return err
@@ -181,9 +193,9 @@ func newAlertsSubscribeCmd(o *keyguardConn) *cobra.Command {
 	fl.StringVar(&f.protocol, "protocol", sink.ProtocolWebhook, "webhook, slack, teams, pagerduty or alertmanager")
 	fl.StringVar(&f.description, "description", "", "what the subscription is for")
 	fl.StringArrayVar(&f.settings, "setting", nil, "a protocol setting NAME=VALUE (repeatable; docs/alerts.md)")
-	fl.StringArrayVar(&f.secrets, "secret", nil, "a Standard Webhooks secret whsec_... (webhook; up to two during a rotation)")
-	fl.StringVar(&f.bearer, "bearer-token", "", "sent as Authorization: Bearer (webhook, alertmanager)")
-	fl.StringVar(&f.routingKey, "routing-key", "", "PagerDuty's integration key")
+	fl.StringArrayVar(&f.secrets, "secret", nil, "a Standard Webhooks secret whsec_... (webhook; up to two during a rotation) [VIGIL_WEBHOOK_SECRET]")
+	fl.StringVar(&f.bearer, "bearer-token", "", "sent as Authorization: Bearer (webhook, alertmanager) [VIGIL_SINK_BEARER_TOKEN]")
+	fl.StringVar(&f.routingKey, "routing-key", "", "PagerDuty's integration key [VIGIL_PAGERDUTY_ROUTING_KEY]")
 	fl.StringVar(&f.severity, "severity", "", "deliver alerts of this severity and above: info, warning, high, critical")
 	fl.StringArrayVar(&f.codes, "code", nil, "deliver alerts with this code (repeatable: any of them)")
 	fl.StringVar(&f.vm, "vm", "", "deliver alerts of VMs whose key matches this glob")
