@@ -68,9 +68,10 @@ func newDevCmd() *cobra.Command {
 		Use:   "dev",
 		Short: "Run the whole pipeline in one process on an embedded NATS server with a simulated fleet",
 		Long: `Run Vigil in one process: an embedded NATS server with JetStream, ingest, attest-worker,
-keyguard and auditor, a simulated Azure (ARM API and Event Grid) and a simulated fleet of
+keyguard, auditor and notifier, a simulated Azure (ARM API and Event Grid) and a simulated fleet of
 Confidential VMs (SEV-SNP and TDX). With --scenario tamper (the default) a few VMs go bad
-partway: watch detection, revocation, alert and audit entry happen.
+partway: watch detection, revocation, alert and audit entry happen. --alert-webhook URL
+subscribes a webhook (vigil alerts receive, say) to the alerts.
 
 Auth is on: NATS runs in operator mode with an identity kept in <data>/auth, and each
 service and each simulated agent connects with its own credentials (the agents' are minted
