@@ -255,6 +255,7 @@ func (p *processor) applyEnrichment(ctx context.Context, r arm.Result) error {
 			vm.PowerState = state
 		}
 		changed := vm.EnrichedAt.IsZero() || prevVMID != vm.VMID || !slices.Equal(vm.Findings, findings)
+		before := vm.Findings
 		vm.Findings, vm.EnrichedAt, vm.UpdatedAt = findings, r.FetchedAt.UTC(), p.now().UTC()
 		if changed {
 			cfg := events.Config{VMKey: key, ResourceID: vm.ResourceID, VMID: vm.VMID,
@@ -277,9 +278,46 @@ func (p *processor) applyEnrichment(ctx context.Context, r arm.Result) error {
 		} else if err != nil {
 			return err
 		}
-		return nil
+		return p.alertFindings(ctx, vm, before, findings, r.FetchedAt.UTC())
 	}
 	return fmt.Errorf("inventory %s: %w %d times", key, errConflict, maxCASAttempts)
+}
+
+// alertFindings raises an alert for each configuration finding a VM did
+// not have before (firing, key <vm>/config.<code>) and resolves the
+// alert of each finding it no longer has (config.fixed). Ids derive from
+// the VM, the finding and the ARM read, so a redelivered read raises
+// nothing twice.
+func (p *processor) alertFindings(ctx context.Context, vm events.VM, before, after []events.Finding, at time.Time) error {
+	has := func(fs []events.Finding, code string) bool {
+		return slices.ContainsFunc(fs, func(f events.Finding) bool { return f.Code == code })
+	}
+	name := vm.Name
+	if name == "" {
+		name = vm.VMKey
+	}
+	var alerts []events.Alert
+	for _, f := range after {
+		if !has(before, f.Code) {
+			alerts = append(alerts, events.Alert{Severity: f.Severity, Code: "config." + f.Code, VMKey: vm.VMKey, ResourceID: vm.ResourceID,
+				Message: fmt.Sprintf("%s: %s", name, f.Message), Source: ServiceName, At: at,
+				Key: events.AlertKey(vm.VMKey, "config."+f.Code), State: events.AlertFiring})
+		}
+	}
+	for _, f := range before {
+		if !has(after, f.Code) {
+			alerts = append(alerts, events.Alert{Severity: events.SeverityInfo, Code: "config.fixed", VMKey: vm.VMKey, ResourceID: vm.ResourceID,
+				Message: fmt.Sprintf("%s: fixed: %s", name, f.Message), Source: ServiceName, At: at,
+				Key: events.AlertKey(vm.VMKey, "config."+f.Code), State: events.AlertResolved})
+		}
+	}
+	for _, a := range alerts {
+		id := derivedID("alert", a.Key, string(a.State), at.Format(time.RFC3339Nano))
+		if err := p.conn.PublishAlert(ctx, ServiceName, id, a); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // describe copies what the inventory keeps from the ARM model.
