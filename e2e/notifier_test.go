@@ -41,7 +41,7 @@ func TestNotifierKilledMidDelivery(t *testing.T) {
 		t.Fatalf("vigil provision: %v\n%s", err, out)
 	}
 
-	type attempt struct{ id, code string }
+	type attempt struct{ id string }
 	var mu sync.Mutex
 	var attempts []attempt
 	inFlight := make(chan struct{}, 1)
