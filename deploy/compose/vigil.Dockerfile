@@ -12,11 +12,14 @@ WORKDIR /src/cmd/vigil
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     GOWORK=off CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/vigil .
 
-RUN mkdir -p /out/state/sim
+# Volume mount points, owned by the non-root user so that fresh named volumes are writable:
+# the simulated vendors' roots, and auth-init's identity and its exports (one per program).
+RUN mkdir -p /out/state/sim /out/state/vigil-auth/identity && \
+    for p in nats-server admin ingest attest-worker keyguard auditor notifier console; do \
+      mkdir -p /out/state/vigil-auth/export/$p; done
 
 FROM gcr.io/distroless/static-debian12:nonroot
-# /sim is a volume mount point: owned by the non-root user so a fresh named volume is writable.
-COPY --from=build --chown=65532:65532 /out/state/sim /sim
+COPY --from=build --chown=65532:65532 /out/state/ /
 COPY --from=build /out/vigil /usr/local/bin/vigil
 USER nonroot:nonroot
 ENTRYPOINT ["/usr/local/bin/vigil"]

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// consoleURL is the fleet console's published address.
+const consoleURL = "http://127.0.0.1:8088/"
+
+// consoleAnswers checks the fleet console as a user reaches it: refused
+// without its token, the overview with the token auth-init made (copied
+// out of the auth-console volume). It is skipped ("") when the compose
+// file has no console.
+func (s *stack) consoleAnswers(ctx context.Context) (string, error) {
+	if _, ok := s.p.Services["console"]; !ok {
+		return "", nil
+	}
+	cs, err := s.containers(ctx)
+	if err != nil {
+		return "", err
+	}
+	i := slices.IndexFunc(cs, func(c container) bool { return c.Service == "auth-init" })
+	if i < 0 {
+		return "", fmt.Errorf("no auth-init container")
+	}
+	dir := filepath.Join(s.work, "console")
+	if _, err := docker(ctx, "cp", cs[i].ID+":/vigil-auth/export/console/console.token", dir); err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile(dir)
+	if err != nil {
+		return "", err
+	}
+	token := strings.TrimSpace(string(b))
+	get := func(auth string) (int, string, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, consoleURL, nil)
+		if err != nil {
+			return 0, "", err
+		}
+		if auth != "" {
+			req.Header.Set("Authorization", "Bearer "+auth)
+		}
+		// Redirects are not followed: the console sends a browser without
+		// its token to /login.
+		client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, "", fmt.Errorf("console: %w", err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		return resp.StatusCode, string(body), err
+	}
+	if code, _, err := get(""); err != nil || (code != http.StatusUnauthorized && code != http.StatusSeeOther) {
+		return "", fmt.Errorf("the console answered %d (%v) to a request without its token, want 401 or 303 to its login", code, err)
+	}
+	code, body, err := get(token)
+	if err != nil || code != http.StatusOK || !strings.Contains(body, "Vigil console") {
+		return "", fmt.Errorf("the console answered %d (%v) with its token, want 200 and the overview", code, err)
+	}
+	return fmt.Sprintf("console refused without its token (to its login), showed the overview with it (%d bytes)", len(body)), nil
+}
