@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -74,17 +73,6 @@ func (s *stack) clusterFaults(ctx context.Context, conn *bus.Conn) (string, erro
 	wg.Go(func() { p.loop(pctx) })
 	defer func() { stopProbe(); wg.Wait() }()
 
-	node := func(service string) (string, error) {
-		cs, err := s.containers(ctx)
-		if err != nil {
-			return "", err
-		}
-		i := slices.IndexFunc(cs, func(c container) bool { return c.Service == service })
-		if i < 0 {
-			return "", fmt.Errorf("no %s container", service)
-		}
-		return cs[i].ID, nil
-	}
 	network := s.project + "_default"
 	var measured []string
 	faults := []struct {
@@ -95,7 +83,7 @@ func (s *stack) clusterFaults(ctx context.Context, conn *bus.Conn) (string, erro
 		{"nats-3 cut off its network", "nats-3", []string{"network", "disconnect", network}, []string{"network", "connect", network}},
 	}
 	for _, f := range faults {
-		id, err := node(f.service)
+		id, err := s.containerOf(ctx, f.service)
 		if err != nil {
 			return "", err
 		}

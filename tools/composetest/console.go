@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 )
 
@@ -22,16 +21,12 @@ func (s *stack) consoleAnswers(ctx context.Context) (string, error) {
 	if _, ok := s.p.Services["console"]; !ok {
 		return "", nil
 	}
-	cs, err := s.containers(ctx)
+	initID, err := s.containerOf(ctx, "auth-init")
 	if err != nil {
 		return "", err
 	}
-	i := slices.IndexFunc(cs, func(c container) bool { return c.Service == "auth-init" })
-	if i < 0 {
-		return "", fmt.Errorf("no auth-init container")
-	}
 	dir := filepath.Join(s.work, "console")
-	if _, err := docker(ctx, "cp", cs[i].ID+":/vigil-auth/export/console/console.token", dir); err != nil {
+	if _, err := docker(ctx, "cp", initID+":/vigil-auth/export/console/console.token", dir); err != nil {
 		return "", err
 	}
 	b, err := os.ReadFile(dir)

@@ -100,6 +100,21 @@ func (c *compose) containers(ctx context.Context) ([]container, error) {
 	return out, nil
 }
 
+// containerOf is the id of a container of service (the first, when it
+// has replicas).
+func (c *compose) containerOf(ctx context.Context, service string) (string, error) {
+	cs, err := c.containers(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, ct := range cs {
+		if ct.Service == service {
+			return ct.ID, nil
+		}
+	}
+	return "", fmt.Errorf("no %s container", service)
+}
+
 // logs is the tail of a container's output.
 func logs(ctx context.Context, id string, n int) string {
 	cmd := exec.CommandContext(ctx, "docker", "logs", "--tail", fmt.Sprint(n), id)

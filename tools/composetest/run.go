@@ -268,15 +268,11 @@ func (s *stack) adminFiles(ctx context.Context) (creds, ca string, err error) {
 	if err := os.RemoveAll(dir); err != nil {
 		return "", "", err
 	}
-	cs, err := s.containers(ctx)
+	initID, err := s.containerOf(ctx, "auth-init")
 	if err != nil {
 		return "", "", err
 	}
-	i := slices.IndexFunc(cs, func(c container) bool { return c.Service == "auth-init" })
-	if i < 0 {
-		return "", "", errors.New("no auth-init container")
-	}
-	if _, err := docker(ctx, "cp", cs[i].ID+":/vigil-auth/export/admin/.", dir); err != nil {
+	if _, err := docker(ctx, "cp", initID+":/vigil-auth/export/admin/.", dir); err != nil {
 		return "", "", err
 	}
 	return filepath.Join(dir, busauth.CredsFile(busauth.Admin)), filepath.Join(dir, "tls", "ca.pem"), nil
