@@ -124,18 +124,27 @@ func (e *Enrollment) Enroll(ctx context.Context) error {
 	return nil
 }
 
-// Enrollment retry backoff bounds.
+// Enrollment retry backoff bounds. While keyguard answers unknown_vm (a
+// VM's agent enrolls at boot, often before ingest has its vmId from ARM,
+// which takes seconds), the backoff grows to enrollRetryOnboarding only,
+// for onboardingWindow after the first such answer: the VM's first
+// attestation waits on the enrollment, and its grace period is short.
+// Keyguard bounds each source's requests whatever the agent does.
 const (
-	enrollRetryMin = 500 * time.Millisecond
-	enrollRetryMax = time.Minute
+	enrollRetryMin        = 500 * time.Millisecond
+	enrollRetryMax        = time.Minute
+	enrollRetryOnboarding = 2 * time.Second
+	onboardingWindow      = 5 * time.Minute
 )
 
 // EnrollRetrying enrolls, retrying with exponential backoff (and the
 // refusal's Retry-After) until it succeeds or ctx ends. Every refusal is
-// retried: a VM ARM has not reported yet is refused until ingest has, a
-// revoked one until an operator restores it.
+// retried: a VM ARM has not reported yet is refused until ingest has (and
+// retried promptly for a while: enrollRetryOnboarding), a revoked one
+// until an operator restores it.
 func (e *Enrollment) EnrollRetrying(ctx context.Context) error {
 	wait := enrollRetryMin
+	var unknownSince time.Time
 	for {
 		err := e.Enroll(ctx)
 		if err == nil {
@@ -155,7 +164,16 @@ func (e *Enrollment) EnrollRetrying(ctx context.Context) error {
 			return ctx.Err()
 		case <-time.After(d):
 		}
-		wait = min(2*wait, enrollRetryMax)
+		ceiling := enrollRetryMax
+		if enroll.RefusalCode(err) == enroll.CodeUnknownVM {
+			if unknownSince.IsZero() {
+				unknownSince = time.Now()
+			}
+			if time.Since(unknownSince) < onboardingWindow {
+				ceiling = enrollRetryOnboarding
+			}
+		}
+		wait = min(2*wait, ceiling)
 	}
 }
 

@@ -149,3 +149,46 @@ func TestEnrollmentAndCredentialsConflict(t *testing.T) {
 		t.Fatal("started with both")
 	}
 }
+
+// TestEnrollRetriesUnknownVMPromptly: while keyguard answers unknown_vm
+// (ARM has not reported the VM yet, as at a VM's boot), the agent asks
+// again at least every 2 s instead of backing off exponentially: six such
+// answers cost it under 12 s (exponential backoff from 0.5 s would take
+// at least 15.75 s), and the seventh request enrolls.
+func TestEnrollRetriesUnknownVMPromptly(t *testing.T) {
+	set, err := busauth.Init(busauth.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &quotingSource{}
+	var issued atomic.Int32
+	kg := issuingKeyguard(t, set.AgentIssuer(), src, time.Hour, &issued)
+	const unknown = 6
+	var asked atomic.Int32
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == enroll.PathNonce && asked.Add(1) <= unknown {
+			enroll.WriteRefusal(w, enroll.Refuse(enroll.CodeUnknownVM, "ARM has not reported the VM yet"))
+			return
+		}
+		kg.Config.Handler.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	en, err := agent.NewEnrollment(agent.EnrollmentConfig{URL: front.URL, VMKey: events.VMKey("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/at-boot"), Source: src,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := en.EnrollRetrying(ctx); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	if n := asked.Load(); n != unknown+1 || issued.Load() != 1 {
+		t.Fatalf("%d nonce requests, %d JWTs issued; want %d and 1", n, issued.Load(), unknown+1)
+	}
+	if took >= 12*time.Second {
+		t.Errorf("enrolled %s after the first request, through %d unknown_vm answers: want under 12 s", took, unknown)
+	}
+}
