@@ -177,7 +177,8 @@ func (st *fleetState) judge(vms, wantUntrusted int) (done bool, summary string, 
 		}
 		switch {
 		case isRevoked && s.Status == events.StatusTrusted:
-			return false, "", fmt.Errorf("VM %s is trusted but its key is revoked (%v)", vm, st.grants[vm])
+			return false, "", fmt.Errorf("VM %s is trusted (since %s, last verdict %s at %s) but its key is revoked (%+v)",
+				vm, s.Since.Format(time.RFC3339), s.LastVerdictStatus, s.LastVerdictAt.Format(time.RFC3339), st.grants[vm])
 		case s.Status == events.StatusUntrusted && (!isRevoked || !st.alerted[vm]):
 			pending = append(pending, fmt.Sprintf("%s (revoked %v, alerted %v)", vm, isRevoked, st.alerted[vm]))
 		}
