@@ -340,17 +340,22 @@ type VM struct {
 
 // VMStatus is the record of one VM in the vigil-status bucket, keyed by VM key.
 type VMStatus struct {
-	VMKey               string    `json:"vm_key"`
-	ResourceID          string    `json:"resource_id,omitempty"`
-	VMID                string    `json:"vm_id,omitempty"`
-	Status              Status    `json:"status"`
-	Since               time.Time `json:"since"`
-	Reasons             []Reason  `json:"reasons,omitempty"`
-	LastVerdictID       string    `json:"last_verdict_id,omitempty"`
-	LastVerdictStatus   string    `json:"last_verdict_status,omitempty"`
-	LastVerdictAt       time.Time `json:"last_verdict_at,omitzero"`
-	LastGoodAt          time.Time `json:"last_good_at,omitzero"`
-	LastAttemptAt       time.Time `json:"last_attempt_at,omitzero"`
+	VMKey             string    `json:"vm_key"`
+	ResourceID        string    `json:"resource_id,omitempty"`
+	VMID              string    `json:"vm_id,omitempty"`
+	Status            Status    `json:"status"`
+	Since             time.Time `json:"since"`
+	Reasons           []Reason  `json:"reasons,omitempty"`
+	LastVerdictID     string    `json:"last_verdict_id,omitempty"`
+	LastVerdictStatus string    `json:"last_verdict_status,omitempty"`
+	LastVerdictAt     time.Time `json:"last_verdict_at,omitzero"`
+	LastGoodAt        time.Time `json:"last_good_at,omitzero"`
+	LastAttemptAt     time.Time `json:"last_attempt_at,omitzero"`
+	// LastChallengeAt is when the challenge of the last attempt applied was
+	// sent: an attempt on an older challenge (two of a VM's attempts
+	// overlapped and it finished last) changes nothing, so that older
+	// evidence never overrides newer evidence's verdict.
+	LastChallengeAt     time.Time `json:"last_challenge_at,omitzero"`
 	ConsecutiveFailures int       `json:"consecutive_failures,omitempty"`
 	NextDueAt           time.Time `json:"next_due_at,omitzero"`
 	UpdatedAt           time.Time `json:"updated_at"`

@@ -219,6 +219,11 @@ func (w *Worker) storeAttempt(ctx context.Context, p *jobPlan, a attempt) (outco
 			a.KeepStatus = true
 		}
 		o := applyAttempt(st, exists, a, w.policies.timing())
+		if o.Stale {
+			w.log.InfoContext(ctx, "attempt on a challenge older than the status's evidence; nothing changed",
+				"vm", p.job.VMKey, "job", p.id, "challenged_at", a.ChallengedAt, "status_challenged_at", st.LastChallengeAt)
+			return o, nil
+		}
 		_, err := w.status.put(ctx, o.Status, rev, exists)
 		if err == nil {
 			return o, nil
@@ -309,6 +314,7 @@ func (w *Worker) attempt(ctx context.Context, vm, jobID string, attemptNo int, r
 	w.metrics.inflight.Add(ctx, 1)
 	defer w.metrics.inflight.Add(ctx, -1)
 	start := time.Now()
+	a.ChallengedAt = start.UTC()
 	deadline := start.Add(w.cfg.ChallengeTimeout)
 	rctx, cancel := context.WithDeadline(ctx, deadline)
 	var bundle []byte

@@ -115,13 +115,16 @@ func (t Timing) retryDelay(failures int) time.Duration {
 
 // attempt is the outcome of one challenge of one VM.
 type attempt struct {
-	VMKey      string
-	JobID      string
-	DueAt      time.Time // when this attestation became due
-	At         time.Time // when the attempt ended
-	Worker     string
-	ResourceID string
-	VMID       string
+	VMKey string
+	JobID string
+	DueAt time.Time // when this attestation became due
+	At    time.Time // when the attempt ended
+	// ChallengedAt is when its challenge was sent: the age of its
+	// evidence (zero in attempts that sent none).
+	ChallengedAt time.Time
+	Worker       string
+	ResourceID   string
+	VMID         string
 	// Verdict is the appraisal of the evidence, nil when there was none
 	// (no answer, a refusal, or evidence that could not be appraised).
 	Verdict *events.Verdict
@@ -138,11 +141,20 @@ type outcome struct {
 	From    events.Status
 	Changed bool
 	Retry   bool // the next attempt is a retry after a failure
+	// Stale says the attempt's challenge is older than the one the
+	// status rests on: nothing changed.
+	Stale bool
 }
 
 // applyAttempt computes the status record that follows prev (exists says
 // whether there was one) after attempt a.
 func applyAttempt(prev events.VMStatus, exists bool, a attempt, t Timing) outcome {
+	if exists && a.ChallengedAt.Before(prev.LastChallengeAt) {
+		// Evidence older than the evidence the status rests on: a
+		// contraindicated verdict on newer evidence is never undone by an
+		// affirming one on older evidence that was appraised later.
+		return outcome{Status: prev, From: prev.Status, Stale: true}
+	}
 	st := prev
 	if !exists {
 		st = events.VMStatus{VMKey: a.VMKey, Status: events.StatusPending, Since: a.At}
@@ -157,6 +169,7 @@ func applyAttempt(prev events.VMStatus, exists bool, a attempt, t Timing) outcom
 	}
 	st.LastJobID = a.JobID
 	st.LastAttemptAt = a.At
+	st.LastChallengeAt = a.ChallengedAt
 	st.UpdatedAt = a.At
 	st.Worker = a.Worker
 

@@ -256,3 +256,52 @@ func TestLateAttestationDoesNotPushTheScheduleBack(t *testing.T) {
 		}
 	}
 }
+
+// TestOlderEvidenceNeverOverridesNewer: two attempts of a VM overlap (a
+// job redelivered to another worker during a failover, a retry beside a
+// schedule) and the one whose challenge was sent first finishes last: its
+// outcome changes nothing, whichever it is, so that an affirming verdict
+// on evidence from before a VM was tampered with never undoes the
+// contraindicated verdict on evidence from after. An attempt on a newer
+// challenge applies as usual.
+func TestOlderEvidenceNeverOverridesNewer(t *testing.T) {
+	tm := Timing{Interval: time.Minute, Jitter: 0.1, Grace: 30 * time.Second, RetryBase: time.Second, RetryMax: 8 * time.Second}
+	t0 := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	vm := "aldtmn2tg7p3rh5huznzu5dk3n"
+	good := &events.Verdict{ID: "old", Status: events.VerdictAffirming}
+	bad := &events.Verdict{ID: "new", Status: events.VerdictContraindicated, Reasons: []events.Reason{{Code: "policy.measurement_not_allowed"}}}
+	untrusted := events.VMStatus{VMKey: vm, Status: events.StatusUntrusted, Since: t0.Add(2 * time.Second), Reasons: bad.Reasons,
+		LastVerdictID: "new", LastChallengeAt: t0.Add(time.Second), LastAttemptAt: t0.Add(2 * time.Second), LastJobID: "job-new"}
+	trusted := events.VMStatus{VMKey: vm, Status: events.StatusTrusted, Since: t0.Add(-time.Hour), LastChallengeAt: t0, LastJobID: "job-old"}
+
+	tests := []struct {
+		name  string
+		prev  events.VMStatus
+		a     attempt
+		want  events.Status
+		stale bool
+	}{
+		{"affirming on older evidence, appraised last", untrusted, attempt{JobID: "job-old", Verdict: good, ChallengedAt: t0, At: t0.Add(3 * time.Second)}, events.StatusUntrusted, true},
+		{"no answer to an older challenge", trusted, attempt{JobID: "job-older", Failure: events.Reason{Code: "agent.timeout"}, ChallengedAt: t0.Add(-time.Second), At: t0.Add(5 * time.Second)}, events.StatusTrusted, true},
+		{"contraindicated on newer evidence", trusted, attempt{JobID: "job-new", Verdict: bad, ChallengedAt: t0.Add(time.Second), At: t0.Add(2 * time.Second)}, events.StatusUntrusted, false},
+		{"affirming on newer evidence", untrusted, attempt{JobID: "job-newer", Verdict: good, ChallengedAt: t0.Add(10 * time.Second), At: t0.Add(11 * time.Second)}, events.StatusTrusted, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.a.VMKey = vm
+			o := applyAttempt(tc.prev, true, tc.a, tm)
+			if o.Status.Status != tc.want || o.Stale != tc.stale {
+				t.Fatalf("status %s (stale %v), want %s (stale %v)", o.Status.Status, o.Stale, tc.want, tc.stale)
+			}
+			if tc.stale {
+				if d := fielddiff.Fields(o.Status, tc.prev); d != "" || o.Changed {
+					t.Fatalf("an attempt on older evidence changed the record (changed %v):%s", o.Changed, d)
+				}
+				return
+			}
+			if !o.Status.LastChallengeAt.Equal(tc.a.ChallengedAt) {
+				t.Errorf("LastChallengeAt %s, want the attempt's challenge %s", o.Status.LastChallengeAt, tc.a.ChallengedAt)
+			}
+		})
+	}
+}
