@@ -351,10 +351,11 @@ type VMStatus struct {
 	LastVerdictAt     time.Time `json:"last_verdict_at,omitzero"`
 	LastGoodAt        time.Time `json:"last_good_at,omitzero"`
 	LastAttemptAt     time.Time `json:"last_attempt_at,omitzero"`
-	// LastChallengeAt is when the challenge of the last attempt applied was
-	// sent: an attempt on an older challenge (two of a VM's attempts
-	// overlapped and it finished last) changes nothing, so that older
-	// evidence never overrides newer evidence's verdict.
+	// LastChallengeAt is when the newest challenge of the attempts applied
+	// was sent: an attempt on an older challenge (two of a VM's attempts
+	// overlapped and it finished last) changes nothing unless its verdict
+	// is contraindicated, so that older evidence never overrides newer
+	// evidence's verdict.
 	LastChallengeAt     time.Time `json:"last_challenge_at,omitzero"`
 	ConsecutiveFailures int       `json:"consecutive_failures,omitempty"`
 	NextDueAt           time.Time `json:"next_due_at,omitzero"`

@@ -149,10 +149,13 @@ type outcome struct {
 // applyAttempt computes the status record that follows prev (exists says
 // whether there was one) after attempt a.
 func applyAttempt(prev events.VMStatus, exists bool, a attempt, t Timing) outcome {
-	if exists && a.ChallengedAt.Before(prev.LastChallengeAt) {
-		// Evidence older than the evidence the status rests on: a
-		// contraindicated verdict on newer evidence is never undone by an
-		// affirming one on older evidence that was appraised later.
+	if exists && a.ChallengedAt.Before(prev.LastChallengeAt) && !contraindicated(a) {
+		// Evidence older than the evidence the status rests on: an
+		// affirming verdict (or a failure) on older evidence, appraised
+		// later, never undoes the verdict on newer evidence. A
+		// contraindicated verdict applies whatever its age: a worker whose
+		// clock runs ahead must not make the others' findings count for
+		// nothing.
 		return outcome{Status: prev, From: prev.Status, Stale: true}
 	}
 	st := prev
@@ -169,7 +172,9 @@ func applyAttempt(prev events.VMStatus, exists bool, a attempt, t Timing) outcom
 	}
 	st.LastJobID = a.JobID
 	st.LastAttemptAt = a.At
-	st.LastChallengeAt = a.ChallengedAt
+	if a.ChallengedAt.After(st.LastChallengeAt) {
+		st.LastChallengeAt = a.ChallengedAt
+	}
 	st.UpdatedAt = a.At
 	st.Worker = a.Worker
 
@@ -252,6 +257,11 @@ func applyAttempt(prev events.VMStatus, exists bool, a attempt, t Timing) outcom
 	}
 	st.Status = to
 	return outcome{Status: st, From: from, Changed: changed, Retry: retry}
+}
+
+// contraindicated says whether a's evidence was found contraindicated.
+func contraindicated(a attempt) bool {
+	return a.Verdict != nil && a.Verdict.Status == events.VerdictContraindicated
 }
 
 // staleByDeadline reports whether a VM that no attempt has reached should be

@@ -260,10 +260,11 @@ func TestLateAttestationDoesNotPushTheScheduleBack(t *testing.T) {
 // TestOlderEvidenceNeverOverridesNewer: two attempts of a VM overlap (a
 // job redelivered to another worker during a failover, a retry beside a
 // schedule) and the one whose challenge was sent first finishes last: its
-// outcome changes nothing, whichever it is, so that an affirming verdict
-// on evidence from before a VM was tampered with never undoes the
-// contraindicated verdict on evidence from after. An attempt on a newer
-// challenge applies as usual.
+// outcome changes nothing unless it is contraindicated, so that an
+// affirming verdict on evidence from before a VM was tampered with never
+// undoes the contraindicated verdict on evidence from after, while a
+// contraindicated verdict always counts. An attempt on a newer challenge
+// applies as usual.
 func TestOlderEvidenceNeverOverridesNewer(t *testing.T) {
 	tm := Timing{Interval: time.Minute, Jitter: 0.1, Grace: 30 * time.Second, RetryBase: time.Second, RetryMax: 8 * time.Second}
 	t0 := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
@@ -285,6 +286,9 @@ func TestOlderEvidenceNeverOverridesNewer(t *testing.T) {
 		{"no answer to an older challenge", trusted, attempt{JobID: "job-older", Failure: events.Reason{Code: "agent.timeout"}, ChallengedAt: t0.Add(-time.Second), At: t0.Add(5 * time.Second)}, events.StatusTrusted, true},
 		{"contraindicated on newer evidence", trusted, attempt{JobID: "job-new", Verdict: bad, ChallengedAt: t0.Add(time.Second), At: t0.Add(2 * time.Second)}, events.StatusUntrusted, false},
 		{"affirming on newer evidence", untrusted, attempt{JobID: "job-newer", Verdict: good, ChallengedAt: t0.Add(10 * time.Second), At: t0.Add(11 * time.Second)}, events.StatusTrusted, false},
+		// A worker whose clock runs ahead cannot make the others'
+		// findings count for nothing.
+		{"contraindicated on older evidence still applies", trusted, attempt{JobID: "job-skewed", Verdict: bad, ChallengedAt: t0.Add(-time.Minute), At: t0.Add(time.Second)}, events.StatusUntrusted, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -299,8 +303,12 @@ func TestOlderEvidenceNeverOverridesNewer(t *testing.T) {
 				}
 				return
 			}
-			if !o.Status.LastChallengeAt.Equal(tc.a.ChallengedAt) {
-				t.Errorf("LastChallengeAt %s, want the attempt's challenge %s", o.Status.LastChallengeAt, tc.a.ChallengedAt)
+			want := tc.prev.LastChallengeAt
+			if tc.a.ChallengedAt.After(want) {
+				want = tc.a.ChallengedAt
+			}
+			if !o.Status.LastChallengeAt.Equal(want) {
+				t.Errorf("LastChallengeAt %s, want the newer of the record's and the attempt's challenge, %s", o.Status.LastChallengeAt, want)
 			}
 		})
 	}
