@@ -351,6 +351,24 @@ func (h *harness) alerts(vm *sim.VM) []events.Alert {
 	return out
 }
 
+// waitAlerts waits until vm's alerts satisfy ok (keyguard publishes an
+// alert after the grant write and the key event a test waits for) and
+// returns them; it fails the test after 10 s with what it saw.
+func (h *harness) waitAlerts(vm *sim.VM, what string, ok func([]events.Alert) bool) []events.Alert {
+	h.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		alerts := h.alerts(vm)
+		if ok(alerts) {
+			return alerts
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("no %s among the alerts of %s: %+v", what, vm.VMKey(), alerts)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // stored reads every message on subject from its stream.
 func (h *harness) stored(subject string) []events.Envelope {
 	h.t.Helper()

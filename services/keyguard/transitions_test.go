@@ -2,6 +2,7 @@ package keyguard_test
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -106,7 +107,18 @@ func TestTransitions(t *testing.T) {
 			if tc.action == events.KeyRevoked && len(tc.steps) == 1 && (k.CauseID != last.ID || k.LatencyMS <= 0) {
 				t.Fatalf("revocation event cause %s latency %.3f ms, want cause %s", k.CauseID, k.LatencyMS, last.ID)
 			}
+			// Keyguard publishes its alerts after the key event: wait for
+			// the one expected (a revocation's, at least).
 			alerts := h.alerts(vm)
+			awaited := tc.alert
+			if awaited == "" && tc.state == grants.Revoked {
+				awaited = "key.revoked"
+			}
+			if awaited != "" {
+				alerts = h.waitAlerts(vm, awaited, func(as []events.Alert) bool {
+					return slices.ContainsFunc(as, func(a events.Alert) bool { return a.Code == awaited })
+				})
+			}
 			if tc.alert == "" {
 				if tc.state != grants.Revoked && len(alerts) != 0 {
 					t.Fatalf("unexpected alerts %+v", alerts)
@@ -156,7 +168,7 @@ func TestRevokeEveryGrantOfTheVM(t *testing.T) {
 			t.Fatalf("bystander's %s is %s", key, g.State)
 		}
 	}
-	alerts := h.alerts(vm)
+	alerts := h.waitAlerts(vm, "key.revoked alert", func(as []events.Alert) bool { return len(as) > 0 })
 	if len(alerts) != 1 || !strings.Contains(alerts[0].Message, "2 key grant") {
 		t.Fatalf("alerts %+v, want one naming both grants", alerts)
 	}
@@ -207,7 +219,9 @@ func TestOperatorRestore(t *testing.T) {
 	// Nothing is left revoked: the restore resolves the VM's
 	// key.restore_required (its alert key).
 	var resolve events.Alert
-	for _, a := range h.alerts(vm) {
+	for _, a := range h.waitAlerts(vm, "key.restored", func(as []events.Alert) bool {
+		return slices.ContainsFunc(as, func(a events.Alert) bool { return a.Code == "key.restored" })
+	}) {
 		if a.Code == "key.restored" {
 			resolve = a
 		}
