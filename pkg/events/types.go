@@ -336,6 +336,12 @@ type VM struct {
 	LiveMigratedAt time.Time     `json:"live_migrated_at,omitzero"` // when Azure last reported a live migration of the VM
 	EnrichedAt     time.Time     `json:"enriched_at,omitzero"`
 	UpdatedAt      time.Time     `json:"updated_at"`
+	// Tags are the VM's Azure tags as ARM last showed them (an enrichment
+	// read or the reconcile list), bounded as Azure bounds them: at most
+	// 50, names of at most 512 characters, values of at most 256. TagsAt
+	// is when that ARM read started: an older read never replaces them.
+	Tags   map[string]string `json:"tags,omitempty"`
+	TagsAt time.Time         `json:"tags_at,omitzero"`
 }
 
 // VMStatus is the record of one VM in the vigil-status bucket, keyed by VM key.
