@@ -31,6 +31,10 @@ type hooks struct {
 	// failAdd makes the write of the message with this stream sequence
 	// fail as a failed Tessera flush would, while later ones succeed.
 	failAdd func(seq uint64) bool
+	// loseDelivery makes the delivery of the message with this stream
+	// sequence vanish before the writer sees it, as a pull response lost
+	// while the consumer's leader moves does.
+	loseDelivery func(seq uint64) bool
 }
 
 func run(ctx context.Context, c Config, h hooks) error {

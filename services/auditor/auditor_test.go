@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -174,6 +175,53 @@ func TestAuditorRefusesLogAheadOfStream(t *testing.T) {
 	h.publish(100, 5)
 	if err := h.run(); !errors.Is(err, ErrStreamMismatch) {
 		t.Fatalf("Run = %v, want ErrStreamMismatch", err)
+	}
+}
+
+// TestAuditorLogsMessagesWhoseDeliveryWasLost loses deliveries as a pull
+// response lost while a clustered consumer's leader moves does: the
+// consumer goes on, and the writer's acknowledgement of a later message
+// (AckAll) would acknowledge the lost one too. The writer reads each lost
+// message from the stream and logs it in its place, next to gap records
+// for messages deleted around them, instead of stopping.
+func TestAuditorLogsMessagesWhoseDeliveryWasLost(t *testing.T) {
+	h := newHarness(t)
+	// 200 and 250 share their subjects with 260 and 270, and a limit of
+	// one message per subject drops them before the auditor reaches them:
+	// 200 just after a lost delivery (199), 250 just before one (251).
+	subjects := make([]string, 320)
+	for i := range subjects {
+		subjects[i] = events.PolicySubject(fmt.Sprintf("p%d", i+1), "test")
+	}
+	subjects[199], subjects[259] = events.PolicySubject("a", "test"), events.PolicySubject("a", "test")
+	subjects[249], subjects[269] = events.PolicySubject("b", "test"), events.PolicySubject("b", "test")
+	h.publishOn(subjects...)
+	h.editStream(events.StreamEvents, func(c *jetstream.StreamConfig) { c.MaxMsgsPerSubject = 1 })
+	lost := map[uint64]bool{1: true, 37: true, 38: true, 199: true, 251: true, 319: true}
+	var mu sync.Mutex
+	stop := h.startWith(hooks{loseDelivery: func(seq uint64) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		l := lost[seq]
+		delete(lost, seq) // lost once; a redelivery arrives
+		return l
+	}})
+	h.waitCheckpoint(320)
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	recs, rep := h.records()
+	if !fieldsMatch(t, "report", rep, eq("Events", rep.Events, 318), eq("Gaps", rep.Gaps, 2), eq("MissingSeqs", rep.MissingSeqs, 2),
+		eq("LastSeq", rep.LastSeq, 320), eq("OutOfOrder", rep.OutOfOrder, 0)) {
+		t.FailNow()
+	}
+	for i, r := range recs {
+		if want := uint64(i + 1); r.Seq != want {
+			t.Fatalf("record %d: seq %d, want %d", i, r.Seq, want)
+		}
+		if r.Kind == auditlog.KindGap && r.Seq != 200 && r.Seq != 250 {
+			t.Errorf("record %d: gap record for %d..%d, which the stream held", i, r.FirstSeq, r.Seq)
+		}
 	}
 }
 

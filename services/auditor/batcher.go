@@ -53,6 +53,9 @@ func (b *batcher) Add(msg jetstream.Msg, md *jetstream.MsgMetadata) {
 	if md.Sequence.Stream > b.seen.Load() {
 		b.seen.Store(md.Sequence.Stream)
 	}
+	if b.hooks.loseDelivery != nil && b.hooks.loseDelivery(md.Sequence.Stream) {
+		return
+	}
 	if len(b.cur) == 0 {
 		b.cur = make([]item, 0, b.cfg.BatchSize)
 	}

@@ -94,11 +94,17 @@ func (h *harness) config(opts ...option) Config {
 // test ends or the returned stop is called; stop returns Run's error.
 func (h *harness) start(opts ...option) (stop func() error) {
 	h.t.Helper()
+	return h.startWith(hooks{}, opts...)
+}
+
+// startWith is start with test hooks.
+func (h *harness) startWith(hk hooks, opts ...option) (stop func() error) {
+	h.t.Helper()
 	cfg := h.config(opts...)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		err := Run(ctx, cfg)
+		err := run(ctx, cfg, hk)
 		if err != nil && ctx.Err() == nil {
 			fmt.Fprintln(os.Stderr, "auditor stopped early:", err)
 		}

@@ -81,6 +81,7 @@ type writer struct {
 type metrics struct {
 	entries     metric.Int64Counter
 	duplicates  metric.Int64Counter
+	recovered   metric.Int64Counter
 	batchSize   metric.Int64Histogram
 	batchTime   metric.Float64Histogram
 	logSize     metric.Int64Gauge
@@ -93,6 +94,7 @@ func newMetrics(mp metric.MeterProvider) *metrics {
 	var ms metrics
 	ms.entries, _ = m.Int64Counter("vigil.auditor.entries", metric.WithDescription("Entries durably appended to the audit log"), metric.WithUnit("{entry}"))
 	ms.duplicates, _ = m.Int64Counter("vigil.auditor.duplicates", metric.WithDescription("Redelivered messages skipped because they were already logged"), metric.WithUnit("{message}"))
+	ms.recovered, _ = m.Int64Counter("vigil.auditor.recovered", metric.WithDescription("Messages read from the stream because the consumer delivered a later one first (a delivery lost in a failover)"), metric.WithUnit("{message}"))
 	ms.batchSize, _ = m.Int64Histogram("vigil.auditor.batch.size", metric.WithDescription("Entries per durable batch"), metric.WithUnit("{entry}"))
 	ms.batchTime, _ = m.Float64Histogram("vigil.auditor.batch.duration", metric.WithDescription("Time to make a batch durable"), metric.WithUnit("s"))
 	ms.logSize, _ = m.Int64Gauge("vigil.auditor.log.size", metric.WithDescription("Entries in the audit log"), metric.WithUnit("{entry}"))
@@ -237,8 +239,13 @@ func (w *writer) encode(m auditlog.Message) []byte {
 }
 
 // gap handles a delivery of seq while w.cov.Next() < seq: the sequences in
-// between were never delivered. It checks with the stream that they no
-// longer exist and logs a gap record for the first uncovered run.
+// between were not delivered before it. Each call accounts for the first
+// of them. If the stream still holds it, its delivery was lost (a pull
+// response lost while the consumer's leader moved: the consumer went on,
+// and acknowledging seq would acknowledge it too), so it is read from the
+// stream and logged as the consumer would have delivered it; a later
+// redelivery is then a duplicate. Sequences the stream no longer has get
+// a gap record.
 func (w *writer) gap(ctx context.Context, seq uint64) (tessera.IndexFuture, error) {
 	from := w.cov.Next()
 	to := seq - 1
@@ -252,8 +259,18 @@ func (w *writer) gap(ctx context.Context, seq uint64) (tessera.IndexFuture, erro
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 	case err != nil:
 		return nil, fmt.Errorf("auditor: check stream sequences %d..%d: %w", from, to, err)
+	case m.Sequence == from:
+		w.log.Warn("the consumer delivered a later message before this one; logging it from the stream", "seq", from, "delivered", seq)
+		f := w.app.Add(ctx, tessera.NewEntry(w.encode(auditlog.Message{
+			Stream: w.cfg.Stream, Seq: m.Sequence, Subject: m.Subject, Stored: m.Time, Body: m.Data,
+		})))
+		if _, err := w.cov.Add(from, from); err != nil {
+			return nil, fmt.Errorf("auditor: internal error: %w", err)
+		}
+		w.m.recovered.Add(ctx, 1)
+		return f, nil
 	case m.Sequence <= to:
-		return nil, fmt.Errorf("auditor: the consumer delivered sequence %d but skipped %d, which is in the stream", seq, m.Sequence)
+		to = m.Sequence - 1
 	}
 	w.log.Warn("stream sequences no longer in the stream; logging a gap record", "first", from, "last", to)
 	f := w.app.Add(ctx, tessera.NewEntry(auditlog.EncodeGap(w.cfg.Stream, from, to,
