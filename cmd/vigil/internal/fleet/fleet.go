@@ -10,9 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -65,6 +67,9 @@ type Config struct {
 	// OnLifecycle is called when the scenario deallocates, starts or
 	// deletes a VM.
 	OnLifecycle func(vmKey, name, op string)
+	// OnConfig is called when the scenario changes a VM's configuration
+	// in ARM (DriftBootDiagnostics, FixBootDiagnostics).
+	OnConfig func(vmKey, name, change string)
 	// Connect, when set, gives each VM's agent a connection of its own
 	// (under auth: the VM's agent credentials, which may serve its own
 	// challenge subject only, earned by enrolling with src, the VM's
@@ -88,7 +93,17 @@ type VM struct {
 	FaultAt    time.Time
 	Cycled     bool // deallocated and started again by the scenario
 	Deleted    bool // deleted by the scenario
+	// Drifted: the scenario turned on boot diagnostics on this healthy VM
+	// (a configuration finding, not a fault: the VM stays trusted) and
+	// turned it off again a little later (DriftFixed).
+	Drifted, DriftFixed bool
 }
+
+// Configuration changes the tamper scenario makes in ARM.
+const (
+	DriftBootDiagnostics = "boot diagnostics enabled"
+	FixBootDiagnostics   = "boot diagnostics disabled"
+)
 
 // Fleet is a running simulated fleet.
 type Fleet struct {
@@ -96,7 +111,7 @@ type Fleet struct {
 	log    *slog.Logger
 	arm    *azuresim.ARM
 	agents *agent.Fleet
-	specs  map[string]azuresim.VMSpec // by VM key
+	specs  map[string]azuresim.VMSpec // by VM key; read and changed (Reconfigure) under mu
 	sender *azuresim.Sender
 	ln     net.Listener
 
@@ -194,6 +209,8 @@ func (f *Fleet) ARMEndpoint() string { return "http://" + f.ln.Addr().String() }
 
 // Subscriptions lists the subscriptions the fleet's VMs live in.
 func (f *Fleet) Subscriptions() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	seen := map[string]bool{}
 	var out []string
 	for _, s := range f.specs {
@@ -304,17 +321,16 @@ func (f *Fleet) waitForWebhook(ctx context.Context) error {
 // announce creates every VM in ARM and sends its create and start events in
 // batches, as Event Grid delivers them.
 func (f *Fleet) announce(ctx context.Context) error {
-	keys := make([]string, 0, len(f.specs))
-	for k := range f.specs {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+	f.mu.Lock()
+	specs := maps.Clone(f.specs)
+	f.mu.Unlock()
+	keys := slices.Sorted(maps.Keys(specs))
 	const batch = 50
 	for i := 0; i < len(keys); i += batch {
 		var evs []azuresim.Event
 		now := time.Now()
 		for _, k := range keys[i:min(i+batch, len(keys))] {
-			spec := f.specs[k]
+			spec := specs[k]
 			f.arm.Put(spec)
 			evs = append(evs, azuresim.LifecycleEvent(spec, azuresim.OpCreate, now), azuresim.LifecycleEvent(spec, azuresim.OpStart, now.Add(time.Millisecond)))
 		}
@@ -360,10 +376,15 @@ func (f *Fleet) tamper() {
 	}
 }
 
-// churn exercises the rest of a VM's lifecycle on two healthy VMs, as
-// Azure reports it through Event Grid: one is deallocated and started
-// again (suspended, then trusted), one is deleted (retired, its keys
-// revoked).
+// churn exercises the rest of a VM's lifecycle on healthy VMs, as Azure
+// reports it through Event Grid: one is deallocated and started again
+// (suspended, then trusted), one is deleted (retired, its keys revoked),
+// and on a third an operator turns on boot diagnostics, then off again
+// five seconds later (a configuration drift that ingest finds when it
+// reads the VM after each write event: the finding's alert
+// config.boot_diagnostics.screenshots fires, then resolves; the VM stays
+// trusted and keeps its keys, since findings do not change a VM's status).
+// With fewer than four healthy VMs only the drift happens.
 func (f *Fleet) churn(ctx context.Context) {
 	var healthy []VM
 	for _, v := range f.VMs() {
@@ -371,18 +392,29 @@ func (f *Fleet) churn(ctx context.Context) {
 			healthy = append(healthy, v)
 		}
 	}
-	if len(healthy) < 4 {
-		return
+	type step struct {
+		after  time.Duration
+		vm     VM
+		op     azuresim.Op
+		config string // instead of op: a configuration change
 	}
-	cycled, deleted := healthy[0], healthy[len(healthy)-1]
-	steps := []struct {
-		after time.Duration
-		vm    VM
-		op    azuresim.Op
-	}{
-		{2 * time.Second, cycled, azuresim.OpDeallocate},
-		{4 * time.Second, deleted, azuresim.OpDelete},
-		{10 * time.Second, cycled, azuresim.OpStart},
+	var steps []step
+	switch {
+	case len(healthy) >= 4:
+		cycled, drifted, deleted := healthy[0], healthy[1], healthy[len(healthy)-1]
+		steps = []step{
+			{2 * time.Second, cycled, azuresim.OpDeallocate, ""},
+			{3 * time.Second, drifted, "", DriftBootDiagnostics},
+			{4 * time.Second, deleted, azuresim.OpDelete, ""},
+			{8 * time.Second, drifted, "", FixBootDiagnostics},
+			{10 * time.Second, cycled, azuresim.OpStart, ""},
+		}
+	case len(healthy) >= 1:
+		// Too few to spare two for the lifecycle: the drift alone.
+		steps = []step{
+			{3 * time.Second, healthy[0], "", DriftBootDiagnostics},
+			{8 * time.Second, healthy[0], "", FixBootDiagnostics},
+		}
 	}
 	start := time.Now()
 	for _, st := range steps {
@@ -390,6 +422,10 @@ func (f *Fleet) churn(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-time.After(time.Until(start.Add(st.after))):
+		}
+		if st.config != "" {
+			f.drift(ctx, st.vm, st.config)
+			continue
 		}
 		f.mu.Lock()
 		switch st.op {
@@ -413,12 +449,52 @@ func (f *Fleet) churn(ctx context.Context) {
 	}
 }
 
+// drift makes one of the scenario's configuration changes on vm.
+func (f *Fleet) drift(ctx context.Context, vm VM, change string) {
+	on := change == DriftBootDiagnostics
+	f.mu.Lock()
+	if on {
+		f.vms[vm.Key].Drifted = true
+	} else {
+		f.vms[vm.Key].DriftFixed = true
+	}
+	f.mu.Unlock()
+	if err := f.Reconfigure(ctx, vm.Key, func(s *azuresim.VMSpec) { s.BootDiagnosticsOnly = on }); err != nil {
+		f.log.Error("scenario configuration change", "vm", vm.Key, "change", change, "err", err)
+		return
+	}
+	f.log.Info("scenario: configuration change", "vm", vm.Key, "name", vm.Name, "change", change)
+	if f.cfg.OnConfig != nil {
+		f.cfg.OnConfig(vm.Key, vm.Name, change)
+	}
+}
+
+// Reconfigure changes a VM's model in ARM and delivers the write event
+// Event Grid sends for an update (Microsoft.Compute/virtualMachines/write,
+// as for a create; ingest tells them apart by whether it knows the VM).
+func (f *Fleet) Reconfigure(ctx context.Context, vmKey string, change func(*azuresim.VMSpec)) error {
+	f.mu.Lock()
+	spec, ok := f.specs[vmKey]
+	if ok {
+		change(&spec)
+		f.specs[vmKey] = spec
+		f.arm.Put(spec)
+	}
+	f.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrUnknownVM, vmKey)
+	}
+	return f.sender.Send(ctx, azuresim.LifecycleEvent(spec, azuresim.OpCreate, time.Now()))
+}
+
 // ErrUnknownVM is returned for a VM key the fleet does not have.
 var ErrUnknownVM = errors.New("fleet: unknown VM")
 
 // Lifecycle performs op on a VM in ARM and delivers its Event Grid event.
 func (f *Fleet) Lifecycle(ctx context.Context, vmKey string, op azuresim.Op) error {
+	f.mu.Lock()
 	spec, ok := f.specs[vmKey]
+	f.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("%w: %s", ErrUnknownVM, vmKey)
 	}
