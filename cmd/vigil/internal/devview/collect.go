@@ -184,7 +184,10 @@ func (c *Collector) onAlert(m jetstream.Msg) {
 	}
 	msg = strings.ReplaceAll(msg, a.VMKey, c.names(a.VMKey))
 	c.mu.Unlock()
-	if a.Severity == events.SeverityCritical || a.Severity == events.SeverityHigh {
+	switch {
+	case a.Resolved():
+		c.notice(a.VMKey, "RESOLVED %s: %s", a.Code, msg)
+	case a.Severity == events.SeverityCritical || a.Severity == events.SeverityHigh || a.Severity == events.SeverityWarning:
 		c.notice(a.VMKey, "ALERT %s %s: %s", a.Severity, a.Code, msg)
 	}
 }
