@@ -373,6 +373,12 @@ type VMStatus struct {
 	LastJobID      string    `json:"last_job_id,omitempty"`     // id of the last job whose outcome is recorded here
 	OverdueSince   time.Time `json:"overdue_since,omitzero"`    // due time of an attestation still without valid evidence
 	Worker         string    `json:"worker,omitempty"`          // worker instance that wrote this record
+	// AwaitingVMIDSince is set while the VM's first attestation waits for
+	// ARM to report its vmId (the worker's onboarding limit bounds the
+	// wait; NextDueAt is then the limit): since when the VM has been
+	// waiting. An attempt with a vmId clears it; one made without, after
+	// the limit, keeps it, and the status's reasons say the vmId never came.
+	AwaitingVMIDSince time.Time `json:"awaiting_vm_id_since,omitzero"`
 }
 
 // Challenge is the request sent to vigil.agent.<vm>.challenge. The agent
