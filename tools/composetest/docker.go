@@ -75,6 +75,7 @@ type container struct {
 	ID, Service, Status string
 	ExitCode            int
 	Health              string
+	Restarts            int // times its restart policy restarted it
 }
 
 // containers lists the project's containers (running or not).
@@ -86,13 +87,13 @@ func (c *compose) containers(ctx context.Context) ([]container, error) {
 	var out []container
 	for _, id := range strings.Fields(ids) {
 		s, err := docker(ctx, "inspect", "-f",
-			`{{index .Config.Labels "com.docker.compose.service"}} {{.State.Status}} {{.State.ExitCode}} {{if .State.Health}}{{.State.Health.Status}}{{else}}-{{end}}`, id)
+			`{{index .Config.Labels "com.docker.compose.service"}} {{.State.Status}} {{.State.ExitCode}} {{if .State.Health}}{{.State.Health.Status}}{{else}}-{{end}} {{.RestartCount}}`, id)
 		if err != nil {
 			continue // removed meanwhile
 		}
 		var ct container
 		ct.ID = id
-		if _, err := fmt.Sscan(s, &ct.Service, &ct.Status, &ct.ExitCode, &ct.Health); err != nil {
+		if _, err := fmt.Sscan(s, &ct.Service, &ct.Status, &ct.ExitCode, &ct.Health, &ct.Restarts); err != nil {
 			return nil, fmt.Errorf("inspect %s: %q: %w", id, s, err)
 		}
 		out = append(out, ct)

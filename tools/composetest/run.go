@@ -40,6 +40,7 @@ type stack struct {
 	images  map[string]string // test image of each service
 	down    string            // a service stopped on purpose (cluster faults)
 	started time.Time
+	running bool // every service ran after up: a stop now is not a start failing
 }
 
 func run(ctx context.Context, o options, logf func(string, ...any)) (string, error) {
@@ -180,6 +181,7 @@ func simVMs(p *types.Project) (int, error) {
 func (s *stack) up(ctx context.Context) error {
 	s.logf("starting %s", s.project)
 	s.started = time.Now()
+	s.running = false
 	if _, err := s.run(ctx, "up", "-d", "--no-build"); err != nil {
 		// A one-shot service that failed stops up: say which.
 		if bad := s.failed(ctx); bad != nil {
@@ -187,12 +189,17 @@ func (s *stack) up(ctx context.Context) error {
 		}
 		return err
 	}
-	return s.waitRunning(ctx, time.Minute)
+	if err := s.waitRunning(ctx, time.Minute); err != nil {
+		return err
+	}
+	s.running = true
+	return nil
 }
 
 // failed describes the first container that stopped when it should not
-// have (a one-shot service with an error, any other service at all), with
-// the end of its output, or is nil.
+// have (a one-shot service with an error, any other service at all, even
+// one its restart policy brought back), with the end of its output, or is
+// nil.
 func (s *stack) failed(ctx context.Context) error {
 	cs, err := s.containers(ctx)
 	if err != nil {
@@ -202,14 +209,23 @@ func (s *stack) failed(ctx context.Context) error {
 		if c.Service == s.down {
 			continue
 		}
-		bad := c.Status == "exited" || c.Status == "dead" || c.Status == "restarting"
+		bad := c.Status == "exited" || c.Status == "dead" || c.Status == "restarting" || c.Restarts > 0
 		if isOneShot(c.Service) {
 			bad = (c.Status == "exited" && c.ExitCode != 0) || c.Status == "dead"
 		}
-		if bad {
-			return fmt.Errorf("service %s cannot start: container %s, exit code %d; its last output:\n%s",
-				c.Service, c.Status, c.ExitCode, logs(ctx, c.ID, 15))
+		if !bad {
+			continue
 		}
+		what := "cannot start"
+		if s.running {
+			what = "stopped while the stack ran"
+		}
+		restarted := ""
+		if c.Restarts > 0 {
+			restarted = fmt.Sprintf(" (restarted %d times by its restart policy)", c.Restarts)
+		}
+		return fmt.Errorf("service %s %s: container %s%s, exit code %d; its last output:\n%s",
+			c.Service, what, c.Status, restarted, c.ExitCode, logs(ctx, c.ID, 15))
 	}
 	return nil
 }
