@@ -6,6 +6,8 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/vigil-cc/vigil/services/ingest/normalize"
 )
 
 // metrics are ingest's OpenTelemetry instruments (exported on /metrics).
@@ -19,6 +21,7 @@ type metrics struct {
 	arm        metric.Int64Counter
 	nsOps      metric.Int64Counter
 	reconciles metric.Int64Counter
+	tags       metric.Int64Counter
 }
 
 func newMetrics(mp metric.MeterProvider) *metrics {
@@ -37,6 +40,7 @@ func newMetrics(mp metric.MeterProvider) *metrics {
 		arm:        c("vigil_ingest_arm_reads", "ARM enrichment reads and requests by outcome"),
 		nsOps:      c("vigil_ingest_namespace_operations", "Event Grid namespace operations by kind and outcome"),
 		reconciles: c("vigil_ingest_reconcile_runs", "Reconcile runs by outcome"),
+		tags:       c("vigil_ingest_arm_tags_bounded", "Azure tags from ARM beyond Azure's bounds, by what was done (dropped_over_max, dropped_long_name, dropped_invalid, trimmed_value)"),
 	}
 }
 
@@ -81,4 +85,19 @@ func (m *metrics) armRead(outcome string) {
 
 func (m *metrics) reconcile(outcome string) {
 	m.reconciles.Add(context.Background(), 1, metric.WithAttributes(attribute.String("outcome", outcome)))
+}
+
+// tagsBounded counts the tags of one ARM read that were dropped or trimmed.
+func (m *metrics) tagsBounded(ctx context.Context, b normalize.TagsBounded) {
+	for _, c := range []struct {
+		what string
+		n    int
+	}{
+		{"dropped_over_max", b.DroppedOverMax}, {"dropped_long_name", b.DroppedLongName},
+		{"dropped_invalid", b.DroppedInvalid}, {"trimmed_value", b.TrimmedValues},
+	} {
+		if c.n > 0 {
+			m.tags.Add(ctx, int64(c.n), metric.WithAttributes(attribute.String("what", c.what)))
+		}
+	}
 }

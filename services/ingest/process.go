@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"time"
 
@@ -130,6 +131,8 @@ func nextRecord(rec record, id normalize.VMID, kind events.LifecycleKind, t time
 		vm.Deleted = false
 		vm.PowerState = ""
 		vm.EnrichedAt = time.Time{}
+		// A VM created again under the same name has tags of its own.
+		vm.Tags, vm.TagsAt = nil, time.Time{}
 	case events.LifecycleStarted, events.LifecycleRestarted:
 		vm.Deleted = false
 		vm.PowerState = "running"
@@ -233,6 +236,10 @@ func (p *processor) applyEnrichment(ctx context.Context, r arm.Result) error {
 			}, nil)
 	}
 	key := r.VM.Key()
+	var tags map[string]string
+	if r.Facts.VM != nil {
+		tags = p.armTags(ctx, r.VM, r.Facts.VM.Tags)
+	}
 	for range maxCASAttempts {
 		rec, err := p.inv.get(ctx, key)
 		if err != nil {
@@ -251,6 +258,9 @@ func (p *processor) applyEnrichment(ctx context.Context, r arm.Result) error {
 		findings := compliance.Evaluate(facts, p.policy)
 		prevVMID := vm.VMID
 		describe(&vm, facts.VM)
+		if facts.VM != nil && !r.FetchedAt.Before(vm.TagsAt) {
+			vm.Tags, vm.TagsAt = tags, r.FetchedAt.UTC()
+		}
 		if state := arm.PowerState(facts.VM); state != "" && !vm.EventTime.After(r.FetchedAt) {
 			vm.PowerState = state
 		}
@@ -318,6 +328,46 @@ func (p *processor) alertFindings(ctx context.Context, vm events.VM, before, aft
 		}
 	}
 	return nil
+}
+
+// armTags bounds the tags ARM showed for vm (normalize.Tags): ARM's data
+// is outside input. What lies beyond Azure's bounds is dropped or trimmed,
+// counted and logged; it never fails the VM.
+func (p *processor) armTags(ctx context.Context, vm normalize.VMID, raw map[string]*string) map[string]string {
+	tags, b := normalize.Tags(raw)
+	if b.Any() {
+		p.m.tagsBounded(ctx, b)
+		p.log.WarnContext(ctx, "ARM showed tags beyond Azure's bounds; dropped or trimmed", "vm", vm.ResourceID, "tags", len(raw),
+			"dropped_over_max", b.DroppedOverMax, "dropped_long_name", b.DroppedLongName,
+			"dropped_invalid", b.DroppedInvalid, "trimmed_value", b.TrimmedValues)
+	}
+	return tags
+}
+
+// retag records the tags an ARM read that started at `at` showed for a VM
+// the inventory has, unless they are the record's already or the record's
+// come from a newer read. A tag change is no lifecycle change: the record
+// changes, nothing is published.
+func (p *processor) retag(ctx context.Context, id normalize.VMID, tags map[string]string, at time.Time) error {
+	key := id.Key()
+	for range maxCASAttempts {
+		rec, err := p.inv.get(ctx, key)
+		if err != nil {
+			return err
+		}
+		if !rec.exists() || rec.VM.Deleted || !rec.VM.TagsAt.Before(at) || maps.Equal(rec.VM.Tags, tags) {
+			return nil
+		}
+		vm := rec.VM
+		vm.Tags, vm.TagsAt, vm.UpdatedAt = tags, at.UTC(), p.now().UTC()
+		if _, err := p.inv.put(ctx, key, vm, rec.Rev); errors.Is(err, errConflict) {
+			continue
+		} else if err != nil {
+			return err
+		}
+		return nil
+	}
+	return fmt.Errorf("inventory %s: %w %d times", key, errConflict, maxCASAttempts)
 }
 
 // describe copies what the inventory keeps from the ARM model.

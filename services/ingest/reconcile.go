@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
 	"time"
 
@@ -24,7 +25,8 @@ type Lister interface {
 
 // reconciler compares ARM's list of VMs with the inventory and heals what
 // events missed: VMs created or deleted without an event reaching Vigil,
-// and power-state changes (a missed stop, deallocate or start). Enrichment
+// power-state changes (a missed stop, deallocate or start) and changed
+// Azure tags (recorded without a lifecycle event). Enrichment
 // that a restart lost (the inventory's newest event is newer than its last
 // enrichment) is requested again.
 type reconciler struct {
@@ -84,6 +86,7 @@ func (r *reconciler) subscription(ctx context.Context, sub string, records map[s
 			continue
 		}
 		state := arm.PowerState(m)
+		tags := r.p.armTags(ctx, id, m.Tags)
 		kind, needed := r.drift(rec, state, cutoff)
 		if needed != nil {
 			op := "arm.list:" + string(kind)
@@ -94,8 +97,18 @@ func (r *reconciler) subscription(ctx context.Context, sub string, records map[s
 				if m.Properties != nil && m.Properties.VMID != nil {
 					vm.VMID = *m.Properties.VMID
 				}
+				if !start.Before(vm.TagsAt) {
+					vm.Tags, vm.TagsAt = tags, start
+				}
 			})
 			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		} else if rec.exists() && !rec.VM.Deleted && rec.VM.TagsAt.Before(start) && !maps.Equal(rec.VM.Tags, tags) {
+			// The tags changed without an event reaching Vigil (or before
+			// its enrichment): the list shows them.
+			if err := r.p.retag(ctx, id, tags, start); err != nil {
 				errs = append(errs, err)
 				continue
 			}
