@@ -7,6 +7,8 @@ package azuresim
 import (
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
+	"maps"
 	"net/http"
 	"regexp"
 	"sort"
@@ -50,6 +52,28 @@ type VMSpec struct {
 	DedicatedHostID      string
 	ScaleSetID           string
 	ProvisioningDuration time.Duration
+
+	// Tags are the VM's Azure tags (TagsFor gives a VM realistic ones).
+	Tags map[string]string
+}
+
+// TagsFor returns realistic Azure tags for the VM named name, the same for
+// the same name: env (prod or staging), team (payments, platform or
+// identity) and cost-center.
+func TagsFor(name string) map[string]string {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(strings.ToLower(name)))
+	n := h.Sum32()
+	env := "prod"
+	if n%3 == 0 {
+		env = "staging"
+	}
+	teams := []string{"payments", "platform", "identity"}
+	return map[string]string{
+		"env":         env,
+		"team":        teams[(n/3)%uint32(len(teams))],
+		"cost-center": fmt.Sprintf("cc-%d", 1000+(n/9)%40),
+	}
 }
 
 // ResourceID is the VM's ARM resource ID.
@@ -89,6 +113,7 @@ func NewARM(pageSize int) *ARM {
 
 // Put creates or updates a VM in the running state.
 func (a *ARM) Put(spec VMSpec) {
+	spec.Tags = maps.Clone(spec.Tags)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	id := strings.ToLower(spec.ResourceID())
@@ -318,11 +343,19 @@ func (st *vmState) model(withInstanceView bool) armcompute.VirtualMachine {
 			},
 		}
 	}
+	var tags map[string]*string
+	if len(s.Tags) > 0 {
+		tags = make(map[string]*string, len(s.Tags))
+		for k, v := range s.Tags {
+			tags[k] = to.Ptr(v)
+		}
+	}
 	return armcompute.VirtualMachine{
 		ID:         to.Ptr(s.ResourceID()),
 		Name:       to.Ptr(s.Name),
 		Type:       to.Ptr("Microsoft.Compute/virtualMachines"),
 		Location:   to.Ptr(or(s.Location, "westeurope")),
+		Tags:       tags,
 		Properties: props,
 	}
 }

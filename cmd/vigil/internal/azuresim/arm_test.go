@@ -93,3 +93,60 @@ func TestARMServesTheSDKClient(t *testing.T) {
 		t.Fatalf("get after throttling: %v", err)
 	}
 }
+
+// TestARMTags: a VM's tags are in its model, read alone or listed, and
+// TagsFor gives each VM realistic tags, the same for the same name.
+func TestARMTags(t *testing.T) {
+	sim := NewARM(2)
+	srv := httptest.NewTLSServer(sim)
+	defer srv.Close()
+	const sub = "00000000-0000-0000-0000-0000000000bb"
+	for i := range 5 {
+		name := fmt.Sprintf("vm-%d", i)
+		sim.Put(VMSpec{Subscription: sub, ResourceGroup: "rg", Name: name, VMID: NewVMID(), Size: "Standard_DC4as_v5", Tags: TagsFor(name)})
+	}
+	c := newClient(t, srv, sub)
+	ctx := context.Background()
+	check := func(vm *armcompute.VirtualMachine) {
+		t.Helper()
+		want := TagsFor(*vm.Name)
+		if len(vm.Tags) != len(want) {
+			t.Fatalf("%s: tags %v, want %v", *vm.Name, vm.Tags, want)
+		}
+		for k, v := range want {
+			if got := vm.Tags[k]; got == nil || *got != v {
+				t.Errorf("%s: tag %s = %v, want %q", *vm.Name, k, got, v)
+			}
+		}
+	}
+	got, err := c.Get(ctx, "rg", "vm-3", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(&got.VirtualMachine)
+	listed := 0
+	for pager := c.NewListAllPager(nil); pager.More(); {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, vm := range page.Value {
+			check(vm)
+			listed++
+		}
+	}
+	if listed != 5 {
+		t.Fatalf("listed %d VMs", listed)
+	}
+	envs := map[string]bool{}
+	for i := range 50 {
+		tags := TagsFor(fmt.Sprintf("cvm-%03d", i))
+		envs[tags["env"]] = true
+		if tags["team"] == "" || tags["cost-center"] == "" {
+			t.Errorf("tags %v lack a team or cost center", tags)
+		}
+	}
+	if !envs["prod"] || !envs["staging"] || len(envs) != 2 {
+		t.Errorf("envs over 50 VMs: %v, want prod and staging", envs)
+	}
+}

@@ -184,7 +184,7 @@ func New(cfg Config) (*Fleet, error) {
 		}
 		spec := azuresim.VMSpec{
 			Subscription: rid.SubscriptionID, ResourceGroup: rid.ResourceGroupName, Name: rid.Name,
-			Location: "westeurope", VMID: v.VMID(), Size: size,
+			Location: "westeurope", VMID: v.VMID(), Size: size, Tags: azuresim.TagsFor(rid.Name),
 		}
 		f.specs[v.VMKey()] = spec
 		f.vms[v.VMKey()] = &VM{Key: v.VMKey(), ResourceID: v.ResourceID(), Name: fmt.Sprintf("%s (#%d)", rid.Name, i+1), VMID: v.VMID(), Platform: v.Platform()}
