@@ -245,12 +245,12 @@ func newDevRun(ctx context.Context, env *devenv.Env, o *devOptions, dataDir stri
 		// starts.
 		connect = enrollingAgents(bus.Config{URL: env.URL}, func() string { return d.enrollURL }, env.Logger)
 	}
-	onFault, onLifecycle := scenarioNotes(&d.collector)
+	onFault, onLifecycle, onConfig := scenarioNotes(&d.collector)
 	var err error
 	d.fleet, err = fleet.New(fleet.Config{
 		VMs: o.vms, Scenario: o.scenario, TamperAfter: o.tamperAfter,
 		Logger:  env.Logger.With("component", "fleet"),
-		OnFault: onFault, OnLifecycle: onLifecycle,
+		OnFault: onFault, OnLifecycle: onLifecycle, OnConfig: onConfig,
 		Connect: connect,
 	})
 	if err != nil {

@@ -87,10 +87,10 @@ func runSim(cmd *cobra.Command, o *simRunOptions) error {
 	defer conn.Close()
 	started := time.Now()
 	var col *devview.Collector
-	onFault, onLifecycle := scenarioNotes(&col)
+	onFault, onLifecycle, onConfig := scenarioNotes(&col)
 	fc := fleet.Config{
 		VMs: o.vms, Scenario: o.scenario, TamperAfter: o.tamperAfter, WebhookURL: o.webhook, ARMListen: o.armListen,
-		OnFault: onFault, OnLifecycle: onLifecycle,
+		OnFault: onFault, OnLifecycle: onLifecycle, OnConfig: onConfig,
 	}
 	if o.enrollURL != "" {
 		// The agents connect like the simulator (URL and TLS), with

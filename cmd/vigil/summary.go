@@ -47,12 +47,15 @@ func writeSummary(out io.Writer, path string, s devview.Summary) error {
 }
 
 // scenarioNotes makes the fleet's scenario visible in the live view.
-func scenarioNotes(col **devview.Collector) (onFault, onLifecycle func(vm, name, what string)) {
+func scenarioNotes(col **devview.Collector) (onFault, onLifecycle, onConfig func(vm, name, what string)) {
 	onFault = func(vm, name, fault string) {
 		(*col).Note(vm, fmt.Sprintf("%s  scenario: the VM goes bad (%s)", name, fault))
 	}
 	onLifecycle = func(vm, name, op string) {
 		(*col).Note(vm, fmt.Sprintf("%s  scenario: Azure reports %s", name, op))
 	}
-	return onFault, onLifecycle
+	onConfig = func(vm, name, change string) {
+		(*col).Note(vm, fmt.Sprintf("%s  scenario: an operator changes the VM in Azure: %s", name, change))
+	}
+	return onFault, onLifecycle, onConfig
 }
