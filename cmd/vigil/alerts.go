@@ -39,18 +39,21 @@ notifier's key and never shown again. See docs/alerts.md.`,
 	return cmd
 }
 
-// alertsStore connects and opens the notifier's store.
-func alertsStore(ctx context.Context, o *keyguardConn) (*bus.Conn, *notifier.Store, error) {
+// withAlertsStore runs f within --timeout with a connection (o's) and the
+// notifier's store, and closes the connection after.
+func withAlertsStore(ctx context.Context, o *keyguardConn, f func(ctx context.Context, c *bus.Conn, s *notifier.Store) error) error {
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
 	c, err := o.connect(ctx)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
+	defer c.Close()
 	s, err := notifier.OpenStore(ctx, c.JS)
 	if err != nil {
-		_ = c.Close()
-		return nil, nil, &exitError{code: 1, msg: err.Error()}
+		return &exitError{code: 1, msg: err.Error()}
 	}
-	return c, s, nil
+	return f(ctx, c, s)
 }
 
 // keyValues parses repeated k=v flags.
@@ -166,25 +169,20 @@ func newAlertsSubscribeCmd(o *keyguardConn) *cobra.Command {
 			if f.noHandshake {
 				origin = ""
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
-			defer cancel()
-			c, s, err := alertsStore(ctx, o)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			client := sink.NewClient(sink.ClientOptions{AllowPrivate: f.allowPrivate, UserAgent: "vigil-cli"})
-			sub, err := s.Subscribe(ctx, notifier.Request{ID: f.id, Description: f.description, Protocol: f.protocol, URL: f.url,
-				Settings: settings, Filters: filters, RateLimit: f.rateLimit, Actor: actor, Origin: origin,
-				Secrets: sink.Secrets{WebhookSecrets: f.secrets, BearerToken: f.bearer, RoutingKey: f.routingKey}}, client)
-			if errors.Is(err, notifier.ErrInvalid) || errors.Is(err, sink.ErrInvalidSpec) || errors.Is(err, sink.ErrRefused) {
-				return &exitError{code: 2, msg: err.Error()}
-			}
-			if err != nil {
-				return &exitError{code: 1, msg: err.Error()}
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "subscribed %s: %s to %s\n", sub.ID, sub.Protocol, sub.Sink)
-			return nil
+			return withAlertsStore(cmd.Context(), o, func(ctx context.Context, c *bus.Conn, s *notifier.Store) error {
+				client := sink.NewClient(sink.ClientOptions{AllowPrivate: f.allowPrivate, UserAgent: "vigil-cli"})
+				sub, err := s.Subscribe(ctx, notifier.Request{ID: f.id, Description: f.description, Protocol: f.protocol, URL: f.url,
+					Settings: settings, Filters: filters, RateLimit: f.rateLimit, Actor: actor, Origin: origin,
+					Secrets: sink.Secrets{WebhookSecrets: f.secrets, BearerToken: f.bearer, RoutingKey: f.routingKey}}, client)
+				if errors.Is(err, notifier.ErrInvalid) || errors.Is(err, sink.ErrInvalidSpec) || errors.Is(err, sink.ErrRefused) {
+					return &exitError{code: 2, msg: err.Error()}
+				}
+				if err != nil {
+					return &exitError{code: 1, msg: err.Error()}
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "subscribed %s: %s to %s\n", sub.ID, sub.Protocol, sub.Sink)
+				return nil
+			})
 		},
 	}
 	fl := cmd.Flags()
@@ -264,45 +262,40 @@ func newAlertsListCmd(o *keyguardConn) *cobra.Command {
 		Short: "List subscriptions with their health: last delivery, last error, consecutive failures, backlog",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
-			defer cancel()
-			c, s, err := alertsStore(ctx, o)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			subs, err := s.Subscriptions(ctx)
-			if err != nil {
-				return &exitError{code: 1, msg: err.Error()}
-			}
-			w := cmd.OutOrStdout()
-			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-			if !asJSON {
-				fmt.Fprintln(tw, "ID\tPROTOCOL\tSINK\tSTATE\tLAST DELIVERY\tFAILURES\tBACKLOG\tLAST ERROR")
-			}
-			for _, sub := range subs {
-				v, err := viewOf(ctx, c, s, sub)
+			return withAlertsStore(cmd.Context(), o, func(ctx context.Context, c *bus.Conn, s *notifier.Store) error {
+				subs, err := s.Subscriptions(ctx)
 				if err != nil {
 					return &exitError{code: 1, msg: err.Error()}
 				}
-				if asJSON {
-					if err := json.NewEncoder(w).Encode(v); err != nil {
-						return err
+				w := cmd.OutOrStdout()
+				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+				if !asJSON {
+					fmt.Fprintln(tw, "ID\tPROTOCOL\tSINK\tSTATE\tLAST DELIVERY\tFAILURES\tBACKLOG\tLAST ERROR")
+				}
+				for _, sub := range subs {
+					v, err := viewOf(ctx, c, s, sub)
+					if err != nil {
+						return &exitError{code: 1, msg: err.Error()}
 					}
-					continue
+					if asJSON {
+						if err := json.NewEncoder(w).Encode(v); err != nil {
+							return err
+						}
+						continue
+					}
+					backlog := "-"
+					if v.Backlog != nil {
+						backlog = fmt.Sprint(*v.Backlog)
+					}
+					lastErr := v.Health.LastError
+					if len(lastErr) > 60 {
+						lastErr = lastErr[:60] + "..."
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", v.ID, v.Protocol, v.Sink, v.state(), ago(v.Health.LastDelivery),
+						v.Health.ConsecutiveFailures, backlog, lastErr)
 				}
-				backlog := "-"
-				if v.Backlog != nil {
-					backlog = fmt.Sprint(*v.Backlog)
-				}
-				lastErr := v.Health.LastError
-				if len(lastErr) > 60 {
-					lastErr = lastErr[:60] + "..."
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", v.ID, v.Protocol, v.Sink, v.state(), ago(v.Health.LastDelivery),
-					v.Health.ConsecutiveFailures, backlog, lastErr)
-			}
-			return tw.Flush()
+				return tw.Flush()
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "one JSON object per subscription")
@@ -315,24 +308,19 @@ func newAlertsShowCmd(o *keyguardConn) *cobra.Command {
 		Short: "Print a subscription and its health as JSON (its sink URL redacted, its secrets never)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
-			defer cancel()
-			c, s, err := alertsStore(ctx, o)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			sub, _, err := s.Subscription(ctx, args[0])
-			if err != nil {
-				return notFoundOr1(err)
-			}
-			v, err := viewOf(ctx, c, s, sub)
-			if err != nil {
-				return &exitError{code: 1, msg: err.Error()}
-			}
-			enc := json.NewEncoder(cmd.OutOrStdout())
-			enc.SetIndent("", "  ")
-			return enc.Encode(v)
+			return withAlertsStore(cmd.Context(), o, func(ctx context.Context, c *bus.Conn, s *notifier.Store) error {
+				sub, _, err := s.Subscription(ctx, args[0])
+				if err != nil {
+					return notFoundOr1(err)
+				}
+				v, err := viewOf(ctx, c, s, sub)
+				if err != nil {
+					return &exitError{code: 1, msg: err.Error()}
+				}
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(v)
+			})
 		},
 	}
 }
@@ -347,18 +335,13 @@ func newAlertsDeleteCmd(o *keyguardConn) *cobra.Command {
 		Short: "Delete a subscription (the notifier deletes its consumer; its history stays in the bucket)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
-			defer cancel()
-			c, s, err := alertsStore(ctx, o)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			if err := s.DeleteSubscription(ctx, args[0]); err != nil {
-				return notFoundOr1(err)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "deleted %s\n", args[0])
-			return nil
+			return withAlertsStore(cmd.Context(), o, func(ctx context.Context, c *bus.Conn, s *notifier.Store) error {
+				if err := s.DeleteSubscription(ctx, args[0]); err != nil {
+					return notFoundOr1(err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "deleted %s\n", args[0])
+				return nil
+			})
 		},
 	}
 }
@@ -373,29 +356,24 @@ func newAlertsPauseCmd(o *keyguardConn, pause bool) *cobra.Command {
 		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
-			defer cancel()
-			c, s, err := alertsStore(ctx, o)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			_, err = s.UpdateSubscription(ctx, args[0], func(sub *notifier.Subscription) error {
-				sub.Paused = pause
-				if !pause {
-					sub.ResumedAt = time.Now().UTC()
+			return withAlertsStore(cmd.Context(), o, func(ctx context.Context, c *bus.Conn, s *notifier.Store) error {
+				_, err := s.UpdateSubscription(ctx, args[0], func(sub *notifier.Subscription) error {
+					sub.Paused = pause
+					if !pause {
+						sub.ResumedAt = time.Now().UTC()
+					}
+					return nil
+				})
+				if err != nil {
+					return notFoundOr1(err)
 				}
+				verb := "paused"
+				if !pause {
+					verb = "resumed"
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", verb, args[0])
 				return nil
 			})
-			if err != nil {
-				return notFoundOr1(err)
-			}
-			verb := "paused"
-			if !pause {
-				verb = "resumed"
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", verb, args[0])
-			return nil
 		},
 	}
 }
@@ -417,46 +395,41 @@ func newAlertsTestCmd(o *keyguardConn) *cobra.Command {
 		Short: "Send a test notification through the notifier to a subscription's sink and report the outcome",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
-			defer cancel()
-			c, s, err := alertsStore(ctx, o)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			id := args[0]
-			if _, _, err := s.Subscription(ctx, id); err != nil {
-				return notFoundOr1(err)
-			}
-			before, err := s.Health(ctx, id)
-			if err != nil {
-				return &exitError{code: 1, msg: err.Error()}
-			}
-			var rnd [8]byte
-			_, _ = rand.Read(rnd[:])
-			now := time.Now().UTC()
-			n := sink.Notification{ID: "test-" + hex.EncodeToString(rnd[:]), Key: "vigil.test/" + id, State: sink.Firing, Time: now, Source: "/vigil/cli",
-				Alert: events.Alert{Severity: events.SeverityInfo, Code: "vigil.test", Message: "test notification from vigil alerts test", Source: "vigil-cli", At: now}}
-			if err := replay(ctx, c, notifier.DeadLetter{Subscription: id, Notification: n, At: now}); err != nil {
-				return &exitError{code: 1, msg: err.Error()}
-			}
-			for {
-				h, err := s.Health(ctx, id)
-				switch {
-				case err != nil:
+			return withAlertsStore(cmd.Context(), o, func(ctx context.Context, c *bus.Conn, s *notifier.Store) error {
+				id := args[0]
+				if _, _, err := s.Subscription(ctx, id); err != nil {
+					return notFoundOr1(err)
+				}
+				before, err := s.Health(ctx, id)
+				if err != nil {
 					return &exitError{code: 1, msg: err.Error()}
-				case h.LastDelivery.After(before.LastDelivery) && !h.LastDelivery.Before(now):
-					fmt.Fprintf(cmd.OutOrStdout(), "delivered test notification %s to %s\n", n.ID, id)
-					return nil
-				case h.LastErrorAt.After(before.LastErrorAt) && !h.LastErrorAt.Before(now):
-					return &exitError{code: 1, msg: fmt.Sprintf("the sink of %s failed: %s (the notifier retries it)", id, h.LastError)}
 				}
-				select {
-				case <-ctx.Done():
-					return &exitError{code: 1, msg: fmt.Sprintf("no outcome within --timeout: is vigil-notifier running, and %s active (vigil alerts list)?", id)}
-				case <-time.After(100 * time.Millisecond):
+				var rnd [8]byte
+				_, _ = rand.Read(rnd[:])
+				now := time.Now().UTC()
+				n := sink.Notification{ID: "test-" + hex.EncodeToString(rnd[:]), Key: "vigil.test/" + id, State: sink.Firing, Time: now, Source: "/vigil/cli",
+					Alert: events.Alert{Severity: events.SeverityInfo, Code: "vigil.test", Message: "test notification from vigil alerts test", Source: "vigil-cli", At: now}}
+				if err := replay(ctx, c, notifier.DeadLetter{Subscription: id, Notification: n, At: now}); err != nil {
+					return &exitError{code: 1, msg: err.Error()}
 				}
-			}
+				for {
+					h, err := s.Health(ctx, id)
+					switch {
+					case err != nil:
+						return &exitError{code: 1, msg: err.Error()}
+					case h.LastDelivery.After(before.LastDelivery) && !h.LastDelivery.Before(now):
+						fmt.Fprintf(cmd.OutOrStdout(), "delivered test notification %s to %s\n", n.ID, id)
+						return nil
+					case h.LastErrorAt.After(before.LastErrorAt) && !h.LastErrorAt.Before(now):
+						return &exitError{code: 1, msg: fmt.Sprintf("the sink of %s failed: %s (the notifier retries it)", id, h.LastError)}
+					}
+					select {
+					case <-ctx.Done():
+						return &exitError{code: 1, msg: fmt.Sprintf("no outcome within --timeout: is vigil-notifier running, and %s active (vigil alerts list)?", id)}
+					case <-time.After(100 * time.Millisecond):
+					}
+				}
+			})
 		},
 	}
 }

@@ -54,18 +54,13 @@ which the auditor logs.`,
 			if err := notifier.ValidateSilence(sl); err != nil {
 				return usageError("%v", err)
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
-			defer cancel()
-			c, s, err := alertsStore(ctx, o)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			if err := recordSilence(ctx, c, s, sl, "set"); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "silence %s until %s\n", id, sl.Until.Format(time.RFC3339))
-			return nil
+			return withAlertsStore(cmd.Context(), o, func(ctx context.Context, c *bus.Conn, s *notifier.Store) error {
+				if err := recordSilence(ctx, c, s, sl, "set"); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "silence %s until %s\n", id, sl.Until.Format(time.RFC3339))
+				return nil
+			})
 		},
 	}
 	f := cmd.Flags()
@@ -102,38 +97,33 @@ func newSilenceListCmd(o *keyguardConn) *cobra.Command {
 		Short: "List the silences in force (--all: the expired and lifted ones too)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
-			defer cancel()
-			c, s, err := alertsStore(ctx, o)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			list, err := s.Silences(ctx)
-			if err != nil {
-				return &exitError{code: 1, msg: err.Error()}
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tUNTIL\tSTATE\tBY\tMATCH\tREASON")
-			now := time.Now()
-			for _, sl := range list {
-				state := "active"
-				switch {
-				case sl.Lifted:
-					state = "lifted"
-				case !now.Before(sl.Until):
-					state = "expired"
+			return withAlertsStore(cmd.Context(), o, func(ctx context.Context, c *bus.Conn, s *notifier.Store) error {
+				list, err := s.Silences(ctx)
+				if err != nil {
+					return &exitError{code: 1, msg: err.Error()}
 				}
-				if state != "active" && !all {
-					continue
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
+				fmt.Fprintln(tw, "ID\tUNTIL\tSTATE\tBY\tMATCH\tREASON")
+				now := time.Now()
+				for _, sl := range list {
+					state := "active"
+					switch {
+					case sl.Lifted:
+						state = "lifted"
+					case !now.Before(sl.Until):
+						state = "expired"
+					}
+					if state != "active" && !all {
+						continue
+					}
+					var m []string
+					for k, v := range sl.Match {
+						m = append(m, k+"="+v)
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", sl.ID, sl.Until.Format(time.RFC3339), state, sl.Actor, strings.Join(m, ","), sl.Reason)
 				}
-				var m []string
-				for k, v := range sl.Match {
-					m = append(m, k+"="+v)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", sl.ID, sl.Until.Format(time.RFC3339), state, sl.Actor, strings.Join(m, ","), sl.Reason)
-			}
-			return tw.Flush()
+				return tw.Flush()
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "include expired and lifted silences")
@@ -151,28 +141,23 @@ func newSilenceLiftCmd(o *keyguardConn) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
-			defer cancel()
-			c, s, err := alertsStore(ctx, o)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			list, err := s.Silences(ctx)
-			if err != nil {
-				return &exitError{code: 1, msg: err.Error()}
-			}
-			for _, sl := range list {
-				if sl.ID == args[0] {
-					sl.Lifted, sl.Actor = true, actor
-					if err := recordSilence(ctx, c, s, sl, "lift"); err != nil {
-						return err
-					}
-					fmt.Fprintf(cmd.OutOrStdout(), "lifted %s\n", sl.ID)
-					return nil
+			return withAlertsStore(cmd.Context(), o, func(ctx context.Context, c *bus.Conn, s *notifier.Store) error {
+				list, err := s.Silences(ctx)
+				if err != nil {
+					return &exitError{code: 1, msg: err.Error()}
 				}
-			}
-			return &exitError{code: 1, msg: fmt.Sprintf("no silence %s", args[0])}
+				for _, sl := range list {
+					if sl.ID == args[0] {
+						sl.Lifted, sl.Actor = true, actor
+						if err := recordSilence(ctx, c, s, sl, "lift"); err != nil {
+							return err
+						}
+						fmt.Fprintf(cmd.OutOrStdout(), "lifted %s\n", sl.ID)
+						return nil
+					}
+				}
+				return &exitError{code: 1, msg: fmt.Sprintf("no silence %s", args[0])}
+			})
 		},
 	}
 	cmd.Flags().StringVar(&actorFlag, "actor", operatorName(), "who lifts it, without an administrator's --nats-creds [VIGIL_ACTOR]")
