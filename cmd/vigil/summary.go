@@ -16,7 +16,7 @@ import (
 func summarizeRun(col *devview.Collector, fl *fleet.Fleet, started time.Time) devview.Summary {
 	tampered := map[string]string{}
 	deleted := map[string]bool{}
-	var keys []string
+	var keys, drifted []string
 	for _, v := range fl.VMs() {
 		keys = append(keys, v.Key)
 		if v.Fault != "" {
@@ -25,8 +25,13 @@ func summarizeRun(col *devview.Collector, fl *fleet.Fleet, started time.Time) de
 		if v.Deleted {
 			deleted[v.Key] = true
 		}
+		if v.Drifted {
+			drifted = append(drifted, v.Key)
+		}
 	}
-	return col.Summarize(keys, tampered, deleted, started)
+	s := col.Summarize(keys, tampered, deleted, started)
+	s.Drifted = append(s.Drifted, drifted...)
+	return s
 }
 
 // writeSummary writes s as indented JSON to path (when set) and prints its

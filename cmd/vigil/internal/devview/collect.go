@@ -273,12 +273,16 @@ type Summary struct {
 	AlertsBySeverity    map[string]int    `json:"alerts_by_severity"`
 	Tampered            map[string]string `json:"tampered"` // VM key -> fault
 	Deleted             []string          `json:"deleted"`  // deleted by the scenario: retired, keys revoked
-	HealthyRevoked      []string          `json:"healthy_revoked"`
-	DeletedNotRevoked   []string          `json:"deleted_not_revoked"`
-	TamperedNotRevoked  []string          `json:"tampered_not_revoked"`
-	HealthyNotTrusted   []string          `json:"healthy_not_trusted"`
-	DataDir             string            `json:"data_dir"`
-	DurationSeconds     float64           `json:"duration_s"`
+	// Drifted are the healthy VMs whose configuration the scenario changed
+	// in ARM and fixed again: a finding alert fired and resolved; they stay
+	// trusted (a finding does not change a VM's status) and keep their keys.
+	Drifted            []string `json:"drifted"`
+	HealthyRevoked     []string `json:"healthy_revoked"`
+	DeletedNotRevoked  []string `json:"deleted_not_revoked"`
+	TamperedNotRevoked []string `json:"tampered_not_revoked"`
+	HealthyNotTrusted  []string `json:"healthy_not_trusted"`
+	DataDir            string   `json:"data_dir"`
+	DurationSeconds    float64  `json:"duration_s"`
 }
 
 // Latency holds percentiles in milliseconds.
@@ -331,7 +335,7 @@ func (c *Collector) Summarize(fleet []string, tampered map[string]string, delete
 		VMs: len(fleet), Verdicts: map[string]int{}, Statuses: map[string]int{}, Revoked: []string{},
 		Alerts: c.alerts, AlertsBySeverity: map[string]int{}, Tampered: tampered,
 		HealthyRevoked: []string{}, TamperedNotRevoked: []string{}, HealthyNotTrusted: []string{},
-		Deleted: []string{}, DeletedNotRevoked: []string{},
+		Deleted: []string{}, DeletedNotRevoked: []string{}, Drifted: []string{},
 		Audit:           Audit{Entries: c.checkpoint, CheckpointSize: c.checkpoint},
 		DurationSeconds: time.Since(started).Seconds(),
 	}
