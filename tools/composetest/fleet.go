@@ -16,10 +16,14 @@ import (
 // fleetState is what the bus says about the fleet, read as an
 // administrator.
 type fleetState struct {
-	status  map[string]events.VMStatus
-	grants  map[string][]grant // by VM
-	alerted map[string]bool    // VMs with an alert
-	events  uint64             // last sequence of VIGIL_EVENTS
+	status map[string]events.VMStatus
+	grants map[string][]grant // by VM
+	// alerted are the VMs with a vm.untrusted alert firing: not any alert
+	// (every VM gets an info alert for its configuration when ingest
+	// first reads it, and the tamper scenario drifts a healthy VM's
+	// configuration, which fires and resolves a finding alert).
+	alerted map[string]bool
+	events  uint64 // last sequence of VIGIL_EVENTS
 }
 
 // grant is the part of keyguard's grant record read here.
@@ -29,8 +33,8 @@ type grant struct {
 	RevokedFor string `json:"revoked_for"`
 }
 
-// readFleet reads every VM's status and grants, the VMs alerted about,
-// and the events stream's last sequence.
+// readFleet reads every VM's status and grants, the VMs alerted about as
+// untrusted, and the events stream's last sequence.
 func readFleet(ctx context.Context, js jetstream.JetStream) (*fleetState, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -69,11 +73,25 @@ func readFleet(ctx context.Context, js jetstream.JetStream) (*fleetState, error)
 			Data events.Alert `json:"data"`
 		}
 		if json.Unmarshal(m.Data(), &env) == nil && env.Data.VMKey != "" {
-			st.alerted[env.Data.VMKey] = true
+			st.alerted[env.Data.VMKey] = untrustedAlert(env.Data, st.alerted[env.Data.VMKey])
 		}
 		return nil
 	})
 	return st, err
+}
+
+// untrustedAlert is whether a VM's vm.untrusted alert fires after a, in
+// stream order, when before it did (was): a vm.untrusted raises it, a
+// resolve of the VM's attestation key ends it, other alerts change
+// nothing.
+func untrustedAlert(a events.Alert, was bool) bool {
+	switch {
+	case a.Code == "vm.untrusted" && !a.Resolved():
+		return true
+	case a.Resolved() && a.Key == events.AlertKey(a.VMKey, "attestation"):
+		return false
+	}
+	return was
 }
 
 // readBucket calls f with the value of every key of a KV bucket.
@@ -156,8 +174,9 @@ func fleetExpect(vms int) (untrusted int) {
 
 // judge says whether the fleet is where the tamper scenario must bring it:
 // done when every VM has a verdict and the untrusted ones (at least the
-// scenario's) are revoked and alerted; an error, at once, for a VM whose
-// key is revoked while it is trusted (falsely revoked).
+// scenario's) are revoked and alerted (vm.untrusted firing); an error, at
+// once, for a VM whose key is revoked while it is trusted or warning
+// (releasable: falsely revoked; no VM of the scenario recovers).
 func (st *fleetState) judge(vms, wantUntrusted int) (done bool, summary string, err error) {
 	var attested, trusted, untrusted, revoked int
 	var pending []string
@@ -176,9 +195,9 @@ func (st *fleetState) judge(vms, wantUntrusted int) (done bool, summary string, 
 			revoked++
 		}
 		switch {
-		case isRevoked && s.Status == events.StatusTrusted:
-			return false, "", fmt.Errorf("VM %s is trusted (since %s, last verdict %s at %s) but its key is revoked (%+v)",
-				vm, s.Since.Format(time.RFC3339), s.LastVerdictStatus, s.LastVerdictAt.Format(time.RFC3339), st.grants[vm])
+		case isRevoked && s.Status.Releasable():
+			return false, "", fmt.Errorf("VM %s is %s (since %s, last verdict %s at %s) but its key is revoked (%+v)",
+				vm, s.Status, s.Since.Format(time.RFC3339), s.LastVerdictStatus, s.LastVerdictAt.Format(time.RFC3339), st.grants[vm])
 		case s.Status == events.StatusUntrusted && (!isRevoked || !st.alerted[vm]):
 			pending = append(pending, fmt.Sprintf("%s (revoked %v, alerted %v)", vm, isRevoked, st.alerted[vm]))
 		}
