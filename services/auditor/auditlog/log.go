@@ -32,6 +32,28 @@ var (
 	ErrBadProof = errors.New("inclusion proof does not verify")
 )
 
+// Reader reads a log in the C2SP tlog-tiles layout: a directory (Dir) or a
+// log served over HTTP (HTTPLog). It is the read side of Tessera's
+// LogReader; a file that does not exist is reported as fs.ErrNotExist.
+type Reader interface {
+	// ReadCheckpoint returns the log's latest checkpoint, unverified.
+	ReadCheckpoint(ctx context.Context) ([]byte, error)
+	// ReadTile returns a tile; p is its width for a partial tile, 0 for a
+	// full one.
+	ReadTile(ctx context.Context, level, index uint64, p uint8) ([]byte, error)
+	// ReadEntryBundle returns an entry bundle; p as for ReadTile.
+	ReadEntryBundle(ctx context.Context, index uint64, p uint8) ([]byte, error)
+}
+
+// partialLister is implemented by readers that can list the older partial
+// versions of a tile or bundle (a directory can, HTTP cannot), which Verify
+// then checks too.
+type partialLister interface {
+	partialWidths(path string) ([]uint8, error)
+}
+
+var _ Reader = (*Dir)(nil)
+
 // Dir is a read-only view of a log directory in the C2SP tlog-tiles layout
 // (checkpoint, tile/..., entries/...).
 type Dir struct {

@@ -114,7 +114,7 @@ func truncate(s string) string {
 // checkpoint, with the entry as extra data. With a verifier it first checks
 // the checkpoint's signature; without one the checkpoint is used as found
 // (the proof is checked with the key later anyway).
-func Prove(ctx context.Context, d *Dir, index uint64, v note.Verifier) (*Proof, error) {
+func Prove(ctx context.Context, d Reader, index uint64, v note.Verifier) (*Proof, error) {
 	raw, err := d.ReadCheckpoint(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("auditlog: read checkpoint: %w", err)
@@ -138,6 +138,17 @@ func Prove(ctx context.Context, d *Dir, index uint64, v note.Verifier) (*Proof, 
 		}
 		size, root = cp.Size, cp.Hash
 	}
+	return proveAt(ctx, d, index, size, root, raw)
+}
+
+// ProveAt builds an inclusion proof for entry index against cp, a
+// checkpoint of the log d reads that was verified before (for example by a
+// Verifier), with the entry as extra data.
+func ProveAt(ctx context.Context, d Reader, index uint64, cp Checkpoint) (*Proof, error) {
+	return proveAt(ctx, d, index, cp.Size, cp.Hash, cp.Raw)
+}
+
+func proveAt(ctx context.Context, d Reader, index, size uint64, root, raw []byte) (*Proof, error) {
 	if index >= size {
 		return nil, fmt.Errorf("auditlog: entry %d is not in the log: its checkpoint has %d entries", index, size)
 	}

@@ -20,7 +20,7 @@ type SearchResult struct {
 // signature is checked first and, at the end, the root recomputed from the
 // entries must equal the checkpoint's (so what was listed is what the log
 // commits to); without one nothing is verified.
-func Search(ctx context.Context, d *Dir, v note.Verifier, match func(*Record) bool, fn func(index uint64, r *Record) error) (SearchResult, error) {
+func Search(ctx context.Context, d Reader, v note.Verifier, match func(*Record) bool, fn func(index uint64, r *Record) error) (SearchResult, error) {
 	raw, err := d.ReadCheckpoint(ctx)
 	if err != nil {
 		return SearchResult{}, fmt.Errorf("auditlog: read checkpoint: %w", err)

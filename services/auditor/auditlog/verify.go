@@ -27,8 +27,9 @@ type VerifyOptions struct {
 type Report struct {
 	Origin     string `json:"origin"`
 	Size       uint64 `json:"size"`
-	Root       []byte `json:"root"`       // base64 in JSON
-	Checkpoint string `json:"checkpoint"` // the signed note verified
+	From       uint64 `json:"from,omitempty"` // a Verifier's update: the size it started from
+	Root       []byte `json:"root"`           // base64 in JSON
+	Checkpoint string `json:"checkpoint"`     // the signed note verified
 
 	Events      uint64 `json:"events"`
 	Invalid     uint64 `json:"invalid"`
@@ -57,7 +58,7 @@ func (r *Report) String() string {
 // that every entry is a well-formed record and the records account for the
 // stream's sequences 1..N each exactly once; and that the log is
 // consistent with each trusted earlier checkpoint (no fork, no rollback).
-func Verify(ctx context.Context, d *Dir, v note.Verifier, opts VerifyOptions) (*Report, error) {
+func Verify(ctx context.Context, d Reader, v note.Verifier, opts VerifyOptions) (*Report, error) {
 	raw, err := d.ReadCheckpoint(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%w: read checkpoint: %w", ErrTampered, err)
@@ -85,32 +86,8 @@ func Verify(ctx context.Context, d *Dir, v note.Verifier, opts VerifyOptions) (*
 
 	cov := NewCoverage(1)
 	root, st, err := scan(ctx, d, cp.Size, scanOptions{checkFiles: true, rootsAt: rootsAt}, func(index uint64, entry []byte) error {
-		r, err := ParseRecord(entry)
-		if err != nil {
-			return fmt.Errorf("%w: entry %d: %w", ErrTampered, index, err)
-		}
-		if rep.Stream == "" {
-			rep.Stream = r.Stream
-		} else if r.Stream != rep.Stream {
-			return fmt.Errorf("%w: entry %d is from stream %q, the log records %q", ErrTampered, index, r.Stream, rep.Stream)
-		}
-		switch r.Kind {
-		case KindEvent:
-			rep.Events++
-		case KindInvalid:
-			rep.Invalid++
-		case KindGap:
-			rep.Gaps++
-			rep.MissingSeqs += r.Seq - r.FirstSeq + 1
-		}
-		ooo, err := cov.Add(r.FirstCovered(), r.Seq)
-		if err != nil {
-			return fmt.Errorf("%w: entry %d: %w", ErrTampered, index, err)
-		}
-		if ooo {
-			rep.OutOfOrder++
-		}
-		return nil
+		_, err := rep.add(cov, index, entry)
+		return err
 	})
 	rep.Bundles, rep.Tiles, rep.OtherFiles = st.Bundles, st.Tiles, st.ObsoleteFiles
 	if err != nil {
@@ -132,6 +109,38 @@ func Verify(ctx context.Context, d *Dir, v note.Verifier, opts VerifyOptions) (*
 		rep.TrustedSizes = append(rep.TrustedSizes, tc.Size)
 	}
 	return rep, nil
+}
+
+// add checks the record in entry (at index) and counts it: a well-formed
+// record of the log's one stream, accounting for sequences not accounted
+// for before.
+func (rep *Report) add(cov *Coverage, index uint64, entry []byte) (*Record, error) {
+	r, err := ParseRecord(entry)
+	if err != nil {
+		return nil, fmt.Errorf("%w: entry %d: %w", ErrTampered, index, err)
+	}
+	if rep.Stream == "" {
+		rep.Stream = r.Stream
+	} else if r.Stream != rep.Stream {
+		return nil, fmt.Errorf("%w: entry %d is from stream %q, the log records %q", ErrTampered, index, r.Stream, rep.Stream)
+	}
+	switch r.Kind {
+	case KindEvent:
+		rep.Events++
+	case KindInvalid:
+		rep.Invalid++
+	case KindGap:
+		rep.Gaps++
+		rep.MissingSeqs += r.Seq - r.FirstSeq + 1
+	}
+	ooo, err := cov.Add(r.FirstCovered(), r.Seq)
+	if err != nil {
+		return nil, fmt.Errorf("%w: entry %d: %w", ErrTampered, index, err)
+	}
+	if ooo {
+		rep.OutOfOrder++
+	}
+	return &r, nil
 }
 
 // Coverage tracks which stream sequences a log's records account for.
