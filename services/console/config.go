@@ -44,6 +44,13 @@ type Config struct {
 	// checkpoints only.
 	AuditLogDir  string
 	AuditKeyFile string
+	// AuditURL is, instead of AuditLogDir, where the log is served over
+	// HTTP(S) in the tlog-tiles layout: the auditor's /log/ (for example
+	// http://auditor:8083/log/). What it serves is verified against
+	// checkpoints signed by AuditKeyFile's key, so plain HTTP is enough.
+	AuditURL string
+	// AuditTimeout bounds each request to AuditURL. Default 10s.
+	AuditTimeout time.Duration
 	// VerifyEvery is how often the console verifies the audit log.
 	// Default 30s.
 	VerifyEvery time.Duration

@@ -19,7 +19,7 @@ func Run(ctx context.Context, c Config) error {
 	if err != nil {
 		return err
 	}
-	audit, err := newAuditView(cfg.AuditLogDir, cfg.AuditKeyFile)
+	audit, err := newAuditView(cfg.AuditLogDir, cfg.AuditURL, cfg.AuditKeyFile, cfg.AuditTimeout)
 	if err != nil {
 		return fmt.Errorf("console: %w", err)
 	}

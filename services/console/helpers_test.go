@@ -53,7 +53,7 @@ func testServer(t testing.TB, cfg Config, x *Index) (*server, *httptest.Server) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	audit, err := newAuditView(cfg.AuditLogDir, cfg.AuditKeyFile)
+	audit, err := newAuditView(cfg.AuditLogDir, cfg.AuditURL, cfg.AuditKeyFile, cfg.AuditTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
