@@ -36,15 +36,38 @@ const maxCASAttempts = 8
 func (w *Worker) handleJob(ctx context.Context, m *bus.Message) error {
 	ctx, cancel := w.jobContext(ctx)
 	defer cancel()
-	p, err := w.resolveJob(ctx, m)
-	if err != nil {
-		return err
-	}
-	switch p.action {
-	case jobSkip:
-		return nil
-	case jobComplete:
-		return w.afterStore(ctx, p.stored)
+	var p jobPlan
+	for i := 0; ; i++ {
+		var err error
+		if p, err = w.resolveJob(ctx, m); err != nil {
+			return err
+		}
+		switch p.action {
+		case jobSkip:
+			return nil
+		case jobComplete:
+			return w.afterStore(ctx, p.stored)
+		}
+		since, wait, note := w.vmidWait(&p, time.Now().UTC())
+		if note {
+			p.vmidNote = vmidNote(since, w.cfg.OnboardingLimit)
+			p.awaitingSince = since
+			w.metrics.vmidWaits.Add(ctx, 1, w.metrics.attrs.get("event", "expired"))
+		}
+		if !wait {
+			break
+		}
+		// The VM's first attestation waits for its vmId (onboard.go).
+		attestNow, err := w.deferForVMID(ctx, &p, since)
+		switch {
+		case errors.Is(err, errConflict) && i < maxCASAttempts:
+			continue // the record changed meanwhile: resolve the job again
+		case err != nil:
+			return err
+		case !attestNow:
+			return nil
+		}
+		break
 	}
 	o, err := w.attemptJob(ctx, &p)
 	if err != nil {
@@ -87,6 +110,10 @@ type jobPlan struct {
 	resourceID, vmID string
 	due              time.Time // when the attestation became due (or was requested); may be zero
 	stored           outcome   // for jobComplete
+	// vmidNote, when set, is why the attempt is made without a vmId: the
+	// VM waited for it since awaitingSince, past the onboarding limit.
+	vmidNote      events.Reason
+	awaitingSince time.Time
 }
 
 // resolveJob decodes the job, reads the VM's status record and (when it
@@ -179,6 +206,7 @@ func (w *Worker) attemptJob(ctx context.Context, p *jobPlan) (outcome, error) {
 	vm := p.job.VMKey
 	a := w.attempt(ctx, vm, p.id, p.job.Attempt, p.resourceID, p.vmID)
 	a.DueAt = p.due
+	a.VMIDNote, a.AwaitingVMIDSince = p.vmidNote, p.awaitingSince
 	w.hook("appraised", vm)
 	if a.Verdict != nil {
 		v, err := w.publishVerdict(ctx, a.Verdict)

@@ -22,6 +22,7 @@ type workerMetrics struct {
 	challenge   metric.Float64Histogram
 	verify      metric.Float64Histogram
 	inflight    metric.Int64UpDownCounter
+	vmidWaits   metric.Int64Counter
 
 	attrs attrCache
 }
@@ -42,6 +43,7 @@ func newWorkerMetrics(mp metric.MeterProvider) *workerMetrics {
 		metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 	w.verify, _ = m.Float64Histogram("vigil.attest.verify_duration", metric.WithUnit("s"), metric.WithDescription("Evidence verification and policy appraisal"),
 		metric.WithExplicitBucketBoundaries(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+	w.vmidWaits, _ = m.Int64Counter("vigil.attest.vmid_waits", metric.WithDescription("First attestations waiting for the VM's vmId (event: deferred; arrived; expired, an attempt without it after the onboarding limit)"))
 	w.inflight, _ = m.Int64UpDownCounter("vigil.attest.inflight", metric.WithDescription("Challenges in flight on this worker"))
 	return w
 }

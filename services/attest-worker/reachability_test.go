@@ -234,6 +234,15 @@ func TestSweepHealsLostScheduleAndAdoptsUnscheduledVM(t *testing.T) {
 
 	// Someone purges the schedule stream: the VM's next attestation would
 	// never come. The sweep notices the missed deadline and enqueues it.
+	// The schedule is written after the status: purge it once it is there
+	// (purged before, it would be written after the purge, and nothing
+	// would be missed).
+	sched := &scheduler{stream: mustStream(t, conn.JS, events.StreamSchedule)}
+	waitFor(t, 10*time.Second, "the trusted VM's next schedule", func() (bool, string) {
+		st, _ := statusOf(t, ctx, conn.JS, lost.VMKey())
+		job, ok, err := sched.pending(ctx, lost.VMKey())
+		return err == nil && ok && job.DueAt.Equal(st.NextDueAt), fmt.Sprintf("schedule %v (due %s), status due %s", ok, job.DueAt, st.NextDueAt)
+	})
 	if err := mustStream(t, conn.JS, events.StreamSchedule).Purge(ctx, jetstream.WithPurgeSubject(events.ScheduleSubject(lost.VMKey()))); err != nil {
 		t.Fatal(err)
 	}

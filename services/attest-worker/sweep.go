@@ -17,14 +17,17 @@ import (
 
 // sweepReport is what one sweep found.
 type sweepReport struct {
-	Checked   int           // status records looked at
-	Overdue   int           // VMs whose attestation is overdue by more than MissedAfter
-	Worst     time.Duration // the largest overdue time
-	WorstVM   string
-	Stale     int // VMs the sweep made stale
-	Enqueued  int // jobs the sweep enqueued (absorbed ones included)
-	Adopted   int // running VMs in the inventory that had no status yet
-	sampleVMs []string
+	Checked  int           // status records looked at
+	Overdue  int           // VMs whose attestation is overdue by more than MissedAfter
+	Worst    time.Duration // the largest overdue time
+	WorstVM  string
+	Stale    int // VMs the sweep made stale
+	Enqueued int // jobs the sweep enqueued (absorbed ones included)
+	Adopted  int // running VMs in the inventory that had no status yet
+	// AwaitingVMID are the VMs whose first attestation waits for their
+	// vmId (not overdue before their onboarding limit).
+	AwaitingVMID int
+	sampleVMs    []string
 }
 
 // maxSweepSample bounds the VM keys named in a missed-deadline alert.
@@ -40,6 +43,7 @@ func (w *Worker) sweep(ctx context.Context, causeID string) (sweepReport, error)
 	now := time.Now().UTC()
 	var rep sweepReport
 	tracked := map[string]bool{}
+	wantVMID := map[string]bool{} // VMs to attest as soon as their vmId is in the inventory
 	err := eachValue(ctx, w.statusKV, func(key string, val []byte) error {
 		var st events.VMStatus
 		if err := json.Unmarshal(val, &st); err != nil {
@@ -52,6 +56,14 @@ func (w *Worker) sweep(ctx context.Context, causeID string) (sweepReport, error)
 		}
 		if st.VMKey == "" {
 			st.VMKey = key
+		}
+		if wantsVMID(st) {
+			wantVMID[key] = true
+		}
+		if awaiting(st) {
+			// Due at its onboarding limit (NextDueAt): overdue, and stale
+			// after the grace period, only from then.
+			rep.AwaitingVMID++
 		}
 		due := st.NextDueAt
 		if !due.IsZero() && now.Sub(due) <= w.cfg.MissedAfter {
@@ -88,6 +100,16 @@ func (w *Worker) sweep(ctx context.Context, causeID string) (sweepReport, error)
 		return rep, err
 	}
 	err = eachValue(ctx, w.vmsKV, func(key string, val []byte) error {
+		if wantVMID[key] {
+			// The inventory watch enqueues its attestation when the vmId
+			// arrives; this catches an update it missed.
+			var rec vmRecord
+			if json.Unmarshal(val, &rec) != nil || rec.VMID == "" || rec.Deleted {
+				return nil
+			}
+			rep.Enqueued++
+			return w.vmidArrived(ctx, key, rec, causeID)
+		}
 		if tracked[key] || !events.ValidVMKey(key) {
 			return nil
 		}
@@ -126,7 +148,7 @@ func (w *Worker) sweep(ctx context.Context, causeID string) (sweepReport, error)
 		}
 	}
 	w.log.InfoContext(ctx, "sweep done", "checked", rep.Checked, "overdue", rep.Overdue, "worst", rep.Worst.Round(time.Millisecond),
-		"stale", rep.Stale, "enqueued", rep.Enqueued, "adopted", rep.Adopted, "took", time.Since(now).Round(time.Millisecond))
+		"stale", rep.Stale, "enqueued", rep.Enqueued, "adopted", rep.Adopted, "awaiting_vmid", rep.AwaitingVMID, "took", time.Since(now).Round(time.Millisecond))
 	return rep, nil
 }
 

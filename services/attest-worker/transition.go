@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/vigil-cc/vigil/pkg/events"
@@ -133,6 +134,11 @@ type attempt struct {
 	// KeepStatus records the attempt without changing the status: a
 	// scheduled attempt that finished after the VM was stopped or deleted.
 	KeepStatus bool
+	// VMIDNote, when set, says why the attempt was made without a vmId:
+	// the VM has waited for it since AwaitingVMIDSince, past the
+	// onboarding limit. It is added to the status's reasons.
+	VMIDNote          events.Reason
+	AwaitingVMIDSince time.Time
 }
 
 // outcome is the status record after an attempt and what follows from it.
@@ -169,6 +175,9 @@ func applyAttempt(prev events.VMStatus, exists bool, a attempt, t Timing) outcom
 	}
 	if a.VMID != "" {
 		st.VMID = a.VMID
+		st.AwaitingVMIDSince = time.Time{}
+	} else if a.VMIDNote.Code != "" && st.AwaitingVMIDSince.IsZero() {
+		st.AwaitingVMIDSince = a.AwaitingVMIDSince
 	}
 	st.LastJobID = a.JobID
 	st.LastAttemptAt = a.At
@@ -205,13 +214,13 @@ func applyAttempt(prev events.VMStatus, exists bool, a attempt, t Timing) outcom
 		st.LastGoodAt = a.At
 		st.ConsecutiveFailures = 0
 		st.OverdueSince = time.Time{}
-		st.Reasons = v.Reasons
+		st.Reasons = withNote(v.Reasons, a.VMIDNote)
 		st.NextDueAt = t.nextDue(a.VMKey, base)
 	case v != nil && v.Status == events.VerdictContraindicated:
 		to = events.StatusUntrusted
 		st.ConsecutiveFailures = 0
 		st.OverdueSince = time.Time{}
-		st.Reasons = v.Reasons
+		st.Reasons = withNote(v.Reasons, a.VMIDNote)
 		st.NextDueAt = t.nextDue(a.VMKey, base)
 	default:
 		// No appraisable evidence.
@@ -236,13 +245,13 @@ func applyAttempt(prev events.VMStatus, exists bool, a attempt, t Timing) outcom
 			// reasons it became untrusted for.
 		case a.At.Sub(st.OverdueSince) > t.Grace:
 			to = events.StatusStale
-			st.Reasons = []events.Reason{
+			st.Reasons = withNote([]events.Reason{
 				{Code: "evidence.stale", Message: fmt.Sprintf("no valid evidence since %s (grace %s)", st.OverdueSince.UTC().Format(time.RFC3339), t.Grace)},
 				failure,
-			}
+			}, a.VMIDNote)
 		default:
 			to = events.StatusUnreachable
-			st.Reasons = []events.Reason{failure}
+			st.Reasons = withNote([]events.Reason{failure}, a.VMIDNote)
 		}
 		st.NextDueAt = a.At.Add(t.retryDelay(st.ConsecutiveFailures))
 	}
@@ -257,6 +266,15 @@ func applyAttempt(prev events.VMStatus, exists bool, a attempt, t Timing) outcom
 	}
 	st.Status = to
 	return outcome{Status: st, From: from, Changed: changed, Retry: retry}
+}
+
+// withNote is reasons followed by note, when note is set (a new slice:
+// reasons may be a verdict's).
+func withNote(reasons []events.Reason, note events.Reason) []events.Reason {
+	if note.Code == "" {
+		return reasons
+	}
+	return append(slices.Clip(reasons), note)
 }
 
 // contraindicated says whether a's evidence was found contraindicated.

@@ -61,6 +61,14 @@ type Config struct {
 	// deadlines, stale VMs and unscheduled running VMs (default the
 	// smaller of the interval and 1 min; at least 1 s).
 	SweepEvery time.Duration
+	// OnboardingLimit bounds how long a VM's first attestation waits for
+	// the vmId ARM reports, when the policy checks vmIds (zero:
+	// DefaultOnboardingLimit, 10 min): the VM stays pending without a
+	// verdict until its vmId arrives (then it is attested at once), and
+	// past the limit it is attested without it, its status saying so
+	// (vm.vmid_not_reported). Negative: no wait (ingest without ARM, where
+	// no vmId ever comes).
+	OnboardingLimit time.Duration
 	// Policy is what evidence must satisfy; default appraise.DefaultPolicy().
 	// Newer versions published as io.vigil.policy.v1 on
 	// vigil.events.policy.<policy id>.<actor> take effect as they arrive.
@@ -102,6 +110,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MissedAfter <= 0 {
 		c.MissedAfter = min(max(c.Timing.Interval/5, 2*time.Second), time.Minute)
+	}
+	if c.OnboardingLimit == 0 {
+		c.OnboardingLimit = DefaultOnboardingLimit
 	}
 	if c.SweepEvery <= 0 {
 		c.SweepEvery = min(c.Timing.Interval, time.Minute)
@@ -294,8 +305,9 @@ func (w *Worker) consume(svc *service.Service) {
 		AckWait:       ackWait,
 		MaxAckPending: -1,
 	}, w.handleLifecycle, bus.WithConcurrency(8))
+	svc.Go("inventory", w.watchInventory)
 	t := w.policies.timing()
 	w.log.Info("attest-worker running", "policy", w.policies.policy().ID, "policy_version", w.policies.policy().Version,
-		"interval", t.Interval, "grace", t.Grace, "jitter", t.Jitter, "concurrency", w.cfg.Concurrency, "sweep_every", w.cfg.SweepEvery, "missed_after", w.cfg.MissedAfter)
+		"interval", t.Interval, "grace", t.Grace, "jitter", t.Jitter, "concurrency", w.cfg.Concurrency, "sweep_every", w.cfg.SweepEvery, "missed_after", w.cfg.MissedAfter, "onboarding_limit", w.cfg.OnboardingLimit)
 	svc.MarkReady()
 }

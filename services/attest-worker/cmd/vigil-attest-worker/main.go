@@ -31,6 +31,7 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 	jitter := f.Float("jitter", 0.1, "how far a due time may move toward the VM's slot, as a fraction of the interval")
 	timeout := f.Duration("challenge-timeout", 10*time.Second, "bound on one challenge round trip")
 	sweep := f.Duration("sweep-every", 0, "period of the missed-deadline sweep (0: the smaller of the interval and 1m)")
+	onboarding := f.Duration("onboarding-limit", attestworker.DefaultOnboardingLimit, "how long a VM's first attestation waits for the vmId ARM reports before it is attested without it (0: no wait, for ingest without ARM)")
 	offline := f.Bool("offline", false, "never fetch from AMD KDS or Intel PCS (VCEKs from bundles and the collateral cache only)")
 	tdxColl := f.Bool("tdx-collateral", false, "obtain Intel PCS collateral for TDX TCB status")
 	amdCRL := f.Bool("amd-crl", false, "check SEV-SNP ASKs and VCEKs against AMD's CRL (AMD KDS, cached until its nextUpdate)")
@@ -39,7 +40,7 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 		switch {
 		case *concurrency < 1:
 			return fmt.Errorf("-concurrency %d: must be at least 1", *concurrency)
-		case *interval < 0 || *grace < 0 || *timeout <= 0 || *sweep < 0:
+		case *interval < 0 || *grace < 0 || *timeout <= 0 || *sweep < 0 || *onboarding < 0:
 			return fmt.Errorf("durations must not be negative (and -challenge-timeout positive)")
 		}
 		return nil
@@ -52,7 +53,11 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 			Timing:           attestworker.Timing{Interval: *interval, Grace: *grace, Jitter: *jitter},
 			ChallengeTimeout: *timeout,
 			SweepEvery:       *sweep,
+			OnboardingLimit:  *onboarding,
 			Verifier:         evidence.Config{Offline: *offline, TDXCollateral: *tdxColl, SNPRevocation: *amdCRL},
+		}
+		if *onboarding == 0 {
+			cfg.OnboardingLimit = -1 // no wait
 		}
 		if *policyFile != "" {
 			doc, err := svcmain.ReadFile("policy", *policyFile)
