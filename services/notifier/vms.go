@@ -54,7 +54,7 @@ func (c *vmCache) get(ctx context.Context, key string) *sink.VMInfo {
 	if ent, err := kv.Get(ctx, key); err == nil {
 		var vm events.VM
 		if json.Unmarshal(ent.Value(), &vm) == nil {
-			info = &sink.VMInfo{Name: vm.Name, ResourceGroup: vm.ResourceGroup, Subscription: vm.Subscription, Platform: vm.Platform}
+			info = &sink.VMInfo{Name: vm.Name, ResourceGroup: vm.ResourceGroup, Subscription: vm.Subscription, Platform: vm.Platform, Tags: vm.Tags}
 		}
 	}
 	c.mu.Lock()
