@@ -3,6 +3,7 @@ package sink
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -190,6 +191,44 @@ func (c *Client) Do(ctx context.Context, method, rawURL string, header http.Head
 		e.Err = fmt.Errorf("%s answered: %s", RedactURL(rawURL), snippet(b))
 	}
 	return r, e
+}
+
+// jsonPoster is a sink that posts each notification as one JSON document
+// (message renders it) to a URL that is its only credential: Slack's and
+// Teams' incoming webhooks. It takes no settings and no secrets.
+type jsonPoster[M any] struct {
+	c        *Client
+	url      string
+	protocol string
+	message  func(Notification) M
+}
+
+func newJSONPoster[M any](spec Spec, c *Client, protocol string, message func(Notification) M) (*jsonPoster[M], error) {
+	if err := checkSettings(spec, nil); err != nil {
+		return nil, err
+	}
+	if err := checkSecrets(spec, false, false, false); err != nil {
+		return nil, err
+	}
+	return &jsonPoster[M]{c: c, url: spec.URL, protocol: protocol, message: message}, nil
+}
+
+func (p *jsonPoster[M]) Protocol() string { return p.protocol }
+
+// Deliver posts n's message; any 2xx is success (Teams Workflows answer
+// 202), and errors never show the URL's path or query.
+func (p *jsonPoster[M]) Deliver(ctx context.Context, n Notification) error {
+	if err := checkNotification(n); err != nil {
+		return err
+	}
+	body, err := json.Marshal(p.message(n))
+	if err != nil {
+		return &Error{Kind: Reject, Err: fmt.Errorf("%s: encoding: %w", p.protocol, err)}
+	}
+	h := http.Header{}
+	h.Set("Content-Type", "application/json")
+	_, err = p.c.Do(ctx, http.MethodPost, p.url, h, body)
+	return scrub(err, urlSecrets(p.url)...)
 }
 
 // transportError turns a client error into an *Error without the URL.

@@ -1,10 +1,7 @@
 package sink
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"strings"
 	"time"
 )
@@ -42,35 +39,9 @@ type SlackText struct {
 	Emoji bool   `json:"emoji,omitempty"`
 }
 
-type slack struct {
-	c   *Client
-	url string
-}
-
-func newSlack(spec Spec, c *Client) (*slack, error) {
-	if err := checkSettings(spec, nil); err != nil {
-		return nil, err
-	}
-	if err := checkSecrets(spec, false, false, false); err != nil {
-		return nil, err
-	}
-	return &slack{c: c, url: spec.URL}, nil
-}
-
-func (s *slack) Protocol() string { return ProtocolSlack }
-
-func (s *slack) Deliver(ctx context.Context, n Notification) error {
-	if err := checkNotification(n); err != nil {
-		return err
-	}
-	body, err := json.Marshal(SlackMessageOf(n))
-	if err != nil {
-		return &Error{Kind: Reject, Err: fmt.Errorf("slack: encoding: %w", err)}
-	}
-	h := http.Header{}
-	h.Set("Content-Type", "application/json")
-	_, err = s.c.Do(ctx, http.MethodPost, s.url, h, body)
-	return scrub(err, urlSecrets(s.url)...)
+// newSlack is a Slack incoming webhook: SlackMessageOf posted as JSON.
+func newSlack(spec Spec, c *Client) (*jsonPoster[SlackMessage], error) {
+	return newJSONPoster(spec, c, ProtocolSlack, SlackMessageOf)
 }
 
 // slackEscape escapes the three characters Slack's mrkdwn gives meaning

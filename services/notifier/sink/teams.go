@@ -1,10 +1,7 @@
 package sink
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"strings"
 	"time"
 )
@@ -47,35 +44,9 @@ const (
 	AdaptiveCardVersion     = "1.4"
 )
 
-type teams struct {
-	c   *Client
-	url string
-}
-
-func newTeams(spec Spec, c *Client) (*teams, error) {
-	if err := checkSettings(spec, nil); err != nil {
-		return nil, err
-	}
-	if err := checkSecrets(spec, false, false, false); err != nil {
-		return nil, err
-	}
-	return &teams{c: c, url: spec.URL}, nil
-}
-
-func (t *teams) Protocol() string { return ProtocolTeams }
-
-func (t *teams) Deliver(ctx context.Context, n Notification) error {
-	if err := checkNotification(n); err != nil {
-		return err
-	}
-	body, err := json.Marshal(TeamsMessageOf(n))
-	if err != nil {
-		return &Error{Kind: Reject, Err: fmt.Errorf("teams: encoding: %w", err)}
-	}
-	h := http.Header{}
-	h.Set("Content-Type", "application/json")
-	_, err = t.c.Do(ctx, http.MethodPost, t.url, h, body) // Workflows answer 202
-	return scrub(err, urlSecrets(t.url)...)
+// newTeams is a Teams Workflows webhook: TeamsMessageOf posted as JSON.
+func newTeams(spec Spec, c *Client) (*jsonPoster[TeamsMessage], error) {
+	return newJSONPoster(spec, c, ProtocolTeams, TeamsMessageOf)
 }
 
 // teamsEscape escapes the brackets of Markdown links, so text from alerts
