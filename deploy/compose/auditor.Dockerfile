@@ -10,11 +10,13 @@ WORKDIR /src/services/auditor
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     GOWORK=off CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/vigil-auditor ./cmd/vigil-auditor
 
-RUN mkdir -p /out/state/audit
+RUN mkdir -p /out/state/audit /out/state/audit-key
 
 FROM gcr.io/distroless/static-debian12:nonroot
-# /audit is a volume mount point: owned by the non-root user so a fresh named volume is writable.
+# /audit and /audit-key are volume mount points: owned by the non-root user so a fresh
+# named volume is writable.
 COPY --from=build --chown=65532:65532 /out/state/audit /audit
+COPY --from=build --chown=65532:65532 /out/state/audit-key /audit-key
 COPY --from=build /out/vigil-auditor /usr/local/bin/vigil-auditor
 USER nonroot:nonroot
 ENTRYPOINT ["/usr/local/bin/vigil-auditor"]

@@ -7,7 +7,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"time"
 )
 
 // consoleURL is the fleet console's published address.
@@ -34,8 +36,8 @@ func (s *stack) consoleAnswers(ctx context.Context) (string, error) {
 		return "", err
 	}
 	token := strings.TrimSpace(string(b))
-	get := func(auth string) (int, string, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, consoleURL, nil)
+	get := func(auth string, path ...string) (int, string, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(consoleURL, "/")+"/"+strings.Join(path, ""), nil)
 		if err != nil {
 			return 0, "", err
 		}
@@ -60,5 +62,26 @@ func (s *stack) consoleAnswers(ctx context.Context) (string, error) {
 	if err != nil || code != http.StatusOK || !strings.Contains(body, "Vigil console") {
 		return "", fmt.Errorf("the console answered %d (%v) with its token, want 200 and the overview", code, err)
 	}
-	return fmt.Sprintf("console refused without its token (to its login), showed the overview with it (%d bytes)", len(body)), nil
+	// The console reads the audit log over the auditor's /log/ and
+	// verifies it (every 30 s; the first rounds may precede the key).
+	verified := regexp.MustCompile(`verified to entry (\d+) at`)
+	var audit string
+	for deadline := time.Now().Add(75 * time.Second); ; {
+		code, page, err := get(token, "audit")
+		if err == nil && code == http.StatusOK {
+			if m := verified.FindStringSubmatch(page); m != nil && !strings.Contains(page, `id="audit-alarm"`) {
+				audit = m[0]
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("the console's audit page shows no verified log (%d, %v):\n%s", code, err, page)
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(2 * time.Second): // the console's next round
+		}
+	}
+	return fmt.Sprintf("console refused without its token (to its login), showed the overview with it (%d bytes) and the audit log it read from the auditor's /log/: %s", len(body), audit), nil
 }

@@ -392,13 +392,16 @@ func (s *stack) downAndVerify(ctx context.Context, trusted string) (report, erro
 	}
 	dir := filepath.Join(s.work, fmt.Sprintf("audit-%d", n))
 	// A container that is never started mounts the volume for docker cp.
-	id, err := docker(ctx, "create", "-v", s.project+"_audit:/audit", s.images["auditor"])
+	id, err := docker(ctx, "create", "-v", s.project+"_audit:/audit", "-v", s.project+"_audit-key:/audit-key", s.images["auditor"])
 	if err != nil {
 		return report{}, err
 	}
 	id = strings.TrimSpace(id)
 	defer docker(context.WithoutCancel(ctx), "rm", "-f", id) //nolint:errcheck
 	if _, err := docker(ctx, "cp", id+":/audit/.", dir); err != nil {
+		return report{}, err
+	}
+	if _, err := docker(ctx, "cp", id+":/audit-key/signer.pub", filepath.Join(dir, "signer.pub")); err != nil {
 		return report{}, err
 	}
 	args := []string{"audit", "verify", "--log", filepath.Join(dir, "log"), "--key", filepath.Join(dir, "signer.pub"), "--json"}
