@@ -12,7 +12,9 @@ import (
 )
 
 // fillIndex puts n VMs into x: every seventh untrusted with a reason,
-// every third TDX, ten resource groups, one grant each, a verdict each.
+// every third TDX, ten resource groups, every fourth tagged env=staging
+// (the others env=prod), odd ones team=platform (even ones team=payments),
+// one grant each, a verdict each.
 func fillIndex(x *Index, n int, now time.Time) {
 	for i := range n {
 		rid := fmt.Sprintf("/subscriptions/s/resourceGroups/rg-%d/providers/Microsoft.Compute/virtualMachines/vm-%06d", i%10, i)
@@ -21,7 +23,14 @@ func fillIndex(x *Index, n int, now time.Time) {
 		if i%3 == 0 {
 			platform = "azure-tdx"
 		}
-		x.PutVM(events.VM{VMKey: key, ResourceID: rid, Name: fmt.Sprintf("vm-%06d", i), ResourceGroup: fmt.Sprintf("rg-%d", i%10), Platform: platform})
+		tags := map[string]string{"env": "prod", "team": "payments"}
+		if i%4 == 0 {
+			tags["env"] = "staging"
+		}
+		if i%2 == 1 {
+			tags["team"] = "platform"
+		}
+		x.PutVM(events.VM{VMKey: key, ResourceID: rid, Name: fmt.Sprintf("vm-%06d", i), ResourceGroup: fmt.Sprintf("rg-%d", i%10), Platform: platform, Tags: tags})
 		st := events.VMStatus{VMKey: key, Status: events.StatusTrusted, Since: now.Add(-time.Hour), LastGoodAt: now.Add(-time.Duration(i%600) * time.Second), LastVerdictAt: now.Add(-time.Duration(i%600) * time.Second)}
 		vstatus := events.VerdictAffirming
 		var reasons []events.Reason

@@ -2,6 +2,7 @@ package console
 
 import (
 	"cmp"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -40,9 +41,10 @@ type vmState struct {
 	timeline  []TimelineEntry
 	lowerName string // the name (else the key) in lower case: the table's order
 	lowerRG   string
-	haystack  string // what free text searches: name, resource ID, key
-	codes     string // and reason codes (setCodes)
-	revoked   int    // grants revoked
+	tags      map[string]string // Azure tags, names and values in lower case: the tag filter
+	haystack  string            // what free text searches: name, resource ID, key, tags (name=value)
+	codes     string            // and reason codes (setCodes)
+	revoked   int               // grants revoked
 }
 
 // TimelineEntry is one event of a VM's history on VIGIL_EVENTS.
@@ -143,7 +145,18 @@ func (x *Index) PutVM(r events.VM) {
 		v.lowerName, x.resort = name, true
 	}
 	v.lowerRG = strings.ToLower(r.ResourceGroup)
-	v.haystack = name + "\x00" + strings.ToLower(r.ResourceID) + "\x00" + r.VMKey
+	v.tags = nil
+	var hay strings.Builder
+	hay.WriteString(name + "\x00" + strings.ToLower(r.ResourceID) + "\x00" + r.VMKey)
+	if len(r.Tags) > 0 {
+		v.tags = make(map[string]string, len(r.Tags))
+		for _, k := range slices.Sorted(maps.Keys(r.Tags)) {
+			lk, lv := strings.ToLower(k), strings.ToLower(r.Tags[k])
+			v.tags[lk] = lv
+			hay.WriteString("\x00" + lk + "=" + lv)
+		}
+	}
+	v.haystack = hay.String()
 	x.changed(r.VMKey)
 }
 
@@ -346,7 +359,8 @@ type Query struct {
 	Status   string // a status, or ""
 	Platform string
 	RG       string // resource group, case-insensitive
-	Text     string // free text: name, resource group, VM key, reason code
+	Tag      string // an Azure tag, "name=value" or "name" (has the tag), case-insensitive
+	Text     string // free text: name, resource ID, VM key, reason code, tag (name=value)
 	Sort     string // name, rg, platform, status, attested, since; "-" prefix: descending
 	Page     int    // 1-based
 	PerPage  int
@@ -364,6 +378,8 @@ type Table struct {
 func (x *Index) Table(q Query) Table {
 	text := strings.ToLower(strings.TrimSpace(q.Text))
 	rg := strings.ToLower(strings.TrimSpace(q.RG))
+	tagName, tagValue, tagHasValue := strings.Cut(strings.ToLower(strings.TrimSpace(q.Tag)), "=")
+	tagName, tagValue = strings.TrimSpace(tagName), strings.TrimSpace(tagValue)
 	x.sortByName()
 	x.mu.RLock()
 	matched := make([]*vmState, 0, len(x.byName))
@@ -376,6 +392,11 @@ func (x *Index) Table(q Query) Table {
 		}
 		if rg != "" && v.lowerRG != rg {
 			continue
+		}
+		if tagName != "" {
+			if tv, ok := v.tags[tagName]; !ok || (tagHasValue && tv != tagValue) {
+				continue
+			}
 		}
 		if text != "" && !v.matches(text) {
 			continue

@@ -248,12 +248,12 @@ func queryOf(r *http.Request, per int) Query {
 	if n, err := strconv.Atoi(v.Get("per")); err == nil {
 		per = min(max(n, minPerPage), maxPerPage)
 	}
-	return Query{Status: v.Get("status"), Platform: v.Get("platform"), RG: v.Get("rg"), Text: v.Get("q"), Sort: v.Get("sort"), Page: page, PerPage: per}
+	return Query{Status: v.Get("status"), Platform: v.Get("platform"), RG: v.Get("rg"), Tag: v.Get("tag"), Text: v.Get("q"), Sort: v.Get("sort"), Page: page, PerPage: per}
 }
 
 func (q Query) url(page int, sort string) string {
 	v := url.Values{}
-	for k, x := range map[string]string{"status": q.Status, "platform": q.Platform, "rg": q.RG, "q": q.Text, "sort": sort} {
+	for k, x := range map[string]string{"status": q.Status, "platform": q.Platform, "rg": q.RG, "tag": q.Tag, "q": q.Text, "sort": sort} {
 		if x != "" {
 			v.Set(k, x)
 		}

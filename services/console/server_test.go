@@ -99,6 +99,11 @@ func TestTable(t *testing.T) {
 		{"resource group", Query{RG: "RG-3", PerPage: 50}, 10, "vm-000003", 10},
 		{"free text", Query{Text: "vm-00004", PerPage: 50}, 10, "vm-000040", 10},
 		{"reason code", Query{Text: "measurement_not", PerPage: 50}, 15, "vm-000000", 15},
+		{"tag", Query{Tag: "env=staging", PerPage: 50}, 25, "vm-000000", 25},
+		{"tag any case, paged", Query{Tag: " Team = Platform", PerPage: 10, Page: 2}, 50, "vm-000021", 10},
+		{"tag name only", Query{Tag: "team", PerPage: 10}, 100, "vm-000000", 10},
+		{"tag and status", Query{Tag: "env=prod", Status: "untrusted", PerPage: 50}, 11, "vm-000007", 11},
+		{"free text tag value", Query{Text: "staging", PerPage: 5, Page: 5}, 25, "vm-000080", 5},
 		{"descending", Query{Sort: "-name", PerPage: 5}, 100, "vm-000099", 5},
 		{"by status", Query{Sort: "status", PerPage: 5}, 100, "vm-000001", 5},
 		{"by status descending", Query{Sort: "-status", PerPage: 5}, 100, "vm-000000", 5},
@@ -109,6 +114,76 @@ func TestTable(t *testing.T) {
 				t.Fatalf("total %d rows %d first %q, want %d %d %q", tb.Total, len(tb.Rows), tb.Rows[0].Name, tc.total, tc.rows, tc.firstName)
 			}
 		})
+	}
+}
+
+// TestTagFilterPaged: the fleet page filters on a tag (tag=name=value,
+// any case) and pages the VMs that have it, its page links keeping the
+// filter; a tag the fleet lacks matches nothing; the VM page shows the
+// tags as links to the filter.
+func TestTagFilterPaged(t *testing.T) {
+	x := NewIndex()
+	fillIndex(x, 100, time.Now())
+	_, hs := testServer(t, Config{}, x)
+	get := func(path string) string {
+		t.Helper()
+		resp, err := hs.Client().Get(hs.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var b strings.Builder
+		if _, err := bufio.NewReader(resp.Body).WriteTo(&b); err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %d %s", path, resp.StatusCode, b.String())
+		}
+		return b.String()
+	}
+	keyOf := func(i int) string {
+		return events.VMKey(fmt.Sprintf("/subscriptions/s/resourceGroups/rg-%d/providers/Microsoft.Compute/virtualMachines/vm-%06d", i%10, i))
+	}
+	for _, tc := range []struct {
+		name, path string
+		info       string
+		rows, not  []int // VMs (by number) on the page, and VMs that must not be
+		links      []string
+	}{
+		{name: "page 2 of the staging VMs", path: "/?tag=ENV%3DStaging&per=5&page=2", info: "25 VMs match · page 2 of 5",
+			rows: []int{20, 24, 28, 32, 36}, not: []int{16, 21, 40},
+			links: []string{`href="/?page=3&amp;per=5&amp;tag=ENV%3DStaging"`, `href="/?per=5&amp;tag=ENV%3DStaging"`}},
+		{name: "last page with another filter", path: "/?tag=team%3Dplatform&status=untrusted&per=5&page=2", info: "7 VMs match · page 2 of 2",
+			rows: []int{77, 91}, not: []int{7, 70, 84}},
+		{name: "no VM has the tag", path: "/?tag=owner%3Dnobody", info: "0 VMs match · page 1 of 1", not: []int{0, 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			body := get(tc.path)
+			if !strings.Contains(body, tc.info) {
+				t.Errorf("want %q in the page", tc.info)
+			}
+			if n := strings.Count(body, `<tr id="vm-`); n != len(tc.rows) {
+				t.Errorf("%d rows, want %d", n, len(tc.rows))
+			}
+			for _, i := range tc.rows {
+				if !strings.Contains(body, `id="vm-`+keyOf(i)+`"`) {
+					t.Errorf("vm-%06d missing", i)
+				}
+			}
+			for _, i := range tc.not {
+				if strings.Contains(body, `id="vm-`+keyOf(i)+`"`) {
+					t.Errorf("vm-%06d listed", i)
+				}
+			}
+			for _, l := range tc.links {
+				if !strings.Contains(body, l) {
+					t.Errorf("want the link %s", l)
+				}
+			}
+		})
+	}
+	if body := get("/vm/" + keyOf(4)); !strings.Contains(body, `href="/?tag=env=staging">env=staging</a>`) || !strings.Contains(body, `team=payments</a>`) {
+		t.Errorf("the VM page does not show the tags as filter links")
 	}
 }
 
