@@ -57,28 +57,22 @@ func (f *feed) watchBucket(ctx context.Context, bucket string, apply func(jetstr
 	}
 }
 
-func (f *feed) applyVM(e jetstream.KeyValueEntry) {
-	if e.Operation() != jetstream.KeyValuePut {
-		return
+// applyRecord returns the apply of a bucket whose values are records of
+// type T, each about the VM that vmKey names: a put is decoded, checked
+// to name a valid VM key and given to put; an unreadable one is logged as
+// an unreadable what and skipped, and deletes change nothing.
+func applyRecord[T any](log *slog.Logger, what string, vmKey func(*T) string, put func(T)) func(jetstream.KeyValueEntry) {
+	return func(e jetstream.KeyValueEntry) {
+		if e.Operation() != jetstream.KeyValuePut {
+			return
+		}
+		var rec T
+		if err := json.Unmarshal(e.Value(), &rec); err != nil || !events.ValidVMKey(vmKey(&rec)) {
+			log.Warn("unreadable "+what+" record", "key", e.Key(), "error", err)
+			return
+		}
+		put(rec)
 	}
-	var vm events.VM
-	if err := json.Unmarshal(e.Value(), &vm); err != nil || !events.ValidVMKey(vm.VMKey) {
-		f.log.Warn("unreadable inventory record", "key", e.Key(), "error", err)
-		return
-	}
-	f.index.PutVM(vm)
-}
-
-func (f *feed) applyStatus(e jetstream.KeyValueEntry) {
-	if e.Operation() != jetstream.KeyValuePut {
-		return
-	}
-	var st events.VMStatus
-	if err := json.Unmarshal(e.Value(), &st); err != nil || !events.ValidVMKey(st.VMKey) {
-		f.log.Warn("unreadable status record", "key", e.Key(), "error", err)
-		return
-	}
-	f.index.PutStatus(st)
 }
 
 func (f *feed) applyGrant(e jetstream.KeyValueEntry) {
@@ -172,8 +166,8 @@ func (f *feed) run(start func(name string, task func(context.Context) error), re
 		name  string
 		apply func(jetstream.KeyValueEntry)
 	}{
-		{events.BucketVMs, f.applyVM},
-		{events.BucketStatus, f.applyStatus},
+		{events.BucketVMs, applyRecord(f.log, "inventory", func(vm *events.VM) string { return vm.VMKey }, f.index.PutVM)},
+		{events.BucketStatus, applyRecord(f.log, "status", func(st *events.VMStatus) string { return st.VMKey }, f.index.PutStatus)},
 		{events.BucketGrants, f.applyGrant},
 	}
 	for _, b := range buckets {
