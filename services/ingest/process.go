@@ -283,12 +283,20 @@ func (p *processor) applyEnrichment(ctx context.Context, r arm.Result) error {
 			}
 			p.m.config(ctx, cfg.Compliant)
 		}
+		// The alerts go before the inventory records the findings, as the
+		// config event does: were they published after, a failure between
+		// the two would leave the findings recorded and their alerts never
+		// raised (the read applied again finds nothing changed), a resolve
+		// lost for good.
+		if err := p.alertFindings(ctx, vm, before, findings, r.FetchedAt.UTC()); err != nil {
+			return err
+		}
 		if _, err := p.inv.put(ctx, key, vm, rec.Rev); errors.Is(err, errConflict) {
 			continue
 		} else if err != nil {
 			return err
 		}
-		return p.alertFindings(ctx, vm, before, findings, r.FetchedAt.UTC())
+		return nil
 	}
 	return fmt.Errorf("inventory %s: %w %d times", key, errConflict, maxCASAttempts)
 }
@@ -296,8 +304,9 @@ func (p *processor) applyEnrichment(ctx context.Context, r arm.Result) error {
 // alertFindings raises an alert for each configuration finding a VM did
 // not have before (firing, key <vm>/config.<code>) and resolves the
 // alert of each finding it no longer has (config.fixed). Ids derive from
-// the VM, the finding and the ARM read, so a redelivered read raises
-// nothing twice.
+// the VM, the finding and the ARM read, so a read applied again (after a
+// failure, or a compare-and-set conflict on the inventory) raises nothing
+// twice.
 func (p *processor) alertFindings(ctx context.Context, vm events.VM, before, after []events.Finding, at time.Time) error {
 	has := func(fs []events.Finding, code string) bool {
 		return slices.ContainsFunc(fs, func(f events.Finding) bool { return f.Code == code })
