@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -111,7 +112,7 @@ func (k *Keyguard) enrollHandler(op string, h func(ctx context.Context, body []b
 				ref.RetryAfter = time.Second
 				return nil, ref
 			}
-			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, enroll.MaxRequestSize))
+			body, err := readBody(w, r)
 			if err != nil {
 				return nil, enroll.Refuse(enroll.CodeBadRequest, "request body: %v", err)
 			}
@@ -132,6 +133,23 @@ func (k *Keyguard) enrollHandler(op string, h func(ctx context.Context, body []b
 		k.metrics.enrollments.Add(ctx, 1, attrs)
 		k.metrics.enrollSeconds.Record(ctx, time.Since(start).Seconds(), attrs)
 	})
+}
+
+// readBody reads r's body, at most enroll.MaxRequestSize bytes, into a
+// buffer sized from the declared length when it is within the bound (an
+// enrollment carries its evidence: io.ReadAll would grow and copy its
+// buffer several times).
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	body := http.MaxBytesReader(w, r.Body, enroll.MaxRequestSize)
+	if r.ContentLength <= 0 || r.ContentLength > enroll.MaxRequestSize {
+		return io.ReadAll(body)
+	}
+	// The server's body reader ends after ContentLength bytes.
+	buf := make([]byte, r.ContentLength)
+	if _, err := io.ReadFull(body, buf); err != nil {
+		return nil, err
+	}
+	return buf, nil
 }
 
 // sourceAddr is the request's source: the peer's IP address (a proxy's
@@ -174,10 +192,11 @@ func (k *Keyguard) enrollNonce(ctx context.Context, body []byte) (any, error) {
 	}
 	// Only VMs ARM reported and that could enroll hold nonces: a caller
 	// cannot fill the bucket with made-up VM keys.
-	if _, err := k.enrollable(ctx, req.VMKey); err != nil {
+	vmID, err := k.enrollable(ctx, req.VMKey)
+	if err != nil {
 		return nil, err
 	}
-	n, expires, err := k.issueNonce(ctx, req.VMKey, purposeEnroll, time.Now())
+	n, expires, err := k.issueNonce(ctx, req.VMKey, purposeEnroll, vmID, time.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -195,11 +214,12 @@ func (k *Keyguard) enroll(ctx context.Context, body []byte) (any, error) {
 		return nil, enroll.Refuse(enroll.CodeBadRequest, "%v", err)
 	}
 	log := k.log.With("vm", req.VMKey, "nkey", req.PublicKey)
-	if err := k.consumeNonce(ctx, req.Nonce, req.VMKey, purposeEnroll); err != nil {
+	rec, err := k.consumeNonce(ctx, req.Nonce, req.VMKey, purposeEnroll)
+	if err != nil {
 		log.WarnContext(ctx, "enrollment refused", "code", asRefusal(err).Code, "err", err)
 		return nil, err
 	}
-	resp, vmID, err := k.enrollVerified(ctx, req)
+	resp, vmID, err := k.enrollVerified(ctx, req, rec.VMID)
 	action, reason := events.KeyEnrolled, ""
 	if err != nil {
 		ref := asRefusal(err)
@@ -233,18 +253,23 @@ func (k *Keyguard) enroll(ctx context.Context, body []byte) (any, error) {
 }
 
 // enrollVerified decides an enrollment whose nonce is used up: the
-// evidence and its binding against the VM's vmId from ARM, then the VM's
-// standing (read after verification, so that a revocation stored meanwhile
-// wins; the nonce was issued only to a VM in good standing), then the JWT,
-// recorded in vigil-agents before it is answered so that a revocation
-// finds it. It returns the VM's vmId when known.
-func (k *Keyguard) enrollVerified(ctx context.Context, req enroll.Request) (enroll.Response, string, error) {
-	vmID, err := k.inventoryVMID(ctx, req.VMKey)
-	switch {
-	case err != nil:
-		return enroll.Response{}, "", enroll.Refuse(enroll.CodeUnavailable, "%v", err)
-	case vmID == "":
-		return enroll.Response{}, "", enroll.Refuse(enroll.CodeUnknownVM, "ARM has not reported VM %s with its vmId yet", req.VMKey)
+// evidence and its binding against the VM's vmId from ARM (vmID, the one
+// read when the nonce was issued; read now when the nonce record has
+// none), then the VM's standing and vmId again (read after verification,
+// so that a revocation or a new vmId stored meanwhile wins; the nonce was
+// issued only to a VM in good standing), then the JWT, recorded in
+// vigil-agents before it is answered so that a revocation finds it. It
+// returns the VM's vmId when known.
+func (k *Keyguard) enrollVerified(ctx context.Context, req enroll.Request, vmID string) (enroll.Response, string, error) {
+	if vmID == "" {
+		var err error
+		vmID, err = k.inventoryVMID(ctx, req.VMKey)
+		switch {
+		case err != nil:
+			return enroll.Response{}, "", enroll.Refuse(enroll.CodeUnavailable, "%v", err)
+		case vmID == "":
+			return enroll.Response{}, "", enroll.Refuse(enroll.CodeUnknownVM, "ARM has not reported VM %s with its vmId yet", req.VMKey)
+		}
 	}
 	binding := enroll.Binding(req.VMKey, req.Nonce, req.PublicKey)
 	if err := k.appraise(ctx, req.VMKey, vmID, req.Nonce, binding, req.Evidence); err != nil {
@@ -279,25 +304,37 @@ func (k *Keyguard) enrollVerified(ctx context.Context, req enroll.Request) (enro
 // not revoked since an operator last restored it. Its status is otherwise
 // not asked: the enrollment's own evidence is appraised under policy, and
 // a VM whose agent cannot connect is never attested trusted again.
+//
+// The three records (inventory, status, revocations) are read from their
+// streams' leaders at once, each request in flight together with the
+// others, and judged in that order.
 func (k *Keyguard) enrollable(ctx context.Context, vm string) (string, error) {
+	var (
+		wg     sync.WaitGroup
+		st     *events.VMStatus
+		stErr  error
+		rec    *revocationRecord
+		recErr error
+	)
+	wg.Go(func() { st, stErr = k.status(ctx, vm) })
+	wg.Go(func() { rec, recErr = k.agents.blocked(ctx, vm) })
 	vmID, err := k.inventoryVMID(ctx, vm)
+	wg.Wait()
 	switch {
 	case err != nil:
 		return "", enroll.Refuse(enroll.CodeUnavailable, "%v", err)
 	case vmID == "":
 		return "", enroll.Refuse(enroll.CodeUnknownVM, "ARM has not reported VM %s with its vmId yet", vm)
 	}
-	st, err := k.status(ctx, vm)
 	switch {
-	case err == nil && st.Status == events.StatusRetired:
+	case stErr == nil && st.Status == events.StatusRetired:
 		return vmID, enroll.Refuse(enroll.CodeNotTrusted, "VM %s is retired", vm)
-	case err != nil && !kvlast.IsNotFound(err):
-		return vmID, enroll.Refuse(enroll.CodeUnavailable, "read status: %v", err)
+	case stErr != nil && !kvlast.IsNotFound(stErr):
+		return vmID, enroll.Refuse(enroll.CodeUnavailable, "read status: %v", stErr)
 	}
-	rec, err := k.agents.blocked(ctx, vm)
 	switch {
-	case err != nil:
-		return vmID, enroll.Refuse(enroll.CodeUnavailable, "read revocations: %v", err)
+	case recErr != nil:
+		return vmID, enroll.Refuse(enroll.CodeUnavailable, "read revocations: %v", recErr)
 	case rec != nil:
 		return vmID, enroll.Refuse(enroll.CodeRevoked, "the credentials of VM %s were revoked at %s (%s); an operator restores it with vigil keyguard restore",
 			vm, rec.At.Format(time.RFC3339), rec.Cause)

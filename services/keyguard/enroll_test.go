@@ -280,6 +280,38 @@ func TestEnrollRefusals(t *testing.T) {
 		}
 	})
 
+	t.Run("vmId changed after the nonce", func(t *testing.T) {
+		// The evidence is appraised against the vmId read when the nonce
+		// was issued, and the enrollment is refused unless ARM still
+		// reports it after the appraisal: a VM redeployed meanwhile asks
+		// again.
+		h := e.with(t)
+		vm := h.newVM("enroll-redeployed")
+		h.setInventory(vm, vm.VMID())
+		var nr enroll.NonceResponse
+		body, _ := json.Marshal(enroll.NonceRequest{VMKey: vm.VMKey()})
+		r, err := http.Post(e.url+enroll.PathNonce, "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = json.NewDecoder(r.Body).Decode(&nr)
+		r.Body.Close()
+		h.setInventory(vm, "00000000-0000-4000-8000-00000000beef")
+		ev, err := attester(vm).Attest(ctxT(t), nr.Nonce, enroll.Binding(vm.VMKey(), nr.Nonce, pub))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req, _ := json.Marshal(enroll.Request{VMKey: vm.VMKey(), Nonce: nr.Nonce, PublicKey: pub, Evidence: ev})
+		if status, code := e.post(t, enroll.PathEnroll, req); status != http.StatusForbidden || code != enroll.CodeWrongVM {
+			t.Fatalf("vmId changed after the nonce: %d %s, want %d %s", status, code, http.StatusForbidden, enroll.CodeWrongVM)
+		}
+		h.waitRefusalEvent(vm, enroll.CodeWrongVM)
+		h.setInventory(vm, vm.VMID())
+		if _, err := e.client(vm, attester(vm)).Enroll(ctxT(t), pub); err != nil {
+			t.Fatalf("enrollment with a fresh nonce: %v", err)
+		}
+	})
+
 	t.Run("made-up nonces are refused and not audited", func(t *testing.T) {
 		h := e.with(t)
 		vm := h.newVM("enroll-made-up")

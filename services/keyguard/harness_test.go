@@ -45,8 +45,11 @@ const testSecret = "0123456789abcdef0123456789abcdef"
 
 // harness runs keyguard against an embedded NATS server.
 type harness struct {
-	t     testing.TB
-	srv   *natstest.Server
+	t   testing.TB
+	srv *natstest.Server
+	// url, when set, is the server's URL instead of srv's (a server in
+	// another process: BenchmarkEnroll).
+	url   string
 	conn  *bus.Conn
 	js    jetstream.JetStream
 	cfg   keyguard.Config
@@ -126,6 +129,14 @@ func (h *harness) with(t testing.TB) *harness {
 	return &c
 }
 
+// serverURL is h's server's client URL.
+func (h *harness) serverURL() string {
+	if h.url != "" {
+		return h.url
+	}
+	return h.srv.URL()
+}
+
 // connect connects to h's server, in operator mode as the administrator.
 func (h *harness) connect() *bus.Conn {
 	h.t.Helper()
@@ -149,7 +160,7 @@ func (h *harness) creds(p busauth.Principal) busauth.Credentials {
 // when c has none).
 func (h *harness) connectCreds(c busauth.Credentials) *bus.Conn {
 	h.t.Helper()
-	conn, err := bus.Connect(context.Background(), bus.Config{URL: h.srv.URL(), Name: c.Name, UserJWT: c.JWT, NKeySeed: c.Seed,
+	conn, err := bus.Connect(context.Background(), bus.Config{URL: h.serverURL(), Name: c.Name, UserJWT: c.JWT, NKeySeed: c.Seed,
 		InboxPrefix: c.InboxPrefix, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		h.t.Fatal(err)

@@ -24,7 +24,13 @@ type nonceRecord struct {
 	VMKey string `json:"vm_key"`
 	// Purpose is what the nonce may be used for: purposeRelease or
 	// purposeEnroll, so that one exchange's nonce never serves the other.
-	Purpose   string    `json:"purpose,omitempty"`
+	Purpose string `json:"purpose,omitempty"`
+	// VMID is, for an enrollment nonce, the VM's vmId from ARM when the
+	// nonce was issued: the vmId the enrollment's evidence is appraised
+	// against. The enrollment reads the VM's record again after the
+	// appraisal and refuses unless it still names this vmId, so the
+	// evidence always matches the vmId read after its verification.
+	VMID      string    `json:"vm_id,omitempty"`
 	IssuedAt  time.Time `json:"issued_at"`
 	ExpiresAt time.Time `json:"expires_at"`
 }
@@ -76,16 +82,17 @@ func (k *Keyguard) handleNonce(ctx context.Context, data []byte) (_ []byte, err 
 	if err := k.nonceGrant(ctx, req.VMKey); err != nil {
 		return nil, err
 	}
-	n, expires, err := k.issueNonce(ctx, req.VMKey, purposeRelease, now)
+	n, expires, err := k.issueNonce(ctx, req.VMKey, purposeRelease, "", now)
 	if err != nil {
 		return nil, err
 	}
 	return json.Marshal(keyrelease.NonceResponse{Nonce: n, ExpiresAt: expires})
 }
 
-// issueNonce stores a fresh nonce for vm, usable for purpose alone, within
-// the VM's rate and its bound on unused nonces (shared by both purposes).
-func (k *Keyguard) issueNonce(ctx context.Context, vm, purpose string, now time.Time) ([]byte, time.Time, error) {
+// issueNonce stores a fresh nonce for vm (of vmID, when known), usable for
+// purpose alone, within the VM's rate and its bound on unused nonces
+// (shared by both purposes).
+func (k *Keyguard) issueNonce(ctx context.Context, vm, purpose, vmID string, now time.Time) ([]byte, time.Time, error) {
 	if !k.vmNonces.allow(purpose+"/"+vm, now) {
 		return nil, time.Time{}, refuse(keyrelease.CodeRateLimited, "too many nonces for VM %s; retry later", vm)
 	}
@@ -94,7 +101,7 @@ func (k *Keyguard) issueNonce(ctx context.Context, vm, purpose string, now time.
 	}
 	n := evidence.NewNonce()
 	now = now.UTC()
-	rec := nonceRecord{VMKey: vm, Purpose: purpose, IssuedAt: now, ExpiresAt: now.Add(k.cfg.NonceTTL)}
+	rec := nonceRecord{VMKey: vm, Purpose: purpose, VMID: vmID, IssuedAt: now, ExpiresAt: now.Add(k.cfg.NonceTTL)}
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return nil, time.Time{}, err
@@ -182,34 +189,34 @@ func requester(ctx context.Context) string {
 // consumeNonce uses a nonce up, once across every replica: the record is
 // purged with a revision check, so of two releases racing with one nonce
 // exactly one proceeds. A nonce is used up even when the release is then
-// refused.
-func (k *Keyguard) consumeNonce(ctx context.Context, n []byte, vm, purpose string) error {
+// refused. It returns the nonce's record.
+func (k *Keyguard) consumeNonce(ctx context.Context, n []byte, vm, purpose string) (nonceRecord, error) {
 	key := nonceRecordKey(vm, n)
 	e, err := kvlast.Get(ctx, k.conn.NC, k.nonces.Bucket(), key)
 	if kvlast.IsNotFound(err) {
-		return refuse(keyrelease.CodeBadNonce, "nonce unknown, expired, already used or issued for another VM")
+		return nonceRecord{}, refuse(keyrelease.CodeBadNonce, "nonce unknown, expired, already used or issued for another VM")
 	}
 	if err != nil {
-		return refuse(keyrelease.CodeUnavailable, "read nonce: %v", err)
+		return nonceRecord{}, refuse(keyrelease.CodeUnavailable, "read nonce: %v", err)
 	}
 	if err := k.nonces.Purge(ctx, key, jetstream.LastRevision(e.Revision), jetstream.PurgeTTL(noncePurgeMarkerTTL)); err != nil {
 		if kvlast.IsRevisionMismatch(err) {
-			return refuse(keyrelease.CodeBadNonce, "nonce already used")
+			return nonceRecord{}, refuse(keyrelease.CodeBadNonce, "nonce already used")
 		}
-		return refuse(keyrelease.CodeUnavailable, "consume nonce: %v", err)
+		return nonceRecord{}, refuse(keyrelease.CodeUnavailable, "consume nonce: %v", err)
 	}
 	var rec nonceRecord
 	if err := json.Unmarshal(e.Value, &rec); err != nil {
-		return refuse(keyrelease.CodeBadNonce, "nonce record unreadable")
+		return nonceRecord{}, refuse(keyrelease.CodeBadNonce, "nonce record unreadable")
 	}
 	if rec.VMKey != vm {
-		return refuse(keyrelease.CodeBadNonce, "nonce was issued for another VM")
+		return nonceRecord{}, refuse(keyrelease.CodeBadNonce, "nonce was issued for another VM")
 	}
 	if rec.Purpose != purpose {
-		return refuse(keyrelease.CodeBadNonce, "nonce was issued for another purpose (%q)", rec.Purpose)
+		return nonceRecord{}, refuse(keyrelease.CodeBadNonce, "nonce was issued for another purpose (%q)", rec.Purpose)
 	}
 	if time.Now().After(rec.ExpiresAt) {
-		return refuse(keyrelease.CodeBadNonce, "nonce expired at %s", rec.ExpiresAt.Format(time.RFC3339))
+		return nonceRecord{}, refuse(keyrelease.CodeBadNonce, "nonce expired at %s", rec.ExpiresAt.Format(time.RFC3339))
 	}
-	return nil
+	return rec, nil
 }

@@ -102,7 +102,7 @@ func (k *Keyguard) handleRelease(ctx context.Context, data []byte) (out []byte, 
 		return nil, err
 	}
 	log := k.log.With("vm", req.VMKey, "key", req.KeyName)
-	if err := k.consumeNonce(ctx, req.Nonce, req.VMKey, purposeRelease); err != nil {
+	if _, err := k.consumeNonce(ctx, req.Nonce, req.VMKey, purposeRelease); err != nil {
 		log.WarnContext(ctx, "release refused", "err", err)
 		return nil, err
 	}
