@@ -41,12 +41,14 @@ func TestDevPipeline(t *testing.T) {
 	if err := s.Check(); err != nil {
 		t.Fatalf("%v\nsummary: %s\nstdout:\n%s", err, b, out)
 	}
-	// Three VMs are spoiled, one is deleted (retired, revoked) and one is
-	// deallocated and started again (suspended, then trusted).
-	if s.VMs != 9 || s.Attested != 9 || len(s.Tampered) != 3 || len(s.Deleted) != 1 || len(s.Revoked) != 4 || s.Statuses["trusted"] != 5 {
+	// Three VMs are spoiled, one is deleted (retired, revoked), one is
+	// deallocated and started again (suspended, then trusted) and one has
+	// its configuration drift and fixed (trusted throughout).
+	if s.VMs != 9 || s.Attested != 9 || len(s.Tampered) != 3 || len(s.Deleted) != 1 || len(s.Revoked) != 4 || s.Statuses["trusted"] != 5 ||
+		len(s.Drifted) != 1 {
 		t.Fatalf("summary: %s", b)
 	}
-	for _, want := range []string{"tampered-measurement", "debug-enabled", "silent-agent", "revoked", "→ suspended", "→ retired", "vigil audit verify --log"} {
+	for _, want := range []string{"tampered-measurement", "debug-enabled", "silent-agent", "revoked", "→ suspended", "→ retired", "boot diagnostics enabled", "vigil audit verify --log"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the live view never shows %q:\n%s", want, out)
 		}
