@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +26,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/natsembed"
 	"github.com/vigil-cc/vigil/services/keyguard"
+	"github.com/vigil-cc/vigil/services/notifier/sink"
 )
 
 // binaries are built once per test run.
@@ -148,6 +150,7 @@ type summary struct {
 	Revoked            []string          `json:"revoked"`
 	Tampered           map[string]string `json:"tampered"`
 	Deleted            []string          `json:"deleted"`
+	Drifted            []string          `json:"drifted"`
 	HealthyRevoked     []string          `json:"healthy_revoked"`
 	TamperedNotRevoked []string          `json:"tampered_not_revoked"`
 	HealthyNotTrusted  []string          `json:"healthy_not_trusted"`
@@ -307,11 +310,15 @@ func runMultiProcess(t *testing.T, bin string, auth bool) {
 		}
 	}
 
-	// Alerts reach `vigil alerts receive`, subscribed by the administrator.
+	// Alerts reach `vigil alerts receive`, subscribed by the administrator,
+	// through a front that refuses the first attempt of each notification.
 	receiveAddr := freeAddr(t)
-	procs["receive"] = start(t, b("vigil"), "receive", "alerts", "receive", "--listen", receiveAddr, "--secret", e2eWebhookSecret)
+	procs["receive"] = start(t, b("vigil"), "receive", "alerts", "receive", "--listen", receiveAddr, "--secret", e2eWebhookSecret, "--json")
 	waitTCP(t, procs["receive"], receiveAddr)
-	if out, err := exec.Command(b("vigil"), append([]string{"alerts", "subscribe", "--id", "e2e", "--sink", "http://" + receiveAddr + "/",
+	front := newRefuseFirstAttempts(t, "http://"+receiveAddr)
+	frontSrv := httptest.NewServer(front)
+	defer frontSrv.Close()
+	if out, err := exec.Command(b("vigil"), append([]string{"alerts", "subscribe", "--id", "e2e", "--sink", frontSrv.URL + "/",
 		"--secret", e2eWebhookSecret, "--allow-private-sinks"}, adminArgs...)...).CombinedOutput(); err != nil {
 		t.Fatalf("vigil alerts subscribe: %v\n%s", err, out)
 	}
@@ -354,14 +361,30 @@ func runMultiProcess(t *testing.T, bin string, auth bool) {
 	if auth {
 		checkAgentCredentials(t, natsURL, creds(busauth.Admin), s, logs)
 	}
-	// The tampered VMs' alerts were delivered, signed (receive verifies).
-	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(procs["receive"].output(), "vm.untrusted"); time.Sleep(100 * time.Millisecond) {
+	// The tampered VMs' alerts were delivered, signed (receive verifies),
+	// and the drifted VM's configuration finding fired and then resolved,
+	// each notification under one webhook-id across its retry.
+	if len(s.Drifted) != 1 {
+		t.Fatalf("summary: drifted %v, want one VM\n%s", s.Drifted, raw)
+	}
+	driftKey := events.AlertKey(s.Drifted[0], "config.boot_diagnostics.screenshots")
+	delivered := func() string {
+		evs := received(procs["receive"].output())
+		if !slices.ContainsFunc(evs, func(ev sink.CloudEvent) bool {
+			return ev.Data.Alert.Code == "vm.untrusted" && ev.Data.State == sink.Firing
+		}) {
+			return "no vm.untrusted firing"
+		}
+		why, _ := firedAndResolved(evs, driftKey)
+		return why
+	}
+	for deadline := time.Now().Add(30 * time.Second); delivered() != ""; time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("vigil alerts receive got no vm.untrusted:\n%s%s", tail(procs["receive"].output(), 20), logs())
+			t.Fatalf("vigil alerts receive: %s:\n%s%s", delivered(), tail(procs["receive"].output(), 30), logs())
 		}
 	}
-	if out := procs["receive"].output(); !strings.Contains(out, "firing") {
-		t.Errorf("vigil alerts receive:\n%s", out)
+	if err := oneIDPerNotification(received(procs["receive"].output()), front.ids()); err != nil {
+		t.Errorf("%v\n%s", err, tail(procs["receive"].output(), 30))
 	}
 
 	// Stop the services (SIGTERM: they drain and exit) and check the log offline.

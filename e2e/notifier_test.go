@@ -2,13 +2,17 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -119,4 +123,115 @@ func TestNotifierKilledMidDelivery(t *testing.T) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// refuseFirstAttempts is a sink in front of next (vigil alerts receive)
+// that answers the first attempt of every notification (by webhook-id)
+// 503, so that each is delivered again, and records every attempt's
+// webhook-id. The handshake goes through.
+type refuseFirstAttempts struct {
+	next     *httputil.ReverseProxy
+	mu       sync.Mutex
+	attempts []string
+}
+
+func newRefuseFirstAttempts(t *testing.T, next string) *refuseFirstAttempts {
+	u, err := url.Parse(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &refuseFirstAttempts{next: httputil.NewSingleHostReverseProxy(u)}
+}
+
+func (f *refuseFirstAttempts) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPost {
+		id := r.Header.Get(sink.HeaderWebhookID)
+		f.mu.Lock()
+		first := !slices.Contains(f.attempts, id)
+		f.attempts = append(f.attempts, id)
+		f.mu.Unlock()
+		if first {
+			http.Error(w, "try again", http.StatusServiceUnavailable)
+			return
+		}
+	}
+	f.next.ServeHTTP(w, r)
+}
+
+func (f *refuseFirstAttempts) ids() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.attempts)
+}
+
+// received parses what vigil alerts receive --json printed: one CloudEvent
+// a line (other lines are skipped).
+func received(out string) []sink.CloudEvent {
+	var evs []sink.CloudEvent
+	for _, line := range strings.Split(out, "\n") {
+		var ev sink.CloudEvent
+		if json.Unmarshal([]byte(line), &ev) == nil && ev.ID != "" {
+			evs = append(evs, ev)
+		}
+	}
+	return evs
+}
+
+// firedAndResolved reports whether evs (in the order received) hold a
+// firing notification under key and, after it, a resolved one; if not,
+// why.
+func firedAndResolved(evs []sink.CloudEvent, key string) (string, bool) {
+	fired := false
+	for _, ev := range evs {
+		if ev.Data.Key != key {
+			continue
+		}
+		switch ev.Data.State {
+		case sink.Firing:
+			fired = true
+		case sink.Resolved:
+			if !fired {
+				return "the resolve of " + key + " came before its firing", false
+			}
+			if ev.Type != sink.TypeResolved {
+				return fmt.Sprintf("the resolve of %s has type %s", key, ev.Type), false
+			}
+			return "", true
+		}
+	}
+	if fired {
+		return "no resolve of " + key + " after its firing", false
+	}
+	return "no firing of " + key, false
+}
+
+// oneIDPerNotification checks that every notification received (its key,
+// state and alert) came under one webhook-id, that no webhook-id named two
+// notifications, and that each had a refused attempt before: its retry
+// kept the id.
+func oneIDPerNotification(evs []sink.CloudEvent, attempts []string) error {
+	type notification struct{ key, state, code, cause, at, msg string }
+	ids := map[notification]string{}
+	byID := map[string]notification{}
+	for _, ev := range evs {
+		a := ev.Data.Alert
+		n := notification{ev.Data.Key, string(ev.Data.State), a.Code, a.CauseID, a.At.String(), a.Message}
+		if id, ok := ids[n]; ok && id != ev.ID {
+			return fmt.Errorf("notification %+v delivered with webhook-ids %s and %s", n, id, ev.ID)
+		}
+		if other, ok := byID[ev.ID]; ok && other != n {
+			return fmt.Errorf("webhook-id %s names two notifications: %+v and %+v", ev.ID, other, n)
+		}
+		ids[n], byID[ev.ID] = ev.ID, n
+		tries := 0
+		for _, id := range attempts {
+			if id == ev.ID {
+				tries++
+			}
+		}
+		if tries < 2 {
+			return fmt.Errorf("webhook-id %s (%s %s) delivered after %d attempt(s), want a refused one and a retry", ev.ID, a.Code, ev.Data.State, tries)
+		}
+	}
+	return nil
 }
