@@ -264,6 +264,13 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // have to fit in about 390 µs (SNP) or 140 µs (TDX) of CPU; the round
 // trips alone (flusher, reads, leader reads, counts, purge, record,
 // publish: 27% / 36%) take 600–700 µs.
+//
+// Then the nonce counts decode only the count (countNonces): two runs at
+// 19:18–19:19 UTC (load 9–15) gave SNP 256–262/s, kg-cpu-us 2155–2260,
+// kg-x-bare-cpu 0.42–0.43, sys-x-bare-cpu 0.24–0.25; TDX 303–330/s,
+// kg-cpu-us 1636–1768, kg-x-bare-cpu 0.16–0.20, sys-x-bare-cpu 0.11–0.13;
+// the nonce issue fell from 6.3% / 8.0% of keyguard's profile to 2.9% /
+// 3.4% (the counts from 5.6% / 5.9% to 2.0% / 3.1%).
 func BenchmarkEnroll(b *testing.B) {
 	for _, platform := range []string{evidence.PlatformAzureSNP, evidence.PlatformAzureTDX} {
 		b.Run(platform, func(b *testing.B) { benchmarkEnroll(b, platform) })

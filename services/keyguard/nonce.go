@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -146,14 +147,60 @@ func (k *Keyguard) nonceGrant(ctx context.Context, vm string) error {
 // subject state, one request to the stream leader. Expired nonces leave the
 // bucket by their TTL; a used one counts for up to noncePurgeMarkerTTL.
 func (k *Keyguard) underNonceLimit(ctx context.Context, vm string, included int) error {
-	info, err := k.nonceStream.Info(ctx, jetstream.WithSubjectFilter(nonceSubjectPrefix+vm+".*"))
+	stored, err := k.countNonces(ctx, vm)
 	if err != nil {
 		return refuse(keyrelease.CodeUnavailable, "count nonces: %v", err)
 	}
-	if held := len(info.State.Subjects) - included; held >= k.cfg.Nonces.PerVM {
+	if held := stored - included; held >= k.cfg.Nonces.PerVM {
 		return refuse(keyrelease.CodeRateLimited, "VM %s holds %d unused nonces, the most it may; use them or let them expire", vm, held)
 	}
 	return nil
+}
+
+// countNonces counts the subjects of vm's nonces in the bucket's stream:
+// the stream information filtered by subject, which the stream leader
+// answers, decoding no more of the answer than the count. (The
+// stream's configuration, state and cluster make up most of the answer;
+// jetstream.Stream.Info decodes all of it, on every nonce issued.)
+func (k *Keyguard) countNonces(ctx context.Context, vm string) (int, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, kvlast.DefaultTimeout)
+		defer cancel()
+	}
+	req, err := json.Marshal(struct {
+		Filter string `json:"subjects_filter"`
+	}{nonceSubjectPrefix + vm + ".*"})
+	if err != nil {
+		return 0, err
+	}
+	msg, err := k.conn.NC.RequestWithContext(ctx, "$JS.API.STREAM.INFO."+k.nonceStream.CachedInfo().Config.Name, req)
+	if err != nil {
+		return 0, err
+	}
+	var resp struct {
+		Error *struct {
+			Code        int    `json:"code"`
+			ErrCode     int    `json:"err_code"`
+			Description string `json:"description"`
+		} `json:"error,omitempty"`
+		// Total is the number of subjects the filter matched, of which
+		// State.Subjects holds one page.
+		Total int `json:"total"`
+		State *struct {
+			Subjects map[string]uint64 `json:"subjects"`
+		} `json:"state"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return 0, fmt.Errorf("unreadable answer: %w", err)
+	}
+	switch {
+	case resp.Error != nil:
+		return 0, fmt.Errorf("%s (%d/%d)", resp.Error.Description, resp.Error.Code, resp.Error.ErrCode)
+	case resp.State == nil:
+		return 0, jetstream.ErrInvalidJetStreamResponse
+	}
+	return max(resp.Total, len(resp.State.Subjects)), nil
 }
 
 // nonceSubjectPrefix prefixes the KV keys of the nonce bucket's subjects.
