@@ -68,3 +68,22 @@ func propagator() propagation.TextMapPropagator {
 	}
 	return p
 }
+
+// TraceParent returns the W3C traceparent of the span in ctx ("" when it
+// has none), for a record that outlives any message (a KV entry) whose
+// readers continue the trace of the operation that wrote it.
+func TraceParent(ctx context.Context) string {
+	c := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(ctx, c)
+	return c["traceparent"]
+}
+
+// WithTraceParent returns ctx carrying the remote span of a traceparent
+// written by TraceParent. The value is only ever a span's parent: one that
+// is not a well-formed traceparent leaves ctx as it is.
+func WithTraceParent(ctx context.Context, traceparent string) context.Context {
+	if traceparent == "" {
+		return ctx
+	}
+	return propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{"traceparent": traceparent})
+}

@@ -342,6 +342,11 @@ type VM struct {
 	// is when that ARM read started: an older read never replaces them.
 	Tags   map[string]string `json:"tags,omitempty"`
 	TagsAt time.Time         `json:"tags_at,omitzero"`
+	// Trace is the W3C traceparent of the ingest operation that last wrote
+	// the record, so that a worker acting on the write (the attest-worker
+	// when a vmId arrives) continues that trace. Observability only:
+	// nothing is decided from it.
+	Trace string `json:"trace,omitempty"`
 }
 
 // VMStatus is the record of one VM in the vigil-status bucket, keyed by VM key.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 )
 
@@ -210,7 +211,9 @@ func (w *Worker) followInventory(ctx context.Context) error {
 			if json.Unmarshal(e.Value(), &rec) != nil || rec.VMID == "" || rec.Deleted || !events.ValidVMKey(e.Key()) {
 				continue
 			}
-			if err := w.vmidArrived(ctx, e.Key(), rec, ""); err != nil {
+			// The job continues the trace of ingest's write (the VM's
+			// event, then its enrichment).
+			if err := w.vmidArrived(bus.WithTraceParent(ctx, rec.Trace), e.Key(), rec, ""); err != nil {
 				w.log.WarnContext(ctx, "enqueueing the attestation of a VM whose vmId arrived failed; the sweep will", "vm", e.Key(), "err", err)
 			}
 		}

@@ -61,12 +61,14 @@ func (s statusStore) put(ctx context.Context, st events.VMStatus, rev uint64, ex
 type inventory struct{ kv jetstream.KeyValue }
 
 // vmRecord is the part of an events.VM inventory record a job needs: the
-// identity to verify against and whether the VM is deleted. Decoding only
+// identity to verify against, whether the VM is deleted and the trace of
+// ingest's last write (events.VM.Trace). Decoding only
 // these fields skips the record's times and findings.
 type vmRecord struct {
 	ResourceID string `json:"resource_id"`
 	VMID       string `json:"vm_id"`
 	Deleted    bool   `json:"deleted"`
+	Trace      string `json:"trace"`
 }
 
 // get returns the VM's inventory record; ok is false when ingest has none.

@@ -228,7 +228,7 @@ func (c *settings) wire(svc *service.Service) error {
 		policy: c.policy, log: log, m: m, now: time.Now, skew: skew}
 	var enricher *arm.Enricher
 	if c.Fetcher != nil {
-		enricher = c.enricher(proc, m, log)
+		enricher = c.enricher(proc, m, log, tracer)
 		proc.enrich = enricher.Request
 	}
 	storeFor := func(origin string) eventgrid.StoreFunc {
@@ -272,9 +272,12 @@ func (c *settings) wire(svc *service.Service) error {
 	return nil
 }
 
-func (c *settings) enricher(proc *processor, m *metrics, log *slog.Logger) *arm.Enricher {
+func (c *settings) enricher(proc *processor, m *metrics, log *slog.Logger, tracer trace.Tracer) *arm.Enricher {
 	ec := c.Enrichment
 	ec.Logger = log
+	if ec.Tracer == nil {
+		ec.Tracer = tracer
+	}
 	observe := ec.Observe
 	ec.Observe = func(outcome string) {
 		m.armRead(outcome)

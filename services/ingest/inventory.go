@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/services/ingest/eventgrid"
 )
@@ -72,8 +73,10 @@ func (inv *inventory) bound(vm *events.VM) {
 	}
 }
 
-// put writes vm if the record is still at rev (0: still absent).
+// put writes vm if the record is still at rev (0: still absent), with the
+// trace of ctx.
 func (inv *inventory) put(ctx context.Context, key string, vm events.VM, rev uint64) (uint64, error) {
+	vm.Trace = bus.TraceParent(ctx)
 	b, err := json.Marshal(vm)
 	if err != nil {
 		return 0, fmt.Errorf("inventory: encode %s: %w", key, err)

@@ -23,7 +23,7 @@ import (
 type processor struct {
 	conn   *bus.Conn
 	inv    *inventory
-	enrich func(vm normalize.VMID, asOf time.Time) // nil without ARM
+	enrich func(ctx context.Context, vm normalize.VMID, asOf time.Time) // nil without ARM
 	policy compliance.Policy
 	log    *slog.Logger
 	m      *metrics
@@ -47,7 +47,7 @@ func superseded(vm events.VM, ch normalize.Change) bool {
 func (p *processor) applyChange(ctx context.Context, ch normalize.Change, origin string) error {
 	if !ch.Lifecycle {
 		p.m.normalized(ctx, origin, "enrich_only")
-		p.requestEnrich(ch.VM, ch.OccurredAt)
+		p.requestEnrich(ctx, ch.VM, ch.OccurredAt)
 		return nil
 	}
 	key := ch.VM.Key()
@@ -108,7 +108,7 @@ func (p *processor) applyChange(ctx context.Context, ch normalize.Change, origin
 		}
 		p.m.normalized(ctx, origin, "applied")
 		if ch.Enrich && kind != events.LifecycleDeleted {
-			p.requestEnrich(ch.VM, ch.OccurredAt)
+			p.requestEnrich(ctx, ch.VM, ch.OccurredAt)
 		}
 		return nil
 	}
@@ -175,9 +175,9 @@ func (p *processor) job(ctx context.Context, vm events.VM, kind events.Lifecycle
 	return nil
 }
 
-func (p *processor) requestEnrich(vm normalize.VMID, asOf time.Time) {
+func (p *processor) requestEnrich(ctx context.Context, vm normalize.VMID, asOf time.Time) {
 	if p.enrich != nil {
-		p.enrich(vm, asOf)
+		p.enrich(ctx, vm, asOf)
 	}
 }
 

@@ -114,7 +114,7 @@ func (r *reconciler) subscription(ctx context.Context, sub string, records map[s
 			}
 		}
 		if needed != nil || !rec.exists() || rec.VM.EnrichedAt.Before(rec.VM.EventTime) {
-			r.p.requestEnrich(id, start)
+			r.p.requestEnrich(ctx, id, start)
 		}
 	}
 	for key, rec := range records {

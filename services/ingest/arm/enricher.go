@@ -9,6 +9,10 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/time/rate"
 
 	"github.com/vigil-cc/vigil/services/ingest/compliance"
@@ -63,6 +67,11 @@ type EnricherConfig struct {
 	MaxPending int
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// Tracer makes the span of each read ("ingest.enrich"), a child of
+	// the span that first asked for the read (the event's processing), so
+	// that the trace of a VM's event goes on through its enrichment and
+	// what follows from it. Default: no spans.
+	Tracer trace.Tracer
 	// Observe, when set, is told the outcome of every read: "ok",
 	// "not_found", "throttled", "error", and "coalesced"/"fresh" for
 	// requests that needed no read of their own.
@@ -111,6 +120,9 @@ func (c *EnricherConfig) defaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.Tracer == nil {
+		c.Tracer = noop.NewTracerProvider().Tracer("")
+	}
 }
 
 // Enricher coalesces enrichment requests per VM and reads VMs from ARM
@@ -145,7 +157,10 @@ type entry struct {
 	inFlight  bool
 	again     bool      // requested while in flight, for an event newer than the read
 	againAsOf time.Time //
-	index     int       // in queue; -1 when not queued
+	// cause and againCause are the spans of the first request of the
+	// batch and of the first request during the read.
+	cause, againCause trace.SpanContext
+	index             int // in queue; -1 when not queued
 }
 
 type limiterUse struct {
@@ -173,7 +188,10 @@ func NewEnricher(cfg EnricherConfig, fetch Fetcher, apply ResultFunc) *Enricher 
 // Request asks for vm to be read so that the inventory reflects an event
 // that happened at asOf. Requests for a VM coalesce; a request already
 // covered by a read that started after asOf (plus Fresh) needs no read.
-func (e *Enricher) Request(vm normalize.VMID, asOf time.Time) {
+// The read's span is a child of the span in ctx of the batch's first
+// request.
+func (e *Enricher) Request(ctx context.Context, vm normalize.VMID, asOf time.Time) {
+	cause := trace.SpanContextFromContext(ctx)
 	key := vm.Key()
 	now := time.Now()
 	e.mu.Lock()
@@ -190,18 +208,24 @@ func (e *Enricher) Request(vm normalize.VMID, asOf time.Time) {
 			e.observe("dropped")
 			return
 		}
-		en = &entry{vm: vm, key: key, first: now, due: now.Add(e.cfg.Debounce), asOf: asOf, index: -1}
+		en = &entry{vm: vm, key: key, first: now, due: now.Add(e.cfg.Debounce), asOf: asOf, cause: cause, index: -1}
 		e.entries[key] = en
 		heap.Push(&e.queue, en)
 	case en.inFlight:
 		e.observe("coalesced")
 		en.again = true
+		if !en.againCause.IsValid() {
+			en.againCause = cause
+		}
 		if asOf.After(en.againAsOf) {
 			en.againAsOf = asOf
 		}
 		return
 	default:
 		e.observe("coalesced")
+		if !en.cause.IsValid() {
+			en.cause = cause
+		}
 		if asOf.After(en.asOf) {
 			en.asOf = asOf
 		}
@@ -365,10 +389,19 @@ func (e *Enricher) prune(now time.Time) {
 }
 
 func (e *Enricher) read(ctx context.Context, en *entry) {
+	if en.cause.IsValid() {
+		ctx = trace.ContextWithSpanContext(ctx, en.cause)
+	}
+	ctx, span := e.cfg.Tracer.Start(ctx, "ingest.enrich", trace.WithAttributes(
+		attribute.String("azure.resource_id", en.vm.ResourceID), attribute.Int("vigil.enrich.attempt", en.attempt+1)))
+	defer span.End()
 	start := time.Now()
 	facts, err := e.fetch.Facts(ctx, en.vm)
 	if ctx.Err() != nil {
 		return
+	}
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
 	}
 	var thr *ThrottledError
 	switch {
@@ -445,7 +478,7 @@ func (e *Enricher) done(en *entry, start time.Time) {
 	delete(e.entries, en.key)
 	if en.again && (en.againAsOf.IsZero() || en.againAsOf.Add(e.cfg.Fresh).After(start)) {
 		now := time.Now()
-		next := &entry{vm: en.vm, key: en.key, first: now, due: now.Add(e.cfg.Debounce), asOf: en.againAsOf, index: -1}
+		next := &entry{vm: en.vm, key: en.key, first: now, due: now.Add(e.cfg.Debounce), asOf: en.againAsOf, cause: en.againCause, index: -1}
 		e.entries[en.key] = next
 		heap.Push(&e.queue, next)
 		e.signal()

@@ -6,6 +6,10 @@ import (
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/vigil-cc/vigil/services/ingest/arm"
 	"github.com/vigil-cc/vigil/services/ingest/internal/armfake"
 	"github.com/vigil-cc/vigil/services/ingest/normalize"
@@ -17,16 +21,18 @@ const (
 )
 
 type results struct {
-	mu  sync.Mutex
-	got []arm.Result
-	ch  chan arm.Result
+	mu    sync.Mutex
+	got   []arm.Result
+	spans []trace.SpanContext // the span each result was applied in
+	ch    chan arm.Result
 }
 
 func newResults() *results { return &results{ch: make(chan arm.Result, 100)} }
 
-func (r *results) apply(_ context.Context, res arm.Result) error {
+func (r *results) apply(ctx context.Context, res arm.Result) error {
 	r.mu.Lock()
 	r.got = append(r.got, res)
+	r.spans = append(r.spans, trace.SpanContextFromContext(ctx))
 	r.mu.Unlock()
 	r.ch <- res
 	return nil
@@ -62,11 +68,46 @@ func setup(t *testing.T, cfg arm.EnricherConfig) (*armfake.ARM, *arm.Enricher, *
 	return fa, e, res, id
 }
 
+// TestReadContinuesTheRequestersTrace: the read is a span under the span
+// of the batch's first request, and the result is applied within it, so
+// that what ingest writes goes on in the trace of the VM's event.
+func TestReadContinuesTheRequestersTrace(t *testing.T) {
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	_, e, res, id := setup(t, arm.EnricherConfig{Debounce: 100 * time.Millisecond, Tracer: tp.Tracer("test")})
+	first, firstSpan := tp.Tracer("test").Start(context.Background(), "event 1")
+	second, secondSpan := tp.Tracer("test").Start(context.Background(), "event 2")
+	e.Request(first, id, time.Now())
+	e.Request(second, id, time.Now())
+	e.Request(context.Background(), id, time.Now())
+	res.wait(t, 10*time.Second)
+	firstSpan.End()
+	secondSpan.End()
+
+	var read tracetest.SpanStub
+	for _, s := range exp.GetSpans() {
+		if s.Name == "ingest.enrich" {
+			read = s
+		}
+	}
+	want := firstSpan.SpanContext()
+	if read.Parent.SpanID() != want.SpanID() || read.SpanContext.TraceID() != want.TraceID() {
+		t.Fatalf("the read's span %v has parent %v, want a child of the first request's span %v", read.SpanContext, read.Parent, want)
+	}
+	res.mu.Lock()
+	applied := res.spans[0]
+	res.mu.Unlock()
+	if applied.SpanID() != read.SpanContext.SpanID() {
+		t.Fatalf("the result was applied in span %v, want the read's span %v", applied, read.SpanContext)
+	}
+}
+
 func TestBurstMakesOneCall(t *testing.T) {
 	fa, e, res, id := setup(t, arm.EnricherConfig{Debounce: 300 * time.Millisecond, Fresh: time.Millisecond})
 	base := time.Now()
 	for i := range 50 {
-		e.Request(id, base.Add(time.Duration(i)*time.Millisecond))
+		e.Request(context.Background(), id, base.Add(time.Duration(i)*time.Millisecond))
 		time.Sleep(2 * time.Millisecond)
 	}
 	r := res.wait(t, 10*time.Second)
@@ -74,7 +115,7 @@ func TestBurstMakesOneCall(t *testing.T) {
 		t.Fatalf("result %+v", r)
 	}
 	// A request for an event older than the read needs no read of its own.
-	e.Request(id, base)
+	e.Request(context.Background(), id, base)
 	time.Sleep(700 * time.Millisecond)
 	if n := fa.Gets(*r.Facts.VM.ID); n != 1 {
 		t.Fatalf("%d ARM reads for a burst of 50 events, want 1", n)
@@ -83,7 +124,7 @@ func TestBurstMakesOneCall(t *testing.T) {
 		t.Errorf("NIC read %d times", fa.NICGets())
 	}
 	// A newer event after the read causes a second read; the NIC is cached.
-	e.Request(id, time.Now().Add(10*time.Second))
+	e.Request(context.Background(), id, time.Now().Add(10*time.Second))
 	res.wait(t, 10*time.Second)
 	if n := fa.Gets(*r.Facts.VM.ID); n != 2 || fa.NICGets() != 1 {
 		t.Fatalf("reads %d, NIC reads %d", n, fa.NICGets())
@@ -94,7 +135,7 @@ func TestThrottledHonoursRetryAfter(t *testing.T) {
 	fa, e, res, id := setup(t, arm.EnricherConfig{Debounce: 10 * time.Millisecond})
 	fa.Throttle(1, "2")
 	start := time.Now()
-	e.Request(id, time.Now())
+	e.Request(context.Background(), id, time.Now())
 	r := res.wait(t, 15*time.Second)
 	if took := time.Since(start); took < 2*time.Second {
 		t.Fatalf("read again after %s, before Retry-After of 2 s", took)
@@ -107,7 +148,7 @@ func TestThrottledHonoursRetryAfter(t *testing.T) {
 func TestNotFoundIsConfirmed(t *testing.T) {
 	fa, e, res, id := setup(t, arm.EnricherConfig{Debounce: 10 * time.Millisecond, NotFoundConfirm: 300 * time.Millisecond})
 	fa.DeleteVM(id.ResourceID)
-	e.Request(id, time.Now())
+	e.Request(context.Background(), id, time.Now())
 	r := res.wait(t, 10*time.Second)
 	if !r.NotFound || fa.Gets(id.ResourceID) != 2 {
 		t.Fatalf("not found %v after %d reads", r.NotFound, fa.Gets(id.ResourceID))
@@ -117,7 +158,7 @@ func TestNotFoundIsConfirmed(t *testing.T) {
 func TestOutageRetriesWithBackoff(t *testing.T) {
 	fa, e, res, id := setup(t, arm.EnricherConfig{Debounce: 10 * time.Millisecond, RetryBase: 50 * time.Millisecond})
 	fa.Fail(3)
-	e.Request(id, time.Now())
+	e.Request(context.Background(), id, time.Now())
 	r := res.wait(t, 10*time.Second)
 	if r.Facts.VM == nil || fa.Gets(id.ResourceID) != 4 {
 		t.Fatalf("reads %d, result %+v", fa.Gets(id.ResourceID), r)
@@ -138,7 +179,7 @@ func TestPerVMBudget(t *testing.T) {
 		PerVMBurst: 3, PerVMRate: 2})
 	start := time.Now()
 	for range 4 {
-		e.Request(id, time.Now().Add(time.Hour))
+		e.Request(context.Background(), id, time.Now().Add(time.Hour))
 		res.wait(t, 10*time.Second)
 	}
 	if took := time.Since(start); took < 400*time.Millisecond {
