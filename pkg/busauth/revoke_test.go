@@ -188,14 +188,17 @@ func revokerConn(t *testing.T, srv *natstest.Server, r *busauth.Revoker, opts ..
 	return srv.ConnectCreds(r.Creds(), opts...)
 }
 
-// push pushes revoked with a deadline.
-func push(t *testing.T, r *busauth.Revoker, nc *nats.Conn, revoked map[string]time.Time) {
+// push pushes revoked with a deadline and says when to push again
+// (Revoker.Push).
+func push(t *testing.T, r *busauth.Revoker, nc *nats.Conn, revoked map[string]time.Time) (again time.Time) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := r.Push(ctx, nc, revoked); err != nil {
+	again, err := r.Push(ctx, nc, revoked)
+	if err != nil {
 		t.Fatal(err)
 	}
+	return again
 }
 
 // watchedAgent connects c without reconnecting and reports when the
@@ -357,7 +360,7 @@ func TestRevokerUserMayOnlyPushTheAccount(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	kg := e.as(busauth.Keyguard)
-	if err := r.Push(ctx, kg.nc, map[string]time.Time{victim.PublicKey(): time.Now()}); err == nil {
+	if _, err := r.Push(ctx, kg.nc, map[string]time.Time{victim.PublicKey(): time.Now()}); err == nil {
 		t.Error("keyguard's own credentials pushed an account update")
 	}
 	if err := vc.FlushTimeout(5 * time.Second); err != nil || !vc.IsConnected() {
@@ -406,7 +409,7 @@ func TestPushSignedByAnotherKeyRefused(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			err := r.WithKey(tc.key).Push(ctx, rc, map[string]time.Time{victim.PublicKey(): time.Now()})
+			_, err := r.WithKey(tc.key).Push(ctx, rc, map[string]time.Time{victim.PublicKey(): time.Now()})
 			switch {
 			case tc.refused && !errors.Is(err, busauth.ErrPushRefused):
 				t.Fatalf("push: %v, want refused", err)
@@ -452,26 +455,28 @@ func TestRevokerPushAcrossCluster(t *testing.T) {
 	bystander, _ := watchedAgent(t, c.Servers[1], issueAgent(t, iss, vmB))
 	rc := revokerConn(t, c.Servers[0], r)
 	start := time.Now()
-	push(t, r, rc, map[string]time.Time{victim.PublicKey(): start})
+	again := push(t, r, rc, map[string]time.Time{victim.PublicKey(): start})
 	select {
 	case at := <-closed:
 		t.Logf("push via node 1 → disconnect on node 3: %s", at.Sub(start))
 	case <-time.After(10 * time.Second):
 		t.Fatal("the agent on node 3 is still connected 10 s after the push via node 1")
 	}
-	// On a freshly formed cluster a pushed revocation was seen undone on a
-	// node in about one run in four (the node connected the revoked key
-	// again though its resolver stored the revocation). keyguard pushes the
-	// whole list again at every reconciliation; this test does the same
-	// and requires the revocation to hold after at most a few pushes.
-	deadline := time.Now().Add(10 * time.Second)
-	for pushes := 1; !refused(c.Servers[2].URL(), victim); pushes++ {
-		if time.Now().After(deadline) {
-			t.Fatalf("the revoked agent still connects to node 3 after %d pushes", pushes)
-		}
-		t.Logf("the revoked agent connected to node 3 again after %d push(es): pushing again, as keyguard's reconciliation does", pushes)
-		time.Sleep(100 * time.Millisecond) // a push repeated within its second is the same JWT, which the resolver ignores
+	// A push that shared its second with the base account is settled by
+	// another in a later second, as keyguard does (settleRevocations).
+	// From then on no node may let the revoked key in again: the nodes'
+	// full resolvers exchange the account's JWTs, and one issued in the
+	// same second as another could otherwise replace it.
+	if !again.IsZero() {
+		time.Sleep(time.Until(again))
 		push(t, r, rc, map[string]time.Time{victim.PublicKey(): start})
+	}
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
+		for i, srv := range c.Servers {
+			if !refused(srv.URL(), victim) {
+				t.Fatalf("the revoked agent connected to node %d again", i+1)
+			}
+		}
 	}
 	if err := bystander.FlushTimeout(5 * time.Second); err != nil || !bystander.IsConnected() {
 		t.Errorf("the agent on node 2 was disconnected: %v", err)
@@ -627,5 +632,80 @@ func TestKeyguardFilesAlone(t *testing.T) {
 	}
 	if _, err := busauth.LoadDir(only); err == nil {
 		t.Fatal("the whole identity loaded from keyguard's files")
+	}
+}
+
+// TestRevokerPushAgainSettlesTheSecond: of two JWTs of one account issued
+// in the same second, a full resolver keeps whichever it saw last, and a
+// cluster's nodes exchange theirs in no set order, so a node could go back
+// to an earlier revocation list. A push that shares its second with the
+// push before it (or with the base account) is sent at once and asks for
+// another; that one, made when asked, is signed in a later second than
+// every JWT before it and asks for nothing more.
+func TestRevokerPushAgainSettlesTheSecond(t *testing.T) {
+	set, err := busauth.Init(busauth.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := set.Revoker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := jwt.DecodeAccountClaims(set.AccountJWT())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A stand-in for the servers: it keeps each JWT pushed and takes it.
+	srv := natstest.Start(t)
+	nc := srv.Connect()
+	tokens := make(chan string, 16)
+	if _, err := nc.Subscribe(busauth.ClaimsUpdateSubject(r.Account()), func(m *nats.Msg) {
+		tokens <- string(m.Data)
+		_ = m.Respond([]byte(`{"data":{"account":"` + r.Account() + `","code":200}}`))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	revoked := map[string]time.Time{}
+	pushOnce := func() (iat int64, again time.Time) {
+		t.Helper()
+		revoked[newAgentKey(t).pub] = time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		again, err := r.Push(ctx, nc, revoked)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ac, err := jwt.DecodeAccountClaims(<-tokens)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ac.Revocations) != len(revoked) {
+			t.Fatalf("the JWT pushed revokes %d keys, want %d", len(ac.Revocations), len(revoked))
+		}
+		return ac.IssuedAt, again
+	}
+	latest, shared, due := base.IssuedAt, 0, time.Time{}
+	for range 5 {
+		iat, again := pushOnce()
+		switch {
+		case iat <= latest && (again.IsZero() || again.Unix() <= latest):
+			t.Fatalf("a push issued at %d, not after the latest JWT's %d, asks to push again at %v", iat, latest, again)
+		case iat > latest && !again.IsZero():
+			t.Fatalf("a push in a second of its own (%d, latest %d) asks to push again at %v", iat, latest, again)
+		case !again.IsZero():
+			shared++
+			due = again
+		}
+		latest = max(latest, iat)
+	}
+	if shared == 0 {
+		t.Fatal("five pushes at once never shared a second")
+	}
+	for time.Now().Before(due) {
+		time.Sleep(due.Sub(time.Now()))
+	}
+	iat, again := pushOnce()
+	if iat <= latest || !again.IsZero() {
+		t.Fatalf("the push asked for, at %v, was issued at %d (latest %d) and asks again at %v", due, iat, latest, again)
 	}
 }

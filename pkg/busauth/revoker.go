@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -62,6 +63,11 @@ type Revoker struct {
 	account string // the Vigil account's public key
 	base    string // the Vigil account's JWT
 	creds   Credentials
+
+	// issued is the iat of the last account JWT Push signed (or the
+	// base's); pushMu orders the pushes.
+	pushMu sync.Mutex
+	issued int64
 }
 
 // Revoker returns a revoker with the set's revocation key, the Vigil
@@ -74,7 +80,7 @@ func (s *Set) Revoker() (*Revoker, error) {
 	if !ok || s.revocationKey == nil {
 		return nil, fmt.Errorf("%w: the identity has no revocation key or revoker user; make it again", ErrInconsistent)
 	}
-	return &Revoker{key: s.revocationKey, account: s.vigil.claims.Subject, base: s.vigil.jwt, creds: c}, nil
+	return &Revoker{key: s.revocationKey, account: s.vigil.claims.Subject, base: s.vigil.jwt, creds: c, issued: s.vigil.claims.IssuedAt}, nil
 }
 
 // LoadRevoker reads a revoker from a directory written by WriteDir: the
@@ -115,7 +121,7 @@ func LoadRevoker(dir string) (*Revoker, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Revoker{key: kp, account: vigil.claims.Subject, base: vigil.jwt, creds: c}, nil
+	return &Revoker{key: kp, account: vigil.claims.Subject, base: vigil.jwt, creds: c, issued: vigil.claims.IssuedAt}, nil
 }
 
 // Creds are the revoker user's credentials (a user of the system account,
@@ -132,25 +138,31 @@ func (r *Revoker) Account() string { return r.account }
 // The base's own revocations (Set.Revoke) are kept; for a key in both,
 // the later time wins. Nothing else changes.
 func (r *Revoker) AccountJWT(revoked map[string]time.Time) (string, error) {
+	token, _, err := r.accountJWT(revoked)
+	return token, err
+}
+
+// accountJWT is AccountJWT with the JWT's iat.
+func (r *Revoker) accountJWT(revoked map[string]time.Time) (string, int64, error) {
 	ac, err := jwt.DecodeAccountClaims(r.base)
 	if err != nil {
-		return "", fmt.Errorf("busauth: account JWT: %w", err)
+		return "", 0, fmt.Errorf("busauth: account JWT: %w", err)
 	}
 	for _, pub := range slices.Sorted(maps.Keys(revoked)) {
 		if !nkeys.IsValidPublicUserKey(pub) {
-			return "", fmt.Errorf("busauth: %q is not a user public key", pub)
+			return "", 0, fmt.Errorf("busauth: %q is not a user public key", pub)
 		}
 		at := revoked[pub]
 		if at.IsZero() {
-			return "", fmt.Errorf("busauth: revocation of %s without a time", pub)
+			return "", 0, fmt.Errorf("busauth: revocation of %s without a time", pub)
 		}
 		ac.RevokeAt(pub, at) // keeps a later revocation of the base
 	}
 	token, err := ac.Encode(r.key)
 	if err != nil {
-		return "", fmt.Errorf("busauth: sign account JWT: %w", err)
+		return "", 0, fmt.Errorf("busauth: sign account JWT: %w", err)
 	}
-	return token, nil
+	return token, ac.IssuedAt, nil
 }
 
 // ErrPushRefused is matched by errors.Is when a server refuses an
@@ -180,44 +192,47 @@ type claimsUpdateAnswer struct {
 // ErrPushRefused when that server refuses the JWT, and with an error
 // when no server answers before ctx ends (nc is not the revoker's, or
 // the server does not run in operator mode).
-func (r *Revoker) Push(ctx context.Context, nc *nats.Conn, revoked map[string]time.Time) error {
-	// JWT times are seconds, and a full resolver keeps, of two JWTs of one
-	// account issued in the same second, whichever it saw last (a
-	// cluster's nodes exchange theirs): issue the push after the second
-	// the account it amends was issued in, which only waits right after
-	// the identity was made.
-	if base, err := jwt.DecodeAccountClaims(r.base); err == nil {
-		if wait := time.Until(time.Unix(base.IssuedAt+1, 0)); wait > 0 {
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return ctx.Err()
-			case <-t.C:
-			}
-		}
-	}
-	token, err := r.AccountJWT(revoked)
+//
+// JWT times are seconds, and a full resolver keeps, of two JWTs of one
+// account issued in the same second, whichever it saw last (a cluster's
+// nodes exchange theirs, in no set order): a node could go back to the
+// earlier list and let a revoked user in again. The pushes of one Revoker
+// go one at a time; one signed in the same second as the push before it
+// (or as the base account) is sent at once all the same, so that the
+// revocation takes effect in milliseconds, and Push returns when the
+// caller must push again, the whole list as it is then: that push is
+// signed in a later second, which every server keeps over both. again
+// is zero when the push had its second to itself.
+func (r *Revoker) Push(ctx context.Context, nc *nats.Conn, revoked map[string]time.Time) (again time.Time, err error) {
+	r.pushMu.Lock()
+	defer r.pushMu.Unlock()
+	token, iat, err := r.accountJWT(revoked)
 	if err != nil {
-		return err
+		return time.Time{}, err
+	}
+	// Whether or not a server takes it, a later push must tell it apart.
+	shared := iat <= r.issued
+	r.issued = max(r.issued, iat)
+	if shared {
+		again = time.Unix(r.issued+1, 0)
 	}
 	subject := ClaimsUpdateSubject(r.account)
 	m, err := nc.RequestWithContext(ctx, subject, []byte(token))
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) {
-			return fmt.Errorf("busauth: push account update: no server answers %s (is the connection the revoker user of the system account?): %w", subject, err)
+			return time.Time{}, fmt.Errorf("busauth: push account update: no server answers %s (is the connection the revoker user of the system account?): %w", subject, err)
 		}
-		return fmt.Errorf("busauth: push account update: no answer on %s: %w", subject, err)
+		return time.Time{}, fmt.Errorf("busauth: push account update: no answer on %s: %w", subject, err)
 	}
 	var a claimsUpdateAnswer
 	if err := json.Unmarshal(m.Data, &a); err != nil {
-		return fmt.Errorf("busauth: push account update: unreadable answer: %w", err)
+		return time.Time{}, fmt.Errorf("busauth: push account update: unreadable answer: %w", err)
 	}
 	switch {
 	case a.Error != nil:
-		return fmt.Errorf("%w: %s (code %d)", ErrPushRefused, a.Error.Description, a.Error.Code)
+		return time.Time{}, fmt.Errorf("%w: %s (code %d)", ErrPushRefused, a.Error.Description, a.Error.Code)
 	case a.Data == nil || a.Data.Code != http.StatusOK:
-		return fmt.Errorf("%w: unexpected answer %q", ErrPushRefused, m.Data)
+		return time.Time{}, fmt.Errorf("%w: unexpected answer %q", ErrPushRefused, m.Data)
 	}
-	return nil
+	return again, nil
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -326,18 +328,92 @@ func (k *Keyguard) revokeAgent(ctx context.Context, c cause) error {
 // pushRevocations sends the account, with every revocation in force, to
 // the servers. Without a revoker (no bus identity) there is nothing to
 // push.
+//
+// Pushes go one at a time, each with the list read after the one before
+// it returned, so that the servers never get an older list after a newer
+// one; a caller returns once a push that read the list after its call
+// began has succeeded, so that the revocations that come together (a bad
+// rollout) share one push (see pushGate). A push that shared its second
+// with the one before it is followed by another in a later second
+// (settleRevocations).
 func (k *Keyguard) pushRevocations(ctx context.Context) error {
 	if k.revoker == nil {
 		return nil
 	}
-	set, err := k.agents.revocations(ctx, time.Now())
-	if err != nil {
-		return fmt.Errorf("keyguard: revocation list: %w", err)
+	return k.pushes.do(ctx, func(ctx context.Context) error {
+		set, err := k.agents.revocations(ctx, time.Now())
+		if err != nil {
+			return fmt.Errorf("keyguard: revocation list: %w", err)
+		}
+		again, err := k.cfg.Enroll.Revoker.Push(ctx, k.revoker.NC, set)
+		if err != nil {
+			return fmt.Errorf("keyguard: push %d revocations: %w", len(set), err)
+		}
+		k.metrics.revocationsPushed.Add(ctx, 1)
+		if !again.IsZero() {
+			select {
+			case k.settle <- again:
+			default: // a settling push is due already; one that shares its second asks again
+			}
+		}
+		return nil
+	})
+}
+
+// settleRevocations pushes the list again when a push shared its second
+// with the one before it (busauth.Revoker.Push): only a push signed in a
+// later second is sure to be the list every server keeps.
+func (k *Keyguard) settleRevocations(ctx context.Context) error {
+	for {
+		var at time.Time
+		select {
+		case <-ctx.Done():
+			return nil
+		case at = <-k.settle:
+		}
+		t := time.NewTimer(time.Until(at))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		if err := k.pushRevocations(ctx); err != nil {
+			k.log.ErrorContext(ctx, "push revocations again, in a second of their own", "err", err)
+		}
 	}
-	if err := k.cfg.Enroll.Revoker.Push(ctx, k.revoker.NC, set); err != nil {
-		return fmt.Errorf("keyguard: push %d revocations: %w", len(set), err)
+}
+
+// pushGate runs one push at a time and lets one successful push stand
+// for every call that began before it read its state: a call returns nil
+// without pushing when a push that started after the call began has
+// succeeded in the meantime. Calls are counted when they begin, after
+// the caller's own write, so a push that reads its state after counting
+// covers every call it counted.
+type pushGate struct {
+	once    sync.Once
+	turn    chan struct{} // a token: held for one push
+	calls   atomic.Uint64 // calls begun
+	covered uint64        // calls covered by the last successful push (with turn held)
+}
+
+func (g *pushGate) do(ctx context.Context, push func(context.Context) error) error {
+	g.once.Do(func() { g.turn = make(chan struct{}, 1) })
+	call := g.calls.Add(1)
+	select {
+	case g.turn <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	k.metrics.revocationsPushed.Add(ctx, 1)
+	defer func() { <-g.turn }()
+	if g.covered >= call {
+		return nil
+	}
+	counted := g.calls.Load()
+	if err := push(ctx); err != nil {
+		return err
+	}
+	g.covered = counted
 	return nil
 }
 

@@ -51,6 +51,8 @@ type Keyguard struct {
 	agents        *agentStore
 	enrollSources *limiter
 	revoker       *bus.Conn
+	pushes        pushGate
+	settle        chan time.Time // when to push the revocations again (settleRevocations)
 
 	work      chan string
 	pendingMu sync.Mutex
@@ -117,7 +119,7 @@ func masterKey(cfg Config) ([]byte, error) {
 func open(ctx context.Context, cfg Config, svc *service.Service, master []byte) (k *Keyguard, err error) {
 	conn, log := svc.Conn, svc.Log.With("service", "keyguard")
 	k = &Keyguard{cfg: cfg, conn: conn, log: log, metrics: newMetrics(svc.MeterProvider),
-		work: make(chan string, 1024), pending: map[string]applyState{}, backends: map[string]backend{BackendLocal: localBackend{}}}
+		work: make(chan string, 1024), settle: make(chan time.Time, 1), pending: map[string]applyState{}, backends: map[string]backend{BackendLocal: localBackend{}}}
 	if k.grants, err = grants.Open(ctx, conn.NC, conn.JS); err != nil {
 		return nil, fmt.Errorf("keyguard: %w", err)
 	}
@@ -205,6 +207,7 @@ func (k *Keyguard) start(svc *service.Service) error {
 			<-ctx.Done()
 			return k.revoker.Close()
 		})
+		svc.Go("revocation-settle", k.settleRevocations)
 		// The servers may have been restarted, or given the account
 		// without the revocations: tell them at start and with every
 		// reconciliation.
