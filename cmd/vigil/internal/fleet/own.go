@@ -32,65 +32,71 @@ func (s ownSource) Evidence(_ context.Context, nonce, extraData []byte) ([]byte,
 }
 
 // serveOwn connects every VM's agent on its own connection, at most
-// ConnectConcurrency at a time, and serves those that are not silent
-// until ctx ends; then it closes the connections. It closes up once every
-// agent serves.
+// ConnectConcurrency at a time, and serves each as soon as it is
+// connected (an agent that enrolls waits for ARM to report its VM, and
+// the others must not wait for it) until ctx ends; then it closes the
+// connections. It closes up once every agent serves.
 func (f *Fleet) serveOwn(ctx context.Context, up chan<- struct{}) error {
 	n := f.cfg.ConnectConcurrency
 	if n <= 0 {
 		n = 32
 	}
 	vms := f.agents.VMs()
-	own := make([]*ownAgent, len(vms))
 	start := time.Now()
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	f.mu.Lock()
+	f.own = make(map[string]*ownAgent, len(vms))
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		for _, a := range f.own {
+			_ = a.conn.Close()
+		}
+	}()
 	var (
 		wg    sync.WaitGroup
 		once  sync.Once
 		err   error
 		slots = make(chan struct{}, n)
 	)
-	for i, v := range vms {
-		slots <- struct{}{}
+	fail := func(e error) { once.Do(func() { err = e; cancel() }) }
+	for _, v := range vms {
+		select {
+		case slots <- struct{}{}:
+		case <-cctx.Done():
+		}
+		if cctx.Err() != nil {
+			break
+		}
 		wg.Add(1)
 		go func() {
-			defer func() { <-slots; wg.Done() }()
+			defer wg.Done()
 			conn, cerr := f.cfg.Connect(cctx, v.VMKey(), ownSource{v})
+			<-slots
 			if cerr != nil {
-				once.Do(func() { err = fmt.Errorf("connect the agent of %s: %w", v.VMKey(), cerr); cancel() })
+				fail(fmt.Errorf("connect the agent of %s: %w", v.VMKey(), cerr))
 				return
 			}
-			own[i] = &ownAgent{vm: v, conn: conn, ctx: ctx,
+			a := &ownAgent{vm: v, conn: conn, ctx: ctx,
 				agent: agent.New(v.VMKey(), ownSource{v}, 0, 100, 100, f.log.With("component", "agents", "vm", v.VMKey(), "simulated", true), nil)}
+			f.mu.Lock()
+			f.own[v.VMKey()] = a
+			f.mu.Unlock()
+			if aerr := a.apply(); aerr != nil {
+				fail(fmt.Errorf("serve the agent of %s: %w", v.VMKey(), aerr))
+			}
 		}()
 	}
 	wg.Wait()
-	defer func() {
-		for _, a := range own {
-			if a != nil {
-				_ = a.conn.Close()
-			}
-		}
-	}()
-	if err != nil {
+	if err != nil || ctx.Err() != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
 	}
-	f.mu.Lock()
-	f.own = make(map[string]*ownAgent, len(own))
-	for _, a := range own {
-		f.own[a.vm.VMKey()] = a
-	}
-	f.mu.Unlock()
-	for _, a := range own {
-		if err := a.apply(); err != nil {
-			return err
-		}
-	}
-	f.log.InfoContext(ctx, "agents connected, each with its own connection", "vms", len(own), "took", time.Since(start))
+	f.log.InfoContext(ctx, "agents connected, each with its own connection", "vms", len(vms), "took", time.Since(start))
 	close(up)
 	<-ctx.Done()
 	return nil
