@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -391,14 +390,14 @@ func (k *Keyguard) settleRevocations(ctx context.Context) error {
 // the caller's own write, so a push that reads its state after counting
 // covers every call it counted.
 type pushGate struct {
-	once    sync.Once
 	turn    chan struct{} // a token: held for one push
 	calls   atomic.Uint64 // calls begun
 	covered uint64        // calls covered by the last successful push (with turn held)
 }
 
+func newPushGate() *pushGate { return &pushGate{turn: make(chan struct{}, 1)} }
+
 func (g *pushGate) do(ctx context.Context, push func(context.Context) error) error {
-	g.once.Do(func() { g.turn = make(chan struct{}, 1) })
 	call := g.calls.Add(1)
 	select {
 	case g.turn <- struct{}{}:

@@ -51,7 +51,7 @@ type Keyguard struct {
 	agents        *agentStore
 	enrollSources *limiter
 	revoker       *bus.Conn
-	pushes        pushGate
+	pushes        *pushGate
 	settle        chan time.Time // when to push the revocations again (settleRevocations)
 
 	work      chan string
@@ -119,7 +119,7 @@ func masterKey(cfg Config) ([]byte, error) {
 func open(ctx context.Context, cfg Config, svc *service.Service, master []byte) (k *Keyguard, err error) {
 	conn, log := svc.Conn, svc.Log.With("service", "keyguard")
 	k = &Keyguard{cfg: cfg, conn: conn, log: log, metrics: newMetrics(svc.MeterProvider),
-		work: make(chan string, 1024), settle: make(chan time.Time, 1), pending: map[string]applyState{}, backends: map[string]backend{BackendLocal: localBackend{}}}
+		work: make(chan string, 1024), settle: make(chan time.Time, 1), pushes: newPushGate(), pending: map[string]applyState{}, backends: map[string]backend{BackendLocal: localBackend{}}}
 	if k.grants, err = grants.Open(ctx, conn.NC, conn.JS); err != nil {
 		return nil, fmt.Errorf("keyguard: %w", err)
 	}

@@ -14,7 +14,7 @@ import (
 // after the call did (so it read the caller's write); a failed push
 // covers no one.
 func TestPushGateCoalescesAndOrders(t *testing.T) {
-	var g pushGate
+	g := newPushGate()
 	var (
 		pushes, inFlight atomic.Int64
 		mu               sync.Mutex
