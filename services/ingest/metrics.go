@@ -22,6 +22,7 @@ type metrics struct {
 	nsOps      metric.Int64Counter
 	reconciles metric.Int64Counter
 	tags       metric.Int64Counter
+	listed     metric.Int64Counter
 }
 
 func newMetrics(mp metric.MeterProvider) *metrics {
@@ -40,6 +41,7 @@ func newMetrics(mp metric.MeterProvider) *metrics {
 		arm:        c("vigil_ingest_arm_reads", "ARM enrichment reads and requests by outcome"),
 		nsOps:      c("vigil_ingest_namespace_operations", "Event Grid namespace operations by kind and outcome"),
 		reconciles: c("vigil_ingest_reconcile_runs", "Reconcile runs by outcome"),
+		listed:     c("vigil_ingest_vmid_from_list", "VMs whose vmId the reconcile list recorded before their enrichment's read"),
 		tags:       c("vigil_ingest_arm_tags_bounded", "Azure tags from ARM beyond Azure's bounds, by what was done (dropped_over_max, dropped_long_name, dropped_invalid, trimmed_value)"),
 	}
 }
@@ -82,6 +84,8 @@ func (m *metrics) config(ctx context.Context, compliant bool) {
 func (m *metrics) armRead(outcome string) {
 	m.arm.Add(context.Background(), 1, metric.WithAttributes(attribute.String("outcome", outcome)))
 }
+
+func (m *metrics) listedVMID(ctx context.Context) { m.listed.Add(ctx, 1) }
 
 func (m *metrics) reconcile(outcome string) {
 	m.reconciles.Add(context.Background(), 1, metric.WithAttributes(attribute.String("outcome", outcome)))

@@ -353,22 +353,36 @@ func (p *processor) armTags(ctx context.Context, vm normalize.VMID, raw map[stri
 	return tags
 }
 
-// retag records the tags an ARM read that started at `at` showed for a VM
-// the inventory has, unless they are the record's already or the record's
-// come from a newer read. A tag change is no lifecycle change: the record
-// changes, nothing is published.
-func (p *processor) retag(ctx context.Context, id normalize.VMID, tags map[string]string, at time.Time) error {
+// fromList records what ARM's list, read at at, shows of a VM the
+// inventory has: its tags, unless a read that started later recorded
+// them, and its vmId when the record has none yet (a VM's vmId never
+// changes; a VM made again under the same name is a new record). Nothing
+// else is taken from the list: the rest waits for the VM's enrichment.
+// Neither is a lifecycle change: the record changes, nothing is published.
+func (p *processor) fromList(ctx context.Context, id normalize.VMID, tags map[string]string, vmID string, at time.Time) error {
 	key := id.Key()
 	for range maxCASAttempts {
 		rec, err := p.inv.get(ctx, key)
 		if err != nil {
 			return err
 		}
-		if !rec.exists() || rec.VM.Deleted || !rec.VM.TagsAt.Before(at) || maps.Equal(rec.VM.Tags, tags) {
+		if !rec.exists() || rec.VM.Deleted {
 			return nil
 		}
 		vm := rec.VM
-		vm.Tags, vm.TagsAt, vm.UpdatedAt = tags, at.UTC(), p.now().UTC()
+		retag := vm.TagsAt.Before(at) && !maps.Equal(vm.Tags, tags)
+		identify := vm.VMID == "" && vmID != ""
+		if !retag && !identify {
+			return nil
+		}
+		if retag {
+			vm.Tags, vm.TagsAt = tags, at.UTC()
+		}
+		if identify {
+			vm.VMID = vmID
+			p.m.listedVMID(ctx)
+		}
+		vm.UpdatedAt = p.now().UTC()
 		if _, err := p.inv.put(ctx, key, vm, rec.Rev); errors.Is(err, errConflict) {
 			continue
 		} else if err != nil {

@@ -105,10 +105,14 @@ func (r *reconciler) subscription(ctx context.Context, sub string, records map[s
 				errs = append(errs, err)
 				continue
 			}
-		} else if rec.exists() && !rec.VM.Deleted && rec.VM.TagsAt.Before(start) && !maps.Equal(rec.VM.Tags, tags) {
+		} else if listed := listedVMID(m); rec.exists() && !rec.VM.Deleted &&
+			(rec.VM.TagsAt.Before(start) && !maps.Equal(rec.VM.Tags, tags) || rec.VM.VMID == "" && listed != "") {
 			// The tags changed without an event reaching Vigil (or before
-			// its enrichment): the list shows them.
-			if err := r.p.retag(ctx, id, tags, start); err != nil {
+			// its enrichment), or the VM waits for its enrichment's read
+			// (each VM's read waits its turn within ARM's read budget, a
+			// list page holds 1,000 VMs): the list shows them, and its
+			// vmId lets the VM's first attestation go on.
+			if err := r.p.fromList(ctx, id, tags, listed, start); err != nil {
 				errs = append(errs, err)
 				continue
 			}
@@ -190,4 +194,12 @@ func (r *reconciler) loop(ctx context.Context, interval time.Duration) {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// listedVMID is the vmId of a VM in ARM's list ("" when absent).
+func listedVMID(m *armcompute.VirtualMachine) string {
+	if m.Properties == nil || m.Properties.VMID == nil {
+		return ""
+	}
+	return *m.Properties.VMID
 }
