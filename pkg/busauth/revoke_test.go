@@ -701,9 +701,7 @@ func TestRevokerPushAgainSettlesTheSecond(t *testing.T) {
 	if shared == 0 {
 		t.Fatal("five pushes at once never shared a second")
 	}
-	for time.Now().Before(due) {
-		time.Sleep(due.Sub(time.Now()))
-	}
+	time.Sleep(time.Until(due))
 	iat, again := pushOnce()
 	if iat <= latest || !again.IsZero() {
 		t.Fatalf("the push asked for, at %v, was issued at %d (latest %d) and asks again at %v", due, iat, latest, again)
