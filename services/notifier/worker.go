@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -35,6 +36,9 @@ type worker struct {
 	// keys caches the subscription's per-key state (the worker is its
 	// only writer), loaded at start: no read per alert.
 	keys map[string]keyState
+
+	// gone is set once the sink answered 410 Gone: no request more.
+	gone atomic.Bool
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -233,6 +237,11 @@ var errDisabled = errors.New("notifier: the sink answered 410 Gone; subscription
 // old, then dead-lettered.
 func (w *worker) send(ctx context.Context, n sink.Notification, published time.Time) error {
 	for attempt := 1; ; attempt++ {
+		if w.gone.Load() {
+			// Another handler's delivery was answered 410: no request
+			// more; the alert is given back for a resume.
+			return errDisabled
+		}
 		err := w.sink.Deliver(ctx, n)
 		if err == nil {
 			w.delivered(ctx, n)
@@ -367,6 +376,10 @@ func (w *worker) failed(ctx context.Context, err error) {
 }
 
 func (w *worker) disable(ctx context.Context, cause error) {
+	// Stop first: the handlers running beside this one send nothing more
+	// once the subscription is recorded as disabled.
+	w.gone.Store(true)
+	w.cancel()
 	now := time.Now().UTC()
 	w.mu.Lock()
 	w.health.Disabled, w.health.DisabledAt, w.health.DisabledReason = true, now, cause.Error()
@@ -374,8 +387,6 @@ func (w *worker) disable(ctx context.Context, cause error) {
 	w.mu.Unlock()
 	w.flushHealth(ctx)
 	w.m.log.ErrorContext(ctx, "subscription disabled: its sink answered 410 Gone", "subscription", w.sub.ID)
-	// Stops the consumer: the alert in hand is given back, for a resume.
-	w.cancel()
 }
 
 // flushHealth writes the health when it changed.
