@@ -53,6 +53,7 @@ type devOptions struct {
 	interval      time.Duration
 	grace         time.Duration
 	summary       string
+	profile       string
 	console       string
 
 	alertWebhook       string
@@ -103,6 +104,7 @@ keyguard master key in --data are kept across runs.`,
 	f.DurationVar(&o.interval, "interval", 10*time.Second, "re-attestation interval per VM (production default 5m)")
 	f.DurationVar(&o.grace, "grace", 15*time.Second, "how long a VM may go without valid evidence before it is stale")
 	f.StringVar(&o.summary, "summary", "", "write a JSON summary of the run to this file")
+	f.StringVar(&o.profile, "profile", "", "write CPU, blocking, mutex and heap profiles of the run into this directory (cpu.pprof, block.pprof, mutex.pprof, heap.pprof)")
 	f.StringVar(&o.console, "console", console.DefaultAddr, `the fleet console's address, loopback only ("" turns it off)`)
 	f.StringVar(&o.alertWebhook, "alert-webhook", "", "subscribe this webhook (CloudEvents, signed) to every alert at start, e.g. the URL of vigil alerts receive")
 	f.StringVar(&o.alertWebhookSecret, "alert-webhook-secret", "", "the --alert-webhook subscription's whsec_ secret (default "+devAlertWebhookSecret+")")
@@ -164,6 +166,18 @@ func runDev(cmd *cobra.Command, o *devOptions) error {
 	defer closeLog()
 	log := telemetry.Logger("vigil-dev", logOut, level)
 	auditor.RouteTesseraLogs(log.With("component", "tessera"))
+
+	if o.profile != "" {
+		stop, err := startProfiles(o.profile)
+		if err != nil {
+			return &exitError{code: 2, msg: err.Error()}
+		}
+		defer func() {
+			if err := stop(); err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "vigil: %v\n", err)
+			}
+		}()
+	}
 
 	env, err := devenv.Start(ctx, devenv.Config{
 		Listen:      o.listen,

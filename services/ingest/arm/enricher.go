@@ -136,12 +136,14 @@ type Enricher struct {
 	apply ResultFunc
 	log   *slog.Logger
 
-	mu       sync.Mutex
-	entries  map[string]*entry // by VM key
-	queue    entryHeap         // entries waiting, by due time
+	mu      sync.Mutex
+	entries map[string]*entry // by VM key
+	// subs are the subscriptions' queues, by lower-cased subscription
+	// id; ready orders those with entries waiting by when their next
+	// read may start.
+	subs     map[string]*subQueue
+	ready    subHeap
 	vmLim    map[string]*limiterUse
-	subLim   map[string]*rate.Limiter
-	subBlock map[string]time.Time // subscription -> throttled until
 	lastRead map[string]time.Time // VM key -> start of the last successful read
 	wake     chan struct{}
 }
@@ -160,7 +162,8 @@ type entry struct {
 	// cause and againCause are the spans of the first request of the
 	// batch and of the first request during the read.
 	cause, againCause trace.SpanContext
-	index             int // in queue; -1 when not queued
+	sub               *subQueue
+	index             int // in sub.queue; -1 when not queued
 }
 
 type limiterUse struct {
@@ -177,9 +180,8 @@ func NewEnricher(cfg EnricherConfig, fetch Fetcher, apply ResultFunc) *Enricher 
 		apply:    apply,
 		log:      cfg.Logger.With("component", "enricher"),
 		entries:  map[string]*entry{},
+		subs:     map[string]*subQueue{},
 		vmLim:    map[string]*limiterUse{},
-		subLim:   map[string]*rate.Limiter{},
-		subBlock: map[string]time.Time{},
 		lastRead: map[string]time.Time{},
 		wake:     make(chan struct{}, 1),
 	}
@@ -208,9 +210,10 @@ func (e *Enricher) Request(ctx context.Context, vm normalize.VMID, asOf time.Tim
 			e.observe("dropped")
 			return
 		}
-		en = &entry{vm: vm, key: key, first: now, due: now.Add(e.cfg.Debounce), asOf: asOf, cause: cause, index: -1}
+		en = &entry{vm: vm, key: key, first: now, due: now.Add(e.cfg.Debounce), asOf: asOf, cause: cause, sub: e.subQueue(vm.Subscription), index: -1}
 		e.entries[key] = en
-		heap.Push(&e.queue, en)
+		en.sub.members++
+		e.push(en)
 	case en.inFlight:
 		e.observe("coalesced")
 		en.again = true
@@ -236,8 +239,7 @@ func (e *Enricher) Request(ctx context.Context, vm normalize.VMID, asOf time.Tim
 				due = limit
 			}
 			if due.After(en.due) {
-				en.due = due
-				heap.Fix(&e.queue, en.index)
+				e.reschedule(en, due)
 			}
 		}
 		return
@@ -304,47 +306,91 @@ func (e *Enricher) Run(ctx context.Context) error {
 }
 
 // next pops the next entry that is due and within budget, or says how long
-// to wait.
+// to wait. It looks at the head of one subscription's queue at a time: a
+// subscription out of budget (or paused by a 429) waits as a whole, so that
+// a fleet queued behind ARM's read budget costs nothing until its turn.
 func (e *Enricher) next(now time.Time) (*entry, time.Duration) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for len(e.queue) > 0 {
-		en := e.queue[0]
-		if en.due.After(now) {
-			return nil, en.due.Sub(now)
+	for len(e.ready) > 0 {
+		q := e.ready[0]
+		if at := q.readyAt(); at.After(now) {
+			return nil, at.Sub(now)
 		}
-		sub := strings.ToLower(en.vm.Subscription)
-		if until, ok := e.subBlock[sub]; ok && until.After(now) {
-			e.reschedule(en, until)
-			continue
-		}
-		vmLim := e.vmLimiter(en.key, now)
-		subLim := e.subLimiter(sub)
-		rv := vmLim.ReserveN(now, 1)
-		rs := subLim.ReserveN(now, 1)
-		if d := max(rv.DelayFrom(now), rs.DelayFrom(now)); d > 0 {
+		en := q.queue[0]
+		rv := e.vmLimiter(en.key, now).ReserveN(now, 1)
+		if d := rv.DelayFrom(now); d > 0 {
 			rv.CancelAt(now)
-			rs.CancelAt(now)
 			e.reschedule(en, now.Add(d))
 			continue
 		}
-		heap.Pop(&e.queue)
+		rs := q.lim.ReserveN(now, 1)
+		if d := rs.DelayFrom(now); d > 0 {
+			rs.CancelAt(now)
+			rv.CancelAt(now)
+			e.block(q, now.Add(d))
+			continue
+		}
+		heap.Pop(&q.queue)
+		e.fixReady(q)
 		en.inFlight = true
 		return en, 0
 	}
 	return nil, time.Hour
 }
 
+// subQueue is the queue of the subscription named sub (lower-cased).
+func (e *Enricher) subQueue(sub string) *subQueue {
+	sub = strings.ToLower(sub)
+	q, ok := e.subs[sub]
+	if !ok {
+		q = &subQueue{lim: rate.NewLimiter(e.cfg.PerSubscriptionRate, e.cfg.PerSubscriptionBurst), index: -1}
+		e.subs[sub] = q
+	}
+	return q
+}
+
+// push queues en in its subscription's queue.
+func (e *Enricher) push(en *entry) {
+	heap.Push(&en.sub.queue, en)
+	e.fixReady(en.sub)
+}
+
+// reschedule moves queued en to due.
 func (e *Enricher) reschedule(en *entry, due time.Time) {
 	en.due = due
-	heap.Fix(&e.queue, en.index)
+	heap.Fix(&en.sub.queue, en.index)
+	e.fixReady(en.sub)
+}
+
+// block holds q's reads until until (a 429's Retry-After, or the
+// subscription's next token).
+func (e *Enricher) block(q *subQueue, until time.Time) {
+	if until.After(q.blocked) {
+		q.blocked = until
+		e.fixReady(q)
+	}
+}
+
+// fixReady puts q in, moves it within or takes it out of ready, as its
+// queue now is.
+func (e *Enricher) fixReady(q *subQueue) {
+	switch {
+	case len(q.queue) == 0 && q.index >= 0:
+		heap.Remove(&e.ready, q.index)
+	case len(q.queue) == 0:
+	case q.index < 0:
+		heap.Push(&e.ready, q)
+	default:
+		heap.Fix(&e.ready, q.index)
+	}
 }
 
 func (e *Enricher) release(en *entry) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	en.inFlight = false
-	heap.Push(&e.queue, en)
+	e.push(en)
 }
 
 func (e *Enricher) vmLimiter(key string, now time.Time) *rate.Limiter {
@@ -355,15 +401,6 @@ func (e *Enricher) vmLimiter(key string, now time.Time) *rate.Limiter {
 	}
 	u.used = now
 	return u.lim
-}
-
-func (e *Enricher) subLimiter(sub string) *rate.Limiter {
-	l, ok := e.subLim[sub]
-	if !ok {
-		l = rate.NewLimiter(e.cfg.PerSubscriptionRate, e.cfg.PerSubscriptionBurst)
-		e.subLim[sub] = l
-	}
-	return l
 }
 
 // prune forgets per-VM limiters and read times that no longer matter.
@@ -381,9 +418,10 @@ func (e *Enricher) prune(now time.Time) {
 			delete(e.lastRead, k)
 		}
 	}
-	for k, t := range e.subBlock {
-		if t.Before(now) {
-			delete(e.subBlock, k)
+	for k, q := range e.subs {
+		// A subscription's limiter is full again after burst/rate idle.
+		if q.members == 0 && q.lim.TokensAt(now) >= float64(e.cfg.PerSubscriptionBurst) && q.blocked.Before(now) {
+			delete(e.subs, k)
 		}
 	}
 }
@@ -430,12 +468,8 @@ func (e *Enricher) read(ctx context.Context, en *entry) {
 	case errors.As(err, &thr):
 		e.observe("throttled")
 		e.log.Warn("ARM throttled enrichment; pausing the subscription", "subscription", en.vm.Subscription, "retry_after", thr.RetryAfter)
-		until := time.Now().Add(thr.RetryAfter)
 		e.mu.Lock()
-		sub := strings.ToLower(en.vm.Subscription)
-		if until.After(e.subBlock[sub]) {
-			e.subBlock[sub] = until
-		}
+		e.block(en.sub, time.Now().Add(thr.RetryAfter))
 		e.mu.Unlock()
 		e.retry(en, thr.RetryAfter)
 	default:
@@ -465,7 +499,7 @@ func (e *Enricher) retry(en *entry, d time.Duration) {
 		en.asOf = en.againAsOf
 	}
 	en.due = time.Now().Add(d)
-	heap.Push(&e.queue, en)
+	e.push(en)
 	e.signal()
 }
 
@@ -476,11 +510,13 @@ func (e *Enricher) done(en *entry, start time.Time) {
 	defer e.mu.Unlock()
 	e.lastRead[en.key] = start
 	delete(e.entries, en.key)
+	en.sub.members--
 	if en.again && (en.againAsOf.IsZero() || en.againAsOf.Add(e.cfg.Fresh).After(start)) {
 		now := time.Now()
-		next := &entry{vm: en.vm, key: en.key, first: now, due: now.Add(e.cfg.Debounce), asOf: en.againAsOf, cause: en.againCause, index: -1}
+		next := &entry{vm: en.vm, key: en.key, first: now, due: now.Add(e.cfg.Debounce), asOf: en.againAsOf, cause: en.againCause, sub: en.sub, index: -1}
 		e.entries[en.key] = next
-		heap.Push(&e.queue, next)
+		next.sub.members++
+		e.push(next)
 		e.signal()
 	}
 }
@@ -489,29 +525,4 @@ func (e *Enricher) observe(outcome string) {
 	if e.cfg.Observe != nil {
 		e.cfg.Observe(outcome)
 	}
-}
-
-// entryHeap orders entries by due time.
-type entryHeap []*entry
-
-func (h entryHeap) Len() int           { return len(h) }
-func (h entryHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
-func (h entryHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].index = i
-	h[j].index = j
-}
-func (h *entryHeap) Push(x any) {
-	en := x.(*entry)
-	en.index = len(*h)
-	*h = append(*h, en)
-}
-func (h *entryHeap) Pop() any {
-	old := *h
-	n := len(old)
-	en := old[n-1]
-	old[n-1] = nil
-	en.index = -1
-	*h = old[:n-1]
-	return en
 }

@@ -191,7 +191,8 @@ func (a *ARM) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case listPath.MatchString(p):
 		a.serveList(w, r, listPath.FindStringSubmatch(p)[1])
 	case nicPath.MatchString(p):
-		a.serveNIC(w, p)
+		m := nicPath.FindStringSubmatch(p)
+		a.serveNIC(w, m[1], m[2], m[3])
 	default:
 		armError(w, http.StatusNotFound, "InvalidResourceType", "The resource type could not be found in the namespace for api version.")
 	}
@@ -250,16 +251,19 @@ func (a *ARM) serveList(w http.ResponseWriter, r *http.Request, sub string) {
 	writeJSON(w, page)
 }
 
-func (a *ARM) serveNIC(w http.ResponseWriter, path string) {
-	a.mu.Lock()
+func (a *ARM) serveNIC(w http.ResponseWriter, sub, rg, nic string) {
+	// A simulated VM's one NIC is named after it: the lookup is the VM's,
+	// not a scan of the fleet.
 	var found *VMSpec
-	for _, st := range a.vms {
-		if strings.EqualFold(st.spec.nicID(), path) {
+	if name, ok := cutSuffixFold(nic, "-nic"); ok {
+		id := strings.ToLower(fmt.Sprintf("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.Compute/virtualMachines/%s", sub, rg, name))
+		a.mu.Lock()
+		if st, ok := a.vms[id]; ok {
 			s := st.spec
 			found = &s
 		}
+		a.mu.Unlock()
 	}
-	a.mu.Unlock()
 	if found == nil {
 		armError(w, http.StatusNotFound, "ResourceNotFound", "The Resource 'Microsoft.Network/networkInterfaces' was not found.")
 		return
@@ -275,6 +279,14 @@ func (a *ARM) serveNIC(w http.ResponseWriter, path string) {
 			"virtualMachine":              map[string]any{"id": found.ResourceID()},
 		},
 	})
+}
+
+// cutSuffixFold is strings.CutSuffix ignoring case (ARM's names are).
+func cutSuffixFold(s, suffix string) (string, bool) {
+	if len(s) < len(suffix) || !strings.EqualFold(s[len(s)-len(suffix):], suffix) {
+		return s, false
+	}
+	return s[:len(s)-len(suffix)], true
 }
 
 // model renders the VM as ARM returns it.

@@ -2,10 +2,12 @@ package azuresim
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -148,5 +150,61 @@ func TestARMTags(t *testing.T) {
 	}
 	if !envs["prod"] || !envs["staging"] || len(envs) != 2 {
 		t.Errorf("envs over 50 VMs: %v, want prod and staging", envs)
+	}
+}
+
+// TestARMServesNICs: a VM's NIC is found by its path in any case, carries
+// the VM's accelerated networking setting and points back at the VM; an
+// unknown NIC is ARM's 404.
+func TestARMServesNICs(t *testing.T) {
+	sim := NewARM(100)
+	srv := httptest.NewServer(sim)
+	defer srv.Close()
+	const sub = "00000000-0000-0000-0000-0000000000aa"
+	for i := range 50 {
+		sim.Put(VMSpec{Subscription: sub, ResourceGroup: "rg-cvm", Name: fmt.Sprintf("vm-%03d", i), VMID: NewVMID(), AcceleratedNIC: i == 7})
+	}
+	get := func(path string) (int, map[string]any) {
+		t.Helper()
+		resp, err := http.Get(srv.URL + path + "?api-version=2024-05-01")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, body
+	}
+	for _, tc := range []struct {
+		name, path  string
+		status      int
+		accelerated bool
+		vm          string
+	}{
+		{"as named", "/subscriptions/" + sub + "/resourceGroups/rg-cvm/providers/Microsoft.Network/networkInterfaces/vm-007-nic", 200, true, "vm-007"},
+		{"any case", "/SUBSCRIPTIONS/" + sub + "/resourcegroups/RG-CVM/providers/microsoft.network/networkinterfaces/VM-008-NIC", 200, false, "vm-008"},
+		{"unknown VM", "/subscriptions/" + sub + "/resourceGroups/rg-cvm/providers/Microsoft.Network/networkInterfaces/vm-999-nic", 404, false, ""},
+		{"not a VM's NIC", "/subscriptions/" + sub + "/resourceGroups/rg-cvm/providers/Microsoft.Network/networkInterfaces/vm-007", 404, false, ""},
+		{"other group", "/subscriptions/" + sub + "/resourceGroups/rg-other/providers/Microsoft.Network/networkInterfaces/vm-007-nic", 404, false, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := get(tc.path)
+			if status != tc.status {
+				t.Fatalf("status %d, want %d: %v", status, tc.status, body)
+			}
+			if status != 200 {
+				return
+			}
+			props, _ := body["properties"].(map[string]any)
+			if got, _ := props["enableAcceleratedNetworking"].(bool); got != tc.accelerated {
+				t.Errorf("enableAcceleratedNetworking %v, want %v", got, tc.accelerated)
+			}
+			vm, _ := props["virtualMachine"].(map[string]any)
+			if id, _ := vm["id"].(string); !strings.HasSuffix(id, "/virtualMachines/"+tc.vm) {
+				t.Errorf("virtualMachine.id %q, want the VM %s", id, tc.vm)
+			}
+		})
 	}
 }
