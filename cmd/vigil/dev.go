@@ -257,7 +257,9 @@ func newDevRun(ctx context.Context, env *devenv.Env, o *devOptions, dataDir stri
 		// Each simulated agent earns its credentials from keyguard, whose
 		// enrollment API listens before keyguard is ready and the fleet
 		// starts.
-		connect = enrollingAgents(bus.Config{URL: env.URL}, func() string { return d.enrollURL }, env.Logger)
+		// Each connects inside the embedded server's process, as its own
+		// principal: a socket per agent would need two open files per VM.
+		connect = enrollingAgents(bus.Config{URL: env.URL, InProcess: env.NATS.Server}, func() string { return d.enrollURL }, env.Logger)
 	}
 	onFault, onLifecycle, onConfig := scenarioNotes(&d.collector)
 	var err error

@@ -93,6 +93,10 @@ func runSim(cmd *cobra.Command, o *simRunOptions) error {
 		OnFault: onFault, OnLifecycle: onLifecycle, OnConfig: onConfig,
 	}
 	if o.enrollURL != "" {
+		why := fmt.Sprintf("--vms %d with --enroll-url (each simulated agent has its own NATS connection)", o.vms)
+		if err := ensureFileLimit(fileLimitBase+uint64(o.vms), why); err != nil {
+			return &exitError{code: 2, msg: err.Error()}
+		}
 		// The agents connect like the simulator (URL and TLS), with
 		// credentials of their own.
 		base := o.conn.busConfig("agent")

@@ -63,6 +63,12 @@ type Config struct {
 	TLSCAFile, TLSCertFile, TLSKeyFile string
 	// TLSConfig overrides the TLS files when set.
 	TLSConfig *tls.Config
+	// InProcess, when set, connects inside the server's own process
+	// (nats.InProcessServer: the embedded server of vigil dev) instead of
+	// over TCP to URL: no socket, so a simulated fleet of 100,000 agents,
+	// each on its own authenticated connection, needs no file per agent.
+	// The server authenticates and confines such a client as any other.
+	InProcess nats.InProcessConnProvider
 	// WaitForServer makes Connect retry, with backoff, until a server
 	// answers or ctx ends, instead of failing at once. Services set it;
 	// command-line tools do not.
@@ -234,6 +240,9 @@ func (c *Conn) options() ([]nats.Option, error) {
 	}
 	if cfg.InboxPrefix != "" {
 		opts = append(opts, nats.CustomInboxPrefix(cfg.InboxPrefix))
+	}
+	if cfg.InProcess != nil {
+		opts = append(opts, nats.InProcessServer(cfg.InProcess))
 	}
 	switch {
 	case cfg.TLSConfig != nil:

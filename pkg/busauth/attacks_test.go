@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 
 	"github.com/vigil-cc/vigil/pkg/busauth"
 	"github.com/vigil-cc/vigil/pkg/events"
@@ -403,4 +404,44 @@ func TestAdminActionsAttributedByTheServer(t *testing.T) {
 		t.Errorf("alice's inbox: %v", err)
 	}
 	alice.mustRefuseSubscribe(busauth.AdminInboxPrefix(busauth.DefaultAdminName) + ".>")
+}
+
+// TestInProcessAgentIsConfinedAsOverTCP: an agent connected inside the
+// server's process (as vigil dev's simulated agents are, with
+// bus.Config.InProcess) is authenticated and confined exactly as over TCP:
+// its own challenge and the keyguard requests only, nothing of another VM
+// or principal, no events; and it cannot connect without valid
+// credentials.
+func TestInProcessAgentIsConfinedAsOverTCP(t *testing.T) {
+	e := newEnv(t)
+	inProcess := nats.InProcessServer(e.srv.Embedded().Server)
+	a := e.agent(vmA, inProcess)
+	if _, err := a.subscribe(events.ChallengeSubject(vmA)); err != nil {
+		t.Fatalf("own challenge: %v", err)
+	}
+	if err := a.publish(events.KeyguardNonceSubject(vmA)); err != nil {
+		t.Fatalf("keyguard nonce request: %v", err)
+	}
+	a.mustRefuseSubscribe(events.ChallengeSubject(vmB))
+	a.mustRefuseSubscribe("_INBOX.>")
+	a.mustRefuseSubscribe(busauth.AgentInboxPrefix(vmB) + ".>")
+	a.mustRefuseSubscribe(busauth.InboxPrefix(busauth.Keyguard) + ".>")
+	a.mustRefusePublish("vigil.events.verdict." + vmA)
+	a.mustRefusePublish("vigil.alert.critical." + vmA)
+	a.mustRefusePublish("$JS.API.STREAM.DELETE." + events.StreamEvents)
+
+	// Another VM's JWT without its key: refused at connect (over an
+	// in-process pipe the refusal takes the server's write deadline, 10 s).
+	b, err := e.set.AgentCreds(vmB, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nc, err := nats.Connect(e.srv.URL(), inProcess, nats.UserJWT(func() (string, error) { return b.JWT, nil }, stranger.Sign)); err == nil {
+		nc.Close()
+		t.Fatal("an in-process connection with another VM's JWT and a key of its own was accepted")
+	}
 }

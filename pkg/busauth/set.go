@@ -222,14 +222,14 @@ func scope(p Principal, kp nkeys.KeyPair) *jwt.UserScope {
 	if a.Responses {
 		t.Resp = &jwt.ResponsePermission{MaxMsgs: 1, Expires: ResponseTTL}
 	}
-	// TCP clients only (and clients inside the server's process for the
-	// services); no websocket, MQTT or leafnode connections.
-	t.AllowedConnectionTypes.Add(jwt.ConnectionTypeStandard)
+	// TCP clients only, and clients inside the server's own process (only
+	// code running in the server's process can open one: vigil dev's
+	// services and simulated agents); no websocket, MQTT or leafnode
+	// connections.
+	t.AllowedConnectionTypes.Add(jwt.ConnectionTypeStandard, jwt.ConnectionTypeInProcess)
 	if p == Agent {
 		t.Subs = agentMaxSubs
 		t.Payload = agentMaxPayload
-	} else {
-		t.AllowedConnectionTypes.Add(jwt.ConnectionTypeInProcess)
 	}
 	return us
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/vigil-cc/vigil/services/ingest/compliance"
 	"github.com/vigil-cc/vigil/services/ingest/eventgrid"
 	"github.com/vigil-cc/vigil/services/ingest/namespace"
+	"github.com/vigil-cc/vigil/services/ingest/normalize"
 )
 
 // Defaults of Config.
@@ -115,6 +116,8 @@ func Run(ctx context.Context, cfg Config) error { return run(ctx, cfg, hooks{}) 
 type hooks struct {
 	// afterStore runs between storing a webhook delivery and answering.
 	afterStore func(*http.Request)
+	// kickGap replaces the least time between passes a backlog asks for.
+	kickGap time.Duration
 }
 
 func run(ctx context.Context, cfg Config, h hooks) error {
@@ -226,10 +229,21 @@ func (c *settings) wire(svc *service.Service) error {
 	skew := c.Limits.MaxClockSkew
 	proc := &processor{conn: conn, inv: &inventory{kv: kv, now: time.Now, skew: skew},
 		policy: c.policy, log: log, m: m, now: time.Now, skew: skew}
+	var rec *reconciler
+	if c.Lister != nil && len(c.Subscriptions) > 0 && c.ReconcileInterval > 0 {
+		rec = newReconciler(proc, c.Lister, c.Subscriptions, c.ReconcileGrace, log.With("component", "reconcile"))
+		if c.hooks.kickGap > 0 {
+			rec.kickGap = c.hooks.kickGap
+		}
+	}
 	var enricher *arm.Enricher
 	if c.Fetcher != nil {
 		enricher = c.enricher(proc, m, log, tracer)
-		proc.enrich = enricher.Request
+		proc.enrich = func(ctx context.Context, vm normalize.VMID, asOf time.Time) {
+			if enricher.Request(ctx, vm, asOf) && rec != nil {
+				rec.queued(enricher.Pending())
+			}
+		}
 	}
 	storeFor := func(origin string) eventgrid.StoreFunc {
 		return func(ctx context.Context, evs []eventgrid.Event) error {
@@ -265,8 +279,7 @@ func (c *settings) wire(svc *service.Service) error {
 	if enricher != nil {
 		svc.Go("enrich", enricher.Run)
 	}
-	if c.Lister != nil && len(c.Subscriptions) > 0 && c.ReconcileInterval > 0 {
-		rec := &reconciler{p: proc, list: c.Lister, subs: c.Subscriptions, grace: c.ReconcileGrace, log: log.With("component", "reconcile")}
+	if rec != nil {
 		svc.Go("reconcile", func(ctx context.Context) error { rec.loop(ctx, c.ReconcileInterval); return nil })
 	}
 	return nil

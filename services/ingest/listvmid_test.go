@@ -65,3 +65,52 @@ func TestVMIDFromTheReconcileList(t *testing.T) {
 		t.Errorf("%d lifecycle events, want 1: a vmId from the list is no lifecycle change", n)
 	}
 }
+
+// TestBacklogListsSooner: when more VMs wait for their enrichment's read
+// than the read budget serves in a few seconds (listBacklog), ingest lists
+// the subscription soon (not at the next interval, an hour away here),
+// so that every VM's vmId comes from one list call; a single VM waiting
+// asks for nothing.
+func TestBacklogListsSooner(t *testing.T) {
+	h := newHarness(t)
+	const gap = 500 * time.Millisecond
+	h.hooks.kickGap = gap
+	h.run(func(c *Config) {
+		c.Enrichment = arm.EnricherConfig{PerSubscriptionRate: rate.Every(time.Hour), PerSubscriptionBurst: 1,
+			Debounce: 10 * time.Millisecond, Fresh: time.Millisecond}
+		c.Subscriptions = []string{testSub}
+		c.ReconcileInterval = time.Hour
+		c.ReconcileGrace = time.Millisecond
+	})
+	eventually(t, 10*time.Second, "the pass at start", func() bool { return h.arm.Lists() >= 1 })
+	// One VM waiting: no early pass.
+	h.arm.PutVM(armfake.CompliantVM(testSub, testRG, "vm-single", "vmid-single"))
+	if code := h.post(batch(armEG("create-single", "vm-single", "write", time.Now()))); code != 200 {
+		t.Fatal(code)
+	}
+	eventually(t, 10*time.Second, "record of vm-single", func() bool { _, ok := h.record(vmKey("vm-single")); return ok })
+	time.Sleep(3 * gap) // a pass it asked for would have started by now
+	if n := h.arm.Lists(); n != 1 {
+		t.Fatalf("%d list passes for one VM waiting; want only the one at start", n)
+	}
+	// A fleet arriving at once: its vmIds come from one early pass.
+	const vms = listBacklog + 20
+	evs := make([]string, 0, vms)
+	for i := range vms {
+		name := fmt.Sprintf("vm-%03d", i)
+		h.arm.PutVM(armfake.CompliantVM(testSub, testRG, name, "vmid-"+name))
+		evs = append(evs, armEG("create-"+name, name, "write", time.Now()))
+	}
+	for i := 0; i < len(evs); i += 50 {
+		if code := h.post(batch(evs[i:min(i+50, len(evs))]...)); code != 200 {
+			t.Fatal(code)
+		}
+	}
+	for i := range vms {
+		name := fmt.Sprintf("vm-%03d", i)
+		eventually(t, 15*time.Second, "vmId of "+name, func() bool { r, _ := h.record(vmKey(name)); return r.VMID == "vmid-"+name })
+	}
+	if n := h.arm.Lists(); n < 2 {
+		t.Fatalf("%d list passes; the backlog should have asked for one", n)
+	}
+}

@@ -359,12 +359,17 @@ func (p *processor) armTags(ctx context.Context, vm normalize.VMID, raw map[stri
 // changes; a VM made again under the same name is a new record). Nothing
 // else is taken from the list: the rest waits for the VM's enrichment.
 // Neither is a lifecycle change: the record changes, nothing is published.
-func (p *processor) fromList(ctx context.Context, id normalize.VMID, tags map[string]string, vmID string, at time.Time) error {
+// rec is the record as the pass read it: the first compare-and-set is
+// against its revision.
+func (p *processor) fromList(ctx context.Context, id normalize.VMID, rec record, tags map[string]string, vmID string, at time.Time) error {
 	key := id.Key()
-	for range maxCASAttempts {
-		rec, err := p.inv.get(ctx, key)
-		if err != nil {
-			return err
+	for i := range maxCASAttempts {
+		if i > 0 {
+			// rec was the pass's; after a conflict, read the record anew.
+			var err error
+			if rec, err = p.inv.get(ctx, key); err != nil {
+				return err
+			}
 		}
 		if !rec.exists() || rec.VM.Deleted {
 			return nil

@@ -55,6 +55,9 @@ type Authority struct {
 	// and the ASK of a product line were revoked.
 	revokedVCEKs map[int]time.Time
 	revokedASKs  map[string]time.Time
+	// names are the VM names (sim-<the vmId's first 8 hex digits>) given
+	// to VMs whose vmId this authority made, so that no two are alike.
+	names map[string]bool
 }
 
 // NewAuthority returns an Authority. Building the vendor chains happens on

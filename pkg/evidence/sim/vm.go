@@ -148,7 +148,7 @@ func (a *Authority) NewVM(cfg VMConfig) (*VM, error) {
 		return nil, fmt.Errorf("sim: product line %q is not Milan or Genoa", cfg.ProductLine)
 	}
 	if cfg.VMID == "" {
-		cfg.VMID = newGUID()
+		cfg.VMID = a.uniqueVMID()
 	}
 	if cfg.ResourceID == "" {
 		cfg.ResourceID = fmt.Sprintf("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/vigil-sim/providers/Microsoft.Compute/virtualMachines/sim-%s", strings.ToLower(cfg.VMID[:8]))
@@ -205,6 +205,24 @@ func (a *Authority) NewFleet(n int, cfg VMConfig) ([]*VM, error) {
 	}
 	wg.Wait()
 	return vms, errors.Join(errs...)
+}
+
+// uniqueVMID makes a vmId whose name prefix (its first 8 hex digits, which
+// name the VM) no VM made by a before has: 20,000 random prefixes of 32
+// bits hold two alike one time in 20, 100,000 most of the time.
+func (a *Authority) uniqueVMID() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.names == nil {
+		a.names = map[string]bool{}
+	}
+	for {
+		id := newGUID()
+		if p := id[:8]; !a.names[p] {
+			a.names[p] = true
+			return id
+		}
+	}
 }
 
 func newGUID() string {

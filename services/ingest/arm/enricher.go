@@ -191,8 +191,9 @@ func NewEnricher(cfg EnricherConfig, fetch Fetcher, apply ResultFunc) *Enricher 
 // that happened at asOf. Requests for a VM coalesce; a request already
 // covered by a read that started after asOf (plus Fresh) needs no read.
 // The read's span is a child of the span in ctx of the batch's first
-// request.
-func (e *Enricher) Request(ctx context.Context, vm normalize.VMID, asOf time.Time) {
+// request. It reports whether the request queued a read of its own (not
+// coalesced with one queued or in flight, not fresh, not dropped).
+func (e *Enricher) Request(ctx context.Context, vm normalize.VMID, asOf time.Time) bool {
 	cause := trace.SpanContextFromContext(ctx)
 	key := vm.Key()
 	now := time.Now()
@@ -200,7 +201,7 @@ func (e *Enricher) Request(ctx context.Context, vm normalize.VMID, asOf time.Tim
 	defer e.mu.Unlock()
 	if last, ok := e.lastRead[key]; ok && !asOf.IsZero() && last.After(asOf.Add(e.cfg.Fresh)) {
 		e.observe("fresh")
-		return
+		return false
 	}
 	en, ok := e.entries[key]
 	switch {
@@ -208,7 +209,7 @@ func (e *Enricher) Request(ctx context.Context, vm normalize.VMID, asOf time.Tim
 		if len(e.entries) >= e.cfg.MaxPending {
 			e.log.Warn("enrichment queue full; request dropped until the next reconcile", "vm", vm.ResourceID)
 			e.observe("dropped")
-			return
+			return false
 		}
 		en = &entry{vm: vm, key: key, first: now, due: now.Add(e.cfg.Debounce), asOf: asOf, cause: cause, sub: e.subQueue(vm.Subscription), index: -1}
 		e.entries[key] = en
@@ -223,7 +224,7 @@ func (e *Enricher) Request(ctx context.Context, vm normalize.VMID, asOf time.Tim
 		if asOf.After(en.againAsOf) {
 			en.againAsOf = asOf
 		}
-		return
+		return false
 	default:
 		e.observe("coalesced")
 		if !en.cause.IsValid() {
@@ -242,9 +243,10 @@ func (e *Enricher) Request(ctx context.Context, vm normalize.VMID, asOf time.Tim
 				e.reschedule(en, due)
 			}
 		}
-		return
+		return false
 	}
 	e.signal()
+	return true
 }
 
 // Pending is the number of VMs waiting for or in enrichment.

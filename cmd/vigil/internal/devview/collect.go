@@ -34,6 +34,7 @@ type Collector struct {
 	since       time.Time
 	known       map[string]bool
 	status      map[string]events.Status
+	byStatus    map[events.Status]int // how many VMs of status have each status (Counts reads it, not status)
 	verdicts    map[string]int
 	attested    map[string]bool
 	revoked     map[string]time.Time
@@ -52,7 +53,7 @@ func NewCollector(since time.Time, names func(string) string) *Collector {
 		names = func(vm string) string { return vm }
 	}
 	return &Collector{
-		since: since, known: map[string]bool{}, status: map[string]events.Status{},
+		since: since, known: map[string]bool{}, status: map[string]events.Status{}, byStatus: map[events.Status]int{},
 		verdicts: map[string]int{}, attested: map[string]bool{}, revoked: map[string]time.Time{},
 		alertsBySev: map[events.Severity]int{}, names: names, notices: make(chan Notice, 1024),
 	}
@@ -119,7 +120,7 @@ func (c *Collector) onEvent(m jetstream.Msg) {
 	if vm != "" && !c.known[vm] {
 		c.known[vm] = true
 		if _, ok := c.status[vm]; !ok {
-			c.status[vm] = events.StatusPending
+			c.setStatus(vm, events.StatusPending)
 		}
 	}
 	name := c.names(vm)
@@ -135,7 +136,7 @@ func (c *Collector) onEvent(m jetstream.Msg) {
 		if env.Decode(events.TypeState, &s) != nil {
 			return
 		}
-		c.status[vm] = s.To
+		c.setStatus(vm, s.To)
 		switch {
 		case s.To == events.StatusTrusted && (s.From == events.StatusPending || s.From == ""):
 			// The common case: not worth a line per VM.
@@ -220,28 +221,20 @@ type Counts struct {
 func (c *Collector) Counts() Counts {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n := Counts{Known: len(c.known), Revoked: len(c.revoked), Alerts: c.alerts, AuditEntries: c.checkpoint}
-	for _, s := range c.status {
-		switch s {
-		case events.StatusPending:
-			n.Pending++
-		case events.StatusTrusted:
-			n.Trusted++
-		case events.StatusWarning:
-			n.Warning++
-		case events.StatusUntrusted:
-			n.Untrusted++
-		case events.StatusUnreachable:
-			n.Unreachable++
-		case events.StatusStale:
-			n.Stale++
-		case events.StatusSuspended:
-			n.Suspended++
-		case events.StatusRetired:
-			n.Retired++
-		}
+	b := c.byStatus
+	return Counts{Known: len(c.known), Revoked: len(c.revoked), Alerts: c.alerts, AuditEntries: c.checkpoint,
+		Pending: b[events.StatusPending], Trusted: b[events.StatusTrusted], Warning: b[events.StatusWarning],
+		Untrusted: b[events.StatusUntrusted], Unreachable: b[events.StatusUnreachable], Stale: b[events.StatusStale],
+		Suspended: b[events.StatusSuspended], Retired: b[events.StatusRetired]}
+}
+
+// setStatus records vm's status and keeps the count by status; c.mu is held.
+func (c *Collector) setStatus(vm string, s events.Status) {
+	if old, ok := c.status[vm]; ok {
+		c.byStatus[old]--
 	}
-	return n
+	c.status[vm] = s
+	c.byStatus[s]++
 }
 
 // Status returns a VM's last known status ("" when unknown).
