@@ -75,8 +75,9 @@ partway: watch detection, revocation, alert and audit entry happen. --alert-webh
 subscribes a webhook (vigil alerts receive, say) to the alerts.
 
 Auth is on: NATS runs in operator mode with an identity kept in <data>/auth, and each
-service and each simulated agent connects with its own credentials (the agents' are minted
-directly until enrollment lands); the administrator's credentials file is
+service and each simulated agent connects with its own credentials (each agent earns its
+own from keyguard by enrolling with its VM's evidence, and connects inside this process's
+NATS server); the administrator's credentials file is
 <data>/auth/creds/admin.creds. --no-auth runs an open server for debugging, and only when
 every listener is loopback.
 

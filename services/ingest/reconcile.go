@@ -200,8 +200,13 @@ func (r *reconciler) vm(ctx context.Context, id normalize.VMID, m *armcompute.Vi
 			return err
 		}
 	}
-	if needed != nil || !rec.exists() || rec.VM.EnrichedAt.Before(rec.VM.EventTime) {
+	switch {
+	case needed != nil || !rec.exists():
 		r.p.requestEnrich(ctx, id, start)
+	case rec.VM.EnrichedAt.Before(rec.VM.EventTime):
+		// As of the event the record waits for: a read that started
+		// after it (since the pass read the inventory, say) is enough.
+		r.p.requestEnrich(ctx, id, rec.VM.EventTime)
 	}
 	return nil
 }

@@ -426,7 +426,7 @@ func (e *Env) Banner(w io.Writer) {
 	}
 	tail := "--nats-url " + e.URL
 	if e.Auth != nil {
-		fmt.Fprintf(w, "  auth on: every service and simulated agent has its own credentials (agents' minted directly until enrollment lands); identity in %s, administrator's credentials %s\n",
+		fmt.Fprintf(w, "  auth on: every service and simulated agent has its own credentials (each agent's earned by enrolling with its VM's evidence); identity in %s, administrator's credentials %s\n",
 			e.AuthDir, e.AdminCredsFile())
 		tail += " --nats-creds " + e.AdminCredsFile()
 	} else {
