@@ -142,7 +142,7 @@ type Enricher struct {
 	// id; ready orders those with entries waiting by when their next
 	// read may start.
 	subs     map[string]*subQueue
-	ready    subHeap
+	ready    heapOf[*subQueue]
 	vmLim    map[string]*limiterUse
 	lastRead map[string]time.Time // VM key -> start of the last successful read
 	wake     chan struct{}
@@ -181,6 +181,7 @@ func NewEnricher(cfg EnricherConfig, fetch Fetcher, apply ResultFunc) *Enricher 
 		log:      cfg.Logger.With("component", "enricher"),
 		entries:  map[string]*entry{},
 		subs:     map[string]*subQueue{},
+		ready:    heapOf[*subQueue]{less: byReady},
 		vmLim:    map[string]*limiterUse{},
 		lastRead: map[string]time.Time{},
 		wake:     make(chan struct{}, 1),
@@ -314,12 +315,12 @@ func (e *Enricher) Run(ctx context.Context) error {
 func (e *Enricher) next(now time.Time) (*entry, time.Duration) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for len(e.ready) > 0 {
-		q := e.ready[0]
+	for e.ready.Len() > 0 {
+		q := e.ready.head()
 		if at := q.readyAt(); at.After(now) {
 			return nil, at.Sub(now)
 		}
-		en := q.queue[0]
+		en := q.queue.head()
 		rv := e.vmLimiter(en.key, now).ReserveN(now, 1)
 		if d := rv.DelayFrom(now); d > 0 {
 			rv.CancelAt(now)
@@ -346,7 +347,7 @@ func (e *Enricher) subQueue(sub string) *subQueue {
 	sub = strings.ToLower(sub)
 	q, ok := e.subs[sub]
 	if !ok {
-		q = &subQueue{lim: rate.NewLimiter(e.cfg.PerSubscriptionRate, e.cfg.PerSubscriptionBurst), index: -1}
+		q = &subQueue{queue: heapOf[*entry]{less: byDue}, lim: rate.NewLimiter(e.cfg.PerSubscriptionRate, e.cfg.PerSubscriptionBurst), index: -1}
 		e.subs[sub] = q
 	}
 	return q
@@ -378,9 +379,9 @@ func (e *Enricher) block(q *subQueue, until time.Time) {
 // queue now is.
 func (e *Enricher) fixReady(q *subQueue) {
 	switch {
-	case len(q.queue) == 0 && q.index >= 0:
+	case q.queue.Len() == 0 && q.index >= 0:
 		heap.Remove(&e.ready, q.index)
-	case len(q.queue) == 0:
+	case q.queue.Len() == 0:
 	case q.index < 0:
 		heap.Push(&e.ready, q)
 	default:

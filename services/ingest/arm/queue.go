@@ -9,7 +9,7 @@ import (
 // subQueue is one subscription's enrichment queue: its entries by due time,
 // its read budget and how long it is held.
 type subQueue struct {
-	queue entryHeap
+	queue heapOf[*entry] // by due time
 	lim   *rate.Limiter
 	// blocked: no read starts before (a 429's Retry-After, or when the
 	// budget has its next token).
@@ -23,59 +23,48 @@ type subQueue struct {
 
 // readyAt is when q's first entry may be read; q.queue is not empty.
 func (q *subQueue) readyAt() time.Time {
-	if due := q.queue[0].due; due.After(q.blocked) {
+	if due := q.queue.head().due; due.After(q.blocked) {
 		return due
 	}
 	return q.blocked
 }
 
-// entryHeap orders entries by due time.
-type entryHeap []*entry
-
-func (h entryHeap) Len() int           { return len(h) }
-func (h entryHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
-func (h entryHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].index = i
-	h[j].index = j
-}
-func (h *entryHeap) Push(x any) {
-	en := x.(*entry)
-	en.index = len(*h)
-	*h = append(*h, en)
-}
-func (h *entryHeap) Pop() any {
-	old := *h
-	n := len(old)
-	en := old[n-1]
-	old[n-1] = nil
-	en.index = -1
-	*h = old[:n-1]
-	return en
+// heapOf is a container/heap of items that keep their index in it (for
+// heap.Fix and heap.Remove), ordered by less.
+type heapOf[T interface{ setIndex(int) }] struct {
+	items []T
+	less  func(a, b T) bool
 }
 
-// subHeap orders subscriptions with entries waiting by when their next
-// read may start.
-type subHeap []*subQueue
+func (h *heapOf[T]) Len() int           { return len(h.items) }
+func (h *heapOf[T]) Less(i, j int) bool { return h.less(h.items[i], h.items[j]) }
+func (h *heapOf[T]) Swap(i, j int) {
+	h.items[i], h.items[j] = h.items[j], h.items[i]
+	h.items[i].setIndex(i)
+	h.items[j].setIndex(j)
+}
+func (h *heapOf[T]) Push(x any) {
+	it := x.(T)
+	it.setIndex(len(h.items))
+	h.items = append(h.items, it)
+}
+func (h *heapOf[T]) Pop() any {
+	n := len(h.items) - 1
+	it := h.items[n]
+	var zero T
+	h.items[n] = zero
+	it.setIndex(-1)
+	h.items = h.items[:n]
+	return it
+}
 
-func (h subHeap) Len() int           { return len(h) }
-func (h subHeap) Less(i, j int) bool { return h[i].readyAt().Before(h[j].readyAt()) }
-func (h subHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].index = i
-	h[j].index = j
-}
-func (h *subHeap) Push(x any) {
-	q := x.(*subQueue)
-	q.index = len(*h)
-	*h = append(*h, q)
-}
-func (h *subHeap) Pop() any {
-	old := *h
-	n := len(old)
-	q := old[n-1]
-	old[n-1] = nil
-	q.index = -1
-	*h = old[:n-1]
-	return q
-}
+// head is the first item; the heap is not empty.
+func (h *heapOf[T]) head() T { return h.items[0] }
+
+func (en *entry) setIndex(i int)   { en.index = i }
+func (q *subQueue) setIndex(i int) { q.index = i }
+
+// byDue orders entries by due time; byReady subscriptions by when their
+// next read may start.
+func byDue(a, b *entry) bool      { return a.due.Before(b.due) }
+func byReady(a, b *subQueue) bool { return a.readyAt().Before(b.readyAt()) }
