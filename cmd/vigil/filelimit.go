@@ -19,10 +19,3 @@ func (e *fileLimitError) Error() string {
 	return fmt.Sprintf("%s: about %d open files are needed, the limit is %d and could not be raised (%v); raise it (ulimit -n), use fewer --vms, or run the fleet in its own process (vigil sim run)",
 		e.why, e.need, e.limit, e.err)
 }
-
-// ensureFileLimit raises the process's open file limit to need when it is
-// lower (up to the hard limit, and the hard limit too when the process may),
-// and says so when it cannot.
-func ensureFileLimit(need uint64, why string) error {
-	return raiseFileLimit(need, why)
-}

@@ -4,7 +4,10 @@ package main
 
 import "syscall"
 
-func raiseFileLimit(need uint64, why string) error {
+// ensureFileLimit raises the process's open file limit to need when it is
+// lower (the hard limit too when the process may, else up to the hard
+// limit), and says so when it cannot.
+func ensureFileLimit(need uint64, why string) error {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		return nil // unknown: let the system say so if it comes to that
