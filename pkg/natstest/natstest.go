@@ -375,3 +375,18 @@ func (c *Cluster) StreamLeader(stream string, timeout time.Duration) *Server {
 	c.t.Fatalf("natstest: stream %s has no leader after %s", stream, timeout)
 	return nil
 }
+
+// WaitAcks waits for every asynchronous publish in fs to be acknowledged
+// by its stream; it fails t on the first refusal or when ctx ends.
+func WaitAcks(ctx context.Context, t testing.TB, fs []jetstream.PubAckFuture) {
+	t.Helper()
+	for _, f := range fs {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			t.Fatalf("publish: %v", err)
+		case <-ctx.Done():
+			t.Fatalf("publish: %v", ctx.Err())
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/transparency-dev/tessera/storage/posix"
 
 	"github.com/vigil-cc/vigil/pkg/events"
+	"github.com/vigil-cc/vigil/pkg/natstest"
 	"github.com/vigil-cc/vigil/services/auditor/auditlog"
 )
 
@@ -127,12 +128,12 @@ func publishBench(ctx context.Context, b *testing.B, js jetstream.JetStream, n i
 		}
 		futures = append(futures, f)
 		if len(futures) == cap(futures) {
-			waitAcks(ctx, b, futures)
+			natstest.WaitAcks(ctx, b, futures)
 			futures = futures[:0]
 		}
 		msgs = append(msgs, auditlog.Message{Stream: events.StreamEvents, Seq: uint64(i + 1), Subject: msg.Subject, Stored: time.Now(), Body: body})
 	}
-	waitAcks(ctx, b, futures)
+	natstest.WaitAcks(ctx, b, futures)
 	return msgs
 }
 

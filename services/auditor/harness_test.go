@@ -177,11 +177,11 @@ func (h *harness) publish(start, n int) {
 		}
 		futures = append(futures, f)
 		if len(futures) >= 512 {
-			waitAcks(h.ctx, h.t, futures)
+			natstest.WaitAcks(h.ctx, h.t, futures)
 			futures = futures[:0]
 		}
 	}
-	waitAcks(h.ctx, h.t, futures)
+	natstest.WaitAcks(h.ctx, h.t, futures)
 }
 
 // publishOn publishes one policy event on each subject, in order, and

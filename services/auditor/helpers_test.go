@@ -1,13 +1,10 @@
 package auditor
 
 import (
-	"context"
 	"fmt"
 	"strconv"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/services/auditor/auditlog"
@@ -21,19 +18,6 @@ var vmKeys = func() []string {
 	}
 	return ks
 }()
-
-func waitAcks(ctx context.Context, t testing.TB, fs []jetstream.PubAckFuture) {
-	t.Helper()
-	for _, f := range fs {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			t.Fatalf("publish: %v", err)
-		case <-ctx.Done():
-			t.Fatalf("publish: %v", ctx.Err())
-		}
-	}
-}
 
 // waitFor polls cond until it holds or the timeout passes.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {

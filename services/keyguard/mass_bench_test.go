@@ -13,6 +13,7 @@ import (
 	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/evidence/sim"
+	"github.com/vigil-cc/vigil/pkg/natstest"
 	"github.com/vigil-cc/vigil/services/keyguard"
 	"github.com/vigil-cc/vigil/services/keyguard/grants"
 )
@@ -133,15 +134,7 @@ func BenchmarkMassRevocation(b *testing.B) {
 			}
 			acks[i] = f
 		}
-		for _, f := range acks {
-			select {
-			case <-f.Ok():
-			case err := <-f.Err():
-				b.Fatalf("verdict not stored: %v", err)
-			case <-ctx.Done():
-				b.Fatal(ctx.Err())
-			}
-		}
+		natstest.WaitAcks(ctx, b, acks)
 		publishTook = append(publishTook, time.Since(start))
 		select {
 		case <-done:
