@@ -144,6 +144,13 @@ func (a *AzureTPM) Evidence(ctx context.Context, nonce, extraData []byte) ([]byt
 	case <-ctx.Done():
 		return nil, fmt.Errorf("%w: waiting for the TPM: %w", ErrTPM, ctx.Err())
 	}
+	if err := ctx.Err(); err != nil {
+		// Both were ready and the lock was chosen: a challenge whose
+		// deadline has passed starts no TPM session (it would hold the
+		// TPM for nothing).
+		<-a.lock
+		return nil, fmt.Errorf("%w: waiting for the TPM: %w", ErrTPM, err)
+	}
 	// A TPM command cannot be interrupted: run the session in its own
 	// goroutine, which releases the lock when the TPM is done, and give up
 	// waiting for it when the deadline passes.

@@ -13,11 +13,13 @@ import (
 	"encoding/asn1"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -433,3 +435,28 @@ func TestAzureBackendOnSimulatedVTPM(t *testing.T) {
 }
 
 func natstestStart(t *testing.T) string { return natstest.Start(t).URL() }
+
+// TestExpiredChallengeStartsNoTPMSession: a challenge whose deadline has
+// passed before the TPM is free is refused without opening a session,
+// even when the TPM is free at once (a session started for it would hold
+// the TPM, and run beside whatever comes next, for nothing).
+func TestExpiredChallengeStartsNoTPMSession(t *testing.T) {
+	var opened atomic.Int64
+	src := agent.NewAzureTPM(agent.AzureTPMConfig{
+		Open:         func() (transport.TPMCloser, error) { opened.Add(1); return nil, errors.New("no TPM here") },
+		IMDS:         agent.NewIMDS("http://127.0.0.1:1"),
+		EventLogPath: "-",
+		VMKey:        "vm",
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for range 2000 {
+		n := evidence.NewNonce()
+		if _, err := src.Evidence(ctx, n, evidence.ChallengeBinding(n)); !errors.Is(err, context.Canceled) {
+			t.Fatalf("evidence for an expired challenge: %v, want the deadline's error", err)
+		}
+	}
+	if n := opened.Load(); n != 0 {
+		t.Fatalf("%d TPM sessions started for 2000 expired challenges", n)
+	}
+}
