@@ -6,10 +6,10 @@ MODULES := $(shell $(GO) list -m -f '{{.Path}}/...')
 MODULE_DIRS := $(shell $(GO) list -m -f '{{.Dir}}')
 BIN ?= bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-TEST_TIMEOUT ?= 9m
+TEST_TIMEOUT ?= 12m
 STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo $(shell $(GO) env GOPATH)/bin/staticcheck)
 
-.PHONY: all build test test-peers test-short run bench lint fmt vet staticcheck standalone tidy tidy-check clean compose-check compose-test compose-test-cluster
+.PHONY: all build test test-peers test-short run bench soak lint fmt vet staticcheck standalone tidy tidy-check clean compose-check compose-test compose-test-cluster
 
 all: lint test
 
@@ -36,6 +36,21 @@ run:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/vigil github.com/vigil-cc/vigil/cmd/vigil
 	@echo "Open the fleet console: http://127.0.0.1:8088 (unless ARGS sets --console)"
 	./$(BIN)/vigil dev $(ARGS)
+
+# The soak (e2e TestSoak): a 3-node NATS cluster, two copies of every
+# service as processes, 10,000 simulated VMs out of process at a 1-minute
+# interval with the tamper scenario, and a fault every 3 minutes (a
+# service killed with SIGKILL, a NATS node restarted). It prints its
+# checks; soak-out/ gets summary.json, soak.svg and every process's log.
+# `make test` runs a 3-minute form of it. Shorter: make soak SOAK_DURATION=10m
+SOAK_DURATION ?= 30m
+SOAK_VMS ?= 10000
+SOAK_INTERVAL ?= 1m
+SOAK_FAULT_EVERY ?= 3m
+SOAK_OUT ?= $(CURDIR)/soak-out
+soak:
+	cd e2e && $(GO) test -count=1 -timeout 3h -run '^TestSoak$$' -v . -args -soak.duration=$(SOAK_DURATION) \
+		-soak.vms=$(SOAK_VMS) -soak.interval=$(SOAK_INTERVAL) -soak.fault-every=$(SOAK_FAULT_EVERY) -soak.out=$(SOAK_OUT)
 
 # Every Benchmark* of every module; tests are skipped.
 bench:

@@ -56,45 +56,87 @@ func build(t *testing.T, dir string, names ...string) {
 	}
 }
 
-// proc is a running OS process whose output is kept for failure reports.
+// proc is a running OS process whose output is kept for failure reports:
+// in memory, or appended to a file for long runs.
 type proc struct {
 	name string
 	cmd  *exec.Cmd
 	mu   sync.Mutex
 	out  strings.Builder
+	file *os.File // when set, the output goes here instead of out
 	done chan error
 }
 
 func (p *proc) write(b []byte) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.file != nil {
+		_, _ = p.file.Write(b)
+		return
+	}
 	p.out.Write(b)
-	p.mu.Unlock()
 }
 
+// output is what the process wrote: all of it, or the last 64 KiB of
+// its log file.
 func (p *proc) output() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.file != nil {
+		const most = 64 << 10
+		var size int64
+		if fi, err := p.file.Stat(); err == nil {
+			size = fi.Size()
+		}
+		buf := make([]byte, min(size, most))
+		n, _ := p.file.ReadAt(buf, size-int64(len(buf)))
+		return string(buf[:n])
+	}
 	return p.out.String()
 }
 
 func start(t *testing.T, bin, name string, args ...string) *proc {
 	t.Helper()
+	return startLogged(t, "", bin, name, args...)
+}
+
+// startLogged starts bin as name; with logFile set its output is appended
+// there (a restarted process continues its predecessor's file).
+func startLogged(t *testing.T, logFile, bin, name string, args ...string) *proc {
+	t.Helper()
 	p := &proc{name: name, cmd: exec.Command(bin, args...), done: make(chan error, 1)}
+	if logFile != "" {
+		f, err := os.OpenFile(logFile, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.file = f
+	}
 	p.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
 	r, w := io.Pipe()
 	p.cmd.Stdout, p.cmd.Stderr = w, w
+	copied := make(chan struct{})
 	go func() {
+		defer close(copied)
 		sc := bufio.NewScanner(r)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
 			p.write(append(sc.Bytes(), '\n'))
 		}
+		_, _ = io.Copy(io.Discard, r)
 	}()
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	go func() { p.done <- p.cmd.Wait(); w.Close() }()
-	t.Cleanup(func() { p.stop(t) })
+	go func() { err := p.cmd.Wait(); w.Close(); <-copied; p.done <- err }()
+	t.Cleanup(func() {
+		p.stop(t)
+		if p.file != nil {
+			p.mu.Lock()
+			_ = p.file.Close()
+			p.mu.Unlock()
+		}
+	})
 	return p
 }
 
@@ -113,6 +155,15 @@ func (p *proc) stop(t *testing.T) {
 	}
 }
 
+// kill sends SIGKILL and waits for the process to end.
+func (p *proc) kill() {
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
 func freeAddr(t *testing.T) string {
 	t.Helper()
 	port, err := natsembed.FreePort("127.0.0.1")
@@ -125,22 +176,30 @@ func freeAddr(t *testing.T) string {
 // waitReady polls an HTTP readiness endpoint.
 func waitReady(t *testing.T, p *proc, url string) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	if err := readyWithin(p, url, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readyWithin polls an HTTP readiness endpoint until it answers 200, the
+// process exits or d passes.
+func readyWithin(p *proc, url string, d time.Duration) error {
+	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
 		resp, err := http.Get(url)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return
+				return nil
 			}
 		}
 		select {
 		case err := <-p.done:
-			t.Fatalf("%s exited: %v\n%s", p.name, err, p.output())
+			return fmt.Errorf("%s exited: %v\n%s", p.name, err, p.output())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	t.Fatalf("%s not ready at %s within 60s\n%s", p.name, url, p.output())
+	return fmt.Errorf("%s not ready at %s within %s\n%s", p.name, url, d, tail(p.output(), 40))
 }
 
 // summary is the part of `vigil sim run --summary` this test reads.
@@ -153,6 +212,7 @@ type summary struct {
 	Drifted            []string          `json:"drifted"`
 	HealthyRevoked     []string          `json:"healthy_revoked"`
 	TamperedNotRevoked []string          `json:"tampered_not_revoked"`
+	DeletedNotRevoked  []string          `json:"deleted_not_revoked"`
 	HealthyNotTrusted  []string          `json:"healthy_not_trusted"`
 	Verdicts           map[string]int    `json:"verdicts"`
 }

@@ -90,10 +90,7 @@ func (inv *inventory) put(ctx context.Context, key string, vm events.VM, rev uin
 	if err == nil {
 		return n, nil
 	}
-	var apiErr *jetstream.APIError
-	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) ||
-		(errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)) {
+	if bus.IsRevisionConflict(err) {
 		return 0, errConflict
 	}
 	return 0, fmt.Errorf("inventory: write %s: %w", key, err)

@@ -105,7 +105,7 @@ func update[T any](ctx context.Context, kv jetstream.KeyValue, key string, fn fu
 				_, err = kv.Update(ctx, key, b, rev)
 			}
 		}
-		if err == nil || attempt >= 16 || !kvlast.IsRevisionMismatch(err) {
+		if err == nil || attempt >= 16 || !bus.IsRevisionConflict(err) {
 			return err
 		}
 	}
@@ -183,7 +183,7 @@ func (s *agentStore) revoke(ctx context.Context, vm, cause string, blocked bool,
 		if err == nil {
 			return len(live) > 0, nil
 		}
-		if attempt >= 16 || !kvlast.IsRevisionMismatch(err) {
+		if attempt >= 16 || !bus.IsRevisionConflict(err) {
 			return false, err
 		}
 	}

@@ -225,7 +225,8 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 //	                          ÷ sys CPU
 //
 // VIGIL_BENCH_CPUPROFILE=prefix writes a CPU profile of keyguard's process
-// in the measured window to prefix.enroll.<platform>.
+// in the measured window to prefix.enroll.<platform>, and of the NATS
+// server's to prefix.nats.
 //
 // Measured on 2026-12-02, 18:51–19:12 UTC, 2 vCPUs shared with other work
 // (load average 17–20), -benchtime 2000x (one before run 4000x), five or
@@ -474,16 +475,41 @@ func benchServer(in io.Reader, out io.Writer) error {
 		return err
 	}
 	sc := bufio.NewScanner(in)
+	// With VIGIL_BENCH_CPUPROFILE set, the window between the first and
+	// the second "cpu" is profiled to prefix.nats.
+	profile := os.Getenv("VIGIL_BENCH_CPUPROFILE")
+	asked := 0
 	for sc.Scan() {
 		reply := benchMsg{CPU: cpuTime()}
 		if sc.Text() != "cpu" {
 			reply = benchMsg{Err: fmt.Sprintf("unknown command %q", sc.Text())}
+		} else if profile != "" {
+			if err := toggleProfile(profile+".nats", asked); err != nil {
+				return err
+			}
+			asked++
 		}
 		if err := enc.Encode(reply); err != nil {
 			return err
 		}
 	}
 	return sc.Err()
+}
+
+// toggleProfile starts a CPU profile to file on the first call (n == 0)
+// and stops it on the second.
+func toggleProfile(file string, n int) error {
+	switch n {
+	case 0:
+		f, err := os.Create(file)
+		if err != nil {
+			return err
+		}
+		return pprof.StartCPUProfile(f)
+	case 1:
+		pprof.StopCPUProfile()
+	}
+	return nil
 }
 
 // benchAgents is the simulated agents' child process.

@@ -247,7 +247,7 @@ func (k *Keyguard) consumeNonce(ctx context.Context, n []byte, vm, purpose strin
 		return nonceRecord{}, refuse(keyrelease.CodeUnavailable, "read nonce: %v", err)
 	}
 	if err := k.nonces.Purge(ctx, key, jetstream.LastRevision(e.Revision), jetstream.PurgeTTL(noncePurgeMarkerTTL)); err != nil {
-		if kvlast.IsRevisionMismatch(err) {
+		if bus.IsRevisionConflict(err) {
 			return nonceRecord{}, refuse(keyrelease.CodeBadNonce, "nonce already used")
 		}
 		return nonceRecord{}, refuse(keyrelease.CodeUnavailable, "consume nonce: %v", err)

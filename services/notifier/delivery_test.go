@@ -1,6 +1,7 @@
 package notifier_test
 
 import (
+	"fmt"
 	"net/http"
 	"slices"
 	"testing"
@@ -131,5 +132,49 @@ func TestRetryAfterHonoured(t *testing.T) {
 				t.Errorf("retry with another webhook-id: %s, %s", ds[0].ID, ds[1].ID)
 			}
 		})
+	}
+}
+
+// TestCopiesShareAlertState: two copies of the notifier share the
+// subscription's consumer, each alert going to either. A condition
+// raised twice (two copies of ingest reading one VM at once) is sent
+// firing once, and its resolve follows whichever copy sent the firing.
+func TestCopiesShareAlertState(t *testing.T) {
+	e := newEnv(t)
+	e.start(e.config())
+	e.start(e.config())
+	rc := newReceiver(t, nil)
+	e.subscribe("copies", rc.URL, nil)
+	const keys = 16
+	key := func(i int) string { return events.AlertKey(vmA, fmt.Sprintf("config.c%d", i)) }
+	t0 := time.Now().UTC()
+	for i := range keys {
+		for again := range 2 {
+			e.alert(events.Alert{Code: fmt.Sprintf("config.c%d", i), VMKey: vmA, Key: key(i), State: events.AlertFiring,
+				At: t0.Add(time.Duration(again) * time.Millisecond)})
+		}
+	}
+	waitAccepted(t, rc, keys, 20*time.Second)
+	for i := range keys {
+		e.alert(events.Alert{Code: "config.fixed", Severity: events.SeverityInfo, VMKey: vmA, Key: key(i), State: events.AlertResolved, At: t0.Add(time.Second)})
+	}
+	waitAccepted(t, rc, 2*keys, 20*time.Second)
+	// Anything still on its way arrives before the marker, published last.
+	e.alert(events.Alert{Code: "marker", VMKey: vmB})
+	waitFor(t, 20*time.Second, "the marker", func() (bool, string) {
+		ds := rc.accepted()
+		return slices.ContainsFunc(ds, func(d delivery) bool { return d.Event.Data.Alert.Code == "marker" }), fmt.Sprint(codes(ds))
+	})
+	per := map[string][]string{}
+	for _, d := range rc.accepted() {
+		per[d.Event.Data.Key] = append(per[d.Event.Data.Key], string(d.Event.Data.State))
+	}
+	for i := range keys {
+		if got := per[key(i)]; !slices.Equal(got, []string{"firing", "resolved"}) {
+			t.Errorf("%s: sent %v, want [firing resolved]", key(i), got)
+		}
+	}
+	if n := len(rc.accepted()); n != 2*keys+1 {
+		t.Errorf("%d notifications sent, want %d", n, 2*keys+1)
 	}
 }

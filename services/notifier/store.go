@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 )
 
@@ -121,8 +122,7 @@ func (s *Store) UpdateSubscription(ctx context.Context, id string, change func(*
 		if err == nil {
 			return sub, nil
 		}
-		var apiErr *jetstream.APIError
-		if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
+		if !bus.IsRevisionConflict(err) {
 			return sub, fmt.Errorf("notifier: update subscription %s: %w", id, err)
 		}
 	}
@@ -214,6 +214,13 @@ type keyState struct {
 	// FiringDelivered says the subscription was sent the key's firing,
 	// so its resolve follows.
 	FiringDelivered bool `json:"firing_delivered,omitempty"`
+	// Code is the alert's code at Seq; Notify says whether the alert at
+	// Seq is sent (the state is recorded before the sending, so that a
+	// redelivery of that alert is sent again, under the same id).
+	Code   string `json:"code,omitempty"`
+	Notify bool   `json:"notify,omitempty"`
+	// rev is the state's revision in the bucket.
+	rev uint64
 }
 
 func keyStatePrefix(sub string) string { return "key." + sub + "." }
@@ -244,19 +251,44 @@ func (s *Store) keyStates(ctx context.Context, sub string) (map[string]keyState,
 			}
 			var ks keyState
 			if json.Unmarshal(e.Value(), &ks) == nil && ks.Key != "" {
+				ks.rev = e.Revision()
 				out[ks.Key] = ks
 			}
 		}
 	}
 }
 
-func (s *Store) putKeyState(ctx context.Context, sub string, ks keyState) error {
+// keyState reads the state of alert key of subscription sub as stored
+// now (the zero state when there is none).
+func (s *Store) keyState(ctx context.Context, sub, key string) (keyState, error) {
+	e, err := s.state.Get(ctx, keyStateKey(sub, key))
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return keyState{Key: key}, nil
+	}
+	if err != nil {
+		return keyState{}, err
+	}
+	var ks keyState
+	if err := json.Unmarshal(e.Value(), &ks); err != nil || ks.Key != key {
+		return keyState{}, fmt.Errorf("notifier: alert key state %s unreadable", e.Key())
+	}
+	ks.rev = e.Revision()
+	return ks, nil
+}
+
+// putKeyState writes ks over the revision it was decided from (ks.rev,
+// 0 when there was none) and returns the new revision: every copy of the
+// notifier shares a subscription's consumer, and a copy that decided
+// from an older state gets an error bus.IsRevisionConflict recognises.
+func (s *Store) putKeyState(ctx context.Context, sub string, ks keyState) (uint64, error) {
 	b, err := json.Marshal(ks)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	_, err = s.state.Put(ctx, keyStateKey(sub, ks.Key), b)
-	return err
+	if ks.rev == 0 {
+		return s.state.Create(ctx, keyStateKey(sub, ks.Key), b)
+	}
+	return s.state.Update(ctx, keyStateKey(sub, ks.Key), b, ks.rev)
 }
 
 // PutSilence stores a silence (set or lifted).

@@ -151,50 +151,91 @@ func (w *worker) handle(ctx context.Context, m *bus.Message) error {
 		w.count(func(h *Health) { h.Silenced++ })
 		return nil
 	}
-	var ks keyState
-	if a.Key != "" {
+	match := matchAll(w.sub.Filters, attrs)
+	if a.Key == "" {
+		if !match {
+			return nil
+		}
+		return w.deliver(ctx, w.notification(m.Envelope.ID, a, vm), m.Meta.Timestamp)
+	}
+	seq := m.Meta.Sequence.Stream
+	for attempt := 1; ; attempt++ {
 		w.mu.Lock()
-		ks = w.keys[a.Key]
+		ks := w.keys[a.Key]
 		w.mu.Unlock()
-		if stale(ks, a, m.Meta.Sequence.Stream) {
-			w.m.log.InfoContext(ctx, "late alert dropped: its key's newer state was delivered", "subscription", w.sub.ID,
+		if ks.Seq == seq && !ks.At.IsZero() {
+			// A redelivery of the alert whose state was recorded: sent
+			// again (same id) if it was to be sent; its sending may not
+			// have ended.
+			if !ks.Notify {
+				return nil
+			}
+			return w.deliver(ctx, w.notification(m.Envelope.ID, a, vm), m.Meta.Timestamp)
+		}
+		if stale(ks, a, seq) {
+			w.m.log.InfoContext(ctx, "late alert dropped: its key's newer state was recorded", "subscription", w.sub.ID,
 				"key", a.Key, "state", a.State, "at", a.At, "recorded", ks.State, "recorded_at", ks.At)
 			return nil
 		}
-	}
-	deliver := matchAll(w.sub.Filters, attrs)
-	if a.Resolved() {
-		// A resolve follows its firing, whatever the filters say of it.
-		deliver = ks.FiringDelivered
-	}
-	if deliver {
-		n := w.notification(m.Envelope.ID, a, vm)
-		if err := w.deliver(ctx, n, m.Meta.Timestamp); err != nil {
+		next := decide(ks, a, seq, match)
+		rev, err := w.m.store.putKeyState(ctx, w.sub.ID, next)
+		if bus.IsRevisionConflict(err) && attempt < maxKeyStateAttempts {
+			// Another copy of the notifier recorded the key meanwhile:
+			// decide again from what it recorded.
+			fresh, err := w.m.store.keyState(ctx, w.sub.ID, a.Key)
+			if err != nil {
+				return err
+			}
+			w.mu.Lock()
+			w.keys[a.Key] = fresh
+			w.mu.Unlock()
+			continue
+		}
+		if err != nil {
 			return err
 		}
+		next.rev = rev
+		w.mu.Lock()
+		w.keys[a.Key] = next
+		w.mu.Unlock()
+		if !next.Notify {
+			return nil
+		}
+		return w.deliver(ctx, w.notification(m.Envelope.ID, a, vm), m.Meta.Timestamp)
 	}
-	if a.Key == "" {
-		return nil
+}
+
+// maxKeyStateAttempts bounds the decisions one alert makes against
+// concurrent writers of its key's state before it is given back.
+const maxKeyStateAttempts = 8
+
+// decide is the state alert a (stream sequence seq; match: the
+// subscription's filters select it) leaves its key in after ks, and
+// whether it is sent: a firing when the filters select it, unless the
+// subscription was already sent the same condition firing (same code,
+// not resolved since: a copy of ingest or attest-worker raising it again,
+// or two racing); a resolve when the key's firing was sent, whatever the
+// filters say of it.
+func decide(ks keyState, a events.Alert, seq uint64, match bool) keyState {
+	next := keyState{Key: a.Key, State: stateOf(a), At: a.At, Seq: seq, Code: a.Code, rev: ks.rev}
+	if a.Resolved() {
+		next.Notify = ks.FiringDelivered
+		return next
 	}
-	next := keyState{Key: a.Key, State: stateOf(a), At: a.At, Seq: m.Meta.Sequence.Stream, FiringDelivered: deliver && !a.Resolved()}
-	if err := w.m.store.putKeyState(ctx, w.sub.ID, next); err != nil {
-		return err
-	}
-	w.mu.Lock()
-	w.keys[a.Key] = next
-	w.mu.Unlock()
-	return nil
+	again := ks.State == events.AlertFiring && ks.FiringDelivered && ks.Code == a.Code
+	next.Notify = match && !again
+	next.FiringDelivered = next.Notify || again
+	return next
 }
 
 // stale reports whether alert a (stream sequence seq) is older than the
 // key's state already recorded: a late firing after its resolve (by the
-// alerts' times, then the stream's order), or a redelivery of the alert
-// whose delivery was recorded.
+// alerts' times, then the stream's order).
 func stale(ks keyState, a events.Alert, seq uint64) bool {
 	if ks.At.IsZero() {
 		return false
 	}
-	return a.At.Before(ks.At) || a.At.Equal(ks.At) && seq <= ks.Seq
+	return a.At.Before(ks.At) || a.At.Equal(ks.At) && seq < ks.Seq
 }
 
 func stateOf(a events.Alert) events.AlertState {

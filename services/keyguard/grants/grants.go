@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
 	"github.com/vigil-cc/vigil/services/keyguard/internal/kvlast"
@@ -239,7 +240,7 @@ func (s *Store) Update(ctx context.Context, key string, fn func(*Grant) (bool, e
 		if err == nil {
 			return Entry{Grant: g, Revision: rev}, true, nil
 		}
-		if !kvlast.IsRevisionMismatch(err) || attempt >= 50 {
+		if !bus.IsRevisionConflict(err) || attempt >= 50 {
 			return cur, false, fmt.Errorf("grants: update %s: %w", key, err)
 		}
 		if ctx.Err() != nil {
