@@ -32,17 +32,17 @@ type soakSummary struct {
 		Max float64 `json:"max"`
 	} `json:"lateness_s"`
 	// MaxGapS is the longest time a healthy VM went between verdicts.
-	MaxGapS       float64                `json:"max_gap_s"`
-	Faults        []fault                `json:"faults"`
-	RSSMiB        map[string]rssFigures  `json:"rss_mib"`
-	Alerts        int                    `json:"alerts_received"`
-	AuditedEvents uint64                 `json:"audited_events"`
-	AuditVerify   string                 `json:"audit_verify"`
-	Sim           summary                `json:"sim"`
-	Checks        []soakCheck            `json:"checks"`
-	Samples       []sample               `json:"samples"`
-	healthy       map[string]bool        // VM keys attested and neither tampered nor deleted
-	first, last   map[string]time.Time   // per VM: first and last verdict
+	MaxGapS       float64               `json:"max_gap_s"`
+	Faults        []fault               `json:"faults"`
+	RSSMiB        map[string]rssFigures `json:"rss_mib"`
+	Alerts        int                   `json:"alerts_received"`
+	AuditedEvents uint64                `json:"audited_events"`
+	AuditVerify   string                `json:"audit_verify"`
+	Sim           summary               `json:"sim"`
+	Checks        []soakCheck           `json:"checks"`
+	Samples       []sample              `json:"samples"`
+	healthy       map[string]bool       // VM keys attested and neither tampered nor deleted
+	first, last   map[string]time.Time  // per VM: first and last verdict
 	maxGap        map[string]time.Duration
 	start, end    time.Time
 	interval      time.Duration

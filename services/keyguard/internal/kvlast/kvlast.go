@@ -87,4 +87,3 @@ func Get(ctx context.Context, nc *nats.Conn, bucket, key string) (Entry, error) 
 func IsNotFound(err error) bool {
 	return errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted)
 }
-
