@@ -798,31 +798,40 @@ func newObserver(interval time.Duration) *observer {
 }
 
 // follow reads every verdict from the start of VIGIL_EVENTS until ctx
-// ends, through node restarts (an ordered consumer recreates itself).
+// ends, through node restarts (an ordered consumer recreates itself),
+// pulled in batches.
 func (o *observer) follow(ctx context.Context, conn *bus.Conn) error {
 	cons, err := conn.JS.OrderedConsumer(ctx, events.StreamEvents, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{events.VerdictSubject("*")}})
 	if err != nil {
 		return err
 	}
-	for {
-		msg, err := cons.Next(jetstream.FetchContext(ctx))
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			continue // a node restarted: the consumer goes on
-		}
+	var failed error
+	var once sync.Once
+	fail := func(err error) { once.Do(func() { failed = err }) }
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		e, err := events.Parse(msg.Data())
 		if err != nil {
-			return fmt.Errorf("verdict on %s: %w", msg.Subject(), err)
+			fail(fmt.Errorf("verdict on %s: %w", msg.Subject(), err))
+			return
 		}
 		var v events.Verdict
 		if err := e.Decode(events.TypeVerdict, &v); err != nil {
-			return fmt.Errorf("verdict on %s: %w", msg.Subject(), err)
+			fail(fmt.Errorf("verdict on %s: %w", msg.Subject(), err))
+			return
 		}
 		o.add(v)
+	})
+	if err != nil {
+		return err
 	}
+	<-ctx.Done()
+	cc.Stop()
+	<-cc.Closed()
+	if failed != nil {
+		return failed
+	}
+	return ctx.Err()
 }
 
 func (o *observer) add(v events.Verdict) {
