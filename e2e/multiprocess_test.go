@@ -259,19 +259,7 @@ func runMultiProcess(t *testing.T, bin string, auth bool) {
 		if out, err := exec.Command(b("vigil"), "auth", "init", "--dir", authDir, "--resolver-dir", filepath.Join(dir, "nats-jwt")).CombinedOutput(); err != nil {
 			t.Fatalf("vigil auth init: %v\n%s", err, out)
 		}
-		// keyguard gets the files it needs and no other secret.
-		for _, name := range busauth.KeyguardFiles() {
-			data, err := os.ReadFile(filepath.Join(authDir, name))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.MkdirAll(filepath.Dir(filepath.Join(keyguardAuth, name)), 0o700); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(keyguardAuth, name), data, 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
+		copyKeyguardAuth(t, authDir, keyguardAuth)
 	}
 
 	natsAddr := freeAddr(t)
@@ -456,6 +444,24 @@ func runMultiProcess(t *testing.T, bin string, auth bool) {
 		t.Fatalf("vigil audit verify: %v\n%s", err, out)
 	}
 	t.Logf("sim:\n%s\naudit: %s", tail(string(simOut), 6), out)
+}
+
+// copyKeyguardAuth gives keyguard, in dst, the files of the operator's
+// identity in authDir that it needs and no other secret.
+func copyKeyguardAuth(t *testing.T, authDir, dst string) {
+	t.Helper()
+	for _, name := range busauth.KeyguardFiles() {
+		data, err := os.ReadFile(filepath.Join(authDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dst, name)), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // e2eWebhookSecret signs the deliveries to vigil alerts receive.

@@ -32,20 +32,27 @@ type soakSummary struct {
 		Max float64 `json:"max"`
 	} `json:"lateness_s"`
 	// MaxGapS is the longest time a healthy VM went between verdicts.
-	MaxGapS       float64               `json:"max_gap_s"`
-	Faults        []fault               `json:"faults"`
-	RSSMiB        map[string]rssFigures `json:"rss_mib"`
-	Alerts        int                   `json:"alerts_received"`
-	AuditedEvents uint64                `json:"audited_events"`
-	AuditVerify   string                `json:"audit_verify"`
-	Sim           summary               `json:"sim"`
-	Checks        []soakCheck           `json:"checks"`
-	Samples       []sample              `json:"samples"`
-	healthy       map[string]bool       // VM keys attested and neither tampered nor deleted
-	first, last   map[string]time.Time  // per VM: first and last verdict
-	maxGap        map[string]time.Duration
-	start, end    time.Time
-	interval      time.Duration
+	MaxGapS float64 `json:"max_gap_s"`
+	// CPUS is each process's CPU (user + system) over the run; the
+	// verifier's (the NATS nodes and the services, not the simulated
+	// fleet nor the alert receiver) per verdict once onboarded is the
+	// steady cost of an attestation.
+	CPUS               map[string]float64    `json:"cpu_s"`
+	VerifierCPUPerMS   float64               `json:"verifier_cpu_ms_per_verdict"`
+	VerifierCPUPercent float64               `json:"verifier_cpu_percent"`
+	Faults             []fault               `json:"faults"`
+	RSSMiB             map[string]rssFigures `json:"rss_mib"`
+	Alerts             int                   `json:"alerts_received"`
+	AuditedEvents      uint64                `json:"audited_events"`
+	AuditVerify        string                `json:"audit_verify"`
+	Sim                summary               `json:"sim"`
+	Checks             []soakCheck           `json:"checks"`
+	Samples            []sample              `json:"samples"`
+	healthy            map[string]bool       // VM keys attested and neither tampered nor deleted
+	first, last        map[string]time.Time  // per VM: first and last verdict
+	maxGap             map[string]time.Duration
+	start, end         time.Time
+	interval           time.Duration
 }
 
 // rssFigures are one process's RSS after warm-up (the median of the run's
@@ -69,6 +76,7 @@ type sample struct {
 	LatenessP99S float64            `json:"lateness_p99_s"`
 	LatenessMaxS float64            `json:"lateness_max_s"`
 	RSSMiB       map[string]float64 `json:"rss_mib"`
+	CPUS         map[string]float64 `json:"cpu_s"`
 }
 
 // summarize turns what the observer saw into the run's summary.
@@ -105,7 +113,53 @@ func (o *observer) summarize(sim summary, samples []sample, faults []fault, star
 	s.LatenessS.P99 = percentile(o.late, 0.99).Seconds()
 	s.LatenessS.Max = percentile(o.late, 1).Seconds()
 	s.RSSMiB = rssOf(samples, s.DurationS)
+	s.steadyCPU()
 	return s
+}
+
+// steadyCPU fills in the CPU figures from the samples: each process's
+// total, and the verifier's per verdict and share of the machine from
+// the first sample after onboarding to the last.
+func (s *soakSummary) steadyCPU() {
+	if len(s.Samples) == 0 {
+		return
+	}
+	verifier := func(x sample) float64 {
+		var sum float64
+		for name, cpu := range x.CPUS {
+			if name != "sim" && name != "receive" {
+				sum += cpu
+			}
+		}
+		return sum
+	}
+	last := s.Samples[len(s.Samples)-1]
+	s.CPUS = last.CPUS
+	from := slices.IndexFunc(s.Samples, func(x sample) bool { return x.AtS > s.OnboardingS })
+	if from < 0 || from == len(s.Samples)-1 {
+		return
+	}
+	first := s.Samples[from]
+	var verdicts int
+	for _, x := range s.Samples[from+1:] {
+		verdicts += x.Verdicts
+	}
+	cpu := verifier(last) - verifier(first)
+	if verdicts > 0 {
+		s.VerifierCPUPerMS = cpu / float64(verdicts) * 1000
+	}
+	s.VerifierCPUPercent = cpu / (last.AtS - first.AtS) * 100
+}
+
+// afterFault reports whether t is within two intervals after a fault.
+func (s *soakSummary) afterFault(t time.Time) bool {
+	for _, f := range s.Faults {
+		at := s.start.Add(time.Duration(f.AtS * float64(time.Second)))
+		if !t.Before(at) && t.Sub(at) <= 2*s.interval+time.Duration(f.BackS*float64(time.Second)) {
+			return true
+		}
+	}
+	return false
 }
 
 // rssOf is each process's RSS after warm-up and at the end.
@@ -192,9 +246,9 @@ func (s *soakSummary) memoryProblems(names []string, restarted map[string]time.T
 }
 
 func (s *soakSummary) headline() string {
-	return fmt.Sprintf("%d VMs at a %.0fs interval for %.0fs: onboarded in %.0fs, %d verdicts (%.1f/s, %.0f per interval), lateness p50 %.1fs p99 %.1fs max %.1fs, longest gap %.1fs, %d faults, %d alerts, %d audited events",
+	return fmt.Sprintf("%d VMs at a %.0fs interval for %.0fs: onboarded in %.0fs, %d verdicts (%.1f/s, %.0f per interval), lateness p50 %.1fs p99 %.1fs max %.1fs, longest gap %.1fs, verifier CPU %.1f ms per verdict once onboarded (%.0f%% of one core), %d faults, %d alerts, %d audited events",
 		s.VMs, s.IntervalS, s.DurationS, s.OnboardingS, s.Verdicts, s.VerdictsPerS, s.PerInterval,
-		s.LatenessS.P50, s.LatenessS.P99, s.LatenessS.Max, s.MaxGapS, len(s.Faults), s.Alerts, s.AuditedEvents)
+		s.LatenessS.P50, s.LatenessS.P99, s.LatenessS.Max, s.MaxGapS, s.VerifierCPUPerMS, s.VerifierCPUPercent, len(s.Faults), s.Alerts, s.AuditedEvents)
 }
 
 func percentile(xs []time.Duration, q float64) time.Duration {
