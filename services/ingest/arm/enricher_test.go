@@ -85,11 +85,18 @@ func TestReadContinuesTheRequestersTrace(t *testing.T) {
 	firstSpan.End()
 	secondSpan.End()
 
+	// The read's span ends after the result is applied: wait for it.
 	var read tracetest.SpanStub
-	for _, s := range exp.GetSpans() {
-		if s.Name == "ingest.enrich" {
-			read = s
+	for deadline := time.Now().Add(10 * time.Second); read.Name == ""; {
+		for _, s := range exp.GetSpans() {
+			if s.Name == "ingest.enrich" {
+				read = s
+			}
 		}
+		if read.Name == "" && time.Now().After(deadline) {
+			t.Fatal("the read's span did not end")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 	want := firstSpan.SpanContext()
 	if read.Parent.SpanID() != want.SpanID() || read.SpanContext.TraceID() != want.TraceID() {
