@@ -244,7 +244,7 @@ func provisionBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.
 	case !errors.Is(err, jetstream.ErrBucketNotFound):
 		return fmt.Errorf("events: look up bucket %s: %w", cfg.Bucket, err)
 	}
-	if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+	if err := whilePlacing(ctx, func() error { _, err := js.CreateOrUpdateKeyValue(ctx, cfg); return err }); err != nil {
 		return fmt.Errorf("events: provision bucket %s: %w", cfg.Bucket, err)
 	}
 	return nil
@@ -253,7 +253,7 @@ func provisionBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.
 func provisionStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) error {
 	s, err := js.Stream(ctx, cfg.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		if _, err := js.CreateStream(ctx, cfg); err != nil {
+		if err := whilePlacing(ctx, func() error { _, err := js.CreateStream(ctx, cfg); return err }); err != nil {
 			return fmt.Errorf("events: create stream %s: %w", cfg.Name, err)
 		}
 		return nil
@@ -277,10 +277,40 @@ func provisionStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.
 		return fmt.Errorf("events: stream %s: %w: %s (have/want); the server cannot change this back: recreate the stream deliberately",
 			cfg.Name, ErrIncompatibleConfig, joinDiffs(permanent))
 	}
-	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+	if err := whilePlacing(ctx, func() error { _, err := js.UpdateStream(ctx, cfg); return err }); err != nil {
 		return fmt.Errorf("events: update stream %s (%s, have/want): %w", cfg.Name, joinDiffs(diffs), err)
 	}
 	return nil
+}
+
+// codeNoPeers is JetStream's "no suitable peers for placement": too few
+// servers are online for the replicas asked for. On a cluster that has
+// just formed (or is restarting a node) the meta leader counts a server
+// online only once it has heard from it, so the answer is transient there.
+const codeNoPeers jetstream.ErrorCode = 10005
+
+// whilePlacing runs op, again every placeRetry while the cluster answers
+// that it has too few servers online, until ctx ends; the error then
+// includes the cluster's last answer.
+func whilePlacing(ctx context.Context, op func() error) error {
+	const placeRetry = 250 * time.Millisecond
+	var placing error
+	for {
+		err := op()
+		var apiErr *jetstream.APIError
+		if !errors.As(err, &apiErr) || apiErr.ErrorCode != codeNoPeers {
+			if err != nil && placing != nil {
+				return fmt.Errorf("%w (the cluster answered before: %w)", err, placing)
+			}
+			return err
+		}
+		placing = err
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(placeRetry):
+		}
+	}
 }
 
 // configDiff is one field in which a stream's stored configuration differs

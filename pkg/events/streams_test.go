@@ -396,3 +396,4 @@ func editStream(name string, edit func(*jetstream.StreamConfig)) func(*testing.T
 		}
 	}
 }
+
