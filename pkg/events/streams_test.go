@@ -396,4 +396,3 @@ func editStream(name string, edit func(*jetstream.StreamConfig)) func(*testing.T
 		}
 	}
 }
-
