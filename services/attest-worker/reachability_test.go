@@ -30,12 +30,16 @@ func TestUnreachableThenStaleThenRecovery(t *testing.T) {
 	f := newFleet(t, ctx, conn, 3, sim.VMConfig{})
 	trustedThenSilent, slow, neverAnswers := f.vms[0], f.vms[1], f.vms[2]
 	f.setSilent(neverAnswers, true)
-	runWorker(t, testConfig(connectBus(t, srv.URL()), "w1"))
+	cfg := testConfig(connectBus(t, srv.URL()), "w1")
+	// A VM that never gave valid evidence has the onboarding limit, not
+	// the 3 s grace period.
+	cfg.Timing.Onboarding = 7 * time.Second
+	runWorker(t, cfg)
 	f.register(ctx, f.vms...)
 	waitStatus(t, ctx, conn.JS, 20*time.Second, events.StatusTrusted, trustedThenSilent, slow)
 
 	// A running VM that never answers: unreachable with retries, then stale
-	// after the grace period, with a never-attested alert.
+	// after the onboarding limit, with a never-attested alert.
 	waitFor(t, 10*time.Second, "never-answering VM unreachable", func() (bool, string) {
 		st, _ := statusOf(t, ctx, conn.JS, neverAnswers.VMKey())
 		return st.Status == events.StatusUnreachable && hasReason(st, "agent.unreachable"), string(st.Status)
@@ -58,6 +62,9 @@ func TestUnreachableThenStaleThenRecovery(t *testing.T) {
 	st, _ := statusOf(t, ctx, conn.JS, neverAnswers.VMKey())
 	if st.ConsecutiveFailures < 3 || !hasReason(st, "evidence.stale") {
 		t.Errorf("never-answering VM: %d attempts, reasons %v: want retries and evidence.stale", st.ConsecutiveFailures, st.Reasons)
+	}
+	if d := st.Since.Sub(st.OverdueSince); d < cfg.Timing.Onboarding || !strings.Contains(st.Reasons[0].Message, "onboarding limit 7s") {
+		t.Errorf("never-answering VM stale %s after it became due (%v), want the onboarding limit of %s", d, st.Reasons, cfg.Timing.Onboarding)
 	}
 	// Retries back off: the attempts of the never-answering VM get further apart.
 	// The alerts follow the status writes: wait for them.

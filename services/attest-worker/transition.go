@@ -26,6 +26,14 @@ type Timing struct {
 	// Grace is how long after an attestation became due valid evidence may
 	// still arrive before the VM is stale (default 2 minutes).
 	Grace time.Duration
+	// Onboarding is the grace period of a VM that has never given valid
+	// evidence, counted from when it became due (its creation or start
+	// event, or the arrival of the vmId its first attestation waited
+	// for): it boots, its agent enrolls, and a fleet created at once
+	// enrolls in turn. Such a VM is not releasable meanwhile, so nothing
+	// is released on the longer wait; past it the VM is stale
+	// (vm.never_attested). Never shorter than Grace (the default).
+	Onboarding time.Duration
 	// RetryBase and RetryMax bound the exponential backoff between attempts
 	// when the agent does not answer (defaults 2 s and the smaller of 1
 	// minute and Interval).
@@ -50,6 +58,7 @@ func (t Timing) withDefaults() Timing {
 	if t.Grace <= 0 {
 		t.Grace = DefaultGrace
 	}
+	t.Onboarding = max(t.Onboarding, t.Grace)
 	if t.RetryBase <= 0 {
 		t.RetryBase = 2 * time.Second
 	}
@@ -243,10 +252,10 @@ func applyAttempt(prev events.VMStatus, exists bool, a attempt, t Timing) outcom
 		case from == events.StatusUntrusted:
 			// Silence does not make an untrusted VM any better; keep the
 			// reasons it became untrusted for.
-		case a.At.Sub(st.OverdueSince) > t.Grace:
+		case a.At.Sub(st.OverdueSince) > t.graceOf(st):
 			to = events.StatusStale
 			st.Reasons = withNote([]events.Reason{
-				{Code: "evidence.stale", Message: fmt.Sprintf("no valid evidence since %s (grace %s)", st.OverdueSince.UTC().Format(time.RFC3339), t.Grace)},
+				{Code: "evidence.stale", Message: fmt.Sprintf("no valid evidence since %s (%s)", st.OverdueSince.UTC().Format(time.RFC3339), t.graceName(st))},
 				failure,
 			}, a.VMIDNote)
 		default:
@@ -282,19 +291,45 @@ func contraindicated(a attempt) bool {
 	return a.Verdict != nil && a.Verdict.Status == events.VerdictContraindicated
 }
 
+// neverAttested says whether st is a VM that has never given valid
+// evidence (nor any verdict).
+func neverAttested(st events.VMStatus) bool {
+	return st.LastGoodAt.IsZero() && st.LastVerdictAt.IsZero()
+}
+
+// graceOf is how long st's VM may be overdue (since st.OverdueSince)
+// without valid evidence: Onboarding for a VM that never gave any, else
+// Grace.
+func (t Timing) graceOf(st events.VMStatus) time.Duration {
+	if neverAttested(st) {
+		return max(t.Onboarding, t.Grace)
+	}
+	return t.Grace
+}
+
+// graceName names graceOf(st) for a status reason.
+func (t Timing) graceName(st events.VMStatus) string {
+	if neverAttested(st) {
+		return fmt.Sprintf("onboarding limit %s", t.graceOf(st))
+	}
+	return fmt.Sprintf("grace %s", t.Grace)
+}
+
 // staleByDeadline reports whether a VM that no attempt has reached should be
-// marked stale at now: its attestation was due at NextDueAt (or has been
-// overdue since OverdueSince) and the grace period has passed.
+// marked stale at now: it has been overdue since OverdueSince for longer
+// than graceOf allows, or its attestation was due at NextDueAt (a VM whose
+// first attestation waited for its vmId until its onboarding limit) more
+// than the grace period ago.
 func staleByDeadline(st events.VMStatus, now time.Time, t Timing) bool {
 	switch st.Status {
 	case events.StatusTrusted, events.StatusWarning, events.StatusUnreachable, events.StatusPending:
 	default:
 		return false
 	}
-	due := st.OverdueSince
-	if due.IsZero() {
-		due = st.NextDueAt
+	if !st.OverdueSince.IsZero() {
+		return now.Sub(st.OverdueSince) > t.graceOf(st)
 	}
+	due := st.NextDueAt
 	if due.IsZero() {
 		due = st.Since
 	}
@@ -304,13 +339,15 @@ func staleByDeadline(st events.VMStatus, now time.Time, t Timing) bool {
 // markStale is the record of a VM made stale by the sweep at now.
 func markStale(st events.VMStatus, now time.Time, t Timing, by, worker string) outcome {
 	from := st.Status
+	grace := t.graceName(st)
 	if st.OverdueSince.IsZero() {
+		grace = fmt.Sprintf("grace %s", t.Grace)
 		st.OverdueSince = st.NextDueAt
 		if st.OverdueSince.IsZero() {
 			st.OverdueSince = st.Since
 		}
 	}
-	st.Reasons = []events.Reason{{Code: "evidence.stale", Message: fmt.Sprintf("no attestation since the one due at %s (grace %s)", st.OverdueSince.UTC().Format(time.RFC3339), t.Grace)}}
+	st.Reasons = []events.Reason{{Code: "evidence.stale", Message: fmt.Sprintf("no attestation since the one due at %s (%s)", st.OverdueSince.UTC().Format(time.RFC3339), grace)}}
 	st.PreviousStatus = from
 	st.Status = events.StatusStale
 	st.Since = now

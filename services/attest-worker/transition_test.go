@@ -10,7 +10,7 @@ import (
 )
 
 func TestApplyAttempt(t *testing.T) {
-	tm := Timing{Interval: time.Minute, Jitter: 0.1, Grace: 30 * time.Second, RetryBase: time.Second, RetryMax: 8 * time.Second}
+	tm := Timing{Interval: time.Minute, Jitter: 0.1, Grace: 30 * time.Second, Onboarding: 5 * time.Minute, RetryBase: time.Second, RetryMax: 8 * time.Second}
 	t0 := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 	vm := "aldtmn2tg7p3rh5huznzu5dk3n"
 	good := &events.Verdict{ID: "v", Status: events.VerdictAffirming, Platform: "azure-sev-snp"}
@@ -38,6 +38,10 @@ func TestApplyAttempt(t *testing.T) {
 		{"no answer within grace", trusted, true, attempt{Failure: noAnswer, DueAt: t0, At: t0.Add(10 * time.Second)}, events.StatusUnreachable, true, true, t0, 1},
 		{"no answer after grace", events.VMStatus{VMKey: vm, Status: events.StatusUnreachable, OverdueSince: t0, ConsecutiveFailures: 3, LastGoodAt: t0.Add(-time.Minute)}, true,
 			attempt{Failure: noAnswer, DueAt: t0.Add(20 * time.Second), At: t0.Add(31 * time.Second)}, events.StatusStale, true, true, t0, 4},
+		{"never attested: no answer after grace, within the onboarding limit", events.VMStatus{VMKey: vm, Status: events.StatusUnreachable, OverdueSince: t0, ConsecutiveFailures: 3}, true,
+			attempt{Failure: noAnswer, DueAt: t0.Add(20 * time.Second), At: t0.Add(4 * time.Minute)}, events.StatusUnreachable, false, true, t0, 4},
+		{"never attested: no answer after the onboarding limit", events.VMStatus{VMKey: vm, Status: events.StatusUnreachable, OverdueSince: t0, ConsecutiveFailures: 9}, true,
+			attempt{Failure: noAnswer, DueAt: t0.Add(4 * time.Minute), At: t0.Add(5*time.Minute + time.Second)}, events.StatusStale, true, true, t0, 10},
 		{"verdict none counts as no evidence", trusted, true, attempt{Verdict: none, DueAt: t0, At: t0}, events.StatusUnreachable, true, true, t0, 1},
 		{"untrusted stays untrusted when silent", events.VMStatus{VMKey: vm, Status: events.StatusUntrusted, Reasons: bad.Reasons}, true,
 			attempt{Failure: noAnswer, DueAt: t0, At: t0.Add(time.Hour)}, events.StatusUntrusted, false, true, t0, 1},
@@ -100,8 +104,9 @@ func TestRetryBackoffDoublesToTheCap(t *testing.T) {
 }
 
 func TestStaleByDeadline(t *testing.T) {
-	tm := Timing{Interval: time.Minute, Grace: 30 * time.Second}
+	tm := Timing{Interval: time.Minute, Grace: 30 * time.Second, Onboarding: 5 * time.Minute}
 	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	attested := now.Add(-time.Hour)
 	tests := []struct {
 		name string
 		st   events.VMStatus
@@ -109,7 +114,11 @@ func TestStaleByDeadline(t *testing.T) {
 	}{
 		{"due recently", events.VMStatus{Status: events.StatusTrusted, NextDueAt: now.Add(-10 * time.Second)}, false},
 		{"due long ago", events.VMStatus{Status: events.StatusTrusted, NextDueAt: now.Add(-31 * time.Second)}, true},
-		{"overdue since counts", events.VMStatus{Status: events.StatusUnreachable, NextDueAt: now.Add(time.Second), OverdueSince: now.Add(-time.Minute)}, true},
+		{"overdue since counts", events.VMStatus{Status: events.StatusUnreachable, NextDueAt: now.Add(time.Second), OverdueSince: now.Add(-time.Minute), LastGoodAt: attested}, true},
+		{"never attested, overdue within the onboarding limit", events.VMStatus{Status: events.StatusUnreachable, NextDueAt: now.Add(time.Second), OverdueSince: now.Add(-4 * time.Minute)}, false},
+		{"never attested, overdue past the onboarding limit", events.VMStatus{Status: events.StatusUnreachable, NextDueAt: now.Add(time.Second), OverdueSince: now.Add(-6 * time.Minute)}, true},
+		{"created, within the onboarding limit", events.VMStatus{Status: events.StatusPending, NextDueAt: now.Add(-4 * time.Minute), OverdueSince: now.Add(-4 * time.Minute), Since: now.Add(-4 * time.Minute)}, false},
+		{"waited for its vmId until its limit: grace from then", events.VMStatus{Status: events.StatusPending, NextDueAt: now.Add(-31 * time.Second), AwaitingVMIDSince: now.Add(-time.Hour)}, true},
 		{"pending never attested", events.VMStatus{Status: events.StatusPending, Since: now.Add(-time.Hour)}, true},
 		{"suspended never", events.VMStatus{Status: events.StatusSuspended, NextDueAt: now.Add(-time.Hour)}, false},
 		{"untrusted never", events.VMStatus{Status: events.StatusUntrusted, NextDueAt: now.Add(-time.Hour)}, false},

@@ -67,7 +67,9 @@ type Config struct {
 	// verdict until its vmId arrives (then it is attested at once), and
 	// past the limit it is attested without it, its status saying so
 	// (vm.vmid_not_reported). Negative: no wait (ingest without ARM, where
-	// no vmId ever comes).
+	// no vmId ever comes). It is also the grace period of a VM that has
+	// never given valid evidence (Timing.Onboarding), unless Timing sets
+	// one.
 	OnboardingLimit time.Duration
 	// Policy is what evidence must satisfy; default appraise.DefaultPolicy().
 	// Newer versions published as io.vigil.policy.v1 on
@@ -93,6 +95,13 @@ func (c Config) withDefaults() Config {
 	if c.Policy == nil {
 		c.Policy = appraise.DefaultPolicy()
 	}
+	if c.OnboardingLimit == 0 {
+		c.OnboardingLimit = DefaultOnboardingLimit
+	}
+	if c.Timing.Onboarding <= 0 && c.OnboardingLimit > 0 {
+		// A VM's first valid evidence may take the onboarding limit.
+		c.Timing.Onboarding = c.OnboardingLimit
+	}
 	c.explicitTiming = c.Timing
 	pt := policyTiming(c.Policy)
 	if c.Timing.Interval <= 0 {
@@ -110,9 +119,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MissedAfter <= 0 {
 		c.MissedAfter = min(max(c.Timing.Interval/5, 2*time.Second), time.Minute)
-	}
-	if c.OnboardingLimit == 0 {
-		c.OnboardingLimit = DefaultOnboardingLimit
 	}
 	if c.SweepEvery <= 0 {
 		c.SweepEvery = min(c.Timing.Interval, time.Minute)

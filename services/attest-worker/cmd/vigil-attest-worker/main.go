@@ -31,7 +31,7 @@ func define(f *svcmain.Flags) svcmain.RunFunc {
 	jitter := f.Float("jitter", 0.1, "how far a due time may move toward the VM's slot, as a fraction of the interval")
 	timeout := f.Duration("challenge-timeout", 10*time.Second, "bound on one challenge round trip")
 	sweep := f.Duration("sweep-every", 0, "period of the missed-deadline sweep (0: the smaller of the interval and 1m)")
-	onboarding := f.Duration("onboarding-limit", attestworker.DefaultOnboardingLimit, "how long a VM's first attestation waits for the vmId ARM reports before it is attested without it (0: no wait, for ingest without ARM)")
+	onboarding := f.Duration("onboarding-limit", attestworker.DefaultOnboardingLimit, "how long a VM's first attestation waits for the vmId ARM reports before it is attested without it, and how long a VM that never gave valid evidence may go without it before it is stale (0: no wait, for ingest without ARM, and the grace period)")
 	offline := f.Bool("offline", false, "never fetch from AMD KDS or Intel PCS (VCEKs from bundles and the collateral cache only)")
 	tdxColl := f.Bool("tdx-collateral", false, "obtain Intel PCS collateral for TDX TCB status")
 	amdCRL := f.Bool("amd-crl", false, "check SEV-SNP ASKs and VCEKs against AMD's CRL (AMD KDS, cached until its nextUpdate)")
