@@ -202,9 +202,17 @@ func storedOutcome(st events.VMStatus, job string) outcome {
 // failed: the job is then redelivered, and the verdict's derived id keeps
 // the next attempt from storing a second one.
 func (w *Worker) attemptJob(ctx context.Context, p *jobPlan) (outcome, error) {
+	// A slot first (jobs and fired schedules share them); a job that
+	// gets none before its deadline is not acknowledged and comes back.
+	select {
+	case w.slots <- struct{}{}:
+	case <-ctx.Done():
+		return outcome{}, fmt.Errorf("attest-worker: no slot to attest %s: %w", p.job.VMKey, ctx.Err())
+	}
 	w.recordLag(ctx, p)
 	vm := p.job.VMKey
 	a := w.attempt(ctx, vm, p.id, p.job.Attempt, p.resourceID, p.vmID)
+	<-w.slots
 	a.DueAt = p.due
 	a.VMIDNote, a.AwaitingVMIDSince = p.vmidNote, p.awaitingSince
 	w.hook("appraised", vm)

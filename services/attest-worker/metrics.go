@@ -35,7 +35,7 @@ func newWorkerMetrics(mp metric.MeterProvider) *workerMetrics {
 	w.verdicts, _ = m.Int64Counter("vigil.attest.verdicts", metric.WithDescription("Verdicts by EAR status"))
 	w.transitions, _ = m.Int64Counter("vigil.attest.transitions", metric.WithDescription("Status changes by new status"))
 	w.alerts, _ = m.Int64Counter("vigil.attest.alerts", metric.WithDescription("Alerts raised by code"))
-	w.missed, _ = m.Int64Counter("vigil.attest.deadlines_missed", metric.WithDescription("Attestations found later than their due time plus the allowed lateness (at: fire, job, sweep)"))
+	w.missed, _ = m.Int64Counter("vigil.attest.deadlines_missed", metric.WithDescription("Attestations found later than their due time plus the allowed lateness (at: job, sweep)"))
 	w.overdue, _ = m.Int64Gauge("vigil.attest.overdue_vms", metric.WithDescription("VMs overdue at the last sweep"))
 	w.lag, _ = m.Float64Histogram("vigil.attest.schedule_lag", metric.WithUnit("s"), metric.WithDescription("Time from an attestation's due time to its start"),
 		metric.WithExplicitBucketBoundaries(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600))

@@ -2,7 +2,6 @@ package attestworker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -139,31 +138,14 @@ func enqueue(ctx context.Context, conn *bus.Conn, source, id string, job events.
 	if job.RequestedAt.IsZero() {
 		job.RequestedAt = time.Now().UTC()
 	}
-	return enqueueEncoded(ctx, conn, source, id, job.VMKey, job)
-}
-
-// enqueueEncoded is enqueue of a job for vm given as an events.Job with
-// RequestedAt set, or already encoded as one (json.RawMessage).
-func enqueueEncoded(ctx context.Context, conn *bus.Conn, source, id, vm string, job any) (absorbed bool, err error) {
-	var env events.Envelope
-	if raw, ok := job.(json.RawMessage); ok && id != "" {
-		// Already encoded (a fired schedule's payload): wrap it as it is
-		// (encoding the envelope checks that it is valid JSON).
-		env = events.Envelope{
-			SpecVersion: events.SpecVersion, ID: id, Type: events.TypeJob, Source: source,
-			Subject: events.AttestJobSubject(vm), Time: time.Now().UTC().Truncate(time.Microsecond),
-			DataContentType: events.ContentTypeJSON, Data: raw,
-		}
-	} else {
-		env, err = events.New(events.TypeJob, source, events.AttestJobSubject(vm), job)
-		if err != nil {
-			return false, err
-		}
-		if id != "" {
-			env.ID = id
-		}
+	env, err := events.New(events.TypeJob, source, events.AttestJobSubject(job.VMKey), job)
+	if err != nil {
+		return false, err
 	}
-	_, err = conn.Publish(ctx, events.AttestJobSubject(vm), env)
+	if id != "" {
+		env.ID = id
+	}
+	_, err = conn.Publish(ctx, events.AttestJobSubject(job.VMKey), env)
 	if err != nil && strings.Contains(err.Error(), "maximum messages per subject exceeded") {
 		return true, nil
 	}

@@ -256,8 +256,16 @@ func eachValue(ctx context.Context, kv jetstream.KeyValue, fn func(key string, v
 	}
 }
 
-// handleDue turns a fired schedule into a job (under the schedule's id, so
-// a redelivered one is de-duplicated), or runs the sweep.
+// handleDue handles a fired schedule: the fleet sweep, or a VM's
+// attestation, which it attests as the job the schedule carries, with the
+// fired message's envelope id as the job's id. Attesting here rather than
+// forwarding the job to VIGIL_JOBS saves each scheduled attestation a
+// store, a delivery and an acknowledgement on every replica; the fired
+// message is acknowledged after the outcome is stored, as a job is, and a
+// redelivery completes what the first delivery stored (handleJob). An
+// event-driven job for the same VM may run at the same moment: both store
+// their outcome by compare-and-set, and evidence older than the status's
+// changes nothing (applyAttempt).
 func (w *Worker) handleDue(ctx context.Context, m *bus.Message) error {
 	if m.Msg.Subject() == events.SubjectSweepDue {
 		// Every firing of the repeating schedule carries the same body;
@@ -265,30 +273,5 @@ func (w *Worker) handleDue(ctx context.Context, m *bus.Message) error {
 		_, err := w.sweep(ctx, fmt.Sprintf("%s-%d", m.Envelope.ID, m.Meta.Sequence.Stream))
 		return err
 	}
-	ctx, cancel := w.jobContext(ctx)
-	defer cancel()
-	vm := events.VMFromSubject(m.Msg.Subject())
-	var job events.Job
-	if err := m.Envelope.Decode(events.TypeJob, &job); err != nil {
-		return bus.Permanent(err)
-	}
-	if vm == "" || job.VMKey != vm {
-		return bus.Permanent(fmt.Errorf("schedule for %q fired on %s", job.VMKey, m.Msg.Subject()))
-	}
-	// Whether the VM still wants this attestation (it may have been
-	// stopped, or attested since by a job from ingest) is decided by the
-	// job handler, which reads the status anyway.
-	lag := time.Since(job.DueAt)
-	if lag > w.cfg.MissedAfter {
-		w.metrics.missed.Add(ctx, 1, w.metrics.attrs.get("at", "fire"))
-		w.log.WarnContext(ctx, "schedule fired after its deadline", "vm", vm, "due", job.DueAt, "lag", lag.Round(time.Millisecond))
-	}
-	if job.RequestedAt.IsZero() {
-		_, err := enqueue(ctx, w.conn, w.source, m.Envelope.ID, job)
-		return err
-	}
-	// The job is the schedule's payload as it was written: forward its
-	// bytes rather than encoding them again.
-	_, err := enqueueEncoded(ctx, w.conn, w.source, m.Envelope.ID, vm, m.Envelope.Data)
-	return err
+	return w.handleJob(ctx, m)
 }

@@ -38,9 +38,9 @@ type Config struct {
 	// Name identifies this worker instance in logs and status records
 	// (default: host name and process id).
 	Name string
-	// Concurrency bounds the jobs this worker handles at once
-	// (backpressure: it never holds more unacknowledged jobs than this);
-	// default 64.
+	// Concurrency bounds the attestations this worker runs at once, jobs
+	// and fired schedules together (backpressure: neither consumer holds
+	// more unacknowledged messages than this); default 64.
 	Concurrency int
 	// Timing sets the re-attestation interval, its jitter, the grace
 	// period and the retry backoff. Zero fields are taken from the policy
@@ -147,6 +147,9 @@ type Worker struct {
 	metrics   *workerMetrics
 	policies  *policies
 	hooks     hooks
+	// slots bounds the attestations running at once (Concurrency): jobs
+	// and fired schedules come from two consumers and share it.
+	slots chan struct{}
 }
 
 // Run attests the fleet until ctx ends. It provisions the streams and
@@ -254,6 +257,7 @@ func newWorker(ctx context.Context, cfg Config, svc *service.Service, h hooks) (
 		metrics:   newWorkerMetrics(svc.MeterProvider),
 		policies:  pols,
 		hooks:     h,
+		slots:     make(chan struct{}, cfg.Concurrency),
 	}, nil
 }
 
@@ -299,11 +303,11 @@ func (w *Worker) consume(svc *service.Service) {
 	}, w.handleJob, bus.WithConcurrency(w.cfg.Concurrency), bus.WithAckNoWait())
 	consume("schedule", events.StreamSchedule, jetstream.ConsumerConfig{
 		Durable:       ConsumerSchedule,
-		Description:   "attest-worker: fired schedules into jobs, and the fleet sweep",
+		Description:   "attest-worker: scheduled attestations as they fire, and the fleet sweep",
 		FilterSubject: events.SubjectScheduleDue,
 		AckWait:       ackWait,
 		MaxAckPending: -1,
-	}, w.handleDue, bus.WithConcurrency(max(8, w.cfg.Concurrency/4)), bus.WithAckNoWait())
+	}, w.handleDue, bus.WithConcurrency(w.cfg.Concurrency), bus.WithAckNoWait())
 	consume("lifecycle", events.StreamEvents, jetstream.ConsumerConfig{
 		Durable:       ConsumerLifecycle,
 		Description:   "attest-worker: lifecycle events into suspended, retired and pending",
