@@ -166,12 +166,30 @@ func (p *proc) kill() {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	port, err := natsembed.FreePort("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for {
+		port, err := natsembed.FreePort("127.0.0.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The kernel may offer a port again once its probe closed: the
+		// soak takes forty-odd addresses, and a repeat among them (a few
+		// runs in a hundred, by the birthday bound) left the second
+		// process unable to bind it.
+		if !handedOut.ports[port] {
+			handedOut.ports[port] = true
+			return fmt.Sprintf("127.0.0.1:%d", port)
+		}
 	}
-	return fmt.Sprintf("127.0.0.1:%d", port)
 }
+
+// handedOut are the ports freeAddr returned in this test binary, never
+// returned twice.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
 
 // waitReady polls an HTTP readiness endpoint.
 func waitReady(t *testing.T, p *proc, url string) {
