@@ -89,19 +89,11 @@ func runAgentFleet(path string, in io.Reader, out io.Writer) error {
 			return err
 		}
 		defer func() { _ = conn.Close() }()
-		_, err = conn.Serve(ctx, events.ChallengeSubject(v.VMKey()), "", func(_ context.Context, data []byte) ([]byte, error) {
-			var ch events.Challenge
-			if err := json.Unmarshal(data, &ch); err != nil {
-				return nil, err
-			}
-			raw, err := v.Respond(ch.Nonce)
-			if err == nil {
-				mu.Lock()
-				answers = append(answers, fleetAnswer{VMID: id, VMKey: v.VMKey(), Nonce: ch.Nonce, Raw: raw})
-				mu.Unlock()
-			}
-			return raw, err
-		})
+		_, err = conn.Serve(ctx, events.ChallengeSubject(v.VMKey()), "", answering(v, func(bb benchBundle) {
+			mu.Lock()
+			answers = append(answers, fleetAnswer{VMID: bb.vmID, VMKey: bb.vmKey, Nonce: bb.nonce, Raw: bb.raw})
+			mu.Unlock()
+		}))
 		if err != nil {
 			return err
 		}
@@ -117,6 +109,23 @@ func runAgentFleet(path string, in io.Reader, out io.Writer) error {
 		return err
 	}
 	return os.WriteFile(spec.Answers, raw, 0o600)
+}
+
+// answering is a simulated agent's challenge handler for v: it answers
+// with v's evidence for the challenge's nonce and hands every answer to
+// keep.
+func answering(v *sim.VM, keep func(benchBundle)) func(context.Context, []byte) ([]byte, error) {
+	return func(_ context.Context, data []byte) ([]byte, error) {
+		var ch events.Challenge
+		if err := json.Unmarshal(data, &ch); err != nil {
+			return nil, err
+		}
+		raw, err := v.Respond(ch.Nonce)
+		if err == nil {
+			keep(benchBundle{raw: raw, nonce: ch.Nonce, vmID: v.VMID(), vmKey: v.VMKey()})
+		}
+		return raw, err
+	}
 }
 
 // agentFleet is a running agent fleet process.

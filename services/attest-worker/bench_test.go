@@ -209,19 +209,11 @@ func benchmarkPipeline(b *testing.B, variant pipelineVariant) {
 		if agent.OperatorMode() {
 			opts = append(opts, bus.WithReplyCheck(challengerReply))
 		}
-		_, err := agent.Serve(ctx, events.ChallengeSubject(v.VMKey()), "", func(_ context.Context, data []byte) ([]byte, error) {
-			var ch events.Challenge
-			if err := json.Unmarshal(data, &ch); err != nil {
-				return nil, err
-			}
-			raw, err := v.Respond(ch.Nonce)
-			if err == nil {
-				mu.Lock()
-				answers = append(answers, benchBundle{raw: raw, nonce: ch.Nonce, vmID: v.VMID(), vmKey: v.VMKey()})
-				mu.Unlock()
-			}
-			return raw, err
-		}, opts...)
+		_, err := agent.Serve(ctx, events.ChallengeSubject(v.VMKey()), "", answering(v, func(bb benchBundle) {
+			mu.Lock()
+			answers = append(answers, bb)
+			mu.Unlock()
+		}), opts...)
 		if err != nil {
 			b.Fatal(err)
 		}
