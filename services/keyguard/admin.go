@@ -13,7 +13,6 @@ import (
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
 	"github.com/vigil-cc/vigil/services/keyguard/grants"
-	"github.com/vigil-cc/vigil/services/keyguard/internal/kvlast"
 	"github.com/vigil-cc/vigil/services/keyguard/secrets"
 )
 
@@ -194,7 +193,7 @@ func (k *Keyguard) handleRestore(ctx context.Context, data []byte) ([]byte, erro
 	}
 	st, err := k.status(ctx, vm)
 	switch {
-	case err != nil && !kvlast.IsNotFound(err):
+	case err != nil && !bus.IsKeyMissing(err):
 		return nil, refuse(keyrelease.CodeUnavailable, "read status: %v", err)
 	case (err != nil || !st.Status.Releasable()) && unblocked:
 		k.log.InfoContext(ctx, "agent may enroll again", "vm", vm, "actor", req.Actor, "reason", req.Reason)
@@ -365,7 +364,7 @@ func (k *Keyguard) createGrant(ctx context.Context, vm, resourceID, vmID, keyNam
 	g := grants.Grant{VMKey: vm, VMID: vmID, ResourceID: resourceID, KeyName: keyName, Backend: backend,
 		State: grants.Active, Action: events.KeyGranted, Applied: true, Actor: actor, Reason: reason, GrantedAt: now, ChangedAt: now, AppliedAt: now}
 	st, err := k.status(ctx, vm)
-	if err != nil && !kvlast.IsNotFound(err) {
+	if err != nil && !bus.IsKeyMissing(err) {
 		return grants.Entry{}, false, err
 	}
 	if st != nil {

@@ -208,7 +208,7 @@ func (s *agentStore) blocked(ctx context.Context, vm string) (*revocationRecord,
 	// seen at once.
 	e, err := kvlast.Get(ctx, s.nc, events.BucketAgents, revKey(vm))
 	switch {
-	case kvlast.IsNotFound(err):
+	case bus.IsKeyMissing(err):
 		return nil, nil
 	case err != nil:
 		return nil, err

@@ -11,6 +11,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/services/keyguard/azurekv"
 	"github.com/vigil-cc/vigil/services/keyguard/grants"
@@ -150,7 +151,7 @@ func (k *Keyguard) trustedVMID(ctx context.Context, g grants.Grant) (string, err
 func (k *Keyguard) inventoryVMID(ctx context.Context, vm string) (string, error) {
 	e, err := kvlast.Get(ctx, k.conn.NC, events.BucketVMs, vm)
 	switch {
-	case kvlast.IsNotFound(err):
+	case bus.IsKeyMissing(err):
 		return "", nil
 	case err != nil:
 		return "", fmt.Errorf("keyguard: read the inventory record of %s: %w", vm, err)

@@ -518,7 +518,7 @@ func (k *Keyguard) reconcile(ctx context.Context) error {
 		st, seen := statuses[e.VMKey]
 		if !seen {
 			st, err = k.status(ctx, e.VMKey)
-			if err != nil && !kvlast.IsNotFound(err) {
+			if err != nil && !bus.IsKeyMissing(err) {
 				return err
 			}
 			statuses[e.VMKey] = st

@@ -20,7 +20,6 @@ import (
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
 	"github.com/vigil-cc/vigil/pkg/service"
 	"github.com/vigil-cc/vigil/pkg/telemetry"
-	"github.com/vigil-cc/vigil/services/keyguard/internal/kvlast"
 )
 
 // BackendNATS names the agents' bus credentials in key events: enrolled,
@@ -329,7 +328,7 @@ func (k *Keyguard) enrollable(ctx context.Context, vm string) (string, error) {
 	switch {
 	case stErr == nil && st.Status == events.StatusRetired:
 		return vmID, enroll.Refuse(enroll.CodeNotTrusted, "VM %s is retired", vm)
-	case stErr != nil && !kvlast.IsNotFound(stErr):
+	case stErr != nil && !bus.IsKeyMissing(stErr):
 		return vmID, enroll.Refuse(enroll.CodeUnavailable, "read status: %v", stErr)
 	}
 	switch {

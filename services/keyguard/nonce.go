@@ -240,7 +240,7 @@ func requester(ctx context.Context) string {
 func (k *Keyguard) consumeNonce(ctx context.Context, n []byte, vm, purpose string) (nonceRecord, error) {
 	key := nonceRecordKey(vm, n)
 	e, err := kvlast.Get(ctx, k.conn.NC, k.nonces.Bucket(), key)
-	if kvlast.IsNotFound(err) {
+	if bus.IsKeyMissing(err) {
 		return nonceRecord{}, refuse(keyrelease.CodeBadNonce, "nonce unknown, expired, already used or issued for another VM")
 	}
 	if err != nil {

@@ -20,7 +20,6 @@ import (
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
 	"github.com/vigil-cc/vigil/pkg/policyfeed"
 	"github.com/vigil-cc/vigil/services/keyguard/grants"
-	"github.com/vigil-cc/vigil/services/keyguard/internal/kvlast"
 	"github.com/vigil-cc/vigil/services/keyguard/secrets"
 )
 
@@ -51,7 +50,7 @@ func refuse(code, format string, args ...any) error {
 func (k *Keyguard) releasable(ctx context.Context, vm, keyName string) (string, error) {
 	st, err := k.status(ctx, vm)
 	switch {
-	case kvlast.IsNotFound(err):
+	case bus.IsKeyMissing(err):
 		return "", refuse(keyrelease.CodeNotTrusted, "VM %s has no attestation status", vm)
 	case err != nil:
 		return "", refuse(keyrelease.CodeUnavailable, "read status: %v", err)

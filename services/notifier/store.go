@@ -262,7 +262,7 @@ func (s *Store) keyStates(ctx context.Context, sub string) (map[string]keyState,
 // now (the zero state when there is none).
 func (s *Store) keyState(ctx context.Context, sub, key string) (keyState, error) {
 	e, err := s.state.Get(ctx, keyStateKey(sub, key))
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+	if bus.IsKeyMissing(err) {
 		return keyState{Key: key}, nil
 	}
 	if err != nil {

@@ -181,7 +181,7 @@ func Open(ctx context.Context, nc *nats.Conn, js jetstream.JetStream) (*Store, e
 // moment ago is seen.
 func (s *Store) Get(ctx context.Context, key string) (Entry, error) {
 	e, err := kvlast.Get(ctx, s.nc, events.BucketGrants, key)
-	if kvlast.IsNotFound(err) {
+	if bus.IsKeyMissing(err) {
 		return Entry{}, fmt.Errorf("%w: %s", ErrNotFound, key)
 	}
 	if err != nil {

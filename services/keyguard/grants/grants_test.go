@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/natstest"
 	"github.com/vigil-cc/vigil/services/keyguard/grants"
@@ -180,10 +181,10 @@ func TestLeaderReadSeesLatestWriteOnEveryNode(t *testing.T) {
 	if err := kv.Delete(ctx, "k0"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kvlast.Get(ctx, readers[0], events.BucketGrants, "k0"); !kvlast.IsNotFound(err) {
+	if _, err := kvlast.Get(ctx, readers[0], events.BucketGrants, "k0"); !bus.IsKeyMissing(err) {
 		t.Fatalf("deleted key: %v", err)
 	}
-	if _, err := kvlast.Get(ctx, readers[0], events.BucketGrants, "never"); !kvlast.IsNotFound(err) {
+	if _, err := kvlast.Get(ctx, readers[0], events.BucketGrants, "never"); !bus.IsKeyMissing(err) {
 		t.Fatalf("missing key: %v", err)
 	}
 }

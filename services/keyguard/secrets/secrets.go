@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vigil-cc/vigil/pkg/bus"
 	"github.com/vigil-cc/vigil/pkg/events"
 	"github.com/vigil-cc/vigil/pkg/keyfile"
 	"github.com/vigil-cc/vigil/pkg/keyrelease"
@@ -191,7 +192,7 @@ func (s *Store) Get(ctx context.Context, name string) ([]byte, uint64, error) {
 		return nil, 0, fmt.Errorf("secrets: %q is not a valid key name", name)
 	}
 	e, err := kvlast.Get(ctx, s.nc, events.BucketKeyguardSecrets, name)
-	if kvlast.IsNotFound(err) {
+	if bus.IsKeyMissing(err) {
 		return nil, 0, fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
 	if err != nil {

@@ -10,7 +10,6 @@ package kvlast
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -81,9 +80,4 @@ func Get(ctx context.Context, nc *nats.Conn, bucket, key string) (Entry, error) 
 		}
 	}
 	return Entry{Value: resp.Message.Data, Revision: resp.Message.Seq}, nil
-}
-
-// IsNotFound reports whether err says the key does not exist.
-func IsNotFound(err error) bool {
-	return errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted)
 }

@@ -66,3 +66,55 @@ func TestIsRevisionConflict(t *testing.T) {
 		})
 	}
 }
+
+// TestIsKeyMissing: a key never written, deleted or purged is missing, as
+// a real server says it; a refusal or any other error is not.
+func TestIsKeyMissing(t *testing.T) {
+	srv := natstest.Start(t)
+	nc, err := nats.Connect(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "missing", History: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"deleted", "purged", "present"} {
+		if _, err := kv.Put(ctx, k, []byte("1")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := kv.Delete(ctx, "deleted"); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Purge(ctx, "purged"); err != nil {
+		t.Fatal(err)
+	}
+	get := func(k string) error { _, err := kv.Get(ctx, k); return err }
+	_, conflict := kv.Create(ctx, "present", []byte("2"))
+	for _, c := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"never written", get("absent"), true},
+		{"deleted", get("deleted"), true},
+		{"purged", get("purged"), true},
+		{"present", get("present"), false},
+		{"a compare-and-set refusal", conflict, false},
+		{"other error", errors.New("connection closed"), false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := bus.IsKeyMissing(c.err); got != c.want {
+				t.Errorf("IsKeyMissing(%v) = %v, want %v", c.err, got, c.want)
+			}
+		})
+	}
+}

@@ -27,3 +27,9 @@ func IsRevisionConflict(err error) bool {
 	// A purge's refusal reaches the client as text only.
 	return strings.Contains(err.Error(), "wrong last sequence")
 }
+
+// IsKeyMissing reports whether err says a KV key does not exist: never
+// written, or its last entry a delete or purge marker.
+func IsKeyMissing(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted)
+}
