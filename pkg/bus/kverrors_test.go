@@ -16,18 +16,7 @@ import (
 // TestIsRevisionConflict: each compare-and-set refusal a real server
 // gives is recognised, and nothing else.
 func TestIsRevisionConflict(t *testing.T) {
-	srv := natstest.Start(t)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx, js := jetStream(t)
 	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "conflict"})
 	if err != nil {
 		t.Fatal(err)
@@ -70,18 +59,7 @@ func TestIsRevisionConflict(t *testing.T) {
 // TestIsKeyMissing: a key never written, deleted or purged is missing, as
 // a real server says it; a refusal or any other error is not.
 func TestIsKeyMissing(t *testing.T) {
-	srv := natstest.Start(t)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx, js := jetStream(t)
 	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "missing", History: 5})
 	if err != nil {
 		t.Fatal(err)
@@ -117,4 +95,23 @@ func TestIsKeyMissing(t *testing.T) {
 			}
 		})
 	}
+}
+
+// jetStream is JetStream on a server of the test's own, and a context
+// that bounds the test.
+func jetStream(t *testing.T) (context.Context, jetstream.JetStream) {
+	t.Helper()
+	srv := natstest.Start(t)
+	nc, err := nats.Connect(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx, js
 }
