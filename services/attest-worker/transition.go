@@ -315,39 +315,41 @@ func (t Timing) graceName(st events.VMStatus) string {
 	return fmt.Sprintf("grace %s", t.Grace)
 }
 
+// overdue is since when st's VM has gone without the attestation that was
+// due, how long it may, and that allowance named for a status reason:
+// since OverdueSince for graceOf(st); else since NextDueAt (a VM whose
+// first attestation waited for its vmId until its onboarding limit), or
+// Since, for the grace period.
+func (t Timing) overdue(st events.VMStatus) (since time.Time, allowed time.Duration, name string) {
+	if !st.OverdueSince.IsZero() {
+		return st.OverdueSince, t.graceOf(st), t.graceName(st)
+	}
+	since = st.NextDueAt
+	if since.IsZero() {
+		since = st.Since
+	}
+	return since, t.Grace, fmt.Sprintf("grace %s", t.Grace)
+}
+
 // staleByDeadline reports whether a VM that no attempt has reached should be
-// marked stale at now: it has been overdue since OverdueSince for longer
-// than graceOf allows, or its attestation was due at NextDueAt (a VM whose
-// first attestation waited for its vmId until its onboarding limit) more
-// than the grace period ago.
+// marked stale at now: it has been overdue for longer than its allowance
+// (overdue).
 func staleByDeadline(st events.VMStatus, now time.Time, t Timing) bool {
 	switch st.Status {
 	case events.StatusTrusted, events.StatusWarning, events.StatusUnreachable, events.StatusPending:
 	default:
 		return false
 	}
-	if !st.OverdueSince.IsZero() {
-		return now.Sub(st.OverdueSince) > t.graceOf(st)
-	}
-	due := st.NextDueAt
-	if due.IsZero() {
-		due = st.Since
-	}
-	return !due.IsZero() && now.Sub(due) > t.Grace
+	since, allowed, _ := t.overdue(st)
+	return !since.IsZero() && now.Sub(since) > allowed
 }
 
 // markStale is the record of a VM made stale by the sweep at now.
 func markStale(st events.VMStatus, now time.Time, t Timing, by, worker string) outcome {
 	from := st.Status
-	grace := t.graceName(st)
-	if st.OverdueSince.IsZero() {
-		grace = fmt.Sprintf("grace %s", t.Grace)
-		st.OverdueSince = st.NextDueAt
-		if st.OverdueSince.IsZero() {
-			st.OverdueSince = st.Since
-		}
-	}
-	st.Reasons = []events.Reason{{Code: "evidence.stale", Message: fmt.Sprintf("no attestation since the one due at %s (%s)", st.OverdueSince.UTC().Format(time.RFC3339), grace)}}
+	since, _, allowance := t.overdue(st)
+	st.OverdueSince = since
+	st.Reasons = []events.Reason{{Code: "evidence.stale", Message: fmt.Sprintf("no attestation since the one due at %s (%s)", since.UTC().Format(time.RFC3339), allowance)}}
 	st.PreviousStatus = from
 	st.Status = events.StatusStale
 	st.Since = now
@@ -385,7 +387,7 @@ func alertsFor(o outcome, source string) []events.Alert {
 		out = append(out, a)
 	case events.StatusStale:
 		a := base
-		if st.LastGoodAt.IsZero() && st.LastVerdictAt.IsZero() {
+		if neverAttested(st) {
 			a.Severity, a.Code = events.SeverityCritical, "vm.never_attested"
 			a.Message = fmt.Sprintf("%s runs but has never attested (pending since %s); Azure refuses to start a VM without isolation, so this is suspicious", name, st.OverdueSince.UTC().Format(time.RFC3339))
 		} else {
